@@ -1,0 +1,55 @@
+//! The daemon's control surface as data.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use axum::body::Bytes;
+use futures_util::Stream;
+use micro_os_core::{Container, Template};
+
+use crate::types::{ContainerCreate, DeployRequest, ImageBuild, ImageImport, ImageInfo, LogsQuery, WaitResponse};
+use crate::ApiError;
+
+/// Everything the API can ask of the daemon, besides the streaming calls.
+#[derive(Debug, Clone)]
+pub enum Action {
+    CreateContainer(Box<ContainerCreate>),
+    Deploy(DeployRequest),
+    ListContainers,
+    GetContainer(String),
+    RemoveContainer { id: String, force: bool },
+    StartContainer(String),
+    StopContainer { id: String, timeout: Option<f64> },
+    PauseContainer(String),
+    ResumeContainer(String),
+    ConfigureContainer { id: String, set: std::collections::BTreeMap<String, String> },
+    WaitContainer(String),
+    ListImages,
+    RemoveImage(String),
+    ListTemplates,
+    GetTemplate(String),
+}
+
+#[derive(Debug, Clone)]
+pub enum Reply {
+    Container(Box<Container>),
+    Containers(Vec<Container>),
+    Exit(WaitResponse),
+    Images(Vec<ImageInfo>),
+    Templates(Vec<Template>),
+    Template(Box<Template>),
+    Done,
+}
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, std::io::Error>> + Send>>;
+
+/// Implemented by the daemon.
+pub trait Control: Send + Sync + 'static {
+    fn dispatch(&self, action: Action) -> BoxFuture<'_, Result<Reply, ApiError>>;
+    /// Log lines of a container, as text, following new ones when asked.
+    fn logs(&self, id: String, query: LogsQuery) -> BoxFuture<'_, Result<ByteStream, ApiError>>;
+    /// Image build or import, reporting progress as NDJSON lines.
+    fn build_image(&self, req: ImageBuild) -> BoxFuture<'_, Result<ByteStream, ApiError>>;
+    fn import_image(&self, req: ImageImport) -> BoxFuture<'_, Result<ByteStream, ApiError>>;
+}

@@ -1,0 +1,124 @@
+use std::sync::Arc;
+
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Request, State};
+use axum::http::header;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::{Json, Router};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::{containers, images, system, templates, ApiError, Control, ErrorKind, Reply};
+
+/// Largest request body accepted, in bytes.
+pub const BODY_LIMIT: usize = 1 << 20;
+
+pub struct ServerConfig {
+    /// The bearer token every call but `/api/v1/health` must carry.
+    pub token: String,
+}
+
+/// JSON body extractor whose rejections are problem+json.
+#[derive(FromRequest)]
+#[from_request(via(axum::Json), rejection(ApiError))]
+pub struct ApiJson<T>(pub T);
+
+/// Query extractor whose rejections are problem+json.
+#[derive(FromRequestParts)]
+#[from_request(via(axum::extract::Query), rejection(ApiError))]
+pub struct ApiQuery<T>(pub T);
+
+pub fn unexpected(r: Reply) -> ApiError {
+    ApiError::internal(format!("daemon gave an unexpected reply: {r:?}"))
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "micro-os", description = "Run VMs, OCI containers and consensus circuits for blockchain nodes."),
+    modifiers(&BearerAuth),
+    tags((name = "containers"), (name = "images"), (name = "templates"), (name = "system"))
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// The served routes and the OpenAPI document generated from the same handlers.
+pub fn api_parts() -> (Router<Arc<dyn Control>>, utoipa::openapi::OpenApi) {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(system::health))
+        .routes(routes!(containers::create_container, containers::list_containers))
+        .routes(routes!(containers::deploy))
+        .routes(routes!(containers::get_container, containers::remove_container))
+        .routes(routes!(containers::start_container))
+        .routes(routes!(containers::stop_container))
+        .routes(routes!(containers::pause_container))
+        .routes(routes!(containers::resume_container))
+        .routes(routes!(containers::wait_container))
+        .routes(routes!(containers::get_config, containers::set_config))
+        .routes(routes!(containers::logs))
+        .routes(routes!(images::list_images))
+        .routes(routes!(images::remove_image))
+        .routes(routes!(images::build_image))
+        .routes(routes!(images::import_image))
+        .routes(routes!(templates::list_templates))
+        .routes(routes!(templates::get_template))
+        .split_for_parts()
+}
+
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    api_parts().1
+}
+
+pub fn router(control: Arc<dyn Control>, cfg: ServerConfig) -> Router {
+    let (routes, doc) = api_parts();
+    let doc = Arc::new(doc);
+    let token: Arc<str> = cfg.token.into();
+    routes
+        .route("/api/v1/openapi.json", axum::routing::get(move || async move { Json(doc.as_ref().clone()) }))
+        .fallback(|req: Request| async move {
+            ApiError::not_found(format!(
+                "no such endpoint: {} {} (see /api/v1/openapi.json)",
+                req.method(),
+                req.uri().path()
+            ))
+        })
+        .layer(middleware::from_fn_with_state(token, auth))
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .with_state(control)
+}
+
+fn same(a: &[u8], b: &[u8]) -> bool {
+    // constant time in the token's length
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn auth(State(token): State<Arc<str>>, req: Request, next: Next) -> Response {
+    if req.uri().path() == "/api/v1/health" {
+        return next.run(req).await;
+    }
+    let given =
+        req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    match given {
+        Some(t) if same(t.trim().as_bytes(), token.as_bytes()) => next.run(req).await,
+        Some(_) => ApiError::new(ErrorKind::Unauthorized, "the API token is wrong (see token in the micro-os home)")
+            .into_response(),
+        None => ApiError::new(
+            ErrorKind::Unauthorized,
+            "the request carries no API token (send Authorization: Bearer <token from the micro-os home>)",
+        )
+        .into_response(),
+    }
+}

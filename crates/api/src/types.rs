@@ -1,0 +1,134 @@
+//! Request and response bodies.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use micro_os_core::{HealthCheck, PortMapping, Resources, RestartPolicy};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+/// `POST /api/v1/containers`. Give `image` or `template` (or both: the template with
+/// another image). Anything set here overrides the template.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ContainerCreate {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<String>,
+    /// Overrides the image's or template's command.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<Resources>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ports: Option<Vec<PortMapping>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart: Option<RestartPolicy>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<HealthCheck>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub config: BTreeMap<String, String>,
+    /// Place the container on this VM (not available yet: VMs arrive with the VM issue).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vm: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Object)]
+    pub network: Option<serde_json::Value>,
+}
+
+/// `POST /api/v1/containers/deploy`: the spec's `container_spec.json`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeployRequest {
+    pub containers: Vec<ContainerCreate>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, IntoParams)]
+pub struct RemoveQuery {
+    /// Stop a running container first.
+    #[serde(default)]
+    pub force: bool,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, IntoParams)]
+pub struct StopQuery {
+    /// Seconds between SIGTERM and SIGKILL (default 10).
+    #[serde(default)]
+    pub timeout: Option<f64>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, IntoParams)]
+pub struct LogsQuery {
+    /// Keep the response open and send new lines as they are written.
+    #[serde(default)]
+    pub follow: bool,
+    /// Only the last N lines.
+    #[serde(default)]
+    pub tail: Option<usize>,
+    /// Only lines at or after this RFC 3339 time.
+    #[serde(default)]
+    pub since: Option<DateTime<Utc>>,
+    /// Prefix each line with its time and stream.
+    #[serde(default)]
+    pub timestamps: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct WaitResponse {
+    pub exit_code: i32,
+    pub oom_killed: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ImageInfo {
+    pub name: String,
+    pub id: String,
+    pub created_at: DateTime<Utc>,
+    pub size_bytes: u64,
+    pub layers: usize,
+    pub source: String,
+    pub entrypoint: Vec<String>,
+    pub cmd: Vec<String>,
+}
+
+/// `POST /api/v1/images/build`: build a built-in base image.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ImageBuild {
+    /// Which built-in image to build: `busybox`.
+    pub base: String,
+    /// Name to store it under (default: the base's name).
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+/// `POST /api/v1/images/import`: import an OCI layout or `docker save` tarball from a
+/// path on the daemon's host.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ImageImport {
+    pub path: String,
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+/// One line of an image build's or import's NDJSON response.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "event", rename_all = "lowercase")]
+pub enum ImageEvent {
+    Progress { stage: String, current: u64, total: u64 },
+    Done { image: ImageInfo },
+    Error { status: u16, message: String },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct HealthResponse {
+    pub status: String,
+    pub version: String,
+}

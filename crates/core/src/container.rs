@@ -1,0 +1,253 @@
+use std::collections::BTreeMap;
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::{HealthCheck, HealthState, PortMapping, Resources, RestartPolicy, ValidationError};
+
+/// What a container is asked to be: fixed at create time except `config`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ContainerSpec {
+    pub name: String,
+    pub image: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<String>,
+    /// The process to run; empty means the image's command.
+    #[serde(default)]
+    pub command: Vec<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    #[serde(default)]
+    pub resources: Resources,
+    #[serde(default)]
+    pub ports: Vec<PortMapping>,
+    #[serde(default)]
+    pub restart: RestartPolicy,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<HealthCheck>,
+    /// Settings handed to the workload (`container config N --network mainnet`), passed
+    /// as `MICRO_OS_CONFIG_<KEY>` variables and as `/run/micro-os/config.json`.
+    #[serde(default)]
+    pub config: BTreeMap<String, String>,
+    /// Free-form network settings from a deploy file (`{"mode": "overlay", ...}`), kept
+    /// as given until the overlay network exists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Hash)]
+#[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub enum ContainerState {
+    Created,
+    Running,
+    Paused,
+    Exited,
+}
+
+impl fmt::Display for ContainerState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ContainerState::Created => "created",
+            ContainerState::Running => "running",
+            ContainerState::Paused => "paused",
+            ContainerState::Exited => "exited",
+        })
+    }
+}
+
+/// The user-visible lifecycle actions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transition {
+    Start,
+    Stop,
+    Pause,
+    Resume,
+    Remove,
+}
+
+impl fmt::Display for Transition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Transition::Start => "start",
+            Transition::Stop => "stop",
+            Transition::Pause => "pause",
+            Transition::Resume => "resume",
+            Transition::Remove => "remove",
+        })
+    }
+}
+
+/// An invalid lifecycle action: a conflict, not a crash and not a silent no-op.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("cannot {action} container {name:?}: it is {state}{hint}")]
+pub struct InvalidTransition {
+    pub name: String,
+    pub action: Transition,
+    pub state: ContainerState,
+    pub hint: &'static str,
+}
+
+impl ContainerState {
+    /// Checks `action` against the state machine:
+    /// created -start-> running -pause-> paused -resume-> running; running|paused -stop-> exited;
+    /// exited -start-> running; created|exited -remove-> gone (`--force` removes any).
+    pub fn check(self, name: &str, action: Transition) -> Result<(), InvalidTransition> {
+        use ContainerState::*;
+        use Transition::*;
+        let hint = match (self, action) {
+            (Created | Exited, Start) => return Ok(()),
+            (Running | Paused, Stop) => return Ok(()),
+            (Running, Pause) => return Ok(()),
+            (Paused, Resume) => return Ok(()),
+            (Created | Exited, Remove) => return Ok(()),
+            (Running | Paused, Remove) => " (stop it first or use --force)",
+            (Running, Start) | (Paused, Pause) | (Running, Resume) => "",
+            (Paused, Start) => " (resume it instead)",
+            (_, Stop | Pause | Resume) => " (start it first)",
+        };
+        Err(InvalidTransition { name: name.to_string(), action, state: self, hint })
+    }
+}
+
+/// A container as stored and reported: its spec plus observed state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Container {
+    pub id: String,
+    #[serde(flatten)]
+    pub spec: ContainerSpec,
+    pub state: ContainerState,
+    pub created_at: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<DateTime<Utc>>,
+    /// Exit code of the last run; 128+N when killed by signal N.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    #[serde(default)]
+    pub oom_killed: bool,
+    #[serde(default)]
+    pub restart_count: u32,
+    /// Host pid of the container's first process while it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<HealthState>,
+    /// Why the last start failed, or what the runtime reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Set by `stop`: the exit that follows is not a failure for the restart policy.
+    #[serde(default)]
+    pub stop_requested: bool,
+}
+
+impl ContainerSpec {
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        crate::validate_name("container", &self.name)?;
+        self.resources.validate()?;
+        if let Some(h) = &self.health_check {
+            h.validate()?;
+        }
+        for k in self.env.keys() {
+            if k.is_empty() || k.contains('=') {
+                return Err(ValidationError::new(format!("env {k:?} is not a variable name (use KEY=VALUE)")));
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        for p in &self.ports {
+            if !seen.insert((p.host, p.protocol)) {
+                return Err(ValidationError::new(format!(
+                    "port {p} maps host port {} twice (give each host port once)",
+                    p.host
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Container {
+    pub fn new(id: String, spec: ContainerSpec, now: DateTime<Utc>) -> Self {
+        Container {
+            id,
+            spec,
+            state: ContainerState::Created,
+            created_at: now,
+            started_at: None,
+            finished_at: None,
+            exit_code: None,
+            oom_killed: false,
+            restart_count: 0,
+            pid: None,
+            health: None,
+            error: None,
+            stop_requested: false,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.spec.name
+    }
+}
+
+/// Parses `KEY=VALUE` (the CLI's `--env`).
+pub fn parse_env(s: &str) -> Result<(String, String), ValidationError> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(ValidationError::new(format!("env {s:?} is not KEY=VALUE (try --env NETWORK=devnet)"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ContainerState::*;
+    use Transition::*;
+
+    fn check(state: ContainerState, action: Transition, ok: bool) {
+        assert_eq!(state.check("c", action).is_ok(), ok, "{state} {action}");
+    }
+
+    #[test]
+    fn state_machine_table() {
+        check(Created, Start, true);
+        check(Exited, Start, true);
+        check(Running, Start, false);
+        check(Running, Pause, true);
+        check(Paused, Resume, true);
+        check(Exited, Pause, false);
+        check(Created, Stop, false);
+        check(Paused, Stop, true);
+        check(Running, Remove, false);
+        check(Exited, Remove, true);
+    }
+
+    #[test]
+    fn conflict_message_says_state() {
+        let e = Exited.check("eth-node-1", Pause).unwrap_err().to_string();
+        assert_eq!(e, "cannot pause container \"eth-node-1\": it is exited (start it first)");
+    }
+
+    #[test]
+    fn env_parsing() {
+        assert_eq!(parse_env("A=b=c").unwrap(), ("A".into(), "b=c".into()));
+        assert!(parse_env("=x").is_err());
+        assert!(parse_env("nothing").is_err());
+    }
+
+    #[test]
+    fn container_json_round_trip() {
+        let spec: ContainerSpec = serde_json::from_str(
+            r#"{"name":"n","image":"busybox","resources":{"memory":"64M"},"ports":["8080:80/tcp"],"restart":"on-failure:3"}"#,
+        )
+        .unwrap();
+        spec.validate().unwrap();
+        let c = Container::new("0123456789abcdef".into(), spec, Utc::now());
+        let back: Container = serde_json::from_str(&serde_json::to_string(&c).unwrap()).unwrap();
+        assert_eq!(back, c);
+    }
+}

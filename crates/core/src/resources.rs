@@ -1,0 +1,119 @@
+use serde::{Deserialize, Serialize};
+
+use crate::{Size, ValidationError};
+
+/// Limits for one container (or VM): enforced by cgroups, never advisory.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Resources {
+    /// CPUs as a fraction of cores, e.g. 1.5 (cfs quota over a 100 ms period).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<f64>,
+    /// Memory limit in bytes (strings like "512M" are accepted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<Size>,
+    /// Maximum number of processes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pids: Option<u64>,
+}
+
+/// Smallest memory limit we accept: below this runc itself cannot start the container.
+pub const MIN_MEMORY: u64 = 6 << 20;
+
+impl Resources {
+    /// Parses the CLI form `cpu=1.5,memory=512M,pids=256`.
+    pub fn parse(s: &str) -> Result<Resources, ValidationError> {
+        let mut r = Resources::default();
+        for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (k, v) = part.split_once('=').ok_or_else(|| {
+                ValidationError::new(format!("resource {part:?} is not key=value (try cpu=1.5,memory=512M,pids=256)"))
+            })?;
+            match k.trim() {
+                "cpu" | "cpus" => {
+                    r.cpu = Some(v.trim().parse().map_err(|_| {
+                        ValidationError::new(format!("cpu {v:?} is not a number of cores (try cpu=1.5)"))
+                    })?)
+                }
+                "memory" | "mem" => r.memory = Some(Size::parse("memory", v)?),
+                "pids" => {
+                    r.pids = Some(v.trim().parse().map_err(|_| {
+                        ValidationError::new(format!("pids {v:?} is not a whole number (try pids=256)"))
+                    })?)
+                }
+                other => {
+                    return Err(ValidationError::new(format!(
+                        "resource {other:?} is unknown (known: cpu, memory, pids)"
+                    )))
+                }
+            }
+        }
+        r.validate()?;
+        Ok(r)
+    }
+
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        if let Some(cpu) = self.cpu {
+            if !(cpu.is_finite() && cpu > 0.0 && cpu <= 1024.0) {
+                return Err(ValidationError::new(format!(
+                    "cpu {cpu} is out of range (give a number of cores above 0, e.g. 0.5 or 2)"
+                )));
+            }
+        }
+        if let Some(m) = self.memory {
+            if m.bytes() < MIN_MEMORY {
+                return Err(ValidationError::new(format!("memory {m} is too small (give at least 6M)")));
+            }
+        }
+        if self.pids == Some(0) {
+            return Err(ValidationError::new("pids 0 is too small (give at least 1)"));
+        }
+        Ok(())
+    }
+
+    /// `self` with every unset field taken from `defaults`.
+    pub fn or(&self, defaults: &Resources) -> Resources {
+        Resources {
+            cpu: self.cpu.or(defaults.cpu),
+            memory: self.memory.or(defaults.memory),
+            pids: self.pids.or(defaults.pids),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_spec_form() {
+        let r = Resources::parse("cpu=1.5,memory=512M,pids=256").unwrap();
+        assert_eq!(r.cpu, Some(1.5));
+        assert_eq!(r.memory, Some(Size(512 << 20)));
+        assert_eq!(r.pids, Some(256));
+    }
+
+    #[test]
+    fn rejects_bad_input_with_named_errors() {
+        for (input, needle) in [
+            ("memory=4XB", "memory \"4XB\" is not a size"),
+            ("cpu=lots", "cpu \"lots\""),
+            ("cpu=0", "cpu 0 is out of range"),
+            ("gpu=1", "resource \"gpu\" is unknown"),
+            ("memory", "not key=value"),
+            ("memory=1K", "too small"),
+            ("pids=0", "pids 0"),
+        ] {
+            let e = Resources::parse(input).unwrap_err().to_string();
+            assert!(e.contains(needle), "{input}: {e}");
+        }
+    }
+
+    #[test]
+    fn or_fills_unset() {
+        let a = Resources { cpu: Some(1.0), ..Default::default() };
+        let b = Resources { cpu: Some(2.0), memory: Some(Size(1 << 30)), pids: None };
+        let c = a.or(&b);
+        assert_eq!(c.cpu, Some(1.0));
+        assert_eq!(c.memory, Some(Size(1 << 30)));
+    }
+}

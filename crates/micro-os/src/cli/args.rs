@@ -1,0 +1,284 @@
+//! The command line, as the spec writes it: `micro-os <category> <action> [options]`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+const AFTER_HELP: &str = "\
+Examples:
+  micro-os init --config basic_config.json
+  micro-os daemon
+  micro-os container create --name web --template busybox-httpd --port 8080:80/tcp
+  micro-os container start --name web
+  micro-os container logs --name web --follow
+  micro-os container run --rm --image busybox -- echo hello
+
+Exit codes: 0 ok, 1 failure, 2 usage or invalid input, 3 not found, 4 conflict,
+5 daemon unreachable, 6 unauthorized; `container run` returns the container's own
+exit code, or 125 (micro-os failed), 126 (command cannot run), 127 (command not found).";
+
+#[derive(Parser, Debug)]
+#[command(name = "micro-os", version, about = "Run VMs, OCI containers and consensus circuits for blockchain nodes",
+    after_help = AFTER_HELP, disable_help_subcommand = true)]
+pub struct Cli {
+    /// The daemon's API (default http://127.0.0.1:8080).
+    #[arg(long, global = true, env = "MICRO_OS_API", value_name = "URL")]
+    pub api: Option<String>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Create the micro-os home: node key, API token (mode 0600) and config.
+    #[command(
+        after_help = "Examples:\n  micro-os init\n  micro-os init --config basic_config.json\n\nRunning init again never replaces the key or the token."
+    )]
+    Init {
+        /// A JSON config file to install (keys: api_addr, runtime, busybox, stop_timeout_s, log_level).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+    /// Run the daemon: REST API, store, runtime.
+    #[command(after_help = "Examples:\n  micro-os daemon\n  micro-os daemon --api-addr 127.0.0.1:9090")]
+    Daemon {
+        /// Listen address of the REST API (default from config: 127.0.0.1:8080).
+        #[arg(long, value_name = "ADDR")]
+        api_addr: Option<String>,
+        /// Use this config file instead of the home's config.json.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+    /// Manage containers.
+    #[command(subcommand)]
+    Container(Box<ContainerCmd>),
+    /// Manage images (no registry: built locally or imported from files).
+    #[command(subcommand)]
+    Image(ImageCmd),
+    /// List and show container templates.
+    #[command(subcommand)]
+    Template(TemplateCmd),
+    /// Print a shell completion script.
+    #[command(
+        after_help = "Examples:\n  source <(micro-os completion bash)\n  micro-os completion zsh > ~/.zfunc/_micro-os"
+    )]
+    Completion { shell: clap_complete::Shell },
+    /// Show help for a command, e.g. `micro-os help container create`.
+    Help { command: Vec<String> },
+    /// Internal: the per-container monitor process.
+    #[command(hide = true)]
+    Shim { state_dir: PathBuf },
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct NameArg {
+    /// The container's name or id.
+    #[arg(value_name = "NAME")]
+    pub positional: Option<String>,
+    /// The container's name or id.
+    #[arg(long = "name", value_name = "NAME")]
+    pub name: Option<String>,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Format {
+    #[default]
+    Table,
+    Json,
+    Yaml,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct CreateArgs {
+    /// The container's name.
+    #[arg(value_name = "NAME")]
+    pub positional: Option<String>,
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+    /// Image to run (see `micro-os image ls`).
+    #[arg(long, value_name = "IMAGE")]
+    pub image: Option<String>,
+    /// Template to start from (see `micro-os template ls`).
+    #[arg(long, value_name = "TEMPLATE")]
+    pub template: Option<String>,
+    /// Limits, e.g. cpu=1.5,memory=512M,pids=256.
+    #[arg(long, value_name = "LIST")]
+    pub resources: Option<String>,
+    /// Environment variable KEY=VALUE (repeatable).
+    #[arg(long = "env", short = 'e', value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    /// Publish a port on the host's loopback: HOST:CONTAINER[/tcp] (repeatable).
+    #[arg(long = "port", short = 'p', value_name = "PORTS")]
+    pub ports: Vec<String>,
+    /// Restart policy: no, on-failure[:N] or always.
+    #[arg(long, value_name = "POLICY")]
+    pub restart: Option<String>,
+    /// Health check: command run inside the container.
+    #[arg(long, value_name = "CMD", conflicts_with_all = ["health_tcp", "health_http"])]
+    pub health_cmd: Option<String>,
+    /// Health check: TCP port inside the container.
+    #[arg(long, value_name = "PORT", conflicts_with = "health_http")]
+    pub health_tcp: Option<u16>,
+    /// Health check: HTTP GET of PORT[/PATH] inside the container.
+    #[arg(long, value_name = "PORT/PATH")]
+    pub health_http: Option<String>,
+    /// Seconds between health probes.
+    #[arg(long, value_name = "S")]
+    pub health_interval: Option<f64>,
+    /// Seconds a probe may take.
+    #[arg(long, value_name = "S")]
+    pub health_timeout: Option<f64>,
+    /// Failures in a row before the container is unhealthy.
+    #[arg(long, value_name = "N")]
+    pub health_retries: Option<u32>,
+    /// Place the container on a VM.
+    #[arg(long, value_name = "VM")]
+    pub vm: Option<String>,
+    /// The command to run instead of the image's or template's.
+    #[arg(last = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ContainerCmd {
+    /// Create a container (it does not start until `container start`).
+    #[command(
+        after_help = "Examples:\n  micro-os container create --name my-node --template blockchain-full-node\n  micro-os container create --name web --image busybox --resources cpu=0.5,memory=64M -- httpd -f -p 80\n  micro-os container create --name w2 --template busybox-httpd --port 8080:80/tcp --restart on-failure:3"
+    )]
+    Create(CreateArgs),
+    /// Create, start and wait for a container, like `docker run`; exits with its code.
+    #[command(
+        after_help = "Examples:\n  micro-os container run --rm --image busybox -- echo hello\n  micro-os container run --detach --name web --template busybox-httpd"
+    )]
+    Run {
+        #[command(flatten)]
+        create: CreateArgs,
+        /// Remove the container when it exits.
+        #[arg(long)]
+        rm: bool,
+        /// Print the id and return at once instead of waiting.
+        #[arg(long, short = 'd')]
+        detach: bool,
+    },
+    /// Create every container of a deploy file (the spec's container_spec.json).
+    #[command(after_help = "Examples:\n  micro-os container deploy --from-file container_spec.json")]
+    Deploy {
+        #[arg(long, value_name = "FILE")]
+        from_file: PathBuf,
+    },
+    /// Start a container.
+    #[command(after_help = "Examples:\n  micro-os container start --name eth-node-1")]
+    Start(NameArg),
+    /// Stop a container: SIGTERM, then SIGKILL after the timeout.
+    #[command(after_help = "Examples:\n  micro-os container stop --name eth-node-1 --timeout 30")]
+    Stop {
+        #[command(flatten)]
+        name: NameArg,
+        /// Seconds between SIGTERM and SIGKILL (default 10).
+        #[arg(long, value_name = "S")]
+        timeout: Option<f64>,
+    },
+    /// Freeze every process of a container.
+    Pause(NameArg),
+    /// Thaw a paused container.
+    Resume(NameArg),
+    /// Show a container's details.
+    #[command(after_help = "Examples:\n  micro-os container inspect --name eth-node-1 --format json")]
+    Inspect {
+        #[command(flatten)]
+        name: NameArg,
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// List containers.
+    #[command(alias = "ls")]
+    List {
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// Show a container's output.
+    #[command(
+        after_help = "Examples:\n  micro-os container logs --name eth-node-1 --follow\n  micro-os container logs --name eth-node-1 --tail 50 --since 10m"
+    )]
+    Logs {
+        #[command(flatten)]
+        name: NameArg,
+        /// Keep printing new lines until the container stops.
+        #[arg(long, short = 'f')]
+        follow: bool,
+        /// Only the last N lines.
+        #[arg(long, value_name = "N")]
+        tail: Option<usize>,
+        /// Only lines since a time (RFC 3339) or a duration ago (10m, 2h).
+        #[arg(long, value_name = "T")]
+        since: Option<String>,
+        /// Show each line's time and stream.
+        #[arg(long, short = 't')]
+        timestamps: bool,
+    },
+    /// Remove a container.
+    #[command(alias = "remove")]
+    Rm {
+        #[command(flatten)]
+        name: NameArg,
+        /// Stop it first if it runs.
+        #[arg(long, short = 'f')]
+        force: bool,
+    },
+    /// Show or set settings handed to the workload: `config N --network mainnet --sync-mode fast`.
+    #[command(
+        after_help = "Examples:\n  micro-os container config eth-node-1 --network mainnet --sync-mode fast\n  micro-os container config eth-node-1\n\nSettings reach the workload as MICRO_OS_CONFIG_<KEY> variables and as\n/run/micro-os/config.json, from the next start on."
+    )]
+    Config {
+        /// The container's name or id, then --key value pairs.
+        #[arg(value_name = "NAME [--KEY VALUE]...", trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
+        args: Vec<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ImageCmd {
+    /// List images.
+    #[command(alias = "list")]
+    Ls {
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// Build a built-in base image (busybox, from Debian's busybox-static).
+    #[command(after_help = "Examples:\n  micro-os image build busybox\n  micro-os image build busybox --name base")]
+    Build {
+        /// Which base: busybox.
+        #[arg(default_value = "busybox")]
+        base: String,
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Import an OCI image layout (dir or tar) or a `docker save` tarball.
+    #[command(
+        after_help = "Examples:\n  micro-os image import ./alpine.tar --name alpine\n  micro-os image import ./oci-layout/"
+    )]
+    Import {
+        file: PathBuf,
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Remove an image no container uses.
+    #[command(alias = "remove")]
+    Rm { name: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TemplateCmd {
+    /// List templates.
+    #[command(alias = "list")]
+    Ls {
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// Show a template.
+    Inspect {
+        name: String,
+        #[arg(long, value_enum, default_value_t = Format::Json)]
+        format: Format,
+    },
+}

@@ -1,0 +1,22 @@
+//! The command-line client. Every command here talks to the daemon through the API
+//! types of `micro-os-api`; none touches the store or the runtime.
+
+pub mod args;
+pub mod client;
+mod container;
+mod image;
+mod output;
+
+pub use args::Cli;
+use args::Command;
+use client::{CliResult, Client};
+
+pub fn run(api: Option<String>, cmd: Command) -> CliResult<i32> {
+    let client = Client::new(api);
+    match cmd {
+        Command::Container(c) => container::run(&client, *c),
+        Command::Image(c) => image::run(&client, c),
+        Command::Template(c) => image::run_template(&client, c),
+        _ => unreachable!("local commands are handled in main"),
+    }
+}

@@ -1,0 +1,659 @@
+//! The daemon's control logic: it owns the in-memory view of every container, writes
+//! every change through to the store before acknowledging it, drives runc and the
+//! shims, and supervises exits, restarts and health checks.
+//!
+//! Invariant: a lifecycle action on a container holds that container's op lock, so two
+//! actions on one container never interleave; exits observed by the watchers do not
+//! take it (a `stop` waits for them while holding it).
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use chrono::Utc;
+use micro_os_api::types::{ContainerCreate, DeployRequest, ImageInfo, WaitResponse};
+use micro_os_api::{Action, ApiError, Reply};
+use micro_os_core::container::InvalidTransition;
+use micro_os_core::{Container, ContainerSpec, ContainerState, HealthState, Template, Transition};
+use micro_os_runtime::image::{Image, ImageStore};
+use micro_os_runtime::runc::Runc;
+use micro_os_runtime::shim::{self, ShimConfig, Status};
+use micro_os_runtime::{bundle, cgroup};
+use micro_os_store::{Event, Store};
+use tokio::sync::broadcast;
+
+use super::templates;
+use crate::home::{Config, Home};
+
+const KIND: &str = "container";
+
+pub struct Engine {
+    pub home: Home,
+    pub cfg: Config,
+    pub store: Store,
+    pub images: ImageStore,
+    pub runc: Runc,
+    exe: PathBuf,
+    containers: RwLock<HashMap<String, Container>>,
+    ops: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    persist_lock: Mutex<()>,
+    /// Ids of containers whose state changed; waiters re-check on each.
+    changes: broadcast::Sender<String>,
+}
+
+fn conflict(e: InvalidTransition) -> ApiError {
+    ApiError::conflict(e.to_string())
+}
+
+fn store_err(e: micro_os_store::Error) -> ApiError {
+    match e {
+        micro_os_store::Error::Conflict { kind, name } => {
+            ApiError::conflict(format!("{kind} {name:?} already exists (pick another name or remove it first)"))
+        }
+        other => ApiError::internal(other.to_string()),
+    }
+}
+
+pub fn image_info(i: Image) -> ImageInfo {
+    ImageInfo {
+        name: i.name,
+        id: i.id,
+        created_at: i.created_at,
+        size_bytes: i.size_bytes,
+        layers: i.layers,
+        source: i.source,
+        entrypoint: i.config.entrypoint,
+        cmd: i.config.cmd,
+    }
+}
+
+impl Engine {
+    pub fn open(home: Home, cfg: Config) -> anyhow::Result<Arc<Engine>> {
+        let store = Store::open(&home.db_path())?;
+        let images = ImageStore::new(home.images())?;
+        let runc = Runc::new(&cfg.runtime, home.runc_root());
+        let exe = std::env::current_exe()?;
+        let containers: HashMap<String, Container> =
+            store.list::<Container>(KIND)?.into_iter().map(|c| (c.id.clone(), c)).collect();
+        let (changes, _) = broadcast::channel(1024);
+        Ok(Arc::new(Engine {
+            home,
+            cfg,
+            store,
+            images,
+            runc,
+            exe,
+            containers: RwLock::new(containers),
+            ops: Mutex::new(HashMap::new()),
+            persist_lock: Mutex::new(()),
+            changes,
+        }))
+    }
+
+    pub fn container_count(&self) -> usize {
+        self.containers.read().unwrap().len()
+    }
+
+    fn state_dir(&self, id: &str) -> PathBuf {
+        self.home.containers().join(id)
+    }
+
+    /// Finds a container by id or name.
+    pub fn find(&self, key: &str) -> Result<Container, ApiError> {
+        let map = self.containers.read().unwrap();
+        if let Some(c) = map.get(key) {
+            return Ok(c.clone());
+        }
+        map.values()
+            .find(|c| c.spec.name == key)
+            .cloned()
+            .ok_or_else(|| ApiError::not_found(format!("container {key:?} not found (see `micro-os container list`)")))
+    }
+
+    fn op_lock(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.ops.lock().unwrap().entry(id.to_string()).or_default().clone()
+    }
+
+    fn update(&self, id: &str, f: impl FnOnce(&mut Container)) -> Option<Container> {
+        let mut map = self.containers.write().unwrap();
+        let c = map.get_mut(id)?;
+        f(c);
+        Some(c.clone())
+    }
+
+    /// Writes the current in-memory container (and an event) to the store. Always writes
+    /// the latest state, under one lock, so concurrent persists cannot reorder.
+    fn persist(&self, id: &str, action: &str, detail: impl Into<String>) -> Result<(), ApiError> {
+        let detail = detail.into();
+        tokio::task::block_in_place(|| {
+            let _g = self.persist_lock.lock().unwrap();
+            let Some(c) = self.containers.read().unwrap().get(id).cloned() else { return Ok(()) };
+            let ev = Event::new(KIND, id, &c.spec.name, action, detail);
+            self.store.update(KIND, id, &c.spec.name, &c, Some(&ev)).map_err(store_err)
+        })?;
+        let _ = self.changes.send(id.to_string());
+        Ok(())
+    }
+
+    fn templates(&self) -> Vec<Template> {
+        let (all, problems) = templates::all(&self.home.templates());
+        for p in problems {
+            tracing::warn!("{p}");
+        }
+        all
+    }
+
+    fn template(&self, name: &str) -> Result<Template, ApiError> {
+        let all = self.templates();
+        all.iter().find(|t| t.name == name).cloned().ok_or_else(|| {
+            let names: Vec<_> = all.iter().map(|t| t.name.as_str()).collect();
+            ApiError::not_found(format!(
+                "template {name:?} not found (available: {}; add your own as JSON in {})",
+                names.join(", "),
+                self.home.templates().display()
+            ))
+        })
+    }
+
+    /// Turns a create request into a validated spec, without side effects.
+    fn resolve(&self, req: ContainerCreate) -> Result<ContainerSpec, ApiError> {
+        micro_os_core::validate_name("container", &req.name).map_err(|e| ApiError::bad_request(e.to_string()))?;
+        if let Some(vm) = &req.vm {
+            return Err(ApiError::not_found(format!(
+                "vm {vm:?} not found (VMs are not available in this version; leave out --vm)"
+            )));
+        }
+        let template = req.template.as_deref().map(|t| self.template(t)).transpose()?;
+        let image = match (&req.image, &template) {
+            (Some(i), _) => i.clone(),
+            (None, Some(t)) => t.image.clone(),
+            (None, None) => {
+                return Err(ApiError::bad_request("give an image or a template (--image I or --template T)"))
+            }
+        };
+        if !self.images.exists(&image) {
+            return Err(ApiError::not_found(format!(
+                "image {image:?} not found (see `micro-os image ls`; import one with `micro-os image import FILE`)"
+            )));
+        }
+        let base = template.unwrap_or_else(|| Template {
+            name: String::new(),
+            description: String::new(),
+            workload: Default::default(),
+            image: image.clone(),
+            command: vec![],
+            env: BTreeMap::new(),
+            resources: Default::default(),
+            ports: vec![],
+            health_check: None,
+            restart: Default::default(),
+            source: String::new(),
+        });
+        let mut env = base.env.clone();
+        env.extend(req.env);
+        let spec = ContainerSpec {
+            name: req.name,
+            image,
+            template: req.template,
+            command: req.command.unwrap_or_else(|| base.command.clone()),
+            env,
+            resources: req.resources.unwrap_or_default().or(&base.effective_resources()),
+            ports: req.ports.unwrap_or_else(|| base.ports.clone()),
+            restart: req.restart.unwrap_or(base.restart),
+            health_check: req.health_check.or(base.health_check.clone()),
+            config: req.config,
+            network: req.network,
+        };
+        spec.validate().map_err(|e| ApiError::bad_request(e.to_string()))?;
+        Ok(spec)
+    }
+
+    fn check_name_free(&self, name: &str) -> Result<(), ApiError> {
+        if self.containers.read().unwrap().values().any(|c| c.spec.name == name) {
+            return Err(ApiError::conflict(format!(
+                "container {name:?} already exists (pick another name or remove it first)"
+            )));
+        }
+        Ok(())
+    }
+
+    fn insert(&self, spec: ContainerSpec) -> Result<Container, ApiError> {
+        let c = Container::new(micro_os_core::id::new_id(), spec, Utc::now());
+        let ev = Event::new(KIND, &c.id, &c.spec.name, "created", format!("image {}", c.spec.image));
+        tokio::task::block_in_place(|| self.store.insert(KIND, &c.id, &c.spec.name, &c, &ev)).map_err(store_err)?;
+        self.containers.write().unwrap().insert(c.id.clone(), c.clone());
+        Ok(c)
+    }
+
+    pub async fn create(&self, req: ContainerCreate) -> Result<Container, ApiError> {
+        let spec = self.resolve(req)?;
+        self.check_name_free(&spec.name)?;
+        self.insert(spec)
+    }
+
+    /// All or nothing: every entry is resolved and checked before any is created.
+    pub async fn deploy(&self, req: DeployRequest) -> Result<Vec<Container>, ApiError> {
+        if req.containers.is_empty() {
+            return Err(ApiError::bad_request("deploy file lists no containers (give {\"containers\": [...]})"));
+        }
+        let mut specs = Vec::new();
+        let mut names = std::collections::HashSet::new();
+        for (i, r) in req.containers.into_iter().enumerate() {
+            let name = r.name.clone();
+            let spec = self
+                .resolve(r)
+                .map_err(|e| ApiError::new(e.kind, format!("containers[{i}] ({name:?}): {}", e.message)))?;
+            if !names.insert(spec.name.clone()) {
+                return Err(ApiError::bad_request(format!(
+                    "containers[{i}]: name {:?} appears twice in the file",
+                    spec.name
+                )));
+            }
+            self.check_name_free(&spec.name)?;
+            specs.push(spec);
+        }
+        let mut out = Vec::new();
+        for s in specs {
+            out.push(self.insert(s)?);
+        }
+        Ok(out)
+    }
+
+    pub async fn start(self: &Arc<Self>, key: &str) -> Result<Container, ApiError> {
+        let c = self.find(key)?;
+        let lock = self.op_lock(&c.id);
+        let _g = lock.lock().await;
+        let c = self.find(&c.id)?;
+        c.state.check(&c.spec.name, Transition::Start).map_err(conflict)?;
+        self.launch(&c.id, "started").await
+    }
+
+    /// Prepares the bundle, spawns the shim and records the outcome. Caller holds the op lock.
+    async fn launch(self: &Arc<Self>, id: &str, action: &str) -> Result<Container, ApiError> {
+        let c = self.find(id)?;
+        let image = self.images.get(&c.spec.image).map_err(|e| ApiError::not_found(e.to_string()))?;
+        let this = self.clone();
+        let cc = c.clone();
+        let spawned = tokio::task::spawn_blocking(move || this.spawn_shim(&cc, &image))
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+        match spawned {
+            Ok((pid, shim_pid)) => {
+                let now = Utc::now();
+                self.update(id, |c| {
+                    c.state = ContainerState::Running;
+                    c.pid = Some(pid);
+                    c.started_at = Some(now);
+                    c.finished_at = None;
+                    c.exit_code = None;
+                    c.oom_killed = false;
+                    c.error = None;
+                    c.stop_requested = false;
+                    c.health = c.spec.health_check.as_ref().map(|_| HealthState::default());
+                });
+                self.persist(id, action, format!("pid {pid}"))?;
+                self.supervise(id, shim_pid, pid);
+                self.find(id)
+            }
+            Err(msg) => {
+                self.update(id, |c| c.error = Some(msg.clone()));
+                self.persist(id, "start-failed", msg.clone())?;
+                Err(ApiError::internal(format!("start container {:?}: {msg}", c.spec.name)))
+            }
+        }
+    }
+
+    fn spawn_shim(&self, c: &Container, image: &Image) -> Result<(u32, u32), String> {
+        let dir = self.state_dir(&c.id);
+        let bundle_dir = dir.join("bundle");
+        std::fs::create_dir_all(&bundle_dir).map_err(|e| format!("create {}: {e}", bundle_dir.display()))?;
+        let mut args = image.config.entrypoint.clone();
+        if c.spec.command.is_empty() {
+            args.extend(image.config.cmd.iter().cloned());
+        } else {
+            args.extend(c.spec.command.iter().cloned());
+        }
+        if args.is_empty() {
+            return Err(format!("image {:?} has no command; give one after --", image.name));
+        }
+        let mut env = image.config.env.clone();
+        if !env.iter().any(|e| e.starts_with("PATH=")) {
+            env.push("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
+        }
+        env.push(format!("HOSTNAME={}", c.spec.name));
+        env.push(format!("MICRO_OS_CONTAINER={}", c.spec.name));
+        for (k, v) in &c.spec.config {
+            env.push(format!("MICRO_OS_CONFIG_{}={v}", k.to_ascii_uppercase().replace('-', "_")));
+        }
+        for (k, v) in &c.spec.env {
+            env.push(format!("{k}={v}"));
+        }
+        let config_file = dir.join("workload-config.json");
+        std::fs::write(&config_file, serde_json::to_vec_pretty(&c.spec.config).unwrap_or_default())
+            .map_err(|e| format!("write {}: {e}", config_file.display()))?;
+        let cgroups_path = cgroup::container_path(&c.id);
+        let input = bundle::BundleInput {
+            hostname: &c.spec.name,
+            args,
+            env,
+            cwd: if image.config.workdir.is_empty() { "/".into() } else { image.config.workdir.clone() },
+            resources: &c.spec.resources,
+            rootfs: bundle_dir.join("rootfs"),
+            cgroups_path: cgroups_path.clone(),
+            netns: None,
+            config_file: Some(config_file),
+        };
+        let spec = bundle::spec(&input).map_err(|e| e.to_string())?;
+        spec.save(bundle_dir.join("config.json")).map_err(|e| format!("write bundle: {e}"))?;
+        let shim_cfg = ShimConfig {
+            id: c.id.clone(),
+            runc_binary: self.runc.binary.clone(),
+            runc_root: self.runc.root.clone(),
+            bundle: bundle_dir,
+            lower: self.images.rootfs(&image.name),
+            log_path: dir.join("container.log"),
+            cgroups_path,
+            ports: c.spec.ports.clone(),
+            own_netns: true,
+        };
+        std::fs::write(dir.join("shim.json"), serde_json::to_vec_pretty(&shim_cfg).expect("serialises"))
+            .map_err(|e| format!("write shim.json: {e}"))?;
+        let _ = std::fs::remove_file(shim::status_path(&dir));
+        let pid = shim::spawn(&self.exe, &dir).map_err(|e| e.to_string())?;
+        let shim_pid = std::fs::read_to_string(dir.join("shim.pid"))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .ok_or("shim wrote no pid file")?;
+        Ok((pid, shim_pid))
+    }
+
+    /// Watches the shim until it exits, then records the exit; runs health checks meanwhile.
+    fn supervise(self: &Arc<Self>, id: &str, shim_pid: u32, pid: u32) {
+        let this = self.clone();
+        let id2 = id.to_string();
+        tokio::spawn(async move {
+            super::pidwait::exited(shim_pid).await;
+            let status = shim::read_status(&this.state_dir(&id2));
+            this.on_exit(&id2, pid, status).await;
+        });
+        if let Some(h) = self.find(id).ok().and_then(|c| c.spec.health_check) {
+            tokio::spawn(super::health::run(self.clone(), id.to_string(), pid, h));
+        }
+    }
+
+    async fn on_exit(self: &Arc<Self>, id: &str, pid: u32, status: Option<Status>) {
+        let (code, oom, finished, error) = match status {
+            Some(Status::Exited { exit_code, oom_killed, finished_at, .. }) => {
+                (exit_code, oom_killed, finished_at, None)
+            }
+            Some(Status::Failed { error, at }) => (125, false, at, Some(error)),
+            _ => (255, false, Utc::now(), Some("the container's monitor (shim) died; exit status unknown".to_string())),
+        };
+        let Some(c) = self.update(id, |c| {
+            if c.pid != Some(pid) {
+                return;
+            }
+            c.state = ContainerState::Exited;
+            c.pid = None;
+            c.exit_code = Some(code);
+            c.oom_killed = oom;
+            c.finished_at = Some(finished);
+            if error.is_some() {
+                c.error = error.clone();
+            }
+        }) else {
+            return;
+        };
+        if c.state != ContainerState::Exited || c.exit_code != Some(code) || c.pid.is_some() {
+            return;
+        }
+        let detail = format!("exit code {code}{}", if oom { ", OOM-killed" } else { "" });
+        if let Err(e) = self.persist(id, if oom { "oom-killed" } else { "exited" }, detail) {
+            tracing::error!("record exit of {id}: {e}");
+        }
+        if !c.stop_requested && c.spec.restart.should_restart(code, c.restart_count) {
+            let delay = micro_os_core::restart::backoff(c.restart_count, Utc::now().timestamp_subsec_nanos() as u64);
+            let this = self.clone();
+            let id = id.to_string();
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                let Some(lock) = this.find(&id).ok().map(|c| this.op_lock(&c.id)) else { return };
+                let _g = lock.lock().await;
+                let Ok(c) = this.find(&id) else { return };
+                if c.state != ContainerState::Exited || c.stop_requested {
+                    return;
+                }
+                this.update(&id, |c| c.restart_count += 1);
+                if let Err(e) = this.launch(&id, "restarted").await {
+                    tracing::warn!("restart {}: {e}", c.spec.name);
+                }
+            });
+        }
+    }
+
+    async fn wait_until(&self, id: &str, done: impl Fn(&Container) -> bool, timeout: Duration) -> Option<Container> {
+        let mut rx = self.changes.subscribe();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            match self.find(id) {
+                Ok(c) if done(&c) => return Some(c),
+                Ok(_) => {}
+                Err(_) => return None,
+            }
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Err(_) => return None,
+                Ok(Err(broadcast::error::RecvError::Closed)) => return None,
+                Ok(_) => {}
+            }
+        }
+    }
+
+    pub async fn stop(&self, key: &str, timeout: Option<f64>) -> Result<Container, ApiError> {
+        let c = self.find(key)?;
+        let lock = self.op_lock(&c.id);
+        let _g = lock.lock().await;
+        let c = self.find(&c.id)?;
+        c.state.check(&c.spec.name, Transition::Stop).map_err(conflict)?;
+        self.stop_locked(&c, timeout.unwrap_or(self.cfg.stop_timeout_s)).await?;
+        self.find(&c.id)
+    }
+
+    async fn stop_locked(&self, c: &Container, timeout: f64) -> Result<(), ApiError> {
+        if !(timeout.is_finite() && timeout >= 0.0) {
+            return Err(ApiError::bad_request(format!("timeout {timeout} is not a number of seconds (try 10)")));
+        }
+        let id = c.id.clone();
+        self.update(&id, |c| c.stop_requested = true);
+        self.persist(&id, "stopping", format!("timeout {timeout}s"))?;
+        let runc = self.runc.clone();
+        let paused = c.state == ContainerState::Paused;
+        let id2 = id.clone();
+        let first = tokio::task::spawn_blocking(move || {
+            if paused {
+                runc.resume(&id2)?;
+            }
+            runc.kill(&id2, "TERM")
+        })
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+        if let Err(e) = first {
+            tracing::debug!("stop {}: {e}", c.spec.name);
+        }
+        let exited = |c: &Container| c.state == ContainerState::Exited;
+        if self.wait_until(&id, exited, Duration::from_secs_f64(timeout)).await.is_some() {
+            return Ok(());
+        }
+        let runc = self.runc.clone();
+        let id2 = id.clone();
+        let _ = tokio::task::spawn_blocking(move || runc.kill(&id2, "KILL")).await;
+        if self.wait_until(&id, exited, Duration::from_secs(15)).await.is_none() {
+            return Err(ApiError::internal(format!("container {:?} did not exit after SIGKILL", c.spec.name)));
+        }
+        Ok(())
+    }
+
+    pub async fn pause(&self, key: &str, pause: bool) -> Result<Container, ApiError> {
+        let c = self.find(key)?;
+        let lock = self.op_lock(&c.id);
+        let _g = lock.lock().await;
+        let c = self.find(&c.id)?;
+        let action = if pause { Transition::Pause } else { Transition::Resume };
+        c.state.check(&c.spec.name, action).map_err(conflict)?;
+        let runc = self.runc.clone();
+        let id = c.id.clone();
+        tokio::task::spawn_blocking(move || if pause { runc.pause(&id) } else { runc.resume(&id) })
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))?
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+        self.update(&c.id, |c| c.state = if pause { ContainerState::Paused } else { ContainerState::Running });
+        self.persist(&c.id, if pause { "paused" } else { "resumed" }, "")?;
+        self.find(&c.id)
+    }
+
+    pub async fn remove(&self, key: &str, force: bool) -> Result<(), ApiError> {
+        let c = self.find(key)?;
+        let lock = self.op_lock(&c.id);
+        let _g = lock.lock().await;
+        let c = self.find(&c.id)?;
+        if let Err(e) = c.state.check(&c.spec.name, Transition::Remove) {
+            if !force {
+                return Err(conflict(e));
+            }
+            self.stop_locked(&c, 0.0).await?;
+        }
+        let ev = Event::new(KIND, &c.id, &c.spec.name, "removed", "");
+        tokio::task::block_in_place(|| self.store.delete(KIND, &c.id, &ev)).map_err(store_err)?;
+        self.containers.write().unwrap().remove(&c.id);
+        self.ops.lock().unwrap().remove(&c.id);
+        let _ = self.changes.send(c.id.clone());
+        let dir = self.state_dir(&c.id);
+        tokio::task::spawn_blocking(move || {
+            let _ = std::fs::remove_dir_all(dir);
+        });
+        Ok(())
+    }
+
+    pub async fn configure(&self, key: &str, set: BTreeMap<String, String>) -> Result<Container, ApiError> {
+        let c = self.find(key)?;
+        for k in set.keys() {
+            if k.is_empty() || !k.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_' || ch == '.') {
+                return Err(ApiError::bad_request(format!(
+                    "config key {k:?} is not valid (use letters, digits, '-', '_' or '.', e.g. --sync-mode fast)"
+                )));
+            }
+        }
+        let keys: Vec<_> = set.keys().cloned().collect();
+        self.update(&c.id, |c| c.spec.config.extend(set));
+        self.persist(&c.id, "configured", keys.join(","))?;
+        self.find(&c.id)
+    }
+
+    pub async fn wait(&self, key: &str) -> Result<WaitResponse, ApiError> {
+        let c = self.find(key)?;
+        let done = |c: &Container| !matches!(c.state, ContainerState::Running | ContainerState::Paused);
+        let c = self
+            .wait_until(&c.id, done, Duration::from_secs(365 * 24 * 3600))
+            .await
+            .ok_or_else(|| ApiError::not_found(format!("container {key:?} was removed while waiting")))?;
+        Ok(WaitResponse { exit_code: c.exit_code.unwrap_or(0), oom_killed: c.oom_killed, error: c.error })
+    }
+
+    /// Re-adopts containers that kept running while the daemon was down and records
+    /// the exits of those that ended meanwhile.
+    pub async fn recover(self: &Arc<Self>) {
+        let running: Vec<Container> = self
+            .containers
+            .read()
+            .unwrap()
+            .values()
+            .filter(|c| matches!(c.state, ContainerState::Running | ContainerState::Paused))
+            .cloned()
+            .collect();
+        for c in running {
+            let dir = self.state_dir(&c.id);
+            let pid = c.pid.unwrap_or(0);
+            match shim::live_shim_pid(&dir) {
+                Some(shim_pid) => {
+                    tracing::info!("re-adopted container {} (pid {pid})", c.spec.name);
+                    let _ = self.persist(&c.id, "adopted", format!("pid {pid}"));
+                    self.supervise(&c.id, shim_pid, pid);
+                }
+                None => {
+                    let status = shim::read_status(&dir);
+                    tracing::info!("container {} ended while the daemon was down: {status:?}", c.spec.name);
+                    self.on_exit(&c.id, pid, status).await;
+                }
+            }
+        }
+    }
+
+    pub async fn dispatch(self: &Arc<Self>, action: Action) -> Result<Reply, ApiError> {
+        let one = |c: Container| Reply::Container(Box::new(c));
+        match action {
+            Action::CreateContainer(req) => self.create(*req).await.map(one),
+            Action::Deploy(req) => self.deploy(req).await.map(Reply::Containers),
+            Action::ListContainers => {
+                let mut v: Vec<Container> = self.containers.read().unwrap().values().cloned().collect();
+                v.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.spec.name.cmp(&b.spec.name)));
+                Ok(Reply::Containers(v))
+            }
+            Action::GetContainer(k) => self.find(&k).map(one),
+            Action::RemoveContainer { id, force } => self.remove(&id, force).await.map(|_| Reply::Done),
+            Action::StartContainer(k) => self.start(&k).await.map(one),
+            Action::StopContainer { id, timeout } => self.stop(&id, timeout).await.map(one),
+            Action::PauseContainer(k) => self.pause(&k, true).await.map(one),
+            Action::ResumeContainer(k) => self.pause(&k, false).await.map(one),
+            Action::ConfigureContainer { id, set } => self.configure(&id, set).await.map(one),
+            Action::WaitContainer(k) => self.wait(&k).await.map(Reply::Exit),
+            Action::ListImages => self
+                .images
+                .list()
+                .map(|v| Reply::Images(v.into_iter().map(image_info).collect()))
+                .map_err(|e| ApiError::internal(e.to_string())),
+            Action::RemoveImage(name) => {
+                self.images.get(&name).map_err(|e| ApiError::not_found(e.to_string()))?;
+                let users: Vec<String> = self
+                    .containers
+                    .read()
+                    .unwrap()
+                    .values()
+                    .filter(|c| c.spec.image == name)
+                    .map(|c| c.spec.name.clone())
+                    .collect();
+                if !users.is_empty() {
+                    return Err(ApiError::conflict(format!(
+                        "image {name:?} is used by containers {} (remove them first)",
+                        users.join(", ")
+                    )));
+                }
+                self.images.remove(&name).map_err(|e| ApiError::internal(e.to_string()))?;
+                Ok(Reply::Done)
+            }
+            Action::ListTemplates => Ok(Reply::Templates(self.templates())),
+            Action::GetTemplate(name) => self.template(&name).map(|t| Reply::Template(Box::new(t))),
+        }
+    }
+
+    /// Records a health probe result; persists only when the status changes.
+    pub fn record_health(&self, id: &str, pid: u32, ok: bool, retries: u32, ms: f64, output: String) -> bool {
+        let mut changed = None;
+        let alive = self
+            .update(id, |c| {
+                if c.pid != Some(pid) || c.state != ContainerState::Running {
+                    return;
+                }
+                let h = c.health.get_or_insert_with(HealthState::default);
+                let before = h.status;
+                h.record(ok, retries, Utc::now(), ms, output);
+                if h.status != before {
+                    changed = Some(h.status);
+                }
+            })
+            .is_some_and(|c| c.pid == Some(pid) && c.state != ContainerState::Exited);
+        if let Some(s) = changed {
+            let _ = self.persist(id, "health", format!("{s:?}").to_lowercase());
+        }
+        alive
+    }
+}

@@ -1,0 +1,173 @@
+//! `micro-os daemon`: the composition root. It opens the home, the store and the image
+//! store, re-adopts running containers, and serves the REST API until SIGTERM/SIGINT.
+
+mod engine;
+mod health;
+mod logs;
+mod pidwait;
+pub mod templates;
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use axum::body::Bytes;
+use micro_os_api::action::BoxFuture;
+use micro_os_api::types::{ImageBuild, ImageEvent, ImageImport, LogsQuery};
+use micro_os_api::{Action, ApiError, ByteStream, Control, Reply, ServerConfig};
+use micro_os_runtime::image::Progress;
+use tokio::sync::mpsc;
+
+pub use engine::Engine;
+
+use crate::home::{Config, Home};
+
+struct Daemon(Arc<Engine>);
+
+fn ndjson_line(ev: &ImageEvent) -> Bytes {
+    let mut v = serde_json::to_vec(ev).expect("event serialises");
+    v.push(b'\n');
+    Bytes::from(v)
+}
+
+fn image_error(e: micro_os_runtime::Error) -> ApiError {
+    use micro_os_runtime::Error as E;
+    match e {
+        E::ImageNotFound(_) => ApiError::not_found(e.to_string()),
+        E::ImageExists(_) => ApiError::conflict(e.to_string()),
+        E::BadImage { .. } | E::Other(_) => ApiError::bad_request(e.to_string()),
+        other => ApiError::internal(other.to_string()),
+    }
+}
+
+/// Runs an image job on a blocking thread, streaming its progress as NDJSON.
+fn image_job(
+    job: impl FnOnce(&mut dyn FnMut(Progress)) -> Result<micro_os_runtime::image::Image, micro_os_runtime::Error>
+        + Send
+        + 'static,
+) -> ByteStream {
+    let (tx, rx) = mpsc::channel::<Bytes>(256);
+    tokio::task::spawn_blocking(move || {
+        let mut last = std::time::Instant::now() - std::time::Duration::from_secs(1);
+        let mut report = |p: Progress| {
+            // at most 20 updates a second, and always the last of a stage
+            if p.current >= p.total || last.elapsed().as_millis() >= 50 {
+                last = std::time::Instant::now();
+                let _ = tx.blocking_send(ndjson_line(&ImageEvent::Progress {
+                    stage: p.stage,
+                    current: p.current,
+                    total: p.total,
+                }));
+            }
+        };
+        let ev = match job(&mut report) {
+            Ok(img) => ImageEvent::Done { image: engine::image_info(img) },
+            Err(e) => {
+                let api = image_error(e);
+                ImageEvent::Error { status: api.kind.status().as_u16(), message: api.message }
+            }
+        };
+        let _ = tx.blocking_send(ndjson_line(&ev));
+    });
+    Box::pin(futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (Ok(b), rx)) }))
+}
+
+impl Control for Daemon {
+    fn dispatch(&self, action: Action) -> BoxFuture<'_, Result<Reply, ApiError>> {
+        Box::pin(async move { self.0.dispatch(action).await })
+    }
+
+    fn logs(&self, id: String, query: LogsQuery) -> BoxFuture<'_, Result<ByteStream, ApiError>> {
+        Box::pin(async move {
+            let c = self.0.find(&id)?;
+            let path = self.0.home.containers().join(&c.id).join("container.log");
+            Ok(logs::stream(self.0.clone(), c.id, path, query))
+        })
+    }
+
+    fn build_image(&self, req: ImageBuild) -> BoxFuture<'_, Result<ByteStream, ApiError>> {
+        Box::pin(async move {
+            if req.base != "busybox" {
+                return Err(ApiError::bad_request(format!(
+                    "base image {:?} is unknown (built-in bases: busybox)",
+                    req.base
+                )));
+            }
+            let name = req.name.unwrap_or_else(|| req.base.clone());
+            micro_os_runtime::image::validate_image_name(&name).map_err(image_error)?;
+            if self.0.images.exists(&name) {
+                return Err(image_error(micro_os_runtime::Error::ImageExists(name)));
+            }
+            let engine = self.0.clone();
+            Ok(image_job(move |p| engine.images.build_busybox(&name, &engine.cfg.busybox, p)))
+        })
+    }
+
+    fn import_image(&self, req: ImageImport) -> BoxFuture<'_, Result<ByteStream, ApiError>> {
+        Box::pin(async move {
+            let path = std::path::PathBuf::from(&req.path);
+            if !path.is_absolute() {
+                return Err(ApiError::bad_request(format!(
+                    "path {:?} must be absolute (the daemon resolves it)",
+                    req.path
+                )));
+            }
+            if !path.exists() {
+                return Err(ApiError::not_found(format!("file {:?} not found on the daemon's host", req.path)));
+            }
+            if let Some(n) = &req.name {
+                micro_os_runtime::image::validate_image_name(n).map_err(image_error)?;
+                if self.0.images.exists(n) {
+                    return Err(image_error(micro_os_runtime::Error::ImageExists(n.clone())));
+                }
+            }
+            let engine = self.0.clone();
+            Ok(image_job(move |p| engine.images.import(&path, req.name.as_deref(), p)))
+        })
+    }
+}
+
+pub fn run(home: Home, cfg: Config) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MICRO_OS_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cfg.log_level));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    home.init(None)?;
+    let token = home.token()?;
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    rt.block_on(async move {
+        let engine = Engine::open(home.clone(), cfg.clone())?;
+        if !engine.images.exists("busybox") {
+            match engine.images.build_busybox("busybox", &cfg.busybox, &mut |_| {}) {
+                Ok(_) => tracing::info!("built the busybox base image from {}", cfg.busybox.display()),
+                Err(e) => tracing::warn!("no busybox base image: {e}"),
+            }
+        }
+        engine.recover().await;
+        let addr: std::net::SocketAddr = cfg.api_addr.parse().context("api_addr")?;
+        let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+            format!("cannot listen on {addr} (is another daemon running? pick another with --api-addr)")
+        })?;
+        tracing::info!(
+            "micro-os daemon listening on http://{} (home {}, {} containers)",
+            listener.local_addr()?,
+            home.root.display(),
+            engine.container_count()
+        );
+        let app = micro_os_api::router(Arc::new(Daemon(engine)), ServerConfig { token });
+        axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await?;
+        tracing::info!("micro-os daemon stopped; containers keep running under their shims");
+        anyhow::Ok(())
+    })?;
+    // follow-mode log streams run on blocking threads; do not wait for them
+    rt.shutdown_timeout(std::time::Duration::from_millis(200));
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("signal handler");
+    let mut int = signal(SignalKind::interrupt()).expect("signal handler");
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = int.recv() => {},
+    }
+}

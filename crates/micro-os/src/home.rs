@@ -1,0 +1,238 @@
+//! The micro-os home: node key, API token, config, store and state directories.
+//!
+//! `MICRO_OS_HOME`, else `/var/lib/micro-os` for root, else `~/.local/share/micro-os`.
+
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use ed25519_dalek::SigningKey;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone)]
+pub struct Home {
+    pub root: PathBuf,
+}
+
+/// The daemon's configuration (`config.json` in the home; `init --config FILE` copies
+/// a file of this shape there). Every key is optional.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address of the REST API. Keep it on loopback unless a proxy with TLS is in front.
+    pub api_addr: String,
+    /// The OCI runtime binary.
+    pub runtime: String,
+    /// The static busybox the `busybox` base image is built from.
+    pub busybox: PathBuf,
+    /// Seconds `stop` waits between SIGTERM and SIGKILL unless told otherwise.
+    pub stop_timeout_s: f64,
+    /// Log filter for the daemon (tracing's env-filter syntax).
+    pub log_level: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            api_addr: "127.0.0.1:8080".into(),
+            runtime: "runc".into(),
+            busybox: "/bin/busybox".into(),
+            stop_timeout_s: 10.0,
+            log_level: "info".into(),
+        }
+    }
+}
+
+impl Config {
+    pub fn validate(&self) -> Result<()> {
+        if self.api_addr.parse::<std::net::SocketAddr>().is_err() {
+            bail!("api_addr {:?} is not an address (try 127.0.0.1:8080)", self.api_addr);
+        }
+        if !(self.stop_timeout_s.is_finite() && self.stop_timeout_s >= 0.0) {
+            bail!("stop_timeout_s {} is not a number of seconds (try 10)", self.stop_timeout_s);
+        }
+        Ok(())
+    }
+
+    pub fn load(path: &Path) -> Result<Config> {
+        let text = fs::read_to_string(path).with_context(|| format!("config {} cannot be read", path.display()))?;
+        let cfg: Config = serde_json::from_str(&text).map_err(|e| {
+            anyhow::anyhow!("config {} is not valid: {e} (see docs/ARCHITECTURE.md for the keys)", path.display())
+        })?;
+        cfg.validate().with_context(|| format!("config {}", path.display()))?;
+        Ok(cfg)
+    }
+}
+
+impl Home {
+    pub fn locate() -> Home {
+        if let Some(h) = std::env::var_os("MICRO_OS_HOME").filter(|h| !h.is_empty()) {
+            return Home { root: h.into() };
+        }
+        if nix::unistd::geteuid().is_root() {
+            return Home { root: "/var/lib/micro-os".into() };
+        }
+        let base = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| ".".into());
+        Home { root: base.join(".local/share/micro-os") }
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.root.join("config.json")
+    }
+    pub fn token_path(&self) -> PathBuf {
+        self.root.join("token")
+    }
+    pub fn key_path(&self) -> PathBuf {
+        self.root.join("node.key")
+    }
+    pub fn db_path(&self) -> PathBuf {
+        self.root.join("state.db")
+    }
+    pub fn images(&self) -> PathBuf {
+        self.root.join("images")
+    }
+    pub fn containers(&self) -> PathBuf {
+        self.root.join("containers")
+    }
+    pub fn templates(&self) -> PathBuf {
+        self.root.join("templates")
+    }
+    pub fn runc_root(&self) -> PathBuf {
+        self.root.join("runc")
+    }
+
+    pub fn config(&self) -> Result<Config> {
+        if self.config_path().exists() {
+            Config::load(&self.config_path())
+        } else {
+            Ok(Config::default())
+        }
+    }
+
+    pub fn token(&self) -> Result<String> {
+        let p = self.token_path();
+        let t = fs::read_to_string(&p).with_context(|| {
+            format!("no API token at {} (run `micro-os init`, or set MICRO_OS_HOME to the daemon's home)", p.display())
+        })?;
+        Ok(t.trim().to_string())
+    }
+
+    /// Creates what is missing: directories, node key, token, config. Never replaces an
+    /// existing key or token; replaces the config only when `config` is given.
+    pub fn init(&self, config: Option<&Config>) -> Result<InitReport> {
+        for d in [self.root.clone(), self.images(), self.containers(), self.templates(), self.runc_root()] {
+            fs::create_dir_all(&d).with_context(|| format!("cannot create {}", d.display()))?;
+        }
+        fs::set_permissions(&self.root, fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("cannot chmod {}", self.root.display()))?;
+        let mut report = InitReport { home: self.root.clone(), ..Default::default() };
+
+        let key_path = self.key_path();
+        let key = if key_path.exists() {
+            read_key(&key_path)?
+        } else {
+            let mut seed = [0u8; 32];
+            getrandom::fill(&mut seed).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+            write_secret(&key_path, hex::encode(seed).as_bytes())?;
+            report.created.push("node key".into());
+            SigningKey::from_bytes(&seed)
+        };
+        report.public_key = hex::encode(key.verifying_key().as_bytes());
+
+        if !self.token_path().exists() {
+            let mut t = [0u8; 32];
+            getrandom::fill(&mut t).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+            write_secret(&self.token_path(), hex::encode(t).as_bytes())?;
+            report.created.push("API token".into());
+        }
+
+        match config {
+            Some(c) => {
+                write_atomic(&self.config_path(), &serde_json::to_vec_pretty(c)?)?;
+                report.created.push("config".into());
+            }
+            None if !self.config_path().exists() => {
+                write_atomic(&self.config_path(), &serde_json::to_vec_pretty(&Config::default())?)?;
+                report.created.push("config".into());
+            }
+            None => {}
+        }
+        Ok(report)
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct InitReport {
+    pub home: PathBuf,
+    pub created: Vec<String>,
+    pub public_key: String,
+}
+
+fn read_key(path: &Path) -> Result<SigningKey> {
+    let text = fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let bytes = hex::decode(text.trim()).ok().and_then(|b| <[u8; 32]>::try_from(b).ok());
+    match bytes {
+        Some(seed) => Ok(SigningKey::from_bytes(&seed)),
+        None => bail!("node key {} is not 64 hex digits (move it away to make a new one)", path.display()),
+    }
+}
+
+/// Writes a file readable by its owner only, created exclusively (never replaced).
+fn write_secret(path: &Path, data: &[u8]) -> Result<()> {
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    f.write_all(data)?;
+    f.sync_all()?;
+    Ok(())
+}
+
+pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    {
+        let mut f = fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+        f.write_all(data)?;
+        f.sync_all()?;
+    }
+    fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn init_is_idempotent_and_keeps_secrets() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home { root: dir.path().join("h") };
+        let first = home.init(None).unwrap();
+        assert_eq!(first.created, ["node key", "API token", "config"]);
+        let token = home.token().unwrap();
+        let key = fs::read(home.key_path()).unwrap();
+        let mode = fs::metadata(home.token_path()).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let cfg = Config { api_addr: "127.0.0.1:9999".into(), ..Default::default() };
+        let second = home.init(Some(&cfg)).unwrap();
+        assert_eq!(second.created, ["config"]);
+        assert_eq!(second.public_key, first.public_key);
+        assert_eq!(home.token().unwrap(), token);
+        assert_eq!(fs::read(home.key_path()).unwrap(), key);
+        assert_eq!(home.config().unwrap().api_addr, "127.0.0.1:9999");
+    }
+
+    #[test]
+    fn bad_config_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.json");
+        fs::write(&p, r#"{"api_addr": "nowhere"}"#).unwrap();
+        let e = Config::load(&p).unwrap_err();
+        assert!(format!("{e:#}").contains("api_addr \"nowhere\""), "{e:#}");
+        fs::write(&p, r#"{"colour": 1}"#).unwrap();
+        assert!(format!("{:#}", Config::load(&p).unwrap_err()).contains("unknown field"));
+    }
+}

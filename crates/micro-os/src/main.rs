@@ -1,0 +1,85 @@
+//! `micro-os`: one binary for the daemon, the CLI and the per-container shim.
+
+mod cli;
+mod daemon;
+mod home;
+
+use std::process::ExitCode;
+
+use clap::{CommandFactory, Parser};
+use cli::args::Command;
+use cli::client::{exit, CliError};
+use home::{Config, Home};
+
+fn main() -> ExitCode {
+    // The shim must fork before any thread exists, so it is recognised before clap runs.
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if argv.len() == 3 && argv[1] == "shim" {
+        micro_os_runtime::shim::detach();
+        return ExitCode::from(micro_os_runtime::shim::run(std::path::Path::new(&argv[2])) as u8);
+    }
+    let cli = match cli::Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { exit::USAGE } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code as u8);
+        }
+    };
+    match run(cli) {
+        Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
+        Err(e) => {
+            eprintln!("micro-os: {}", e.message);
+            ExitCode::from(e.code as u8)
+        }
+    }
+}
+
+fn run(cli: cli::Cli) -> Result<i32, CliError> {
+    match cli.command {
+        Command::Init { config } => {
+            let cfg = config.map(|p| Config::load(&p)).transpose().map_err(|e| CliError::usage(format!("{e:#}")))?;
+            let home = Home::locate();
+            let report = home.init(cfg.as_ref())?;
+            println!("home       {}", report.home.display());
+            println!("node key   ed25519 {}", report.public_key);
+            println!("token      {}", home.token_path().display());
+            if report.created.is_empty() {
+                println!("nothing to create: the home was already set up");
+            } else {
+                println!("created    {}", report.created.join(", "));
+            }
+            Ok(0)
+        }
+        Command::Daemon { api_addr, config } => {
+            let home = Home::locate();
+            let mut cfg = match config {
+                Some(p) => Config::load(&p).map_err(|e| CliError::usage(format!("{e:#}")))?,
+                None => home.config().map_err(|e| CliError::usage(format!("{e:#}")))?,
+            };
+            if let Some(a) = api_addr {
+                cfg.api_addr = a;
+            }
+            cfg.validate().map_err(|e| CliError::usage(format!("{e:#}")))?;
+            daemon::run(home, cfg)?;
+            Ok(0)
+        }
+        Command::Completion { shell } => {
+            clap_complete::generate(shell, &mut cli::Cli::command(), "micro-os", &mut std::io::stdout());
+            Ok(0)
+        }
+        Command::Help { command } => {
+            let mut cmd = cli::Cli::command();
+            let mut target = &mut cmd;
+            for word in &command {
+                target = target.find_subcommand_mut(word).ok_or_else(|| {
+                    CliError::usage(format!("no command {:?} (see `micro-os help`)", command.join(" ")))
+                })?;
+            }
+            target.print_long_help().map_err(|e| CliError::new(exit::FAILURE, e.to_string()))?;
+            Ok(0)
+        }
+        Command::Shim { .. } => Err(CliError::usage("the shim is started by the daemon, not by hand")),
+        other => cli::run(cli.api, other),
+    }
+}

@@ -1,0 +1,32 @@
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{context}: {source}")]
+    Io { context: String, source: std::io::Error },
+    #[error("image {0:?} not found (see `micro-os image ls`; build the base with `micro-os image build busybox`)")]
+    ImageNotFound(String),
+    #[error("image {0:?} already exists (remove it first with `micro-os image rm {0}`)")]
+    ImageExists(String),
+    #[error("{path}: {msg}")]
+    BadImage { path: PathBuf, msg: String },
+    #[error("runc {action} {id}: {msg}")]
+    Runc { action: String, id: String, msg: String },
+    #[error("oci spec: {0}")]
+    Spec(#[from] oci_spec::OciSpecError),
+    #[error("{0}")]
+    Other(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Adds the path or action to an I/O error, so messages name what failed.
+pub trait Context<T> {
+    fn context(self, what: impl FnOnce() -> String) -> Result<T>;
+}
+
+impl<T> Context<T> for std::result::Result<T, std::io::Error> {
+    fn context(self, what: impl FnOnce() -> String) -> Result<T> {
+        self.map_err(|source| Error::Io { context: what(), source })
+    }
+}

@@ -1,0 +1,541 @@
+//! Images without a registry: a root filesystem plus the image's default process
+//! settings, stored as `<images>/<name>/{rootfs/,image.json}`.
+//!
+//! Images come from two places: the built-in `busybox` base, built here from Debian's
+//! busybox-static, and files — an OCI image layout (directory or tar) or a `docker save`
+//! tarball — whose layers are applied in order with OCI whiteouts. Builds and imports
+//! happen in a scratch directory that is renamed into place at the end, so an image is
+//! either complete or absent.
+
+use std::collections::HashSet;
+use std::fs::{self, File};
+use std::io::{self, BufReader, Read};
+use std::path::{Component, Path, PathBuf};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::error::Context;
+use crate::{Error, Result};
+
+/// The process settings an image gives a container unless the container overrides them.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ImageConfig {
+    #[serde(default)]
+    pub entrypoint: Vec<String>,
+    #[serde(default)]
+    pub cmd: Vec<String>,
+    #[serde(default)]
+    pub env: Vec<String>,
+    #[serde(default)]
+    pub workdir: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Image {
+    pub name: String,
+    /// sha256 of what the image was made from (manifest or base binary).
+    pub id: String,
+    pub created_at: DateTime<Utc>,
+    pub size_bytes: u64,
+    pub layers: usize,
+    /// Where it came from: `built-in busybox (/bin/busybox)`, `import /path/x.tar`.
+    pub source: String,
+    pub config: ImageConfig,
+}
+
+/// One step of a long image operation, for progress bars.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Progress {
+    pub stage: String,
+    pub current: u64,
+    pub total: u64,
+}
+
+pub type ProgressFn<'a> = &'a mut dyn FnMut(Progress);
+
+pub fn validate_image_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Other(format!(
+            "image name {name:?} is not valid (use letters, digits, '-', '_', '.' or ':', e.g. busybox or node:1.2)"
+        )))
+    }
+}
+
+pub struct ImageStore {
+    root: PathBuf,
+}
+
+impl ImageStore {
+    pub fn new(root: impl Into<PathBuf>) -> Result<Self> {
+        let root = root.into();
+        fs::create_dir_all(&root).context(|| format!("create {}", root.display()))?;
+        Ok(ImageStore { root })
+    }
+
+    fn dir(&self, name: &str) -> PathBuf {
+        self.root.join(name)
+    }
+
+    pub fn rootfs(&self, name: &str) -> PathBuf {
+        self.dir(name).join("rootfs")
+    }
+
+    pub fn get(&self, name: &str) -> Result<Image> {
+        if validate_image_name(name).is_err() {
+            return Err(Error::ImageNotFound(name.into()));
+        }
+        let meta = self.dir(name).join("image.json");
+        let text = match fs::read_to_string(&meta) {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(Error::ImageNotFound(name.into())),
+            Err(e) => return Err(e).context(|| format!("read {}", meta.display())),
+        };
+        serde_json::from_str(&text).map_err(|e| Error::BadImage { path: meta, msg: e.to_string() })
+    }
+
+    pub fn exists(&self, name: &str) -> bool {
+        self.get(name).is_ok()
+    }
+
+    pub fn list(&self) -> Result<Vec<Image>> {
+        let mut out = Vec::new();
+        for entry in fs::read_dir(&self.root).context(|| format!("read {}", self.root.display()))? {
+            let name = entry.context(|| "read image dir".into())?.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with('.') {
+                continue;
+            }
+            if let Ok(img) = self.get(&name) {
+                out.push(img);
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    pub fn remove(&self, name: &str) -> Result<()> {
+        self.get(name)?;
+        let dir = self.dir(name);
+        // hide it first (atomic), then delete at leisure
+        let trash = self.root.join(format!(".rm-{name}-{}", std::process::id()));
+        fs::rename(&dir, &trash).context(|| format!("remove {}", dir.display()))?;
+        fs::remove_dir_all(&trash).context(|| format!("remove {}", trash.display()))
+    }
+
+    fn scratch(&self, name: &str) -> Result<PathBuf> {
+        let s = self.root.join(format!(".tmp-{name}-{}-{}", std::process::id(), micro_os_core::id::new_id()));
+        fs::create_dir_all(s.join("rootfs")).context(|| format!("create {}", s.display()))?;
+        Ok(s)
+    }
+
+    /// Moves a finished scratch directory into place, writing `image.json` last.
+    fn commit(&self, scratch: &Path, mut image: Image) -> Result<Image> {
+        image.size_bytes = dir_size(&scratch.join("rootfs"));
+        let meta = scratch.join("image.json");
+        fs::write(&meta, serde_json::to_vec_pretty(&image).expect("image serialises"))
+            .context(|| format!("write {}", meta.display()))?;
+        File::open(&meta).and_then(|f| f.sync_all()).context(|| format!("sync {}", meta.display()))?;
+        let dest = self.dir(&image.name);
+        if dest.exists() {
+            let _ = fs::remove_dir_all(scratch);
+            return Err(Error::ImageExists(image.name));
+        }
+        fs::rename(scratch, &dest).context(|| format!("rename into {}", dest.display()))?;
+        Ok(image)
+    }
+
+    /// Builds the base image `name` from a static busybox binary: every applet as a
+    /// symlink, a minimal /etc, and `sh` as the default command.
+    pub fn build_busybox(&self, name: &str, busybox: &Path, progress: ProgressFn<'_>) -> Result<Image> {
+        validate_image_name(name)?;
+        if self.exists(name) {
+            return Err(Error::ImageExists(name.into()));
+        }
+        let bin = fs::read(busybox).context(|| {
+            format!("read {} (install Debian's busybox-static: apt-get install busybox-static)", busybox.display())
+        })?;
+        let scratch = self.scratch(name)?;
+        let result = (|| {
+            let rootfs = scratch.join("rootfs");
+            for d in ["bin", "sbin", "etc", "proc", "sys", "dev", "tmp", "run", "root", "var/www", "home", "usr/bin"] {
+                fs::create_dir_all(rootfs.join(d)).context(|| format!("create {d}"))?;
+            }
+            let target = rootfs.join("bin/busybox");
+            fs::write(&target, &bin).context(|| format!("write {}", target.display()))?;
+            set_mode(&target, 0o755)?;
+            let list = std::process::Command::new(busybox)
+                .arg("--list")
+                .output()
+                .context(|| format!("run {} --list", busybox.display()))?;
+            let applets: Vec<String> =
+                String::from_utf8_lossy(&list.stdout).lines().map(str::to_string).filter(|a| a != "busybox").collect();
+            let total = applets.len() as u64;
+            for (i, applet) in applets.iter().enumerate() {
+                let link = rootfs.join("bin").join(applet);
+                std::os::unix::fs::symlink("busybox", &link).context(|| format!("link {}", link.display()))?;
+                if i % 64 == 0 || i + 1 == applets.len() {
+                    progress(Progress { stage: "linking applets".into(), current: i as u64 + 1, total });
+                }
+            }
+            let etc = rootfs.join("etc");
+            fs::write(etc.join("passwd"), "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n")
+                .context(|| "write /etc/passwd".into())?;
+            fs::write(etc.join("group"), "root:x:0:\nnogroup:x:65534:\n").context(|| "write /etc/group".into())?;
+            fs::write(etc.join("hosts"), "127.0.0.1 localhost\n::1 localhost\n")
+                .context(|| "write /etc/hosts".into())?;
+            fs::write(etc.join("resolv.conf"), "").context(|| "write /etc/resolv.conf".into())?;
+            set_mode(&rootfs.join("tmp"), 0o1777)?;
+            Ok(Image {
+                name: name.into(),
+                id: hex::encode(Sha256::digest(&bin)),
+                created_at: Utc::now(),
+                size_bytes: 0,
+                layers: 1,
+                source: format!("built-in busybox ({})", busybox.display()),
+                config: ImageConfig {
+                    cmd: vec!["sh".into()],
+                    env: vec!["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()],
+                    workdir: "/".into(),
+                    ..Default::default()
+                },
+            })
+        })();
+        match result {
+            Ok(img) => self.commit(&scratch, img),
+            Err(e) => {
+                let _ = fs::remove_dir_all(&scratch);
+                Err(e)
+            }
+        }
+    }
+
+    /// Imports an OCI image layout (directory or tar) or a `docker save` tarball.
+    /// `name` defaults to the archive's own tag.
+    pub fn import(&self, path: &Path, name: Option<&str>, progress: ProgressFn<'_>) -> Result<Image> {
+        if let Some(n) = name {
+            validate_image_name(n)?;
+            if self.exists(n) {
+                return Err(Error::ImageExists(n.into()));
+            }
+        }
+        let meta = fs::metadata(path).context(|| format!("open {}", path.display()))?;
+        let scratch = self.scratch(name.unwrap_or("import"))?;
+        let result = (|| {
+            let src = if meta.is_dir() {
+                path.to_path_buf()
+            } else {
+                let unpacked = scratch.join("archive");
+                fs::create_dir_all(&unpacked).context(|| format!("create {}", unpacked.display()))?;
+                let total = meta.len();
+                let file = File::open(path).context(|| format!("open {}", path.display()))?;
+                let reader =
+                    ProgressReader { inner: file, read: 0, total, stage: "reading archive", progress: &mut *progress };
+                let mut ar = tar::Archive::new(maybe_gzip(BufReader::new(reader))?);
+                ar.unpack(&unpacked).map_err(|e| Error::BadImage {
+                    path: path.into(),
+                    msg: format!("not a tar archive or directory: {e}"),
+                })?;
+                unpacked
+            };
+            let plan = read_plan(&src).map_err(|msg| Error::BadImage { path: path.into(), msg })?;
+            let final_name = match name {
+                Some(n) => n.to_string(),
+                None => plan.tag.clone().ok_or_else(|| Error::BadImage {
+                    path: path.into(),
+                    msg: "the archive names no image (give one with --name)".into(),
+                })?,
+            };
+            validate_image_name(&final_name)?;
+            if self.exists(&final_name) {
+                return Err(Error::ImageExists(final_name));
+            }
+            let rootfs = scratch.join("rootfs");
+            let n = plan.layers.len();
+            for (i, layer) in plan.layers.iter().enumerate() {
+                let f = File::open(layer).map_err(|e| Error::BadImage {
+                    path: path.into(),
+                    msg: format!("layer {} is missing: {e}", layer.display()),
+                })?;
+                let total = f.metadata().map(|m| m.len()).unwrap_or(0);
+                let stage = format!("applying layer {}/{}", i + 1, n);
+                let reader = ProgressReader { inner: f, read: 0, total, stage: &stage, progress: &mut *progress };
+                apply_layer(&rootfs, maybe_gzip(BufReader::new(reader))?)
+                    .map_err(|e| Error::BadImage { path: layer.clone(), msg: e.to_string() })?;
+            }
+            let _ = fs::remove_dir_all(scratch.join("archive"));
+            Ok(Image {
+                name: final_name,
+                id: plan.id,
+                created_at: Utc::now(),
+                size_bytes: 0,
+                layers: n,
+                source: format!("import {}", path.display()),
+                config: plan.config,
+            })
+        })();
+        match result {
+            Ok(img) => self.commit(&scratch, img),
+            Err(e) => {
+                let _ = fs::remove_dir_all(&scratch);
+                Err(e)
+            }
+        }
+    }
+}
+
+#[cfg(unix)]
+fn set_mode(p: &Path, mode: u32) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(p, fs::Permissions::from_mode(mode)).context(|| format!("chmod {}", p.display()))
+}
+
+fn dir_size(p: &Path) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![p.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = fs::read_dir(&d) else { continue };
+        for e in rd.flatten() {
+            let Ok(m) = e.metadata() else { continue };
+            if m.is_dir() {
+                stack.push(e.path());
+            } else if m.is_file() {
+                total += m.len();
+            }
+        }
+    }
+    total
+}
+
+struct ProgressReader<'a, R> {
+    inner: R,
+    read: u64,
+    total: u64,
+    stage: &'a str,
+    progress: ProgressFn<'a>,
+}
+
+impl<R: Read> Read for ProgressReader<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        let before = self.read >> 20;
+        self.read += n as u64;
+        if self.read >> 20 != before || n == 0 {
+            (self.progress)(Progress {
+                stage: self.stage.into(),
+                current: self.read.min(self.total),
+                total: self.total,
+            });
+        }
+        Ok(n)
+    }
+}
+
+/// Wraps `r` in a gzip decoder when it starts with the gzip magic.
+fn maybe_gzip<'a, R: io::BufRead + 'a>(mut r: R) -> Result<Box<dyn Read + 'a>> {
+    let head = r.fill_buf().context(|| "read archive".into())?;
+    if head.starts_with(&[0x1f, 0x8b]) {
+        Ok(Box::new(flate2::bufread::GzDecoder::new(r)))
+    } else {
+        Ok(Box::new(r))
+    }
+}
+
+/// What to apply, in order, and the image's settings.
+struct Plan {
+    layers: Vec<PathBuf>,
+    config: ImageConfig,
+    tag: Option<String>,
+    id: String,
+}
+
+#[derive(Deserialize)]
+struct DockerManifest {
+    #[serde(rename = "Config")]
+    config: String,
+    #[serde(rename = "RepoTags", default)]
+    repo_tags: Option<Vec<String>>,
+    #[serde(rename = "Layers")]
+    layers: Vec<String>,
+}
+
+#[derive(Deserialize, Default)]
+struct ConfigFile {
+    #[serde(default)]
+    config: Option<ConfigInner>,
+}
+
+#[derive(Deserialize, Default)]
+struct ConfigInner {
+    #[serde(rename = "Entrypoint", default)]
+    entrypoint: Option<Vec<String>>,
+    #[serde(rename = "Cmd", default)]
+    cmd: Option<Vec<String>>,
+    #[serde(rename = "Env", default)]
+    env: Option<Vec<String>>,
+    #[serde(rename = "WorkingDir", default)]
+    workdir: Option<String>,
+}
+
+impl From<ConfigFile> for ImageConfig {
+    fn from(c: ConfigFile) -> Self {
+        let c = c.config.unwrap_or_default();
+        ImageConfig {
+            entrypoint: c.entrypoint.unwrap_or_default(),
+            cmd: c.cmd.unwrap_or_default(),
+            env: c.env.unwrap_or_default(),
+            workdir: c.workdir.unwrap_or_default(),
+        }
+    }
+}
+
+/// Short image name from a tag such as `docker.io/library/alpine:3.19` → `alpine:3.19`.
+fn short_tag(tag: &str) -> String {
+    tag.rsplit('/').next().unwrap_or(tag).to_string()
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(p: &Path) -> Result<T, String> {
+    let text = fs::read(p).map_err(|e| format!("{} is missing: {e}", p.display()))?;
+    serde_json::from_slice(&text).map_err(|e| format!("{} is not valid: {e}", p.display()))
+}
+
+fn blob(root: &Path, digest: &str) -> Result<PathBuf, String> {
+    let (alg, hex) = digest.split_once(':').ok_or_else(|| format!("digest {digest:?} is malformed"))?;
+    if !hex.bytes().all(|b| b.is_ascii_hexdigit()) || alg.contains('/') {
+        return Err(format!("digest {digest:?} is malformed"));
+    }
+    Ok(root.join("blobs").join(alg).join(hex))
+}
+
+fn read_plan(root: &Path) -> Result<Plan, String> {
+    let docker = root.join("manifest.json");
+    if docker.exists() {
+        let manifests: Vec<DockerManifest> = read_json(&docker)?;
+        let m = manifests.into_iter().next().ok_or("manifest.json lists no image")?;
+        let config_path = safe_join(root, &m.config)?;
+        let config: ConfigFile = read_json(&config_path)?;
+        let raw = fs::read(&config_path).unwrap_or_default();
+        return Ok(Plan {
+            layers: m.layers.iter().map(|l| safe_join(root, l)).collect::<Result<_, _>>()?,
+            config: config.into(),
+            tag: m.repo_tags.and_then(|t| t.first().map(|t| short_tag(t))),
+            id: hex::encode(Sha256::digest(raw)),
+        });
+    }
+    let index = root.join("index.json");
+    if !index.exists() {
+        return Err("neither an OCI image layout (index.json) nor a docker save archive (manifest.json)".into());
+    }
+    let idx: serde_json::Value = read_json(&index)?;
+    let mut desc =
+        idx["manifests"].as_array().and_then(|m| m.first()).cloned().ok_or("index.json lists no manifest")?;
+    let mut tag = desc["annotations"]["io.containerd.image.name"]
+        .as_str()
+        .or(desc["annotations"]["org.opencontainers.image.ref.name"].as_str())
+        .map(short_tag);
+    // follow nested indexes (multi-platform) to the amd64/linux manifest
+    for _ in 0..4 {
+        if desc["mediaType"].as_str().is_some_and(|m| m.contains("index") || m.contains("manifest.list")) {
+            let nested: serde_json::Value = read_json(&blob(root, desc["digest"].as_str().unwrap_or(""))?)?;
+            let list = nested["manifests"].as_array().ok_or("nested index lists no manifest")?;
+            desc = list
+                .iter()
+                .find(|d| d["platform"]["architecture"] == "amd64")
+                .or(list.first())
+                .cloned()
+                .ok_or("nested index lists no manifest")?;
+            if tag.is_none() {
+                tag = desc["annotations"]["org.opencontainers.image.ref.name"].as_str().map(short_tag);
+            }
+        } else {
+            break;
+        }
+    }
+    let digest = desc["digest"].as_str().ok_or("manifest descriptor has no digest")?;
+    let manifest: serde_json::Value = read_json(&blob(root, digest)?)?;
+    let config: ConfigFile = read_json(&blob(root, manifest["config"]["digest"].as_str().unwrap_or(""))?)?;
+    let layers = manifest["layers"]
+        .as_array()
+        .ok_or("manifest has no layers")?
+        .iter()
+        .map(|l| blob(root, l["digest"].as_str().unwrap_or("")))
+        .collect::<Result<_, _>>()?;
+    // a bare ref name like "latest" is not a useful image name
+    let tag = tag.filter(|t| t.contains(':'));
+    Ok(Plan { layers, config: config.into(), tag, id: digest.trim_start_matches("sha256:").to_string() })
+}
+
+/// `root/rel` where `rel` may not leave `root`.
+fn safe_join(root: &Path, rel: &str) -> Result<PathBuf, String> {
+    let p = Path::new(rel);
+    if p.components().any(|c| !matches!(c, Component::Normal(_) | Component::CurDir)) {
+        return Err(format!("path {rel:?} in the archive leaves the archive"));
+    }
+    Ok(root.join(p))
+}
+
+/// Applies one layer tar to `rootfs`: `.wh.NAME` deletes NAME from lower layers,
+/// `.wh..wh..opq` empties its directory of lower-layer content, anything else is
+/// unpacked (paths that would leave `rootfs` are refused by the tar crate).
+pub fn apply_layer(rootfs: &Path, reader: impl Read) -> io::Result<()> {
+    let mut ar = tar::Archive::new(reader);
+    ar.set_preserve_permissions(true);
+    ar.set_preserve_ownerships(nix::unistd::geteuid().is_root());
+    ar.set_unpack_xattrs(false);
+    ar.set_overwrite(true);
+    let mut this_layer: HashSet<PathBuf> = HashSet::new();
+    for entry in ar.entries()? {
+        let mut entry = entry?;
+        let path: PathBuf = entry.path()?.components().filter(|c| matches!(c, Component::Normal(_))).collect();
+        if entry.path()?.components().any(|c| matches!(c, Component::ParentDir)) {
+            return Err(io::Error::other(format!("layer entry {:?} leaves the root", entry.path()?)));
+        }
+        let Some(fname) = path.file_name().map(|f| f.to_string_lossy().into_owned()) else { continue };
+        let parent = path.parent().unwrap_or(Path::new("")).to_path_buf();
+        if fname == ".wh..wh..opq" {
+            let dir = inside(rootfs, &parent)?;
+            if let Ok(rd) = fs::read_dir(&dir) {
+                for e in rd.flatten() {
+                    let rel = parent.join(e.file_name());
+                    if !this_layer.contains(&rel) {
+                        remove_any(&e.path())?;
+                    }
+                }
+            }
+        } else if let Some(victim) = fname.strip_prefix(".wh.") {
+            let target = inside(rootfs, &parent)?.join(victim);
+            remove_any(&target)?;
+        } else {
+            entry.unpack_in(rootfs)?;
+            this_layer.insert(path);
+        }
+    }
+    Ok(())
+}
+
+/// `rootfs/rel`, checked not to escape `rootfs` through symlinks in `rel`'s parents.
+fn inside(rootfs: &Path, rel: &Path) -> io::Result<PathBuf> {
+    let joined = rootfs.join(rel);
+    match joined.canonicalize() {
+        Ok(c) if c.starts_with(rootfs.canonicalize()?) => Ok(joined),
+        Ok(_) => Err(io::Error::other(format!("whiteout under {rel:?} leaves the root"))),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(joined),
+        Err(e) => Err(e),
+    }
+}
+
+fn remove_any(p: &Path) -> io::Result<()> {
+    match fs::symlink_metadata(p) {
+        Ok(m) if m.is_dir() => fs::remove_dir_all(p),
+        Ok(_) => fs::remove_file(p),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}

@@ -1,0 +1,404 @@
+//! The per-container monitor, run as `micro-os shim <state-dir>`.
+//!
+//! The daemon writes `shim.json` into the container's state directory and spawns the
+//! shim, which detaches (fork + setsid, re-parented to init) and then:
+//! 1. mounts the container's overlay root (image rootfs below, a private upper layer);
+//! 2. becomes a child subreaper and runs `runc create` with pipes as the container's
+//!    stdout/stderr, so the container's first process becomes the shim's child;
+//! 3. brings the container's loopback up, opens published ports on the host's loopback
+//!    and proxies them into the container's network namespace;
+//! 4. `runc start`s the container, reports `ok <pid>` (or `err <message>`) on fd 3 to the
+//!    daemon and writes `status.json`;
+//! 5. copies stdout/stderr to `container.log` (CRI format) until the container exits,
+//!    then records the exit code and OOM kills in `status.json`, deletes the runc
+//!    container and unmounts the root.
+//!
+//! Because the shim, not the daemon, holds the container, a daemon restart or crash
+//! leaves containers and their logs running; the daemon re-reads `status.json`.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use micro_os_core::{PortMapping, Protocol};
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sys::wait::{waitpid, WaitStatus};
+use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
+
+use crate::error::Context;
+use crate::runc::Runc;
+use crate::{cgroup, logs, netns, Error, Result};
+
+/// Everything the shim needs, written by the daemon as `shim.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ShimConfig {
+    pub id: String,
+    pub runc_binary: PathBuf,
+    pub runc_root: PathBuf,
+    pub bundle: PathBuf,
+    /// The image's root filesystem (read-only lower layer).
+    pub lower: PathBuf,
+    pub log_path: PathBuf,
+    pub cgroups_path: String,
+    pub ports: Vec<PortMapping>,
+    /// The container has a network namespace of its own (not a VM's): bring its
+    /// loopback up.
+    pub own_netns: bool,
+}
+
+impl ShimConfig {
+    pub fn upper(&self) -> PathBuf {
+        self.bundle.join("upper")
+    }
+    pub fn work(&self) -> PathBuf {
+        self.bundle.join("work")
+    }
+    pub fn merged(&self) -> PathBuf {
+        self.bundle.join("rootfs")
+    }
+}
+
+/// What the shim last recorded, in `status.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "phase", rename_all = "lowercase")]
+pub enum Status {
+    Running { pid: u32, started_at: DateTime<Utc> },
+    Exited { exit_code: i32, oom_killed: bool, started_at: Option<DateTime<Utc>>, finished_at: DateTime<Utc> },
+    Failed { error: String, at: DateTime<Utc> },
+}
+
+pub fn status_path(state_dir: &Path) -> PathBuf {
+    state_dir.join("status.json")
+}
+
+pub fn read_status(state_dir: &Path) -> Option<Status> {
+    let text = fs::read(status_path(state_dir)).ok()?;
+    serde_json::from_slice(&text).ok()
+}
+
+/// Writes `status.json` atomically and durably (temp file, fsync, rename).
+pub fn write_status(state_dir: &Path, status: &Status) -> io::Result<()> {
+    let tmp = state_dir.join(".status.json.tmp");
+    let mut f = File::create(&tmp)?;
+    f.write_all(&serde_json::to_vec(status).expect("status serialises"))?;
+    f.sync_all()?;
+    fs::rename(&tmp, status_path(state_dir))
+}
+
+/// The shim's pid, if it is alive and really our shim for this state directory.
+pub fn live_shim_pid(state_dir: &Path) -> Option<u32> {
+    let pid: u32 = fs::read_to_string(state_dir.join("shim.pid")).ok()?.trim().parse().ok()?;
+    let cmdline = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let want = state_dir.as_os_str().as_encoded_bytes();
+    let is_ours = cmdline.split(|b| *b == 0).any(|arg| arg == want);
+    // a zombie has an empty cmdline: it has exited
+    is_ours.then_some(pid)
+}
+
+/// Daemon side: starts a shim for the prepared state directory and waits until it
+/// reports the container started (its pid) or failed (its error).
+pub fn spawn(exe: &Path, state_dir: &Path) -> Result<u32> {
+    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| Error::Other(format!("pipe: {e}")))?;
+    let shim_log =
+        File::create(state_dir.join("shim.log")).context(|| format!("create {}/shim.log", state_dir.display()))?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("shim").arg(state_dir).stdin(Stdio::null()).stdout(Stdio::null()).stderr(shim_log);
+    let wfd = w.as_raw_fd();
+    // SAFETY: only async-signal-safe calls (dup2, fcntl) between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if wfd == 3 {
+                if libc::fcntl(3, libc::F_SETFD, 0) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            } else if libc::dup2(wfd, 3) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().context(|| format!("start shim {}", exe.display()))?;
+    drop(w);
+    // the first process forks the real shim and exits at once
+    let _ = child.wait();
+    let mut line = String::new();
+    BufReader::new(File::from(r)).read_line(&mut line).context(|| "read shim report".into())?;
+    let line = line.trim();
+    if let Some(pid) = line.strip_prefix("ok ") {
+        return pid.parse().map_err(|_| Error::Other(format!("shim reported {line:?}")));
+    }
+    if let Some(msg) = line.strip_prefix("err ") {
+        return Err(Error::Other(msg.to_string()));
+    }
+    let log = fs::read_to_string(state_dir.join("shim.log")).unwrap_or_default();
+    Err(Error::Other(format!("shim exited without a report: {}", log.trim())))
+}
+
+/// Shim side, first thing in `main` (before any thread exists): fork so that the
+/// daemon's child exits at once and the shim is re-parented to init, then start a new
+/// session so terminal signals of the daemon's session never reach it.
+pub fn detach() {
+    // SAFETY: called while the process is single-threaded.
+    match unsafe { nix::unistd::fork() } {
+        Ok(nix::unistd::ForkResult::Parent { .. }) => std::process::exit(0),
+        Ok(nix::unistd::ForkResult::Child) => {
+            let _ = nix::unistd::setsid();
+        }
+        Err(e) => {
+            eprintln!("shim: fork: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
+/// Shim side: runs the container to completion. Returns the process exit code.
+pub fn run(state_dir: &Path) -> i32 {
+    // SAFETY: fd 3 was set up by `spawn` for us alone; a failed fcntl means it is absent.
+    let report = unsafe {
+        if libc::fcntl(3, libc::F_SETFD, libc::FD_CLOEXEC) == 0 {
+            Some(File::from_raw_fd(3))
+        } else {
+            None
+        }
+    };
+    let _ = fs::write(state_dir.join("shim.pid"), std::process::id().to_string());
+    let cfg: ShimConfig = match fs::read(state_dir.join("shim.json"))
+        .map_err(|e| e.to_string())
+        .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+    {
+        Ok(c) => c,
+        Err(e) => return fail(state_dir, report, &format!("read shim.json: {e}")),
+    };
+    let runc = Runc::new(&cfg.runc_binary, &cfg.runc_root);
+    let started = match start(&cfg, &runc, state_dir) {
+        Ok(s) => s,
+        Err(e) => {
+            cleanup(&cfg, &runc);
+            return fail(state_dir, report, &e.to_string());
+        }
+    };
+    let started_at = Utc::now();
+    let _ = write_status(state_dir, &Status::Running { pid: started.pid, started_at });
+    if let Some(mut r) = report {
+        let _ = writeln!(r, "ok {}", started.pid);
+    }
+
+    let exit_code = wait_for(started.pid);
+    for pump in started.pumps {
+        let _ = pump.join();
+    }
+    let oom_killed = cgroup::oom_kills(cgroup::detect(), &cfg.cgroups_path).unwrap_or(0) > 0;
+    cleanup(&cfg, &runc);
+    let _ = write_status(
+        state_dir,
+        &Status::Exited { exit_code, oom_killed, started_at: Some(started_at), finished_at: Utc::now() },
+    );
+    0
+}
+
+fn fail(state_dir: &Path, report: Option<File>, msg: &str) -> i32 {
+    let _ = write_status(state_dir, &Status::Failed { error: msg.to_string(), at: Utc::now() });
+    if let Some(mut r) = report {
+        let _ = writeln!(r, "err {}", msg.replace('\n', " "));
+    }
+    eprintln!("shim: {msg}");
+    1
+}
+
+struct Started {
+    pid: u32,
+    pumps: Vec<std::thread::JoinHandle<()>>,
+}
+
+fn is_mountpoint(p: &Path) -> bool {
+    let Ok(m) = fs::metadata(p) else { return false };
+    let Some(parent) = p.parent() else { return false };
+    let Ok(pm) = fs::metadata(parent) else { return false };
+    use std::os::unix::fs::MetadataExt;
+    m.dev() != pm.dev()
+}
+
+fn mount_rootfs(cfg: &ShimConfig) -> Result<()> {
+    let merged = cfg.merged();
+    if is_mountpoint(&merged) {
+        let _ = umount2(&merged, MntFlags::MNT_DETACH);
+    }
+    for d in [cfg.upper(), cfg.work(), merged.clone()] {
+        fs::create_dir_all(&d).context(|| format!("create {}", d.display()))?;
+    }
+    let opts =
+        format!("lowerdir={},upperdir={},workdir={}", cfg.lower.display(), cfg.upper().display(), cfg.work().display());
+    mount(Some("overlay"), &merged, Some("overlay"), MsFlags::empty(), Some(opts.as_str()))
+        .map_err(|e| Error::Other(format!("mount overlay root at {}: {e}", merged.display())))
+}
+
+fn start(cfg: &ShimConfig, runc: &Runc, state_dir: &Path) -> Result<Started> {
+    mount_rootfs(cfg)?;
+    // a container of this id left by a crash would make create fail
+    let _ = runc.delete(&cfg.id, true);
+    nix::sys::prctl::set_child_subreaper(true).map_err(|e| Error::Other(format!("subreaper: {e}")))?;
+
+    let log = Arc::new(Mutex::new(
+        OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&cfg.log_path)
+            .context(|| format!("open {}", cfg.log_path.display()))?,
+    ));
+    let (out_r, out_w) = pipe()?;
+    let (err_r, err_w) = pipe()?;
+    let pid_file = state_dir.join("container.pid");
+    let _ = fs::remove_file(&pid_file);
+    let runc_log = state_dir.join("runc.log");
+    let output = runc
+        .command()
+        .arg("--log")
+        .arg(&runc_log)
+        .arg("--log-format")
+        .arg("json")
+        .arg("create")
+        .arg("--bundle")
+        .arg(&cfg.bundle)
+        .arg("--pid-file")
+        .arg(&pid_file)
+        .arg(&cfg.id)
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(out_w))
+        .stderr(Stdio::from(err_w))
+        .status()
+        .context(|| format!("run {}", cfg.runc_binary.display()))?;
+    let pumps = vec![pump(out_r, "stdout", log.clone()), pump(err_r, "stderr", log)];
+    if !output.success() {
+        let msg = fs::read(&runc_log).map(|b| crate::runc::last_error(&b)).unwrap_or_default();
+        return Err(Error::Runc { action: "create".into(), id: cfg.id.clone(), msg });
+    }
+    let pid: u32 = fs::read_to_string(&pid_file)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .ok_or_else(|| Error::Other(format!("runc wrote no pid to {}", pid_file.display())))?;
+    let ns = netns::ns_path(pid);
+    let result = (|| {
+        if cfg.own_netns {
+            netns::loopback_up(&ns).context(|| "bring up the container's loopback".into())?;
+        }
+        for p in &cfg.ports {
+            if p.protocol == Protocol::Udp {
+                return Err(Error::Other(format!("port {p}: udp forwarding is not supported yet (use tcp)")));
+            }
+            let listener = TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, p.host)))
+                .context(|| format!("publish port {p}: host port {} is not free", p.host))?;
+            let ns = ns.clone();
+            let port = p.container;
+            std::thread::spawn(move || proxy_tcp(listener, ns, port));
+        }
+        runc.command()
+            .arg("start")
+            .arg(&cfg.id)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| Error::Other(e.to_string()))
+            .and_then(|o| {
+                if o.status.success() {
+                    Ok(())
+                } else {
+                    Err(Error::Runc {
+                        action: "start".into(),
+                        id: cfg.id.clone(),
+                        msg: crate::runc::last_error(&o.stderr),
+                    })
+                }
+            })
+    })();
+    if let Err(e) = result {
+        let _ = runc.kill(&cfg.id, "KILL");
+        let _ = wait_for(pid);
+        return Err(e);
+    }
+    Ok(Started { pid, pumps })
+}
+
+fn cleanup(cfg: &ShimConfig, runc: &Runc) {
+    let _ = runc.delete(&cfg.id, true);
+    let merged = cfg.merged();
+    if is_mountpoint(&merged) {
+        let _ = umount2(&merged, MntFlags::MNT_DETACH);
+    }
+}
+
+fn pipe() -> Result<(OwnedFd, OwnedFd)> {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| Error::Other(format!("pipe: {e}")))
+}
+
+/// Reaps children until `pid` exits; returns its exit code (128+N for signal N).
+fn wait_for(pid: u32) -> i32 {
+    let target = Pid::from_raw(pid as i32);
+    loop {
+        match waitpid(None, None) {
+            Ok(WaitStatus::Exited(p, code)) if p == target => return code,
+            Ok(WaitStatus::Signaled(p, sig, _)) if p == target => return 128 + sig as i32,
+            Ok(_) => continue,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => {
+                // not our child (should not happen): poll until it is gone
+                while Path::new(&format!("/proc/{pid}")).exists() {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                return 255;
+            }
+        }
+    }
+}
+
+/// Copies one of the container's streams into the log, a CRI line per line.
+fn pump(fd: OwnedFd, stream: &'static str, log: Arc<Mutex<File>>) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        const MAX_LINE: usize = 16 * 1024;
+        let mut reader = BufReader::new(File::from(fd));
+        let mut buf = Vec::with_capacity(1024);
+        loop {
+            buf.clear();
+            let n = match (&mut reader).take(MAX_LINE as u64).read_until(b'\n', &mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            let full = buf.last() == Some(&b'\n');
+            let msg = if full { &buf[..n - 1] } else { &buf[..n] };
+            let line = logs::format_line(Utc::now(), stream, !full && n == MAX_LINE, msg);
+            if let Ok(mut f) = log.lock() {
+                let _ = f.write_all(&line);
+            }
+        }
+    })
+}
+
+fn proxy_tcp(listener: TcpListener, ns: PathBuf, port: u16) {
+    for conn in listener.incoming() {
+        let Ok(client) = conn else { continue };
+        let ns = ns.clone();
+        std::thread::spawn(move || {
+            let Ok(upstream) = netns::connect_tcp(&ns, port, Duration::from_secs(5)) else { return };
+            splice_both(client, upstream);
+        });
+    }
+}
+
+fn splice_both(a: TcpStream, b: TcpStream) {
+    let (Ok(mut a2), Ok(mut b2)) = (a.try_clone(), b.try_clone()) else { return };
+    let t = std::thread::spawn(move || {
+        let mut a = a;
+        let mut b = b;
+        let _ = io::copy(&mut a, &mut b);
+        let _ = b.shutdown(std::net::Shutdown::Write);
+    });
+    let _ = io::copy(&mut b2, &mut a2);
+    let _ = a2.shutdown(std::net::Shutdown::Write);
+    let _ = t.join();
+}

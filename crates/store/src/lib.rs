@@ -1,0 +1,266 @@
+//! The embedded store: one SQLite database (WAL mode) holding every object micro-os
+//! manages and the lifecycle events that happened to them.
+//!
+//! Design decision: objects are stored as JSON documents keyed by (kind, id) with a
+//! unique (kind, name), and every write commits in its own transaction with
+//! `synchronous=FULL` before it returns, so anything the API acknowledged survives a
+//! `kill -9` (and a power cut) of the daemon. Readers keep their own in-memory copy; the
+//! store is written through, not queried on hot paths.
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use chrono::{DateTime, Utc};
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{kind} {name:?} already exists")]
+    Conflict { kind: String, name: String },
+    #[error("store: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("store: stored {kind} {id} is not valid JSON: {source}")]
+    Corrupt { kind: String, id: String, source: serde_json::Error },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Schema migrations, applied in order; `PRAGMA user_version` counts those applied.
+const MIGRATIONS: &[&str] = &[
+    // 1: objects and events
+    "CREATE TABLE objects (
+        kind TEXT NOT NULL,
+        id TEXT NOT NULL,
+        name TEXT NOT NULL,
+        body TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        PRIMARY KEY (kind, id),
+        UNIQUE (kind, name)
+    );
+    CREATE TABLE events (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        at TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        object_id TEXT NOT NULL,
+        name TEXT NOT NULL,
+        action TEXT NOT NULL,
+        detail TEXT NOT NULL DEFAULT ''
+    );
+    CREATE INDEX events_object ON events (object_id, seq);",
+];
+
+/// A lifecycle event: `created`, `started`, `exited`, `oom`, `restarted`, ...
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    pub seq: i64,
+    pub at: DateTime<Utc>,
+    pub kind: String,
+    pub object_id: String,
+    pub name: String,
+    pub action: String,
+    pub detail: String,
+}
+
+impl Event {
+    pub fn new(kind: &str, object_id: &str, name: &str, action: &str, detail: impl Into<String>) -> Self {
+        Event {
+            seq: 0,
+            at: Utc::now(),
+            kind: kind.into(),
+            object_id: object_id.into(),
+            name: name.into(),
+            action: action.into(),
+            detail: detail.into(),
+        }
+    }
+}
+
+pub struct Store {
+    conn: Mutex<Connection>,
+}
+
+impl Store {
+    pub fn open(path: &Path) -> Result<Store> {
+        let conn = Connection::open(path)?;
+        Self::setup(conn)
+    }
+
+    pub fn open_in_memory() -> Result<Store> {
+        Self::setup(Connection::open_in_memory()?)
+    }
+
+    fn setup(mut conn: Connection) -> Result<Store> {
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        let version: usize = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Exclusive)?;
+            tx.execute_batch(sql)?;
+            tx.pragma_update(None, "user_version", i + 1)?;
+            tx.commit()?;
+        }
+        Ok(Store { conn: Mutex::new(conn) })
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        // a panic while holding the lock cannot leave a half-written transaction behind
+        // (SQLite rolls it back), so a poisoned lock is safe to reuse
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Inserts a new object; a duplicate name of the same kind is a conflict.
+    pub fn insert<T: Serialize>(&self, kind: &str, id: &str, name: &str, obj: &T, event: &Event) -> Result<()> {
+        let body = serde_json::to_string(obj).expect("objects serialise");
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let taken: Option<String> = tx
+            .query_row("SELECT id FROM objects WHERE kind = ?1 AND name = ?2", params![kind, name], |r| r.get(0))
+            .optional()?;
+        if taken.is_some() {
+            return Err(Error::Conflict { kind: kind.into(), name: name.into() });
+        }
+        tx.execute(
+            "INSERT INTO objects (kind, id, name, body, updated_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![kind, id, name, body, Utc::now().to_rfc3339()],
+        )?;
+        insert_event(&tx, event)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Replaces an existing object (or inserts it), with an optional event, atomically.
+    pub fn update<T: Serialize>(&self, kind: &str, id: &str, name: &str, obj: &T, event: Option<&Event>) -> Result<()> {
+        let body = serde_json::to_string(obj).expect("objects serialise");
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute(
+            "INSERT INTO objects (kind, id, name, body, updated_at) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (kind, id) DO UPDATE SET name = excluded.name, body = excluded.body,
+             updated_at = excluded.updated_at",
+            params![kind, id, name, body, Utc::now().to_rfc3339()],
+        )?;
+        if let Some(e) = event {
+            insert_event(&tx, e)?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn delete(&self, kind: &str, id: &str, event: &Event) -> Result<bool> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let n = tx.execute("DELETE FROM objects WHERE kind = ?1 AND id = ?2", params![kind, id])?;
+        insert_event(&tx, event)?;
+        tx.commit()?;
+        Ok(n > 0)
+    }
+
+    pub fn list<T: DeserializeOwned>(&self, kind: &str) -> Result<Vec<T>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached("SELECT id, body FROM objects WHERE kind = ?1 ORDER BY rowid")?;
+        let rows = stmt.query_map(params![kind], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, body) = row?;
+            out.push(serde_json::from_str(&body).map_err(|source| Error::Corrupt { kind: kind.into(), id, source })?);
+        }
+        Ok(out)
+    }
+
+    pub fn get<T: DeserializeOwned>(&self, kind: &str, id: &str) -> Result<Option<T>> {
+        let conn = self.conn();
+        let body: Option<String> = conn
+            .query_row("SELECT body FROM objects WHERE kind = ?1 AND id = ?2", params![kind, id], |r| r.get(0))
+            .optional()?;
+        body.map(|b| {
+            serde_json::from_str(&b).map_err(|source| Error::Corrupt { kind: kind.into(), id: id.into(), source })
+        })
+        .transpose()
+    }
+
+    pub fn record(&self, event: &Event) -> Result<()> {
+        let conn = self.conn();
+        insert_event(&conn, event)
+    }
+
+    /// Events of one object (or all when `object_id` is `None`), oldest first, the last `limit`.
+    pub fn events(&self, object_id: Option<&str>, limit: usize) -> Result<Vec<Event>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT seq, at, kind, object_id, name, action, detail FROM events
+             WHERE ?1 IS NULL OR object_id = ?1 ORDER BY seq DESC LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(params![object_id, limit as i64], |r| {
+            let at: String = r.get(1)?;
+            Ok(Event {
+                seq: r.get(0)?,
+                at: DateTime::parse_from_rfc3339(&at).map(|t| t.with_timezone(&Utc)).unwrap_or_default(),
+                kind: r.get(2)?,
+                object_id: r.get(3)?,
+                name: r.get(4)?,
+                action: r.get(5)?,
+                detail: r.get(6)?,
+            })
+        })?;
+        let mut out: Vec<Event> = rows.collect::<Result<_, _>>()?;
+        out.reverse();
+        Ok(out)
+    }
+}
+
+fn insert_event(conn: &Connection, e: &Event) -> Result<()> {
+    conn.execute(
+        "INSERT INTO events (at, kind, object_id, name, action, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![e.at.to_rfc3339(), e.kind, e.object_id, e.name, e.action, e.detail],
+    )?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct Obj {
+        id: String,
+        n: u32,
+    }
+
+    fn ev(id: &str, action: &str) -> Event {
+        Event::new("thing", id, "name", action, "")
+    }
+
+    #[test]
+    fn insert_conflict_update_delete() {
+        let s = Store::open_in_memory().unwrap();
+        s.insert("thing", "a", "one", &Obj { id: "a".into(), n: 1 }, &ev("a", "created")).unwrap();
+        let dup = s.insert("thing", "b", "one", &Obj { id: "b".into(), n: 2 }, &ev("b", "created"));
+        assert!(matches!(dup, Err(Error::Conflict { .. })), "{dup:?}");
+        // the failed insert left nothing behind, not even its event
+        assert_eq!(s.list::<Obj>("thing").unwrap().len(), 1);
+        assert_eq!(s.events(None, 10).unwrap().len(), 1);
+        s.update("thing", "a", "one", &Obj { id: "a".into(), n: 5 }, Some(&ev("a", "started"))).unwrap();
+        assert_eq!(s.get::<Obj>("thing", "a").unwrap().unwrap().n, 5);
+        assert!(s.delete("thing", "a", &ev("a", "removed")).unwrap());
+        assert!(s.get::<Obj>("thing", "a").unwrap().is_none());
+        let actions: Vec<_> = s.events(Some("a"), 10).unwrap().into_iter().map(|e| e.action).collect();
+        assert_eq!(actions, ["created", "started", "removed"]);
+    }
+
+    #[test]
+    fn persists_across_reopen_and_migrates_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        {
+            let s = Store::open(&path).unwrap();
+            s.insert("thing", "a", "one", &Obj { id: "a".into(), n: 1 }, &ev("a", "created")).unwrap();
+        }
+        let s = Store::open(&path).unwrap();
+        assert_eq!(s.list::<Obj>("thing").unwrap(), vec![Obj { id: "a".into(), n: 1 }]);
+        let mode: String = s.conn().pragma_query_value(None, "journal_mode", |r| r.get(0)).unwrap();
+        assert_eq!(mode, "wal");
+    }
+}

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Runs every test: unit tests and the end-to-end tests that drive the real binary,
+# a real daemon and real runc containers. Run as root; tests that need root, runc or
+# cgroups say so and skip when they are missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ "$(id -u)" = 0 ]; then
+  bash scripts/setup.sh --deps-only
+else
+  echo "test: not root: end-to-end tests that need runc will report that they skip" >&2
+fi
+cargo fmt --all -- --check
+cargo clippy --locked --all-targets -- -D warnings
+cargo test --locked --workspace
