@@ -1,0 +1,172 @@
+//! A real daemon in a temporary home on a random port, driven through the real binary.
+
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_micro-os");
+
+/// Whether this machine can run containers; says why not when it cannot.
+pub fn can_run_containers(test: &str) -> bool {
+    let root = nix::unistd::geteuid().is_root();
+    let runc = Command::new("runc").arg("--version").output().is_ok_and(|o| o.status.success());
+    let busybox = Path::new("/bin/busybox").exists();
+    if root && runc && busybox {
+        return true;
+    }
+    eprintln!(
+        "SKIP {test}: needs root ({root}), runc ({runc}) and /bin/busybox ({busybox}); run scripts/test.sh as root"
+    );
+    false
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+pub struct Daemon {
+    pub home: tempfile::TempDir,
+    pub port: u16,
+    child: Option<Child>,
+}
+
+impl Daemon {
+    pub fn start() -> Daemon {
+        let home = tempfile::Builder::new().prefix("micro-os-test-").tempdir().unwrap();
+        let mut d = Daemon { home, port: free_port(), child: None };
+        d.spawn();
+        d
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn home_path(&self) -> PathBuf {
+        self.home.path().to_path_buf()
+    }
+
+    pub fn spawn(&mut self) {
+        let log =
+            std::fs::OpenOptions::new().create(true).append(true).open(self.home.path().join("daemon.log")).unwrap();
+        let child = Command::new(BIN)
+            .args(["daemon", "--api-addr", &format!("127.0.0.1:{}", self.port)])
+            .env("MICRO_OS_HOME", self.home.path())
+            .env("MICRO_OS_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if ureq::get(&format!("{}/api/v1/health", self.url())).call().is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("daemon did not come up: {}", self.log());
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.home.path().join("daemon.log")).unwrap_or_default()
+    }
+
+    pub fn token(&self) -> String {
+        std::fs::read_to_string(self.home.path().join("token")).unwrap().trim().to_string()
+    }
+
+    /// kill -9, as a crash would.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM; returns the exit status and how long the daemon took to go.
+    pub fn terminate(&mut self) -> (std::process::ExitStatus, Duration) {
+        let mut c = self.child.take().expect("daemon running");
+        let t = Instant::now();
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+        let status = c.wait().unwrap();
+        (status, t.elapsed())
+    }
+
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .args(args)
+            .env("MICRO_OS_HOME", self.home.path())
+            .env("MICRO_OS_API", self.url())
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    /// Runs the CLI and insists on success; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let o = self.cli(args);
+        assert!(
+            o.status.success(),
+            "micro-os {} failed with {:?}\nstdout: {}\nstderr: {}",
+            args.join(" "),
+            o.status.code(),
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8(o.stdout).unwrap()
+    }
+
+    /// Runs the CLI and insists on failure with `code`; returns stderr.
+    pub fn fails(&self, args: &[&str], code: i32) -> String {
+        let o = self.cli(args);
+        let stderr = String::from_utf8_lossy(&o.stderr).to_string();
+        assert_eq!(o.status.code(), Some(code), "micro-os {}: stderr {stderr}", args.join(" "));
+        assert_eq!(stderr.trim().lines().count(), 1, "one error line expected: {stderr}");
+        stderr
+    }
+
+    pub fn inspect(&self, name: &str) -> serde_json::Value {
+        serde_json::from_str(&self.ok(&["container", "inspect", "--name", name, "--format", "json"])).unwrap()
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        let v: Vec<serde_json::Value> =
+            serde_json::from_str(&self.ok(&["container", "list", "--format", "json"])).unwrap();
+        v.iter().map(|c| c["name"].as_str().unwrap().to_string()).collect()
+    }
+
+    /// Polls `inspect` until `pred` holds.
+    pub fn wait_for(&self, name: &str, what: &str, pred: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let c = self.inspect(name);
+            if pred(&c) {
+                return c;
+            }
+            assert!(Instant::now() < deadline, "{name}: timed out waiting for {what}; last: {c:#}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn api(&self, method: &str, path: &str) -> ureq::Request {
+        ureq::request(method, &format!("{}/api/v1{path}", self.url()))
+            .set("Authorization", &format!("Bearer {}", self.token()))
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if self.child.is_none() {
+            self.spawn();
+        }
+        for name in self.names() {
+            let _ = self.cli(&["container", "rm", "--force", "--name", &name]);
+        }
+        self.kill9();
+    }
+}

@@ -1,0 +1,409 @@
+//! Container lifecycle end to end: real daemon, real runc.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{can_run_containers, free_port, Daemon};
+
+#[test]
+fn lifecycle_and_invalid_transitions() {
+    if !can_run_containers("lifecycle_and_invalid_transitions") {
+        return;
+    }
+    let d = Daemon::start();
+    d.ok(&[
+        "container",
+        "create",
+        "--name",
+        "counter",
+        "--image",
+        "busybox",
+        "--",
+        "sh",
+        "-c",
+        "i=0; while true; do echo n=$i; i=$((i+1)); sleep 0.1; done",
+    ]);
+    assert_eq!(d.inspect("counter")["state"], "created");
+    d.fails(&["container", "pause", "--name", "counter"], 4);
+    d.ok(&["container", "start", "--name", "counter"]);
+    let c = d.inspect("counter");
+    assert_eq!(c["state"], "running");
+    let pid = c["pid"].as_u64().unwrap();
+    assert!(std::path::Path::new(&format!("/proc/{pid}")).exists());
+
+    // pause freezes: the log stops growing; resume thaws it
+    d.ok(&["container", "pause", "counter"]);
+    assert_eq!(d.inspect("counter")["state"], "paused");
+    let err = d.fails(&["container", "pause", "counter"], 4);
+    assert!(err.contains("it is paused"), "{err}");
+    let before = d.ok(&["container", "logs", "counter"]).lines().count();
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(d.ok(&["container", "logs", "counter"]).lines().count(), before, "paused container kept logging");
+    d.ok(&["container", "resume", "counter"]);
+    std::thread::sleep(Duration::from_millis(600));
+    assert!(d.ok(&["container", "logs", "counter"]).lines().count() > before, "resumed container did not log");
+
+    // rm of a running container is a conflict unless forced
+    let err = d.fails(&["container", "rm", "counter"], 4);
+    assert!(err.contains("--force"), "{err}");
+    // sh as PID 1 ignores SIGTERM: stop must fall back to SIGKILL after the timeout
+    let t = std::time::Instant::now();
+    d.ok(&["container", "stop", "--name", "counter", "--timeout", "1"]);
+    assert!(t.elapsed() >= Duration::from_millis(900), "stop returned before its timeout");
+    let c = d.inspect("counter");
+    assert_eq!(c["state"], "exited");
+    assert_eq!(c["exit_code"], 137);
+    assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists() || pid_is_not(pid));
+    d.fails(&["container", "resume", "counter"], 4);
+    // restartable after exit
+    d.ok(&["container", "start", "counter"]);
+    assert_eq!(d.inspect("counter")["state"], "running");
+    d.ok(&["container", "rm", "--force", "counter"]);
+    d.fails(&["container", "inspect", "counter"], 3);
+}
+
+fn pid_is_not(pid: u64) -> bool {
+    // the pid may have been reused by another process; it must not be a busybox sh
+    std::fs::read_to_string(format!("/proc/{pid}/cmdline")).map_or(true, |c| !c.contains("while true"))
+}
+
+#[test]
+fn sigterm_stops_a_cooperative_container_quickly() {
+    if !can_run_containers("sigterm_stops_a_cooperative_container_quickly") {
+        return;
+    }
+    let d = Daemon::start();
+    d.ok(&[
+        "container",
+        "create",
+        "--name",
+        "polite",
+        "--image",
+        "busybox",
+        "--",
+        "sh",
+        "-c",
+        "trap 'echo got TERM; exit 0' TERM; while true; do sleep 0.1; done",
+    ]);
+    d.ok(&["container", "start", "polite"]);
+    std::thread::sleep(Duration::from_millis(300));
+    let t = std::time::Instant::now();
+    d.ok(&["container", "stop", "polite", "--timeout", "10"]);
+    assert!(t.elapsed() < Duration::from_secs(5), "took {:?}", t.elapsed());
+    assert_eq!(d.inspect("polite")["exit_code"], 0);
+    assert!(d.ok(&["container", "logs", "polite"]).contains("got TERM"));
+}
+
+#[test]
+fn run_returns_exit_codes_like_docker() {
+    if !can_run_containers("run_returns_exit_codes_like_docker") {
+        return;
+    }
+    let d = Daemon::start();
+    let o =
+        d.cli(&["container", "run", "--rm", "--image", "busybox", "--", "sh", "-c", "echo out; echo err >&2; exit 3"]);
+    assert_eq!(o.status.code(), Some(3));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("out") && out.contains("err"), "{out}");
+    let o = d.cli(&["container", "run", "--rm", "--image", "busybox", "--", "/no/such/binary"]);
+    assert_eq!(o.status.code(), Some(127), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(d.names().is_empty(), "--rm left containers: {:?}", d.names());
+    let o = d.cli(&["container", "run", "--name", "kept", "--image", "busybox", "--", "true"]);
+    assert_eq!(o.status.code(), Some(0));
+    assert_eq!(d.inspect("kept")["exit_code"], 0);
+}
+
+#[test]
+fn memory_hog_is_oom_killed_and_reported() {
+    if !can_run_containers("memory_hog_is_oom_killed_and_reported") {
+        return;
+    }
+    let d = Daemon::start();
+    d.ok(&[
+        "container",
+        "create",
+        "--name",
+        "hog",
+        "--image",
+        "busybox",
+        "--resources",
+        "memory=32M",
+        "--",
+        "awk",
+        "BEGIN{s=\"x\"; while(1){s=s s}}",
+    ]);
+    d.ok(&["container", "start", "hog"]);
+    let c = d.wait_for("hog", "exit", |c| c["state"] == "exited");
+    assert_eq!(c["oom_killed"], true, "{c:#}");
+    assert_eq!(c["exit_code"], 137);
+    let events = d.ok(&["container", "inspect", "hog"]);
+    assert!(events.contains("OOM-killed"), "{events}");
+}
+
+#[test]
+fn limits_reach_the_cgroup_and_pids_are_bounded() {
+    if !can_run_containers("limits_reach_the_cgroup_and_pids_are_bounded") {
+        return;
+    }
+    let d = Daemon::start();
+    d.ok(&[
+        "container",
+        "create",
+        "--name",
+        "lim",
+        "--image",
+        "busybox",
+        "--resources",
+        "cpu=0.5,memory=64M,pids=8",
+        "--",
+        "sh",
+        "-c",
+        "sh -c 'for i in 1 2 3 4 5 6 7 8 9 10 11 12; do sleep 30 & done'; echo survived; sleep 30",
+    ]);
+    d.ok(&["container", "start", "lim"]);
+    let id = d.inspect("lim")["id"].as_str().unwrap().to_string();
+    std::thread::sleep(Duration::from_millis(500));
+    let logs = d.ok(&["container", "logs", "lim"]);
+    assert!(
+        logs.contains("can't fork") || logs.contains("Resource temporarily unavailable"),
+        "pids limit not hit: {logs}"
+    );
+    assert!(logs.contains("survived"), "{logs}");
+    let v2 = std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+    let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default().trim().to_string();
+    if v2 {
+        assert_eq!(read(&format!("/sys/fs/cgroup/micro-os/{id}/memory.max")), (64u64 << 20).to_string());
+        assert_eq!(read(&format!("/sys/fs/cgroup/micro-os/{id}/cpu.max")), "50000 100000");
+        assert_eq!(read(&format!("/sys/fs/cgroup/micro-os/{id}/pids.max")), "8");
+    } else {
+        assert_eq!(
+            read(&format!("/sys/fs/cgroup/memory/micro-os/{id}/memory.limit_in_bytes")),
+            (64u64 << 20).to_string()
+        );
+        assert_eq!(read(&format!("/sys/fs/cgroup/cpu/micro-os/{id}/cpu.cfs_quota_us")), "50000");
+        assert_eq!(read(&format!("/sys/fs/cgroup/pids/micro-os/{id}/pids.max")), "8");
+    }
+}
+
+#[test]
+fn containers_are_hardened() {
+    if !can_run_containers("containers_are_hardened") {
+        return;
+    }
+    let d = Daemon::start();
+    let script = "grep -E '^(CapEff|NoNewPrivs|Seccomp):' /proc/self/status; \
+        mount -t tmpfs none /mnt 2>&1 && echo MOUNTED; \
+        touch /sys/x 2>&1 || echo SYS-RO; \
+        unshare -n true 2>&1 || echo UNSHARE-DENIED; \
+        for p in /proc/keys /proc/timer_list /proc/sched_debug; do [ -e $p ] && echo \"masked $p $(wc -c < $p)\"; done";
+    let o = d.cli(&["container", "run", "--rm", "--image", "busybox", "--", "sh", "-c", script]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("NoNewPrivs:\t1"), "{out}");
+    assert!(out.contains("Seccomp:\t2"), "{out}");
+    let cap_eff = out.lines().find(|l| l.starts_with("CapEff:")).unwrap().split_whitespace().nth(1).unwrap();
+    let caps = u64::from_str_radix(cap_eff, 16).unwrap();
+    assert_eq!(caps & (1 << 21), 0, "CAP_SYS_ADMIN kept: {out}");
+    assert_eq!(caps.count_ones(), 10, "{out}");
+    assert!(!out.contains("MOUNTED"), "{out}");
+    assert!(out.contains("SYS-RO"), "{out}");
+    assert!(out.contains("UNSHARE-DENIED"), "{out}");
+    let host_has =
+        ["/proc/keys", "/proc/timer_list", "/proc/sched_debug"].iter().any(|p| std::path::Path::new(p).exists());
+    let masked: Vec<&str> = out.lines().filter(|l| l.starts_with("masked ")).collect();
+    assert!(!host_has || !masked.is_empty(), "{out}");
+    assert!(masked.iter().all(|l| l.ends_with(" 0")), "masked /proc paths readable: {out}");
+}
+
+#[test]
+fn ports_health_checks_and_templates() {
+    if !can_run_containers("ports_health_checks_and_templates") {
+        return;
+    }
+    let d = Daemon::start();
+    let port = free_port();
+    d.ok(&["container", "create", "--name", "web", "--template", "busybox-httpd", "--port", &format!("{port}:80/tcp")]);
+    d.ok(&["container", "start", "web"]);
+    let c = d.wait_for("web", "healthy", |c| c["health"]["status"] == "healthy");
+    assert_eq!(c["template"], "busybox-httpd");
+    assert!(c["health"]["last_output"].as_str().unwrap().contains("200"), "{c:#}");
+    let body = ureq::get(&format!("http://127.0.0.1:{port}/")).call().unwrap().into_string().unwrap();
+    assert_eq!(body.trim(), "ok");
+    // the same host port twice cannot be published
+    d.ok(&[
+        "container",
+        "create",
+        "--name",
+        "web2",
+        "--template",
+        "busybox-httpd",
+        "--port",
+        &format!("{port}:80/tcp"),
+    ]);
+    let err = d.fails(&["container", "start", "web2"], 1);
+    assert!(err.contains(&port.to_string()), "{err}");
+    assert_eq!(d.inspect("web2")["state"], "created");
+
+    // a tcp probe of a closed port turns unhealthy after its retries
+    d.ok(&[
+        "container",
+        "create",
+        "--name",
+        "deaf",
+        "--image",
+        "busybox",
+        "--health-tcp",
+        "9",
+        "--health-interval",
+        "0.2",
+        "--health-retries",
+        "2",
+        "--",
+        "sleep",
+        "60",
+    ]);
+    d.ok(&["container", "start", "deaf"]);
+    let c = d.wait_for("deaf", "unhealthy", |c| c["health"]["status"] == "unhealthy");
+    assert!(c["health"]["failures"].as_u64().unwrap() >= 2);
+    // a command probe
+    d.ok(&[
+        "container",
+        "create",
+        "--name",
+        "cmd",
+        "--image",
+        "busybox",
+        "--health-cmd",
+        "test -f /tmp/ready",
+        "--health-interval",
+        "0.2",
+        "--",
+        "sh",
+        "-c",
+        "sleep 1; touch /tmp/ready; sleep 60",
+    ]);
+    d.ok(&["container", "start", "cmd"]);
+    d.wait_for("cmd", "healthy", |c| c["health"]["status"] == "healthy");
+
+    // a user template from the home
+    std::fs::write(
+        d.home.path().join("templates/echoer.json"),
+        r#"{"name":"echoer","image":"busybox","workload":"blockchain","command":["sh","-c","echo from-template $GREETING"],
+            "env":{"GREETING":"hi"},"resources":{"memory":"40M"}}"#,
+    )
+    .unwrap();
+    let o = d.cli(&["container", "run", "--name", "e1", "--template", "echoer"]);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("from-template hi"));
+    assert_eq!(d.inspect("e1")["resources"]["memory"], 50u64 << 20, "blockchain headroom 1.25x");
+}
+
+#[test]
+fn restart_policy_restarts_with_backoff_then_gives_up() {
+    if !can_run_containers("restart_policy_restarts_with_backoff_then_gives_up") {
+        return;
+    }
+    let d = Daemon::start();
+    d.ok(&[
+        "container",
+        "create",
+        "--name",
+        "flaky",
+        "--image",
+        "busybox",
+        "--restart",
+        "on-failure:2",
+        "--",
+        "sh",
+        "-c",
+        "echo run; exit 1",
+    ]);
+    d.ok(&["container", "start", "flaky"]);
+    let c = d.wait_for("flaky", "two restarts", |c| c["restart_count"] == 2 && c["state"] == "exited");
+    assert_eq!(c["exit_code"], 1);
+    std::thread::sleep(Duration::from_millis(1500));
+    let c = d.inspect("flaky");
+    assert_eq!(c["restart_count"], 2, "restarted past its limit");
+    assert_eq!(d.ok(&["container", "logs", "flaky"]).matches("run").count(), 3);
+    // a stopped container is not restarted by `always`
+    d.ok(&[
+        "container",
+        "create",
+        "--name",
+        "steady",
+        "--image",
+        "busybox",
+        "--restart",
+        "always",
+        "--",
+        "sleep",
+        "60",
+    ]);
+    d.ok(&["container", "start", "steady"]);
+    d.ok(&["container", "stop", "steady", "--timeout", "0"]);
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(d.inspect("steady")["state"], "exited");
+}
+
+#[test]
+fn logs_tail_since_follow_and_config() {
+    if !can_run_containers("logs_tail_since_follow_and_config") {
+        return;
+    }
+    let d = Daemon::start();
+    d.ok(&[
+        "container",
+        "create",
+        "--name",
+        "talker",
+        "--image",
+        "busybox",
+        "--",
+        "sh",
+        "-c",
+        "echo network=$MICRO_OS_CONFIG_NETWORK sync=$MICRO_OS_CONFIG_SYNC_MODE; cat /run/micro-os/config.json; \
+         for i in 1 2 3 4 5; do echo line $i; done",
+    ]);
+    d.ok(&["container", "config", "talker", "--network", "mainnet", "--sync-mode", "fast"]);
+    let cfg = d.ok(&["container", "config", "talker"]);
+    assert!(cfg.contains("network=mainnet") && cfg.contains("sync-mode=fast"), "{cfg}");
+    d.ok(&["container", "start", "talker"]);
+    // --follow returns once the container has exited and everything was printed
+    let all = d.ok(&["container", "logs", "--name", "talker", "--follow"]);
+    assert!(all.contains("network=mainnet sync=fast"), "{all}");
+    assert!(all.contains("\"sync-mode\": \"fast\""), "{all}");
+    assert!(all.contains("line 5"));
+    assert_eq!(d.ok(&["container", "logs", "talker", "--tail", "2"]), "line 4\nline 5\n");
+    assert_eq!(d.ok(&["container", "logs", "talker", "--since", "1h"]), all);
+    assert_eq!(d.ok(&["container", "logs", "talker", "--since", "2999-01-01T00:00:00Z"]), "");
+    let stamped = d.ok(&["container", "logs", "talker", "--tail", "1", "--timestamps"]);
+    assert!(stamped.contains(" stdout line 5"), "{stamped}");
+}
+
+#[test]
+fn deploy_from_file_is_all_or_nothing() {
+    if !can_run_containers("deploy_from_file_is_all_or_nothing") {
+        return;
+    }
+    let d = Daemon::start();
+    let dir = d.home_path();
+    let good = dir.join("good.json");
+    std::fs::write(
+        &good,
+        r#"{"containers": [
+            {"name": "node-a", "template": "busybox-httpd", "network": {"mode": "overlay", "discovery": true}},
+            {"name": "node-b", "image": "busybox", "command": ["sleep", "5"]}]}"#,
+    )
+    .unwrap();
+    d.ok(&["container", "deploy", "--from-file", good.to_str().unwrap()]);
+    assert_eq!(d.names(), ["node-a", "node-b"]);
+    assert_eq!(d.inspect("node-a")["network"]["mode"], "overlay");
+    let bad = dir.join("bad.json");
+    std::fs::write(
+        &bad,
+        r#"{"containers": [{"name": "node-c", "image": "busybox"}, {"name": "node-d", "image": "nope"}]}"#,
+    )
+    .unwrap();
+    let err = d.fails(&["container", "deploy", "--from-file", bad.to_str().unwrap()], 3);
+    assert!(err.contains("node-d") && err.contains("nope"), "{err}");
+    assert_eq!(d.names(), ["node-a", "node-b"], "a failed deploy created containers");
+}
