@@ -9,7 +9,7 @@ if [ "$(id -u)" != 0 ]; then
   exit 2
 fi
 
-pkgs=(runc busybox-static iproute2 ca-certificates)
+pkgs=(runc busybox-static iproute2 ca-certificates curl)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

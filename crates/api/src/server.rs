@@ -95,9 +95,26 @@ pub fn router(control: Arc<dyn Control>, cfg: ServerConfig) -> Router {
             ))
         })
         .layer(middleware::from_fn_with_state(token, auth))
+        .layer(middleware::from_fn(refuse_declared_oversize))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(control)
+}
+
+/// Refuses a body whose declared length is over the limit before reading any of it (so a
+/// client that sent `Expect: 100-continue` never uploads it). Bodies without a length are
+/// cut off at the limit by `DefaultBodyLimit` as they are read.
+async fn refuse_declared_oversize(req: Request, next: Next) -> Response {
+    let declared =
+        req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
+    match declared {
+        Some(n) if n > BODY_LIMIT => ApiError::new(
+            ErrorKind::PayloadTooLarge,
+            format!("request body of {n} bytes is larger than the limit of {BODY_LIMIT} bytes"),
+        )
+        .into_response(),
+        _ => next.run(req).await,
+    }
 }
 
 fn same(a: &[u8], b: &[u8]) -> bool {

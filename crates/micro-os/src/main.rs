@@ -20,11 +20,7 @@ fn main() -> ExitCode {
     }
     let cli = match cli::Cli::try_parse() {
         Ok(c) => c,
-        Err(e) => {
-            let code = if e.use_stderr() { exit::USAGE } else { 0 };
-            let _ = e.print();
-            return ExitCode::from(code as u8);
-        }
+        Err(e) => return clap_exit(e),
     };
     match run(cli) {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
@@ -33,6 +29,18 @@ fn main() -> ExitCode {
             ExitCode::from(e.code as u8)
         }
     }
+}
+
+/// Help and version go to stdout as clap renders them; usage errors become one line.
+fn clap_exit(e: clap::Error) -> ExitCode {
+    if !e.use_stderr() {
+        let _ = e.print();
+        return ExitCode::SUCCESS;
+    }
+    let rendered = e.render().to_string();
+    let first = rendered.lines().next().unwrap_or("invalid arguments").trim_start_matches("error: ");
+    eprintln!("micro-os: {first} (see `micro-os help`)");
+    ExitCode::from(exit::USAGE as u8)
 }
 
 fn run(cli: cli::Cli) -> Result<i32, CliError> {
@@ -69,6 +77,7 @@ fn run(cli: cli::Cli) -> Result<i32, CliError> {
             Ok(0)
         }
         Command::Help { command } => {
+            // exactly what `micro-os <command…> --help` prints
             let mut cmd = cli::Cli::command();
             let mut target = &mut cmd;
             for word in &command {
@@ -76,8 +85,14 @@ fn run(cli: cli::Cli) -> Result<i32, CliError> {
                     CliError::usage(format!("no command {:?} (see `micro-os help`)", command.join(" ")))
                 })?;
             }
-            target.print_long_help().map_err(|e| CliError::new(exit::FAILURE, e.to_string()))?;
-            Ok(0)
+            let argv = std::iter::once("micro-os").chain(command.iter().map(String::as_str)).chain(["--help"]);
+            match cli::Cli::try_parse_from(argv) {
+                Err(e) => {
+                    let _ = e.print();
+                    Ok(0)
+                }
+                Ok(_) => Err(CliError::usage("help could not be shown")),
+            }
         }
         Command::Shim { .. } => Err(CliError::usage("the shim is started by the daemon, not by hand")),
         other => cli::run(cli.api, other),

@@ -153,7 +153,24 @@ pub fn run(home: Home, cfg: Config) -> anyhow::Result<()> {
             engine.container_count()
         );
         let app = micro_os_api::router(Arc::new(Daemon(engine)), ServerConfig { token });
-        axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await?;
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            let _ = stop_tx.send(true);
+        });
+        let mut graceful = stop_rx.clone();
+        let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
+            let _ = graceful.wait_for(|s| *s).await;
+        });
+        // open streams (logs --follow) would hold a graceful shutdown forever: allow 2 s
+        let mut hard = stop_rx;
+        tokio::select! {
+            r = serve => r?,
+            _ = async move {
+                let _ = hard.wait_for(|s| *s).await;
+                tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+            } => tracing::info!("closed the streams still open"),
+        }
         tracing::info!("micro-os daemon stopped; containers keep running under their shims");
         anyhow::Ok(())
     })?;

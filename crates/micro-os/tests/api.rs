@@ -1,0 +1,186 @@
+//! The REST surface and the CLI's handling of bad input.
+
+mod common;
+
+use common::{can_run_containers, Daemon, BIN};
+
+fn status_of(r: Result<ureq::Response, ureq::Error>) -> (u16, String, String) {
+    match r {
+        Ok(resp) => (resp.status(), resp.content_type().to_string(), resp.into_string().unwrap_or_default()),
+        Err(ureq::Error::Status(code, resp)) => {
+            (code, resp.content_type().to_string(), resp.into_string().unwrap_or_default())
+        }
+        Err(e) => panic!("transport error: {e}"),
+    }
+}
+
+#[test]
+fn bad_input_gets_one_clear_error_and_changes_nothing() {
+    if !can_run_containers("bad_input_gets_one_clear_error_and_changes_nothing") {
+        return;
+    }
+    let d = Daemon::start();
+    d.ok(&["container", "create", "--name", "exists", "--image", "busybox", "--", "true"]);
+    let before = d.names();
+    // (args, exit code, words the message must contain)
+    let cases: &[(&[&str], i32, &str)] = &[
+        (&["container", "create", "--name", "a", "--image", "nope"], 3, "image \"nope\" not found"),
+        (&["container", "create", "--name", "a", "--template", "nope"], 3, "template \"nope\" not found"),
+        (
+            &["container", "create", "--name", "a", "--image", "busybox", "--resources", "memory=4XB"],
+            2,
+            "memory \"4XB\" is not a size (try 512M or 4G)",
+        ),
+        (&["container", "create", "--name", "a", "--image", "busybox", "--resources", "cpus=0"], 2, "cpu 0"),
+        (&["container", "create", "--name", "a", "--image", "busybox", "--port", "80"], 2, "port \"80\""),
+        (&["container", "create", "--name", "a", "--image", "busybox", "--restart", "sometimes"], 2, "restart policy"),
+        (&["container", "create", "--name", "a", "--image", "busybox", "--env", "NOEQUALS"], 2, "env \"NOEQUALS\""),
+        (&["container", "create", "--name", "bad/name", "--image", "busybox"], 2, "container name \"bad/name\""),
+        (&["container", "create", "--name", "exists", "--image", "busybox"], 4, "already exists"),
+        (&["container", "create", "--name", "a"], 2, "give an image or a template"),
+        (&["container", "create", "--name", "a", "--image", "busybox", "--vm", "vm1"], 3, "vm \"vm1\" not found"),
+        (&["container", "start", "--name", "ghost"], 3, "container \"ghost\" not found"),
+        (&["container", "logs", "exists", "--since", "yesterday-ish"], 2, "since \"yesterday-ish\""),
+        (&["container", "deploy", "--from-file", "/nonexistent.json"], 2, "cannot be read"),
+        (&["image", "rm", "busybox"], 4, "used by containers exists"),
+        (&["image", "rm", "nope"], 3, "image \"nope\" not found"),
+        (&["image", "build", "debian"], 2, "base image \"debian\" is unknown"),
+        (&["container", "frobnicate"], 2, "unrecognized subcommand"),
+    ];
+    for (args, code, needle) in cases {
+        let err = d.fails(args, *code);
+        assert!(err.contains(needle), "micro-os {}: {err:?} lacks {needle:?}", args.join(" "));
+    }
+    // a malformed spec file
+    let bad = d.home.path().join("bad.json");
+    std::fs::write(&bad, "{\"containers\": [ {\"name\": \"x\", \"image\": \"busybox\", }").unwrap();
+    let err = d.fails(&["container", "deploy", "--from-file", bad.to_str().unwrap()], 2);
+    assert!(err.contains("bad.json is not valid"), "{err}");
+    std::fs::write(&bad, r#"{"containers": [{"name": "x", "imag": "busybox"}]}"#).unwrap();
+    let err = d.fails(&["container", "deploy", "--from-file", bad.to_str().unwrap()], 2);
+    assert!(err.contains("unknown field `imag`"), "{err}");
+    assert_eq!(d.names(), before, "bad input changed the container list");
+}
+
+#[test]
+fn auth_body_limit_problem_json_and_openapi() {
+    if !can_run_containers("auth_body_limit_problem_json_and_openapi") {
+        return;
+    }
+    let d = Daemon::start();
+    let url = d.url();
+    // health needs no token; everything else does
+    let (code, _, body) = status_of(ureq::get(&format!("{url}/api/v1/health")).call());
+    assert_eq!(code, 200, "{body}");
+    let (code, ctype, body) = status_of(ureq::get(&format!("{url}/api/v1/containers")).call());
+    assert_eq!((code, ctype.as_str()), (401, "application/problem+json"), "{body}");
+    let (code, _, _) =
+        status_of(ureq::get(&format!("{url}/api/v1/containers")).set("Authorization", "Bearer wrong").call());
+    assert_eq!(code, 401);
+    let (code, _, _) = status_of(ureq::get(&format!("{url}/api/v1/openapi.json")).call());
+    assert_eq!(code, 401);
+    // the CLI with a wrong token: exit code 6
+    let o = std::process::Command::new(BIN)
+        .args(["container", "list"])
+        .env("MICRO_OS_API", &url)
+        .env("MICRO_OS_TOKEN", "wrong")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(6), "{}", String::from_utf8_lossy(&o.stderr));
+    // the daemon unreachable: exit code 5, and it says how to start it
+    let o = std::process::Command::new(BIN)
+        .args(["container", "list"])
+        .env("MICRO_OS_API", format!("http://127.0.0.1:{}", common::free_port()))
+        .env("MICRO_OS_HOME", d.home.path())
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(5));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("micro-os daemon"));
+
+    // an oversized body is refused with 413 before it is uploaded, and changes nothing
+    let huge = serde_json::json!({"name": "big", "image": "busybox", "env": {"X": "a".repeat(2 << 20)}});
+    let file = d.home.path().join("huge.json");
+    std::fs::write(&file, huge.to_string()).unwrap();
+    let o = std::process::Command::new("curl")
+        .args(["-s", "-o", "/dev/stderr", "-w", "%{http_code} %{content_type}", "-X", "POST"])
+        .args(["-H", &format!("Authorization: Bearer {}", d.token()), "-H", "Content-Type: application/json"])
+        .args(["-H", "Expect: 100-continue", "--data-binary", &format!("@{}", file.display())])
+        .arg(format!("{url}/api/v1/containers"))
+        .output()
+        .expect("curl is installed by scripts/setup.sh");
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "413 application/problem+json");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("larger than the limit"));
+    let (code, _, body) =
+        status_of(d.api("POST", "/containers").set("Content-Type", "application/json").send_string("{nope"));
+    assert_eq!(code, 400, "{body}");
+    let p: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(p["status"], 400);
+    assert!(p["detail"].as_str().unwrap().contains("not valid"), "{p}");
+    assert!(d.names().is_empty());
+
+    // the spec's curl example, with the token added, and a template that exists
+    let (code, _, body) = status_of(
+        d.api("POST", "/containers")
+            .send_json(serde_json::json!({"name": "api-container", "template": "busybox-httpd"})),
+    );
+    assert_eq!(code, 201, "{body}");
+    let (code, _, body) = status_of(d.api("GET", "/containers/api-container").call());
+    assert_eq!(code, 200);
+    let c: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let (code, _, _) = status_of(d.api("GET", &format!("/containers/{}", c["id"].as_str().unwrap())).call());
+    assert_eq!(code, 200, "lookup by id");
+
+    // every documented path is served (a request to it does not reach the fallback)
+    let (_, _, doc) = status_of(d.api("GET", "/openapi.json").call());
+    let doc: serde_json::Value = serde_json::from_str(&doc).unwrap();
+    let paths = doc["paths"].as_object().unwrap();
+    assert!(paths.len() >= 12, "{:?}", paths.keys());
+    for (path, ops) in paths {
+        for method in ops.as_object().unwrap().keys() {
+            let concrete = path.replace("{id}", "api-container").replace("{name}", "zzz");
+            let req = d.api(&method.to_uppercase(), &concrete.replace("/api/v1", ""));
+            let (code, _, body) = status_of(match method.as_str() {
+                "post" | "patch" => req.set("Content-Type", "application/json").send_string("{}"),
+                _ => req.call(),
+            });
+            assert!(!body.contains("no such endpoint"), "{method} {path} documented but not served ({code})");
+        }
+    }
+    assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+}
+
+#[test]
+fn init_help_and_completion() {
+    let home = tempfile::tempdir().unwrap();
+    let run =
+        |args: &[&str]| std::process::Command::new(BIN).args(args).env("MICRO_OS_HOME", home.path()).output().unwrap();
+    let cfg = home.path().join("basic_config.json");
+    std::fs::write(&cfg, r#"{"api_addr": "127.0.0.1:9191", "stop_timeout_s": 3}"#).unwrap();
+    let o = run(&["init", "--config", cfg.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let token = std::fs::read_to_string(home.path().join("token")).unwrap();
+    let key = std::fs::read_to_string(home.path().join("node.key")).unwrap();
+    let o = run(&["init"]);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("already set up"));
+    assert_eq!(std::fs::read_to_string(home.path().join("token")).unwrap(), token);
+    assert_eq!(std::fs::read_to_string(home.path().join("node.key")).unwrap(), key);
+    let saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(home.path().join("config.json")).unwrap()).unwrap();
+    assert_eq!(saved["api_addr"], "127.0.0.1:9191");
+    std::fs::write(&cfg, r#"{"api_addr": "not an address"}"#).unwrap();
+    let o = run(&["init", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("api_addr \"not an address\""));
+
+    let help = run(&["help", "container", "create"]);
+    let flag = run(&["container", "create", "--help"]);
+    assert!(help.status.success());
+    assert_eq!(String::from_utf8_lossy(&help.stdout), String::from_utf8_lossy(&flag.stdout));
+    assert!(String::from_utf8_lossy(&help.stdout).contains("Examples:"));
+    assert_eq!(run(&["help", "no-such"]).status.code(), Some(2));
+    for shell in ["bash", "zsh", "fish"] {
+        let o = run(&["completion", shell]);
+        assert!(o.status.success());
+        assert!(String::from_utf8_lossy(&o.stdout).contains("container"), "{shell}");
+    }
+}
