@@ -80,8 +80,10 @@ impl ImageStore {
         Ok(ImageStore { root })
     }
 
+    /// Image directories replace ':' (a tag separator) by '@', because overlayfs reads ':'
+    /// in a lower directory's path as a list separator.
     fn dir(&self, name: &str) -> PathBuf {
-        self.root.join(name)
+        self.root.join(name.replace(':', "@"))
     }
 
     pub fn rootfs(&self, name: &str) -> PathBuf {
@@ -113,7 +115,7 @@ impl ImageStore {
             if name.starts_with('.') {
                 continue;
             }
-            if let Ok(img) = self.get(&name) {
+            if let Ok(img) = self.get(&name.replace('@', ":")) {
                 out.push(img);
             }
         }
@@ -125,13 +127,18 @@ impl ImageStore {
         self.get(name)?;
         let dir = self.dir(name);
         // hide it first (atomic), then delete at leisure
-        let trash = self.root.join(format!(".rm-{name}-{}", std::process::id()));
+        let trash = self.root.join(format!(".rm-{}-{}", name.replace(':', "@"), std::process::id()));
         fs::rename(&dir, &trash).context(|| format!("remove {}", dir.display()))?;
         fs::remove_dir_all(&trash).context(|| format!("remove {}", trash.display()))
     }
 
     fn scratch(&self, name: &str) -> Result<PathBuf> {
-        let s = self.root.join(format!(".tmp-{name}-{}-{}", std::process::id(), micro_os_core::id::new_id()));
+        let s = self.root.join(format!(
+            ".tmp-{}-{}-{}",
+            name.replace(':', "@"),
+            std::process::id(),
+            micro_os_core::id::new_id()
+        ));
         fs::create_dir_all(s.join("rootfs")).context(|| format!("create {}", s.display()))?;
         Ok(s)
     }
@@ -266,9 +273,11 @@ impl ImageStore {
                 })?;
                 let total = f.metadata().map(|m| m.len()).unwrap_or(0);
                 let stage = format!("applying layer {}/{}", i + 1, n);
+                progress(Progress { stage: stage.clone(), current: 0, total });
                 let reader = ProgressReader { inner: f, read: 0, total, stage: &stage, progress: &mut *progress };
                 apply_layer(&rootfs, maybe_gzip(BufReader::new(reader))?)
-                    .map_err(|e| Error::BadImage { path: layer.clone(), msg: e.to_string() })?;
+                    .map_err(|e| Error::BadImage { path: layer.clone(), msg: error_chain(&e) })?;
+                progress(Progress { stage, current: total, total });
             }
             let _ = fs::remove_dir_all(scratch.join("archive"));
             Ok(Image {
@@ -531,11 +540,234 @@ fn inside(rootfs: &Path, rel: &Path) -> io::Result<PathBuf> {
     }
 }
 
+/// An error with its causes, as the tar crate hides the interesting part in `source()`.
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        cur = s.source();
+    }
+    out
+}
+
 fn remove_any(p: &Path) -> io::Result<()> {
     match fs::symlink_metadata(p) {
         Ok(m) if m.is_dir() => fs::remove_dir_all(p),
         Ok(_) => fs::remove_file(p),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A layer tar from (path, contents); `None` contents make a directory.
+    pub fn layer(entries: &[(&str, Option<&str>)]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (path, content) in entries {
+            let mut h = tar::Header::new_gnu();
+            h.set_uid(0);
+            h.set_gid(0);
+            h.set_mtime(1_700_000_000);
+            match content {
+                Some(c) => {
+                    h.set_entry_type(tar::EntryType::Regular);
+                    h.set_size(c.len() as u64);
+                    h.set_mode(0o644);
+                    b.append_data(&mut h, path, c.as_bytes()).unwrap();
+                }
+                None => {
+                    h.set_entry_type(tar::EntryType::Directory);
+                    h.set_size(0);
+                    h.set_mode(0o755);
+                    b.append_data(&mut h, path, &[][..]).unwrap();
+                }
+            }
+        }
+        b.into_inner().unwrap()
+    }
+
+    fn gzip(data: &[u8]) -> Vec<u8> {
+        use std::io::Write;
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        e.write_all(data).unwrap();
+        e.finish().unwrap()
+    }
+
+    fn sha(data: &[u8]) -> String {
+        hex::encode(Sha256::digest(data))
+    }
+
+    fn layers() -> Vec<Vec<u8>> {
+        vec![
+            layer(&[
+                ("etc/", None),
+                ("etc/keep", Some("keep")),
+                ("etc/gone", Some("gone")),
+                ("data/", None),
+                ("data/old", Some("old")),
+            ]),
+            layer(&[("etc/.wh.gone", Some("")), ("data/.wh..wh..opq", Some("")), ("data/new", Some("new"))]),
+        ]
+    }
+
+    fn check_rootfs(root: &Path) {
+        assert_eq!(fs::read_to_string(root.join("etc/keep")).unwrap(), "keep");
+        assert!(!root.join("etc/gone").exists(), "whiteout ignored");
+        assert!(!root.join("data/old").exists(), "opaque dir kept lower content");
+        assert_eq!(fs::read_to_string(root.join("data/new")).unwrap(), "new");
+    }
+
+    /// A `docker save` tarball with two layers.
+    pub fn docker_archive(tag: &str) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        let add = |b: &mut tar::Builder<Vec<u8>>, path: &str, data: &[u8]| {
+            let mut h = tar::Header::new_gnu();
+            h.set_uid(0);
+            h.set_gid(0);
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            b.append_data(&mut h, path, data).unwrap();
+        };
+        let config = br#"{"config": {"Cmd": ["cat", "/etc/keep"], "Env": ["A=1"], "WorkingDir": "/data"}}"#;
+        add(&mut b, "cfg.json", config);
+        let mut names = vec![];
+        for (i, l) in layers().iter().enumerate() {
+            let n = format!("l{i}/layer.tar");
+            add(&mut b, &n, l);
+            names.push(n);
+        }
+        let manifest = serde_json::json!([{"Config": "cfg.json", "RepoTags": [tag], "Layers": names}]);
+        add(&mut b, "manifest.json", manifest.to_string().as_bytes());
+        b.into_inner().unwrap()
+    }
+
+    /// An OCI image layout directory with gzip layers.
+    fn oci_layout(dir: &Path) {
+        let blobs = dir.join("blobs/sha256");
+        fs::create_dir_all(&blobs).unwrap();
+        let put = |data: &[u8]| {
+            let d = sha(data);
+            fs::write(blobs.join(&d), data).unwrap();
+            d
+        };
+        let config = put(br#"{"config": {"Entrypoint": ["/bin/sh"], "Cmd": ["-c", "true"]}}"#);
+        let ls: Vec<_> = layers().iter().map(|l| put(&gzip(l))).collect();
+        let manifest = serde_json::json!({
+            "schemaVersion": 2,
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": format!("sha256:{config}")},
+            "layers": ls.iter().map(|d| serde_json::json!({
+                "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": format!("sha256:{d}")})).collect::<Vec<_>>()
+        });
+        let m = put(manifest.to_string().as_bytes());
+        fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion": "1.0.0"}"#).unwrap();
+        fs::write(
+            dir.join("index.json"),
+            serde_json::json!({"schemaVersion": 2, "manifests": [{
+                "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": format!("sha256:{m}"),
+                "annotations": {"org.opencontainers.image.ref.name": "demo:1.0"}}]})
+            .to_string(),
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn imports_docker_save_with_whiteouts() {
+        let d = tempfile::tempdir().unwrap();
+        let store = ImageStore::new(d.path().join("images")).unwrap();
+        let tarball = d.path().join("img.tar");
+        fs::write(&tarball, docker_archive("docker.io/library/demo:2")).unwrap();
+        let mut stages = vec![];
+        let img = store.import(&tarball, None, &mut |p| stages.push(p.stage)).unwrap();
+        assert_eq!(img.name, "demo:2");
+        assert_eq!(img.layers, 2);
+        assert_eq!(img.config.cmd, ["cat", "/etc/keep"]);
+        assert_eq!(img.config.workdir, "/data");
+        check_rootfs(&store.rootfs("demo:2"));
+        assert!(stages.iter().any(|s| s == "applying layer 2/2"), "{stages:?}");
+        // a second import under the same name is refused and leaves no scratch behind
+        assert!(matches!(store.import(&tarball, None, &mut |_| {}), Err(Error::ImageExists(_))));
+        let leftovers: Vec<_> = fs::read_dir(d.path().join("images")).unwrap().flatten().collect();
+        assert_eq!(leftovers.len(), 1, "{leftovers:?}");
+    }
+
+    #[test]
+    fn imports_oci_layout_dir_and_tar() {
+        let d = tempfile::tempdir().unwrap();
+        let store = ImageStore::new(d.path().join("images")).unwrap();
+        let layout = d.path().join("layout");
+        oci_layout(&layout);
+        let img = store.import(&layout, None, &mut |_| {}).unwrap();
+        assert_eq!(img.name, "demo:1.0");
+        assert_eq!(img.config.entrypoint, ["/bin/sh"]);
+        check_rootfs(&store.rootfs("demo:1.0"));
+        // the same layout as a tar, under a given name
+        let tarball = d.path().join("layout.tar");
+        let mut b = tar::Builder::new(fs::File::create(&tarball).unwrap());
+        b.append_dir_all(".", &layout).unwrap();
+        b.finish().unwrap();
+        drop(b);
+        store.import(&tarball, Some("mine"), &mut |_| {}).unwrap();
+        check_rootfs(&store.rootfs("mine"));
+        assert_eq!(store.list().unwrap().len(), 2);
+        store.remove("mine").unwrap();
+        assert!(matches!(store.get("mine"), Err(Error::ImageNotFound(_))));
+    }
+
+    #[test]
+    fn malformed_archives_are_refused_cleanly() {
+        let d = tempfile::tempdir().unwrap();
+        let store = ImageStore::new(d.path().join("images")).unwrap();
+        let junk = d.path().join("junk.tar");
+        fs::write(&junk, b"this is not a tar file at all, not even close............").unwrap();
+        let e = store.import(&junk, Some("x"), &mut |_| {}).unwrap_err().to_string();
+        assert!(e.contains("junk.tar"), "{e}");
+        let empty = d.path().join("empty");
+        fs::create_dir(&empty).unwrap();
+        let e = store.import(&empty, Some("x"), &mut |_| {}).unwrap_err().to_string();
+        assert!(e.contains("neither an OCI image layout"), "{e}");
+        // a manifest pointing outside the archive
+        let evil = d.path().join("evil");
+        fs::create_dir(&evil).unwrap();
+        fs::write(evil.join("manifest.json"), r#"[{"Config": "../../etc/passwd", "Layers": []}]"#).unwrap();
+        let e = store.import(&evil, Some("x"), &mut |_| {}).unwrap_err().to_string();
+        assert!(e.contains("leaves the archive"), "{e}");
+        assert!(store.list().unwrap().is_empty());
+        assert_eq!(fs::read_dir(d.path().join("images")).unwrap().count(), 0, "scratch left behind");
+    }
+
+    #[test]
+    fn layer_entries_cannot_escape_the_root() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("rootfs");
+        fs::create_dir(&root).unwrap();
+        // a symlink to outside, then a whiteout through it
+        std::os::unix::fs::symlink(d.path(), root.join("up")).unwrap();
+        fs::write(d.path().join("victim"), "x").unwrap();
+        let l = layer(&[("up/.wh.victim", Some(""))]);
+        assert!(apply_layer(&root, &l[..]).is_err());
+        assert!(d.path().join("victim").exists(), "whiteout followed a symlink out of the root");
+    }
+
+    #[test]
+    fn builds_busybox_when_present() {
+        let bb = Path::new("/bin/busybox");
+        if !bb.exists() {
+            eprintln!("SKIP builds_busybox_when_present: /bin/busybox missing (apt-get install busybox-static)");
+            return;
+        }
+        let d = tempfile::tempdir().unwrap();
+        let store = ImageStore::new(d.path()).unwrap();
+        let mut last = None;
+        let img = store.build_busybox("busybox", bb, &mut |p| last = Some(p)).unwrap();
+        let last = last.unwrap();
+        assert_eq!(last.current, last.total);
+        assert!(store.rootfs("busybox").join("bin/sh").exists());
+        assert_eq!(img.config.cmd, ["sh"]);
+        assert!(img.size_bytes > 500_000);
     }
 }

@@ -215,9 +215,10 @@ fn stream_logs(client: &Client, name: &str, query: &str) -> CliResult<()> {
 /// Exit code of `container run` when micro-os itself failed to start the command.
 fn run_failure_code(msg: &str) -> i32 {
     let m = msg.to_ascii_lowercase();
-    if m.contains("executable file not found") || m.contains("no such file or directory") {
+    let exec = m.contains("exec:") || m.contains("exec ");
+    if m.contains("executable file not found") || (exec && m.contains("no such file or directory")) {
         127
-    } else if m.contains("permission denied") {
+    } else if exec && m.contains("permission denied") {
         126
     } else {
         125
@@ -391,5 +392,6 @@ mod tests {
         assert_eq!(run_failure_code("exec: \"nope\": executable file not found in $PATH"), 127);
         assert_eq!(run_failure_code("exec /x: permission denied"), 126);
         assert_eq!(run_failure_code("mount overlay failed"), 125);
+        assert_eq!(run_failure_code("mount overlay root at /x: ENOENT: No such file or directory"), 125);
     }
 }

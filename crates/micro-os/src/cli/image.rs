@@ -30,7 +30,7 @@ fn follow(resp: ureq::Response) -> CliResult<ImageInfo> {
             ImageEvent::Progress { stage: s, current, total } => {
                 if s != stage {
                     if !tty {
-                        eprintln!("{s} ...");
+                        println!("{s} ...");
                     }
                     stage = s.clone();
                     bar.set_message(s);

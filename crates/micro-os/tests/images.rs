@@ -1,0 +1,79 @@
+//! Images without a registry: the built-in base and archives imported from files.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::{can_run_containers, Daemon};
+
+fn sh(cmd: &str) {
+    let s = Command::new("sh").arg("-c").arg(cmd).status().unwrap();
+    assert!(s.success(), "{cmd}");
+}
+
+/// A `docker save`-style archive made with GNU tar: layer 1 is busybox, layer 2 deletes
+/// a file of layer 1 with a whiteout and adds one.
+fn docker_archive(dir: &Path) -> std::path::PathBuf {
+    let d = dir.display();
+    sh(&format!(
+        "set -e; cd {d}; mkdir -p l1/bin l1/etc l2/etc out/l1 out/l2;
+         cp /bin/busybox l1/bin/busybox; ln -s busybox l1/bin/sh; ln -s busybox l1/bin/cat; ln -s busybox l1/bin/ls;
+         echo base > l1/etc/motd; echo doomed > l1/etc/doomed;
+         : > l2/etc/.wh.doomed; echo layered > l2/etc/added;
+         tar -C l1 -cf out/l1/layer.tar .; tar -C l2 -cf out/l2/layer.tar .;
+         echo '{{\"config\": {{\"Cmd\": [\"sh\", \"-c\", \"cat /etc/motd /etc/added; ls /etc\"]}}}}' > out/config.json;
+         echo '[{{\"Config\": \"config.json\", \"RepoTags\": [\"example.org/team/app:1.2\"], \"Layers\": [\"l1/layer.tar\", \"l2/layer.tar\"]}}]' > out/manifest.json;
+         tar -C out -cf app.tar ."
+    ));
+    dir.join("app.tar")
+}
+
+#[test]
+fn import_run_and_remove_an_image() {
+    if !can_run_containers("import_run_and_remove_an_image") {
+        return;
+    }
+    let d = Daemon::start();
+    let work = tempfile::tempdir().unwrap();
+    let archive = docker_archive(work.path());
+    let out = d.ok(&["image", "import", archive.to_str().unwrap()]);
+    assert!(out.contains("imported app:1.2 (2 layers"), "{out}");
+    let list = d.ok(&["image", "ls"]);
+    assert!(list.contains("app:1.2") && list.contains("busybox"), "{list}");
+    // the image's own command runs, and the whiteout removed the lower file
+    let o = d.cli(&["container", "run", "--rm", "--image", "app:1.2"]);
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(0), "{stdout} {}", String::from_utf8_lossy(&o.stderr));
+    assert!(stdout.contains("base\nlayered\n"), "{stdout}");
+    assert!(!stdout.contains("doomed"), "whiteout not applied: {stdout}");
+    // containers write to their own upper layer, never to the image
+    d.ok(&["container", "run", "--name", "writer", "--image", "app:1.2", "--", "sh", "-c", "echo x > /etc/motd"]);
+    let o = d.cli(&["container", "run", "--rm", "--image", "app:1.2", "--", "cat", "/etc/motd"]);
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "base\n");
+    // in use: refused; then removable
+    d.fails(&["image", "rm", "app:1.2"], 4);
+    d.ok(&["container", "rm", "writer"]);
+    d.ok(&["image", "rm", "app:1.2"]);
+    d.fails(&["container", "create", "--name", "late", "--image", "app:1.2"], 3);
+    // importing again under an explicit name; a second time is a conflict
+    d.ok(&["image", "import", archive.to_str().unwrap(), "--name", "again"]);
+    d.fails(&["image", "import", archive.to_str().unwrap(), "--name", "again"], 4);
+    // junk is refused with one line and leaves nothing
+    let junk = work.path().join("junk.tar");
+    std::fs::write(&junk, "not an archive").unwrap();
+    let err = d.fails(&["image", "import", junk.to_str().unwrap(), "--name", "junk"], 2);
+    assert!(err.contains("junk.tar"), "{err}");
+    d.fails(&["image", "import", "/does/not/exist.tar"], 3);
+    let list = d.ok(&["image", "ls", "--format", "json"]);
+    let names: Vec<String> = serde_json::from_str::<Vec<serde_json::Value>>(&list)
+        .unwrap()
+        .iter()
+        .map(|i| i["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names, ["again", "busybox"]);
+    // building the base again is a conflict; under a new name it works
+    d.fails(&["image", "build", "busybox"], 4);
+    let out = d.ok(&["image", "build", "busybox", "--name", "base2"]);
+    assert!(out.contains("built base2"), "{out}");
+}
