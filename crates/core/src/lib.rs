@@ -24,6 +24,26 @@ pub use restart::RestartPolicy;
 pub use size::Size;
 pub use template::{Template, Workload};
 
+/// OpenAPI schema of a type that travels as one scalar (a string or a number).
+#[macro_export]
+#[doc(hidden)]
+macro_rules! scalar_schema {
+    ($ty:ty, $kind:ident, $desc:literal) => {
+        #[cfg(feature = "openapi")]
+        impl utoipa::PartialSchema for $ty {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                utoipa::openapi::schema::ObjectBuilder::new()
+                    .schema_type(utoipa::openapi::schema::SchemaType::new(utoipa::openapi::Type::$kind))
+                    .description(Some($desc))
+                    .into()
+            }
+        }
+
+        #[cfg(feature = "openapi")]
+        impl utoipa::ToSchema for $ty {}
+    };
+}
+
 /// Names of containers, images and templates: what Docker accepts, so names
 /// survive being used as directory names, cgroup names and runc ids.
 pub fn validate_name(kind: &str, name: &str) -> Result<(), ValidationError> {

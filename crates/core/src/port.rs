@@ -1,6 +1,7 @@
 use std::fmt;
 
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::{Deserialize, Serialize};
+use serde_with::{DeserializeFromStr, SerializeDisplay};
 
 use crate::ValidationError;
 
@@ -14,7 +15,7 @@ pub enum Protocol {
 
 /// `8080:80/tcp`: host port 8080 on the host's loopback forwards to port 80 inside the
 /// container's network namespace. Serialised in that same string form.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, SerializeDisplay, DeserializeFromStr)]
 pub struct PortMapping {
     pub host: u16,
     pub container: u16,
@@ -50,31 +51,14 @@ impl fmt::Display for PortMapping {
     }
 }
 
-impl Serialize for PortMapping {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
+impl std::str::FromStr for PortMapping {
+    type Err = ValidationError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        PortMapping::parse(s)
     }
 }
 
-impl<'de> Deserialize<'de> for PortMapping {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        PortMapping::parse(&s).map_err(serde::de::Error::custom)
-    }
-}
-
-#[cfg(feature = "openapi")]
-impl utoipa::PartialSchema for PortMapping {
-    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
-        utoipa::openapi::schema::ObjectBuilder::new()
-            .schema_type(utoipa::openapi::schema::SchemaType::new(utoipa::openapi::Type::String))
-            .description(Some("HOST:CONTAINER[/tcp|udp], e.g. \"8080:80/tcp\""))
-            .into()
-    }
-}
-
-#[cfg(feature = "openapi")]
-impl utoipa::ToSchema for PortMapping {}
+crate::scalar_schema!(PortMapping, String, "HOST:CONTAINER[/tcp|udp], e.g. \"8080:80/tcp\"");
 
 #[cfg(test)]
 mod tests {

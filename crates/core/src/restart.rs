@@ -1,12 +1,12 @@
 use std::fmt;
 use std::time::Duration;
 
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_with::{DeserializeFromStr, SerializeDisplay};
 
 use crate::ValidationError;
 
 /// What to do when a container's process exits on its own (not after `stop`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, SerializeDisplay, DeserializeFromStr)]
 pub enum RestartPolicy {
     #[default]
     No,
@@ -65,31 +65,14 @@ impl fmt::Display for RestartPolicy {
     }
 }
 
-impl Serialize for RestartPolicy {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
+impl std::str::FromStr for RestartPolicy {
+    type Err = ValidationError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        RestartPolicy::parse(s)
     }
 }
 
-impl<'de> Deserialize<'de> for RestartPolicy {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        RestartPolicy::parse(&s).map_err(serde::de::Error::custom)
-    }
-}
-
-#[cfg(feature = "openapi")]
-impl utoipa::PartialSchema for RestartPolicy {
-    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
-        utoipa::openapi::schema::ObjectBuilder::new()
-            .schema_type(utoipa::openapi::schema::SchemaType::new(utoipa::openapi::Type::String))
-            .description(Some("no | on-failure | on-failure:N | always"))
-            .into()
-    }
-}
-
-#[cfg(feature = "openapi")]
-impl utoipa::ToSchema for RestartPolicy {}
+crate::scalar_schema!(RestartPolicy, String, "no | on-failure | on-failure:N | always");
 
 #[cfg(test)]
 mod tests {

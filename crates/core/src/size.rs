@@ -85,18 +85,7 @@ impl<'de> Deserialize<'de> for Size {
     }
 }
 
-#[cfg(feature = "openapi")]
-impl utoipa::PartialSchema for Size {
-    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
-        utoipa::openapi::schema::ObjectBuilder::new()
-            .schema_type(utoipa::openapi::schema::SchemaType::new(utoipa::openapi::Type::Integer))
-            .description(Some("bytes; input also accepts strings such as \"512M\" or \"4G\""))
-            .into()
-    }
-}
-
-#[cfg(feature = "openapi")]
-impl utoipa::ToSchema for Size {}
+crate::scalar_schema!(Size, Integer, "bytes; input also accepts strings such as \"512M\" or \"4G\"");
 
 #[cfg(test)]
 mod tests {

@@ -179,18 +179,6 @@ fn since_param(s: &str) -> CliResult<String> {
     Ok(t.to_rfc3339())
 }
 
-fn enc(s: &str) -> String {
-    s.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-_.".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
-}
-
 /// Streams log text to stdout; returns when the daemon closes the response.
 fn stream_logs(client: &Client, name: &str, query: &str) -> CliResult<()> {
     let resp = client.raw("GET", &format!("/containers/{}/logs{query}", seg(name)), None)?;
@@ -309,7 +297,7 @@ pub fn run(client: &Client, cmd: ContainerCmd) -> CliResult<i32> {
                 q.push(format!("tail={t}"));
             }
             if let Some(s) = since {
-                q.push(format!("since={}", enc(&since_param(&s)?)));
+                q.push(format!("since={}", seg(&since_param(&s)?)));
             }
             stream_logs(client, &name_of(&name)?, &format!("?{}", q.join("&")))?;
         }

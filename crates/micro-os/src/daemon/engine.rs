@@ -111,6 +111,11 @@ impl Engine {
             .ok_or_else(|| ApiError::not_found(format!("container {key:?} not found (see `micro-os container list`)")))
     }
 
+    /// The state of a container by id, without cloning it.
+    pub fn state_of(&self, id: &str) -> Option<ContainerState> {
+        self.containers.read().unwrap().get(id).map(|c| c.state)
+    }
+
     fn op_lock(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
         self.ops.lock().unwrap().entry(id.to_string()).or_default().clone()
     }

@@ -85,16 +85,20 @@ pub fn stream(engine: Arc<Engine>, id: String, path: PathBuf, q: LogsQuery) -> B
                     if tx.is_closed() {
                         return;
                     }
-                    // stop once the container is gone or has stopped and the file is drained
-                    idle_checks += 1;
-                    if idle_checks.is_multiple_of(2) {
-                        match engine.find(&id) {
-                            Ok(c) if matches!(c.state, ContainerState::Running | ContainerState::Paused) => {}
-                            Ok(c) if c.state == ContainerState::Created && c.error.is_none() => {}
-                            _ => return,
+                    // stop once the container is gone or has stopped and the file is drained;
+                    // poll fast at first (a `run` waits on this), then settle at 50 ms
+                    idle_checks = idle_checks.saturating_add(1);
+                    match engine.state_of(&id) {
+                        Some(ContainerState::Running | ContainerState::Paused | ContainerState::Created) => {}
+                        _ => {
+                            // the shim has exited: everything it wrote is in the file
+                            if reader.read_line(&mut buf).unwrap_or(0) > 0 {
+                                continue;
+                            }
+                            return;
                         }
                     }
-                    std::thread::sleep(Duration::from_millis(50));
+                    std::thread::sleep(Duration::from_millis(if idle_checks < 200 { 5 } else { 50 }));
                 }
                 Err(_) => return,
             }

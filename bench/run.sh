@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# micro-os benchmarks: each runs our code and its named peer in the same run and reports
+# the ratio. Usage (as root): bash bench/run.sh [lifecycle|api|rss|all]
+# Needs hyperfine, wrk and podman (installed here if missing); builds the release binary.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+what=${1:-all}
+need=()
+for p in hyperfine wrk podman runc busybox-static curl jq; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")
+done
+if [ ${#need[@]} -gt 0 ]; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+cargo build --release --locked -p micro-os >/dev/null 2>&1 || cargo build --release --locked -p micro-os
+BIN=$PWD/target/release/micro-os
+WORK=$(mktemp -d /tmp/micro-os-bench.XXXXXX)
+PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+export MICRO_OS_HOME=$WORK/home MICRO_OS_API=http://127.0.0.1:$PORT
+DAEMON_PID=
+cleanup() {
+  if [ -n "$DAEMON_PID" ]; then
+    for c in $("$BIN" container list --format json 2>/dev/null | jq -r '.[].name'); do "$BIN" container rm -f "$c" >/dev/null 2>&1 || true; done
+    kill "$DAEMON_PID" 2>/dev/null || true; wait "$DAEMON_PID" 2>/dev/null || true
+  fi
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+start_daemon() {
+  "$BIN" daemon --api-addr "127.0.0.1:$PORT" >"$WORK/daemon.log" 2>&1 &
+  DAEMON_PID=$!
+  for _ in $(seq 100); do curl -sf "$MICRO_OS_API/api/v1/health" >/dev/null && return; sleep 0.1; done
+  echo "daemon did not start"; cat "$WORK/daemon.log"; exit 1
+}
+start_daemon
+TOKEN=$(cat "$MICRO_OS_HOME/token")
+echo "# $(date -u +%FT%TZ) $(uname -r), $(nproc) cores, cgroup $(stat -fc %T /sys/fs/cgroup)"
+
+median_ms() { jq -r ".results[$1].median * 1000 | . * 10 | round / 10" "$2"; }
+
+if [ "$what" = lifecycle ] || [ "$what" = all ]; then
+  ROOTFS=$MICRO_OS_HOME/images/busybox/rootfs
+  B=$WORK/bundle; mkdir -p "$B"
+  ( cd "$B" && runc spec && jq '.process.args=["true"] | .process.terminal=false | .root.path=$r | .root.readonly=true' \
+      --arg r "$ROOTFS" config.json > c.json && mv c.json config.json )
+  RUNC_ROOT=$WORK/runc-root
+  hyperfine -N --warmup 5 --runs "${RUNS:-40}" --export-json "$WORK/lifecycle.json" \
+    -n micro-os "$BIN container run --rm --image busybox -- true" \
+    -n "runc run" "sh -c 'exec runc --root $RUNC_ROOT run --bundle $B bench-\$\$'" \
+    -n "podman run --rootfs" "podman run --rm --rootfs $ROOTFS true" >"$WORK/hf.txt"
+  m=$(median_ms 0 "$WORK/lifecycle.json"); r=$(median_ms 1 "$WORK/lifecycle.json"); p=$(median_ms 2 "$WORK/lifecycle.json")
+  echo "lifecycle p50: micro-os ${m} ms, runc run ${r} ms, podman run --rootfs ${p} ms"
+  echo "lifecycle ratio micro-os/runc: $(echo "scale=2; $m / $r" | bc) (target <= 1.5); micro-os/podman: $(echo "scale=2; $m / $p" | bc) (target < 1)"
+fi
+
+if [ "$what" = api ] || [ "$what" = all ]; then
+  n=$(curl -s -H "Authorization: Bearer $TOKEN" "$MICRO_OS_API/api/v1/containers" | jq length)
+  for i in $(seq "$n" 999); do
+    printf '{"name":"api-%d","image":"busybox","command":["true"]}\n' "$i"
+  done | while read -r body; do
+    curl -sf -o /dev/null -X POST -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' -d "$body" "$MICRO_OS_API/api/v1/containers"
+  done
+  id=$(curl -s -H "Authorization: Bearer $TOKEN" "$MICRO_OS_API/api/v1/containers/api-500" | jq -r .id)
+  wrk -t2 -c16 -d"${DURATION:-10}"s --latency -H "Authorization: Bearer $TOKEN" "$MICRO_OS_API/api/v1/containers/$id" >"$WORK/wrk.txt"
+  p99=$(awk '/ 99%/{print $2}' "$WORK/wrk.txt"); rps=$(awk '/Requests\/sec/{print $2}' "$WORK/wrk.txt"); p50=$(awk '/ 50%/{print $2}' "$WORK/wrk.txt")
+  echo "api GET /containers/{id} with $(curl -s -H "Authorization: Bearer $TOKEN" "$MICRO_OS_API/api/v1/containers" | jq length) stored: p50 $p50, p99 $p99 (target < 5ms), $rps req/s (wrk -t2 -c16)"
+fi
+
+if [ "$what" = rss ] || [ "$what" = all ]; then
+  n=$(curl -s -H "Authorization: Bearer $TOKEN" "$MICRO_OS_API/api/v1/containers" | jq length)
+  for i in $(seq "$n" 99); do
+    curl -sf -o /dev/null -X POST -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \
+      -d "{\"name\":\"rss-$i\",\"image\":\"busybox\",\"command\":[\"true\"]}" "$MICRO_OS_API/api/v1/containers"
+  done
+  # measure a freshly started daemon that loaded what is stored, after it settles
+  kill "$DAEMON_PID"; wait "$DAEMON_PID" 2>/dev/null || true
+  start_daemon
+  sleep 3
+  stored=$(curl -s -H "Authorization: Bearer $TOKEN" "$MICRO_OS_API/api/v1/containers" | jq length)
+  sleep 1
+  rss=$(awk '/VmRSS/{print $2}' "/proc/$DAEMON_PID/status")
+  echo "daemon idle RSS with $stored containers stored: $((rss / 1024)) MB ($rss kB; target < 40 MB)"
+fi
