@@ -12,10 +12,9 @@ use cli::client::{exit, CliError};
 use home::{Config, Home};
 
 fn main() -> ExitCode {
-    // The shim must fork before any thread exists, so it is recognised before clap runs.
+    // The shim starts as fast as it can: it is recognised before clap runs.
     let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
     if argv.len() == 3 && argv[1] == "shim" {
-        micro_os_runtime::shim::detach();
         return ExitCode::from(micro_os_runtime::shim::run(std::path::Path::new(&argv[2])) as u8);
     }
     let cli = match cli::Cli::try_parse() {

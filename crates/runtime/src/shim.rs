@@ -20,9 +20,8 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -49,9 +48,9 @@ pub struct ShimConfig {
     pub log_path: PathBuf,
     pub cgroups_path: String,
     pub ports: Vec<PortMapping>,
-    /// The container has a network namespace of its own (not a VM's): bring its
-    /// loopback up.
-    pub own_netns: bool,
+    /// Make a network namespace of the container's own here (loopback up) before runc
+    /// runs; the bundle joins it by this path. `None` when it joins a VM's namespace.
+    pub netns: Option<PathBuf>,
 }
 
 impl ShimConfig {
@@ -84,12 +83,13 @@ pub fn read_status(state_dir: &Path) -> Option<Status> {
     serde_json::from_slice(&text).ok()
 }
 
-/// Writes `status.json` atomically and durably (temp file, fsync, rename).
+/// Writes `status.json` atomically (temp file, rename): a reader sees the old or the
+/// new status, never half of one. Not fsynced: the daemon commits what it reads to its
+/// store, and after a power cut a container without a shim is reported as lost anyway.
 pub fn write_status(state_dir: &Path, status: &Status) -> io::Result<()> {
     let tmp = state_dir.join(".status.json.tmp");
     let mut f = File::create(&tmp)?;
     f.write_all(&serde_json::to_vec(status).expect("status serialises"))?;
-    f.sync_all()?;
     fs::rename(&tmp, status_path(state_dir))
 }
 
@@ -104,37 +104,52 @@ pub fn live_shim_pid(state_dir: &Path) -> Option<u32> {
 }
 
 /// Daemon side: starts a shim for the prepared state directory and waits until it
-/// reports the container started (its pid) or failed (its error).
-pub fn spawn(exe: &Path, state_dir: &Path) -> Result<u32> {
-    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| Error::Other(format!("pipe: {e}")))?;
-    let shim_log =
-        File::create(state_dir.join("shim.log")).context(|| format!("create {}/shim.log", state_dir.display()))?;
-    let mut cmd = Command::new(exe);
-    cmd.arg("shim").arg(state_dir).stdin(Stdio::null()).stdout(Stdio::null()).stderr(shim_log);
-    let wfd = w.as_raw_fd();
-    // SAFETY: only async-signal-safe calls (dup2, fcntl) between fork and exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            if wfd == 3 {
-                if libc::fcntl(3, libc::F_SETFD, 0) < 0 {
-                    return Err(io::Error::last_os_error());
-                }
-            } else if libc::dup2(wfd, 3) < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let mut child = cmd.spawn().context(|| format!("start shim {}", exe.display()))?;
+/// reports the container started or failed. Returns (shim pid, container pid).
+///
+/// The shim is spawned with posix_spawn (no fork of the daemon's address space) in a
+/// session of its own; it is the daemon's child, so the daemon reaps it ([`reap`]), and
+/// when the daemon dies it is re-parented to init and goes on.
+pub fn spawn(exe: &Path, state_dir: &Path) -> Result<(u32, u32)> {
+    use nix::fcntl::OFlag;
+    use nix::spawn::{posix_spawn, PosixSpawnAttr, PosixSpawnFileActions, PosixSpawnFlags};
+    use nix::sys::stat::Mode;
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+
+    let err = |what: &str, e: nix::Error| Error::Other(format!("start shim: {what}: {e}"));
+    let (r, w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| err("pipe", e))?;
+    // keep the write end off fd 3 itself: dup2(3, 3) would leave it close-on-exec
+    let w = nix::fcntl::fcntl(&w, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(10)).map_err(|e| err("dup", e))?;
+    // SAFETY: F_DUPFD_CLOEXEC returned a new descriptor that nothing else owns.
+    let w = unsafe { OwnedFd::from_raw_fd(w) };
+    let cstr = |b: &[u8]| CString::new(b).map_err(|_| Error::Other("start shim: path has a NUL byte".into()));
+    let log = cstr(state_dir.join("shim.log").as_os_str().as_bytes())?;
+    let mut actions = PosixSpawnFileActions::init().map_err(|e| err("file actions", e))?;
+    actions.add_open(0, c"/dev/null", OFlag::O_RDONLY, Mode::empty()).map_err(|e| err("stdin", e))?;
+    actions.add_open(1, c"/dev/null", OFlag::O_WRONLY, Mode::empty()).map_err(|e| err("stdout", e))?;
+    let log_flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_TRUNC;
+    actions.add_open(2, log.as_c_str(), log_flags, Mode::from_bits_truncate(0o640)).map_err(|e| err("shim.log", e))?;
+    actions.add_dup2(w.as_raw_fd(), 3).map_err(|e| err("report pipe", e))?;
+    let mut attr = PosixSpawnAttr::init().map_err(|e| err("attributes", e))?;
+    attr.set_flags(PosixSpawnFlags::from_bits_retain(libc::POSIX_SPAWN_SETSID as _)).map_err(|e| err("setsid", e))?;
+    let exe_c = cstr(exe.as_os_str().as_bytes())?;
+    let args = [exe_c.clone(), cstr(b"shim")?, cstr(state_dir.as_os_str().as_bytes())?];
+    let env: Vec<CString> = std::env::vars_os()
+        .filter_map(|(k, v)| CString::new([k.as_bytes(), b"=", v.as_bytes()].concat()).ok())
+        .collect();
+    let shim =
+        posix_spawn(exe_c.as_c_str(), &actions, &attr, &args, &env).map_err(|e| err(&exe.display().to_string(), e))?;
     drop(w);
-    // the first process forks the real shim and exits at once
-    let _ = child.wait();
+    let shim_pid = shim.as_raw() as u32;
     let mut line = String::new();
     BufReader::new(File::from(r)).read_line(&mut line).context(|| "read shim report".into())?;
     let line = line.trim();
     if let Some(pid) = line.strip_prefix("ok ") {
-        return pid.parse().map_err(|_| Error::Other(format!("shim reported {line:?}")));
+        let pid = pid.parse().map_err(|_| Error::Other(format!("shim reported {line:?}")))?;
+        return Ok((shim_pid, pid));
     }
+    // the shim has failed and is exiting: do not leave a zombie
+    let _ = waitpid(shim, None);
     if let Some(msg) = line.strip_prefix("err ") {
         return Err(Error::Other(msg.to_string()));
     }
@@ -142,21 +157,9 @@ pub fn spawn(exe: &Path, state_dir: &Path) -> Result<u32> {
     Err(Error::Other(format!("shim exited without a report: {}", log.trim())))
 }
 
-/// Shim side, first thing in `main` (before any thread exists): fork so that the
-/// daemon's child exits at once and the shim is re-parented to init, then start a new
-/// session so terminal signals of the daemon's session never reach it.
-pub fn detach() {
-    // SAFETY: called while the process is single-threaded.
-    match unsafe { nix::unistd::fork() } {
-        Ok(nix::unistd::ForkResult::Parent { .. }) => std::process::exit(0),
-        Ok(nix::unistd::ForkResult::Child) => {
-            let _ = nix::unistd::setsid();
-        }
-        Err(e) => {
-            eprintln!("shim: fork: {e}");
-            std::process::exit(1);
-        }
-    }
+/// Reaps an exited shim if it is this process's child (it is not after a restart).
+pub fn reap(shim_pid: u32) {
+    let _ = waitpid(Pid::from_raw(shim_pid as i32), Some(nix::sys::wait::WaitPidFlag::WNOHANG));
 }
 
 /// Shim side: runs the container to completion. Returns the process exit code.
@@ -196,11 +199,14 @@ pub fn run(state_dir: &Path) -> i32 {
         let _ = pump.join();
     }
     let oom_killed = cgroup::oom_kills(cgroup::detect(), &cfg.cgroups_path).unwrap_or(0) > 0;
-    cleanup(&cfg, &runc);
+    // report first: the daemon watches the container's pid and reads this at once; the
+    // cleanup after it is off the user's path (the daemon waits for this process to end
+    // before it reuses or deletes the state directory)
     let _ = write_status(
         state_dir,
         &Status::Exited { exit_code, oom_killed, started_at: Some(started_at), finished_at: Utc::now() },
     );
+    cleanup(&cfg, &runc);
     0
 }
 
@@ -240,10 +246,27 @@ fn mount_rootfs(cfg: &ShimConfig) -> Result<()> {
         .map_err(|e| Error::Other(format!("mount overlay root at {}: {e}", merged.display())))
 }
 
+/// Writes one timed step to the shim's own log (its stderr), for operators and profiling.
+fn step(t0: std::time::Instant, what: &str) {
+    eprintln!("shim: {:>7.2} ms {what}", t0.elapsed().as_secs_f64() * 1000.0);
+}
+
 fn start(cfg: &ShimConfig, runc: &Runc, state_dir: &Path) -> Result<Started> {
+    let t0 = std::time::Instant::now();
     mount_rootfs(cfg)?;
-    // a container of this id left by a crash would make create fail
-    let _ = runc.delete(&cfg.id, true);
+    step(t0, "mounted root");
+    if let Some(ns) = &cfg.netns {
+        if ns.exists() {
+            netns::remove(ns);
+        }
+        netns::create(ns).context(|| format!("create network namespace {}", ns.display()))?;
+        step(t0, "network namespace");
+    }
+    // a container of this id left by a crash would make runc refuse the id
+    if cfg.runc_root.join(&cfg.id).exists() {
+        let _ = runc.delete(&cfg.id, true);
+        step(t0, "stale delete");
+    }
     nix::sys::prctl::set_child_subreaper(true).map_err(|e| Error::Other(format!("subreaper: {e}")))?;
 
     let log = Arc::new(Mutex::new(
@@ -258,13 +281,15 @@ fn start(cfg: &ShimConfig, runc: &Runc, state_dir: &Path) -> Result<Started> {
     let pid_file = state_dir.join("container.pid");
     let _ = fs::remove_file(&pid_file);
     let runc_log = state_dir.join("runc.log");
+    // create and start in one runc process; the container's stdio are our pipes
     let output = runc
         .command()
         .arg("--log")
         .arg(&runc_log)
         .arg("--log-format")
         .arg("json")
-        .arg("create")
+        .arg("run")
+        .arg("--detach")
         .arg("--bundle")
         .arg(&cfg.bundle)
         .arg("--pid-file")
@@ -275,20 +300,18 @@ fn start(cfg: &ShimConfig, runc: &Runc, state_dir: &Path) -> Result<Started> {
         .stderr(Stdio::from(err_w))
         .status()
         .context(|| format!("run {}", cfg.runc_binary.display()))?;
+    step(t0, "runc run");
     let pumps = vec![pump(out_r, "stdout", log.clone()), pump(err_r, "stderr", log)];
     if !output.success() {
         let msg = fs::read(&runc_log).map(|b| crate::runc::last_error(&b)).unwrap_or_default();
-        return Err(Error::Runc { action: "create".into(), id: cfg.id.clone(), msg });
+        return Err(Error::Runc { action: "run".into(), id: cfg.id.clone(), msg });
     }
     let pid: u32 = fs::read_to_string(&pid_file)
         .ok()
         .and_then(|s| s.trim().parse().ok())
         .ok_or_else(|| Error::Other(format!("runc wrote no pid to {}", pid_file.display())))?;
-    let ns = netns::ns_path(pid);
-    let result = (|| {
-        if cfg.own_netns {
-            netns::loopback_up(&ns).context(|| "bring up the container's loopback".into())?;
-        }
+    let ns = cfg.netns.clone().unwrap_or_else(|| netns::ns_path(pid));
+    let published = (|| {
         for p in &cfg.ports {
             if p.protocol == Protocol::Udp {
                 return Err(Error::Other(format!("port {p}: udp forwarding is not supported yet (use tcp)")));
@@ -299,25 +322,9 @@ fn start(cfg: &ShimConfig, runc: &Runc, state_dir: &Path) -> Result<Started> {
             let port = p.container;
             std::thread::spawn(move || proxy_tcp(listener, ns, port));
         }
-        runc.command()
-            .arg("start")
-            .arg(&cfg.id)
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| Error::Other(e.to_string()))
-            .and_then(|o| {
-                if o.status.success() {
-                    Ok(())
-                } else {
-                    Err(Error::Runc {
-                        action: "start".into(),
-                        id: cfg.id.clone(),
-                        msg: crate::runc::last_error(&o.stderr),
-                    })
-                }
-            })
+        Ok(())
     })();
-    if let Err(e) = result {
+    if let Err(e) = published {
         let _ = runc.kill(&cfg.id, "KILL");
         let _ = wait_for(pid);
         return Err(e);
@@ -326,10 +333,15 @@ fn start(cfg: &ShimConfig, runc: &Runc, state_dir: &Path) -> Result<Started> {
 }
 
 fn cleanup(cfg: &ShimConfig, runc: &Runc) {
-    let _ = runc.delete(&cfg.id, true);
+    if cfg.runc_root.join(&cfg.id).exists() {
+        let _ = runc.delete(&cfg.id, true);
+    }
     let merged = cfg.merged();
     if is_mountpoint(&merged) {
         let _ = umount2(&merged, MntFlags::MNT_DETACH);
+    }
+    if let Some(ns) = &cfg.netns {
+        netns::remove(ns);
     }
 }
 

@@ -38,6 +38,8 @@ pub struct Engine {
     containers: RwLock<HashMap<String, Container>>,
     ops: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     persist_lock: Mutex<()>,
+    /// The live shim of each container that has one.
+    shims: Mutex<HashMap<String, u32>>,
     /// Ids of containers whose state changed; waiters re-check on each.
     changes: broadcast::Sender<String>,
 }
@@ -87,6 +89,7 @@ impl Engine {
             containers: RwLock::new(containers),
             ops: Mutex::new(HashMap::new()),
             persist_lock: Mutex::new(()),
+            shims: Mutex::new(HashMap::new()),
             changes,
         }))
     }
@@ -109,6 +112,11 @@ impl Engine {
             .find(|c| c.spec.name == key)
             .cloned()
             .ok_or_else(|| ApiError::not_found(format!("container {key:?} not found (see `micro-os container list`)")))
+    }
+
+    /// Ids of containers whose state changes from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<String> {
+        self.changes.subscribe()
     }
 
     /// The state of a container by id, without cloning it.
@@ -276,6 +284,8 @@ impl Engine {
 
     /// Prepares the bundle, spawns the shim and records the outcome. Caller holds the op lock.
     async fn launch(self: &Arc<Self>, id: &str, action: &str) -> Result<Container, ApiError> {
+        // the previous run's shim may still be unmounting; it must be gone first
+        self.shim_gone(id).await;
         let c = self.find(id)?;
         let image = self.images.get(&c.spec.image).map_err(|e| ApiError::not_found(e.to_string()))?;
         let this = self.clone();
@@ -346,7 +356,7 @@ impl Engine {
             resources: &c.spec.resources,
             rootfs: bundle_dir.join("rootfs"),
             cgroups_path: cgroups_path.clone(),
-            netns: None,
+            netns: Some(dir.join("netns")),
             config_file: Some(config_file),
         };
         let spec = bundle::spec(&input).map_err(|e| e.to_string())?;
@@ -360,30 +370,58 @@ impl Engine {
             log_path: dir.join("container.log"),
             cgroups_path,
             ports: c.spec.ports.clone(),
-            own_netns: true,
+            netns: Some(dir.join("netns")),
         };
         std::fs::write(dir.join("shim.json"), serde_json::to_vec_pretty(&shim_cfg).expect("serialises"))
             .map_err(|e| format!("write shim.json: {e}"))?;
         let _ = std::fs::remove_file(shim::status_path(&dir));
-        let pid = shim::spawn(&self.exe, &dir).map_err(|e| e.to_string())?;
-        let shim_pid = std::fs::read_to_string(dir.join("shim.pid"))
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .ok_or("shim wrote no pid file")?;
+        let (shim_pid, pid) = shim::spawn(&self.exe, &dir).map_err(|e| e.to_string())?;
         Ok((pid, shim_pid))
     }
 
-    /// Watches the shim until it exits, then records the exit; runs health checks meanwhile.
+    /// Watches the container until it exits and records the exit as soon as the shim
+    /// has written it; then waits for the shim's cleanup to end. Runs health checks meanwhile.
     fn supervise(self: &Arc<Self>, id: &str, shim_pid: u32, pid: u32) {
+        self.shims.lock().unwrap().insert(id.to_string(), shim_pid);
         let this = self.clone();
         let id2 = id.to_string();
         tokio::spawn(async move {
-            super::pidwait::exited(shim_pid).await;
-            let status = shim::read_status(&this.state_dir(&id2));
+            tokio::select! {
+                _ = super::pidwait::exited(pid) => {}
+                _ = super::pidwait::exited(shim_pid) => {}
+            }
+            let dir = this.state_dir(&id2);
+            // the shim writes the status right after it reaps the container
+            let mut status = shim::read_status(&dir);
+            for i in 0..2000 {
+                if matches!(status, Some(Status::Exited { .. } | Status::Failed { .. })) {
+                    break;
+                }
+                if shim::live_shim_pid(&dir).is_none() {
+                    status = shim::read_status(&dir);
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(if i < 100 { 1 } else { 10 })).await;
+                status = shim::read_status(&dir);
+            }
             this.on_exit(&id2, pid, status).await;
+            super::pidwait::exited(shim_pid).await;
+            shim::reap(shim_pid);
+            let mut shims = this.shims.lock().unwrap();
+            if shims.get(&id2) == Some(&shim_pid) {
+                shims.remove(&id2);
+            }
         });
         if let Some(h) = self.find(id).ok().and_then(|c| c.spec.health_check) {
             tokio::spawn(super::health::run(self.clone(), id.to_string(), pid, h));
+        }
+    }
+
+    /// Resolves once the container's last shim has finished its cleanup.
+    async fn shim_gone(&self, id: &str) {
+        let pid = self.shims.lock().unwrap().get(id).copied();
+        if let Some(pid) = pid {
+            super::pidwait::exited(pid).await;
         }
     }
 
@@ -516,7 +554,7 @@ impl Engine {
         self.find(&c.id)
     }
 
-    pub async fn remove(&self, key: &str, force: bool) -> Result<(), ApiError> {
+    pub async fn remove(self: &Arc<Self>, key: &str, force: bool) -> Result<(), ApiError> {
         let c = self.find(key)?;
         let lock = self.op_lock(&c.id);
         let _g = lock.lock().await;
@@ -533,8 +571,11 @@ impl Engine {
         self.ops.lock().unwrap().remove(&c.id);
         let _ = self.changes.send(c.id.clone());
         let dir = self.state_dir(&c.id);
-        tokio::task::spawn_blocking(move || {
-            let _ = std::fs::remove_dir_all(dir);
+        let this = self.clone();
+        let id = c.id.clone();
+        tokio::spawn(async move {
+            this.shim_gone(&id).await;
+            let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir)).await;
         });
         Ok(())
     }

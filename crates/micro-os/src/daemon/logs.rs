@@ -1,7 +1,8 @@
-//! Streams a container's log file to an API response.
+//! Streams a container's log file to an API response: the lines written so far (with
+//! `tail` and `since` applied), then, when following, new lines until the container
+//! stops. A follower wakes on every state change of the daemon and every 50 ms.
 
-use std::fs::File;
-use std::io::{BufRead, BufReader, Seek, SeekFrom};
+use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,96 +12,100 @@ use micro_os_api::types::LogsQuery;
 use micro_os_api::ByteStream;
 use micro_os_core::ContainerState;
 use micro_os_runtime::logs::parse_line;
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::mpsc;
 
 use super::engine::Engine;
 
-fn render(line: &str, q: &LogsQuery, out: &mut Vec<u8>) -> bool {
-    let Some(l) = parse_line(line.trim_end_matches('\n')) else { return false };
+fn render(line: &str, q: &LogsQuery, out: &mut Vec<u8>) {
+    let Some(l) = parse_line(line.trim_end_matches('\n')) else { return };
     if q.since.is_some_and(|s| l.time < s) {
-        return false;
+        return;
     }
     if q.timestamps {
-        out.extend_from_slice(
-            format!("{} {} ", l.time.to_rfc3339_opts(chrono::SecondsFormat::Millis, true), l.stream).as_bytes(),
-        );
+        let t = l.time.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        out.extend_from_slice(format!("{t} {} ", l.stream).as_bytes());
     }
     out.extend_from_slice(l.message.as_bytes());
     if !l.partial {
         out.push(b'\n');
     }
-    true
+}
+
+/// Reads every complete line available now; a trailing partial line stays in `pending`.
+async fn read_complete<R: tokio::io::AsyncBufRead + Unpin>(reader: &mut R, pending: &mut String) -> Vec<String> {
+    let mut lines = Vec::new();
+    loop {
+        match reader.read_line(pending).await {
+            Ok(n) if n > 0 && pending.ends_with('\n') => lines.push(std::mem::take(pending)),
+            _ => return lines,
+        }
+    }
 }
 
 pub fn stream(engine: Arc<Engine>, id: String, path: PathBuf, q: LogsQuery) -> ByteStream {
     let (tx, rx) = mpsc::channel::<Bytes>(64);
-    tokio::task::spawn_blocking(move || {
-        let Ok(file) = File::open(&path).or_else(|_| {
-            let _ = std::fs::create_dir_all(path.parent().unwrap());
-            std::fs::OpenOptions::new().create(true).append(true).open(&path).and_then(|_| File::open(&path))
-        }) else {
-            return;
+    tokio::spawn(async move {
+        let mut changes = engine.subscribe();
+        // a container that never ran has no log yet: follow an empty one
+        let file = match tokio::fs::File::open(&path).await {
+            Ok(f) => f,
+            Err(_) if q.follow => {
+                let _ = tokio::fs::OpenOptions::new().create(true).append(true).open(&path).await;
+                match tokio::fs::File::open(&path).await {
+                    Ok(f) => f,
+                    Err(_) => return,
+                }
+            }
+            Err(_) => return,
         };
         let mut reader = BufReader::new(file);
-        // the existing lines, with --tail applied
-        let mut lines: Vec<String> = Vec::new();
-        let mut buf = String::new();
-        while reader.read_line(&mut buf).unwrap_or(0) > 0 {
-            if buf.ends_with('\n') {
-                lines.push(std::mem::take(&mut buf));
-            } else {
-                break; // a line still being written: read it again while following
+        let mut pending = String::new();
+        let existing = read_complete(&mut reader, &mut pending).await;
+        let keep = q.tail.unwrap_or(usize::MAX);
+        let mut last: VecDeque<String> = VecDeque::new();
+        for l in existing {
+            if last.len() == keep {
+                last.pop_front();
+            }
+            if keep > 0 {
+                last.push_back(l);
             }
         }
-        let pos = reader.stream_position().unwrap_or(0) - buf.len() as u64;
-        let skip = q.tail.map_or(0, |t| lines.len().saturating_sub(t));
         let mut out = Vec::new();
-        for l in &lines[skip..] {
+        for l in &last {
             render(l, &q, &mut out);
-            if out.len() > 64 * 1024 && tx.blocking_send(Bytes::from(std::mem::take(&mut out))).is_err() {
+            if out.len() > 64 * 1024 && tx.send(Bytes::from(std::mem::take(&mut out))).await.is_err() {
                 return;
             }
         }
-        if !out.is_empty() && tx.blocking_send(Bytes::from(out)).is_err() {
+        if !out.is_empty() && tx.send(Bytes::from(out)).await.is_err() {
             return;
         }
         if !q.follow {
             return;
         }
-        let _ = reader.seek(SeekFrom::Start(pos));
-        buf.clear();
-        let mut idle_checks = 0u32;
         loop {
-            match reader.read_line(&mut buf) {
-                Ok(n) if n > 0 && buf.ends_with('\n') => {
-                    let mut out = Vec::new();
-                    render(&buf, &q, &mut out);
-                    buf.clear();
-                    idle_checks = 0;
-                    if !out.is_empty() && tx.blocking_send(Bytes::from(out)).is_err() {
-                        return;
-                    }
-                }
-                Ok(_) => {
-                    if tx.is_closed() {
-                        return;
-                    }
-                    // stop once the container is gone or has stopped and the file is drained;
-                    // poll fast at first (a `run` waits on this), then settle at 50 ms
-                    idle_checks = idle_checks.saturating_add(1);
-                    match engine.state_of(&id) {
-                        Some(ContainerState::Running | ContainerState::Paused | ContainerState::Created) => {}
-                        _ => {
-                            // the shim has exited: everything it wrote is in the file
-                            if reader.read_line(&mut buf).unwrap_or(0) > 0 {
-                                continue;
-                            }
-                            return;
-                        }
-                    }
-                    std::thread::sleep(Duration::from_millis(if idle_checks < 200 { 5 } else { 50 }));
-                }
-                Err(_) => return,
+            let running = matches!(
+                engine.state_of(&id),
+                Some(ContainerState::Running | ContainerState::Paused | ContainerState::Created)
+            );
+            let mut out = Vec::new();
+            for l in read_complete(&mut reader, &mut pending).await {
+                render(&l, &q, &mut out);
+            }
+            if !out.is_empty() && tx.send(Bytes::from(out)).await.is_err() {
+                return;
+            }
+            // the state was read before the last read of the file: when it said stopped,
+            // everything the container wrote has been sent
+            if !running {
+                return;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+                _ = changes.recv() => {}
+                _ = tx.closed() => return,
             }
         }
     });

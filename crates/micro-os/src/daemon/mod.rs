@@ -153,6 +153,10 @@ pub fn run(home: Home, cfg: Config) -> anyhow::Result<()> {
             engine.container_count()
         );
         let app = micro_os_api::router(Arc::new(Daemon(engine)), ServerConfig { token });
+        // small responses (a stream's last chunk) must not wait for a delayed ACK
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
             shutdown_signal().await;
