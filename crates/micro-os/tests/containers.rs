@@ -25,6 +25,10 @@ fn lifecycle_and_invalid_transitions() {
         "i=0; while true; do echo n=$i; i=$((i+1)); sleep 0.1; done",
     ]);
     assert_eq!(d.inspect("counter")["state"], "created");
+    let yaml = d.ok(&["container", "inspect", "counter", "--format", "yaml"]);
+    assert!(yaml.contains("name: counter") && yaml.contains("state: created"), "{yaml}");
+    let table = d.ok(&["container", "inspect", "counter"]);
+    assert!(table.contains("FIELD") && table.contains("created"), "{table}");
     d.fails(&["container", "pause", "--name", "counter"], 4);
     d.ok(&["container", "start", "--name", "counter"]);
     let c = d.inspect("counter");

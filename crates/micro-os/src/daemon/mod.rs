@@ -129,7 +129,12 @@ impl Control for Daemon {
 pub fn run(home: Home, cfg: Config) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_env("MICRO_OS_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cfg.log_level));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    use std::io::IsTerminal;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
     home.init(None)?;
     let token = home.token()?;
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
