@@ -7,7 +7,9 @@ use axum::body::Bytes;
 use futures_util::Stream;
 use micro_os_core::{Container, Template};
 
-use crate::types::{ContainerCreate, DeployRequest, ImageBuild, ImageImport, ImageInfo, LogsQuery, WaitResponse};
+use crate::types::{
+    ContainerCreate, DeployRequest, EventInfo, ImageBuild, ImageImport, ImageInfo, LogsQuery, WaitResponse,
+};
 use crate::ApiError;
 
 /// Everything the API can ask of the daemon, besides the streaming calls.
@@ -24,6 +26,7 @@ pub enum Action {
     ResumeContainer(String),
     ConfigureContainer { id: String, set: std::collections::BTreeMap<String, String> },
     WaitContainer(String),
+    ContainerEvents(String),
     ListImages,
     RemoveImage(String),
     ListTemplates,
@@ -35,6 +38,7 @@ pub enum Reply {
     Container(Box<Container>),
     Containers(Vec<Container>),
     Exit(WaitResponse),
+    Events(Vec<EventInfo>),
     Images(Vec<ImageInfo>),
     Templates(Vec<Template>),
     Template(Box<Template>),

@@ -9,7 +9,7 @@ use axum::Json;
 use micro_os_core::Container;
 
 use crate::server::{unexpected, ApiJson, ApiQuery};
-use crate::types::{ContainerCreate, DeployRequest, LogsQuery, RemoveQuery, StopQuery, WaitResponse};
+use crate::types::{ContainerCreate, DeployRequest, EventInfo, LogsQuery, RemoveQuery, StopQuery, WaitResponse};
 use crate::{Action, ApiError, Control, Problem, Reply};
 
 type Ctl = State<Arc<dyn Control>>;
@@ -144,4 +144,14 @@ pub async fn logs(
 ) -> Result<Response, ApiError> {
     let stream = c.logs(id, q).await?;
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], Body::from_stream(stream)).into_response())
+}
+
+/// The container's lifecycle events, oldest first (the last 100).
+#[utoipa::path(get, path = "/api/v1/containers/{id}/events", tag = "containers", params(("id" = String, Path)),
+    responses((status = 200, body = [EventInfo]), (status = 404, body = Problem)), security(("bearer" = [])))]
+pub async fn events(State(c): Ctl, Path(id): Path<String>) -> Result<Json<Vec<EventInfo>>, ApiError> {
+    match c.dispatch(Action::ContainerEvents(id)).await? {
+        Reply::Events(v) => Ok(Json(v)),
+        other => Err(unexpected(other)),
+    }
 }

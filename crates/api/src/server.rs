@@ -68,6 +68,7 @@ pub fn api_parts() -> (Router<Arc<dyn Control>>, utoipa::openapi::OpenApi) {
         .routes(routes!(containers::wait_container))
         .routes(routes!(containers::get_config, containers::set_config))
         .routes(routes!(containers::logs))
+        .routes(routes!(containers::events))
         .routes(routes!(images::list_images))
         .routes(routes!(images::remove_image))
         .routes(routes!(images::build_image))

@@ -132,3 +132,12 @@ pub struct HealthResponse {
     pub status: String,
     pub version: String,
 }
+
+/// A lifecycle event of an object, as the store recorded it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct EventInfo {
+    pub seq: i64,
+    pub at: DateTime<Utc>,
+    pub action: String,
+    pub detail: String,
+}

@@ -141,8 +141,12 @@ fn memory_hog_is_oom_killed_and_reported() {
     let c = d.wait_for("hog", "exit", |c| c["state"] == "exited");
     assert_eq!(c["oom_killed"], true, "{c:#}");
     assert_eq!(c["exit_code"], 137);
-    let events = d.ok(&["container", "inspect", "hog"]);
-    assert!(events.contains("OOM-killed"), "{events}");
+    let inspect = d.ok(&["container", "inspect", "hog"]);
+    assert!(inspect.contains("OOM-killed"), "{inspect}");
+    let events: Vec<serde_json::Value> =
+        serde_json::from_str(&d.ok(&["container", "events", "hog", "--format", "json"])).unwrap();
+    let actions: Vec<&str> = events.iter().map(|e| e["action"].as_str().unwrap()).collect();
+    assert_eq!(actions, ["created", "started", "oom-killed"], "{events:?}");
 }
 
 #[test]

@@ -216,6 +216,14 @@ pub enum ContainerCmd {
         #[arg(long, short = 't')]
         timestamps: bool,
     },
+    /// Show a container's lifecycle events (created, started, exited, oom-killed, ...).
+    #[command(after_help = "Examples:\n  micro-os container events --name eth-node-1 --format json")]
+    Events {
+        #[command(flatten)]
+        name: NameArg,
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
     /// Remove a container.
     #[command(alias = "remove")]
     Rm {

@@ -1,7 +1,7 @@
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 
-use micro_os_api::types::{ContainerCreate, DeployRequest, WaitResponse};
+use micro_os_api::types::{ContainerCreate, DeployRequest, EventInfo, WaitResponse};
 use micro_os_core::{Container, HealthCheck, HealthProbe, PortMapping, Resources, RestartPolicy};
 
 use super::args::{ContainerCmd, CreateArgs, NameArg};
@@ -300,6 +300,16 @@ pub fn run(client: &Client, cmd: ContainerCmd) -> CliResult<i32> {
                 q.push(format!("since={}", seg(&since_param(&s)?)));
             }
             stream_logs(client, &name_of(&name)?, &format!("?{}", q.join("&")))?;
+        }
+        ContainerCmd::Events { name, format } => {
+            let v: Vec<EventInfo> =
+                client.call("GET", &format!("/containers/{}/events", seg(&name_of(&name)?)), None::<&()>)?;
+            print(format, &v, |v| {
+                table(
+                    &["TIME", "EVENT", "DETAIL"],
+                    v.iter().map(|e| vec![e.at.to_rfc3339(), e.action.clone(), e.detail.clone()]).collect(),
+                )
+            })?;
         }
         ContainerCmd::Rm { name, force } => {
             let n = name_of(&name)?;

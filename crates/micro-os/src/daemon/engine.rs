@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use chrono::Utc;
-use micro_os_api::types::{ContainerCreate, DeployRequest, ImageInfo, WaitResponse};
+use micro_os_api::types::{ContainerCreate, DeployRequest, EventInfo, ImageInfo, WaitResponse};
 use micro_os_api::{Action, ApiError, Reply};
 use micro_os_core::container::InvalidTransition;
 use micro_os_core::{Container, ContainerSpec, ContainerState, HealthState, Template, Transition};
@@ -652,6 +652,16 @@ impl Engine {
             Action::ResumeContainer(k) => self.pause(&k, false).await.map(one),
             Action::ConfigureContainer { id, set } => self.configure(&id, set).await.map(one),
             Action::WaitContainer(k) => self.wait(&k).await.map(Reply::Exit),
+            Action::ContainerEvents(k) => {
+                let c = self.find(&k)?;
+                let events = tokio::task::block_in_place(|| self.store.events(Some(&c.id), 100)).map_err(store_err)?;
+                Ok(Reply::Events(
+                    events
+                        .into_iter()
+                        .map(|e| EventInfo { seq: e.seq, at: e.at, action: e.action, detail: e.detail })
+                        .collect(),
+                ))
+            }
             Action::ListImages => self
                 .images
                 .list()
