@@ -5,10 +5,10 @@ use std::pin::Pin;
 
 use axum::body::Bytes;
 use futures_util::Stream;
-use micro_os_core::{Container, Template};
+use micro_os_core::{Container, Template, Vm};
 
 use crate::types::{
-    ContainerCreate, DeployRequest, EventInfo, ImageBuild, ImageImport, ImageInfo, LogsQuery, WaitResponse,
+    ContainerCreate, DeployRequest, EventInfo, ImageBuild, ImageImport, ImageInfo, LogsQuery, VmCreate, WaitResponse,
 };
 use crate::ApiError;
 
@@ -27,6 +27,14 @@ pub enum Action {
     ConfigureContainer { id: String, set: std::collections::BTreeMap<String, String> },
     WaitContainer(String),
     ContainerEvents(String),
+    CreateVms(Vec<VmCreate>),
+    ListVms,
+    GetVm(String),
+    RemoveVm { id: String, force: bool },
+    StartVm(String),
+    StopVm { id: String, force: bool, timeout: Option<f64> },
+    PauseVm(String),
+    ResumeVm(String),
     ListImages,
     RemoveImage(String),
     ListTemplates,
@@ -40,6 +48,8 @@ pub enum Reply {
     Exit(WaitResponse),
     Events(Vec<EventInfo>),
     Images(Vec<ImageInfo>),
+    Vm(Box<Vm>),
+    Vms(Vec<Vm>),
     Templates(Vec<Template>),
     Template(Box<Template>),
     Done,

@@ -17,6 +17,7 @@ mod containers;
 mod images;
 mod system;
 mod templates;
+mod vms;
 
 pub use action::{Action, ByteStream, Control, Reply};
 pub use error::{ApiError, ErrorKind, Problem};

@@ -10,7 +10,7 @@ use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::{containers, images, system, templates, ApiError, Control, ErrorKind, Reply};
+use crate::{containers, images, system, templates, vms, ApiError, Control, ErrorKind, Reply};
 
 /// Largest request body accepted, in bytes.
 pub const BODY_LIMIT: usize = 1 << 20;
@@ -38,7 +38,7 @@ pub fn unexpected(r: Reply) -> ApiError {
 #[openapi(
     info(title = "micro-os", description = "Run VMs, OCI containers and consensus circuits for blockchain nodes."),
     modifiers(&BearerAuth),
-    tags((name = "containers"), (name = "images"), (name = "templates"), (name = "system"))
+    tags((name = "vms"), (name = "containers"), (name = "images"), (name = "templates"), (name = "system"))
 )]
 struct ApiDoc;
 
@@ -69,6 +69,13 @@ pub fn api_parts() -> (Router<Arc<dyn Control>>, utoipa::openapi::OpenApi) {
         .routes(routes!(containers::get_config, containers::set_config))
         .routes(routes!(containers::logs))
         .routes(routes!(containers::events))
+        .routes(routes!(vms::create_vm, vms::list_vms))
+        .routes(routes!(vms::create_vms))
+        .routes(routes!(vms::get_vm, vms::remove_vm))
+        .routes(routes!(vms::start_vm))
+        .routes(routes!(vms::stop_vm))
+        .routes(routes!(vms::pause_vm))
+        .routes(routes!(vms::resume_vm))
         .routes(routes!(images::list_images))
         .routes(routes!(images::remove_image))
         .routes(routes!(images::build_image))

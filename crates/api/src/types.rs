@@ -141,3 +141,53 @@ pub struct EventInfo {
     pub action: String,
     pub detail: String,
 }
+
+/// `POST /api/v1/vms`: one VM, as `vm create` takes it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VmCreate {
+    pub name: String,
+    /// Memory in MiB.
+    pub memory: u64,
+    /// CPUs (cores).
+    #[serde(default = "one")]
+    pub cpu: f64,
+    /// Root filesystem image (default `blockchain-base`: busybox and the micro-os agent).
+    #[serde(default)]
+    pub image: Option<String>,
+    /// `sandbox` (default) or `qemu`.
+    #[serde(default)]
+    pub driver: Option<String>,
+    #[serde(default)]
+    pub restart: Option<RestartPolicy>,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+/// `vm create --from-file`: a list of VMs, bare or as `{"vms": [...]}`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum VmDefinitions {
+    List(Vec<VmCreate>),
+    Wrapped { vms: Vec<VmCreate> },
+}
+
+impl VmDefinitions {
+    pub fn into_vec(self) -> Vec<VmCreate> {
+        match self {
+            VmDefinitions::List(v) | VmDefinitions::Wrapped { vms: v } => v,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, IntoParams)]
+pub struct VmStopQuery {
+    /// Kill at once instead of asking the agent to shut down.
+    #[serde(default)]
+    pub force: bool,
+    /// Seconds the agent gets before the VM is killed (default 10).
+    #[serde(default)]
+    pub timeout: Option<f64>,
+}

@@ -31,6 +31,10 @@ pub struct ContainerSpec {
     /// as `MICRO_OS_CONFIG_<KEY>` variables and as `/run/micro-os/config.json`.
     #[serde(default)]
     pub config: BTreeMap<String, String>,
+    /// The VM (id) the container is placed on: it shares the VM's network namespace and
+    /// sits under the VM's cgroup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vm: Option<String>,
     /// Free-form network settings from a deploy file (`{"mode": "overlay", ...}`), kept
     /// as given until the overlay network exists.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -82,11 +86,14 @@ impl fmt::Display for Transition {
 
 /// An invalid lifecycle action: a conflict, not a crash and not a silent no-op.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("cannot {action} container {name:?}: it is {state}{hint}")]
+#[error("cannot {action} {kind} {name:?}: it is {state_name}{hint}")]
 pub struct InvalidTransition {
+    /// "container" or "vm".
+    pub kind: &'static str,
     pub name: String,
     pub action: Transition,
     pub state: ContainerState,
+    pub state_name: String,
     pub hint: &'static str,
 }
 
@@ -108,7 +115,14 @@ impl ContainerState {
             (Paused, Start) => " (resume it instead)",
             (_, Stop | Pause | Resume) => " (start it first)",
         };
-        Err(InvalidTransition { name: name.to_string(), action, state: self, hint })
+        Err(InvalidTransition {
+            kind: "container",
+            name: name.to_string(),
+            action,
+            state: self,
+            state_name: self.to_string(),
+            hint,
+        })
     }
 }
 

@@ -14,6 +14,7 @@ pub mod resources;
 pub mod restart;
 pub mod size;
 pub mod template;
+pub mod vm;
 
 pub use container::{Container, ContainerSpec, ContainerState, Transition};
 pub use error::ValidationError;
@@ -23,6 +24,7 @@ pub use resources::Resources;
 pub use restart::RestartPolicy;
 pub use size::Size;
 pub use template::{Template, Workload};
+pub use vm::{AgentStatus, Driver, Vm, VmSpec, VmState};
 
 /// OpenAPI schema of a type that travels as one scalar (a string or a number).
 #[macro_export]

@@ -31,6 +31,10 @@ pub struct Config {
     pub stop_timeout_s: f64,
     /// Log filter for the daemon (tracing's env-filter syntax).
     pub log_level: String,
+    /// The bridge micro-os owns for the VM network.
+    pub vm_bridge: String,
+    /// The VM network's subnet; the host takes its first address on the bridge.
+    pub vm_subnet: String,
 }
 
 impl Default for Config {
@@ -41,6 +45,8 @@ impl Default for Config {
             busybox: "/bin/busybox".into(),
             stop_timeout_s: 10.0,
             log_level: "info".into(),
+            vm_bridge: "mos0".into(),
+            vm_subnet: "10.88.0.0/16".into(),
         }
     }
 }
@@ -50,6 +56,8 @@ impl Config {
         if self.api_addr.parse::<std::net::SocketAddr>().is_err() {
             bail!("api_addr {:?} is not an address (try 127.0.0.1:8080)", self.api_addr);
         }
+        micro_os_runtime::fabric::Fabric::parse(&self.vm_bridge, &self.vm_subnet)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
         if !(self.stop_timeout_s.is_finite() && self.stop_timeout_s >= 0.0) {
             bail!("stop_timeout_s {} is not a number of seconds (try 10)", self.stop_timeout_s);
         }

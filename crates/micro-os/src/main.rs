@@ -1,5 +1,6 @@
 //! `micro-os`: one binary for the daemon, the CLI and the per-container shim.
 
+mod agent;
 mod cli;
 mod daemon;
 mod home;
@@ -94,6 +95,7 @@ fn run(cli: cli::Cli) -> Result<i32, CliError> {
             }
         }
         Command::Shim { .. } => Err(CliError::usage("the shim is started by the daemon, not by hand")),
+        Command::Agent { control_dir } => Ok(agent::run(control_dir)),
         other => cli::run(cli.api, other),
     }
 }

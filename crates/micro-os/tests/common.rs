@@ -36,9 +36,20 @@ pub struct Daemon {
 impl Daemon {
     pub fn start() -> Daemon {
         let home = tempfile::Builder::new().prefix("micro-os-test-").tempdir().unwrap();
-        let mut d = Daemon { home, port: free_port(), child: None };
+        let port = free_port();
+        // a bridge and a subnet of this test's own, so tests running at once never meet
+        let config = serde_json::json!({
+            "vm_bridge": format!("mt{port}"),
+            "vm_subnet": format!("10.{}.{}.0/24", 100 + port % 100, (port / 100) % 250),
+        });
+        std::fs::write(home.path().join("config.json"), config.to_string()).unwrap();
+        let mut d = Daemon { home, port, child: None };
         d.spawn();
         d
+    }
+
+    pub fn bridge(&self) -> String {
+        format!("mt{}", self.port)
     }
 
     pub fn url(&self) -> String {
@@ -134,6 +145,10 @@ impl Daemon {
         serde_json::from_str(&self.ok(&["container", "inspect", "--name", name, "--format", "json"])).unwrap()
     }
 
+    pub fn vm(&self, name: &str) -> serde_json::Value {
+        serde_json::from_str(&self.ok(&["vm", "inspect", "--name", name, "--format", "json"])).unwrap()
+    }
+
     pub fn names(&self) -> Vec<String> {
         let v: Vec<serde_json::Value> =
             serde_json::from_str(&self.ok(&["container", "list", "--format", "json"])).unwrap();
@@ -167,6 +182,13 @@ impl Drop for Daemon {
         for name in self.names() {
             let _ = self.cli(&["container", "rm", "--force", "--name", &name]);
         }
+        let vms: Vec<serde_json::Value> =
+            serde_json::from_str(&self.ok(&["vm", "list", "--format", "json"])).unwrap_or_default();
+        for v in vms {
+            let _ = self.cli(&["vm", "rm", "--force", v["name"].as_str().unwrap()]);
+        }
+        std::thread::sleep(Duration::from_millis(200));
         self.kill9();
+        let _ = Command::new("ip").args(["link", "del", &self.bridge()]).output();
     }
 }

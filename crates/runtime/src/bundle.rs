@@ -100,8 +100,8 @@ pub struct BundleInput<'a> {
     pub cgroups_path: String,
     /// Join this network namespace (a VM's) instead of creating a new one.
     pub netns: Option<PathBuf>,
-    /// Bind-mounted read-only at `/run/micro-os/config.json` when given.
-    pub config_file: Option<PathBuf>,
+    /// Host paths bind-mounted into the container: (source, destination, read-only).
+    pub binds: Vec<(PathBuf, String, bool)>,
 }
 
 pub fn seccomp_profile() -> Result<LinuxSeccomp> {
@@ -214,13 +214,17 @@ pub fn spec(input: &BundleInput<'_>) -> Result<Spec> {
             m.set_options(Some(["nosuid", "noexec", "nodev", "ro"].map(String::from).to_vec()));
         }
     }
-    if let Some(cfg) = &input.config_file {
+    for (source, dest, ro) in &input.binds {
+        let mut opts = vec!["rbind", "nosuid", "nodev"];
+        if *ro {
+            opts.push("ro");
+        }
         mounts.push(
             MountBuilder::default()
-                .destination("/run/micro-os/config.json")
+                .destination(dest.as_str())
                 .typ("bind")
-                .source(cfg.clone())
-                .options(["rbind", "ro", "nosuid", "nodev", "noexec"].map(String::from).to_vec())
+                .source(source.clone())
+                .options(opts.into_iter().map(String::from).collect::<Vec<_>>())
                 .build()?,
         );
     }
@@ -258,7 +262,7 @@ mod tests {
             rootfs: "/x/rootfs".into(),
             cgroups_path: "/micro-os/abc".into(),
             netns: None,
-            config_file: None,
+            binds: vec![],
         }
     }
 

@@ -162,6 +162,22 @@ impl ImageStore {
     /// Builds the base image `name` from a static busybox binary: every applet as a
     /// symlink, a minimal /etc, and `sh` as the default command.
     pub fn build_busybox(&self, name: &str, busybox: &Path, progress: ProgressFn<'_>) -> Result<Image> {
+        self.build_base(name, busybox, None, progress)
+    }
+
+    /// Builds `name` as the busybox base plus `agent` (the micro-os binary) at
+    /// `/sbin/micro-os` with the shared libraries `ldd` lists for it: the rootfs of VMs.
+    pub fn build_agent_base(
+        &self,
+        name: &str,
+        busybox: &Path,
+        agent: &Path,
+        progress: ProgressFn<'_>,
+    ) -> Result<Image> {
+        self.build_base(name, busybox, Some(agent), progress)
+    }
+
+    fn build_base(&self, name: &str, busybox: &Path, agent: Option<&Path>, progress: ProgressFn<'_>) -> Result<Image> {
         validate_image_name(name)?;
         if self.exists(name) {
             return Err(Error::ImageExists(name.into()));
@@ -200,15 +216,28 @@ impl ImageStore {
                 .context(|| "write /etc/hosts".into())?;
             fs::write(etc.join("resolv.conf"), "").context(|| "write /etc/resolv.conf".into())?;
             set_mode(&rootfs.join("tmp"), 0o1777)?;
+            let mut id = Sha256::new();
+            id.update(&bin);
+            let mut cmd = vec!["sh".to_string()];
+            if let Some(agent) = agent {
+                progress(Progress { stage: "adding the micro-os agent".into(), current: 0, total: 1 });
+                add_binary(&rootfs, agent, "sbin/micro-os")?;
+                id.update(agent.as_os_str().as_encoded_bytes());
+                cmd = vec!["/sbin/micro-os".into(), "agent".into()];
+                progress(Progress { stage: "adding the micro-os agent".into(), current: 1, total: 1 });
+            }
             Ok(Image {
                 name: name.into(),
-                id: hex::encode(Sha256::digest(&bin)),
+                id: hex::encode(id.finalize()),
                 created_at: Utc::now(),
                 size_bytes: 0,
                 layers: 1,
-                source: format!("built-in busybox ({})", busybox.display()),
+                source: match agent {
+                    None => format!("built-in busybox ({})", busybox.display()),
+                    Some(a) => format!("built-in busybox + agent ({})", a.display()),
+                },
                 config: ImageConfig {
-                    cmd: vec!["sh".into()],
+                    cmd,
                     env: vec!["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()],
                     workdir: "/".into(),
                     ..Default::default()
@@ -298,6 +327,35 @@ impl ImageStore {
             }
         }
     }
+}
+
+/// Copies a dynamically linked binary into `rootfs` at `dest` with every library `ldd`
+/// lists, at the same paths, so it runs inside a busybox root.
+fn add_binary(rootfs: &Path, bin: &Path, dest: &str) -> Result<()> {
+    let target = rootfs.join(dest);
+    if let Some(parent) = target.parent() {
+        fs::create_dir_all(parent).context(|| format!("create {}", parent.display()))?;
+    }
+    // a hard link when on the same filesystem (the binary is large), a copy otherwise
+    if fs::hard_link(bin, &target).is_err() {
+        fs::copy(bin, &target).context(|| format!("copy {} into the image", bin.display()))?;
+        set_mode(&target, 0o755)?;
+    }
+    let out = std::process::Command::new("ldd").arg(bin).output().context(|| "run ldd".into())?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    // lines: "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)" or "/lib64/ld-linux-x86-64.so.2 (0x...)"
+    for lib in text.lines().filter_map(|l| l.split_whitespace().find(|w| w.starts_with('/'))) {
+        let src = Path::new(lib);
+        let dst = rootfs.join(lib.trim_start_matches('/'));
+        if dst.exists() {
+            continue;
+        }
+        if let Some(parent) = dst.parent() {
+            fs::create_dir_all(parent).context(|| format!("create {}", parent.display()))?;
+        }
+        fs::copy(src, &dst).context(|| format!("copy {lib} into the image"))?;
+    }
+    Ok(())
 }
 
 #[cfg(unix)]

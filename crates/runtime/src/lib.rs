@@ -10,6 +10,7 @@
 pub mod bundle;
 pub mod cgroup;
 pub mod error;
+pub mod fabric;
 pub mod image;
 pub mod logs;
 pub mod netns;

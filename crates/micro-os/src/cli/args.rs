@@ -49,6 +49,9 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
     },
+    /// Manage VMs: namespace sandboxes (and qemu guests, later), each with its own address.
+    #[command(subcommand)]
+    Vm(VmCmd),
     /// Manage containers.
     #[command(subcommand)]
     Container(Box<ContainerCmd>),
@@ -65,6 +68,13 @@ pub enum Command {
     Completion { shell: clap_complete::Shell },
     /// Show help for a command, e.g. `micro-os help container create`.
     Help { command: Vec<String> },
+    /// Run as a VM's first process: identity, readiness and health, reaping, signals.
+    #[command(after_help = "The daemon starts it inside every VM; it is not meant to be run by hand.")]
+    Agent {
+        /// Directory of the daemon's control socket (default /run/micro-os/ctl).
+        #[arg(long, value_name = "DIR")]
+        control_dir: Option<PathBuf>,
+    },
     /// Internal: the per-container monitor process.
     #[command(hide = true)]
     Shim { state_dir: PathBuf },
@@ -241,6 +251,90 @@ pub enum ContainerCmd {
         /// The container's name or id, then --key value pairs.
         #[arg(value_name = "NAME [--KEY VALUE]...", trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
         args: Vec<String>,
+    },
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct VmName {
+    /// The VM's name or id.
+    #[arg(value_name = "NAME")]
+    pub positional: Option<String>,
+    /// The VM's name or id.
+    #[arg(long = "name", value_name = "NAME")]
+    pub name: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum VmCmd {
+    /// Create a VM (or every VM of a definitions file); it gets its address now.
+    #[command(
+        after_help = "Examples:\n  micro-os vm create --name blockchain-node-1 --memory 4096 --cpu 2 --image blockchain-base\n  micro-os vm create --from-file vm_definitions.json\n\nA definitions file is a JSON list of {\"name\", \"memory\" (MiB), \"cpu\", \"image\", \"driver\"}."
+    )]
+    Create {
+        #[arg(value_name = "NAME")]
+        positional: Option<String>,
+        #[arg(long, value_name = "NAME")]
+        name: Option<String>,
+        /// Memory in MiB.
+        #[arg(long, value_name = "MIB")]
+        memory: Option<u64>,
+        /// CPUs (cores).
+        #[arg(long, value_name = "N")]
+        cpu: Option<f64>,
+        /// Root filesystem image (default blockchain-base: busybox + the micro-os agent).
+        #[arg(long, value_name = "IMAGE")]
+        image: Option<String>,
+        /// sandbox (namespaces + cgroups) or qemu.
+        #[arg(long, value_name = "DRIVER")]
+        driver: Option<String>,
+        /// Restart policy when the agent dies: no, on-failure[:N] or always.
+        #[arg(long, value_name = "POLICY")]
+        restart: Option<String>,
+        /// A JSON list of VM definitions.
+        #[arg(long, value_name = "FILE", conflicts_with_all = ["positional", "name", "memory", "cpu", "image", "driver"])]
+        from_file: Option<PathBuf>,
+    },
+    /// Start a VM; returns when its agent reports ready.
+    #[command(after_help = "Examples:\n  micro-os vm start --name blockchain-node-1")]
+    Start(VmName),
+    /// Stop a VM: the agent shuts it down (SIGKILL after the timeout), or at once with --force.
+    #[command(
+        after_help = "Examples:\n  micro-os vm stop --name blockchain-node-1\n  micro-os vm stop --name blockchain-node-1 --force"
+    )]
+    Stop {
+        #[command(flatten)]
+        name: VmName,
+        #[arg(long)]
+        force: bool,
+        /// Seconds the agent gets to stop everything (default 10).
+        #[arg(long, value_name = "S")]
+        timeout: Option<f64>,
+    },
+    /// Freeze every process of a VM, containers on it included.
+    Pause(VmName),
+    /// Thaw a paused VM.
+    Resume(VmName),
+    /// Show a VM's details.
+    #[command(after_help = "Examples:\n  micro-os vm inspect --name blockchain-node-1 --format yaml")]
+    Inspect {
+        #[command(flatten)]
+        name: VmName,
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// List VMs.
+    #[command(alias = "ls")]
+    List {
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// Remove a VM (no containers may be placed on it).
+    #[command(alias = "remove")]
+    Rm {
+        #[command(flatten)]
+        name: VmName,
+        #[arg(long, short = 'f')]
+        force: bool,
     },
 }
 

@@ -6,6 +6,7 @@ pub mod client;
 mod container;
 mod image;
 mod output;
+mod vm;
 
 pub use args::Cli;
 use args::Command;
@@ -14,6 +15,7 @@ use client::{CliResult, Client};
 pub fn run(api: Option<String>, cmd: Command) -> CliResult<i32> {
     let client = Client::new(api);
     match cmd {
+        Command::Vm(c) => vm::run(&client, c),
         Command::Container(c) => container::run(&client, *c),
         Command::Image(c) => image::run(&client, c),
         Command::Template(c) => image::run_template(&client, c),

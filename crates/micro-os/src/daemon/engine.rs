@@ -15,7 +15,8 @@ use chrono::Utc;
 use micro_os_api::types::{ContainerCreate, DeployRequest, EventInfo, ImageInfo, WaitResponse};
 use micro_os_api::{Action, ApiError, Reply};
 use micro_os_core::container::InvalidTransition;
-use micro_os_core::{Container, ContainerSpec, ContainerState, HealthState, Template, Transition};
+use micro_os_core::{Container, ContainerSpec, ContainerState, HealthState, Template, Transition, Vm};
+use micro_os_runtime::fabric::Fabric;
 use micro_os_runtime::image::{Image, ImageStore};
 use micro_os_runtime::runc::Runc;
 use micro_os_runtime::shim::{self, ShimConfig, Status};
@@ -28,27 +29,51 @@ use crate::home::{Config, Home};
 
 const KIND: &str = "container";
 
+/// One process run under a shim: a container or a sandbox VM's agent.
+pub(super) struct Workload {
+    pub id: String,
+    pub dir: PathBuf,
+    pub hostname: String,
+    pub image: Image,
+    pub args: Vec<String>,
+    /// Added to the image's environment.
+    pub env: Vec<String>,
+    pub resources: micro_os_core::Resources,
+    pub cgroups_path: String,
+    pub netns: PathBuf,
+    /// The shim makes `netns` (a container's own); otherwise it exists (a VM's).
+    pub own_netns: bool,
+    pub binds: Vec<(PathBuf, String, bool)>,
+    pub ports: Vec<micro_os_core::PortMapping>,
+    pub log_name: &'static str,
+}
+
 pub struct Engine {
     pub home: Home,
     pub cfg: Config,
     pub store: Store,
     pub images: ImageStore,
     pub runc: Runc,
-    exe: PathBuf,
-    containers: RwLock<HashMap<String, Container>>,
-    ops: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-    persist_lock: Mutex<()>,
+    pub(super) exe: PathBuf,
+    pub(super) containers: RwLock<HashMap<String, Container>>,
+    pub(super) ops: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    pub(super) persist_lock: Mutex<()>,
     /// The live shim of each container that has one.
-    shims: Mutex<HashMap<String, u32>>,
-    /// Ids of containers whose state changed; waiters re-check on each.
-    changes: broadcast::Sender<String>,
+    pub(super) shims: Mutex<HashMap<String, u32>>,
+    /// Ids of containers and VMs whose state changed; waiters re-check on each.
+    pub(super) changes: broadcast::Sender<String>,
+    pub(super) vms: RwLock<HashMap<String, Vm>>,
+    pub(super) fabric: Fabric,
+    pub(super) cg: cgroup::Version,
+    /// Senders to the connected agents, by VM id.
+    pub(super) agents: Mutex<HashMap<String, tokio::sync::mpsc::UnboundedSender<micro_os_core::vm::DaemonMessage>>>,
 }
 
-fn conflict(e: InvalidTransition) -> ApiError {
+pub(super) fn conflict(e: InvalidTransition) -> ApiError {
     ApiError::conflict(e.to_string())
 }
 
-fn store_err(e: micro_os_store::Error) -> ApiError {
+pub(super) fn store_err(e: micro_os_store::Error) -> ApiError {
     match e {
         micro_os_store::Error::Conflict { kind, name } => {
             ApiError::conflict(format!("{kind} {name:?} already exists (pick another name or remove it first)"))
@@ -79,7 +104,14 @@ impl Engine {
         let containers: HashMap<String, Container> =
             store.list::<Container>(KIND)?.into_iter().map(|c| (c.id.clone(), c)).collect();
         let (changes, _) = broadcast::channel(1024);
+        let vms: HashMap<String, Vm> =
+            store.list::<Vm>(super::vms::KIND)?.into_iter().map(|v| (v.id.clone(), v)).collect();
+        let fabric = Fabric::parse(&cfg.vm_bridge, &cfg.vm_subnet)?;
         Ok(Arc::new(Engine {
+            vms: RwLock::new(vms),
+            fabric,
+            cg: cgroup::detect(),
+            agents: Mutex::new(HashMap::new()),
             home,
             cfg,
             store,
@@ -98,7 +130,7 @@ impl Engine {
         self.containers.read().unwrap().len()
     }
 
-    fn state_dir(&self, id: &str) -> PathBuf {
+    pub(super) fn state_dir(&self, id: &str) -> PathBuf {
         self.home.containers().join(id)
     }
 
@@ -124,11 +156,11 @@ impl Engine {
         self.containers.read().unwrap().get(id).map(|c| c.state)
     }
 
-    fn op_lock(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
+    pub(super) fn op_lock(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
         self.ops.lock().unwrap().entry(id.to_string()).or_default().clone()
     }
 
-    fn update(&self, id: &str, f: impl FnOnce(&mut Container)) -> Option<Container> {
+    pub(super) fn update(&self, id: &str, f: impl FnOnce(&mut Container)) -> Option<Container> {
         let mut map = self.containers.write().unwrap();
         let c = map.get_mut(id)?;
         f(c);
@@ -137,7 +169,7 @@ impl Engine {
 
     /// Writes the current in-memory container (and an event) to the store. Always writes
     /// the latest state, under one lock, so concurrent persists cannot reorder.
-    fn persist(&self, id: &str, action: &str, detail: impl Into<String>) -> Result<(), ApiError> {
+    pub(super) fn persist(&self, id: &str, action: &str, detail: impl Into<String>) -> Result<(), ApiError> {
         let detail = detail.into();
         tokio::task::block_in_place(|| {
             let _g = self.persist_lock.lock().unwrap();
@@ -172,10 +204,14 @@ impl Engine {
     /// Turns a create request into a validated spec, without side effects.
     fn resolve(&self, req: ContainerCreate) -> Result<ContainerSpec, ApiError> {
         micro_os_core::validate_name("container", &req.name).map_err(|e| ApiError::bad_request(e.to_string()))?;
-        if let Some(vm) = &req.vm {
-            return Err(ApiError::not_found(format!(
-                "vm {vm:?} not found (VMs are not available in this version; leave out --vm)"
-            )));
+        let vm = req.vm.as_deref().map(|v| self.find_vm(v)).transpose()?;
+        if let Some(vm) = &vm {
+            if vm.spec.driver != micro_os_core::Driver::Sandbox {
+                return Err(ApiError::bad_request(format!(
+                    "vm {:?} is a {} guest: containers can be placed on sandbox VMs only for now",
+                    vm.spec.name, vm.spec.driver
+                )));
+            }
         }
         let template = req.template.as_deref().map(|t| self.template(t)).transpose()?;
         let image = match (&req.image, &template) {
@@ -216,6 +252,7 @@ impl Engine {
             restart: req.restart.unwrap_or(base.restart),
             health_check: req.health_check.or(base.health_check.clone()),
             config: req.config,
+            vm: vm.map(|v| v.id),
             network: req.network,
         };
         spec.validate().map_err(|e| ApiError::bad_request(e.to_string()))?;
@@ -279,6 +316,15 @@ impl Engine {
         let _g = lock.lock().await;
         let c = self.find(&c.id)?;
         c.state.check(&c.spec.name, Transition::Start).map_err(conflict)?;
+        if let Some(vm_id) = &c.spec.vm {
+            let vm = self.find_vm(vm_id)?;
+            if vm.state != micro_os_core::VmState::Running {
+                return Err(ApiError::conflict(format!(
+                    "cannot start container {:?}: its vm {:?} is {} (start the vm first)",
+                    c.spec.name, vm.spec.name, vm.state
+                )));
+            }
+        }
         self.launch(&c.id, "started").await
     }
 
@@ -321,8 +367,7 @@ impl Engine {
 
     fn spawn_shim(&self, c: &Container, image: &Image) -> Result<(u32, u32), String> {
         let dir = self.state_dir(&c.id);
-        let bundle_dir = dir.join("bundle");
-        std::fs::create_dir_all(&bundle_dir).map_err(|e| format!("create {}: {e}", bundle_dir.display()))?;
+        std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
         let mut args = image.config.entrypoint.clone();
         if c.spec.command.is_empty() {
             args.extend(image.config.cmd.iter().cloned());
@@ -332,12 +377,7 @@ impl Engine {
         if args.is_empty() {
             return Err(format!("image {:?} has no command; give one after --", image.name));
         }
-        let mut env = image.config.env.clone();
-        if !env.iter().any(|e| e.starts_with("PATH=")) {
-            env.push("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
-        }
-        env.push(format!("HOSTNAME={}", c.spec.name));
-        env.push(format!("MICRO_OS_CONTAINER={}", c.spec.name));
+        let mut env = vec![format!("HOSTNAME={}", c.spec.name), format!("MICRO_OS_CONTAINER={}", c.spec.name)];
         for (k, v) in &c.spec.config {
             env.push(format!("MICRO_OS_CONFIG_{}={v}", k.to_ascii_uppercase().replace('-', "_")));
         }
@@ -347,63 +387,98 @@ impl Engine {
         let config_file = dir.join("workload-config.json");
         std::fs::write(&config_file, serde_json::to_vec_pretty(&c.spec.config).unwrap_or_default())
             .map_err(|e| format!("write {}: {e}", config_file.display()))?;
-        let cgroups_path = cgroup::container_path(&c.id);
-        let input = bundle::BundleInput {
-            hostname: &c.spec.name,
+        // on a VM: the VM's network namespace and a cgroup below the VM's
+        let (netns, own_netns, cgroups_path) = match &c.spec.vm {
+            Some(vm_id) => (self.vm_netns(vm_id), false, format!("{}/{}", cgroup::container_path(vm_id), c.id)),
+            None => (dir.join("netns"), true, cgroup::container_path(&c.id)),
+        };
+        self.run_workload(Workload {
+            id: c.id.clone(),
+            dir,
+            hostname: c.spec.name.clone(),
+            image: image.clone(),
             args,
             env,
-            cwd: if image.config.workdir.is_empty() { "/".into() } else { image.config.workdir.clone() },
-            resources: &c.spec.resources,
+            resources: c.spec.resources.clone(),
+            cgroups_path,
+            netns,
+            own_netns,
+            binds: vec![(config_file, "/run/micro-os/config.json".into(), true)],
+            ports: c.spec.ports.clone(),
+            log_name: "container.log",
+        })
+    }
+
+    /// Writes a workload's bundle and shim config and starts its shim. Returns
+    /// (workload pid, shim pid).
+    pub(super) fn run_workload(&self, w: Workload) -> Result<(u32, u32), String> {
+        let bundle_dir = w.dir.join("bundle");
+        std::fs::create_dir_all(&bundle_dir).map_err(|e| format!("create {}: {e}", bundle_dir.display()))?;
+        let mut env = w.image.config.env.clone();
+        if !env.iter().any(|e| e.starts_with("PATH=")) {
+            env.push("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
+        }
+        env.extend(w.env);
+        let input = bundle::BundleInput {
+            hostname: &w.hostname,
+            args: w.args,
+            env,
+            cwd: if w.image.config.workdir.is_empty() { "/".into() } else { w.image.config.workdir.clone() },
+            resources: &w.resources,
             rootfs: bundle_dir.join("rootfs"),
-            cgroups_path: cgroups_path.clone(),
-            netns: Some(dir.join("netns")),
-            config_file: Some(config_file),
+            cgroups_path: w.cgroups_path.clone(),
+            netns: Some(w.netns.clone()),
+            binds: w.binds,
         };
         let spec = bundle::spec(&input).map_err(|e| e.to_string())?;
         spec.save(bundle_dir.join("config.json")).map_err(|e| format!("write bundle: {e}"))?;
         let shim_cfg = ShimConfig {
-            id: c.id.clone(),
+            id: w.id,
             runc_binary: self.runc.binary.clone(),
             runc_root: self.runc.root.clone(),
             bundle: bundle_dir,
-            lower: self.images.rootfs(&image.name),
-            log_path: dir.join("container.log"),
-            cgroups_path,
-            ports: c.spec.ports.clone(),
-            netns: Some(dir.join("netns")),
+            lower: self.images.rootfs(&w.image.name),
+            log_path: w.dir.join(w.log_name),
+            cgroups_path: w.cgroups_path,
+            ports: w.ports,
+            netns: w.own_netns.then_some(w.netns),
         };
-        std::fs::write(dir.join("shim.json"), serde_json::to_vec_pretty(&shim_cfg).expect("serialises"))
+        std::fs::write(w.dir.join("shim.json"), serde_json::to_vec_pretty(&shim_cfg).expect("serialises"))
             .map_err(|e| format!("write shim.json: {e}"))?;
-        let _ = std::fs::remove_file(shim::status_path(&dir));
-        let (shim_pid, pid) = shim::spawn(&self.exe, &dir).map_err(|e| e.to_string())?;
+        let _ = std::fs::remove_file(shim::status_path(&w.dir));
+        let (shim_pid, pid) = shim::spawn(&self.exe, &w.dir).map_err(|e| e.to_string())?;
         Ok((pid, shim_pid))
+    }
+
+    /// Resolves when the workload has exited, with what its shim recorded.
+    pub(super) async fn exit_of(dir: &std::path::Path, pid: u32, shim_pid: u32) -> Option<Status> {
+        tokio::select! {
+            _ = super::pidwait::exited(pid) => {}
+            _ = super::pidwait::exited(shim_pid) => {}
+        }
+        // the shim writes the status right after it reaps the workload
+        let mut status = shim::read_status(dir);
+        for i in 0..2000 {
+            if matches!(status, Some(Status::Exited { .. } | Status::Failed { .. })) {
+                break;
+            }
+            if shim::live_shim_pid(dir).is_none() {
+                return shim::read_status(dir);
+            }
+            tokio::time::sleep(Duration::from_millis(if i < 100 { 1 } else { 10 })).await;
+            status = shim::read_status(dir);
+        }
+        status
     }
 
     /// Watches the container until it exits and records the exit as soon as the shim
     /// has written it; then waits for the shim's cleanup to end. Runs health checks meanwhile.
-    fn supervise(self: &Arc<Self>, id: &str, shim_pid: u32, pid: u32) {
+    pub(super) fn supervise(self: &Arc<Self>, id: &str, shim_pid: u32, pid: u32) {
         self.shims.lock().unwrap().insert(id.to_string(), shim_pid);
         let this = self.clone();
         let id2 = id.to_string();
         tokio::spawn(async move {
-            tokio::select! {
-                _ = super::pidwait::exited(pid) => {}
-                _ = super::pidwait::exited(shim_pid) => {}
-            }
-            let dir = this.state_dir(&id2);
-            // the shim writes the status right after it reaps the container
-            let mut status = shim::read_status(&dir);
-            for i in 0..2000 {
-                if matches!(status, Some(Status::Exited { .. } | Status::Failed { .. })) {
-                    break;
-                }
-                if shim::live_shim_pid(&dir).is_none() {
-                    status = shim::read_status(&dir);
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(if i < 100 { 1 } else { 10 })).await;
-                status = shim::read_status(&dir);
-            }
+            let status = Self::exit_of(&this.state_dir(&id2), pid, shim_pid).await;
             this.on_exit(&id2, pid, status).await;
             super::pidwait::exited(shim_pid).await;
             shim::reap(shim_pid);
@@ -418,7 +493,7 @@ impl Engine {
     }
 
     /// Resolves once the container's last shim has finished its cleanup.
-    async fn shim_gone(&self, id: &str) {
+    pub(super) async fn shim_gone(&self, id: &str) {
         let pid = self.shims.lock().unwrap().get(id).copied();
         if let Some(pid) = pid {
             super::pidwait::exited(pid).await;
@@ -475,7 +550,12 @@ impl Engine {
         }
     }
 
-    async fn wait_until(&self, id: &str, done: impl Fn(&Container) -> bool, timeout: Duration) -> Option<Container> {
+    pub(super) async fn wait_until(
+        &self,
+        id: &str,
+        done: impl Fn(&Container) -> bool,
+        timeout: Duration,
+    ) -> Option<Container> {
         let mut rx = self.changes.subscribe();
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
@@ -502,7 +582,7 @@ impl Engine {
         self.find(&c.id)
     }
 
-    async fn stop_locked(&self, c: &Container, timeout: f64) -> Result<(), ApiError> {
+    pub(super) async fn stop_locked(&self, c: &Container, timeout: f64) -> Result<(), ApiError> {
         if !(timeout.is_finite() && timeout >= 0.0) {
             return Err(ApiError::bad_request(format!("timeout {timeout} is not a number of seconds (try 10)")));
         }
@@ -662,6 +742,16 @@ impl Engine {
                         .collect(),
                 ))
             }
+            Action::CreateVms(reqs) => self.create_vms(reqs).await.map(Reply::Vms),
+            Action::ListVms => Ok(Reply::Vms(self.list_vms())),
+            Action::GetVm(k) => self.find_vm(&k).map(|v| Reply::Vm(Box::new(v))),
+            Action::RemoveVm { id, force } => self.remove_vm(&id, force).await.map(|_| Reply::Done),
+            Action::StartVm(k) => self.start_vm(&k).await.map(|v| Reply::Vm(Box::new(v))),
+            Action::StopVm { id, force, timeout } => {
+                self.stop_vm(&id, force, timeout).await.map(|v| Reply::Vm(Box::new(v)))
+            }
+            Action::PauseVm(k) => self.pause_vm(&k, true).await.map(|v| Reply::Vm(Box::new(v))),
+            Action::ResumeVm(k) => self.pause_vm(&k, false).await.map(|v| Reply::Vm(Box::new(v))),
             Action::ListImages => self
                 .images
                 .list()

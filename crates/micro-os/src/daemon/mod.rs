@@ -6,6 +6,7 @@ mod health;
 mod logs;
 mod pidwait;
 pub mod templates;
+mod vms;
 
 use std::sync::Arc;
 
@@ -146,6 +147,7 @@ pub fn run(home: Home, cfg: Config) -> anyhow::Result<()> {
                 Err(e) => tracing::warn!("no busybox base image: {e}"),
             }
         }
+        engine.recover_vms().await;
         engine.recover().await;
         let addr: std::net::SocketAddr = cfg.api_addr.parse().context("api_addr")?;
         let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {

@@ -1,0 +1,183 @@
+//! `micro-os agent`: the first process of every VM.
+//!
+//! As PID 1 it reaps orphans and forwards signals; SIGTERM (or a `shutdown` from the
+//! daemon) stops every process of the VM, SIGKILL after a grace period, then exits 0.
+//! It holds the VM's identity — an ed25519 key whose libp2p peer id the daemon shows —
+//! and reports readiness and health over the control socket. It is deliberately small:
+//! plain threads, no async runtime.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use micro_os_core::vm::{AgentMessage, DaemonMessage, AGENT_CONTROL_DIR, AGENT_CONTROL_SOCKET};
+use nix::sys::signal::{self, SigHandler, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+
+static SIGNAL: AtomicI32 = AtomicI32::new(0);
+
+extern "C" fn on_signal(sig: libc::c_int) {
+    SIGNAL.store(sig, Ordering::SeqCst);
+}
+
+const KEY_PATH: &str = "/var/lib/micro-os/agent.key";
+const REPORT_EVERY: Duration = Duration::from_secs(1);
+const DEFAULT_GRACE: f64 = 10.0;
+
+/// The VM's identity: the seed persists in the VM's root, so a restarted VM keeps it.
+fn identity(path: &Path) -> Result<libp2p_identity::Keypair, String> {
+    let seed: [u8; 32] = match std::fs::read(path) {
+        Ok(b) if b.len() == 32 => b.try_into().expect("32 bytes"),
+        _ => {
+            let mut s = [0u8; 32];
+            getrandom::fill(&mut s).map_err(|e| format!("no randomness: {e}"))?;
+            if let Some(p) = path.parent() {
+                std::fs::create_dir_all(p).map_err(|e| format!("{}: {e}", p.display()))?;
+            }
+            std::fs::write(path, s).map_err(|e| format!("{}: {e}", path.display()))?;
+            s
+        }
+    };
+    libp2p_identity::Keypair::ed25519_from_bytes(seed).map_err(|e| e.to_string())
+}
+
+fn reap() {
+    loop {
+        match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) | Err(_) => return,
+            Ok(_) => continue,
+        }
+    }
+}
+
+/// Other processes in this pid namespace (the agent is PID 1 of it).
+fn others() -> u32 {
+    let me = std::process::id().to_string();
+    std::fs::read_dir("/proc")
+        .map(|rd| {
+            rd.flatten()
+                .filter(|e| {
+                    let n = e.file_name();
+                    let n = n.to_string_lossy();
+                    n.bytes().all(|b| b.is_ascii_digit()) && n != me.as_str()
+                })
+                .count() as u32
+        })
+        .unwrap_or(0)
+}
+
+fn load1() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|t| t.split_whitespace().next().and_then(|v| v.parse().ok()))
+        .unwrap_or(0.0)
+}
+
+/// Stops every other process: SIGTERM, then SIGKILL after `grace`.
+fn stop_all(grace: Duration) {
+    let pid1 = std::process::id() == 1;
+    if !pid1 {
+        return; // not the VM's init (a test run): nothing of ours to stop
+    }
+    let _ = signal::kill(Pid::from_raw(-1), Signal::SIGTERM);
+    let deadline = Instant::now() + grace;
+    while others() > 0 && Instant::now() < deadline {
+        reap();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if others() > 0 {
+        let _ = signal::kill(Pid::from_raw(-1), Signal::SIGKILL);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    reap();
+}
+
+struct Link {
+    stream: Mutex<Option<UnixStream>>,
+}
+
+impl Link {
+    fn send(&self, msg: &AgentMessage) -> bool {
+        let mut guard = self.stream.lock().unwrap();
+        let Some(s) = guard.as_mut() else { return false };
+        let mut line = serde_json::to_vec(msg).expect("messages serialise");
+        line.push(b'\n');
+        if s.write_all(&line).is_err() {
+            *guard = None;
+            return false;
+        }
+        true
+    }
+}
+
+pub fn run(control_dir: Option<PathBuf>) -> i32 {
+    for sig in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP, Signal::SIGUSR1, Signal::SIGUSR2, Signal::SIGQUIT] {
+        // SAFETY: the handler only stores into an atomic.
+        let _ = unsafe { signal::signal(sig, SigHandler::Handler(on_signal)) };
+    }
+    let socket = control_dir.unwrap_or_else(|| PathBuf::from(AGENT_CONTROL_DIR)).join(AGENT_CONTROL_SOCKET);
+    let mut problems = Vec::new();
+    let peer_id = match identity(Path::new(KEY_PATH)) {
+        Ok(k) => k.public().to_peer_id().to_string(),
+        Err(e) => {
+            problems.push(format!("identity: {e}"));
+            String::new()
+        }
+    };
+    eprintln!("micro-os agent: pid {}, peer id {peer_id}", std::process::id());
+    let link = Arc::new(Link { stream: Mutex::new(None) });
+    let shutdown = Arc::new(Mutex::new(None::<f64>));
+    let connected = Arc::new(AtomicBool::new(false));
+    let mut last_report = Instant::now() - REPORT_EVERY;
+    loop {
+        reap();
+        // (re)connect to the daemon; a restarted daemon makes a new socket
+        if !connected.load(Ordering::SeqCst) {
+            if let Ok(s) = UnixStream::connect(&socket) {
+                let reader = s.try_clone().ok();
+                *link.stream.lock().unwrap() = Some(s);
+                connected.store(true, Ordering::SeqCst);
+                link.send(&AgentMessage::Hello { peer_id: peer_id.clone(), version: env!("CARGO_PKG_VERSION").into() });
+                link.send(&AgentMessage::Ready);
+                if let Some(r) = reader {
+                    let shutdown = shutdown.clone();
+                    let connected = connected.clone();
+                    std::thread::spawn(move || {
+                        for line in BufReader::new(r).lines() {
+                            let Ok(line) = line else { break };
+                            if let Ok(DaemonMessage::Shutdown { grace_s }) = serde_json::from_str(&line) {
+                                *shutdown.lock().unwrap() = Some(grace_s);
+                            }
+                        }
+                        connected.store(false, Ordering::SeqCst);
+                    });
+                }
+                last_report = Instant::now() - REPORT_EVERY;
+            }
+        }
+        let sig = SIGNAL.swap(0, Ordering::SeqCst);
+        let asked = shutdown.lock().unwrap().take();
+        if asked.is_some() || sig == libc::SIGTERM || sig == libc::SIGINT {
+            let reason = if asked.is_some() { "asked by the daemon".to_string() } else { format!("signal {sig}") };
+            link.send(&AgentMessage::Bye { reason: reason.clone() });
+            stop_all(Duration::from_secs_f64(asked.unwrap_or(DEFAULT_GRACE).clamp(0.0, 3600.0)));
+            eprintln!("micro-os agent: stopped ({reason})");
+            return 0;
+        }
+        if sig != 0 && std::process::id() == 1 {
+            // forward the others to every process of the VM
+            if let Ok(s) = Signal::try_from(sig) {
+                let _ = signal::kill(Pid::from_raw(-1), s);
+            }
+        }
+        if last_report.elapsed() >= REPORT_EVERY && connected.load(Ordering::SeqCst) {
+            link.send(&AgentMessage::Health { load1: load1(), processes: others(), problems: problems.clone() });
+            last_report = Instant::now();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -1,0 +1,255 @@
+//! Sandbox VMs end to end: their own address on the VM bridge, limits that bind what
+//! runs in them, pause, graceful and forced stop, re-adoption.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{can_run_containers, Daemon};
+
+fn can_run_vms(test: &str) -> bool {
+    if !can_run_containers(test) {
+        return false;
+    }
+    let ip = std::process::Command::new("ip").arg("-V").output().is_ok_and(|o| o.status.success());
+    if !ip {
+        eprintln!("SKIP {test}: needs iproute2's ip");
+    }
+    ip
+}
+
+#[test]
+fn two_vms_reach_each_other_and_not_the_host_api() {
+    if !can_run_vms("two_vms_reach_each_other_and_not_the_host_api") {
+        return;
+    }
+    let d = Daemon::start();
+    d.ok(&["vm", "create", "--name", "vm-a", "--memory", "128", "--cpu", "1"]);
+    d.ok(&["vm", "create", "--name", "vm-b", "--memory", "128", "--cpu", "0.5"]);
+    let out = d.ok(&["vm", "start", "vm-a"]);
+    assert!(out.contains("agent ready"), "{out}");
+    d.ok(&["vm", "start", "--name", "vm-b"]);
+    let (a, b) = (d.vm("vm-a"), d.vm("vm-b"));
+    assert_eq!(a["agent"], "ready");
+    assert!(a["peer_id"].as_str().unwrap().starts_with("12D3KooW"), "{a}");
+    assert_ne!(a["peer_id"], b["peer_id"]);
+    assert_ne!(a["address"], b["address"]);
+    let b_addr = b["address"].as_str().unwrap().to_string();
+    let gateway = {
+        let a = a["address"].as_str().unwrap();
+        format!("{}.1", &a[..a.rfind('.').unwrap()])
+    };
+    // a web server on vm-b; a client on vm-a reaches it by vm-b's address
+    d.ok(&[
+        "container",
+        "create",
+        "--name",
+        "srv",
+        "--vm",
+        "vm-b",
+        "--image",
+        "busybox",
+        "--",
+        "httpd",
+        "-f",
+        "-p",
+        "80",
+        "-h",
+        "/etc",
+    ]);
+    d.ok(&["container", "start", "srv"]);
+    std::thread::sleep(Duration::from_millis(300));
+    let script = format!(
+        "ip -4 addr show eth0 | grep -o 'inet [0-9.]*'; \
+         printf 'GET /group HTTP/1.0\\r\\n\\r\\n' | nc -w 3 {b_addr} 80 | tail -1; \
+         printf 'GET /api/v1/health HTTP/1.0\\r\\n\\r\\n' | nc -w 2 {gateway} {port} && echo HOST-API-REACHED; \
+         printf 'GET /api/v1/health HTTP/1.0\\r\\n\\r\\n' | nc -w 2 127.0.0.1 {port} && echo HOST-API-REACHED; true",
+        port = d.port
+    );
+    let o = d.cli(&["container", "run", "--rm", "--vm", "vm-a", "--image", "busybox", "--", "sh", "-c", &script]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains(&format!("inet {}", a["address"].as_str().unwrap())),
+        "container does not have vm-a's address: {out}"
+    );
+    assert!(out.contains("nogroup:x:65534:"), "vm-a could not reach vm-b's web server: {out}");
+    assert!(!out.contains("HOST-API-REACHED"), "a VM reached the host API: {out}");
+}
+
+#[test]
+fn vm_memory_limit_bounds_what_runs_in_it() {
+    if !can_run_vms("vm_memory_limit_bounds_what_runs_in_it") {
+        return;
+    }
+    let d = Daemon::start();
+    d.ok(&["vm", "create", "--name", "small", "--memory", "48"]);
+    d.ok(&["vm", "create", "--name", "other", "--memory", "64"]);
+    d.ok(&["vm", "start", "small"]);
+    d.ok(&["vm", "start", "other"]);
+    d.ok(&["container", "create", "--name", "steady", "--vm", "other", "--image", "busybox", "--", "sleep", "60"]);
+    d.ok(&["container", "start", "steady"]);
+    // no container limit: only the VM's 48 MiB bounds it
+    d.ok(&[
+        "container",
+        "create",
+        "--name",
+        "hog",
+        "--vm",
+        "small",
+        "--image",
+        "busybox",
+        "--",
+        "awk",
+        "BEGIN{s=\"x\"; while(1){s=s s}}",
+    ]);
+    d.ok(&["container", "start", "hog"]);
+    let c = d.wait_for("hog", "exit", |c| c["state"] == "exited");
+    assert_eq!(c["exit_code"], 137, "{c:#}");
+    assert_eq!(d.vm("small")["state"], "running", "the VM itself went down");
+    assert_eq!(d.vm("other")["agent"], "ready");
+    assert_eq!(d.inspect("steady")["state"], "running", "the other VM was touched");
+    // a container cannot start on a stopped VM
+    d.ok(&["vm", "stop", "small", "--force"]);
+    let err = d.fails(&["container", "start", "hog"], 4);
+    assert!(err.contains("start the vm first"), "{err}");
+}
+
+#[test]
+fn pause_freezes_the_whole_vm() {
+    if !can_run_vms("pause_freezes_the_whole_vm") {
+        return;
+    }
+    let d = Daemon::start();
+    d.ok(&["vm", "create", "--name", "p", "--memory", "64"]);
+    d.ok(&["vm", "start", "p"]);
+    d.ok(&[
+        "container",
+        "create",
+        "--name",
+        "counter",
+        "--vm",
+        "p",
+        "--image",
+        "busybox",
+        "--",
+        "sh",
+        "-c",
+        "i=0; while true; do echo $i; i=$((i+1)); sleep 0.1; done",
+    ]);
+    d.ok(&["container", "start", "counter"]);
+    std::thread::sleep(Duration::from_millis(500));
+    d.ok(&["vm", "pause", "p"]);
+    assert_eq!(d.vm("p")["state"], "paused");
+    d.fails(&["vm", "pause", "p"], 4);
+    let before = d.ok(&["container", "logs", "counter"]).lines().count();
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(d.ok(&["container", "logs", "counter"]).lines().count(), before, "counter ran in a paused VM");
+    d.ok(&["vm", "resume", "p"]);
+    std::thread::sleep(Duration::from_millis(800));
+    assert!(d.ok(&["container", "logs", "counter"]).lines().count() > before + 3, "counter did not continue");
+    assert_eq!(d.vm("p")["agent"], "ready");
+}
+
+#[test]
+fn stop_is_graceful_unless_forced() {
+    if !can_run_vms("stop_is_graceful_unless_forced") {
+        return;
+    }
+    let d = Daemon::start();
+    d.ok(&["vm", "create", "--name", "g", "--memory", "64"]);
+    d.ok(&["vm", "start", "g"]);
+    let t = Instant::now();
+    d.ok(&["vm", "stop", "g"]);
+    let v = d.vm("g");
+    assert_eq!(v["state"], "stopped");
+    assert_eq!(v["exit_code"], 0, "the agent did not exit cleanly: {v}");
+    assert!(t.elapsed() < Duration::from_secs(5), "graceful stop took {:?}", t.elapsed());
+    let console =
+        std::fs::read_to_string(d.home.path().join("vms").join(v["id"].as_str().unwrap()).join("console.log")).unwrap();
+    assert!(console.contains("stopped (asked by the daemon)"), "{console}");
+    d.ok(&["vm", "start", "g"]);
+    let t = Instant::now();
+    d.ok(&["vm", "stop", "g", "--force"]);
+    assert!(t.elapsed() < Duration::from_secs(2), "forced stop took {:?}", t.elapsed());
+    assert_eq!(d.vm("g")["exit_code"], 137);
+    // restartable, with the same address and identity
+    let before = d.vm("g");
+    d.ok(&["vm", "start", "g"]);
+    let after = d.vm("g");
+    assert_eq!(after["address"], before["address"]);
+    assert_eq!(after["peer_id"], before["peer_id"]);
+}
+
+#[test]
+fn vms_outlive_a_daemon_crash() {
+    if !can_run_vms("vms_outlive_a_daemon_crash") {
+        return;
+    }
+    let mut d = Daemon::start();
+    d.ok(&["vm", "create", "--name", "durable", "--memory", "64"]);
+    d.ok(&["vm", "start", "durable"]);
+    let pid = d.vm("durable")["pid"].as_u64().unwrap();
+    d.kill9();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(std::path::Path::new(&format!("/proc/{pid}")).exists(), "the VM died with the daemon");
+    d.spawn();
+    let v = d.vm("durable");
+    assert_eq!(v["state"], "running");
+    assert_eq!(v["pid"], pid);
+    // the agent reconnects to the new daemon and reports again
+    let since = v["last_report"].as_str().unwrap_or("").to_string();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let v = d.vm("durable");
+        if v["last_report"].as_str().unwrap_or("") > since.as_str() && v["agent"] == "ready" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "agent did not report to the new daemon: {v}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    d.ok(&["vm", "stop", "durable"]);
+    assert_eq!(d.vm("durable")["exit_code"], 0);
+}
+
+#[test]
+fn bad_vm_input_is_refused_and_changes_nothing() {
+    if !can_run_vms("bad_vm_input_is_refused_and_changes_nothing") {
+        return;
+    }
+    let d = Daemon::start();
+    d.ok(&["vm", "create", "--name", "taken", "--memory", "64"]);
+    let cases: &[(&[&str], i32, &str)] = &[
+        (&["vm", "create", "--name", "a", "--memory", "0"], 2, "memory 0 MiB is too small"),
+        (&["vm", "create", "--name", "a", "--memory", "99999999"], 2, "more than this host has"),
+        (&["vm", "create", "--name", "a", "--memory", "64", "--cpu", "64"], 2, "cpu 64"),
+        (&["vm", "create", "--name", "a", "--memory", "64", "--image", "nope"], 3, "image \"nope\" not found"),
+        (&["vm", "create", "--name", "a", "--memory", "64", "--driver", "xen"], 2, "driver \"xen\" is unknown"),
+        (&["vm", "create", "--name", "taken", "--memory", "64"], 4, "already exists"),
+        (&["vm", "create", "--name", "a"], 2, "--memory"),
+        (&["vm", "start", "ghost"], 3, "vm \"ghost\" not found"),
+        (&["vm", "pause", "taken"], 4, "cannot pause vm \"taken\": it is created"),
+        (&["container", "create", "--name", "c", "--vm", "ghost", "--image", "busybox"], 3, "vm \"ghost\" not found"),
+    ];
+    for (args, code, needle) in cases {
+        let err = d.fails(args, *code);
+        assert!(err.contains(needle), "micro-os {}: {err:?} lacks {needle:?}", args.join(" "));
+    }
+    let file = d.home.path().join("vm_definitions.json");
+    std::fs::write(&file, "[{\"name\": \"x\", \"memory\": 64},").unwrap();
+    let err = d.fails(&["vm", "create", "--from-file", file.to_str().unwrap()], 2);
+    assert!(err.contains("is not valid"), "{err}");
+    std::fs::write(&file, r#"[{"name": "x1", "memory": 64}, {"name": "x2", "memory": 0}]"#).unwrap();
+    let err = d.fails(&["vm", "create", "--from-file", file.to_str().unwrap()], 2);
+    assert!(err.contains("vms[1]"), "{err}");
+    let names: Vec<String> = serde_json::from_str::<Vec<serde_json::Value>>(&d.ok(&["vm", "list", "--format", "json"]))
+        .unwrap()
+        .iter()
+        .map(|v| v["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names, ["taken"], "bad input created VMs");
+    // a good definitions file creates them all, with distinct addresses
+    std::fs::write(&file, r#"{"vms": [{"name": "x1", "memory": 64}, {"name": "x2", "memory": 96, "cpu": 0.5}]}"#)
+        .unwrap();
+    d.ok(&["vm", "create", "--from-file", file.to_str().unwrap()]);
+    assert_ne!(d.vm("x1")["address"], d.vm("x2")["address"]);
+}
