@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # micro-os benchmarks: each runs our code and its named peer in the same run and reports
-# the ratio. Usage (as root): bash bench/run.sh [lifecycle|api|rss|all]
+# the ratio. Usage (as root): bash bench/run.sh [lifecycle|api|rss|vm|all]
 # Needs hyperfine, wrk and podman (installed here if missing); builds the release binary.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,11 +21,15 @@ DAEMON_PID=
 cleanup() {
   if [ -n "$DAEMON_PID" ]; then
     for c in $("$BIN" container list --format json 2>/dev/null | jq -r '.[].name'); do "$BIN" container rm -f "$c" >/dev/null 2>&1 || true; done
+    for v in $("$BIN" vm list --format json 2>/dev/null | jq -r '.[].name'); do "$BIN" vm rm -f "$v" >/dev/null 2>&1 || true; done
     kill "$DAEMON_PID" 2>/dev/null || true; wait "$DAEMON_PID" 2>/dev/null || true
   fi
+  ip link del "mb$PORT" 2>/dev/null || true
   rm -rf "$WORK"
 }
 trap cleanup EXIT
+mkdir -p "$MICRO_OS_HOME"
+echo "{\"vm_bridge\": \"mb$PORT\", \"vm_subnet\": \"10.77.0.0/16\"}" > "$MICRO_OS_HOME/config.json"
 start_daemon() {
   "$BIN" daemon --api-addr "127.0.0.1:$PORT" >"$WORK/daemon.log" 2>&1 &
   DAEMON_PID=$!
@@ -54,6 +58,10 @@ if [ "$what" = lifecycle ] || [ "$what" = all ]; then
   m=$(median_ms 0 "$WORK/lifecycle.json"); r=$(median_ms 1 "$WORK/lifecycle.json"); p=$(median_ms 2 "$WORK/lifecycle.json")
   echo "lifecycle p50: micro-os ${m} ms, runc run ${r} ms, podman run --rootfs ${p} ms"
   echo "lifecycle ratio micro-os/runc: $(echo "scale=2; $m / $r" | bc) (target <= 1.5); micro-os/podman: $(echo "scale=2; $m / $p" | bc) (target < 1)"
+fi
+
+if [ "$what" = vm ] || [ "$what" = all ]; then
+  BIN=$BIN python3 bench/vm.py
 fi
 
 if [ "$what" = api ] || [ "$what" = all ]; then
