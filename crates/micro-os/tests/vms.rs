@@ -253,3 +253,31 @@ fn bad_vm_input_is_refused_and_changes_nothing() {
     d.ok(&["vm", "create", "--from-file", file.to_str().unwrap()]);
     assert_ne!(d.vm("x1")["address"], d.vm("x2")["address"]);
 }
+
+#[test]
+fn a_dead_agent_is_reported_and_restarted_per_policy() {
+    if !can_run_vms("a_dead_agent_is_reported_and_restarted_per_policy") {
+        return;
+    }
+    let d = Daemon::start();
+    d.ok(&["vm", "create", "--name", "phoenix", "--memory", "64", "--restart", "on-failure:1"]);
+    d.ok(&["vm", "create", "--name", "mortal", "--memory", "64"]);
+    d.ok(&["vm", "start", "phoenix"]);
+    d.ok(&["vm", "start", "mortal"]);
+    let (p1, m1) = (d.vm("phoenix")["pid"].as_u64().unwrap(), d.vm("mortal")["pid"].as_u64().unwrap());
+    for pid in [p1, m1] {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (p, m) = (d.vm("phoenix"), d.vm("mortal"));
+        if p["restart_count"] == 1 && p["state"] == "running" && p["agent"] == "ready" && m["state"] == "stopped" {
+            assert_ne!(p["pid"].as_u64(), Some(p1));
+            assert_eq!(m["exit_code"], 137);
+            assert_eq!(m["agent"], "unreachable");
+            break;
+        }
+        assert!(Instant::now() < deadline, "not restarted/reported: {p} {m}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

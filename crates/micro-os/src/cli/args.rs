@@ -35,7 +35,8 @@ pub enum Command {
         after_help = "Examples:\n  micro-os init\n  micro-os init --config basic_config.json\n\nRunning init again never replaces the key or the token."
     )]
     Init {
-        /// A JSON config file to install (keys: api_addr, runtime, busybox, stop_timeout_s, log_level).
+        /// A JSON config file to install (keys: api_addr, runtime, busybox, stop_timeout_s, log_level,
+        /// vm_bridge, vm_subnet).
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
     },
