@@ -9,7 +9,8 @@ if [ "$(id -u)" != 0 ]; then
   exit 2
 fi
 
-pkgs=(runc busybox-static iproute2 ca-certificates curl)
+# qemu-system-x86, linux-image-amd64, cpio and binutils (strip) are for qemu VMs
+pkgs=(runc busybox-static iproute2 ca-certificates curl qemu-system-x86 linux-image-amd64 cpio binutils)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -17,7 +18,7 @@ done
 if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing ${missing[*]}"
   apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 [ "${1:-}" = "--deps-only" ] && exit 0
 

@@ -162,6 +162,9 @@ pub struct Vm {
     pub restart_count: u32,
     #[serde(default)]
     pub stop_requested: bool,
+    /// The accelerator a qemu guest runs on: "kvm" or "tcg".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accel: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }

@@ -54,7 +54,8 @@ fn reap() {
     }
 }
 
-/// Other processes in this pid namespace (the agent is PID 1 of it).
+/// Other user processes in this pid namespace (the agent is PID 1 of it); kernel
+/// threads, which a guest always has, have an empty command line and do not count.
 fn others() -> u32 {
     let me = std::process::id().to_string();
     std::fs::read_dir("/proc")
@@ -63,7 +64,9 @@ fn others() -> u32 {
                 .filter(|e| {
                     let n = e.file_name();
                     let n = n.to_string_lossy();
-                    n.bytes().all(|b| b.is_ascii_digit()) && n != me.as_str()
+                    n.bytes().all(|b| b.is_ascii_digit())
+                        && n != me.as_str()
+                        && std::fs::read(e.path().join("cmdline")).is_ok_and(|c| !c.is_empty())
                 })
                 .count() as u32
         })
@@ -97,7 +100,7 @@ fn stop_all(grace: Duration) {
 }
 
 struct Link {
-    stream: Mutex<Option<UnixStream>>,
+    stream: Mutex<Option<Box<dyn Write + Send>>>,
 }
 
 impl Link {
@@ -114,13 +117,99 @@ impl Link {
     }
 }
 
-pub fn run(control_dir: Option<PathBuf>) -> i32 {
+/// Guest mode (PID 1 of a qemu guest): mount the basics, load the virtio modules the
+/// initramfs lists, configure eth0 from the kernel command line.
+fn guest_setup() -> Vec<String> {
+    use nix::mount::{mount, MsFlags};
+    let mut problems = Vec::new();
+    let none = None::<&str>;
+    for (src, target, fstype) in [
+        ("proc", "/proc", "proc"),
+        ("sysfs", "/sys", "sysfs"),
+        ("devtmpfs", "/dev", "devtmpfs"),
+        ("tmpfs", "/run", "tmpfs"),
+        ("tmpfs", "/tmp", "tmpfs"),
+    ] {
+        let _ = std::fs::create_dir_all(target);
+        if let Err(e) = mount(Some(src), target, Some(fstype), MsFlags::empty(), none) {
+            problems.push(format!("mount {target}: {e}"));
+        }
+    }
+    for m in std::fs::read_to_string("/etc/micro-os/modules").unwrap_or_default().lines().filter(|l| !l.is_empty()) {
+        match std::fs::File::open(m) {
+            Ok(f) => {
+                use std::os::fd::AsRawFd;
+                // SAFETY: finit_module with a valid fd, an empty C string and no flags.
+                let r = unsafe { libc::syscall(libc::SYS_finit_module, f.as_raw_fd(), c"".as_ptr(), 0) };
+                if r != 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EEXIST) {
+                    problems.push(format!("load {m}: {}", std::io::Error::last_os_error()));
+                }
+            }
+            Err(e) => problems.push(format!("open {m}: {e}")),
+        }
+    }
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    let arg = |key: &str| cmdline.split_whitespace().find_map(|w| w.strip_prefix(key)).map(String::from);
+    let ip =
+        |args: &[&str]| std::process::Command::new("/bin/ip").args(args).status().map(|s| s.success()).unwrap_or(false);
+    ip(&["link", "set", "lo", "up"]);
+    if let Some(addr) = arg("micro_os.ip=") {
+        // the NIC appears once virtio_net has probed it
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !Path::new("/sys/class/net/eth0").exists() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if !(ip(&["addr", "add", &addr, "dev", "eth0"]) && ip(&["link", "set", "eth0", "up"])) {
+            problems.push(format!("configure eth0 with {addr}"));
+        }
+    }
+    if let Some(name) = arg("micro_os.hostname=") {
+        let _ = nix::unistd::sethostname(name);
+    }
+    problems
+}
+
+/// The virtio-serial port the daemon's control channel arrives on.
+fn guest_port() -> Option<PathBuf> {
+    for e in std::fs::read_dir("/sys/class/virtio-ports").ok()?.flatten() {
+        if std::fs::read_to_string(e.path().join("name")).is_ok_and(|n| n.trim() == "micro-os.ctl") {
+            return Some(Path::new("/dev").join(e.file_name()));
+        }
+    }
+    None
+}
+
+fn power_off() -> ! {
+    nix::unistd::sync();
+    let _ = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_POWER_OFF);
+    std::process::exit(0)
+}
+
+type Channel = (Box<dyn Write + Send>, Box<dyn std::io::Read + Send>);
+
+fn connect(socket: &Path, guest: bool) -> Option<Channel> {
+    if guest {
+        let port = guest_port()?;
+        let f = std::fs::OpenOptions::new().read(true).write(true).open(port).ok()?;
+        let r = f.try_clone().ok()?;
+        return Some((Box::new(f), Box::new(r)));
+    }
+    let s = UnixStream::connect(socket).ok()?;
+    let r = s.try_clone().ok()?;
+    Some((Box::new(s), Box::new(r)))
+}
+
+pub fn run(control_dir: Option<PathBuf>, guest: bool) -> i32 {
     for sig in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP, Signal::SIGUSR1, Signal::SIGUSR2, Signal::SIGQUIT] {
         // SAFETY: the handler only stores into an atomic.
         let _ = unsafe { signal::signal(sig, SigHandler::Handler(on_signal)) };
     }
     let socket = control_dir.unwrap_or_else(|| PathBuf::from(AGENT_CONTROL_DIR)).join(AGENT_CONTROL_SOCKET);
-    let mut problems = Vec::new();
+    let mut problems = if guest { guest_setup() } else { Vec::new() };
+    if guest && std::fs::read_to_string("/proc/cmdline").is_ok_and(|c| c.contains("micro_os.probe=1")) {
+        eprintln!("micro-os agent: probe boot done");
+        power_off();
+    }
     let peer_id = match identity(Path::new(KEY_PATH)) {
         Ok(k) => k.public().to_peer_id().to_string(),
         Err(e) => {
@@ -137,25 +226,22 @@ pub fn run(control_dir: Option<PathBuf>) -> i32 {
         reap();
         // (re)connect to the daemon; a restarted daemon makes a new socket
         if !connected.load(Ordering::SeqCst) {
-            if let Ok(s) = UnixStream::connect(&socket) {
-                let reader = s.try_clone().ok();
-                *link.stream.lock().unwrap() = Some(s);
+            if let Some((w, r)) = connect(&socket, guest) {
+                *link.stream.lock().unwrap() = Some(w);
                 connected.store(true, Ordering::SeqCst);
                 link.send(&AgentMessage::Hello { peer_id: peer_id.clone(), version: env!("CARGO_PKG_VERSION").into() });
                 link.send(&AgentMessage::Ready);
-                if let Some(r) = reader {
-                    let shutdown = shutdown.clone();
-                    let connected = connected.clone();
-                    std::thread::spawn(move || {
-                        for line in BufReader::new(r).lines() {
-                            let Ok(line) = line else { break };
-                            if let Ok(DaemonMessage::Shutdown { grace_s }) = serde_json::from_str(&line) {
-                                *shutdown.lock().unwrap() = Some(grace_s);
-                            }
+                let shutdown = shutdown.clone();
+                let connected = connected.clone();
+                std::thread::spawn(move || {
+                    for line in BufReader::new(r).lines() {
+                        let Ok(line) = line else { break };
+                        if let Ok(DaemonMessage::Shutdown { grace_s }) = serde_json::from_str(&line) {
+                            *shutdown.lock().unwrap() = Some(grace_s);
                         }
-                        connected.store(false, Ordering::SeqCst);
-                    });
-                }
+                    }
+                    connected.store(false, Ordering::SeqCst);
+                });
                 last_report = Instant::now() - REPORT_EVERY;
             }
         }
@@ -166,6 +252,9 @@ pub fn run(control_dir: Option<PathBuf>) -> i32 {
             link.send(&AgentMessage::Bye { reason: reason.clone() });
             stop_all(Duration::from_secs_f64(asked.unwrap_or(DEFAULT_GRACE).clamp(0.0, 3600.0)));
             eprintln!("micro-os agent: stopped ({reason})");
+            if guest {
+                power_off();
+            }
             return 0;
         }
         if sig != 0 && std::process::id() == 1 {

@@ -95,7 +95,7 @@ fn run(cli: cli::Cli) -> Result<i32, CliError> {
             }
         }
         Command::Shim { .. } => Err(CliError::usage("the shim is started by the daemon, not by hand")),
-        Command::Agent { control_dir } => Ok(agent::run(control_dir)),
+        Command::Agent { control_dir, guest } => Ok(agent::run(control_dir, guest)),
         other => cli::run(cli.api, other),
     }
 }

@@ -121,6 +121,15 @@ impl Fabric {
         Ok(path)
     }
 
+    /// Makes a tap device `host_if` on the bridge, for a qemu guest's NIC.
+    pub fn attach_tap(&self, host_if: &str) -> Result<()> {
+        let _ = ip_batch(None, &format!("link del {host_if}\n"));
+        ip_batch(
+            None,
+            &format!("tuntap add dev {host_if} mode tap\nlink set {host_if} master {b} up\n", b = self.bridge),
+        )
+    }
+
     pub fn detach(&self, name: &str, host_if: &str) {
         let _ = ip_batch(None, &format!("link del {host_if}\n"));
         crate::netns::remove(&Self::netns_path(name));

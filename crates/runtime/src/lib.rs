@@ -7,6 +7,7 @@
 //! state directory. The shim is a subreaper re-parented to init, so containers outlive
 //! the daemon; the daemon only reads the state files the shim leaves and talks to runc.
 
+pub mod boot;
 pub mod bundle;
 pub mod cgroup;
 pub mod error;

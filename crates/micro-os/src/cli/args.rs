@@ -75,6 +75,10 @@ pub enum Command {
         /// Directory of the daemon's control socket (default /run/micro-os/ctl).
         #[arg(long, value_name = "DIR")]
         control_dir: Option<PathBuf>,
+        /// PID 1 of a qemu guest: mount /proc, /sys, /dev, load virtio modules, configure
+        /// eth0 from the kernel command line, talk over the virtio-serial port.
+        #[arg(long)]
+        guest: bool,
     },
     /// Internal: the per-container monitor process.
     #[command(hide = true)]

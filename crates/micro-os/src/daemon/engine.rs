@@ -67,6 +67,8 @@ pub struct Engine {
     pub(super) cg: cgroup::Version,
     /// Senders to the connected agents, by VM id.
     pub(super) agents: Mutex<HashMap<String, tokio::sync::mpsc::UnboundedSender<micro_os_core::vm::DaemonMessage>>>,
+    /// The accelerator qemu guests use, once probed ("kvm" or "tcg").
+    pub(super) accel: Mutex<Option<&'static str>>,
 }
 
 pub(super) fn conflict(e: InvalidTransition) -> ApiError {
@@ -112,6 +114,7 @@ impl Engine {
             fabric,
             cg: cgroup::detect(),
             agents: Mutex::new(HashMap::new()),
+            accel: Mutex::new(None),
             home,
             cfg,
             store,

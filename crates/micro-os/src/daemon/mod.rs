@@ -5,6 +5,7 @@ mod engine;
 mod health;
 mod logs;
 mod pidwait;
+mod qemu;
 pub mod templates;
 mod vms;
 

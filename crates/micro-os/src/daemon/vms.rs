@@ -8,6 +8,7 @@
 //! daemon shows `ready`, `degraded` or `unreachable` from what it last heard.
 
 use std::collections::HashSet;
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,6 +28,8 @@ use super::engine::{conflict, store_err, Engine, Workload};
 
 pub const KIND: &str = "vm";
 const BASE_IMAGE: &str = "blockchain-base";
+/// The kernel, the unpacked initramfs and the agent need this much.
+const QEMU_MIN_MIB: u64 = 256;
 /// Silence after which a running VM's agent counts as unreachable.
 const AGENT_DEADLINE: Duration = Duration::from_secs(4);
 
@@ -115,9 +118,20 @@ impl Engine {
         let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
         spec.validate(cgroup::host_memory_mib(), cpus).map_err(|e| ApiError::bad_request(e.to_string()))?;
         if driver == Driver::Qemu {
-            return Err(ApiError::bad_request(
-                "driver qemu is not available in this version yet (use --driver sandbox)".to_string(),
-            ));
+            if spec.memory_mib < QEMU_MIN_MIB {
+                return Err(ApiError::bad_request(format!(
+                    "memory {} MiB is too small for a qemu guest (give at least {QEMU_MIN_MIB}: the kernel and the initramfs live in it)",
+                    spec.memory_mib
+                )));
+            }
+            let has_qemu = std::env::var_os("PATH")
+                .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("qemu-system-x86_64").exists()));
+            if !has_qemu {
+                return Err(ApiError::bad_request(
+                    "driver qemu needs qemu-system-x86_64 (apt-get install qemu-system-x86)",
+                ));
+            }
+            micro_os_runtime::boot::host_kernel().map_err(|e| ApiError::bad_request(e.to_string()))?;
         }
         if image == BASE_IMAGE {
             self.ensure_base_image()?;
@@ -180,6 +194,7 @@ impl Engine {
                 oom_killed: false,
                 restart_count: 0,
                 stop_requested: false,
+                accel: None,
                 error: None,
             };
             let ev = Event::new(KIND, &vm.id, &vm.spec.name, "created", format!("address {address}"));
@@ -224,6 +239,9 @@ impl Engine {
     async fn launch_vm(self: &Arc<Self>, id: &str, action: &str) -> Result<(), ApiError> {
         self.shim_gone(id).await;
         let v = self.find_vm(id)?;
+        if v.spec.driver == Driver::Qemu {
+            return self.launch_qemu(id, action).await;
+        }
         let image = self.images.get(&v.spec.image).map_err(|e| ApiError::not_found(e.to_string()))?;
         let dir = self.vm_dir(id);
         let ctl = dir.join("ctl");
@@ -293,6 +311,121 @@ impl Engine {
         }
     }
 
+    /// The accelerator for qemu guests: KVM when a probe guest really boots with it,
+    /// TCG otherwise (said once, in one warning line).
+    fn accel(&self, boot: &micro_os_runtime::boot::BootFiles, dir: &std::path::Path) -> &'static str {
+        let mut cached = self.accel.lock().unwrap();
+        if let Some(a) = *cached {
+            return a;
+        }
+        let a = if super::qemu::kvm_boots(boot, dir) {
+            "kvm"
+        } else {
+            tracing::warn!(
+                "KVM cannot boot a guest on this host (nested or absent): qemu VMs use TCG, which is slower"
+            );
+            "tcg"
+        };
+        *cached = Some(a);
+        a
+    }
+
+    async fn launch_qemu(self: &Arc<Self>, id: &str, action: &str) -> Result<(), ApiError> {
+        let v = self.find_vm(id)?;
+        let dir = self.vm_dir(id);
+        let ctl = dir.join("ctl");
+        std::fs::create_dir_all(&ctl).map_err(|e| ApiError::internal(format!("create {}: {e}", ctl.display())))?;
+        self.serve_control(id, &ctl).await?;
+        let this = self.clone();
+        let vv = v.clone();
+        let spawned = tokio::task::spawn_blocking(move || -> Result<(u32, &'static str), String> {
+            let rootfs = this.images.rootfs(&vv.spec.image);
+            let boot_dir = rootfs.parent().expect("image dir").join("boot");
+            let boot = micro_os_runtime::boot::build(&rootfs, &boot_dir).map_err(|e| format!("boot files: {e}"))?;
+            let accel = this.accel(&boot, &boot_dir);
+            this.fabric.ensure_bridge().map_err(|e| e.to_string())?;
+            this.fabric.attach_tap(&host_if(&vv.id)).map_err(|e| e.to_string())?;
+            let args = super::qemu::args(&vv, &boot, &this.vm_dir(&vv.id), accel, &host_if(&vv.id), this.fabric.prefix);
+            let _ = std::fs::remove_file(this.vm_dir(&vv.id).join("console.log"));
+            let log = std::fs::File::create(this.vm_dir(&vv.id).join("qemu.log")).map_err(|e| e.to_string())?;
+            let child = std::process::Command::new("qemu-system-x86_64")
+                .args(&args)
+                .stdin(std::process::Stdio::null())
+                .stdout(log.try_clone().map_err(|e| e.to_string())?)
+                .stderr(log)
+                .process_group(0)
+                .spawn()
+                .map_err(|e| format!("start qemu-system-x86_64: {e}"));
+            match child {
+                Ok(c) => {
+                    let pid = c.id();
+                    // reaped by the supervisor through waitpid; the handle is not needed
+                    std::mem::forget(c);
+                    Ok((pid, accel))
+                }
+                Err(e) => {
+                    this.fabric.detach(&netns_name(&vv.id), &host_if(&vv.id));
+                    Err(e)
+                }
+            }
+        })
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+        match spawned {
+            Ok((pid, accel)) => {
+                let now = Utc::now();
+                self.update_vm(id, |v| {
+                    v.state = VmState::Running;
+                    v.pid = Some(pid);
+                    v.started_at = Some(now);
+                    v.stopped_at = None;
+                    v.exit_code = None;
+                    v.error = None;
+                    v.stop_requested = false;
+                    v.agent = AgentStatus::Starting;
+                    v.accel = Some(accel.to_string());
+                });
+                self.persist_vm(id, action, format!("qemu pid {pid}, accel {accel}"))?;
+                self.supervise_qemu(id, pid);
+                Ok(())
+            }
+            Err(msg) => {
+                self.update_vm(id, |v| v.error = Some(msg.clone()));
+                self.persist_vm(id, "start-failed", msg.clone())?;
+                Err(ApiError::internal(format!("start vm {:?}: {msg}", v.spec.name)))
+            }
+        }
+    }
+
+    fn supervise_qemu(self: &Arc<Self>, id: &str, pid: u32) {
+        let this = self.clone();
+        let id2 = id.to_string();
+        tokio::spawn(async move {
+            super::pidwait::exited(pid).await;
+            // qemu is our child unless the daemon restarted since; then its code is lost
+            let code = match nix::sys::wait::waitpid(
+                nix::unistd::Pid::from_raw(pid as i32),
+                Some(nix::sys::wait::WaitPidFlag::WNOHANG),
+            ) {
+                Ok(nix::sys::wait::WaitStatus::Exited(_, c)) => c,
+                Ok(nix::sys::wait::WaitStatus::Signaled(_, s, _)) => 128 + s as i32,
+                _ => 0,
+            };
+            let status =
+                Status::Exited { exit_code: code, oom_killed: false, started_at: None, finished_at: Utc::now() };
+            this.on_vm_exit(&id2, pid, Some(status)).await;
+            let lock = this.op_lock(&id2);
+            let _g = lock.lock().await;
+            if this.find_vm(&id2).map_or(true, |v| v.pid.is_none()) {
+                let this2 = this.clone();
+                let id3 = id2.clone();
+                let _ =
+                    tokio::task::spawn_blocking(move || this2.fabric.detach(&netns_name(&id3), &host_if(&id3))).await;
+            }
+        });
+        self.watchdog(id, pid);
+    }
+
     fn supervise_vm(self: &Arc<Self>, id: &str, shim_pid: u32, pid: u32) {
         self.shims.lock().unwrap().insert(id.to_string(), shim_pid);
         let this = self.clone();
@@ -323,7 +456,11 @@ impl Engine {
                 .await;
             }
         });
-        // watchdog: a running VM whose agent falls silent is unreachable
+        self.watchdog(id, pid);
+    }
+
+    /// A running VM whose agent falls silent is unreachable.
+    fn watchdog(self: &Arc<Self>, id: &str, pid: u32) {
         let this = self.clone();
         let id2 = id.to_string();
         tokio::spawn(async move {
@@ -335,9 +472,15 @@ impl Engine {
                 }
                 let silent =
                     v.last_report.is_none_or(|t| (Utc::now() - t).to_std().unwrap_or_default() > AGENT_DEADLINE);
+                // a TCG guest takes seconds to boot: give it longer before calling it silent
+                let grace = if v.spec.driver == Driver::Qemu { Duration::from_secs(60) } else { AGENT_DEADLINE };
                 let started_long_ago =
-                    v.started_at.is_some_and(|t| (Utc::now() - t).to_std().unwrap_or_default() > AGENT_DEADLINE);
-                if v.state == VmState::Running && silent && started_long_ago && v.agent != AgentStatus::Unreachable {
+                    v.started_at.is_some_and(|t| (Utc::now() - t).to_std().unwrap_or_default() > grace);
+                if v.state == VmState::Running
+                    && silent
+                    && (started_long_ago || v.last_report.is_some())
+                    && v.agent != AgentStatus::Unreachable
+                {
                     this.update_vm(&id2, |v| v.agent = AgentStatus::Unreachable);
                     let _ = this.persist_vm(&id2, "agent-unreachable", "");
                 }
@@ -420,8 +563,7 @@ impl Engine {
             .cloned()
             .collect();
         if v.state == VmState::Paused {
-            let (cg, path) = (self.cg, cgroup::container_path(&id));
-            let _ = tokio::task::spawn_blocking(move || cgroup::freeze(cg, &path, false)).await;
+            let _ = self.freeze_vm(v, false).await;
         }
         for c in on_vm {
             let lock = self.op_lock(&c.id);
@@ -441,22 +583,56 @@ impl Engine {
                 .get(&id)
                 .is_some_and(|tx| tx.send(DaemonMessage::Shutdown { grace_s: timeout }).is_ok());
             if !asked {
-                let runc = self.runc.clone();
-                let id2 = id.clone();
-                let _ = tokio::task::spawn_blocking(move || runc.kill(&id2, "TERM")).await;
+                self.kill_vm(v, "TERM").await;
             }
             // the agent's own grace period plus a margin for it to exit
             if self.wait_vm(&id, stopped, Duration::from_secs_f64(timeout + 2.0)).await.is_some() {
                 return Ok(());
             }
         }
-        let runc = self.runc.clone();
-        let id2 = id.clone();
-        let _ = tokio::task::spawn_blocking(move || runc.kill(&id2, "KILL")).await;
+        self.kill_vm(v, "KILL").await;
         if self.wait_vm(&id, stopped, Duration::from_secs(15)).await.is_none() {
             return Err(ApiError::internal(format!("vm {:?} did not stop after SIGKILL", v.spec.name)));
         }
         Ok(())
+    }
+
+    /// Signals a VM's first process: the agent under runc, or qemu itself.
+    async fn kill_vm(&self, v: &Vm, sig: &'static str) {
+        match v.spec.driver {
+            Driver::Sandbox => {
+                let runc = self.runc.clone();
+                let id = v.id.clone();
+                let _ = tokio::task::spawn_blocking(move || runc.kill(&id, sig)).await;
+            }
+            Driver::Qemu => {
+                if let Some(pid) = self.find_vm(&v.id).ok().and_then(|v| v.pid) {
+                    let s = if sig == "KILL" { nix::sys::signal::SIGKILL } else { nix::sys::signal::SIGTERM };
+                    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), s);
+                }
+            }
+        }
+    }
+
+    /// Freezes a VM: its cgroup (sandbox) or its vCPUs over QMP (qemu).
+    async fn freeze_vm(&self, v: &Vm, frozen: bool) -> Result<(), String> {
+        match v.spec.driver {
+            Driver::Sandbox => {
+                let (cg, path) = (self.cg, cgroup::container_path(&v.id));
+                tokio::task::spawn_blocking(move || cgroup::freeze(cg, &path, frozen))
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .map_err(|e| format!("freezer: {e}"))
+            }
+            Driver::Qemu => {
+                let sock = self.vm_dir(&v.id).join("qmp.sock");
+                let cmd = if frozen { "stop" } else { "cont" };
+                tokio::task::spawn_blocking(move || super::qemu::qmp(&sock, cmd))
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .map(drop)
+            }
+        }
     }
 
     pub async fn pause_vm(&self, key: &str, pause: bool) -> Result<Vm, ApiError> {
@@ -465,12 +641,15 @@ impl Engine {
         let _g = lock.lock().await;
         let v = self.find_vm(&v.id)?;
         v.state.check(&v.spec.name, if pause { Transition::Pause } else { Transition::Resume }).map_err(conflict)?;
-        let (cg, path) = (self.cg, cgroup::container_path(&v.id));
-        tokio::task::spawn_blocking(move || cgroup::freeze(cg, &path, pause))
-            .await
-            .map_err(|e| ApiError::internal(e.to_string()))?
-            .map_err(|e| ApiError::internal(format!("freezer: {e}")))?;
-        self.update_vm(&v.id, |v| v.state = if pause { VmState::Paused } else { VmState::Running });
+        self.freeze_vm(&v, pause).await.map_err(ApiError::internal)?;
+        // a paused agent cannot report: the silence it leaves behind is not its fault
+        let now = Utc::now();
+        self.update_vm(&v.id, |v| {
+            v.state = if pause { VmState::Paused } else { VmState::Running };
+            if !pause && v.last_report.is_some() {
+                v.last_report = Some(now);
+            }
+        });
         self.persist_vm(&v.id, if pause { "paused" } else { "resumed" }, "")?;
         self.find_vm(&v.id)
     }
@@ -600,6 +779,21 @@ impl Engine {
         for v in running {
             let dir = self.vm_dir(&v.id);
             let pid = v.pid.unwrap_or(0);
+            if v.spec.driver == Driver::Qemu {
+                let alive = std::fs::read(format!("/proc/{pid}/cmdline"))
+                    .is_ok_and(|c| c.windows(v.id.len()).any(|w| w == v.id.as_bytes()));
+                if alive {
+                    let _ = self.serve_control(&v.id, &dir.join("ctl")).await;
+                    tracing::info!("re-adopted qemu vm {} (pid {pid})", v.spec.name);
+                    let _ = self.persist_vm(&v.id, "adopted", format!("qemu pid {pid}"));
+                    self.supervise_qemu(&v.id, pid);
+                } else {
+                    let status =
+                        Status::Exited { exit_code: 0, oom_killed: false, started_at: None, finished_at: Utc::now() };
+                    self.on_vm_exit(&v.id, pid, Some(status)).await;
+                }
+                continue;
+            }
             match shim::live_shim_pid(&dir) {
                 Some(shim_pid) => {
                     if let Err(e) = self.serve_control(&v.id, &dir.join("ctl")).await {
