@@ -7,6 +7,7 @@
 - density: memory per idle sandbox VM (its cgroup's charge plus its shim's PSS) and how
   many would fit in 2 GiB.
 - agent RSS of an idle VM.
+- qemu: boot until the agent reports ready, with the accelerator used (report only).
 """
 import json, os, statistics, subprocess, sys, time
 
@@ -84,6 +85,24 @@ def main():
           f"-> {int(2 * 2**30 / per_vm)} idle VMs in 2 GiB; agent RSS {statistics.median(rss) / 1024:.1f} MiB (target < 15 MiB)")
     for n in names:
         cli("vm", "rm", "--force", n)
+
+    if os.environ.get("QEMU", "1") == "1" and any(f.startswith("vmlinuz-") for f in os.listdir("/boot")):
+        boots, accel = [], "?"
+        for i in range(int(os.environ.get("QEMU_RUNS", "3"))):
+            name = f"qemu-{os.getpid()}-{i}"
+            cli("vm", "create", "--name", name, "--memory", "512", "--driver", "qemu")
+            if i == 0:
+                # the first start also builds the boot files and probes KVM: not timed
+                cli("vm", "start", name)
+                cli("vm", "stop", "--force", name)
+            t = time.perf_counter()
+            out = cli("vm", "start", name)
+            boots.append(time.perf_counter() - t)
+            assert "agent ready" in out, out
+            accel = json.loads(cli("vm", "inspect", name, "--format", "json")).get("accel", "?")
+            cli("vm", "rm", "--force", name)
+        print(f"qemu vm start until agent ready: p50 {statistics.median(boots):.2f} s over {len(boots)} boots, "
+              f"accelerator {accel} (report only)")
 
 
 if __name__ == "__main__":

@@ -174,7 +174,8 @@ fn stop_is_graceful_unless_forced() {
     assert_eq!(d.vm("g")["exit_code"], 137);
     // restartable, with the same address and identity
     let before = d.vm("g");
-    d.ok(&["vm", "start", "g"]);
+    let out = d.ok(&["vm", "start", "g"]);
+    assert!(out.contains("agent ready"), "a restarted VM's agent: {out}");
     let after = d.vm("g");
     assert_eq!(after["address"], before["address"]);
     assert_eq!(after["peer_id"], before["peer_id"]);

@@ -351,10 +351,13 @@ pub enum ImageCmd {
         #[arg(long, value_enum, default_value_t)]
         format: Format,
     },
-    /// Build a built-in base image (busybox, from Debian's busybox-static).
-    #[command(after_help = "Examples:\n  micro-os image build busybox\n  micro-os image build busybox --name base")]
+    /// Build a built-in base image: busybox (from Debian's busybox-static) or
+    /// blockchain-base (busybox + the micro-os agent; with a kernel + initramfs for qemu).
+    #[command(
+        after_help = "Examples:\n  micro-os image build busybox\n  micro-os image build blockchain-base\n  micro-os image build busybox --name base"
+    )]
     Build {
-        /// Which base: busybox.
+        /// Which base: busybox or blockchain-base.
         #[arg(default_value = "busybox")]
         base: String,
         #[arg(long)]

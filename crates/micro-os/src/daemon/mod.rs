@@ -88,9 +88,9 @@ impl Control for Daemon {
 
     fn build_image(&self, req: ImageBuild) -> BoxFuture<'_, Result<ByteStream, ApiError>> {
         Box::pin(async move {
-            if req.base != "busybox" {
+            if !["busybox", "blockchain-base"].contains(&req.base.as_str()) {
                 return Err(ApiError::bad_request(format!(
-                    "base image {:?} is unknown (built-in bases: busybox)",
+                    "base image {:?} is unknown (built-in bases: busybox, blockchain-base)",
                     req.base
                 )));
             }
@@ -100,7 +100,22 @@ impl Control for Daemon {
                 return Err(image_error(micro_os_runtime::Error::ImageExists(name)));
             }
             let engine = self.0.clone();
-            Ok(image_job(move |p| engine.images.build_busybox(&name, &engine.cfg.busybox, p)))
+            if req.base == "busybox" {
+                return Ok(image_job(move |p| engine.images.build_busybox(&name, &engine.cfg.busybox, p)));
+            }
+            // busybox + this binary as the agent; plus the qemu boot files (kernel and
+            // initramfs) when the host has a kernel to boot
+            Ok(image_job(move |p| {
+                let img = engine.images.build_agent_base(&name, &engine.cfg.busybox, &engine.exe, p)?;
+                if micro_os_runtime::boot::host_kernel().is_ok() {
+                    let stage = "making the qemu kernel + initramfs".to_string();
+                    p(Progress { stage: stage.clone(), current: 0, total: 1 });
+                    let rootfs = engine.images.rootfs(&name);
+                    micro_os_runtime::boot::build(&rootfs, &rootfs.parent().expect("image dir").join("boot"))?;
+                    p(Progress { stage, current: 1, total: 1 });
+                }
+                Ok(img)
+            }))
         })
     }
 

@@ -298,6 +298,7 @@ impl Engine {
                     v.error = None;
                     v.stop_requested = false;
                     v.agent = AgentStatus::Starting;
+                    v.last_report = None;
                 });
                 self.persist_vm(id, action, format!("pid {pid}"))?;
                 self.supervise_vm(id, shim_pid, pid);
@@ -383,6 +384,7 @@ impl Engine {
                     v.error = None;
                     v.stop_requested = false;
                     v.agent = AgentStatus::Starting;
+                    v.last_report = None;
                     v.accel = Some(accel.to_string());
                 });
                 self.persist_vm(id, action, format!("qemu pid {pid}, accel {accel}"))?;
