@@ -18,6 +18,10 @@ pub const BODY_LIMIT: usize = 1 << 20;
 pub struct ServerConfig {
     /// The bearer token every call but `/api/v1/health` must carry.
     pub token: String,
+    /// Networks (address, prefix length) whose clients are refused outright: the VM
+    /// subnet, unless VMs are allowed to reach the API. Needs the router served with
+    /// `ConnectInfo<SocketAddr>`.
+    pub deny: Vec<(std::net::Ipv4Addr, u8)>,
 }
 
 /// JSON body extractor whose rejections are problem+json.
@@ -103,10 +107,32 @@ pub fn router(control: Arc<dyn Control>, cfg: ServerConfig) -> Router {
             ))
         })
         .layer(middleware::from_fn_with_state(token, auth))
+        .layer(middleware::from_fn_with_state(Arc::new(cfg.deny), refuse_networks))
         .layer(middleware::from_fn(refuse_declared_oversize))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(control)
+}
+
+fn within(ip: std::net::Ipv4Addr, (net, prefix): (std::net::Ipv4Addr, u8)) -> bool {
+    let mask = if prefix == 0 { 0 } else { u32::MAX << (32 - prefix) };
+    u32::from(ip) & mask == u32::from(net) & mask
+}
+
+async fn refuse_networks(State(deny): State<Arc<Vec<(std::net::Ipv4Addr, u8)>>>, req: Request, next: Next) -> Response {
+    let peer = req.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip());
+    if let Some(std::net::IpAddr::V4(ip)) = peer {
+        if deny.iter().any(|n| within(ip, *n)) {
+            return ApiError::new(
+                ErrorKind::Forbidden,
+                format!(
+                    "clients on {ip}'s network (the VM network) may not use the API (set vm_api_access to allow it)"
+                ),
+            )
+            .into_response();
+        }
+    }
+    next.run(req).await
 }
 
 /// Refuses a body whose declared length is over the limit before reading any of it (so a
@@ -145,5 +171,19 @@ async fn auth(State(token): State<Arc<str>>, req: Request, next: Next) -> Respon
             "the request carries no API token (send Authorization: Bearer <token from the micro-os home>)",
         )
         .into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn network_membership() {
+        let net = (std::net::Ipv4Addr::new(10, 88, 0, 0), 16);
+        assert!(within(std::net::Ipv4Addr::new(10, 88, 3, 4), net));
+        assert!(!within(std::net::Ipv4Addr::new(10, 89, 0, 1), net));
+        assert!(!within(std::net::Ipv4Addr::LOCALHOST, net));
+        assert!(same(b"abc", b"abc") && !same(b"abc", b"abd") && !same(b"abc", b"ab"));
     }
 }

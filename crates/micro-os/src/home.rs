@@ -35,6 +35,8 @@ pub struct Config {
     pub vm_bridge: String,
     /// The VM network's subnet; the host takes its first address on the bridge.
     pub vm_subnet: String,
+    /// Whether VMs may reach the REST API (when it listens beyond loopback).
+    pub vm_api_access: bool,
 }
 
 impl Default for Config {
@@ -47,6 +49,7 @@ impl Default for Config {
             log_level: "info".into(),
             vm_bridge: "mos0".into(),
             vm_subnet: "10.88.0.0/16".into(),
+            vm_api_access: false,
         }
     }
 }

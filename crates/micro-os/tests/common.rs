@@ -30,11 +30,17 @@ pub fn free_port() -> u16 {
 pub struct Daemon {
     pub home: tempfile::TempDir,
     pub port: u16,
+    /// The address the API binds (loopback unless a test says otherwise).
+    pub bind: String,
     child: Option<Child>,
 }
 
 impl Daemon {
     pub fn start() -> Daemon {
+        Self::start_on("127.0.0.1")
+    }
+
+    pub fn start_on(bind: &str) -> Daemon {
         let home = tempfile::Builder::new().prefix("micro-os-test-").tempdir().unwrap();
         let port = free_port();
         // a bridge and a subnet of this test's own, so tests running at once never meet
@@ -43,7 +49,7 @@ impl Daemon {
             "vm_subnet": format!("10.{}.{}.0/24", 100 + port % 100, (port / 100) % 250),
         });
         std::fs::write(home.path().join("config.json"), config.to_string()).unwrap();
-        let mut d = Daemon { home, port, child: None };
+        let mut d = Daemon { home, port, bind: bind.into(), child: None };
         d.spawn();
         d
     }
@@ -64,7 +70,7 @@ impl Daemon {
         let log =
             std::fs::OpenOptions::new().create(true).append(true).open(self.home.path().join("daemon.log")).unwrap();
         let child = Command::new(BIN)
-            .args(["daemon", "--api-addr", &format!("127.0.0.1:{}", self.port)])
+            .args(["daemon", "--api-addr", &format!("{}:{}", self.bind, self.port)])
             .env("MICRO_OS_HOME", self.home.path())
             .env("MICRO_OS_LOG", "info")
             .stdin(Stdio::null())

@@ -335,3 +335,21 @@ fn qemu_guest_boots_reports_ready_pauses_and_resumes() {
         std::fs::read_to_string(d.home.path().join("vms").join(v["id"].as_str().unwrap()).join("console.log")).unwrap();
     assert!(console.contains("stopped (asked by the daemon)"), "{console}");
 }
+
+#[test]
+fn vms_cannot_use_an_api_that_listens_beyond_loopback() {
+    if !can_run_vms("vms_cannot_use_an_api_that_listens_beyond_loopback") {
+        return;
+    }
+    let d = Daemon::start_on("0.0.0.0");
+    d.ok(&["vm", "create", "--name", "nosy", "--memory", "64"]);
+    d.ok(&["vm", "start", "nosy"]);
+    let a = d.vm("nosy")["address"].as_str().unwrap().to_string();
+    let gateway = format!("{}.1", &a[..a.rfind('.').unwrap()]);
+    let script = format!("printf 'GET /api/v1/health HTTP/1.0\\r\\n\\r\\n' | nc -w 3 {gateway} {} | head -1", d.port);
+    let o = d.cli(&["container", "run", "--rm", "--vm", "nosy", "--image", "busybox", "--", "sh", "-c", &script]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("403"), "a VM used the API: {out:?}");
+    // the host itself still can
+    assert!(ureq::get(&format!("{}/api/v1/health", d.url())).call().is_ok());
+}

@@ -36,7 +36,7 @@ pub enum Command {
     )]
     Init {
         /// A JSON config file to install (keys: api_addr, runtime, busybox, stop_timeout_s, log_level,
-        /// vm_bridge, vm_subnet).
+        /// vm_bridge, vm_subnet, vm_api_access).
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
     },

@@ -175,7 +175,8 @@ pub fn run(home: Home, cfg: Config) -> anyhow::Result<()> {
             home.root.display(),
             engine.container_count()
         );
-        let app = micro_os_api::router(Arc::new(Daemon(engine)), ServerConfig { token });
+        let deny = if cfg.vm_api_access { vec![] } else { vec![(engine.fabric.network, engine.fabric.prefix)] };
+        let app = micro_os_api::router(Arc::new(Daemon(engine)), ServerConfig { token, deny });
         // small responses (a stream's last chunk) must not wait for a delayed ACK
         let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
             let _ = tcp.set_nodelay(true);
@@ -186,6 +187,7 @@ pub fn run(home: Home, cfg: Config) -> anyhow::Result<()> {
             let _ = stop_tx.send(true);
         });
         let mut graceful = stop_rx.clone();
+        let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
         let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
             let _ = graceful.wait_for(|s| *s).await;
         });
