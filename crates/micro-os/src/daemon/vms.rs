@@ -805,7 +805,17 @@ impl Engine {
                     let _ = self.persist_vm(&v.id, "adopted", format!("pid {pid}"));
                     self.supervise_vm(&v.id, shim_pid, pid);
                 }
-                None => self.on_vm_exit(&v.id, pid, shim::read_status(&dir)).await,
+                None => {
+                    self.on_vm_exit(&v.id, pid, shim::read_status(&dir)).await;
+                    // it ended while the daemon was down: nobody undid its network and cgroup
+                    let (this, id) = (self.clone(), v.id.clone());
+                    let _ = tokio::task::spawn_blocking(move || {
+                        this.fabric.detach(&netns_name(&id), &host_if(&id));
+                        cgroup::remove_parent(this.cg, &format!("{}/agent", cgroup::container_path(&id)));
+                        cgroup::remove_parent(this.cg, &cgroup::container_path(&id));
+                    })
+                    .await;
+                }
             }
         }
     }
