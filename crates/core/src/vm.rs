@@ -169,6 +169,23 @@ pub struct Vm {
     pub error: Option<String>,
 }
 
+impl Vm {
+    /// The VM's first process runs as `pid` from `at` on: everything of the last run is
+    /// forgotten, and the agent has yet to report.
+    pub fn mark_running(&mut self, pid: u32, at: DateTime<Utc>) {
+        self.state = VmState::Running;
+        self.pid = Some(pid);
+        self.started_at = Some(at);
+        self.stopped_at = None;
+        self.exit_code = None;
+        self.oom_killed = false;
+        self.error = None;
+        self.stop_requested = false;
+        self.agent = AgentStatus::Starting;
+        self.last_report = None;
+    }
+}
+
 impl VmState {
     pub fn check(self, name: &str, action: crate::Transition) -> Result<(), crate::container::InvalidTransition> {
         use crate::container::ContainerState as C;

@@ -42,6 +42,14 @@ fn host_if(id: &str) -> String {
 }
 
 impl Engine {
+    /// Undoes what a VM's start made on the host: its veth or tap, its pinned network
+    /// namespace and its cgroups. Blocking.
+    fn release_host_side(&self, id: &str) {
+        self.fabric.detach(&netns_name(id), &host_if(id));
+        cgroup::remove_parent(self.cg, &format!("{}/agent", cgroup::container_path(id)));
+        cgroup::remove_parent(self.cg, &cgroup::container_path(id));
+    }
+
     fn vm_dir(&self, id: &str) -> PathBuf {
         self.home.root.join("vms").join(id)
     }
@@ -278,8 +286,7 @@ impl Engine {
                 log_name: "console.log",
             });
             if result.is_err() {
-                this.fabric.detach(&netns_name(&vv.id), &host_if(&vv.id));
-                cgroup::remove_parent(this.cg, &parent);
+                this.release_host_side(&vv.id);
             }
             result
         })
@@ -288,18 +295,7 @@ impl Engine {
         match spawned {
             Ok((pid, shim_pid)) => {
                 let now = Utc::now();
-                self.update_vm(id, |v| {
-                    v.state = VmState::Running;
-                    v.pid = Some(pid);
-                    v.started_at = Some(now);
-                    v.stopped_at = None;
-                    v.exit_code = None;
-                    v.oom_killed = false;
-                    v.error = None;
-                    v.stop_requested = false;
-                    v.agent = AgentStatus::Starting;
-                    v.last_report = None;
-                });
+                self.update_vm(id, |v| v.mark_running(pid, now));
                 self.persist_vm(id, action, format!("pid {pid}"))?;
                 self.supervise_vm(id, shim_pid, pid);
                 Ok(())
@@ -365,7 +361,7 @@ impl Engine {
                     Ok((pid, accel))
                 }
                 Err(e) => {
-                    this.fabric.detach(&netns_name(&vv.id), &host_if(&vv.id));
+                    this.release_host_side(&vv.id);
                     Err(e)
                 }
             }
@@ -376,15 +372,7 @@ impl Engine {
             Ok((pid, accel)) => {
                 let now = Utc::now();
                 self.update_vm(id, |v| {
-                    v.state = VmState::Running;
-                    v.pid = Some(pid);
-                    v.started_at = Some(now);
-                    v.stopped_at = None;
-                    v.exit_code = None;
-                    v.error = None;
-                    v.stop_requested = false;
-                    v.agent = AgentStatus::Starting;
-                    v.last_report = None;
+                    v.mark_running(pid, now);
                     v.accel = Some(accel.to_string());
                 });
                 self.persist_vm(id, action, format!("qemu pid {pid}, accel {accel}"))?;
@@ -421,8 +409,7 @@ impl Engine {
             if this.find_vm(&id2).map_or(true, |v| v.pid.is_none()) {
                 let this2 = this.clone();
                 let id3 = id2.clone();
-                let _ =
-                    tokio::task::spawn_blocking(move || this2.fabric.detach(&netns_name(&id3), &host_if(&id3))).await;
+                let _ = tokio::task::spawn_blocking(move || this2.release_host_side(&id3)).await;
             }
         });
         self.watchdog(id, pid);
@@ -450,12 +437,7 @@ impl Engine {
             if this.find_vm(&id2).map_or(true, |v| v.pid.is_none()) {
                 let this2 = this.clone();
                 let id3 = id2.clone();
-                let _ = tokio::task::spawn_blocking(move || {
-                    this2.fabric.detach(&netns_name(&id3), &host_if(&id3));
-                    cgroup::remove_parent(this2.cg, &format!("{}/agent", cgroup::container_path(&id3)));
-                    cgroup::remove_parent(this2.cg, &cgroup::container_path(&id3));
-                })
-                .await;
+                let _ = tokio::task::spawn_blocking(move || this2.release_host_side(&id3)).await;
             }
         });
         self.watchdog(id, pid);
@@ -809,12 +791,7 @@ impl Engine {
                     self.on_vm_exit(&v.id, pid, shim::read_status(&dir)).await;
                     // it ended while the daemon was down: nobody undid its network and cgroup
                     let (this, id) = (self.clone(), v.id.clone());
-                    let _ = tokio::task::spawn_blocking(move || {
-                        this.fabric.detach(&netns_name(&id), &host_if(&id));
-                        cgroup::remove_parent(this.cg, &format!("{}/agent", cgroup::container_path(&id)));
-                        cgroup::remove_parent(this.cg, &cgroup::container_path(&id));
-                    })
-                    .await;
+                    let _ = tokio::task::spawn_blocking(move || this.release_host_side(&id)).await;
                 }
             }
         }
