@@ -4,6 +4,7 @@ mod agent;
 mod cli;
 mod daemon;
 mod home;
+mod p2p;
 
 use std::process::ExitCode;
 

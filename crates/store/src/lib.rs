@@ -48,6 +48,14 @@ const MIGRATIONS: &[&str] = &[
         detail TEXT NOT NULL DEFAULT ''
     );
     CREATE INDEX events_object ON events (object_id, seq);",
+    // 2: nonces of verified P2P messages, so a replay is caught after a restart too
+    "CREATE TABLE seen_nonces (
+        sender TEXT NOT NULL,
+        nonce TEXT NOT NULL,
+        at INTEGER NOT NULL,
+        PRIMARY KEY (sender, nonce)
+    ) WITHOUT ROWID;
+    CREATE INDEX seen_nonces_at ON seen_nonces (at);",
 ];
 
 /// A lifecycle event: `created`, `started`, `exited`, `oom`, `restarted`, ...
@@ -181,6 +189,22 @@ impl Store {
         .transpose()
     }
 
+    /// Records a message nonce; false when `(sender, nonce)` was already recorded.
+    pub fn insert_nonce(&self, sender: &str, nonce: &str, at: u64) -> Result<bool> {
+        let conn = self.conn();
+        let n = conn.execute(
+            "INSERT OR IGNORE INTO seen_nonces (sender, nonce, at) VALUES (?1, ?2, ?3)",
+            params![sender, nonce, at as i64],
+        )?;
+        Ok(n == 1)
+    }
+
+    /// Forgets nonces recorded before `before` (they are outside the time window).
+    pub fn prune_nonces(&self, before: u64) -> Result<usize> {
+        let conn = self.conn();
+        Ok(conn.execute("DELETE FROM seen_nonces WHERE at < ?1", params![before as i64])?)
+    }
+
     pub fn record(&self, event: &Event) -> Result<()> {
         let conn = self.conn();
         insert_event(&conn, event)
@@ -248,6 +272,22 @@ mod tests {
         assert!(s.get::<Obj>("thing", "a").unwrap().is_none());
         let actions: Vec<_> = s.events(Some("a"), 10).unwrap().into_iter().map(|e| e.action).collect();
         assert_eq!(actions, ["created", "started", "removed"]);
+    }
+
+    #[test]
+    fn nonces_survive_a_reopen_and_are_pruned() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        {
+            let s = Store::open(&path).unwrap();
+            assert!(s.insert_nonce("peer", "n1", 100).unwrap());
+            assert!(!s.insert_nonce("peer", "n1", 100).unwrap());
+            assert!(s.insert_nonce("other", "n1", 100).unwrap());
+        }
+        let s = Store::open(&path).unwrap();
+        assert!(!s.insert_nonce("peer", "n1", 101).unwrap(), "replay after a restart was accepted");
+        assert_eq!(s.prune_nonces(101).unwrap(), 2);
+        assert!(s.insert_nonce("peer", "n1", 200).unwrap());
     }
 
     #[test]
