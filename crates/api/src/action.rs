@@ -8,7 +8,8 @@ use futures_util::Stream;
 use micro_os_core::{Container, Template, Vm};
 
 use crate::types::{
-    ContainerCreate, DeployRequest, EventInfo, ImageBuild, ImageImport, ImageInfo, LogsQuery, VmCreate, WaitResponse,
+    Ack, ContainerCreate, DeployRequest, EventInfo, ImageBuild, ImageImport, ImageInfo, LogsQuery, NetSend, NetStatus,
+    VmCreate, WaitResponse,
 };
 use crate::ApiError;
 
@@ -35,6 +36,8 @@ pub enum Action {
     StopVm { id: String, force: bool, timeout: Option<f64> },
     PauseVm(String),
     ResumeVm(String),
+    NetStatus,
+    NetSend(NetSend),
     ListImages,
     RemoveImage(String),
     ListTemplates,
@@ -49,6 +52,8 @@ pub enum Reply {
     Events(Vec<EventInfo>),
     Images(Vec<ImageInfo>),
     Vm(Box<Vm>),
+    Net(Box<NetStatus>),
+    Ack(Ack),
     Vms(Vec<Vm>),
     Templates(Vec<Template>),
     Template(Box<Template>),

@@ -15,6 +15,7 @@ pub mod types;
 
 mod containers;
 mod images;
+mod net;
 mod system;
 mod templates;
 mod vms;

@@ -10,7 +10,7 @@ use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::{containers, images, system, templates, vms, ApiError, Control, ErrorKind, Reply};
+use crate::{containers, images, net, system, templates, vms, ApiError, Control, ErrorKind, Reply};
 
 /// Largest request body accepted, in bytes.
 pub const BODY_LIMIT: usize = 1 << 20;
@@ -42,7 +42,7 @@ pub fn unexpected(r: Reply) -> ApiError {
 #[openapi(
     info(title = "micro-os", description = "Run VMs, OCI containers and consensus circuits for blockchain nodes."),
     modifiers(&BearerAuth),
-    tags((name = "vms"), (name = "containers"), (name = "images"), (name = "templates"), (name = "system"))
+    tags((name = "vms"), (name = "net"), (name = "containers"), (name = "images"), (name = "templates"), (name = "system"))
 )]
 struct ApiDoc;
 
@@ -80,6 +80,8 @@ pub fn api_parts() -> (Router<Arc<dyn Control>>, utoipa::openapi::OpenApi) {
         .routes(routes!(vms::stop_vm))
         .routes(routes!(vms::pause_vm))
         .routes(routes!(vms::resume_vm))
+        .routes(routes!(net::status))
+        .routes(routes!(net::send))
         .routes(routes!(images::list_images))
         .routes(routes!(images::remove_image))
         .routes(routes!(images::build_image))

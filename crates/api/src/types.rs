@@ -191,3 +191,54 @@ pub struct VmStopQuery {
     #[serde(default)]
     pub timeout: Option<f64>,
 }
+
+/// The answer to a delivered P2P message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Ack {
+    pub accepted: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// One peer of the host's libp2p node.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct PeerInfo {
+    pub peer_id: String,
+    pub addresses: Vec<String>,
+    pub connected: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rtt_ms: Option<f64>,
+    /// What the peer says it runs (identify).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
+    /// Grows with verified messages, falls with refused ones.
+    pub score: i64,
+    pub messages_in: u64,
+    pub messages_out: u64,
+}
+
+/// `GET /api/v1/monitor/network`: the host's libp2p node.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct NetStatus {
+    pub peer_id: String,
+    pub listen: Vec<String>,
+    pub peers: Vec<PeerInfo>,
+    /// Accepted messages by type.
+    pub messages: BTreeMap<String, u64>,
+    /// Refused messages by reason.
+    pub rejections: BTreeMap<String, u64>,
+}
+
+/// `POST /api/v1/net/send`: a signed message from this host to a peer.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NetSend {
+    /// Peer id, or the name of a VM whose agent has reported its peer id.
+    pub to: String,
+    /// SYNC, DISC, DATA, CTRL or PING.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The payload's state.
+    #[serde(default)]
+    pub state: String,
+}

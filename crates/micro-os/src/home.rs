@@ -37,6 +37,12 @@ pub struct Config {
     pub vm_subnet: String,
     /// Whether VMs may reach the REST API (when it listens beyond loopback).
     pub vm_api_access: bool,
+    /// Multiaddrs the host's libp2p peer listens on (TCP and QUIC).
+    pub p2p_listen: Vec<String>,
+    /// Peers to dial at start, as multiaddrs ending in /p2p/<peer id>; they are trusted.
+    pub p2p_bootstrap: Vec<String>,
+    /// Peer ids (besides this host's VMs and the bootstrap peers) whose messages count.
+    pub p2p_trusted: Vec<String>,
 }
 
 impl Default for Config {
@@ -50,6 +56,9 @@ impl Default for Config {
             vm_bridge: "mos0".into(),
             vm_subnet: "10.88.0.0/16".into(),
             vm_api_access: false,
+            p2p_listen: vec!["/ip4/127.0.0.1/tcp/4001".into(), "/ip4/127.0.0.1/udp/4001/quic-v1".into()],
+            p2p_bootstrap: vec![],
+            p2p_trusted: vec![],
         }
     }
 }
@@ -61,6 +70,16 @@ impl Config {
         }
         micro_os_runtime::fabric::Fabric::parse(&self.vm_bridge, &self.vm_subnet)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
+        for a in self.p2p_listen.iter().chain(&self.p2p_bootstrap) {
+            if a.parse::<libp2p::Multiaddr>().is_err() {
+                bail!("p2p address {a:?} is not a multiaddr (try /ip4/127.0.0.1/tcp/4001)");
+            }
+        }
+        for p in &self.p2p_trusted {
+            if p.parse::<libp2p::PeerId>().is_err() {
+                bail!("trusted peer {p:?} is not a peer id (they start with 12D3KooW)");
+            }
+        }
         if !(self.stop_timeout_s.is_finite() && self.stop_timeout_s >= 0.0) {
             bail!("stop_timeout_s {} is not a number of seconds (try 10)", self.stop_timeout_s);
         }
@@ -120,6 +139,12 @@ impl Home {
         } else {
             Ok(Config::default())
         }
+    }
+
+    /// The node key as a libp2p identity (the same ed25519 key, so the same peer id).
+    pub fn libp2p_key(&self) -> Result<libp2p::identity::Keypair> {
+        let key = read_key(&self.key_path())?;
+        libp2p::identity::Keypair::ed25519_from_bytes(key.to_bytes()).map_err(|e| anyhow::anyhow!("node key: {e}"))
     }
 
     pub fn token(&self) -> Result<String> {

@@ -52,6 +52,9 @@ fn run(cli: cli::Cli) -> Result<i32, CliError> {
             let report = home.init(cfg.as_ref())?;
             println!("home       {}", report.home.display());
             println!("node key   ed25519 {}", report.public_key);
+            if let Ok(k) = home.libp2p_key() {
+                println!("peer id    {}", k.public().to_peer_id());
+            }
             println!("token      {}", home.token_path().display());
             if report.created.is_empty() {
                 println!("nothing to create: the home was already set up");

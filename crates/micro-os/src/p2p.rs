@@ -1,12 +1,23 @@
-//! Wiring of the communication layer into the daemon. For now: the verifier's nonce
-//! memory kept in the store, so a replayed message is refused after a restart too.
-//! The libp2p swarm that feeds it arrives with the P2P issue (issue 4).
+//! The host's libp2p peer: TCP (noise + yamux) and QUIC, identify, ping, connection
+//! limits, and the versioned request-response protocol `/micro-os/msg/1` that carries
+//! signed envelopes (`micro_os_net`). Every envelope is verified — signature, known
+//! sender, time window, nonce (remembered in the store, so replays fail after a restart
+//! too) — before it counts; rejections are counted by reason and cost the peer score.
+//!
+//! The swarm runs in one task; the rest of the daemon talks to it with `Command`s.
 
-// used by the swarm once it lands; tested now
-#![cfg_attr(not(test), allow(dead_code))]
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
 
-use micro_os_net::NonceStore;
+use futures_util::StreamExt;
+use libp2p::request_response::{self, ProtocolSupport};
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::{connection_limits, identify, noise, ping, tcp, yamux, Multiaddr, PeerId, StreamProtocol};
+use micro_os_api::types::{Ack, NetStatus, PeerInfo};
+use micro_os_net::{Envelope, MessageType, NonceStore, Payload, Verifier};
 use micro_os_store::Store;
+use tokio::sync::{mpsc, oneshot};
 
 /// Nonces of verified envelopes, in SQLite.
 pub struct StoredNonces<'a>(pub &'a Store);
@@ -24,11 +35,208 @@ impl NonceStore for StoredNonces<'_> {
     }
 }
 
+#[derive(NetworkBehaviour)]
+struct Behaviour {
+    limits: connection_limits::Behaviour,
+    identify: identify::Behaviour,
+    ping: ping::Behaviour,
+    msg: request_response::json::Behaviour<Envelope, Ack>,
+}
+
+pub enum Command {
+    Status(oneshot::Sender<NetStatus>),
+    Send { to: PeerId, kind: MessageType, state: String, reply: oneshot::Sender<Result<Ack, String>> },
+}
+
+#[derive(Clone)]
+pub struct Handle {
+    tx: mpsc::Sender<Command>,
+}
+
+impl Handle {
+    pub async fn status(&self) -> Option<NetStatus> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(Command::Status(tx)).await.ok()?;
+        rx.await.ok()
+    }
+
+    pub async fn send(&self, to: PeerId, kind: MessageType, state: String) -> Result<Ack, String> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Send { to, kind, state, reply: tx })
+            .await
+            .map_err(|_| "the p2p layer is down".to_string())?;
+        rx.await.map_err(|_| "the p2p layer dropped the request".to_string())?
+    }
+}
+
+pub struct Config {
+    pub listen: Vec<Multiaddr>,
+    pub bootstrap: Vec<Multiaddr>,
+    pub trusted: Vec<PeerId>,
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// Starts the host peer. `known` says whether a peer may send us messages (beyond the
+/// trusted and bootstrap peers): the daemon answers with its VMs' peer ids.
+pub fn spawn(
+    keypair: libp2p::identity::Keypair,
+    cfg: Config,
+    engine: Arc<crate::daemon::Engine>,
+) -> anyhow::Result<Handle> {
+    let peer_id = keypair.public().to_peer_id();
+    let signing = keypair.clone();
+    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
+        .with_tokio()
+        .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)?
+        .with_quic()
+        .with_behaviour(|key| Behaviour {
+            limits: connection_limits::Behaviour::new(
+                connection_limits::ConnectionLimits::default()
+                    .with_max_established(Some(512))
+                    .with_max_established_incoming(Some(384))
+                    .with_max_established_per_peer(Some(4))
+                    .with_max_pending_incoming(Some(64))
+                    .with_max_pending_outgoing(Some(64)),
+            ),
+            identify: identify::Behaviour::new(
+                identify::Config::new("/micro-os/id/1".into(), key.public())
+                    .with_agent_version(format!("micro-os/{}", env!("CARGO_PKG_VERSION"))),
+            ),
+            ping: ping::Behaviour::new(ping::Config::new().with_interval(Duration::from_secs(5))),
+            msg: request_response::json::Behaviour::new(
+                [(StreamProtocol::new("/micro-os/msg/1"), ProtocolSupport::Full)],
+                request_response::Config::default().with_request_timeout(Duration::from_secs(10)),
+            ),
+        })?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
+        .build();
+    for a in &cfg.listen {
+        swarm.listen_on(a.clone())?;
+    }
+    let mut trusted: Vec<PeerId> = cfg.trusted.clone();
+    for a in &cfg.bootstrap {
+        if let Some(libp2p::multiaddr::Protocol::P2p(p)) = a.iter().last() {
+            trusted.push(p);
+        }
+        if let Err(e) = swarm.dial(a.clone()) {
+            tracing::warn!("bootstrap peer {a}: {e}");
+        }
+    }
+    let (tx, mut rx) = mpsc::channel::<Command>(64);
+    let identity = peer_id;
+    tokio::spawn(async move {
+        let mut verifier = Verifier::new(StoredNonces(&engine.store));
+        let mut peers: HashMap<PeerId, PeerInfo> = HashMap::new();
+        let mut listen: Vec<Multiaddr> = Vec::new();
+        let mut messages: BTreeMap<String, u64> = BTreeMap::new();
+        let mut pending: HashMap<request_response::OutboundRequestId, oneshot::Sender<Result<Ack, String>>> =
+            HashMap::new();
+        loop {
+            tokio::select! {
+                cmd = rx.recv() => match cmd {
+                    None => return,
+                    Some(Command::Status(reply)) => {
+                        let mut list: Vec<PeerInfo> = peers.values().cloned().collect();
+                        for p in &mut list {
+                            p.score = verifier.scores.get(&p.peer_id).copied().unwrap_or(0);
+                        }
+                        list.sort_by(|a, b| a.peer_id.cmp(&b.peer_id));
+                        let rejections = verifier.rejected.iter().map(|(k, v)| (format!("{k}"), *v)).collect();
+                        let _ = reply.send(NetStatus {
+                            peer_id: identity.to_string(),
+                            listen: listen.iter().map(|a| a.to_string()).collect(),
+                            peers: list,
+                            messages: messages.clone(),
+                            rejections,
+                        });
+                    }
+                    Some(Command::Send { to, kind, state, reply }) => {
+                        let env = Envelope::seal(kind, &identity, &to.to_string(), Payload::new(state, 1), now_secs(), &signing, None);
+                        let id = swarm.behaviour_mut().msg.send_request(&to, env);
+                        peers.entry(to).or_insert_with(|| PeerInfo { peer_id: to.to_string(), ..Default::default() }).messages_out += 1;
+                        pending.insert(id, reply);
+                    }
+                },
+                event = swarm.select_next_some() => match event {
+                    SwarmEvent::NewListenAddr { address, .. } => {
+                        tracing::info!("p2p listening on {address}/p2p/{identity}");
+                        listen.push(address);
+                    }
+                    SwarmEvent::ConnectionEstablished { peer_id, endpoint, .. } => {
+                        let p = peers.entry(peer_id).or_insert_with(|| PeerInfo { peer_id: peer_id.to_string(), ..Default::default() });
+                        p.connected = true;
+                        let addr = endpoint.get_remote_address().to_string();
+                        if !p.addresses.contains(&addr) {
+                            p.addresses.push(addr);
+                        }
+                    }
+                    SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => {
+                        if let Some(p) = peers.get_mut(&peer_id) {
+                            p.connected = false;
+                        }
+                    }
+                    SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event { peer, result: Ok(rtt), .. })) => {
+                        if let Some(p) = peers.get_mut(&peer) {
+                            p.rtt_ms = Some(rtt.as_secs_f64() * 1000.0);
+                        }
+                    }
+                    SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })) => {
+                        if let Some(p) = peers.get_mut(&peer_id) {
+                            p.agent = Some(info.agent_version);
+                        }
+                    }
+                    SwarmEvent::Behaviour(BehaviourEvent::Msg(request_response::Event::Message { peer, message, .. })) => match message {
+                        request_response::Message::Request { request, channel, .. } => {
+                            // the envelope must come from the connection's own peer
+                            let verdict = if request.sender != peer.to_string() {
+                                Err("sender is not the connected peer".to_string())
+                            } else {
+                                let is_known = |p: &PeerId| trusted.contains(p) || engine.is_vm_peer(&p.to_string());
+                                verifier.verify(&request, now_secs(), is_known).map_err(|r| r.to_string())
+                            };
+                            let ack = match verdict {
+                                Ok(()) => {
+                                    *messages.entry(request.kind.to_string()).or_default() += 1;
+                                    if let Some(p) = peers.get_mut(&peer) {
+                                        p.messages_in += 1;
+                                    }
+                                    Ack { accepted: true, reason: None }
+                                }
+                                Err(reason) => {
+                                    tracing::warn!("refused {} from {peer}: {reason}", request.kind);
+                                    Ack { accepted: false, reason: Some(reason) }
+                                }
+                            };
+                            let _ = swarm.behaviour_mut().msg.send_response(channel, ack);
+                        }
+                        request_response::Message::Response { request_id, response } => {
+                            if let Some(r) = pending.remove(&request_id) {
+                                let _ = r.send(Ok(response));
+                            }
+                        }
+                    },
+                    SwarmEvent::Behaviour(BehaviourEvent::Msg(request_response::Event::OutboundFailure { request_id, error, .. })) => {
+                        if let Some(r) = pending.remove(&request_id) {
+                            let _ = r.send(Err(error.to_string()));
+                        }
+                    }
+                    _ => {}
+                },
+            }
+        }
+    });
+    Ok(Handle { tx })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use libp2p_identity::Keypair;
-    use micro_os_net::{Envelope, MessageType, Payload, Rejection, Verifier};
+    use libp2p::identity::Keypair;
+    use micro_os_net::Rejection;
 
     #[test]
     fn a_replay_is_refused_after_a_restart() {

@@ -56,6 +56,12 @@ pub enum Command {
     /// Manage containers.
     #[command(subcommand)]
     Container(Box<ContainerCmd>),
+    /// The host's libp2p peer: its peers, and signed messages to them.
+    #[command(subcommand)]
+    Net(NetCmd),
+    /// Monitoring.
+    #[command(subcommand)]
+    Monitor(MonitorCmd),
     /// Manage images (no registry: built locally or imported from files).
     #[command(subcommand)]
     Image(ImageCmd),
@@ -340,6 +346,54 @@ pub enum VmCmd {
         name: VmName,
         #[arg(long, short = 'f')]
         force: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum NetCmd {
+    /// Peers of this host's libp2p node, with addresses, latency and message counts.
+    #[command(after_help = "Examples:\n  micro-os net peers\n  micro-os net peers --format json")]
+    Peers {
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// Send a signed message to a peer (a peer id, or a VM's name).
+    #[command(
+        after_help = "Examples:\n  micro-os net send --to blockchain-node-1 --type PING\n  micro-os net send --to 12D3KooW... --type DATA --file block.json"
+    )]
+    Send {
+        #[arg(long, value_name = "PEER|VM")]
+        to: String,
+        /// SYNC, DISC, DATA, CTRL or PING.
+        #[arg(long = "type", value_name = "TYPE")]
+        kind: String,
+        /// The payload's state.
+        #[arg(long, value_name = "TEXT", conflicts_with = "file")]
+        state: Option<String>,
+        /// Read the payload's state from a file.
+        #[arg(long, value_name = "FILE")]
+        file: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum MonitorCmd {
+    /// Network statistics of the P2P layer: peers, latency, messages by type, rejections.
+    #[command(
+        after_help = "Examples:\n  micro-os monitor network --protocol p2p --detailed\n  micro-os monitor network --interval 5"
+    )]
+    Network {
+        /// Only p2p for now.
+        #[arg(long, default_value = "p2p")]
+        protocol: String,
+        /// Print again every S seconds until interrupted.
+        #[arg(long, value_name = "S")]
+        interval: Option<f64>,
+        /// Show messages by type and rejections by reason too.
+        #[arg(long)]
+        detailed: bool,
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
     },
 }
 

@@ -5,6 +5,7 @@ pub mod args;
 pub mod client;
 mod container;
 mod image;
+mod net;
 mod output;
 mod vm;
 
@@ -16,6 +17,8 @@ pub fn run(api: Option<String>, cmd: Command) -> CliResult<i32> {
     let client = Client::new(api);
     match cmd {
         Command::Vm(c) => vm::run(&client, c),
+        Command::Net(c) => net::run(&client, c),
+        Command::Monitor(c) => net::monitor(&client, c),
         Command::Container(c) => container::run(&client, *c),
         Command::Image(c) => image::run(&client, c),
         Command::Template(c) => image::run_template(&client, c),

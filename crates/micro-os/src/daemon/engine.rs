@@ -69,6 +69,8 @@ pub struct Engine {
     pub(super) agents: Mutex<HashMap<String, tokio::sync::mpsc::UnboundedSender<micro_os_core::vm::DaemonMessage>>>,
     /// The accelerator qemu guests use, once probed ("kvm" or "tcg").
     pub(super) accel: Mutex<Option<&'static str>>,
+    /// The host's libp2p peer, once started.
+    pub p2p: std::sync::OnceLock<crate::p2p::Handle>,
 }
 
 pub(super) fn conflict(e: InvalidTransition) -> ApiError {
@@ -115,6 +117,7 @@ impl Engine {
             cg: cgroup::detect(),
             agents: Mutex::new(HashMap::new()),
             accel: Mutex::new(None),
+            p2p: std::sync::OnceLock::new(),
             home,
             cfg,
             store,
@@ -149,7 +152,12 @@ impl Engine {
             .ok_or_else(|| ApiError::not_found(format!("container {key:?} not found (see `micro-os container list`)")))
     }
 
-    /// Ids of containers whose state changes from now on.
+    /// Whether `peer` is the agent of one of this host's VMs.
+    pub fn is_vm_peer(&self, peer: &str) -> bool {
+        self.vms.read().unwrap().values().any(|v| v.peer_id.as_deref() == Some(peer))
+    }
+
+    /// Ids of containers and VMs whose state changes from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<String> {
         self.changes.subscribe()
     }
@@ -755,6 +763,35 @@ impl Engine {
             }
             Action::PauseVm(k) => self.pause_vm(&k, true).await.map(|v| Reply::Vm(Box::new(v))),
             Action::ResumeVm(k) => self.pause_vm(&k, false).await.map(|v| Reply::Vm(Box::new(v))),
+            Action::NetStatus => {
+                let h = self.p2p.get().ok_or_else(|| ApiError::internal("the p2p layer is not running"))?;
+                let st = h.status().await.ok_or_else(|| ApiError::internal("the p2p layer is down"))?;
+                Ok(Reply::Net(Box::new(st)))
+            }
+            Action::NetSend(req) => {
+                let kind: micro_os_net::MessageType =
+                    serde_json::from_value(serde_json::Value::String(req.kind.to_uppercase())).map_err(|_| {
+                        ApiError::bad_request(format!(
+                            "message type {:?} is unknown (use SYNC, DISC, DATA, CTRL or PING)",
+                            req.kind
+                        ))
+                    })?;
+                let to = match req.to.parse::<libp2p::PeerId>() {
+                    Ok(p) => p,
+                    Err(_) => {
+                        let vm = self.find_vm(&req.to)?;
+                        let peer = vm.peer_id.ok_or_else(|| {
+                            ApiError::conflict(format!("vm {:?} has no peer id yet (start it)", vm.spec.name))
+                        })?;
+                        peer.parse().map_err(|_| ApiError::internal(format!("vm peer id {peer:?} is malformed")))?
+                    }
+                };
+                let h = self.p2p.get().ok_or_else(|| ApiError::internal("the p2p layer is not running"))?;
+                h.send(to, kind, req.state)
+                    .await
+                    .map(Reply::Ack)
+                    .map_err(|e| ApiError::conflict(format!("send to {to}: {e}")))
+            }
             Action::ListImages => self
                 .images
                 .list()

@@ -163,6 +163,14 @@ pub fn run(home: Home, cfg: Config) -> anyhow::Result<()> {
                 Err(e) => tracing::warn!("no busybox base image: {e}"),
             }
         }
+        // the host's libp2p peer, with the node key's identity
+        let p2p_cfg = crate::p2p::Config {
+            listen: cfg.p2p_listen.iter().filter_map(|a| a.parse().ok()).collect(),
+            bootstrap: cfg.p2p_bootstrap.iter().filter_map(|a| a.parse().ok()).collect(),
+            trusted: cfg.p2p_trusted.iter().filter_map(|p| p.parse().ok()).collect(),
+        };
+        let handle = crate::p2p::spawn(home.libp2p_key()?, p2p_cfg, engine.clone())?;
+        let _ = engine.p2p.set(handle);
         engine.recover_vms().await;
         engine.recover().await;
         let addr: std::net::SocketAddr = cfg.api_addr.parse().context("api_addr")?;

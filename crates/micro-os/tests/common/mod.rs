@@ -41,17 +41,40 @@ impl Daemon {
     }
 
     pub fn start_on(bind: &str) -> Daemon {
+        let mut d = Self::prepared(bind);
+        d.spawn();
+        d
+    }
+
+    /// A home with its config written (and a key and token made), not yet running.
+    pub fn prepared(bind: &str) -> Daemon {
         let home = tempfile::Builder::new().prefix("micro-os-test-").tempdir().unwrap();
         let port = free_port();
-        // a bridge and a subnet of this test's own, so tests running at once never meet
+        // a bridge and a subnet of this test's own, so tests running at once never meet;
+        // libp2p on free ports
         let config = serde_json::json!({
             "vm_bridge": format!("mt{port}"),
             "vm_subnet": format!("10.{}.{}.0/24", 100 + port % 100, (port / 100) % 250),
+            "p2p_listen": ["/ip4/127.0.0.1/tcp/0", "/ip4/127.0.0.1/udp/0/quic-v1"],
         });
         std::fs::write(home.path().join("config.json"), config.to_string()).unwrap();
-        let mut d = Daemon { home, port, bind: bind.into(), child: None };
-        d.spawn();
+        let d = Daemon { home, port, bind: bind.into(), child: None };
+        d.ok(&["init"]);
         d
+    }
+
+    /// Sets one key of the config (takes effect at the next spawn).
+    pub fn set_config(&self, key: &str, value: serde_json::Value) {
+        let path = self.home.path().join("config.json");
+        let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        cfg[key] = value;
+        std::fs::write(path, cfg.to_string()).unwrap();
+    }
+
+    /// This node's libp2p peer id, as `init` prints it.
+    pub fn peer_id(&self) -> String {
+        let out = self.ok(&["init"]);
+        out.lines().find_map(|l| l.strip_prefix("peer id")).expect("init prints the peer id").trim().to_string()
     }
 
     pub fn bridge(&self) -> String {

@@ -1,0 +1,87 @@
+//! The hosts' libp2p peers: connection over TCP and QUIC, identify and ping, signed
+//! messages accepted from known peers and refused from strangers.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::Daemon;
+
+fn status(d: &Daemon) -> serde_json::Value {
+    serde_json::from_str(&d.ok(&["monitor", "network", "--format", "json"])).unwrap()
+}
+
+fn addr(d: &Daemon, transport: &str) -> String {
+    let st = status(d);
+    let a = st["listen"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .find(|a| a.contains(transport))
+        .unwrap()
+        .to_string();
+    format!("{a}/p2p/{}", st["peer_id"].as_str().unwrap())
+}
+
+fn wait_connected(d: &Daemon, peer: &str) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let st = status(d);
+        if let Some(p) = st["peers"].as_array().unwrap().iter().find(|p| p["peer_id"] == peer) {
+            if p["connected"] == true && p["rtt_ms"].is_number() && p["agent"].is_string() {
+                return p.clone();
+            }
+        }
+        assert!(Instant::now() < deadline, "{peer} never connected: {st:#}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn hosts_connect_and_exchange_signed_messages() {
+    // loopback only; no root needed
+    let mut b = Daemon::prepared("127.0.0.1");
+    let b_id = b.peer_id();
+    let mut a = Daemon::prepared("127.0.0.1");
+    a.set_config("p2p_trusted", serde_json::json!([b_id]));
+    a.spawn();
+    let a_id = status(&a)["peer_id"].as_str().unwrap().to_string();
+    assert_eq!(a_id, a.peer_id(), "the p2p identity is the node key");
+    b.set_config("p2p_bootstrap", serde_json::json!([addr(&a, "/tcp/")]));
+    b.spawn();
+    let peer = wait_connected(&b, &a_id);
+    assert!(peer["agent"].as_str().unwrap().starts_with("micro-os/"), "{peer}");
+    wait_connected(&a, &b_id);
+
+    // B -> A: B is trusted by A
+    let out = b.ok(&["net", "send", "--to", &a_id, "--type", "PING"]);
+    assert!(out.contains("delivered"), "{out}");
+    b.ok(&["net", "send", "--to", &a_id, "--type", "DATA", "--state", "block 7"]);
+    let st = status(&a);
+    assert_eq!(st["messages"]["PING"], 1);
+    assert_eq!(st["messages"]["DATA"], 1);
+    // A -> B: A is B's bootstrap peer, so trusted
+    a.ok(&["net", "send", "--to", &b_id, "--type", "CTRL", "--state", "sync now"]);
+    assert_eq!(status(&b)["messages"]["CTRL"], 1);
+
+    // a stranger, over QUIC: it connects, but its CTRL is refused and counted
+    let mut c = Daemon::prepared("127.0.0.1");
+    c.set_config("p2p_bootstrap", serde_json::json!([addr(&a, "/quic-v1")]));
+    c.spawn();
+    let c_id = c.peer_id();
+    wait_connected(&c, &a_id);
+    let err = c.fails(&["net", "send", "--to", &a_id, "--type", "CTRL", "--state", "stop"], 1);
+    assert!(err.contains("sender is not a known peer"), "{err}");
+    let st = status(&a);
+    assert_eq!(st["rejections"]["sender is not a known peer"], 1, "{st:#}");
+    let stranger = st["peers"].as_array().unwrap().iter().find(|p| p["peer_id"] == c_id.as_str()).unwrap().clone();
+    assert!(stranger["score"].as_i64().unwrap() < 0, "{stranger}");
+    assert!(stranger["addresses"][0].as_str().unwrap().contains("quic-v1"), "{stranger}");
+    // bad input
+    let err = b.fails(&["net", "send", "--to", &a_id, "--type", "GOSSIP"], 2);
+    assert!(err.contains("message type \"GOSSIP\""), "{err}");
+    b.fails(&["net", "send", "--to", "no-such-vm", "--type", "PING"], 3);
+    let detailed = a.ok(&["monitor", "network", "--protocol", "p2p", "--detailed"]);
+    assert!(detailed.contains("sender is not a known peer") && detailed.contains("PING"), "{detailed}");
+}
