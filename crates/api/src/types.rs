@@ -233,6 +233,9 @@ pub struct NetStatus {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NetSend {
+    /// Send from this VM (name or id) instead of from the host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
     /// Peer id, or the name of a VM whose agent has reported its peer id.
     pub to: String,
     /// SYNC, DISC, DATA, CTRL or PING.

@@ -255,7 +255,12 @@ pub enum AgentMessage {
     Health { load1: f64, processes: u32, problems: Vec<String> },
     /// The agent is shutting down (asked to, or by a signal).
     Bye { reason: String },
+    /// The outcome of a `DaemonMessage::Send`.
+    SendResult { id: u64, accepted: bool, reason: Option<String> },
 }
+
+/// The port an agent's libp2p peer listens on (TCP and QUIC) at the VM's address.
+pub const AGENT_P2P_PORT: u16 = 4001;
 
 /// What the daemon tells an agent.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -263,4 +268,9 @@ pub enum AgentMessage {
 pub enum DaemonMessage {
     /// Stop every process of the VM (SIGTERM, SIGKILL after `grace_s`), then exit.
     Shutdown { grace_s: f64 },
+    /// The peers whose messages the agent accepts — the host and this host's other VMs —
+    /// as peer ids or as multiaddrs ending in /p2p/<peer id> (which also say where to dial).
+    Peers { peers: Vec<String> },
+    /// Send a signed message from this VM to a peer; answer with `SendResult`.
+    Send { id: u64, to: String, kind: String, state: String },
 }

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use micro_os_core::vm::{AgentMessage, DaemonMessage, AGENT_CONTROL_DIR, AGENT_CONTROL_SOCKET};
+use micro_os_core::vm::{AgentMessage, DaemonMessage, AGENT_CONTROL_DIR, AGENT_CONTROL_SOCKET, AGENT_P2P_PORT};
 use nix::sys::signal::{self, SigHandler, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
@@ -187,6 +187,51 @@ fn power_off() -> ! {
 
 type Channel = (Box<dyn Write + Send>, Box<dyn std::io::Read + Send>);
 
+/// The VM's libp2p peer accepts messages from the peers the daemon names.
+#[derive(Default)]
+struct AgentPolicy(std::sync::RwLock<std::collections::HashSet<libp2p::PeerId>>);
+
+impl crate::p2p::Policy for AgentPolicy {
+    fn known(&self, peer: &libp2p::PeerId) -> bool {
+        self.0.read().unwrap().contains(peer)
+    }
+}
+
+/// Starts the VM's libp2p peer on its own thread (a small single-threaded runtime).
+fn start_p2p(
+    key: libp2p_identity::Keypair,
+    policy: Arc<AgentPolicy>,
+) -> Option<(tokio::runtime::Handle, crate::p2p::Handle)> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(rt) => rt,
+            Err(e) => {
+                eprintln!("micro-os agent: no runtime for p2p: {e}");
+                return;
+            }
+        };
+        rt.block_on(async move {
+            let cfg = crate::p2p::Config {
+                listen: vec![
+                    format!("/ip4/0.0.0.0/tcp/{AGENT_P2P_PORT}").parse().expect("valid"),
+                    format!("/ip4/0.0.0.0/udp/{AGENT_P2P_PORT}/quic-v1").parse().expect("valid"),
+                ],
+                bootstrap: vec![],
+                trusted: vec![],
+            };
+            match crate::p2p::spawn(key, cfg, Box::new(micro_os_net::MemoryNonces::default()), policy) {
+                Ok(h) => {
+                    let _ = tx.send((tokio::runtime::Handle::current(), h));
+                    std::future::pending::<()>().await;
+                }
+                Err(e) => eprintln!("micro-os agent: p2p: {e}"),
+            }
+        });
+    });
+    rx.recv_timeout(Duration::from_secs(5)).ok()
+}
+
 fn connect(socket: &Path, guest: bool) -> Option<Channel> {
     if guest {
         let port = guest_port()?;
@@ -210,13 +255,19 @@ pub fn run(control_dir: Option<PathBuf>, guest: bool) -> i32 {
         eprintln!("micro-os agent: probe boot done");
         power_off();
     }
-    let peer_id = match identity(Path::new(KEY_PATH)) {
+    let key = identity(Path::new(KEY_PATH));
+    let peer_id = match &key {
         Ok(k) => k.public().to_peer_id().to_string(),
         Err(e) => {
             problems.push(format!("identity: {e}"));
             String::new()
         }
     };
+    let policy = Arc::new(AgentPolicy::default());
+    let p2p = key.ok().and_then(|k| start_p2p(k, policy.clone()));
+    if p2p.is_none() {
+        problems.push("p2p: the peer did not start".into());
+    }
     eprintln!("micro-os agent: pid {}, peer id {peer_id}", std::process::id());
     let link = Arc::new(Link { stream: Mutex::new(None) });
     let shutdown = Arc::new(Mutex::new(None::<f64>));
@@ -233,11 +284,42 @@ pub fn run(control_dir: Option<PathBuf>, guest: bool) -> i32 {
                 link.send(&AgentMessage::Ready);
                 let shutdown = shutdown.clone();
                 let connected = connected.clone();
+                let (policy, p2p, link) = (policy.clone(), p2p.clone(), link.clone());
                 std::thread::spawn(move || {
                     for line in BufReader::new(r).lines() {
                         let Ok(line) = line else { break };
-                        if let Ok(DaemonMessage::Shutdown { grace_s }) = serde_json::from_str(&line) {
-                            *shutdown.lock().unwrap() = Some(grace_s);
+                        match serde_json::from_str(&line) {
+                            Ok(DaemonMessage::Shutdown { grace_s }) => *shutdown.lock().unwrap() = Some(grace_s),
+                            Ok(DaemonMessage::Peers { peers }) => {
+                                let mut known = std::collections::HashSet::new();
+                                for p in peers {
+                                    if let Ok(id) = p.parse::<libp2p::PeerId>() {
+                                        known.insert(id);
+                                    } else if let Ok(addr) = p.parse::<libp2p::Multiaddr>() {
+                                        if let Some(libp2p::multiaddr::Protocol::P2p(id)) = addr.iter().last() {
+                                            known.insert(id);
+                                            if let Some((_, h)) = &p2p {
+                                                h.add_address_blocking(id, addr);
+                                            }
+                                        }
+                                    }
+                                }
+                                *policy.0.write().unwrap() = known;
+                            }
+                            Ok(DaemonMessage::Send { id, to, kind, state }) => {
+                                let result =
+                                    match (&p2p, to.parse(), serde_json::from_value(serde_json::Value::String(kind))) {
+                                        (Some((rt, h)), Ok(to), Ok(kind)) => rt.block_on(h.send(to, kind, state)),
+                                        (None, _, _) => Err("the VM's p2p peer is not running".into()),
+                                        _ => Err("bad send request".into()),
+                                    };
+                                let (accepted, reason) = match result {
+                                    Ok(ack) => (ack.accepted, ack.reason),
+                                    Err(e) => (false, Some(e)),
+                                };
+                                link.send(&AgentMessage::SendResult { id, accepted, reason });
+                            }
+                            Err(_) => {}
                         }
                     }
                     connected.store(false, Ordering::SeqCst);

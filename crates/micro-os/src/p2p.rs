@@ -1,10 +1,11 @@
-//! The host's libp2p peer: TCP (noise + yamux) and QUIC, identify, ping, connection
-//! limits, and the versioned request-response protocol `/micro-os/msg/1` that carries
-//! signed envelopes (`micro_os_net`). Every envelope is verified — signature, known
-//! sender, time window, nonce (remembered in the store, so replays fail after a restart
-//! too) — before it counts; rejections are counted by reason and cost the peer score.
+//! A micro-os libp2p peer — the host's (in the daemon) and every VM's (in its agent):
+//! TCP (noise + yamux) and QUIC, identify, ping, connection limits, and the versioned
+//! request-response protocol `/micro-os/msg/1` that carries signed envelopes
+//! (`micro_os_net`). Every envelope is verified — signature, known sender, time window,
+//! nonce (the host remembers them in its store, so replays fail after a restart too) —
+//! before it counts; rejections are counted by reason and cost the peer score.
 //!
-//! The swarm runs in one task; the rest of the daemon talks to it with `Command`s.
+//! The swarm runs in one task; the rest of the process talks to it with `Command`s.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -20,16 +21,16 @@ use micro_os_store::Store;
 use tokio::sync::{mpsc, oneshot};
 
 /// Nonces of verified envelopes, in SQLite.
-pub struct StoredNonces<'a>(pub &'a Store);
+pub struct StoredNonces<S: AsRef<Store>>(pub S);
 
-impl NonceStore for StoredNonces<'_> {
+impl<S: AsRef<Store>> NonceStore for StoredNonces<S> {
     fn insert(&mut self, sender: &str, nonce: &str, timestamp: u64) -> bool {
         // a store that cannot answer refuses the message rather than risk a replay
-        self.0.insert_nonce(sender, nonce, timestamp).unwrap_or(false)
+        self.0.as_ref().insert_nonce(sender, nonce, timestamp).unwrap_or(false)
     }
 
     fn prune(&mut self, before: u64) {
-        if let Err(e) = self.0.prune_nonces(before) {
+        if let Err(e) = self.0.as_ref().prune_nonces(before) {
             tracing::warn!("prune message nonces: {e}");
         }
     }
@@ -43,9 +44,22 @@ struct Behaviour {
     msg: request_response::json::Behaviour<Envelope, Ack>,
 }
 
+/// Who may send us messages, besides the configured trusted and bootstrap peers.
+pub trait Policy: Send + Sync + 'static {
+    fn known(&self, peer: &PeerId) -> bool;
+}
+
 pub enum Command {
     Status(oneshot::Sender<NetStatus>),
-    Send { to: PeerId, kind: MessageType, state: String, reply: oneshot::Sender<Result<Ack, String>> },
+    Dial(Multiaddr),
+    /// Where a peer can be reached, for later sends.
+    AddAddress(PeerId, Multiaddr),
+    Send {
+        to: PeerId,
+        kind: MessageType,
+        state: String,
+        reply: oneshot::Sender<Result<Ack, String>>,
+    },
 }
 
 #[derive(Clone)]
@@ -58,6 +72,15 @@ impl Handle {
         let (tx, rx) = oneshot::channel();
         self.tx.send(Command::Status(tx)).await.ok()?;
         rx.await.ok()
+    }
+
+    /// From outside the runtime (the agent's control thread).
+    pub fn add_address_blocking(&self, peer: PeerId, addr: Multiaddr) {
+        let _ = self.tx.blocking_send(Command::AddAddress(peer, addr));
+    }
+
+    pub async fn dial(&self, addr: Multiaddr) {
+        let _ = self.tx.send(Command::Dial(addr)).await;
     }
 
     pub async fn send(&self, to: PeerId, kind: MessageType, state: String) -> Result<Ack, String> {
@@ -85,7 +108,8 @@ fn now_secs() -> u64 {
 pub fn spawn(
     keypair: libp2p::identity::Keypair,
     cfg: Config,
-    engine: Arc<crate::daemon::Engine>,
+    nonces: Box<dyn NonceStore + Send>,
+    policy: Arc<dyn Policy>,
 ) -> anyhow::Result<Handle> {
     let peer_id = keypair.public().to_peer_id();
     let signing = keypair.clone();
@@ -115,7 +139,9 @@ pub fn spawn(
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
         .build();
     for a in &cfg.listen {
-        swarm.listen_on(a.clone())?;
+        if let Err(e) = swarm.listen_on(a.clone()) {
+            tracing::warn!("p2p cannot listen on {a}: {e}");
+        }
     }
     let mut trusted: Vec<PeerId> = cfg.trusted.clone();
     for a in &cfg.bootstrap {
@@ -129,7 +155,7 @@ pub fn spawn(
     let (tx, mut rx) = mpsc::channel::<Command>(64);
     let identity = peer_id;
     tokio::spawn(async move {
-        let mut verifier = Verifier::new(StoredNonces(&engine.store));
+        let mut verifier = Verifier::new(nonces);
         let mut peers: HashMap<PeerId, PeerInfo> = HashMap::new();
         let mut listen: Vec<Multiaddr> = Vec::new();
         let mut messages: BTreeMap<String, u64> = BTreeMap::new();
@@ -153,6 +179,14 @@ pub fn spawn(
                             messages: messages.clone(),
                             rejections,
                         });
+                    }
+                    Some(Command::AddAddress(peer, addr)) => {
+                        swarm.add_peer_address(peer, addr);
+                    }
+                    Some(Command::Dial(addr)) => {
+                        if let Err(e) = swarm.dial(addr.clone()) {
+                            tracing::debug!("dial {addr}: {e}");
+                        }
                     }
                     Some(Command::Send { to, kind, state, reply }) => {
                         let env = Envelope::seal(kind, &identity, &to.to_string(), Payload::new(state, 1), now_secs(), &signing, None);
@@ -195,7 +229,7 @@ pub fn spawn(
                             let verdict = if request.sender != peer.to_string() {
                                 Err("sender is not the connected peer".to_string())
                             } else {
-                                let is_known = |p: &PeerId| trusted.contains(p) || engine.is_vm_peer(&p.to_string());
+                                let is_known = |p: &PeerId| trusted.contains(p) || policy.known(p);
                                 verifier.verify(&request, now_secs(), is_known).map_err(|r| r.to_string())
                             };
                             let ack = match verdict {

@@ -85,3 +85,38 @@ fn hosts_connect_and_exchange_signed_messages() {
     let detailed = a.ok(&["monitor", "network", "--protocol", "p2p", "--detailed"]);
     assert!(detailed.contains("sender is not a known peer") && detailed.contains("PING"), "{detailed}");
 }
+
+#[test]
+fn vms_are_peers_that_exchange_every_message_type() {
+    if !common::can_run_containers("vms_are_peers_that_exchange_every_message_type") {
+        return;
+    }
+    let d = Daemon::start();
+    d.ok(&["vm", "create", "--name", "va", "--memory", "64"]);
+    d.ok(&["vm", "create", "--name", "vb", "--memory", "64"]);
+    d.ok(&["vm", "start", "va"]);
+    d.ok(&["vm", "start", "vb"]);
+    let (va, vb) = (d.vm("va"), d.vm("vb"));
+    let (pa, pb) = (va["peer_id"].as_str().unwrap().to_string(), vb["peer_id"].as_str().unwrap().to_string());
+    // the host's peer dials its VMs' agents
+    let peer = wait_connected(&d, &pa);
+    assert!(peer["addresses"][0].as_str().unwrap().contains(va["address"].as_str().unwrap()), "{peer}");
+    wait_connected(&d, &pb);
+    for kind in ["SYNC", "DISC", "DATA", "CTRL", "PING"] {
+        let out = d.ok(&["net", "send", "--to", "va", "--type", kind, "--state", &format!("{kind} from the host")]);
+        assert!(out.contains("delivered"), "{out}");
+        let out = d.ok(&["net", "send", "--from", "va", "--to", "vb", "--type", kind, "--state", "from va"]);
+        assert!(out.contains("delivered"), "va -> vb {kind}: {out}");
+        d.ok(&["net", "send", "--from", "vb", "--to", &pa, "--type", kind]);
+    }
+    // a peer that is neither this host nor one of its VMs: refused by the VM's agent
+    let mut stranger = Daemon::prepared("127.0.0.1");
+    stranger.set_config(
+        "p2p_bootstrap",
+        serde_json::json!([format!("/ip4/{}/tcp/4001/p2p/{pa}", va["address"].as_str().unwrap())]),
+    );
+    stranger.spawn();
+    wait_connected(&stranger, &pa);
+    let err = stranger.fails(&["net", "send", "--to", &pa, "--type", "CTRL", "--state", "stop"], 1);
+    assert!(err.contains("sender is not a known peer"), "{err}");
+}

@@ -32,6 +32,15 @@ pub trait NonceStore {
     fn prune(&mut self, before: u64);
 }
 
+impl<T: NonceStore + ?Sized> NonceStore for Box<T> {
+    fn insert(&mut self, sender: &str, nonce: &str, timestamp: u64) -> bool {
+        (**self).insert(sender, nonce, timestamp)
+    }
+    fn prune(&mut self, before: u64) {
+        (**self).prune(before)
+    }
+}
+
 /// In memory; a daemon wraps a persistent store around it.
 #[derive(Debug, Default)]
 pub struct MemoryNonces(HashMap<(String, String), u64>);

@@ -235,6 +235,12 @@ impl Store {
     }
 }
 
+impl AsRef<Store> for Store {
+    fn as_ref(&self) -> &Store {
+        self
+    }
+}
+
 fn insert_event(conn: &Connection, e: &Event) -> Result<()> {
     conn.execute(
         "INSERT INTO events (at, kind, object_id, name, action, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",

@@ -359,9 +359,12 @@ pub enum NetCmd {
     },
     /// Send a signed message to a peer (a peer id, or a VM's name).
     #[command(
-        after_help = "Examples:\n  micro-os net send --to blockchain-node-1 --type PING\n  micro-os net send --to 12D3KooW... --type DATA --file block.json"
+        after_help = "Examples:\n  micro-os net send --to blockchain-node-1 --type PING\n  micro-os net send --from blockchain-node-1 --to blockchain-node-2 --type SYNC --state 'height 7'\n  micro-os net send --to 12D3KooW... --type DATA --file block.json"
     )]
     Send {
+        /// Send from this VM's agent instead of from the host.
+        #[arg(long, value_name = "VM")]
+        from: Option<String>,
         #[arg(long, value_name = "PEER|VM")]
         to: String,
         /// SYNC, DISC, DATA, CTRL or PING.

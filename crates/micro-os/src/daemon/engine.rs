@@ -71,6 +71,9 @@ pub struct Engine {
     pub(super) accel: Mutex<Option<&'static str>>,
     /// The host's libp2p peer, once started.
     pub p2p: std::sync::OnceLock<crate::p2p::Handle>,
+    pub host_peer: std::sync::OnceLock<String>,
+    /// Messages VMs were asked to send, waiting for their agent's verdict.
+    pub(super) agent_sends: Mutex<HashMap<u64, tokio::sync::oneshot::Sender<micro_os_api::types::Ack>>>,
 }
 
 pub(super) fn conflict(e: InvalidTransition) -> ApiError {
@@ -118,6 +121,8 @@ impl Engine {
             agents: Mutex::new(HashMap::new()),
             accel: Mutex::new(None),
             p2p: std::sync::OnceLock::new(),
+            host_peer: std::sync::OnceLock::new(),
+            agent_sends: Mutex::new(HashMap::new()),
             home,
             cfg,
             store,
@@ -786,6 +791,10 @@ impl Engine {
                         peer.parse().map_err(|_| ApiError::internal(format!("vm peer id {peer:?} is malformed")))?
                     }
                 };
+                if let Some(from) = &req.from {
+                    let vm = self.find_vm(from)?;
+                    return self.send_from_vm(&vm, to, kind, req.state).await.map(Reply::Ack);
+                }
                 let h = self.p2p.get().ok_or_else(|| ApiError::internal("the p2p layer is not running"))?;
                 h.send(to, kind, req.state)
                     .await

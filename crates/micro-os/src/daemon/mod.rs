@@ -25,6 +25,24 @@ use crate::home::{Config, Home};
 
 struct Daemon(Arc<Engine>);
 
+/// The daemon's store, for the p2p layer's nonce memory.
+struct EngineStore(Arc<Engine>);
+
+impl AsRef<micro_os_store::Store> for EngineStore {
+    fn as_ref(&self) -> &micro_os_store::Store {
+        &self.0.store
+    }
+}
+
+/// The host accepts messages from its own VMs' agents (besides trusted peers).
+struct HostPolicy(Arc<Engine>);
+
+impl crate::p2p::Policy for HostPolicy {
+    fn known(&self, peer: &libp2p::PeerId) -> bool {
+        self.0.is_vm_peer(&peer.to_string())
+    }
+}
+
 fn ndjson_line(ev: &ImageEvent) -> Bytes {
     let mut v = serde_json::to_vec(ev).expect("event serialises");
     v.push(b'\n');
@@ -169,7 +187,14 @@ pub fn run(home: Home, cfg: Config) -> anyhow::Result<()> {
             bootstrap: cfg.p2p_bootstrap.iter().filter_map(|a| a.parse().ok()).collect(),
             trusted: cfg.p2p_trusted.iter().filter_map(|p| p.parse().ok()).collect(),
         };
-        let handle = crate::p2p::spawn(home.libp2p_key()?, p2p_cfg, engine.clone())?;
+        let key = home.libp2p_key()?;
+        let _ = engine.host_peer.set(key.public().to_peer_id().to_string());
+        let handle = crate::p2p::spawn(
+            key,
+            p2p_cfg,
+            Box::new(crate::p2p::StoredNonces(EngineStore(engine.clone()))),
+            Arc::new(HostPolicy(engine.clone())),
+        )?;
         let _ = engine.p2p.set(handle);
         engine.recover_vms().await;
         engine.recover().await;

@@ -720,7 +720,70 @@ impl Engine {
         Ok(())
     }
 
+    /// Asks a VM's agent to send a signed message from the VM's own peer.
+    pub(super) async fn send_from_vm(
+        &self,
+        vm: &Vm,
+        to: libp2p::PeerId,
+        kind: micro_os_net::MessageType,
+        state: String,
+    ) -> Result<micro_os_api::types::Ack, ApiError> {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let id = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.agent_sends.lock().unwrap().insert(id, tx);
+        let sent = self.agents.lock().unwrap().get(&vm.id).is_some_and(|a| {
+            a.send(DaemonMessage::Send { id, to: to.to_string(), kind: kind.to_string(), state }).is_ok()
+        });
+        if !sent {
+            self.agent_sends.lock().unwrap().remove(&id);
+            return Err(ApiError::conflict(format!("vm {:?} has no agent connected (start it)", vm.spec.name)));
+        }
+        match tokio::time::timeout(Duration::from_secs(15), rx).await {
+            Ok(Ok(ack)) => Ok(ack),
+            _ => {
+                self.agent_sends.lock().unwrap().remove(&id);
+                Err(ApiError::internal(format!("vm {:?} did not report the send in time", vm.spec.name)))
+            }
+        }
+    }
+
+    /// Tells every connected agent which peers it may accept messages from.
+    fn share_peers(&self) {
+        let port = micro_os_core::vm::AGENT_P2P_PORT;
+        let mut peers: Vec<String> = self
+            .vms
+            .read()
+            .unwrap()
+            .values()
+            .filter_map(|v| v.peer_id.as_ref().map(|p| format!("/ip4/{}/tcp/{port}/p2p/{p}", v.address)))
+            .collect();
+        if let Some(h) = self.host_peer.get() {
+            peers.push(h.clone());
+        }
+        for tx in self.agents.lock().unwrap().values() {
+            let _ = tx.send(DaemonMessage::Peers { peers: peers.clone() });
+        }
+    }
+
     fn on_agent(&self, id: &str, m: AgentMessage) {
+        if let AgentMessage::SendResult { id: sid, accepted, reason } = &m {
+            if let Some(tx) = self.agent_sends.lock().unwrap().remove(sid) {
+                let _ = tx.send(micro_os_api::types::Ack { accepted: *accepted, reason: reason.clone() });
+            }
+            return;
+        }
+        if let AgentMessage::Hello { peer_id, .. } = &m {
+            // the host's peer dials the agent's, so VMs show in `net peers`
+            if let (Some(p2p), Ok(v)) = (self.p2p.get(), self.find_vm(id)) {
+                if let Ok(addr) =
+                    format!("/ip4/{}/tcp/{}/p2p/{peer_id}", v.address, micro_os_core::vm::AGENT_P2P_PORT).parse()
+                {
+                    let p2p = p2p.clone();
+                    tokio::spawn(async move { p2p.dial(addr).await });
+                }
+            }
+        }
         let now = Utc::now();
         let mut changed = None;
         self.update_vm(id, |v| {
@@ -737,12 +800,15 @@ impl Engine {
                 AgentMessage::Health { problems, .. } => {
                     v.agent = if problems.is_empty() { AgentStatus::Ready } else { AgentStatus::Degraded };
                 }
-                AgentMessage::Bye { .. } => {}
+                AgentMessage::Bye { .. } | AgentMessage::SendResult { .. } => {}
             }
             if v.agent != before {
                 changed = Some(format!("agent {:?}", v.agent).to_lowercase());
             }
         });
+        if matches!(m, AgentMessage::Hello { .. }) {
+            self.share_peers();
+        }
         if let Some(detail) = changed {
             let _ = self.persist_vm(id, "agent", detail);
         } else {
