@@ -36,7 +36,7 @@ pub enum Command {
     )]
     Init {
         /// A JSON config file to install (keys: api_addr, runtime, busybox, stop_timeout_s, log_level,
-        /// vm_bridge, vm_subnet, vm_api_access).
+        /// vm_bridge, vm_subnet, vm_api_access, p2p_listen, p2p_bootstrap, p2p_trusted).
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
     },
