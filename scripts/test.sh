@@ -9,6 +9,12 @@ if [ "$(id -u)" = 0 ]; then
 else
   echo "test: not root: end-to-end tests that need runc will report that they skip" >&2
 fi
+# a second libp2p implementation for the interoperability test (the npm registry)
+if command -v npm >/dev/null; then
+  npm ci --prefix tests/interop/js --no-audit --no-fund --loglevel=error >/dev/null
+else
+  echo "test: npm is missing: the js-libp2p interoperability test will report that it skips" >&2
+fi
 cargo fmt --all -- --check
 cargo clippy --locked --all-targets -- -D warnings
 cargo test --locked --workspace

@@ -120,3 +120,40 @@ fn vms_are_peers_that_exchange_every_message_type() {
     let err = stranger.fails(&["net", "send", "--to", &pa, "--type", "CTRL", "--state", "stop"], 1);
     assert!(err.contains("sender is not a known peer"), "{err}");
 }
+
+#[test]
+fn a_js_libp2p_peer_identifies_and_pings() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/interop/js");
+    let node = std::process::Command::new("node").arg("--version").output().is_ok_and(|o| o.status.success());
+    if !node || !dir.join("node_modules/libp2p").exists() {
+        eprintln!(
+            "SKIP a_js_libp2p_peer_identifies_and_pings: needs node and `npm ci` in tests/interop/js (scripts/test.sh does it)"
+        );
+        return;
+    }
+    let d = Daemon::prepared("127.0.0.1");
+    let mut d = d;
+    d.spawn();
+    let target = addr(&d, "/tcp/");
+    let out = std::process::Command::new("node").arg("dial.mjs").arg(&target).current_dir(&dir).output().unwrap();
+    assert!(out.status.success(), "js-libp2p failed: {}", String::from_utf8_lossy(&out.stderr));
+    let line = String::from_utf8_lossy(&out.stdout);
+    let r: serde_json::Value = serde_json::from_str(line.trim()).unwrap_or_else(|e| panic!("{e}: {line}"));
+    assert_eq!(r["peer"], status(&d)["peer_id"]);
+    assert!(r["agent"].as_str().unwrap().starts_with("micro-os/"), "{r}");
+    let protocols: Vec<&str> = r["protocols"].as_array().unwrap().iter().map(|p| p.as_str().unwrap()).collect();
+    for p in ["/ipfs/id/1.0.0", "/ipfs/ping/1.0.0", "/micro-os/msg/1"] {
+        assert!(protocols.contains(&p), "{p} missing: {protocols:?}");
+    }
+    assert!(r["rtt_ms"].as_f64().unwrap() >= 0.0);
+    // and micro-os saw the js peer identify itself
+    let st = status(&d);
+    assert!(
+        st["peers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["agent"].as_str().is_some_and(|a| a.starts_with("js-libp2p/"))),
+        "{st:#}"
+    );
+}
