@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # micro-os benchmarks: each runs our code and its named peer in the same run and reports
-# the ratio. Usage (as root): bash bench/run.sh [lifecycle|api|rss|vm|all]
+# the ratio. Usage (as root): bash bench/run.sh [lifecycle|api|rss|vm|verify|all]
 # Needs hyperfine, wrk and podman (installed here if missing); builds the release binary.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -58,6 +58,15 @@ if [ "$what" = lifecycle ] || [ "$what" = all ]; then
   m=$(median_ms 0 "$WORK/lifecycle.json"); r=$(median_ms 1 "$WORK/lifecycle.json"); p=$(median_ms 2 "$WORK/lifecycle.json")
   echo "lifecycle p50: micro-os ${m} ms, runc run ${r} ms, podman run --rootfs ${p} ms"
   echo "lifecycle ratio micro-os/runc: $(echo "scale=2; $m / $r" | bc) (target <= 1.5); micro-os/podman: $(echo "scale=2; $m / $p" | bc) (target < 1)"
+fi
+
+if [ "$what" = verify ] || [ "$what" = all ]; then
+  # one core for both: envelope verification (ours) against OpenSSL's raw Ed25519 verify
+  cargo build --release --locked -p micro-os-net --example verify_rate >/dev/null 2>&1
+  read -r _ single _ batched < <(taskset -c 0 target/release/examples/verify_rate 20000)
+  ossl=$(taskset -c 0 openssl speed -seconds 3 ed25519 2>/dev/null | awk '/Ed25519/{print $NF}')
+  echo "envelope verify on one core: single ${single}/s, batched ${batched}/s; openssl speed ed25519 verify ${ossl}/s;" \
+    "ratio single $(echo "scale=2; $single / $ossl" | bc), batched $(echo "scale=2; $batched / $ossl" | bc) (target >= 5)"
 fi
 
 if [ "$what" = vm ] || [ "$what" = all ]; then
