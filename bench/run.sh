@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 what=${1:-all}
 need=()
-for p in hyperfine wrk podman runc busybox-static curl jq; do
+for p in hyperfine wrk podman runc busybox-static curl jq bc openssl; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")
 done
 if [ ${#need[@]} -gt 0 ]; then

@@ -244,4 +244,10 @@ pub struct NetSend {
     /// The payload's state.
     #[serde(default)]
     pub state: String,
+    /// Send this many copies at once (a load test); the answer counts refusals.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<u32>,
+    /// Pad the state to this many bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<usize>,
 }

@@ -99,6 +99,48 @@ pub struct Config {
     pub trusted: Vec<PeerId>,
 }
 
+/// Outgoing messages wait here by priority: SYNC and CTRL are sent at once, DISC next,
+/// and DATA and PING only while fewer than `LOW_IN_FLIGHT` of them are unanswered, so a
+/// DATA flood never stands between a peer and a CTRL.
+const LOW_IN_FLIGHT: usize = 8;
+
+struct Queued {
+    to: PeerId,
+    kind: MessageType,
+    state: String,
+    reply: oneshot::Sender<Result<Ack, String>>,
+}
+
+#[derive(Default)]
+struct Outbox {
+    queues: [std::collections::VecDeque<Queued>; 4],
+    low_in_flight: usize,
+}
+
+impl Outbox {
+    fn push(&mut self, q: Queued) {
+        let p = q.kind.priority() as usize;
+        self.queues[p].push_back(q);
+    }
+
+    /// The next message allowed out now, highest priority first.
+    fn pop(&mut self) -> Option<Queued> {
+        for p in (0..4).rev() {
+            let low = p <= MessageType::Data.priority() as usize;
+            if low && self.low_in_flight >= LOW_IN_FLIGHT {
+                continue;
+            }
+            if let Some(q) = self.queues[p].pop_front() {
+                if low {
+                    self.low_in_flight += 1;
+                }
+                return Some(q);
+            }
+        }
+        None
+    }
+}
+
 fn now_secs() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
@@ -159,9 +201,28 @@ pub fn spawn(
         let mut peers: HashMap<PeerId, PeerInfo> = HashMap::new();
         let mut listen: Vec<Multiaddr> = Vec::new();
         let mut messages: BTreeMap<String, u64> = BTreeMap::new();
-        let mut pending: HashMap<request_response::OutboundRequestId, oneshot::Sender<Result<Ack, String>>> =
+        let mut pending: HashMap<request_response::OutboundRequestId, (bool, oneshot::Sender<Result<Ack, String>>)> =
             HashMap::new();
+        let mut outbox = Outbox::default();
         loop {
+            while let Some(q) = outbox.pop() {
+                let low = q.kind.priority() <= MessageType::Data.priority();
+                let env = Envelope::seal(
+                    q.kind,
+                    &identity,
+                    &q.to.to_string(),
+                    Payload::new(q.state, 1),
+                    now_secs(),
+                    &signing,
+                    None,
+                );
+                let id = swarm.behaviour_mut().msg.send_request(&q.to, env);
+                peers
+                    .entry(q.to)
+                    .or_insert_with(|| PeerInfo { peer_id: q.to.to_string(), ..Default::default() })
+                    .messages_out += 1;
+                pending.insert(id, (low, q.reply));
+            }
             tokio::select! {
                 cmd = rx.recv() => match cmd {
                     None => return,
@@ -189,10 +250,7 @@ pub fn spawn(
                         }
                     }
                     Some(Command::Send { to, kind, state, reply }) => {
-                        let env = Envelope::seal(kind, &identity, &to.to_string(), Payload::new(state, 1), now_secs(), &signing, None);
-                        let id = swarm.behaviour_mut().msg.send_request(&to, env);
-                        peers.entry(to).or_insert_with(|| PeerInfo { peer_id: to.to_string(), ..Default::default() }).messages_out += 1;
-                        pending.insert(id, reply);
+                        outbox.push(Queued { to, kind, state, reply });
                     }
                 },
                 event = swarm.select_next_some() => match event {
@@ -248,13 +306,15 @@ pub fn spawn(
                             let _ = swarm.behaviour_mut().msg.send_response(channel, ack);
                         }
                         request_response::Message::Response { request_id, response } => {
-                            if let Some(r) = pending.remove(&request_id) {
+                            if let Some((low, r)) = pending.remove(&request_id) {
+                                outbox.low_in_flight -= usize::from(low);
                                 let _ = r.send(Ok(response));
                             }
                         }
                     },
                     SwarmEvent::Behaviour(BehaviourEvent::Msg(request_response::Event::OutboundFailure { request_id, error, .. })) => {
-                        if let Some(r) = pending.remove(&request_id) {
+                        if let Some((low, r)) = pending.remove(&request_id) {
+                            outbox.low_in_flight -= usize::from(low);
                             let _ = r.send(Err(error.to_string()));
                         }
                     }
@@ -270,6 +330,27 @@ pub fn spawn(
 mod tests {
     use super::*;
     use libp2p::identity::Keypair;
+
+    #[test]
+    fn the_outbox_lets_high_priority_overtake_a_data_flood() {
+        let mut o = Outbox::default();
+        let to = Keypair::generate_ed25519().public().to_peer_id();
+        let q = |kind| Queued { to, kind, state: String::new(), reply: oneshot::channel().0 };
+        for _ in 0..20 {
+            o.push(q(MessageType::Data));
+        }
+        o.push(q(MessageType::Ping));
+        let first: Vec<MessageType> = std::iter::from_fn(|| o.pop()).map(|q| q.kind).collect();
+        assert_eq!(first.len(), LOW_IN_FLIGHT, "DATA beyond the in-flight cap went out");
+        o.push(q(MessageType::Ctrl));
+        o.push(q(MessageType::Disc));
+        o.push(q(MessageType::Sync));
+        // the cap is full, yet CTRL, SYNC and DISC go out at once, highest first
+        let next: Vec<MessageType> = std::iter::from_fn(|| o.pop()).map(|q| q.kind).collect();
+        assert_eq!(next, [MessageType::Ctrl, MessageType::Sync, MessageType::Disc]);
+        o.low_in_flight -= 1; // one DATA answered
+        assert_eq!(o.pop().map(|q| q.kind), Some(MessageType::Data));
+    }
     use micro_os_net::Rejection;
 
     #[test]

@@ -157,3 +157,39 @@ fn a_js_libp2p_peer_identifies_and_pings() {
         "{st:#}"
     );
 }
+
+#[test]
+fn ctrl_overtakes_a_data_flood() {
+    if !common::can_run_containers("ctrl_overtakes_a_data_flood") {
+        return;
+    }
+    let d = Daemon::start();
+    d.ok(&["vm", "create", "--name", "busy", "--memory", "128"]);
+    d.ok(&["vm", "start", "busy"]);
+    let peer = d.vm("busy")["peer_id"].as_str().unwrap().to_string();
+    wait_connected(&d, &peer);
+    let (home, url) = (d.home.path().to_path_buf(), d.url());
+    let flood = std::thread::spawn(move || {
+        let t = Instant::now();
+        let o = std::process::Command::new(common::BIN)
+            .args(["net", "send", "--to", "busy", "--type", "DATA", "--count", "150", "--size", "65536"])
+            .env("MICRO_OS_HOME", &home)
+            .env("MICRO_OS_API", &url)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        t.elapsed()
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let started = Instant::now();
+    d.ok(&["net", "send", "--to", "busy", "--type", "CTRL", "--state", "urgent"]);
+    let ctrl = started.elapsed();
+    let flood = flood.join().unwrap();
+    eprintln!("CTRL took {ctrl:?} during a DATA flood of {flood:?}");
+    // the CTRL did not queue behind the flood: it finished long before the flood did
+    assert!(ctrl * 4 < flood, "CTRL {ctrl:?} vs flood {flood:?}");
+    assert_eq!(
+        status(&d)["peers"].as_array().unwrap().iter().find(|p| p["peer_id"] == peer.as_str()).unwrap()["messages_out"],
+        151
+    );
+}

@@ -376,6 +376,12 @@ pub enum NetCmd {
         /// Read the payload's state from a file.
         #[arg(long, value_name = "FILE")]
         file: Option<PathBuf>,
+        /// Send this many copies at once (a load test).
+        #[arg(long, value_name = "N")]
+        count: Option<u32>,
+        /// Pad the state to this many bytes.
+        #[arg(long, value_name = "BYTES")]
+        size: Option<usize>,
     },
 }
 

@@ -46,14 +46,15 @@ pub fn run(client: &Client, cmd: NetCmd) -> CliResult<i32> {
             let st: NetStatus = client.call("GET", "/monitor/network", None::<&()>)?;
             print(format, &st, peers_table)?;
         }
-        NetCmd::Send { from, to, kind, state, file } => {
+        NetCmd::Send { from, to, kind, state, file, count, size } => {
             let state = match (state, file) {
                 (Some(s), _) => s,
                 (None, Some(f)) => std::fs::read_to_string(&f)
                     .map_err(|e| CliError::usage(format!("file {} cannot be read: {e}", f.display())))?,
                 (None, None) => String::new(),
             };
-            let ack: Ack = client.call("POST", "/net/send", Some(&NetSend { from, to: to.clone(), kind, state }))?;
+            let ack: Ack =
+                client.call("POST", "/net/send", Some(&NetSend { from, to: to.clone(), kind, state, count, size }))?;
             if !ack.accepted {
                 return Err(CliError::new(
                     exit::FAILURE,

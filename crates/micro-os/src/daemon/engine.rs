@@ -796,10 +796,36 @@ impl Engine {
                     return self.send_from_vm(&vm, to, kind, req.state).await.map(Reply::Ack);
                 }
                 let h = self.p2p.get().ok_or_else(|| ApiError::internal("the p2p layer is not running"))?;
-                h.send(to, kind, req.state)
-                    .await
-                    .map(Reply::Ack)
-                    .map_err(|e| ApiError::conflict(format!("send to {to}: {e}")))
+                let mut state = req.state;
+                if let Some(size) = req.size {
+                    if size > 512 * 1024 {
+                        return Err(ApiError::bad_request(format!(
+                            "size {size} is over 512 KiB (larger DATA travels as a stream)"
+                        )));
+                    }
+                    state.extend(std::iter::repeat_n('x', size.saturating_sub(state.len())));
+                }
+                let count = req.count.unwrap_or(1).clamp(1, 10_000);
+                if count == 1 {
+                    return h
+                        .send(to, kind, state)
+                        .await
+                        .map(Reply::Ack)
+                        .map_err(|e| ApiError::conflict(format!("send to {to}: {e}")));
+                }
+                let results = futures_util::future::join_all((0..count).map(|_| h.send(to, kind, state.clone()))).await;
+                let refused: Vec<String> = results
+                    .into_iter()
+                    .filter_map(|r| match r {
+                        Ok(a) if a.accepted => None,
+                        Ok(a) => Some(a.reason.unwrap_or_default()),
+                        Err(e) => Some(e),
+                    })
+                    .collect();
+                Ok(Reply::Ack(micro_os_api::types::Ack {
+                    accepted: refused.is_empty(),
+                    reason: refused.first().map(|r| format!("{} of {count} refused, e.g. {r}", refused.len())),
+                }))
             }
             Action::ListImages => self
                 .images
