@@ -14,7 +14,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
-use libp2p::{connection_limits, identify, noise, ping, tcp, yamux, Multiaddr, PeerId, StreamProtocol};
+use libp2p::{connection_limits, gossipsub, identify, noise, ping, tcp, yamux, Multiaddr, PeerId, StreamProtocol};
 use micro_os_api::types::{Ack, NetStatus, PeerInfo};
 use micro_os_net::{Envelope, MessageType, NonceStore, Payload, Verifier};
 use micro_os_store::Store;
@@ -42,7 +42,11 @@ struct Behaviour {
     identify: identify::Behaviour,
     ping: ping::Behaviour,
     msg: request_response::json::Behaviour<Envelope, Ack>,
+    gossip: gossipsub::Behaviour,
 }
+
+/// The broadcast topic: envelopes to "*", in gossipsub's strict signing mode.
+const BROADCAST_TOPIC: &str = "/micro-os/broadcast/1";
 
 /// Who may send us messages, besides the configured trusted and bootstrap peers.
 pub trait Policy: Send + Sync + 'static {
@@ -54,6 +58,11 @@ pub enum Command {
     Dial(Multiaddr),
     /// Where a peer can be reached, for later sends.
     AddAddress(PeerId, Multiaddr),
+    Broadcast {
+        kind: MessageType,
+        state: String,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
     Send {
         to: PeerId,
         kind: MessageType,
@@ -81,6 +90,16 @@ impl Handle {
 
     pub async fn dial(&self, addr: Multiaddr) {
         let _ = self.tx.send(Command::Dial(addr)).await;
+    }
+
+    /// Publishes a signed envelope to every peer on the broadcast topic.
+    pub async fn broadcast(&self, kind: MessageType, state: String) -> Result<(), String> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Broadcast { kind, state, reply: tx })
+            .await
+            .map_err(|_| "the p2p layer is down".to_string())?;
+        rx.await.map_err(|_| "the p2p layer dropped the request".to_string())?
     }
 
     pub async fn send(&self, to: PeerId, kind: MessageType, state: String) -> Result<Ack, String> {
@@ -159,27 +178,37 @@ pub fn spawn(
         .with_tokio()
         .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)?
         .with_quic()
-        .with_behaviour(|key| Behaviour {
-            limits: connection_limits::Behaviour::new(
-                connection_limits::ConnectionLimits::default()
-                    .with_max_established(Some(512))
-                    .with_max_established_incoming(Some(384))
-                    .with_max_established_per_peer(Some(4))
-                    .with_max_pending_incoming(Some(64))
-                    .with_max_pending_outgoing(Some(64)),
-            ),
-            identify: identify::Behaviour::new(
-                identify::Config::new("/micro-os/id/1".into(), key.public())
-                    .with_agent_version(format!("micro-os/{}", env!("CARGO_PKG_VERSION"))),
-            ),
-            ping: ping::Behaviour::new(ping::Config::new().with_interval(Duration::from_secs(5))),
-            msg: request_response::json::Behaviour::new(
-                [(StreamProtocol::new("/micro-os/msg/1"), ProtocolSupport::Full)],
-                request_response::Config::default().with_request_timeout(Duration::from_secs(10)),
-            ),
+        .with_behaviour(|key| -> Result<Behaviour, Box<dyn std::error::Error + Send + Sync>> {
+            let gossip_cfg = gossipsub::ConfigBuilder::default()
+                .validation_mode(gossipsub::ValidationMode::Strict)
+                .heartbeat_interval(Duration::from_secs(1))
+                .build()?;
+            let gossip = gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Signed(key.clone()), gossip_cfg)?;
+            Ok(Behaviour {
+                limits: connection_limits::Behaviour::new(
+                    connection_limits::ConnectionLimits::default()
+                        .with_max_established(Some(512))
+                        .with_max_established_incoming(Some(384))
+                        .with_max_established_per_peer(Some(4))
+                        .with_max_pending_incoming(Some(64))
+                        .with_max_pending_outgoing(Some(64)),
+                ),
+                identify: identify::Behaviour::new(
+                    identify::Config::new("/micro-os/id/1".into(), key.public())
+                        .with_agent_version(format!("micro-os/{}", env!("CARGO_PKG_VERSION"))),
+                ),
+                ping: ping::Behaviour::new(ping::Config::new().with_interval(Duration::from_secs(5))),
+                msg: request_response::json::Behaviour::new(
+                    [(StreamProtocol::new("/micro-os/msg/1"), ProtocolSupport::Full)],
+                    request_response::Config::default().with_request_timeout(Duration::from_secs(10)),
+                ),
+                gossip,
+            })
         })?
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
         .build();
+    let topic = gossipsub::IdentTopic::new(BROADCAST_TOPIC);
+    swarm.behaviour_mut().gossip.subscribe(&topic)?;
     for a in &cfg.listen {
         if let Err(e) = swarm.listen_on(a.clone()) {
             tracing::warn!("p2p cannot listen on {a}: {e}");
@@ -241,6 +270,11 @@ pub fn spawn(
                             rejections,
                         });
                     }
+                    Some(Command::Broadcast { kind, state, reply }) => {
+                        let env = Envelope::seal(kind, &identity, "*", Payload::new(state, 1), now_secs(), &signing, None);
+                        let r = swarm.behaviour_mut().gossip.publish(topic.clone(), env.encode()).map(drop).map_err(|e| e.to_string());
+                        let _ = reply.send(r);
+                    }
                     Some(Command::AddAddress(peer, addr)) => {
                         swarm.add_peer_address(peer, addr);
                     }
@@ -269,6 +303,27 @@ pub fn spawn(
                     SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => {
                         if let Some(p) = peers.get_mut(&peer_id) {
                             p.connected = false;
+                        }
+                    }
+                    SwarmEvent::Behaviour(BehaviourEvent::Gossip(gossipsub::Event::Message { message, .. })) => {
+                        // strict mode: gossipsub checked the author's signature; the envelope
+                        // must come from that same author and pass our own checks too
+                        let verdict = match (Envelope::decode(&message.data), message.source) {
+                            (Ok(env), Some(author)) if env.sender == author.to_string() => {
+                                let is_known = |p: &PeerId| trusted.contains(p) || policy.known(p);
+                                verifier.verify(&env, now_secs(), is_known).map(|_| env).map_err(|r| r.to_string())
+                            }
+                            (Ok(_), _) => Err("broadcast author is not the envelope's sender".to_string()),
+                            (Err(e), _) => Err(e),
+                        };
+                        match verdict {
+                            Ok(env) => {
+                                *messages.entry(env.kind.to_string()).or_default() += 1;
+                                if let Some(p) = message.source.and_then(|a| peers.get_mut(&a)) {
+                                    p.messages_in += 1;
+                                }
+                            }
+                            Err(reason) => tracing::warn!("refused a broadcast: {reason}"),
                         }
                     }
                     SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event { peer, result: Ok(rtt), .. })) => {

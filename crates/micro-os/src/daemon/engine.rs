@@ -781,6 +781,14 @@ impl Engine {
                             req.kind
                         ))
                     })?;
+                if req.to == "*" {
+                    if req.from.is_some() {
+                        return Err(ApiError::bad_request("broadcasts go from the host (leave out --from)"));
+                    }
+                    let h = self.p2p.get().ok_or_else(|| ApiError::internal("the p2p layer is not running"))?;
+                    h.broadcast(kind, req.state).await.map_err(|e| ApiError::conflict(format!("broadcast: {e}")))?;
+                    return Ok(Reply::Ack(micro_os_api::types::Ack { accepted: true, reason: None }));
+                }
                 let to = match req.to.parse::<libp2p::PeerId>() {
                     Ok(p) => p,
                     Err(_) => {
