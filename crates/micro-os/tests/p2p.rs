@@ -202,6 +202,6 @@ fn ctrl_overtakes_a_data_flood() {
     assert!(ctrl * 3 < flood, "CTRL {ctrl:?} vs flood {flood:?}");
     assert_eq!(
         status(&d)["peers"].as_array().unwrap().iter().find(|p| p["peer_id"] == peer.as_str()).unwrap()["messages_out"],
-        151
+        201
     );
 }
