@@ -219,6 +219,7 @@ fn start_p2p(
                 ],
                 bootstrap: vec![],
                 trusted: vec![],
+                rotate_every: 3600,
             };
             match crate::p2p::spawn(key, cfg, Box::new(micro_os_net::MemoryNonces::default()), policy) {
                 Ok(h) => {

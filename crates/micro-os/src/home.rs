@@ -43,6 +43,8 @@ pub struct Config {
     pub p2p_bootstrap: Vec<String>,
     /// Peer ids (besides this host's VMs and the bootstrap peers) whose messages count.
     pub p2p_trusted: Vec<String>,
+    /// Seconds between rotations of the key that signs messages (delegated by the node key).
+    pub p2p_key_rotation_s: u64,
 }
 
 impl Default for Config {
@@ -59,6 +61,7 @@ impl Default for Config {
             p2p_listen: vec!["/ip4/127.0.0.1/tcp/4001".into(), "/ip4/127.0.0.1/udp/4001/quic-v1".into()],
             p2p_bootstrap: vec![],
             p2p_trusted: vec![],
+            p2p_key_rotation_s: 3600,
         }
     }
 }
@@ -74,6 +77,9 @@ impl Config {
             if a.parse::<libp2p::Multiaddr>().is_err() {
                 bail!("p2p address {a:?} is not a multiaddr (try /ip4/127.0.0.1/tcp/4001)");
             }
+        }
+        if self.p2p_key_rotation_s == 0 {
+            bail!("p2p_key_rotation_s 0 is too short (give seconds, e.g. 3600)");
         }
         for p in &self.p2p_trusted {
             if p.parse::<libp2p::PeerId>().is_err() {

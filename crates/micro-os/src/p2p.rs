@@ -116,6 +116,37 @@ pub struct Config {
     pub listen: Vec<Multiaddr>,
     pub bootstrap: Vec<Multiaddr>,
     pub trusted: Vec<PeerId>,
+    /// Seconds between signing-key rotations (the identity key only delegates).
+    pub rotate_every: u64,
+}
+
+#[derive(Clone)]
+/// Signs envelopes with a short-lived key that the identity key delegates, and rotates
+/// it on a schedule. A delegation is valid until the next rotation; receivers accept the
+/// previous key for their grace period after that, and never beyond.
+struct Signer {
+    identity: libp2p::identity::Keypair,
+    peer: PeerId,
+    every: u64,
+    hot: libp2p::identity::Keypair,
+    delegation: micro_os_net::Delegation,
+    rotated_at: u64,
+}
+
+impl Signer {
+    fn new(identity: libp2p::identity::Keypair, every: u64, now: u64) -> Signer {
+        let hot = libp2p::identity::Keypair::generate_ed25519();
+        let delegation = micro_os_net::Delegation::issue(&identity, &hot.public(), now + every);
+        let peer = identity.public().to_peer_id();
+        Signer { identity, peer, every, hot, delegation, rotated_at: now }
+    }
+
+    fn seal(&mut self, kind: MessageType, to: &str, state: String, now: u64) -> Envelope {
+        if now >= self.rotated_at + self.every {
+            *self = Signer::new(self.identity.clone(), self.every, now);
+        }
+        Envelope::seal(kind, &self.peer, to, Payload::new(state, 1), now, &self.hot, Some(self.delegation.clone()))
+    }
 }
 
 /// Outgoing messages wait here by priority: SYNC and CTRL are sent at once, DISC next,
@@ -173,7 +204,7 @@ pub fn spawn(
     policy: Arc<dyn Policy>,
 ) -> anyhow::Result<Handle> {
     let peer_id = keypair.public().to_peer_id();
-    let signing = keypair.clone();
+    let mut signer = Signer::new(keypair.clone(), cfg.rotate_every.max(1), now_secs());
     let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
         .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)?
@@ -236,15 +267,7 @@ pub fn spawn(
         loop {
             while let Some(q) = outbox.pop() {
                 let low = q.kind.priority() <= MessageType::Data.priority();
-                let env = Envelope::seal(
-                    q.kind,
-                    &identity,
-                    &q.to.to_string(),
-                    Payload::new(q.state, 1),
-                    now_secs(),
-                    &signing,
-                    None,
-                );
+                let env = signer.seal(q.kind, &q.to.to_string(), q.state, now_secs());
                 let id = swarm.behaviour_mut().msg.send_request(&q.to, env);
                 peers
                     .entry(q.to)
@@ -271,7 +294,7 @@ pub fn spawn(
                         });
                     }
                     Some(Command::Broadcast { kind, state, reply }) => {
-                        let env = Envelope::seal(kind, &identity, "*", Payload::new(state, 1), now_secs(), &signing, None);
+                        let env = signer.seal(kind, "*", state, now_secs());
                         let r = swarm.behaviour_mut().gossip.publish(topic.clone(), env.encode()).map(drop).map_err(|e| e.to_string());
                         let _ = reply.send(r);
                     }
@@ -385,6 +408,38 @@ pub fn spawn(
 mod tests {
     use super::*;
     use libp2p::identity::Keypair;
+
+    #[test]
+    fn signing_keys_rotate_and_old_ones_expire_after_the_grace_period() {
+        let id = Keypair::generate_ed25519();
+        let peer = id.public().to_peer_id();
+        let now = 1_700_000_000;
+        let mut s = Signer::new(id, 60, now);
+        let before = s.clone();
+        let first = s.seal(MessageType::Sync, "*", "a".into(), now);
+        let later = s.seal(MessageType::Sync, "*", "b".into(), now + 61);
+        assert_ne!(first.delegation, later.delegation, "no rotation after the period");
+        let mut v = Verifier::new(micro_os_net::MemoryNonces::default());
+        v.grace = 30;
+        let known = |p: &PeerId| p == &peer;
+        assert_eq!(v.verify(&first, now + 20, known), Ok(()));
+        assert_eq!(v.verify(&later, now + 61, known), Ok(()));
+        // a message signed with the previous key after it was rotated out: accepted for
+        // the grace period (not_after = now + 60, grace 30), refused after it
+        let old_key = |at| {
+            Envelope::seal(
+                MessageType::Data,
+                &peer,
+                "*",
+                Payload::new("c", 1),
+                at,
+                &before.hot,
+                Some(before.delegation.clone()),
+            )
+        };
+        assert_eq!(v.verify(&old_key(now + 80), now + 80, known), Ok(()));
+        assert_eq!(v.verify(&old_key(now + 95), now + 95, known), Err(micro_os_net::Rejection::ExpiredKey));
+    }
 
     #[test]
     fn the_outbox_lets_high_priority_overtake_a_data_flood() {

@@ -49,6 +49,8 @@ fn hosts_connect_and_exchange_signed_messages() {
     let a_id = status(&a)["peer_id"].as_str().unwrap().to_string();
     assert_eq!(a_id, a.peer_id(), "the p2p identity is the node key");
     b.set_config("p2p_bootstrap", serde_json::json!([addr(&a, "/tcp/")]));
+    // B's signing key rotates every second: its messages below cross rotations
+    b.set_config("p2p_key_rotation_s", serde_json::json!(1));
     b.spawn();
     let peer = wait_connected(&b, &a_id);
     assert!(peer["agent"].as_str().unwrap().starts_with("micro-os/"), "{peer}");
@@ -57,6 +59,7 @@ fn hosts_connect_and_exchange_signed_messages() {
     // B -> A: B is trusted by A
     let out = b.ok(&["net", "send", "--to", &a_id, "--type", "PING"]);
     assert!(out.contains("delivered"), "{out}");
+    std::thread::sleep(Duration::from_millis(1100));
     b.ok(&["net", "send", "--to", &a_id, "--type", "DATA", "--state", "block 7"]);
     let st = status(&a);
     assert_eq!(st["messages"]["PING"], 1);

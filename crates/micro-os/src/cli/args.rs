@@ -36,7 +36,8 @@ pub enum Command {
     )]
     Init {
         /// A JSON config file to install (keys: api_addr, runtime, busybox, stop_timeout_s, log_level,
-        /// vm_bridge, vm_subnet, vm_api_access, p2p_listen, p2p_bootstrap, p2p_trusted).
+        /// vm_bridge, vm_subnet, vm_api_access, p2p_listen, p2p_bootstrap, p2p_trusted,
+        /// p2p_key_rotation_s).
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
     },

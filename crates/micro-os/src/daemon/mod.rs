@@ -186,6 +186,7 @@ pub fn run(home: Home, cfg: Config) -> anyhow::Result<()> {
             listen: cfg.p2p_listen.iter().filter_map(|a| a.parse().ok()).collect(),
             bootstrap: cfg.p2p_bootstrap.iter().filter_map(|a| a.parse().ok()).collect(),
             trusted: cfg.p2p_trusted.iter().filter_map(|p| p.parse().ok()).collect(),
+            rotate_every: cfg.p2p_key_rotation_s,
         };
         let key = home.libp2p_key()?;
         let _ = engine.host_peer.set(key.public().to_peer_id().to_string());
