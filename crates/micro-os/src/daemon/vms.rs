@@ -404,15 +404,20 @@ impl Engine {
             let status =
                 Status::Exited { exit_code: code, oom_killed: false, started_at: None, finished_at: Utc::now() };
             this.on_vm_exit(&id2, pid, Some(status)).await;
-            let lock = this.op_lock(&id2);
-            let _g = lock.lock().await;
-            if this.find_vm(&id2).map_or(true, |v| v.pid.is_none()) {
-                let this2 = this.clone();
-                let id3 = id2.clone();
-                let _ = tokio::task::spawn_blocking(move || this2.release_host_side(&id3)).await;
-            }
+            this.release_if_stopped(&id2).await;
         });
         self.watchdog(id, pid);
+    }
+
+    /// Releases the host side of a VM that has not been started again meanwhile; under
+    /// the op lock, so a start of the same VM cannot interleave.
+    async fn release_if_stopped(self: &Arc<Self>, id: &str) {
+        let lock = self.op_lock(id);
+        let _g = lock.lock().await;
+        if self.find_vm(id).map_or(true, |v| v.pid.is_none()) {
+            let (this, id) = (self.clone(), id.to_string());
+            let _ = tokio::task::spawn_blocking(move || this.release_host_side(&id)).await;
+        }
     }
 
     fn supervise_vm(self: &Arc<Self>, id: &str, shim_pid: u32, pid: u32) {
@@ -430,15 +435,8 @@ impl Engine {
                     shims.remove(&id2);
                 }
             }
-            // the network and the parent cgroup outlive the agent's shim only until now;
-            // under the op lock, so a start of the same VM cannot interleave
-            let lock = this.op_lock(&id2);
-            let _g = lock.lock().await;
-            if this.find_vm(&id2).map_or(true, |v| v.pid.is_none()) {
-                let this2 = this.clone();
-                let id3 = id2.clone();
-                let _ = tokio::task::spawn_blocking(move || this2.release_host_side(&id3)).await;
-            }
+            // the network and the parent cgroup outlive the agent's shim only until now
+            this.release_if_stopped(&id2).await;
         });
         self.watchdog(id, pid);
     }
