@@ -1,5 +1,5 @@
 //! A micro-os libp2p peer — the host's (in the daemon) and every VM's (in its agent):
-//! TCP (noise + yamux) and QUIC, identify, ping, connection limits, and the versioned
+//! TCP (noise or TLS 1.3, + yamux) and QUIC, identify, ping, connection limits, and the versioned
 //! request-response protocol `/micro-os/msg/1` that carries signed envelopes
 //! (`micro_os_net`). Every envelope is verified — signature, known sender, time window,
 //! nonce (the host remembers them in its store, so replays fail after a restart too) —
@@ -207,7 +207,12 @@ pub fn spawn(
     let mut signer = Signer::new(keypair.clone(), cfg.rotate_every.max(1), now_secs());
     let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
-        .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)?
+        // noise first, TLS 1.3 (libp2p-tls) offered too: the dialer's first supported wins
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            (noise::Config::new, libp2p::tls::Config::new),
+            yamux::Config::default,
+        )?
         .with_quic()
         .with_behaviour(|key| -> Result<Behaviour, Box<dyn std::error::Error + Send + Sync>> {
             let gossip_cfg = gossipsub::ConfigBuilder::default()

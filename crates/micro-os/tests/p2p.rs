@@ -208,3 +208,37 @@ fn ctrl_overtakes_a_data_flood() {
         201
     );
 }
+
+#[test]
+fn a_tls_only_peer_connects() {
+    use futures_util::StreamExt;
+    use libp2p::swarm::SwarmEvent;
+    let mut d = Daemon::prepared("127.0.0.1");
+    d.spawn();
+    let target: libp2p::Multiaddr = addr(&d, "/tcp/").parse().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let connected = rt.block_on(async move {
+        // a peer that speaks only TLS 1.3 (libp2p-tls), not noise
+        let mut swarm = libp2p::SwarmBuilder::with_new_identity()
+            .with_tokio()
+            .with_tcp(libp2p::tcp::Config::default(), libp2p::tls::Config::new, libp2p::yamux::Config::default)
+            .unwrap()
+            .with_behaviour(|_| libp2p::ping::Behaviour::default())
+            .unwrap()
+            .build();
+        swarm.dial(target).unwrap();
+        let deadline = tokio::time::sleep(Duration::from_secs(10));
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                _ = &mut deadline => return None,
+                e = swarm.select_next_some() => match e {
+                    SwarmEvent::Behaviour(libp2p::ping::Event { result: Ok(rtt), .. }) => return Some(rtt),
+                    SwarmEvent::OutgoingConnectionError { error, .. } => panic!("TLS dial failed: {error}"),
+                    _ => {}
+                },
+            }
+        }
+    });
+    assert!(connected.is_some(), "no ping over a TLS-only connection");
+}
