@@ -215,6 +215,9 @@ pub struct PeerInfo {
     pub score: i64,
     pub messages_in: u64,
     pub messages_out: u64,
+    /// Bytes of envelopes received from and sent to the peer.
+    pub bytes_in: u64,
+    pub bytes_out: u64,
 }
 
 /// `GET /api/v1/monitor/network`: the host's libp2p node.

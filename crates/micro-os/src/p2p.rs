@@ -273,11 +273,12 @@ pub fn spawn(
             while let Some(q) = outbox.pop() {
                 let low = q.kind.priority() <= MessageType::Data.priority();
                 let env = signer.seal(q.kind, &q.to.to_string(), q.state, now_secs());
+                let size = env.encoded_len() as u64;
                 let id = swarm.behaviour_mut().msg.send_request(&q.to, env);
-                peers
-                    .entry(q.to)
-                    .or_insert_with(|| PeerInfo { peer_id: q.to.to_string(), ..Default::default() })
-                    .messages_out += 1;
+                let p =
+                    peers.entry(q.to).or_insert_with(|| PeerInfo { peer_id: q.to.to_string(), ..Default::default() });
+                p.messages_out += 1;
+                p.bytes_out += size;
                 pending.insert(id, (low, q.reply));
             }
             tokio::select! {
@@ -349,6 +350,7 @@ pub fn spawn(
                                 *messages.entry(env.kind.to_string()).or_default() += 1;
                                 if let Some(p) = message.source.and_then(|a| peers.get_mut(&a)) {
                                     p.messages_in += 1;
+                                    p.bytes_in += message.data.len() as u64;
                                 }
                             }
                             Err(reason) => tracing::warn!("refused a broadcast: {reason}"),
@@ -378,6 +380,7 @@ pub fn spawn(
                                     *messages.entry(request.kind.to_string()).or_default() += 1;
                                     if let Some(p) = peers.get_mut(&peer) {
                                         p.messages_in += 1;
+                                        p.bytes_in += request.encoded_len() as u64;
                                     }
                                     Ack { accepted: true, reason: None }
                                 }

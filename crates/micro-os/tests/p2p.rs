@@ -64,6 +64,13 @@ fn hosts_connect_and_exchange_signed_messages() {
     let st = status(&a);
     assert_eq!(st["messages"]["PING"], 1);
     assert_eq!(st["messages"]["DATA"], 1);
+    let from_b = st["peers"].as_array().unwrap().iter().find(|p| p["peer_id"] == b_id.as_str()).unwrap().clone();
+    assert_eq!(from_b["messages_in"], 2);
+    // two envelopes of some hundreds of bytes each (ids, signature, delegation)
+    let bytes = from_b["bytes_in"].as_u64().unwrap();
+    assert!((400..4000).contains(&bytes), "{from_b}");
+    let to_a = status(&b)["peers"].as_array().unwrap().iter().find(|p| p["peer_id"] == a_id.as_str()).unwrap().clone();
+    assert_eq!(to_a["bytes_out"], bytes, "sender and receiver disagree on the bytes");
     // A -> B: A is B's bootstrap peer, so trusted
     a.ok(&["net", "send", "--to", &b_id, "--type", "CTRL", "--state", "sync now"]);
     assert_eq!(status(&b)["messages"]["CTRL"], 1);

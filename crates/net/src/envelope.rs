@@ -186,6 +186,23 @@ impl Envelope {
         e
     }
 
+    /// Length of `encode()`, without keeping the bytes.
+    pub fn encoded_len(&self) -> usize {
+        struct Counter(usize);
+        impl std::io::Write for Counter {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0 += b.len();
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let mut c = Counter(0);
+        serde_json::to_writer(&mut c, self).expect("envelopes serialise");
+        c.0
+    }
+
     pub fn encode(&self) -> Vec<u8> {
         serde_json::to_vec(self).expect("envelopes serialise")
     }

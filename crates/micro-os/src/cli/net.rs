@@ -6,7 +6,7 @@ use super::output::{print, table};
 
 fn peers_table(st: &NetStatus) -> String {
     table(
-        &["PEER", "CONNECTED", "RTT", "IN", "OUT", "SCORE", "AGENT", "ADDRESSES"],
+        &["PEER", "CONNECTED", "RTT", "IN", "OUT", "BYTES IN", "BYTES OUT", "SCORE", "AGENT", "ADDRESSES"],
         st.peers
             .iter()
             .map(|p| {
@@ -16,6 +16,8 @@ fn peers_table(st: &NetStatus) -> String {
                     p.rtt_ms.map(|r| format!("{r:.2} ms")).unwrap_or_else(|| "-".into()),
                     p.messages_in.to_string(),
                     p.messages_out.to_string(),
+                    micro_os_core::Size(p.bytes_in).to_string(),
+                    micro_os_core::Size(p.bytes_out).to_string(),
                     p.score.to_string(),
                     p.agent.clone().unwrap_or_else(|| "-".into()),
                     p.addresses.join(" "),
