@@ -221,7 +221,9 @@ fn start_p2p(
                 trusted: vec![],
                 rotate_every: 3600,
             };
-            match crate::p2p::spawn(key, cfg, Box::new(micro_os_net::MemoryNonces::default()), policy) {
+            // nonces journaled in the VM's root, so a restarted VM still refuses replays
+            let nonces = micro_os_net::FileNonces::open(Path::new(KEY_PATH).with_file_name("nonces"));
+            match crate::p2p::spawn(key, cfg, Box::new(nonces), policy) {
                 Ok(h) => {
                     let _ = tx.send((tokio::runtime::Handle::current(), h));
                     std::future::pending::<()>().await;

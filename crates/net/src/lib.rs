@@ -11,4 +11,4 @@ pub mod envelope;
 pub mod verify;
 
 pub use envelope::{Delegation, Envelope, MessageType, Payload};
-pub use verify::{MemoryNonces, NonceStore, Rejection, Verifier};
+pub use verify::{FileNonces, MemoryNonces, NonceStore, Rejection, Verifier};

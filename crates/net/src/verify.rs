@@ -69,6 +69,58 @@ fn parse_sender(s: &str) -> Option<Sender> {
     Some(Sender { peer, key, dalek })
 }
 
+/// Nonces in memory, journaled to a file so a restarted process still refuses replays
+/// (the agents use it; the daemon uses its SQLite store). The journal is rewritten with
+/// only the live nonces when it is pruned.
+pub struct FileNonces {
+    path: std::path::PathBuf,
+    mem: MemoryNonces,
+    file: Option<std::fs::File>,
+}
+
+impl FileNonces {
+    pub fn open(path: impl Into<std::path::PathBuf>) -> FileNonces {
+        let path = path.into();
+        let mut mem = MemoryNonces::default();
+        if let Ok(text) = std::fs::read_to_string(&path) {
+            for line in text.lines() {
+                let mut it = line.split(' ');
+                if let (Some(s), Some(n), Some(t)) = (it.next(), it.next(), it.next().and_then(|t| t.parse().ok())) {
+                    mem.insert(s, n, t);
+                }
+            }
+        }
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(&path).ok();
+        FileNonces { path, mem, file }
+    }
+}
+
+impl NonceStore for FileNonces {
+    fn insert(&mut self, sender: &str, nonce: &str, timestamp: u64) -> bool {
+        if !self.mem.insert(sender, nonce, timestamp) {
+            return false;
+        }
+        if let Some(f) = &mut self.file {
+            use std::io::Write;
+            let _ = writeln!(f, "{sender} {nonce} {timestamp}");
+        }
+        true
+    }
+
+    fn prune(&mut self, before: u64) {
+        let n = self.mem.0.len();
+        self.mem.prune(before);
+        if self.mem.0.len() == n {
+            return;
+        }
+        let text: String = self.mem.0.iter().map(|((s, n), t)| format!("{s} {n} {t}\n")).collect();
+        let tmp = self.path.with_extension("tmp");
+        if std::fs::write(&tmp, text).is_ok() && std::fs::rename(&tmp, &self.path).is_ok() {
+            self.file = std::fs::OpenOptions::new().append(true).open(&self.path).ok();
+        }
+    }
+}
+
 pub struct Verifier<S: NonceStore> {
     /// Accepted clock difference, seconds (±).
     pub window: u64,
@@ -300,6 +352,25 @@ mod tests {
         // an all-good batch takes the fast path
         let good: Vec<Envelope> = (0..10).map(|_| msg(&k, &p, NOW)).collect();
         assert!(v.verify_batch(&good, NOW, |q| q == &p).iter().all(|x| x.is_ok()));
+    }
+
+    #[test]
+    fn file_nonces_refuse_a_replay_after_a_restart() {
+        let dir = std::env::temp_dir().join(format!("micro-os-nonces-{}", std::process::id()));
+        let _ = std::fs::remove_file(&dir);
+        let (k, p) = peer();
+        let e = msg(&k, &p, NOW);
+        {
+            let mut v = Verifier::new(FileNonces::open(&dir));
+            assert_eq!(v.verify(&e, NOW, |_| true), Ok(()));
+        }
+        let mut v = Verifier::new(FileNonces::open(&dir));
+        assert_eq!(v.verify(&e, NOW + 1, |_| true), Err(Rejection::Replayed));
+        // pruning rewrites the journal with the live nonces only
+        let mut n = FileNonces::open(&dir);
+        n.prune(NOW + 1);
+        assert!(FileNonces::open(&dir).insert(&e.sender, &e.nonce, NOW));
+        let _ = std::fs::remove_file(&dir);
     }
 
     #[test]
