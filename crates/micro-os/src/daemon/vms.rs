@@ -251,10 +251,7 @@ impl Engine {
             return self.launch_qemu(id, action).await;
         }
         let image = self.images.get(&v.spec.image).map_err(|e| ApiError::not_found(e.to_string()))?;
-        let dir = self.vm_dir(id);
-        let ctl = dir.join("ctl");
-        std::fs::create_dir_all(&ctl).map_err(|e| ApiError::internal(format!("create {}: {e}", ctl.display())))?;
-        self.serve_control(id, &ctl).await?;
+        self.open_control(id).await?;
         let this = self.clone();
         let vv = v.clone();
         let spawned = tokio::task::spawn_blocking(move || -> Result<(u32, u32), String> {
@@ -329,10 +326,7 @@ impl Engine {
 
     async fn launch_qemu(self: &Arc<Self>, id: &str, action: &str) -> Result<(), ApiError> {
         let v = self.find_vm(id)?;
-        let dir = self.vm_dir(id);
-        let ctl = dir.join("ctl");
-        std::fs::create_dir_all(&ctl).map_err(|e| ApiError::internal(format!("create {}: {e}", ctl.display())))?;
-        self.serve_control(id, &ctl).await?;
+        self.open_control(id).await?;
         let this = self.clone();
         let vv = v.clone();
         let spawned = tokio::task::spawn_blocking(move || -> Result<(u32, &'static str), String> {
@@ -674,6 +668,13 @@ impl Engine {
             let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir)).await;
         });
         Ok(())
+    }
+
+    /// Makes the VM's `ctl/` directory and listens on its control socket.
+    async fn open_control(self: &Arc<Self>, id: &str) -> Result<(), ApiError> {
+        let ctl = self.vm_dir(id).join("ctl");
+        std::fs::create_dir_all(&ctl).map_err(|e| ApiError::internal(format!("create {}: {e}", ctl.display())))?;
+        self.serve_control(id, &ctl).await
     }
 
     /// Listens on the VM's control socket; each connection is one agent session.
