@@ -69,7 +69,7 @@ pub async fn remove_vm(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// Start a VM; returns once its agent reports ready (or after 15 s).
+/// Start a VM; returns once its agent reports ready (or after 15 s; 90 s for qemu guests).
 #[utoipa::path(post, path = "/api/v1/vms/{id}/start", tag = "vms", params(("id" = String, Path)),
     responses((status = 200, body = Vm), (status = 404, body = Problem), (status = 409, body = Problem)), security(("bearer" = [])))]
 pub async fn start_vm(State(c): Ctl, Path(id): Path<String>) -> Result<Json<Vm>, ApiError> {

@@ -223,7 +223,9 @@ impl Engine {
         self.launch_vm(&v.id, "started").await?;
         // the start is done when the agent says it is ready
         let ready = |v: &Vm| v.agent != AgentStatus::Starting || v.state != VmState::Running;
-        self.wait_vm(&v.id, ready, Duration::from_secs(15)).await;
+        // a TCG guest boots in seconds, more on a loaded host
+        let patience = if v.spec.driver == Driver::Qemu { 90 } else { 15 };
+        self.wait_vm(&v.id, ready, Duration::from_secs(patience)).await;
         self.find_vm(&v.id)
     }
 
