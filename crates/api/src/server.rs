@@ -91,10 +91,6 @@ pub fn api_parts() -> (Router<Arc<dyn Control>>, utoipa::openapi::OpenApi) {
         .split_for_parts()
 }
 
-pub fn openapi() -> utoipa::openapi::OpenApi {
-    api_parts().1
-}
-
 pub fn router(control: Arc<dyn Control>, cfg: ServerConfig) -> Router {
     let (routes, doc) = api_parts();
     let doc = Arc::new(doc);

@@ -17,10 +17,6 @@ pub fn new_id() -> String {
     format!("{x:016x}")
 }
 
-pub fn looks_like_id(s: &str) -> bool {
-    s.len() == 16 && s.bytes().all(|b| b.is_ascii_hexdigit())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -29,6 +25,6 @@ mod tests {
     fn ids_are_unique_and_hex() {
         let ids: std::collections::HashSet<_> = (0..10_000).map(|_| new_id()).collect();
         assert_eq!(ids.len(), 10_000);
-        assert!(ids.iter().all(|i| looks_like_id(i)));
+        assert!(ids.iter().all(|i| i.len() == 16 && i.bytes().all(|b| b.is_ascii_hexdigit())));
     }
 }

@@ -50,15 +50,6 @@ pub fn oom_kills(version: Version, cgpath: &str) -> Option<u64> {
     }
 }
 
-/// Current memory use in bytes.
-pub fn memory_usage(version: Version, cgpath: &str) -> Option<u64> {
-    let file = match version {
-        Version::V1 => dir(version, "memory", cgpath).join("memory.usage_in_bytes"),
-        Version::V2 => dir(version, "", cgpath).join("memory.current"),
-    };
-    std::fs::read_to_string(file).ok()?.trim().parse().ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -59,11 +59,6 @@ fn loopback_up_here() -> io::Result<()> {
     Ok(())
 }
 
-/// Brings the loopback interface up inside the namespace at `ns`.
-pub fn loopback_up(ns: &Path) -> io::Result<()> {
-    in_netns(ns, loopback_up_here)
-}
-
 /// Creates a new network namespace with its loopback up and pins it at `path` (a bind
 /// mount, like `ip netns add`), so a container can join it by path and it outlives no
 /// one: [`remove`] undoes it.

@@ -5,8 +5,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use serde::Deserialize;
-
 use crate::{Error, Result};
 
 #[derive(Debug, Clone)]
@@ -14,12 +12,6 @@ pub struct Runc {
     pub binary: PathBuf,
     /// runc's state directory (`--root`), ours alone so we never see others' containers.
     pub root: PathBuf,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-pub struct State {
-    pub status: String,
-    pub pid: u32,
 }
 
 impl Runc {
@@ -63,19 +55,6 @@ impl Runc {
             self.run("delete", id, &["--force", id]).map(drop)
         } else {
             self.run("delete", id, &[id]).map(drop)
-        }
-    }
-
-    /// `None` when runc does not know the container.
-    pub fn state(&self, id: &str) -> Result<Option<State>> {
-        match self.run("state", id, &[id]) {
-            Ok(json) => serde_json::from_str(&json).map(Some).map_err(|e| Error::Runc {
-                action: "state".into(),
-                id: id.into(),
-                msg: e.to_string(),
-            }),
-            Err(Error::Runc { msg, .. }) if msg.contains("does not exist") || msg.contains("not exist") => Ok(None),
-            Err(e) => Err(e),
         }
     }
 

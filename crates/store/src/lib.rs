@@ -205,11 +205,6 @@ impl Store {
         Ok(conn.execute("DELETE FROM seen_nonces WHERE at < ?1", params![before as i64])?)
     }
 
-    pub fn record(&self, event: &Event) -> Result<()> {
-        let conn = self.conn();
-        insert_event(&conn, event)
-    }
-
     /// Events of one object (or all when `object_id` is `None`), oldest first, the last `limit`.
     pub fn events(&self, object_id: Option<&str>, limit: usize) -> Result<Vec<Event>> {
         let conn = self.conn();

@@ -13,22 +13,13 @@ fn bad(e: impl std::fmt::Display) -> CliError {
 }
 
 pub fn name_of(n: &NameArg) -> CliResult<String> {
-    match (&n.positional, &n.name) {
-        (Some(a), Some(b)) if a != b => {
-            Err(CliError::usage(format!("two names given ({a:?} and --name {b:?}); give one")))
-        }
-        (Some(a), _) | (None, Some(a)) => Ok(a.clone()),
-        (None, None) => Err(CliError::usage("give the container's name (--name N)")),
-    }
+    super::pick_name(&n.positional, &n.name, "container")
 }
 
 fn request(a: &CreateArgs, default_name: Option<String>) -> CliResult<ContainerCreate> {
-    let name = match (&a.positional, &a.name) {
-        (Some(x), Some(y)) if x != y => {
-            return Err(CliError::usage(format!("two names given ({x:?} and --name {y:?}); give one")))
-        }
-        (Some(x), _) | (None, Some(x)) => x.clone(),
-        (None, None) => default_name.ok_or_else(|| CliError::usage("give the container's name (--name N)"))?,
+    let name = match (&a.positional, &a.name, default_name) {
+        (None, None, Some(d)) => d,
+        _ => super::pick_name(&a.positional, &a.name, "container")?,
     };
     let mut env = BTreeMap::new();
     for e in &a.env {

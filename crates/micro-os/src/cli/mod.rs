@@ -13,6 +13,17 @@ pub use args::Cli;
 use args::Command;
 use client::{CliResult, Client};
 
+/// The object's name from a positional argument or `--name` (one of them, or both equal).
+pub fn pick_name(positional: &Option<String>, flag: &Option<String>, what: &str) -> CliResult<String> {
+    match (positional, flag) {
+        (Some(a), Some(b)) if a != b => {
+            Err(client::CliError::usage(format!("two names given ({a:?} and --name {b:?}); give one")))
+        }
+        (Some(a), _) | (None, Some(a)) => Ok(a.clone()),
+        (None, None) => Err(client::CliError::usage(format!("give the {what}'s name (--name N)"))),
+    }
+}
+
 pub fn run(api: Option<String>, cmd: Command) -> CliResult<i32> {
     let client = Client::new(api);
     match cmd {

@@ -6,13 +6,7 @@ use super::client::{seg, CliError, CliResult, Client};
 use super::output::{ago, print, table};
 
 fn name_of(n: &VmName) -> CliResult<String> {
-    match (&n.positional, &n.name) {
-        (Some(a), Some(b)) if a != b => {
-            Err(CliError::usage(format!("two names given ({a:?} and --name {b:?}); give one")))
-        }
-        (Some(a), _) | (None, Some(a)) => Ok(a.clone()),
-        (None, None) => Err(CliError::usage("give the VM's name (--name N)")),
-    }
+    super::pick_name(&n.positional, &n.name, "VM")
 }
 
 fn list_table(vs: &[Vm]) -> String {
@@ -83,13 +77,10 @@ pub fn run(client: &Client, cmd: VmCmd) -> CliResult<i32> {
                 println!("{}", list_table(&vs));
                 return Ok(0);
             }
-            let name = match (positional, name) {
-                (Some(a), Some(b)) if a != b => {
-                    return Err(CliError::usage(format!("two names given ({a:?} and --name {b:?}); give one")))
-                }
-                (Some(a), _) | (None, Some(a)) => a,
-                (None, None) => return Err(CliError::usage("give the VM's name (--name N) or --from-file FILE")),
-            };
+            if positional.is_none() && name.is_none() {
+                return Err(CliError::usage("give the VM's name (--name N) or --from-file FILE"));
+            }
+            let name = super::pick_name(&positional, &name, "VM")?;
             let memory = memory.ok_or_else(|| CliError::usage("give the VM's memory in MiB (--memory 512)"))?;
             let restart =
                 restart.as_deref().map(RestartPolicy::parse).transpose().map_err(|e| CliError::usage(e.to_string()))?;
