@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # micro-os benchmarks: each runs our code and its named peer in the same run and reports
-# the ratio. Usage (as root): bash bench/run.sh [lifecycle|api|rss|vm|verify|all]
+# the ratio. Usage (as root): bash bench/run.sh [lifecycle|api|rss|vm|verify|p2p|all]
 # Needs hyperfine, wrk and podman (installed here if missing); builds the release binary.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 what=${1:-all}
 need=()
-for p in hyperfine wrk podman runc busybox-static curl jq bc openssl; do
+for p in hyperfine wrk podman runc busybox-static curl jq bc openssl iperf3; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")
 done
 if [ ${#need[@]} -gt 0 ]; then
@@ -29,7 +29,7 @@ cleanup() {
 }
 trap cleanup EXIT
 mkdir -p "$MICRO_OS_HOME"
-echo "{\"vm_bridge\": \"mb$PORT\", \"vm_subnet\": \"10.77.0.0/16\"}" > "$MICRO_OS_HOME/config.json"
+echo "{\"vm_bridge\": \"mb$PORT\", \"vm_subnet\": \"10.77.0.0/16\", \"p2p_mdns\": false}" > "$MICRO_OS_HOME/config.json"
 start_daemon() {
   "$BIN" daemon --api-addr "127.0.0.1:$PORT" >"$WORK/daemon.log" 2>&1 &
   DAEMON_PID=$!
@@ -71,6 +71,10 @@ fi
 
 if [ "$what" = vm ] || [ "$what" = all ]; then
   BIN=$BIN python3 bench/vm.py
+fi
+
+if [ "$what" = p2p ] || [ "$what" = all ]; then
+  BIN=$BIN python3 bench/p2p.py
 fi
 
 if [ "$what" = api ] || [ "$what" = all ]; then

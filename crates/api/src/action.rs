@@ -9,7 +9,7 @@ use micro_os_core::{Container, Template, Vm};
 
 use crate::types::{
     Ack, ContainerCreate, DeployRequest, EventInfo, ImageBuild, ImageImport, ImageInfo, LogsQuery, NetSend, NetStatus,
-    VmCreate, WaitResponse,
+    Provider, SendReport, VmCreate, WaitResponse,
 };
 use crate::ApiError;
 
@@ -20,24 +20,48 @@ pub enum Action {
     Deploy(DeployRequest),
     ListContainers,
     GetContainer(String),
-    RemoveContainer { id: String, force: bool },
+    RemoveContainer {
+        id: String,
+        force: bool,
+    },
     StartContainer(String),
-    StopContainer { id: String, timeout: Option<f64> },
+    StopContainer {
+        id: String,
+        timeout: Option<f64>,
+    },
     PauseContainer(String),
     ResumeContainer(String),
-    ConfigureContainer { id: String, set: std::collections::BTreeMap<String, String> },
+    ConfigureContainer {
+        id: String,
+        set: std::collections::BTreeMap<String, String>,
+    },
     WaitContainer(String),
     ContainerEvents(String),
     CreateVms(Vec<VmCreate>),
     ListVms,
     GetVm(String),
-    RemoveVm { id: String, force: bool },
+    RemoveVm {
+        id: String,
+        force: bool,
+    },
     StartVm(String),
-    StopVm { id: String, force: bool, timeout: Option<f64> },
+    StopVm {
+        id: String,
+        force: bool,
+        timeout: Option<f64>,
+    },
     PauseVm(String),
     ResumeVm(String),
-    NetStatus,
+    /// The host's p2p status, or a VM's.
+    NetStatus {
+        vm: Option<String>,
+    },
     NetSend(NetSend),
+    /// Providers of a resource key, asked from the host's peer or a VM's.
+    NetFind {
+        key: String,
+        vm: Option<String>,
+    },
     ListImages,
     RemoveImage(String),
     ListTemplates,
@@ -54,6 +78,8 @@ pub enum Reply {
     Vm(Box<Vm>),
     Net(Box<NetStatus>),
     Ack(Ack),
+    Sent(Box<SendReport>),
+    Providers(Vec<Provider>),
     Vms(Vec<Vm>),
     Templates(Vec<Template>),
     Template(Box<Template>),

@@ -82,6 +82,7 @@ pub fn api_parts() -> (Router<Arc<dyn Control>>, utoipa::openapi::OpenApi) {
         .routes(routes!(vms::resume_vm))
         .routes(routes!(net::status))
         .routes(routes!(net::send))
+        .routes(routes!(net::providers))
         .routes(routes!(images::list_images))
         .routes(routes!(images::remove_image))
         .routes(routes!(images::build_image))

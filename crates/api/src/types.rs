@@ -213,6 +213,10 @@ pub struct PeerInfo {
     pub agent: Option<String>,
     /// Grows with verified messages, falls with refused ones.
     pub score: i64,
+    /// How we learned of the peer: bootstrap, mdns, kad, relay (none: it called us or we
+    /// were told to dial it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub discovered: Vec<String>,
     pub messages_in: u64,
     pub messages_out: u64,
     /// Bytes of envelopes received from and sent to the peer.
@@ -230,7 +234,49 @@ pub struct NetStatus {
     pub messages: BTreeMap<String, u64>,
     /// Refused messages by reason.
     pub rejections: BTreeMap<String, u64>,
+    /// Reachability as autonat found it (public, private, unknown); absent when autonat is off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nat: Option<String>,
+    /// Resource keys this peer advertises in the DHT.
+    #[serde(default)]
+    pub provides: Vec<String>,
+    /// DATA streams accepted, and their bytes.
+    #[serde(default)]
+    pub streams_in: u64,
+    #[serde(default)]
+    pub stream_bytes_in: u64,
 }
+
+/// A peer that advertises a resource (a Kademlia provider record).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Provider {
+    pub peer_id: String,
+    /// The VM of this host that the peer is, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vm: Option<String>,
+    pub addresses: Vec<String>,
+    pub connected: bool,
+}
+
+/// `GET /api/v1/net/providers`: who offers a resource key (`container/<name>`, `vm/<name>`).
+#[derive(Debug, Clone, Serialize, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct FindQuery {
+    pub key: String,
+    /// Ask from this VM's peer instead of the host's.
+    #[serde(default)]
+    pub vm: Option<String>,
+}
+
+/// `GET /api/v1/monitor/network`: the host's peer, or a VM's.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct NetQuery {
+    #[serde(default)]
+    pub vm: Option<String>,
+}
+
+pub use micro_os_core::net::SendReport;
 
 /// `POST /api/v1/net/send`: a signed message from this host to a peer.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -250,7 +296,13 @@ pub struct NetSend {
     /// Send this many copies at once (a load test); the answer counts refusals.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub count: Option<u32>,
-    /// Pad the state to this many bytes.
+    /// Pad the state to this many bytes; for a stream, its length.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub size: Option<usize>,
+    pub size: Option<u64>,
+    /// Send this file (a path on the daemon's host) as a DATA stream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    /// Send as a DATA stream (`/micro-os/data/1`) rather than as messages.
+    #[serde(default)]
+    pub stream: bool,
 }

@@ -256,7 +256,9 @@ pub enum AgentMessage {
     /// The agent is shutting down (asked to, or by a signal).
     Bye { reason: String },
     /// The outcome of a `DaemonMessage::Send`.
-    SendResult { id: u64, accepted: bool, reason: Option<String> },
+    SendResult { id: u64, report: crate::net::SendReport },
+    /// The answer to a `DaemonMessage::Query`: JSON of the p2p layer's answer, or an error.
+    Answer { id: u64, result: Result<serde_json::Value, String> },
 }
 
 /// The port an agent's libp2p peer listens on (TCP and QUIC) at the VM's address.
@@ -271,6 +273,20 @@ pub enum DaemonMessage {
     /// The peers whose messages the agent accepts — the host and this host's other VMs —
     /// as peer ids or as multiaddrs ending in /p2p/<peer id> (which also say where to dial).
     Peers { peers: Vec<String> },
-    /// Send a signed message from this VM to a peer; answer with `SendResult`.
-    Send { id: u64, to: String, kind: String, state: String },
+    /// Send signed messages (or a DATA stream) from this VM to a peer; answer with `SendResult`.
+    Send { id: u64, job: crate::net::SendJob },
+    /// What this VM offers, advertised as Kademlia provider records (`container/<name>`, …).
+    Provide { keys: Vec<String> },
+    /// Ask the VM's p2p layer something; answer with `Answer`.
+    Query { id: u64, query: Query },
+}
+
+/// Questions the daemon asks an agent's p2p layer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "what", rename_all = "lowercase")]
+pub enum Query {
+    /// Its peers and counters (`NetStatus`).
+    Status,
+    /// The providers of a resource key, found through Kademlia.
+    Find { key: String },
 }

@@ -13,7 +13,8 @@ use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use micro_os_core::vm::{AgentMessage, DaemonMessage, AGENT_CONTROL_DIR, AGENT_CONTROL_SOCKET, AGENT_P2P_PORT};
+use micro_os_core::net::SendReport;
+use micro_os_core::vm::{AgentMessage, DaemonMessage, Query, AGENT_CONTROL_DIR, AGENT_CONTROL_SOCKET, AGENT_P2P_PORT};
 use nix::sys::signal::{self, SigHandler, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
@@ -25,6 +26,8 @@ extern "C" fn on_signal(sig: libc::c_int) {
 }
 
 const KEY_PATH: &str = "/var/lib/micro-os/agent.key";
+/// Where named DATA streams sent to this VM are kept.
+const INBOX: &str = "/var/lib/micro-os/inbox";
 const REPORT_EVERY: Duration = Duration::from_secs(1);
 const DEFAULT_GRACE: f64 = 10.0;
 
@@ -220,6 +223,11 @@ fn start_p2p(
                 bootstrap: vec![],
                 trusted: vec![],
                 rotate_every: 3600,
+                // the VM's network is the VM bridge: mDNS finds its sibling VMs there
+                mdns: true,
+                nat: crate::p2p::Nat::default(),
+                external: vec![],
+                inbox: Some(PathBuf::from(INBOX)),
             };
             // nonces journaled in the VM's root, so a restarted VM still refuses replays
             let nonces = micro_os_net::FileNonces::open(Path::new(KEY_PATH).with_file_name("nonces"));
@@ -309,18 +317,52 @@ pub fn run(control_dir: Option<PathBuf>, guest: bool) -> i32 {
                                 }
                                 *policy.0.write().unwrap() = known;
                             }
-                            Ok(DaemonMessage::Send { id, to, kind, state }) => {
-                                let result =
-                                    match (&p2p, to.parse(), serde_json::from_value(serde_json::Value::String(kind))) {
-                                        (Some((rt, h)), Ok(to), Ok(kind)) => rt.block_on(h.send(to, kind, state)),
-                                        (None, _, _) => Err("the VM's p2p peer is not running".into()),
-                                        _ => Err("bad send request".into()),
-                                    };
-                                let (accepted, reason) = match result {
-                                    Ok(ack) => (ack.accepted, ack.reason),
-                                    Err(e) => (false, Some(e)),
-                                };
-                                link.send(&AgentMessage::SendResult { id, accepted, reason });
+                            Ok(DaemonMessage::Send { id, job }) => {
+                                let link = link.clone();
+                                match &p2p {
+                                    Some((rt, h)) => {
+                                        let h = h.clone();
+                                        rt.spawn(async move {
+                                            let report = h.run(job).await;
+                                            link.send(&AgentMessage::SendResult { id, report });
+                                        });
+                                    }
+                                    None => {
+                                        let report = SendReport::failed("the VM's p2p peer is not running");
+                                        link.send(&AgentMessage::SendResult { id, report });
+                                    }
+                                }
+                            }
+                            Ok(DaemonMessage::Provide { keys }) => {
+                                if let Some((_, h)) = &p2p {
+                                    h.provide_blocking(keys);
+                                }
+                            }
+                            Ok(DaemonMessage::Query { id, query }) => {
+                                let link = link.clone();
+                                match &p2p {
+                                    Some((rt, h)) => {
+                                        let h = h.clone();
+                                        rt.spawn(async move {
+                                            let result = match query {
+                                                Query::Status => h
+                                                    .status()
+                                                    .await
+                                                    .ok_or_else(|| "the p2p layer is down".to_string())
+                                                    .and_then(|s| serde_json::to_value(s).map_err(|e| e.to_string())),
+                                                Query::Find { key } => h
+                                                    .find(key)
+                                                    .await
+                                                    .and_then(|p| serde_json::to_value(p).map_err(|e| e.to_string())),
+                                            };
+                                            link.send(&AgentMessage::Answer { id, result });
+                                        });
+                                    }
+                                    None => {
+                                        let result = Err("the VM's p2p peer is not running".into());
+                                        link.send(&AgentMessage::Answer { id, result });
+                                    }
+                                }
                             }
                             Err(_) => {}
                         }

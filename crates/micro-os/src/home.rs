@@ -45,6 +45,15 @@ pub struct Config {
     pub p2p_trusted: Vec<String>,
     /// Seconds between rotations of the key that signs messages (delegated by the node key).
     pub p2p_key_rotation_s: u64,
+    /// Find peers on the local network by multicast DNS (VMs always do, on the VM bridge).
+    pub p2p_mdns: bool,
+    /// NAT traversal: `{"autonat": true, "relay_server": false, "relay_client": false}`;
+    /// with relay_client, listen on `<relay>/p2p-circuit` addresses (in p2p_listen) and
+    /// dcutr upgrades relayed connections to direct ones.
+    pub p2p_nat: crate::p2p::Nat,
+    /// Addresses peers reach this host at (a public address, a forwarded port), as
+    /// multiaddrs. A relay server needs one; without any, its listen addresses are used.
+    pub p2p_external: Vec<String>,
 }
 
 impl Default for Config {
@@ -62,6 +71,9 @@ impl Default for Config {
             p2p_bootstrap: vec![],
             p2p_trusted: vec![],
             p2p_key_rotation_s: 3600,
+            p2p_mdns: true,
+            p2p_nat: crate::p2p::Nat { autonat: true, relay_server: false, relay_client: false },
+            p2p_external: vec![],
         }
     }
 }
@@ -73,10 +85,14 @@ impl Config {
         }
         micro_os_runtime::fabric::Fabric::parse(&self.vm_bridge, &self.vm_subnet)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
-        for a in self.p2p_listen.iter().chain(&self.p2p_bootstrap) {
+        for a in self.p2p_listen.iter().chain(&self.p2p_bootstrap).chain(&self.p2p_external) {
             if a.parse::<libp2p::Multiaddr>().is_err() {
                 bail!("p2p address {a:?} is not a multiaddr (try /ip4/127.0.0.1/tcp/4001)");
             }
+        }
+        let circuit = self.p2p_listen.iter().any(|a| a.contains("/p2p-circuit"));
+        if circuit && !self.p2p_nat.relay_client {
+            bail!("p2p_listen has a /p2p-circuit address but p2p_nat.relay_client is off (turn it on)");
         }
         if self.p2p_key_rotation_s == 0 {
             bail!("p2p_key_rotation_s 0 is too short (give seconds, e.g. 3600)");

@@ -131,6 +131,69 @@ fn vms_are_peers_that_exchange_every_message_type() {
         assert!(out.contains("delivered"), "va -> vb {kind}: {out}");
         d.ok(&["net", "send", "--from", "vb", "--to", &pa, "--type", kind]);
     }
+
+    // the VMs found each other on the bridge by mDNS, not only through the daemon
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let st: serde_json::Value =
+            serde_json::from_str(&d.ok(&["net", "peers", "--vm", "va", "--format", "json"])).unwrap();
+        let seen = st["peers"].as_array().unwrap().iter().find(|p| p["peer_id"] == pb.as_str()).cloned();
+        if seen.as_ref().is_some_and(|p| p["discovered"].as_array().unwrap().iter().any(|d| d == "mdns")) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "va never found vb by mDNS: {st:#}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+
+    // a VM advertises its containers in the DHT; the host and the other VM find them
+    d.ok(&["container", "create", "--name", "ledger", "--image", "busybox", "--vm", "vb", "--", "sleep", "60"]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let found = d.cli(&["net", "find", "container/ledger", "--format", "json"]);
+        let text = String::from_utf8_lossy(&found.stdout).to_string();
+        if found.status.success() {
+            let list: serde_json::Value = serde_json::from_str(&text).unwrap();
+            assert_eq!(list[0]["peer_id"], pb.as_str(), "{list:#}");
+            assert_eq!(list[0]["vm"], "vb", "{list:#}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the host never found container/ledger: {text}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !d.cli(&["net", "find", "vm/vb", "--vm", "va"]).status.success() {
+        assert!(Instant::now() < deadline, "va never found vm/vb in the DHT");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let err = d.fails(&["net", "find", "container/nothing-here"], 3);
+    assert!(err.contains("no peer offers"), "{err}");
+
+    // DATA as a stream: a file from one VM to the other, checked end to end
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("chain.bin");
+    let body: Vec<u8> = (0..5 * 1024 * 1024 + 77).map(|i: u32| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
+    std::fs::write(&file, &body).unwrap();
+    let out = d.ok(&["net", "send", "--from", "va", "--to", "vb", "--type", "DATA", "--file", file.to_str().unwrap()]);
+    let sha = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(&body))
+    };
+    assert!(out.contains(&sha), "{out}");
+    let vb_pid = d.vm("vb")["pid"].as_u64().unwrap();
+    let kept = std::fs::read(format!("/proc/{vb_pid}/root/var/lib/micro-os/inbox/chain.bin")).unwrap();
+    assert!(kept == body, "the file vb kept differs from the one sent");
+    // generated data from the host, and many small messages with their round trips
+    let out = d.ok(&["net", "send", "--to", "vb", "--type", "DATA", "--stream", "--size", "8M"]);
+    assert!(out.contains("delivered a stream of 8M"), "{out}");
+    let st: serde_json::Value =
+        serde_json::from_str(&d.ok(&["net", "peers", "--vm", "vb", "--format", "json"])).unwrap();
+    assert_eq!(st["streams_in"], 2, "{st:#}");
+    assert_eq!(st["stream_bytes_in"], body.len() as u64 + 8 * 1024 * 1024, "{st:#}");
+    let out = d.ok(&["net", "send", "--from", "va", "--to", "vb", "--type", "DATA", "--count", "300", "--size", "256"]);
+    assert!(out.contains("delivered 300 messages") && out.contains("p99"), "{out}");
+    let err = d.fails(&["net", "send", "--to", "vb", "--type", "CTRL", "--stream", "--size", "1M"], 2);
+    assert!(err.contains("only DATA travels as a stream"), "{err}");
+
     // a peer that is neither this host nor one of its VMs: refused by the VM's agent
     let mut stranger = Daemon::prepared("127.0.0.1");
     stranger.set_config(

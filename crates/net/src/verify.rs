@@ -21,6 +21,10 @@ pub enum Rejection {
     BadSignature,
     #[error("signing key expired")]
     ExpiredKey,
+    #[error("stream truncated")]
+    Truncated,
+    #[error("stream checksum does not match")]
+    StreamChecksum,
 }
 
 /// Nonces seen within the window, by sender. Implementations persist them so a replay
@@ -150,7 +154,8 @@ impl<S: NonceStore> Verifier<S> {
         }
     }
 
-    fn reject(&mut self, sender: &str, why: Rejection) -> Rejection {
+    /// Counts a refusal and lowers the sender's score.
+    pub fn reject(&mut self, sender: &str, why: Rejection) -> Rejection {
         *self.rejected.entry(why).or_default() += 1;
         *self.scores.entry(sender.to_string()).or_default() -= 10;
         why

@@ -1,4 +1,4 @@
-use micro_os_api::types::{Ack, NetSend, NetStatus};
+use micro_os_api::types::{NetSend, NetStatus, Provider, SendReport};
 
 use super::args::{Format, MonitorCmd, NetCmd};
 use super::client::{exit, CliError, CliResult, Client};
@@ -6,7 +6,7 @@ use super::output::{print, table};
 
 fn peers_table(st: &NetStatus) -> String {
     table(
-        &["PEER", "CONNECTED", "RTT", "IN", "OUT", "BYTES IN", "BYTES OUT", "SCORE", "AGENT", "ADDRESSES"],
+        &["PEER", "CONNECTED", "RTT", "IN", "OUT", "BYTES IN", "BYTES OUT", "SCORE", "AGENT", "FOUND BY", "ADDRESSES"],
         st.peers
             .iter()
             .map(|p| {
@@ -20,6 +20,7 @@ fn peers_table(st: &NetStatus) -> String {
                     micro_os_core::Size(p.bytes_out).to_string(),
                     p.score.to_string(),
                     p.agent.clone().unwrap_or_else(|| "-".into()),
+                    if p.discovered.is_empty() { "-".into() } else { p.discovered.join(",") },
                     p.addresses.join(" "),
                 ]
             })
@@ -28,7 +29,19 @@ fn peers_table(st: &NetStatus) -> String {
 }
 
 fn detailed(st: &NetStatus) -> String {
-    let mut out = format!("peer id  {}\nlisten   {}\n\n{}", st.peer_id, st.listen.join(" "), peers_table(st));
+    let mut out = format!("peer id  {}\nlisten   {}\n", st.peer_id, st.listen.join(" "));
+    if let Some(nat) = &st.nat {
+        out.push_str(&format!("nat      {nat}\n"));
+    }
+    if !st.provides.is_empty() {
+        out.push_str(&format!("provides {}\n", st.provides.join(" ")));
+    }
+    out.push_str(&format!(
+        "streams  {} in, {}\n\n{}",
+        st.streams_in,
+        micro_os_core::Size(st.stream_bytes_in),
+        peers_table(st)
+    ));
     out.push_str("\n\n");
     out.push_str(&table(
         &["MESSAGES", "ACCEPTED"],
@@ -42,28 +55,94 @@ fn detailed(st: &NetStatus) -> String {
     out
 }
 
+fn status_path(vm: Option<&str>) -> String {
+    match vm {
+        Some(vm) => format!("/monitor/network?vm={}", super::client::seg(vm)),
+        None => "/monitor/network".into(),
+    }
+}
+
+/// One line about a delivered send: a stream's size, hash and rate, or the messages'
+/// rate and round trips.
+fn summary(to: &str, r: &SendReport) -> String {
+    let secs = r.elapsed_ms / 1000.0;
+    match &r.sha256 {
+        Some(sha) => format!(
+            "delivered a stream of {} to {to} in {secs:.3} s ({:.1} MiB/s), sha256 {sha}",
+            micro_os_core::Size(r.bytes),
+            r.mib_per_second()
+        ),
+        None if r.sent > 1 => format!(
+            "delivered {} messages to {to} in {secs:.3} s: {:.0} msg/s, round trip p50 {:.2} ms, p99 {:.2} ms",
+            r.sent,
+            r.per_second(),
+            r.p50_ms.unwrap_or_default(),
+            r.p99_ms.unwrap_or_default()
+        ),
+        None => format!("delivered to {to} ({:.2} ms)", r.p50_ms.unwrap_or(r.elapsed_ms)),
+    }
+}
+
 pub fn run(client: &Client, cmd: NetCmd) -> CliResult<i32> {
     match cmd {
-        NetCmd::Peers { format } => {
-            let st: NetStatus = client.call("GET", "/monitor/network", None::<&()>)?;
+        NetCmd::Peers { vm, format } => {
+            let st: NetStatus = client.call("GET", &status_path(vm.as_deref()), None::<&()>)?;
             print(format, &st, peers_table)?;
         }
-        NetCmd::Send { from, to, kind, state, file, count, size } => {
-            let state = match (state, file) {
-                (Some(s), _) => s,
-                (None, Some(f)) => std::fs::read_to_string(&f)
-                    .map_err(|e| CliError::usage(format!("file {} cannot be read: {e}", f.display())))?,
-                (None, None) => String::new(),
-            };
-            let ack: Ack =
-                client.call("POST", "/net/send", Some(&NetSend { from, to: to.clone(), kind, state, count, size }))?;
-            if !ack.accepted {
-                return Err(CliError::new(
-                    exit::FAILURE,
-                    format!("{to} refused the message: {}", ack.reason.unwrap_or_default()),
-                ));
+        NetCmd::Find { key, vm, format } => {
+            let mut path = format!("/net/providers?key={}", super::client::seg(&key));
+            if let Some(vm) = &vm {
+                path.push_str(&format!("&vm={}", super::client::seg(vm)));
             }
-            println!("delivered to {to}");
+            let found: Vec<Provider> = client.call("GET", &path, None::<&()>)?;
+            if found.is_empty() {
+                return Err(CliError::new(exit::NOT_FOUND, format!("no peer offers {key:?}")));
+            }
+            print(format, &found, |list| {
+                table(
+                    &["PEER", "VM", "CONNECTED", "ADDRESSES"],
+                    list.iter()
+                        .map(|p| {
+                            vec![
+                                p.peer_id.clone(),
+                                p.vm.clone().unwrap_or_else(|| "-".into()),
+                                p.connected.to_string(),
+                                p.addresses.join(" "),
+                            ]
+                        })
+                        .collect(),
+                )
+            })?;
+        }
+        NetCmd::Send { from, to, kind, state, file, count, size, stream } => {
+            let data = kind.eq_ignore_ascii_case("data");
+            let (state, file) = match (state, file) {
+                (Some(s), _) => (s, None),
+                // DATA from a file travels as a stream; the daemon reads the file
+                (None, Some(f)) if data => {
+                    let abs = std::fs::canonicalize(&f)
+                        .map_err(|e| CliError::usage(format!("file {} cannot be read: {e}", f.display())))?;
+                    (String::new(), Some(abs.to_string_lossy().into_owned()))
+                }
+                (None, Some(f)) => (
+                    std::fs::read_to_string(&f)
+                        .map_err(|e| CliError::usage(format!("file {} cannot be read: {e}", f.display())))?,
+                    None,
+                ),
+                (None, None) => (String::new(), None),
+            };
+            let req = NetSend { from, to: to.clone(), kind, state, count, size: size.map(|s| s.0), file, stream };
+            let r: SendReport = client.call("POST", "/net/send", Some(&req))?;
+            if !r.accepted {
+                let why = r.reason.unwrap_or_default();
+                let msg = if r.sent > 1 {
+                    format!("{to} refused {} of {} messages: {why}", r.refused, r.sent)
+                } else {
+                    format!("{to} refused the message: {why}")
+                };
+                return Err(CliError::new(exit::FAILURE, msg));
+            }
+            println!("{}", summary(&to, &r));
         }
     }
     Ok(0)
@@ -71,7 +150,7 @@ pub fn run(client: &Client, cmd: NetCmd) -> CliResult<i32> {
 
 pub fn monitor(client: &Client, cmd: MonitorCmd) -> CliResult<i32> {
     match cmd {
-        MonitorCmd::Network { protocol, interval, detailed: more, format } => {
+        MonitorCmd::Network { protocol, interval, detailed: more, vm, format } => {
             if protocol != "p2p" {
                 return Err(CliError::usage(format!("protocol {protocol:?} is unknown (use p2p)")));
             }
@@ -81,7 +160,7 @@ pub fn monitor(client: &Client, cmd: MonitorCmd) -> CliResult<i32> {
                 }
             }
             loop {
-                let st: NetStatus = client.call("GET", "/monitor/network", None::<&()>)?;
+                let st: NetStatus = client.call("GET", &status_path(vm.as_deref()), None::<&()>)?;
                 match (format, more) {
                     (Format::Table, true) => println!("{}", detailed(&st)),
                     _ => print(format, &st, peers_table)?,

@@ -7,7 +7,7 @@
 //! take it (a `stop` waits for them while holding it).
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -72,8 +72,8 @@ pub struct Engine {
     /// The host's libp2p peer, once started.
     pub p2p: std::sync::OnceLock<crate::p2p::Handle>,
     pub host_peer: std::sync::OnceLock<String>,
-    /// Messages VMs were asked to send, waiting for their agent's verdict.
-    pub(super) agent_sends: Mutex<HashMap<u64, tokio::sync::oneshot::Sender<micro_os_api::types::Ack>>>,
+    /// Requests to agents (sends, queries) waiting for the answer with their id.
+    pub(super) agent_calls: Mutex<HashMap<u64, tokio::sync::oneshot::Sender<micro_os_core::vm::AgentMessage>>>,
 }
 
 pub(super) fn conflict(e: InvalidTransition) -> ApiError {
@@ -122,7 +122,7 @@ impl Engine {
             accel: Mutex::new(None),
             p2p: std::sync::OnceLock::new(),
             host_peer: std::sync::OnceLock::new(),
-            agent_sends: Mutex::new(HashMap::new()),
+            agent_calls: Mutex::new(HashMap::new()),
             home,
             cfg,
             store,
@@ -295,7 +295,11 @@ impl Engine {
     pub async fn create(&self, req: ContainerCreate) -> Result<Container, ApiError> {
         let spec = self.resolve(req)?;
         self.check_name_free(&spec.name)?;
-        self.insert(spec)
+        let c = self.insert(spec)?;
+        if let Some(vm) = &c.spec.vm {
+            self.advertise(vm);
+        }
+        Ok(c)
     }
 
     /// All or nothing: every entry is resolved and checked before any is created.
@@ -322,6 +326,10 @@ impl Engine {
         let mut out = Vec::new();
         for s in specs {
             out.push(self.insert(s)?);
+        }
+        let vms: std::collections::BTreeSet<&String> = out.iter().filter_map(|c| c.spec.vm.as_ref()).collect();
+        for vm in vms {
+            self.advertise(vm);
         }
         Ok(out)
     }
@@ -666,6 +674,9 @@ impl Engine {
         self.containers.write().unwrap().remove(&c.id);
         self.ops.lock().unwrap().remove(&c.id);
         let _ = self.changes.send(c.id.clone());
+        if let Some(vm) = &c.spec.vm {
+            self.advertise(vm);
+        }
         let dir = self.state_dir(&c.id);
         let this = self.clone();
         let id = c.id.clone();
@@ -768,73 +779,35 @@ impl Engine {
             }
             Action::PauseVm(k) => self.pause_vm(&k, true).await.map(|v| Reply::Vm(Box::new(v))),
             Action::ResumeVm(k) => self.pause_vm(&k, false).await.map(|v| Reply::Vm(Box::new(v))),
-            Action::NetStatus => {
-                let h = self.p2p.get().ok_or_else(|| ApiError::internal("the p2p layer is not running"))?;
-                let st = h.status().await.ok_or_else(|| ApiError::internal("the p2p layer is down"))?;
+            Action::NetStatus { vm: None } => {
+                let st = self.host_p2p()?.status().await.ok_or_else(|| ApiError::internal("the p2p layer is down"))?;
                 Ok(Reply::Net(Box::new(st)))
             }
-            Action::NetSend(req) => {
-                let kind: micro_os_net::MessageType =
-                    serde_json::from_value(serde_json::Value::String(req.kind.to_uppercase())).map_err(|_| {
-                        ApiError::bad_request(format!(
-                            "message type {:?} is unknown (use SYNC, DISC, DATA, CTRL or PING)",
-                            req.kind
-                        ))
-                    })?;
-                if req.to == "*" {
-                    if req.from.is_some() {
-                        return Err(ApiError::bad_request("broadcasts go from the host (leave out --from)"));
-                    }
-                    let h = self.p2p.get().ok_or_else(|| ApiError::internal("the p2p layer is not running"))?;
-                    h.broadcast(kind, req.state).await.map_err(|e| ApiError::conflict(format!("broadcast: {e}")))?;
-                    return Ok(Reply::Ack(micro_os_api::types::Ack { accepted: true, reason: None }));
+            Action::NetStatus { vm: Some(name) } => {
+                let vm = self.find_vm(&name)?;
+                let v = self.query_vm(&vm, micro_os_core::vm::Query::Status).await?;
+                let st = serde_json::from_value(v).map_err(|e| ApiError::internal(format!("vm status: {e}")))?;
+                Ok(Reply::Net(Box::new(st)))
+            }
+            Action::NetFind { key, vm } => {
+                if key.trim().is_empty() {
+                    return Err(ApiError::bad_request("key is empty (try container/<name> or vm/<name>)"));
                 }
-                let to = match req.to.parse::<libp2p::PeerId>() {
-                    Ok(p) => p,
-                    Err(_) => {
-                        let vm = self.find_vm(&req.to)?;
-                        let peer = vm.peer_id.ok_or_else(|| {
-                            ApiError::conflict(format!("vm {:?} has no peer id yet (start it)", vm.spec.name))
-                        })?;
-                        peer.parse().map_err(|_| ApiError::internal(format!("vm peer id {peer:?} is malformed")))?
+                let mut found: Vec<micro_os_api::types::Provider> = match vm {
+                    None => self.host_p2p()?.find(key).await.map_err(ApiError::internal)?,
+                    Some(name) => {
+                        let vm = self.find_vm(&name)?;
+                        let v = self.query_vm(&vm, micro_os_core::vm::Query::Find { key }).await?;
+                        serde_json::from_value(v).map_err(|e| ApiError::internal(format!("vm answer: {e}")))?
                     }
                 };
-                if let Some(from) = &req.from {
-                    let vm = self.find_vm(from)?;
-                    return self.send_from_vm(&vm, to, kind, req.state).await.map(Reply::Ack);
+                let vms = self.vms.read().unwrap();
+                for p in &mut found {
+                    p.vm = vms.values().find(|v| v.peer_id.as_deref() == Some(&p.peer_id)).map(|v| v.spec.name.clone());
                 }
-                let h = self.p2p.get().ok_or_else(|| ApiError::internal("the p2p layer is not running"))?;
-                let mut state = req.state;
-                if let Some(size) = req.size {
-                    if size > 512 * 1024 {
-                        return Err(ApiError::bad_request(format!(
-                            "size {size} is over 512 KiB (larger DATA travels as a stream)"
-                        )));
-                    }
-                    state.extend(std::iter::repeat_n('x', size.saturating_sub(state.len())));
-                }
-                let count = req.count.unwrap_or(1).clamp(1, 10_000);
-                if count == 1 {
-                    return h
-                        .send(to, kind, state)
-                        .await
-                        .map(Reply::Ack)
-                        .map_err(|e| ApiError::conflict(format!("send to {to}: {e}")));
-                }
-                let results = futures_util::future::join_all((0..count).map(|_| h.send(to, kind, state.clone()))).await;
-                let refused: Vec<String> = results
-                    .into_iter()
-                    .filter_map(|r| match r {
-                        Ok(a) if a.accepted => None,
-                        Ok(a) => Some(a.reason.unwrap_or_default()),
-                        Err(e) => Some(e),
-                    })
-                    .collect();
-                Ok(Reply::Ack(micro_os_api::types::Ack {
-                    accepted: refused.is_empty(),
-                    reason: refused.first().map(|r| format!("{} of {count} refused, e.g. {r}", refused.len())),
-                }))
+                Ok(Reply::Providers(found))
             }
+            Action::NetSend(req) => self.net_send(req).await.map(|r| Reply::Sent(Box::new(r))),
             Action::ListImages => self
                 .images
                 .list()
@@ -861,6 +834,77 @@ impl Engine {
             }
             Action::ListTemplates => Ok(Reply::Templates(self.templates())),
             Action::GetTemplate(name) => self.template(&name).map(|t| Reply::Template(Box::new(t))),
+        }
+    }
+
+    fn host_p2p(&self) -> Result<&crate::p2p::Handle, ApiError> {
+        self.p2p.get().ok_or_else(|| ApiError::internal("the p2p layer is not running"))
+    }
+
+    /// `net send`: messages or a DATA stream, from the host or from one of its VMs.
+    async fn net_send(&self, req: micro_os_api::types::NetSend) -> Result<micro_os_core::net::SendReport, ApiError> {
+        let kind: micro_os_net::MessageType =
+            serde_json::from_value(serde_json::Value::String(req.kind.to_uppercase())).map_err(|_| {
+                ApiError::bad_request(format!(
+                    "message type {:?} is unknown (use SYNC, DISC, DATA, CTRL or PING)",
+                    req.kind
+                ))
+            })?;
+        let stream = req.stream || req.file.is_some();
+        if stream && kind != micro_os_net::MessageType::Data {
+            return Err(ApiError::bad_request(format!("only DATA travels as a stream, not {kind}")));
+        }
+        if let Some(f) = &req.file {
+            if !Path::new(f).is_absolute() {
+                return Err(ApiError::bad_request(format!("file {f:?} is not an absolute path")));
+            }
+            std::fs::File::open(f).map_err(|e| ApiError::bad_request(format!("file {f} cannot be read: {e}")))?;
+        }
+        if !stream && req.size.is_some_and(|s| s > 512 * 1024) {
+            return Err(ApiError::bad_request(format!(
+                "size {} is over 512 KiB (send larger DATA as a stream: --stream)",
+                req.size.unwrap_or(0)
+            )));
+        }
+        if req.to == "*" {
+            if req.from.is_some() || stream || req.count.is_some_and(|c| c > 1) {
+                return Err(ApiError::bad_request(
+                    "broadcasts are one message from the host (leave out --from, --count, --file)",
+                ));
+            }
+            let started = std::time::Instant::now();
+            self.host_p2p()?
+                .broadcast(kind, req.state)
+                .await
+                .map_err(|e| ApiError::conflict(format!("broadcast: {e}")))?;
+            let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+            return Ok(micro_os_core::net::SendReport { accepted: true, sent: 1, elapsed_ms, ..Default::default() });
+        }
+        let to = match req.to.parse::<libp2p::PeerId>() {
+            Ok(p) => p,
+            Err(_) => {
+                let vm = self.find_vm(&req.to)?;
+                let peer = vm.peer_id.ok_or_else(|| {
+                    ApiError::conflict(format!("vm {:?} has no peer id yet (start it)", vm.spec.name))
+                })?;
+                peer.parse().map_err(|_| ApiError::internal(format!("vm peer id {peer:?} is malformed")))?
+            }
+        };
+        let job = micro_os_core::net::SendJob {
+            to: to.to_string(),
+            kind: kind.to_string(),
+            state: req.state,
+            count: req.count.unwrap_or(1).clamp(1, 100_000),
+            size: req.size,
+            file: req.file,
+            stream,
+        };
+        match &req.from {
+            Some(from) => {
+                let vm = self.find_vm(from)?;
+                self.send_from_vm(&vm, job).await
+            }
+            None => Ok(self.host_p2p()?.run(job).await),
         }
     }
 

@@ -187,6 +187,10 @@ pub fn run(home: Home, cfg: Config) -> anyhow::Result<()> {
             bootstrap: cfg.p2p_bootstrap.iter().filter_map(|a| a.parse().ok()).collect(),
             trusted: cfg.p2p_trusted.iter().filter_map(|p| p.parse().ok()).collect(),
             rotate_every: cfg.p2p_key_rotation_s,
+            mdns: cfg.p2p_mdns,
+            nat: cfg.p2p_nat,
+            external: cfg.p2p_external.iter().filter_map(|a| a.parse().ok()).collect(),
+            inbox: Some(home.root.join("inbox")),
         };
         let key = home.libp2p_key()?;
         let _ = engine.host_peer.set(key.public().to_peer_id().to_string());

@@ -9,14 +9,15 @@
 
 use std::collections::HashSet;
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
 use micro_os_api::types::VmCreate;
 use micro_os_api::ApiError;
-use micro_os_core::vm::{AgentMessage, DaemonMessage, AGENT_CONTROL_DIR, AGENT_CONTROL_SOCKET};
+use micro_os_core::net::{SendJob, SendReport};
+use micro_os_core::vm::{AgentMessage, DaemonMessage, Query, AGENT_CONTROL_DIR, AGENT_CONTROL_SOCKET};
 use micro_os_core::{AgentStatus, ContainerState, Driver, RestartPolicy, Transition, Vm, VmSpec, VmState};
 use micro_os_runtime::cgroup;
 use micro_os_runtime::fabric::Fabric;
@@ -721,31 +722,85 @@ impl Engine {
         Ok(())
     }
 
-    /// Asks a VM's agent to send a signed message from the VM's own peer.
-    pub(super) async fn send_from_vm(
+    /// Sends a message to a VM's agent and waits for the answer that carries the same id.
+    async fn call_agent(
         &self,
         vm: &Vm,
-        to: libp2p::PeerId,
-        kind: micro_os_net::MessageType,
-        state: String,
-    ) -> Result<micro_os_api::types::Ack, ApiError> {
+        make: impl FnOnce(u64) -> DaemonMessage,
+        wait: Duration,
+    ) -> Result<AgentMessage, ApiError> {
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         let id = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let (tx, rx) = tokio::sync::oneshot::channel();
-        self.agent_sends.lock().unwrap().insert(id, tx);
-        let sent = self.agents.lock().unwrap().get(&vm.id).is_some_and(|a| {
-            a.send(DaemonMessage::Send { id, to: to.to_string(), kind: kind.to_string(), state }).is_ok()
-        });
+        self.agent_calls.lock().unwrap().insert(id, tx);
+        let sent = self.agents.lock().unwrap().get(&vm.id).is_some_and(|a| a.send(make(id)).is_ok());
         if !sent {
-            self.agent_sends.lock().unwrap().remove(&id);
+            self.agent_calls.lock().unwrap().remove(&id);
             return Err(ApiError::conflict(format!("vm {:?} has no agent connected (start it)", vm.spec.name)));
         }
-        match tokio::time::timeout(Duration::from_secs(15), rx).await {
-            Ok(Ok(ack)) => Ok(ack),
+        match tokio::time::timeout(wait, rx).await {
+            Ok(Ok(answer)) => Ok(answer),
             _ => {
-                self.agent_sends.lock().unwrap().remove(&id);
-                Err(ApiError::internal(format!("vm {:?} did not report the send in time", vm.spec.name)))
+                self.agent_calls.lock().unwrap().remove(&id);
+                Err(ApiError::internal(format!("vm {:?} did not answer in time", vm.spec.name)))
             }
+        }
+    }
+
+    /// Asks a VM's agent to send from the VM's own peer. A file travels into the VM
+    /// through its control directory first (sandbox VMs only).
+    pub(super) async fn send_from_vm(&self, vm: &Vm, mut job: SendJob) -> Result<SendReport, ApiError> {
+        let mut staged = None;
+        if let Some(file) = job.file.take() {
+            if vm.spec.driver == Driver::Qemu {
+                return Err(ApiError::bad_request(format!(
+                    "vm {:?} is a qemu VM: files cannot be sent from it yet (send generated data with --size)",
+                    vm.spec.name
+                )));
+            }
+            let name = Path::new(&file).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let outbox = self.vm_dir(&vm.id).join("ctl").join("outbox");
+            let local = outbox.join(&name);
+            let copied = std::fs::create_dir_all(&outbox).and_then(|_| std::fs::copy(&file, &local));
+            copied.map_err(|e| ApiError::bad_request(format!("file {file} cannot be read: {e}")))?;
+            job.file = Some(format!("{AGENT_CONTROL_DIR}/outbox/{name}"));
+            staged = Some(local);
+        }
+        let answer = self.call_agent(vm, |id| DaemonMessage::Send { id, job }, Duration::from_secs(300)).await;
+        if let Some(f) = staged {
+            let _ = std::fs::remove_file(f);
+        }
+        match answer? {
+            AgentMessage::SendResult { report, .. } => Ok(report),
+            other => Err(ApiError::internal(format!("vm {:?} answered {other:?}", vm.spec.name))),
+        }
+    }
+
+    /// Asks a VM's p2p layer a question; the answer is its JSON.
+    pub(super) async fn query_vm(&self, vm: &Vm, query: Query) -> Result<serde_json::Value, ApiError> {
+        match self.call_agent(vm, |id| DaemonMessage::Query { id, query }, Duration::from_secs(20)).await? {
+            AgentMessage::Answer { result: Ok(v), .. } => Ok(v),
+            AgentMessage::Answer { result: Err(e), .. } => {
+                Err(ApiError::conflict(format!("vm {:?}: {e}", vm.spec.name)))
+            }
+            other => Err(ApiError::internal(format!("vm {:?} answered {other:?}", vm.spec.name))),
+        }
+    }
+
+    /// Tells a VM's agent what to advertise in the DHT: the VM and its containers.
+    pub(super) fn advertise(&self, vm_id: &str) {
+        let Some(name) = self.vms.read().unwrap().get(vm_id).map(|v| v.spec.name.clone()) else { return };
+        let mut keys = vec![format!("vm/{name}")];
+        keys.extend(
+            self.containers
+                .read()
+                .unwrap()
+                .values()
+                .filter(|c| c.spec.vm.as_deref() == Some(vm_id))
+                .map(|c| format!("container/{}", c.spec.name)),
+        );
+        if let Some(tx) = self.agents.lock().unwrap().get(vm_id) {
+            let _ = tx.send(DaemonMessage::Provide { keys });
         }
     }
 
@@ -768,9 +823,9 @@ impl Engine {
     }
 
     fn on_agent(&self, id: &str, m: AgentMessage) {
-        if let AgentMessage::SendResult { id: sid, accepted, reason } = &m {
-            if let Some(tx) = self.agent_sends.lock().unwrap().remove(sid) {
-                let _ = tx.send(micro_os_api::types::Ack { accepted: *accepted, reason: reason.clone() });
+        if let AgentMessage::SendResult { id: call, .. } | AgentMessage::Answer { id: call, .. } = &m {
+            if let Some(tx) = self.agent_calls.lock().unwrap().remove(call) {
+                let _ = tx.send(m);
             }
             return;
         }
@@ -801,7 +856,7 @@ impl Engine {
                 AgentMessage::Health { problems, .. } => {
                     v.agent = if problems.is_empty() { AgentStatus::Ready } else { AgentStatus::Degraded };
                 }
-                AgentMessage::Bye { .. } | AgentMessage::SendResult { .. } => {}
+                AgentMessage::Bye { .. } | AgentMessage::SendResult { .. } | AgentMessage::Answer { .. } => {}
             }
             if v.agent != before {
                 changed = Some(format!("agent {:?}", v.agent).to_lowercase());
@@ -809,6 +864,7 @@ impl Engine {
         });
         if matches!(m, AgentMessage::Hello { .. }) {
             self.share_peers();
+            self.advertise(id);
         }
         if let Some(detail) = changed {
             let _ = self.persist_vm(id, "agent", detail);

@@ -51,8 +51,10 @@ impl Daemon {
         let home = tempfile::Builder::new().prefix("micro-os-test-").tempdir().unwrap();
         let port = free_port();
         // a bridge and a subnet of this test's own, so tests running at once never meet;
-        // libp2p on free ports
+        // libp2p on free ports; no mDNS from the host, which would multicast on the
+        // machine's own network (VMs still use it, on the test's bridge)
         let config = serde_json::json!({
+            "p2p_mdns": false,
             "vm_bridge": format!("mt{port}"),
             "vm_subnet": format!("10.{}.{}.0/24", 100 + port % 100, (port / 100) % 250),
             "p2p_listen": ["/ip4/127.0.0.1/tcp/0", "/ip4/127.0.0.1/udp/0/quic-v1"],

@@ -1,0 +1,221 @@
+//! DATA as a stream: `/micro-os/data/1`, for payloads too large for one envelope.
+//!
+//! On the wire, after libp2p has opened the stream:
+//!
+//! ```text
+//! sender:   u32 (big endian) length, then a signed DATA envelope whose state is a
+//!           `StreamHeader` (size, optional SHA-256, optional name)
+//! receiver: "go\n"  or  "refused <reason>\n"
+//! sender:   `size` bytes of body, then the body's SHA-256 (32 bytes), then closes
+//! receiver: "ok <sha256 hex>\n"  or  "refused <reason>\n"
+//! ```
+//!
+//! The header is verified like every envelope (signature, known sender, window, nonce)
+//! before a byte of body is read. The receiver hashes the body as it arrives and compares
+//! it with the trailer and with the header's SHA-256 when the sender knew it up front (a
+//! file), so a truncated or corrupted transfer is refused and counted.
+
+use std::path::{Path, PathBuf};
+
+use futures_util::{AsyncReadExt, AsyncWriteExt, StreamExt};
+use libp2p::{PeerId, StreamProtocol};
+use micro_os_net::{Envelope, MessageType, Rejection};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncReadExt as _;
+use tokio::sync::{mpsc, oneshot};
+
+use super::Command;
+
+pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/micro-os/data/1");
+const MAX_HEADER: u32 = 64 * 1024;
+const CHUNK: usize = 256 * 1024;
+
+/// The state of a stream's header envelope.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StreamHeader {
+    pub size: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    /// Keep the body in the receiver's inbox under this name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+/// Where a stream's body comes from.
+pub type Source = Box<dyn tokio::io::AsyncRead + Unpin + Send>;
+
+async fn read_line<R: futures_util::AsyncRead + Unpin>(r: &mut R) -> Result<String, String> {
+    let mut line = Vec::new();
+    let mut b = [0u8; 1];
+    loop {
+        match r.read(&mut b).await {
+            Ok(0) => return Err("the peer closed the stream".into()),
+            Ok(_) if b[0] == b'\n' => break,
+            Ok(_) if line.len() < 1024 => line.push(b[0]),
+            Ok(_) => return Err("the peer's answer is too long".into()),
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    Ok(String::from_utf8_lossy(&line).into_owned())
+}
+
+fn verdict(line: &str) -> Result<&str, String> {
+    match line.split_once(' ').unwrap_or((line, "")) {
+        ("go", _) => Ok(""),
+        ("ok", rest) => Ok(rest),
+        ("refused", why) => Err(format!("refused: {why}")),
+        _ => Err(format!("unexpected answer {line:?}")),
+    }
+}
+
+/// Sends `header` (a sealed DATA envelope) and the body; returns the body's length and
+/// SHA-256 once the receiver has accepted both.
+pub async fn send(
+    control: &mut libp2p_stream::Control,
+    to: PeerId,
+    header: &Envelope,
+    mut body: Source,
+) -> Result<(u64, String), String> {
+    let mut s = control.open_stream(to, PROTOCOL).await.map_err(|e| format!("open a data stream: {e}"))?;
+    let head = header.encode();
+    s.write_all(&(head.len() as u32).to_be_bytes()).await.map_err(|e| e.to_string())?;
+    s.write_all(&head).await.map_err(|e| e.to_string())?;
+    s.flush().await.map_err(|e| e.to_string())?;
+    verdict(&read_line(&mut s).await?)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; CHUNK];
+    let mut sent = 0u64;
+    loop {
+        let n = body.read(&mut buf).await.map_err(|e| format!("read the data: {e}"))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        s.write_all(&buf[..n]).await.map_err(|e| e.to_string())?;
+        sent += n as u64;
+    }
+    let sum = hasher.finalize();
+    s.write_all(&sum).await.map_err(|e| e.to_string())?;
+    s.close().await.map_err(|e| e.to_string())?;
+    let answer = read_line(&mut s).await?;
+    let theirs = verdict(&answer)?;
+    let ours = hex::encode(sum);
+    if theirs != ours {
+        return Err(format!("the receiver computed SHA-256 {theirs}, we sent {ours}"));
+    }
+    Ok((sent, ours))
+}
+
+/// Serves incoming data streams until the swarm goes away.
+pub async fn serve(mut incoming: libp2p_stream::IncomingStreams, tx: mpsc::Sender<Command>, inbox: Option<PathBuf>) {
+    while let Some((peer, stream)) = incoming.next().await {
+        tokio::spawn(receive(peer, stream, tx.clone(), inbox.clone()));
+    }
+}
+
+/// What the swarm task is told when a stream has been read.
+pub struct Received {
+    pub peer: PeerId,
+    pub bytes: u64,
+    pub result: Result<(), Rejection>,
+}
+
+async fn receive(peer: PeerId, mut s: libp2p::Stream, tx: mpsc::Sender<Command>, inbox: Option<PathBuf>) {
+    let (outcome, bytes) = match take(peer, &mut s, &tx, inbox.as_deref()).await {
+        Ok((bytes, sum)) => (format!("ok {sum}\n"), Some((bytes, Ok(())))),
+        Err(Refusal { why, counted: Some(bytes) }) => (format!("refused {why}\n"), Some((bytes, Err(why)))),
+        Err(Refusal { why, counted: None }) => (format!("refused {why}\n"), None),
+    };
+    if let Some((bytes, result)) = bytes {
+        let _ = tx.send(Command::Received(Received { peer, bytes, result })).await;
+    }
+    let _ = s.write_all(outcome.as_bytes()).await;
+    let _ = s.close().await;
+}
+
+struct Refusal {
+    why: Rejection,
+    /// Set once the header was accepted: the body bytes read, reported to the swarm
+    /// task (header refusals were counted by its verifier already).
+    counted: Option<u64>,
+}
+
+async fn take(
+    peer: PeerId,
+    s: &mut libp2p::Stream,
+    tx: &mpsc::Sender<Command>,
+    inbox: Option<&Path>,
+) -> Result<(u64, String), Refusal> {
+    let header_refused = |why| Refusal { why, counted: None };
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len).await.map_err(|_| header_refused(Rejection::Malformed))?;
+    let len = u32::from_be_bytes(len);
+    if len > MAX_HEADER {
+        return Err(header_refused(Rejection::Malformed));
+    }
+    let mut head = vec![0u8; len as usize];
+    s.read_exact(&mut head).await.map_err(|_| header_refused(Rejection::Malformed))?;
+    let env = Envelope::decode(&head).map_err(|_| header_refused(Rejection::Malformed))?;
+    let header: StreamHeader = serde_json::from_str(&env.payload.state)
+        .ok()
+        .filter(|_| env.kind == MessageType::Data)
+        .ok_or(header_refused(Rejection::Malformed))?;
+    let (reply, verdict) = oneshot::channel();
+    tx.send(Command::VerifyStream { peer, env: Box::new(env.clone()), reply })
+        .await
+        .map_err(|_| header_refused(Rejection::Malformed))?;
+    verdict.await.unwrap_or(Err(Rejection::Malformed)).map_err(header_refused)?;
+    s.write_all(b"go\n").await.map_err(|_| header_refused(Rejection::Truncated))?;
+    s.flush().await.map_err(|_| header_refused(Rejection::Truncated))?;
+
+    let mut keep = match (inbox, &header.name) {
+        (Some(dir), Some(_)) => {
+            let partial = dir.join(format!(".partial-{}", env.nonce));
+            let _ = std::fs::create_dir_all(dir);
+            tokio::fs::File::create(&partial).await.ok().map(|f| (f, partial))
+        }
+        _ => None,
+    };
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; CHUNK];
+    let mut got = 0u64;
+    let refused = |why, got| Refusal { why, counted: Some(got) };
+    let body = async {
+        while got < header.size {
+            let want = (header.size - got).min(CHUNK as u64) as usize;
+            let n = s.read(&mut buf[..want]).await.map_err(|_| refused(Rejection::Truncated, got))?;
+            if n == 0 {
+                return Err(refused(Rejection::Truncated, got));
+            }
+            hasher.update(&buf[..n]);
+            if let Some((f, _)) = &mut keep {
+                tokio::io::AsyncWriteExt::write_all(f, &buf[..n])
+                    .await
+                    .map_err(|_| refused(Rejection::Truncated, got))?;
+            }
+            got += n as u64;
+        }
+        let mut trailer = [0u8; 32];
+        s.read_exact(&mut trailer).await.map_err(|_| refused(Rejection::Truncated, got))?;
+        let sum = hasher.finalize();
+        let declared = header.sha256.as_deref().is_none_or(|h| h.eq_ignore_ascii_case(&hex::encode(sum)));
+        if trailer[..] != sum[..] || !declared {
+            return Err(refused(Rejection::StreamChecksum, got));
+        }
+        Ok((got, hex::encode(sum)))
+    }
+    .await;
+    if let Some((f, partial)) = keep {
+        drop(f);
+        match (&body, header.name.as_deref().and_then(|n| Path::new(n).file_name())) {
+            (Ok(_), Some(name)) => {
+                let _ = std::fs::rename(&partial, partial.with_file_name(name));
+            }
+            _ => {
+                let _ = std::fs::remove_file(&partial);
+            }
+        }
+    }
+    body
+}
