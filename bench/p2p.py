@@ -40,19 +40,24 @@ def vm(name):
 
 def iperf3(a, b, secs):
     ns_a, ns_b = f"mos-{a['id'][:12]}", f"mos-{b['id'][:12]}"
-    server = subprocess.Popen(["ip", "netns", "exec", ns_b, "iperf3", "-s", "-1"], stdout=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        ["ip", "netns", "exec", ns_b, "iperf3", "-s", "-1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         for _ in range(50):
             out = subprocess.run(
                 ["ip", "netns", "exec", ns_a, "iperf3", "-c", b["address"], "-t", str(secs), "-J"],
                 capture_output=True, text=True,
             )
-            if out.returncode == 0:
-                return json.loads(out.stdout)["end"]["sum_received"]["bits_per_second"] / 8 / (1 << 20)
-            time.sleep(0.1)
+            result = json.loads(out.stdout or "{}")
+            if out.returncode == 0 and "sum_received" in result.get("end", {}):
+                return result["end"]["sum_received"]["bits_per_second"] / 8 / (1 << 20)
+            print("iperf3:", result.get("error", out.stderr.strip()), file=sys.stderr)
+            time.sleep(0.2)
         raise SystemExit(f"iperf3 failed: {out.stdout}{out.stderr}")
     finally:
-        server.wait(timeout=30)
+        server.kill()
+        server.wait()
 
 
 def main():

@@ -42,9 +42,9 @@ pub struct SendReport {
     pub p50_ms: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub p99_ms: Option<f64>,
-    /// A stream's SHA-256, as both ends computed it.
+    /// A stream's checksum (XXH3-128, hex), as both ends computed it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sha256: Option<String>,
+    pub checksum: Option<String>,
 }
 
 impl SendReport {

@@ -74,6 +74,13 @@ fn two_vms_reach_each_other_and_not_the_host_api() {
     );
     assert!(out.contains("nogroup:x:65534:"), "vm-a could not reach vm-b's web server: {out}");
     assert!(!out.contains("HOST-API-REACHED"), "a VM reached the host API: {out}");
+    // `vm rm` answers once the host side is gone (a daemon killed right after leaks nothing)
+    d.ok(&["container", "rm", "--force", "srv"]);
+    let id = b["id"].as_str().unwrap();
+    let netns = format!("/run/netns/mos-{}", &id[..12]);
+    assert!(std::path::Path::new(&netns).exists());
+    d.ok(&["vm", "rm", "--force", "vm-b"]);
+    assert!(!std::path::Path::new(&netns).exists(), "{netns} outlived `vm rm`");
 }
 
 #[test]

@@ -379,7 +379,7 @@ pub enum NetCmd {
         format: Format,
     },
     /// Send signed messages to a peer (a peer id, or a VM's name). DATA with --file, or
-    /// with --stream, travels as a stream with a SHA-256 the receiver checks.
+    /// with --stream, travels as a stream with a checksum the receiver checks.
     #[command(
         after_help = "Examples:\n  micro-os net send --to blockchain-node-1 --type PING\n  micro-os net send --from blockchain-node-1 --to blockchain-node-2 --type SYNC --state 'height 7'\n  micro-os net send --to blockchain-node-2 --type DATA --file chain.tar\n  micro-os net send --from vm-a --to vm-b --type DATA --count 10000 --size 256\n  micro-os net send --from vm-a --to vm-b --type DATA --stream --size 1G"
     )]

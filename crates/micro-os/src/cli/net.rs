@@ -66,9 +66,9 @@ fn status_path(vm: Option<&str>) -> String {
 /// rate and round trips.
 fn summary(to: &str, r: &SendReport) -> String {
     let secs = r.elapsed_ms / 1000.0;
-    match &r.sha256 {
-        Some(sha) => format!(
-            "delivered a stream of {} to {to} in {secs:.3} s ({:.1} MiB/s), sha256 {sha}",
+    match &r.checksum {
+        Some(sum) => format!(
+            "delivered a stream of {} to {to} in {secs:.3} s ({:.1} MiB/s), xxh3 {sum}",
             micro_os_core::Size(r.bytes),
             r.mib_per_second()
         ),

@@ -659,17 +659,17 @@ impl Engine {
             }
             self.stop_vm_locked(&v, true, 0.0).await?;
         }
+        // the host side (network namespace, veth, cgroups) goes before the record: a
+        // daemon killed in between leaves a VM that `rm` can finish, never an orphan
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.shim_gone(&v.id)).await;
+        let (this, id) = (self.clone(), v.id.clone());
+        let _ = tokio::task::spawn_blocking(move || this.release_host_side(&id)).await;
         let ev = Event::new(KIND, &v.id, &v.spec.name, "removed", "");
         tokio::task::block_in_place(|| self.store.delete(KIND, &v.id, &ev)).map_err(store_err)?;
         self.vms.write().unwrap().remove(&v.id);
         let _ = self.changes.send(v.id.clone());
         let dir = self.vm_dir(&v.id);
-        let this = self.clone();
-        let id = v.id.clone();
-        tokio::spawn(async move {
-            this.shim_gone(&id).await;
-            let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir)).await;
-        });
+        let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir)).await;
         Ok(())
     }
 

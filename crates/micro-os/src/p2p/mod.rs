@@ -200,7 +200,7 @@ impl Handle {
         self.ask(|reply| Command::Send { to, kind, state, reply }).await?
     }
 
-    /// Sends a DATA stream; gives the body's length and SHA-256 once the receiver accepted it.
+    /// Sends a DATA stream; gives the body's length and checksum once the receiver accepted it.
     pub async fn send_stream(
         &self,
         to: PeerId,
@@ -232,8 +232,8 @@ impl Handle {
                 return SendReport::failed("only DATA travels as a stream");
             }
             let mut report = match self.stream_job(to, &job).await {
-                Ok((bytes, sha)) => {
-                    SendReport { accepted: true, sent: 1, bytes, sha256: Some(sha), ..Default::default() }
+                Ok((bytes, sum)) => {
+                    SendReport { accepted: true, sent: 1, bytes, checksum: Some(sum), ..Default::default() }
                 }
                 Err(e) => SendReport::failed(e),
             };
@@ -275,16 +275,11 @@ impl Handle {
         match &job.file {
             Some(path) => {
                 let p = PathBuf::from(path);
-                // hashed first: the header carries it signed, so the receiver checks the
-                // file end to end (a file that changes while it is sent is refused)
+                // checksummed first: the header carries it signed, so the receiver checks
+                // the file end to end (a file that changes while it is sent is refused)
                 let sum = tokio::task::spawn_blocking({
                     let p = p.clone();
-                    move || -> std::io::Result<String> {
-                        use sha2::Digest;
-                        let mut h = sha2::Sha256::new();
-                        std::io::copy(&mut std::fs::File::open(&p)?, &mut h)?;
-                        Ok(hex::encode(h.finalize()))
-                    }
+                    move || stream::checksum_file(&p)
                 })
                 .await
                 .map_err(|e| e.to_string())?
@@ -292,13 +287,13 @@ impl Handle {
                 let file = tokio::fs::File::open(&p).await.map_err(|e| format!("file {path} cannot be read: {e}"))?;
                 let size = file.metadata().await.map_err(|e| e.to_string())?.len();
                 let name = p.file_name().map(|n| n.to_string_lossy().into_owned());
-                let header = stream::StreamHeader { size, sha256: Some(sum), name };
+                let header = stream::StreamHeader { size, xxh3: Some(sum), name };
                 self.send_stream(to, header, Box::new(file)).await
             }
             None => {
                 use tokio::io::AsyncReadExt;
                 let size = job.size.unwrap_or(0);
-                let header = stream::StreamHeader { size, sha256: None, name: None };
+                let header = stream::StreamHeader { size, xxh3: None, name: None };
                 self.send_stream(to, header, Box::new(tokio::io::repeat(0x6d).take(size))).await
             }
         }
@@ -818,7 +813,6 @@ mod tests {
     use super::*;
     use libp2p::identity::Keypair;
     use micro_os_net::{MemoryNonces, Payload, Rejection};
-    use sha2::Digest;
 
     struct Anyone;
 
@@ -854,8 +848,8 @@ mod tests {
         panic!("the peer never listened");
     }
 
-    fn header(size: usize, sha256: Option<String>) -> stream::StreamHeader {
-        stream::StreamHeader { size: size as u64, sha256, name: None }
+    fn header(size: usize, xxh3: Option<String>) -> stream::StreamHeader {
+        stream::StreamHeader { size: size as u64, xxh3, name: None }
     }
 
     #[tokio::test]
@@ -864,7 +858,7 @@ mod tests {
         let (b, b_id) = node(&["/ip4/127.0.0.1/tcp/0"], Nat::default());
         a.tx.send(Command::AddAddress(b_id, listening(&b).await)).await.unwrap();
         let data: Vec<u8> = (0..3 * 1024 * 1024 + 5).map(|i| (i % 251) as u8).collect();
-        let sum = hex::encode(sha2::Sha256::digest(&data));
+        let sum = stream::hex128(xxhash_rust::xxh3::xxh3_128(&data));
         let body = |d: &Vec<u8>| -> stream::Source { Box::new(std::io::Cursor::new(d.clone())) };
 
         let sent = a.send_stream(b_id, header(data.len(), Some(sum.clone())), body(&data)).await.unwrap();
@@ -897,7 +891,7 @@ mod tests {
         s.read_exact(&mut go).await.unwrap();
         assert_eq!(&go, b"go\n");
         s.write_all(b"abcd").await.unwrap();
-        s.write_all(&sha2::Sha256::digest(b"abce")).await.unwrap();
+        s.write_all(&xxhash_rust::xxh3::xxh3_128(b"abce").to_be_bytes()).await.unwrap();
         s.close().await.unwrap();
         let mut answer = String::new();
         s.read_to_string(&mut answer).await.unwrap();
