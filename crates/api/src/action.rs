@@ -62,6 +62,16 @@ pub enum Action {
         key: String,
         vm: Option<String>,
     },
+    /// The latest sample of each object, filtered.
+    Resources(crate::types::ResourcesQuery),
+    /// Stored samples in a range.
+    History(crate::types::HistoryQuery),
+    /// Stored samples in a range, as CSV text or (format json) samples.
+    Export(crate::types::HistoryQuery),
+    Health(crate::types::HealthQuery),
+    Performance(crate::types::PerformanceQuery),
+    /// The Prometheus exposition.
+    Metrics,
     ListImages,
     RemoveImage(String),
     ListTemplates,
@@ -80,6 +90,10 @@ pub enum Reply {
     Ack(Ack),
     Sent(Box<SendReport>),
     Providers(Vec<Provider>),
+    Samples(Vec<crate::types::Sample>),
+    Health(Box<crate::types::HealthReport>),
+    Performance(Box<crate::types::PerformanceReport>),
+    Text(String),
     Vms(Vec<Vm>),
     Templates(Vec<Template>),
     Template(Box<Template>),

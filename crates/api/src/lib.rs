@@ -15,6 +15,7 @@ pub mod types;
 
 mod containers;
 mod images;
+mod monitor;
 mod net;
 mod system;
 mod templates;

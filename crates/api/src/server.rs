@@ -10,7 +10,7 @@ use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::{containers, images, net, system, templates, vms, ApiError, Control, ErrorKind, Reply};
+use crate::{containers, images, monitor, net, system, templates, vms, ApiError, Control, ErrorKind, Reply};
 
 /// Largest request body accepted, in bytes.
 pub const BODY_LIMIT: usize = 1 << 20;
@@ -42,7 +42,7 @@ pub fn unexpected(r: Reply) -> ApiError {
 #[openapi(
     info(title = "micro-os", description = "Run VMs, OCI containers and consensus circuits for blockchain nodes."),
     modifiers(&BearerAuth),
-    tags((name = "vms"), (name = "net"), (name = "containers"), (name = "images"), (name = "templates"), (name = "system"))
+    tags((name = "vms"), (name = "net"), (name = "monitor"), (name = "containers"), (name = "images"), (name = "templates"), (name = "system"))
 )]
 struct ApiDoc;
 
@@ -83,6 +83,12 @@ pub fn api_parts() -> (Router<Arc<dyn Control>>, utoipa::openapi::OpenApi) {
         .routes(routes!(net::status))
         .routes(routes!(net::send))
         .routes(routes!(net::providers))
+        .routes(routes!(monitor::resources))
+        .routes(routes!(monitor::history))
+        .routes(routes!(monitor::export))
+        .routes(routes!(monitor::health))
+        .routes(routes!(monitor::performance))
+        .routes(routes!(monitor::metrics))
         .routes(routes!(images::list_images))
         .routes(routes!(images::remove_image))
         .routes(routes!(images::build_image))
@@ -98,6 +104,8 @@ pub fn router(control: Arc<dyn Control>, cfg: ServerConfig) -> Router {
     let token: Arc<str> = cfg.token.into();
     routes
         .route("/api/v1/openapi.json", axum::routing::get(move || async move { Json(doc.as_ref().clone()) }))
+        // where Prometheus looks by default; the same as /api/v1/metrics, token and all
+        .route("/metrics", axum::routing::get(monitor::metrics))
         .fallback(|req: Request| async move {
             ApiError::not_found(format!(
                 "no such endpoint: {} {} (see /api/v1/openapi.json)",

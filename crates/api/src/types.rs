@@ -306,3 +306,104 @@ pub struct NetSend {
     #[serde(default)]
     pub stream: bool,
 }
+
+pub use micro_os_core::metrics::{Alert, ComponentHealth, Sample, Severity};
+
+/// `GET /api/v1/monitor/resources`: the latest sample of each object.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ResourcesQuery {
+    /// Only this VM (name or id) and the containers placed on it.
+    #[serde(default)]
+    pub vm: Option<String>,
+    /// Only this container (name or id).
+    #[serde(default)]
+    pub container: Option<String>,
+    /// The host too, besides containers and VMs.
+    #[serde(default)]
+    pub all: bool,
+}
+
+/// `GET /api/v1/monitor/history` and `/export`: samples in a time range.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryQuery {
+    /// A date (2023-01-31), an RFC 3339 time, or a duration ago (2h).
+    pub from: String,
+    /// Like `from`; a date means its end. Default now.
+    #[serde(default)]
+    pub to: Option<String>,
+    /// Only this object: a container's or VM's name or id, or `host`.
+    #[serde(default)]
+    pub object: Option<String>,
+    /// Export only: csv (default) or json.
+    #[serde(default)]
+    pub format: Option<String>,
+}
+
+/// `GET /api/v1/monitor/health`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct HealthQuery {
+    /// Comma-separated components (api, store, runtime, vms, containers, net, monitor, circuit, ai).
+    #[serde(default)]
+    pub components: Option<String>,
+    /// Only what is critical.
+    #[serde(default)]
+    pub critical_only: bool,
+    /// The alerts AI modules raised instead of the rules' alerts.
+    #[serde(default)]
+    pub ai_alerts: bool,
+}
+
+/// Components and open alerts.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct HealthReport {
+    /// The worst status of the components shown.
+    pub status: Severity,
+    pub components: Vec<ComponentHealth>,
+    pub alerts: Vec<Alert>,
+}
+
+/// `GET /api/v1/monitor/performance`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct PerformanceQuery {
+    pub container: String,
+    /// How far back: a duration (1h, default) or a time.
+    #[serde(default)]
+    pub since: Option<String>,
+    #[serde(default)]
+    pub ai_stats: bool,
+}
+
+/// A container's use over a window, from its stored samples.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct PerformanceReport {
+    pub container: String,
+    pub from: DateTime<Utc>,
+    pub to: DateTime<Utc>,
+    pub samples: u64,
+    pub cpu_percent_avg: f64,
+    pub cpu_percent_p95: f64,
+    pub cpu_percent_max: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_limit_percent: Option<f64>,
+    pub memory_bytes_avg: u64,
+    pub memory_bytes_max: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_limit_bytes: Option<u64>,
+    pub net_rx_bytes_per_s: f64,
+    pub net_tx_bytes_per_s: f64,
+    pub io_read_bytes_per_s: f64,
+    pub io_write_bytes_per_s: f64,
+    pub restarts: u64,
+    pub oom_kills: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_ms_avg: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_error_rate: Option<f64>,
+    /// What the AI modules changed for this container (none enabled yet: says so).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ai_stats: Option<String>,
+}

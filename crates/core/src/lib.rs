@@ -9,6 +9,7 @@ pub mod container;
 pub mod error;
 pub mod health;
 pub mod id;
+pub mod metrics;
 pub mod net;
 pub mod port;
 pub mod resources;

@@ -40,6 +40,18 @@ impl Size {
     }
 }
 
+impl Size {
+    /// Rounded to one decimal in the largest unit that fits (`847.8M`), for reading
+    /// rather than for typing back.
+    pub fn approx(self) -> String {
+        const UNITS: [(&str, u64); 4] = [("T", 1 << 40), ("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)];
+        match UNITS.iter().find(|(_, m)| self.0 >= *m) {
+            Some((u, m)) => format!("{:.1}{u}", self.0 as f64 / *m as f64),
+            None => format!("{}B", self.0),
+        }
+    }
+}
+
 impl fmt::Display for Size {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         const UNITS: [(&str, u64); 4] = [("T", 1 << 40), ("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)];

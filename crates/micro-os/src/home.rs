@@ -54,6 +54,15 @@ pub struct Config {
     /// Addresses peers reach this host at (a public address, a forwarded port), as
     /// multiaddrs. A relay server needs one; without any, its listen addresses are used.
     pub p2p_external: Vec<String>,
+    /// Seconds between samples of every container, VM and the host.
+    pub monitor_interval_s: f64,
+    /// Hours raw samples are kept; older ones live on as one-minute averages.
+    pub monitor_raw_hours: u64,
+    /// Days one-minute averages are kept.
+    pub monitor_minute_days: u64,
+    /// Alert rules: `[{"name": "crash-loop", "metric": "restarts", "above": 2,
+    /// "increase_over_s": 60, "objects": "container/*"}]` (see `AlertRule`).
+    pub alerts: Vec<micro_os_core::metrics::AlertRule>,
 }
 
 impl Default for Config {
@@ -74,6 +83,10 @@ impl Default for Config {
             p2p_mdns: true,
             p2p_nat: crate::p2p::Nat { autonat: true, relay_server: false, relay_client: false },
             p2p_external: vec![],
+            monitor_interval_s: 5.0,
+            monitor_raw_hours: 24,
+            monitor_minute_days: 30,
+            alerts: vec![],
         }
     }
 }
@@ -101,6 +114,12 @@ impl Config {
             if p.parse::<libp2p::PeerId>().is_err() {
                 bail!("trusted peer {p:?} is not a peer id (they start with 12D3KooW)");
             }
+        }
+        if !(self.monitor_interval_s.is_finite() && self.monitor_interval_s >= 0.1) {
+            bail!("monitor_interval_s {} is too short (give seconds, at least 0.1, e.g. 5)", self.monitor_interval_s);
+        }
+        for r in &self.alerts {
+            r.validate().map_err(|e| anyhow::anyhow!("alerts: {e}"))?;
         }
         if !(self.stop_timeout_s.is_finite() && self.stop_timeout_s >= 0.0) {
             bail!("stop_timeout_s {} is not a number of seconds (try 10)", self.stop_timeout_s);

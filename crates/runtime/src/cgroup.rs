@@ -50,6 +50,96 @@ pub fn oom_kills(version: Version, cgpath: &str) -> Option<u64> {
     }
 }
 
+/// What the kernel counted in one cgroup (and below it).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Stats {
+    /// CPU time used, nanoseconds.
+    pub cpu_ns: u64,
+    /// The CPU limit in cores (quota / period).
+    pub cpu_limit: Option<f64>,
+    /// Memory in use, less the page cache the kernel can drop at once (inactive files),
+    /// as `docker stats` counts it.
+    pub memory_bytes: u64,
+    pub memory_limit: Option<u64>,
+    pub oom_kills: u64,
+    pub io_read_bytes: u64,
+    pub io_write_bytes: u64,
+    pub pids: u64,
+}
+
+fn read_u64(path: &Path) -> Option<u64> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// Reads the counters of the cgroup at `cgpath`; `None` when it does not exist.
+pub fn stats(version: Version, cgpath: &str) -> Option<Stats> {
+    stats_at(Path::new("/sys/fs/cgroup"), version, cgpath)
+}
+
+fn stats_at(root: &Path, version: Version, cgpath: &str) -> Option<Stats> {
+    let rel = cgpath.trim_start_matches('/');
+    let at = |controller: &str| match version {
+        Version::V1 => root.join(controller).join(rel),
+        Version::V2 => root.join(rel),
+    };
+    // a limit above this is "no limit" (v1 writes the largest page-aligned i64)
+    const UNLIMITED: u64 = 1 << 60;
+    let mut s = Stats::default();
+    match version {
+        Version::V1 => {
+            let mem = at("memory");
+            s.memory_bytes = read_u64(&mem.join("memory.usage_in_bytes"))?;
+            let inactive = read_key(&mem.join("memory.stat"), "total_inactive_file").unwrap_or(0);
+            s.memory_bytes = s.memory_bytes.saturating_sub(inactive);
+            s.memory_limit = read_u64(&mem.join("memory.limit_in_bytes")).filter(|l| *l < UNLIMITED);
+            s.oom_kills = read_key(&mem.join("memory.oom_control"), "oom_kill").unwrap_or(0);
+            s.cpu_ns = read_u64(&at("cpuacct").join("cpuacct.usage")).unwrap_or(0);
+            let quota = std::fs::read_to_string(at("cpu").join("cpu.cfs_quota_us")).ok();
+            let period = read_u64(&at("cpu").join("cpu.cfs_period_us"));
+            if let (Some(q), Some(p)) = (quota.and_then(|q| q.trim().parse::<i64>().ok()), period) {
+                s.cpu_limit = (q > 0 && p > 0).then(|| q as f64 / p as f64);
+            }
+            let io = std::fs::read_to_string(at("blkio").join("blkio.throttle.io_service_bytes_recursive"))
+                .or_else(|_| std::fs::read_to_string(at("blkio").join("blkio.throttle.io_service_bytes")))
+                .unwrap_or_default();
+            for l in io.lines() {
+                let mut f = l.split_whitespace();
+                match (f.next(), f.next(), f.next().and_then(|v| v.parse::<u64>().ok())) {
+                    (Some(_dev), Some("Read"), Some(v)) => s.io_read_bytes += v,
+                    (Some(_dev), Some("Write"), Some(v)) => s.io_write_bytes += v,
+                    _ => {}
+                }
+            }
+            s.pids = read_u64(&at("pids").join("pids.current")).unwrap_or(0);
+        }
+        Version::V2 => {
+            let d = at("");
+            s.memory_bytes = read_u64(&d.join("memory.current"))?;
+            let inactive = read_key(&d.join("memory.stat"), "inactive_file").unwrap_or(0);
+            s.memory_bytes = s.memory_bytes.saturating_sub(inactive);
+            s.memory_limit = read_u64(&d.join("memory.max")).filter(|l| *l < UNLIMITED);
+            s.oom_kills = read_key(&d.join("memory.events"), "oom_kill").unwrap_or(0);
+            s.cpu_ns = read_key(&d.join("cpu.stat"), "usage_usec").unwrap_or(0) * 1000;
+            let max = std::fs::read_to_string(d.join("cpu.max")).unwrap_or_default();
+            let mut f = max.split_whitespace();
+            if let (Some(Ok(q)), Some(Ok(p))) = (f.next().map(str::parse::<f64>), f.next().map(str::parse::<f64>)) {
+                s.cpu_limit = (p > 0.0).then_some(q / p);
+            }
+            for l in std::fs::read_to_string(d.join("io.stat")).unwrap_or_default().lines() {
+                for kv in l.split_whitespace().skip(1) {
+                    match kv.split_once('=') {
+                        Some(("rbytes", v)) => s.io_read_bytes += v.parse::<u64>().unwrap_or(0),
+                        Some(("wbytes", v)) => s.io_write_bytes += v.parse::<u64>().unwrap_or(0),
+                        _ => {}
+                    }
+                }
+            }
+            s.pids = read_u64(&d.join("pids.current")).unwrap_or(0);
+        }
+    }
+    Some(s)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -58,6 +148,80 @@ mod tests {
     fn paths_by_version() {
         assert_eq!(dir(Version::V1, "memory", "/micro-os/abc"), PathBuf::from("/sys/fs/cgroup/memory/micro-os/abc"));
         assert_eq!(dir(Version::V2, "", "/micro-os/abc"), PathBuf::from("/sys/fs/cgroup/micro-os/abc"));
+    }
+
+    fn files(root: &Path, files: &[(&str, &str)]) {
+        for (path, text) in files {
+            let p = root.join(path);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, text).unwrap();
+        }
+    }
+
+    #[test]
+    fn stats_from_v1_and_v2_files() {
+        let d = tempfile::tempdir().unwrap();
+        let v1 = d.path().join("v1");
+        files(
+            &v1,
+            &[
+                ("memory/micro-os/c/memory.usage_in_bytes", "10000\n"),
+                ("memory/micro-os/c/memory.stat", "cache 5\ntotal_inactive_file 1000\n"),
+                ("memory/micro-os/c/memory.limit_in_bytes", "9223372036854771712\n"),
+                ("memory/micro-os/c/memory.oom_control", "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n"),
+                ("cpuacct/micro-os/c/cpuacct.usage", "123456789\n"),
+                ("cpu/micro-os/c/cpu.cfs_quota_us", "50000\n"),
+                ("cpu/micro-os/c/cpu.cfs_period_us", "100000\n"),
+                (
+                    "blkio/micro-os/c/blkio.throttle.io_service_bytes_recursive",
+                    "8:0 Read 4096\n8:0 Write 8192\n8:0 Total 12288\n8:16 Read 1\nTotal 12289\n",
+                ),
+                ("pids/micro-os/c/pids.current", "3\n"),
+            ],
+        );
+        let s = stats_at(&v1, Version::V1, "/micro-os/c").unwrap();
+        assert_eq!(
+            s,
+            Stats {
+                cpu_ns: 123456789,
+                cpu_limit: Some(0.5),
+                memory_bytes: 9000,
+                memory_limit: None,
+                oom_kills: 2,
+                io_read_bytes: 4097,
+                io_write_bytes: 8192,
+                pids: 3
+            }
+        );
+        let v2 = d.path().join("v2");
+        files(
+            &v2,
+            &[
+                ("micro-os/c/memory.current", "20000\n"),
+                ("micro-os/c/memory.stat", "anon 1\ninactive_file 5000\n"),
+                ("micro-os/c/memory.max", "1048576\n"),
+                ("micro-os/c/memory.events", "low 0\noom 1\noom_kill 1\n"),
+                ("micro-os/c/cpu.stat", "usage_usec 250\nuser_usec 200\n"),
+                ("micro-os/c/cpu.max", "max 100000\n"),
+                ("micro-os/c/io.stat", "8:0 rbytes=100 wbytes=200 rios=1 wios=2\n8:16 rbytes=1 wbytes=2\n"),
+                ("micro-os/c/pids.current", "7\n"),
+            ],
+        );
+        let s = stats_at(&v2, Version::V2, "/micro-os/c").unwrap();
+        assert_eq!(
+            s,
+            Stats {
+                cpu_ns: 250_000,
+                cpu_limit: None,
+                memory_bytes: 15000,
+                memory_limit: Some(1048576),
+                oom_kills: 1,
+                io_read_bytes: 101,
+                io_write_bytes: 202,
+                pids: 7
+            }
+        );
+        assert_eq!(stats_at(&v2, Version::V2, "/micro-os/none"), None);
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub mod fabric;
 pub mod image;
 pub mod logs;
 pub mod netns;
+pub mod procfs;
 pub mod runc;
 pub mod shim;
 

@@ -7,6 +7,10 @@
 //! `kill -9` (and a power cut) of the daemon. Readers keep their own in-memory copy; the
 //! store is written through, not queried on hot paths.
 
+mod metrics;
+
+pub use metrics::SampleQuery;
+
 use std::path::Path;
 use std::sync::Mutex;
 
@@ -56,6 +60,8 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (sender, nonce)
     ) WITHOUT ROWID;
     CREATE INDEX seen_nonces_at ON seen_nonces (at);",
+    // 3: metrics history and alerts
+    metrics::MIGRATION,
 ];
 
 /// A lifecycle event: `created`, `started`, `exited`, `oom`, `restarted`, ...

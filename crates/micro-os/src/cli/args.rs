@@ -432,6 +432,82 @@ pub enum MonitorCmd {
         #[arg(long, value_enum, default_value_t)]
         format: Format,
     },
+    /// Resource use of containers and VMs (and the host with --all): CPU, memory, I/O,
+    /// processes, network, restarts, health checks. With --refresh on a terminal, a live
+    /// view (q quits).
+    #[command(
+        after_help = "Examples:\n  micro-os monitor resources --container my-container\n  micro-os monitor resources --all --refresh 5\n  micro-os monitor resources --vm node-1 --format json"
+    )]
+    Resources {
+        #[arg(long, value_name = "VM")]
+        vm: Option<String>,
+        #[arg(long, value_name = "CONTAINER")]
+        container: Option<String>,
+        /// The host too.
+        #[arg(long)]
+        all: bool,
+        /// Refresh every S seconds until q (or Ctrl-C).
+        #[arg(long, value_name = "S")]
+        refresh: Option<f64>,
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// Health of the daemon's components and the open alerts.
+    #[command(
+        after_help = "Examples:\n  micro-os monitor health\n  micro-os monitor health --components runtime,net --critical-only\n  micro-os monitor health --ai-alerts"
+    )]
+    Health {
+        /// Comma-separated: api, store, runtime, vms, containers, net, monitor, circuit, ai (default all).
+        #[arg(long, value_name = "A,B")]
+        components: Option<String>,
+        #[arg(long)]
+        critical_only: bool,
+        /// The alerts AI modules raised.
+        #[arg(long)]
+        ai_alerts: bool,
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// A container's CPU, memory, network, I/O and health checks over a window.
+    #[command(
+        after_help = "Examples:\n  micro-os monitor performance --container eth-node-1 --ai-stats\n  micro-os monitor performance --container web --since 24h"
+    )]
+    Performance {
+        #[arg(long, value_name = "CONTAINER")]
+        container: String,
+        /// How far back: 1h (default), 30m, 7d, or a date or time.
+        #[arg(long, value_name = "WHEN")]
+        since: Option<String>,
+        #[arg(long)]
+        ai_stats: bool,
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// Write the samples of a time range to a file, as CSV (with a header) or JSON.
+    #[command(
+        after_help = "Examples:\n  micro-os monitor export --from \"2023-01-01\" --to \"2023-01-31\" --format csv --output performance_january.csv\n  micro-os monitor export --from 2h --format json --output last-2h.json --object web"
+    )]
+    Export {
+        /// A date (2023-01-31), an RFC 3339 time, or a duration ago (2h).
+        #[arg(long, value_name = "WHEN")]
+        from: String,
+        /// Like --from; a date means the end of that day. Default now.
+        #[arg(long, value_name = "WHEN")]
+        to: Option<String>,
+        #[arg(long, value_enum, default_value_t = ExportFormat::Csv)]
+        format: ExportFormat,
+        #[arg(long, value_name = "FILE")]
+        output: PathBuf,
+        /// Only this container or VM (name or id), or host.
+        #[arg(long, value_name = "NAME")]
+        object: Option<String>,
+    },
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExportFormat {
+    Csv,
+    Json,
 }
 
 #[derive(Subcommand, Debug)]

@@ -5,6 +5,7 @@ pub mod args;
 pub mod client;
 mod container;
 mod image;
+mod monitor;
 mod net;
 mod output;
 mod vm;
@@ -29,7 +30,7 @@ pub fn run(api: Option<String>, cmd: Command) -> CliResult<i32> {
     match cmd {
         Command::Vm(c) => vm::run(&client, c),
         Command::Net(c) => net::run(&client, c),
-        Command::Monitor(c) => net::monitor(&client, c),
+        Command::Monitor(c) => monitor::run(&client, c),
         Command::Container(c) => container::run(&client, *c),
         Command::Image(c) => image::run(&client, c),
         Command::Template(c) => image::run_template(&client, c),

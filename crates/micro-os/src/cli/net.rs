@@ -1,6 +1,6 @@
 use micro_os_api::types::{NetSend, NetStatus, Provider, SendReport};
 
-use super::args::{Format, MonitorCmd, NetCmd};
+use super::args::{Format, NetCmd};
 use super::client::{exit, CliError, CliResult, Client};
 use super::output::{print, table};
 
@@ -148,28 +148,32 @@ pub fn run(client: &Client, cmd: NetCmd) -> CliResult<i32> {
     Ok(0)
 }
 
-pub fn monitor(client: &Client, cmd: MonitorCmd) -> CliResult<i32> {
-    match cmd {
-        MonitorCmd::Network { protocol, interval, detailed: more, vm, format } => {
-            if protocol != "p2p" {
-                return Err(CliError::usage(format!("protocol {protocol:?} is unknown (use p2p)")));
-            }
-            if let Some(i) = interval {
-                if !(i.is_finite() && i > 0.0) {
-                    return Err(CliError::usage(format!("interval {i} is not a number of seconds above 0")));
-                }
-            }
-            loop {
-                let st: NetStatus = client.call("GET", &status_path(vm.as_deref()), None::<&()>)?;
-                match (format, more) {
-                    (Format::Table, true) => println!("{}", detailed(&st)),
-                    _ => print(format, &st, peers_table)?,
-                }
-                match interval {
-                    Some(i) => std::thread::sleep(std::time::Duration::from_secs_f64(i)),
-                    None => return Ok(0),
-                }
-            }
+/// `monitor network`: the host's peer (or a VM's), once or every `interval` seconds.
+pub fn monitor(
+    client: &Client,
+    protocol: &str,
+    interval: Option<f64>,
+    more: bool,
+    vm: Option<&str>,
+    format: Format,
+) -> CliResult<i32> {
+    if protocol != "p2p" {
+        return Err(CliError::usage(format!("protocol {protocol:?} is unknown (use p2p)")));
+    }
+    if let Some(i) = interval {
+        if !(i.is_finite() && i > 0.0) {
+            return Err(CliError::usage(format!("interval {i} is not a number of seconds above 0")));
+        }
+    }
+    loop {
+        let st: NetStatus = client.call("GET", &status_path(vm), None::<&()>)?;
+        match (format, more) {
+            (Format::Table, true) => println!("{}", detailed(&st)),
+            _ => print(format, &st, peers_table)?,
+        }
+        match interval {
+            Some(i) => std::thread::sleep(std::time::Duration::from_secs_f64(i)),
+            None => return Ok(0),
         }
     }
 }

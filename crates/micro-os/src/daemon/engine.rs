@@ -72,6 +72,8 @@ pub struct Engine {
     /// The host's libp2p peer, once started.
     pub p2p: std::sync::OnceLock<crate::p2p::Handle>,
     pub host_peer: std::sync::OnceLock<String>,
+    /// The collector's state: the last round of samples, rates, alert rules.
+    pub monitor: super::monitor::Monitor,
     /// Requests to agents (sends, queries) waiting for the answer with their id.
     pub(super) agent_calls: Mutex<HashMap<u64, tokio::sync::oneshot::Sender<micro_os_core::vm::AgentMessage>>>,
 }
@@ -123,6 +125,7 @@ impl Engine {
             p2p: std::sync::OnceLock::new(),
             host_peer: std::sync::OnceLock::new(),
             agent_calls: Mutex::new(HashMap::new()),
+            monitor: Default::default(),
             home,
             cfg,
             store,
@@ -808,6 +811,21 @@ impl Engine {
                 Ok(Reply::Providers(found))
             }
             Action::NetSend(req) => self.net_send(req).await.map(|r| Reply::Sent(Box::new(r))),
+            Action::Resources(q) => self.resources(&q).map(Reply::Samples),
+            Action::History(q) => self.history(&q).map(Reply::Samples),
+            Action::Export(q) => {
+                let rows = self.history(&q)?;
+                match q.format.as_deref().unwrap_or("csv") {
+                    "json" => Ok(Reply::Samples(rows)),
+                    _ => Ok(Reply::Text(micro_os_monitor::export::csv(&rows))),
+                }
+            }
+            Action::Health(q) => {
+                let components = self.health().await;
+                self.health_report(&q, components).map(|r| Reply::Health(Box::new(r)))
+            }
+            Action::Performance(q) => self.performance(&q).map(|r| Reply::Performance(Box::new(r))),
+            Action::Metrics => Ok(Reply::Text(self.metrics().await)),
             Action::ListImages => self
                 .images
                 .list()

@@ -4,6 +4,7 @@
 mod engine;
 mod health;
 mod logs;
+mod monitor;
 mod pidwait;
 mod qemu;
 pub mod templates;
@@ -203,6 +204,7 @@ pub fn run(home: Home, cfg: Config) -> anyhow::Result<()> {
         let _ = engine.p2p.set(handle);
         engine.recover_vms().await;
         engine.recover().await;
+        engine.spawn_monitor();
         let addr: std::net::SocketAddr = cfg.api_addr.parse().context("api_addr")?;
         let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
             format!("cannot listen on {addr} (is another daemon running? pick another with --api-addr)")

@@ -38,7 +38,7 @@ fn netns_name(id: &str) -> String {
     format!("mos-{}", &id[..12])
 }
 
-fn host_if(id: &str) -> String {
+pub(super) fn host_if(id: &str) -> String {
     format!("vh{}", &id[..12])
 }
 
