@@ -111,4 +111,6 @@ pub trait Control: Send + Sync + 'static {
     /// Image build or import, reporting progress as NDJSON lines.
     fn build_image(&self, req: ImageBuild) -> BoxFuture<'_, Result<ByteStream, ApiError>>;
     fn import_image(&self, req: ImageImport) -> BoxFuture<'_, Result<ByteStream, ApiError>>;
+    /// The daemon's own log lines, by component and level, following new ones when asked.
+    fn daemon_logs(&self, query: crate::types::DaemonLogsQuery) -> BoxFuture<'_, Result<ByteStream, ApiError>>;
 }

@@ -94,3 +94,14 @@ pub async fn metrics(State(c): State<Arc<dyn Control>>) -> Result<Response, ApiE
         other => Err(unexpected(other)),
     }
 }
+
+/// The daemon's own log as text lines: time, level, component, target, message.
+#[utoipa::path(get, path = "/api/v1/logs", tag = "monitor", params(crate::types::DaemonLogsQuery),
+    responses((status = 200, description = "text lines"), (status = 400, body = Problem)), security(("bearer" = [])))]
+pub async fn daemon_logs(
+    State(c): State<Arc<dyn Control>>,
+    ApiQuery(q): ApiQuery<crate::types::DaemonLogsQuery>,
+) -> Result<Response, ApiError> {
+    let stream = c.daemon_logs(q).await?;
+    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], axum::body::Body::from_stream(stream)).into_response())
+}

@@ -89,6 +89,7 @@ pub fn api_parts() -> (Router<Arc<dyn Control>>, utoipa::openapi::OpenApi) {
         .routes(routes!(monitor::health))
         .routes(routes!(monitor::performance))
         .routes(routes!(monitor::metrics))
+        .routes(routes!(monitor::daemon_logs))
         .routes(routes!(images::list_images))
         .routes(routes!(images::remove_image))
         .routes(routes!(images::build_image))

@@ -407,3 +407,21 @@ pub struct PerformanceReport {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ai_stats: Option<String>,
 }
+
+/// `GET /api/v1/logs`: the daemon's own log, by component.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct DaemonLogsQuery {
+    /// all (default), api, runtime, net, monitor, store, circuit or ai.
+    #[serde(default)]
+    pub component: Option<String>,
+    /// The least severe level shown: trace, debug, info (default), warn or error.
+    #[serde(default)]
+    pub level: Option<String>,
+    /// Keep the response open and send new lines as they are logged.
+    #[serde(default)]
+    pub follow: bool,
+    /// Only the last N matching lines written so far.
+    #[serde(default)]
+    pub tail: Option<usize>,
+}

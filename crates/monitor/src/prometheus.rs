@@ -172,6 +172,63 @@ mod tests {
     use super::*;
     use micro_os_core::metrics::Severity;
 
+    /// A scrape with every kind of sample, peer, message and alert.
+    fn full_scrape() -> String {
+        let full = |kind: &str, name: &str| Sample {
+            kind: kind.into(),
+            id: name.into(),
+            name: name.into(),
+            cpu_limit_percent: Some(100.0),
+            memory_limit_bytes: Some(1),
+            health_ms: Some(1.0),
+            health_error_rate: Some(0.0),
+            load1: Some(0.1),
+            disk_used_bytes: Some(1),
+            disk_total_bytes: Some(2),
+            ..Default::default()
+        };
+        let samples = [full("container", "c"), full("vm", "v"), full("host", "h")];
+        encode_scrape(&Scrape {
+            samples: &samples,
+            vm_of: &|_| None,
+            peers: vec![PeerCounters {
+                peer: "p",
+                rtt_ms: Some(1.0),
+                messages_in: 1,
+                messages_out: 1,
+                bytes_in: 1,
+                bytes_out: 1,
+            }],
+            messages: vec![("SYNC", 1)],
+            rejections: vec![("stale", 1)],
+            open_alerts: &[],
+        })
+    }
+
+    #[test]
+    fn the_grafana_dashboard_uses_only_metrics_that_exist() {
+        let dashboard: serde_json::Value =
+            serde_json::from_str(include_str!("../../../docs/grafana/micro-os.json")).expect("the dashboard is JSON");
+        let text = full_scrape();
+        let mut used = Vec::new();
+        for panel in dashboard["panels"].as_array().unwrap() {
+            for target in panel["targets"].as_array().unwrap() {
+                let expr = target["expr"].as_str().unwrap();
+                let mut rest = expr;
+                while let Some(i) = rest.find("micro_os_") {
+                    let name: String =
+                        rest[i..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+                    rest = &rest[i + name.len()..];
+                    used.push(name);
+                }
+            }
+        }
+        assert!(used.len() > 20, "{used:?}");
+        for name in used {
+            assert!(text.contains(&format!("# TYPE {name} ")), "the dashboard uses {name}, which is not exposed");
+        }
+    }
+
     #[test]
     fn names_labels_and_types_are_stable() {
         let samples = vec![

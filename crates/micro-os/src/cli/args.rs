@@ -51,6 +51,24 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
     },
+    /// The daemon's own log, by component and level.
+    #[command(
+        after_help = "Examples:\n  micro-os logs --component all --level debug\n  micro-os logs --component net --follow\n  micro-os logs --component runtime --level warn --tail 50"
+    )]
+    Logs {
+        /// all, api, runtime, net, monitor, store, circuit or ai.
+        #[arg(long, default_value = "all")]
+        component: String,
+        /// The least severe level shown: trace, debug, info, warn or error.
+        #[arg(long, default_value = "info")]
+        level: String,
+        /// Keep printing new lines until interrupted.
+        #[arg(long, short)]
+        follow: bool,
+        /// Only the last N lines logged so far.
+        #[arg(long, value_name = "N")]
+        tail: Option<usize>,
+    },
     /// Manage VMs: namespace sandboxes (and qemu guests, later), each with its own address.
     #[command(subcommand)]
     Vm(VmCmd),

@@ -172,7 +172,12 @@ fn since_param(s: &str) -> CliResult<String> {
 
 /// Streams log text to stdout; returns when the daemon closes the response.
 fn stream_logs(client: &Client, name: &str, query: &str) -> CliResult<()> {
-    let resp = client.raw("GET", &format!("/containers/{}/logs{query}", seg(name)), None)?;
+    stream_text(client, &format!("/containers/{}/logs{query}", seg(name)))
+}
+
+/// Copies a text response to stdout line by line as it arrives.
+pub fn stream_text(client: &Client, path: &str) -> CliResult<()> {
+    let resp = client.raw("GET", path, None)?;
     let mut reader = BufReader::new(resp.into_reader());
     let stdout = std::io::stdout();
     let mut line = Vec::new();

@@ -34,6 +34,13 @@ pub fn run(api: Option<String>, cmd: Command) -> CliResult<i32> {
         Command::Container(c) => container::run(&client, *c),
         Command::Image(c) => image::run(&client, c),
         Command::Template(c) => image::run_template(&client, c),
+        Command::Logs { component, level, follow, tail } => {
+            let mut q = format!("component={}&level={}&follow={follow}", client::seg(&component), client::seg(&level));
+            if let Some(n) = tail {
+                q.push_str(&format!("&tail={n}"));
+            }
+            container::stream_text(&client, &format!("/logs?{q}")).map(|_| 0)
+        }
         _ => unreachable!("local commands are handled in main"),
     }
 }

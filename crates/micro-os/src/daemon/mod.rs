@@ -3,6 +3,7 @@
 
 mod engine;
 mod health;
+mod journal;
 mod logs;
 mod monitor;
 mod pidwait;
@@ -97,6 +98,13 @@ impl Control for Daemon {
         Box::pin(async move { self.0.dispatch(action).await })
     }
 
+    fn daemon_logs(&self, query: micro_os_api::types::DaemonLogsQuery) -> BoxFuture<'_, Result<ByteStream, ApiError>> {
+        Box::pin(async move {
+            journal::check(&query)?;
+            Ok(journal::stream(&self.0.home.root.join("logs").join("daemon.log"), query))
+        })
+    }
+
     fn logs(&self, id: String, query: LogsQuery) -> BoxFuture<'_, Result<ByteStream, ApiError>> {
         Box::pin(async move {
             let c = self.0.find(&id)?;
@@ -166,10 +174,22 @@ pub fn run(home: Home, cfg: Config) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_env("MICRO_OS_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cfg.log_level));
     use std::io::IsTerminal;
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
+    // stderr as configured; the journal (`micro-os logs`) with our own targets at debug
+    let journal = journal::Journal::open(home.root.join("logs").join("daemon.log"));
+    let journal_filter = tracing_subscriber::EnvFilter::new(
+        "info,micro_os=debug,micro_os_api=debug,micro_os_runtime=debug,micro_os_store=debug,micro_os_net=debug",
+    );
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::stderr().is_terminal())
+                .with_filter(filter),
+        )
+        .with(tracing_subscriber::fmt::layer().json().with_writer(journal).with_filter(journal_filter))
         .init();
     home.init(None)?;
     let token = home.token()?;
