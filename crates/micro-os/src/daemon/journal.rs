@@ -142,7 +142,10 @@ pub fn stream(path: &Path, q: DaemonLogsQuery) -> ByteStream {
         if !now.is_empty() && tx.send(Bytes::from(now)).await.is_err() {
             return;
         }
-        while q.follow {
+        if !q.follow {
+            return;
+        }
+        loop {
             match reader.read_line(&mut line).await {
                 Ok(n) if n > 0 && line.ends_with('\n') => {
                     if let Some(t) = render(&line, &component, min) {
