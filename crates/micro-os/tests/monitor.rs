@@ -375,3 +375,59 @@ fn metrics_pass_promtool() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn self_checks_and_the_daemons_own_log() {
+    if !common::can_run_containers("self_checks_and_the_daemons_own_log") {
+        return;
+    }
+    let d = daemon(serde_json::json!([]));
+    let out = d.ok(&["test", "integration", "--components", "all"]);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 9, "one line per component: {out}");
+    assert!(lines.iter().all(|l| l.starts_with("PASS ")), "{out}");
+    for c in ["api", "store", "runtime", "vms", "containers", "net", "monitor", "circuit", "ai"] {
+        assert!(lines.iter().any(|l| l.split_whitespace().nth(1) == Some(c)), "{c} missing: {out}");
+    }
+    // it cleans up after itself
+    assert!(d.names().is_empty(), "{:?}", d.names());
+    assert_eq!(d.ok(&["vm", "list", "--format", "json"]).trim(), "[]");
+    let err = d.fails(&["test", "integration", "--components", "runtime,teleport"], 2);
+    assert!(err.contains("component \"teleport\" is unknown"), "{err}");
+
+    // cross-component checks, with a VM's agent and its P2P link
+    d.ok(&["vm", "create", "--name", "linked", "--memory", "64"]);
+    d.ok(&["vm", "start", "linked"]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let o = d.cli(&["monitor", "integration", "--format", "json"]);
+        let links: Vec<serde_json::Value> = serde_json::from_slice(&o.stdout).unwrap();
+        let p2p = links.iter().find(|l| l["check"] == "host p2p -> vm linked").cloned();
+        let agent = links.iter().find(|l| l["check"] == "daemon -> vm linked agent").cloned();
+        if p2p.as_ref().is_some_and(|l| l["status"] == "healthy") {
+            assert_eq!(agent.unwrap()["status"], "healthy");
+            assert!(links.iter().any(|l| l["check"] == "api -> store" && l["status"] == "healthy"), "{links:#?}");
+            assert!(o.status.success());
+            break;
+        }
+        assert!(Instant::now() < deadline, "the VM's p2p link never became healthy: {links:#?}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+
+    // the daemon's log by component: the self-test's VM start is runtime's, the p2p
+    // layer's listening line is net's
+    let runtime = d.ok(&["logs", "--component", "runtime"]);
+    assert!(runtime.lines().all(|l| l.split_whitespace().nth(2) == Some("runtime")), "{runtime}");
+    assert!(runtime.contains("micro-os daemon listening"), "{runtime}");
+    let net = d.ok(&["logs", "--component", "net", "--level", "debug"]);
+    assert!(net.contains("p2p listening on"), "{net}");
+    assert!(!net.contains("micro-os daemon listening"), "{net}");
+    let warn = d.ok(&["logs", "--component", "all", "--level", "error"]);
+    assert!(warn.lines().all(|l| l.split_whitespace().nth(1) == Some("ERROR")), "{warn}");
+    let last = d.ok(&["logs", "--tail", "2"]);
+    assert_eq!(last.lines().count(), 2, "{last}");
+    let err = d.fails(&["logs", "--component", "kernel"], 2);
+    assert!(err.contains("component \"kernel\" is unknown"), "{err}");
+    let err = d.fails(&["logs", "--level", "chatty"], 2);
+    assert!(err.contains("level \"chatty\" is unknown"), "{err}");
+}

@@ -51,6 +51,9 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
     },
+    /// Self-checks of a running daemon.
+    #[command(subcommand)]
+    Test(TestCmd),
     /// The daemon's own log, by component and level.
     #[command(
         after_help = "Examples:\n  micro-os logs --component all --level debug\n  micro-os logs --component net --follow\n  micro-os logs --component runtime --level warn --tail 50"
@@ -501,6 +504,15 @@ pub enum MonitorCmd {
         #[arg(long, value_enum, default_value_t)]
         format: Format,
     },
+    /// Cross-component communication: the API, each component's health, and each running
+    /// VM's agent (control channel and P2P round trip), every S seconds.
+    #[command(after_help = "Examples:\n  micro-os monitor integration\n  micro-os monitor integration --interval 10")]
+    Integration {
+        #[arg(long, value_name = "S")]
+        interval: Option<f64>,
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
     /// Write the samples of a time range to a file, as CSV (with a header) or JSON.
     #[command(
         after_help = "Examples:\n  micro-os monitor export --from \"2023-01-01\" --to \"2023-01-31\" --format csv --output performance_january.csv\n  micro-os monitor export --from 2h --format json --output last-2h.json --object web"
@@ -519,6 +531,20 @@ pub enum MonitorCmd {
         /// Only this container or VM (name or id), or host.
         #[arg(long, value_name = "NAME")]
         object: Option<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TestCmd {
+    /// Exercise every component through the API with a scratch VM and container, then
+    /// remove them; one PASS or FAIL line per component (exit 1 if any failed).
+    #[command(
+        after_help = "Examples:\n  micro-os test integration --components all\n  micro-os test integration --components runtime,net"
+    )]
+    Integration {
+        /// Comma-separated: api, store, runtime, vms, containers, net, monitor, circuit, ai; or all.
+        #[arg(long, default_value = "all", value_name = "A,B")]
+        components: String,
     },
 }
 

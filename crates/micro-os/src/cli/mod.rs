@@ -8,6 +8,7 @@ mod image;
 mod monitor;
 mod net;
 mod output;
+mod selftest;
 mod vm;
 
 pub use args::Cli;
@@ -34,6 +35,7 @@ pub fn run(api: Option<String>, cmd: Command) -> CliResult<i32> {
         Command::Container(c) => container::run(&client, *c),
         Command::Image(c) => image::run(&client, c),
         Command::Template(c) => image::run_template(&client, c),
+        Command::Test(args::TestCmd::Integration { components }) => selftest::integration(&client, &components),
         Command::Logs { component, level, follow, tail } => {
             let mut q = format!("component={}&level={}&follow={follow}", client::seg(&component), client::seg(&level));
             if let Some(n) = tail {

@@ -196,8 +196,85 @@ fn performance_table(p: &PerformanceReport) -> String {
     format!("container {}\n\n{}", p.container, table(&["METRIC", "VALUE"], rows))
 }
 
+/// One cross-component check: what, healthy or not, how long it took, what it saw.
+#[derive(serde::Serialize)]
+struct Link {
+    check: String,
+    status: String,
+    ms: f64,
+    detail: String,
+}
+
+fn timed<T>(f: impl FnOnce() -> CliResult<T>) -> (CliResult<T>, f64) {
+    let t = std::time::Instant::now();
+    let r = f();
+    (r, t.elapsed().as_secs_f64() * 1000.0)
+}
+
+fn integration_round(client: &Client) -> CliResult<Vec<Link>> {
+    let mut out = Vec::new();
+    let (h, ms) = timed(|| client.call::<serde_json::Value>("GET", "/health", None::<&()>));
+    let detail = format!("health says {}", h?["status"].as_str().unwrap_or("?"));
+    out.push(Link { check: "cli -> api".into(), status: "healthy".into(), ms, detail });
+    let (h, ms) = timed(|| client.call::<HealthReport>("GET", "/monitor/health", None::<&()>));
+    for c in h?.components {
+        out.push(Link { check: format!("api -> {}", c.component), status: c.status.to_string(), ms, detail: c.reason });
+    }
+    let vms: Vec<micro_os_core::Vm> = client.call("GET", "/vms", None::<&()>)?;
+    let host: micro_os_api::types::NetStatus = client.call("GET", "/monitor/network", None::<&()>)?;
+    for vm in vms.iter().filter(|v| v.state == micro_os_core::VmState::Running) {
+        let (st, ms) = timed(|| {
+            client.call::<micro_os_api::types::NetStatus>(
+                "GET",
+                &format!("/monitor/network?vm={}", seg(&vm.id)),
+                None::<&()>,
+            )
+        });
+        let (status, detail) = match st {
+            Ok(st) => ("healthy", format!("agent answers; {} peers", st.peers.iter().filter(|p| p.connected).count())),
+            Err(e) => ("critical", e.message),
+        };
+        out.push(Link { check: format!("daemon -> vm {} agent", vm.spec.name), status: status.into(), ms, detail });
+        let peer = vm.peer_id.as_deref().and_then(|id| host.peers.iter().find(|p| p.peer_id == id));
+        let (status, ms, detail) = match peer {
+            Some(p) if p.connected => ("healthy", p.rtt_ms.unwrap_or(0.0), "ping round trip".to_string()),
+            Some(_) => ("degraded", 0.0, "not connected".to_string()),
+            None => ("degraded", 0.0, "the host's peer has not met it".to_string()),
+        };
+        out.push(Link { check: format!("host p2p -> vm {}", vm.spec.name), status: status.into(), ms, detail });
+    }
+    Ok(out)
+}
+
 pub fn run(client: &Client, cmd: MonitorCmd) -> CliResult<i32> {
     match cmd {
+        MonitorCmd::Integration { interval, format } => {
+            if let Some(i) = interval {
+                if !(i.is_finite() && i > 0.0) {
+                    return Err(CliError::usage(format!("interval {i} is not a number of seconds above 0")));
+                }
+            }
+            loop {
+                let links = integration_round(client)?;
+                print(format, &links, |l| {
+                    table(
+                        &["CHECK", "STATUS", "LATENCY", "DETAIL"],
+                        l.iter()
+                            .map(|l| {
+                                vec![l.check.clone(), l.status.clone(), format!("{:.1} ms", l.ms), l.detail.clone()]
+                            })
+                            .collect(),
+                    )
+                })?;
+                match interval {
+                    Some(i) => {
+                        println!();
+                        std::thread::sleep(Duration::from_secs_f64(i));
+                    }
+                    None => return Ok(if links.iter().any(|l| l.status == "critical") { exit::FAILURE } else { 0 }),
+                }
+            }
+        }
         MonitorCmd::Network { protocol, interval, detailed, vm, format } => {
             super::net::monitor(client, &protocol, interval, detailed, vm.as_deref(), format)
         }
