@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # micro-os benchmarks: each runs our code and its named peer in the same run and reports
-# the ratio. Usage (as root): bash bench/run.sh [lifecycle|api|rss|vm|verify|p2p|all]
+# the ratio. Usage (as root): bash bench/run.sh [lifecycle|api|rss|vm|verify|p2p|monitor|all]
 # Needs hyperfine, wrk and podman (installed here if missing); builds the release binary.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -71,6 +71,34 @@ fi
 
 if [ "$what" = vm ] || [ "$what" = all ]; then
   BIN=$BIN python3 bench/vm.py
+fi
+
+if [ "$what" = monitor ] || [ "$what" = all ]; then
+  # the collector's cost: the daemon's CPU time with 100 containers running and sampled
+  # every 5 s (the default), against the same daemon with sampling all but off
+  n=${MONITOR_CONTAINERS:-100}
+  for i in $(seq 1 "$n"); do
+    curl -sf -o /dev/null -X POST -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \
+      -d "{\"name\":\"mon-$i\",\"image\":\"busybox\",\"command\":[\"sleep\",\"3600\"]}" "$MICRO_OS_API/api/v1/containers"
+    curl -sf -o /dev/null -X POST -H "Authorization: Bearer $TOKEN" "$MICRO_OS_API/api/v1/containers/mon-$i/start"
+  done
+  cpu_over() { # seconds -> percent of one core the daemon used
+    local t0 t1; t0=$(awk '{print $14+$15}' "/proc/$DAEMON_PID/stat"); sleep "$1"; t1=$(awk '{print $14+$15}' "/proc/$DAEMON_PID/stat")
+    echo "scale=2; ($t1 - $t0) * 100 / $(getconf CLK_TCK) / $1" | bc
+  }
+  secs=${MONITOR_SECONDS:-60}
+  sleep 6
+  with=$(cpu_over "$secs")
+  running=$(curl -s -H "Authorization: Bearer $TOKEN" "$MICRO_OS_API/api/v1/monitor/resources" | jq '[.[] | select(.kind=="container")] | length')
+  round=$(curl -s -H "Authorization: Bearer $TOKEN" "$MICRO_OS_API/api/v1/monitor/health?components=monitor" | jq -r '.components[0].reason')
+  # the same containers, sampled once an hour: what the daemon costs without the collector
+  kill "$DAEMON_PID"; wait "$DAEMON_PID" 2>/dev/null || true
+  jq '.monitor_interval_s = 3600' "$MICRO_OS_HOME/config.json" > "$WORK/c.json" && cp "$WORK/c.json" "$MICRO_OS_HOME/config.json"
+  start_daemon; sleep 6
+  without=$(cpu_over "$secs")
+  echo "collector with $running containers sampled every 5 s: daemon CPU ${with}% of a core (${without}% with sampling hourly);" \
+    "collector $(echo "scale=2; $with - $without" | bc)% (target < 2%); $round"
+  jq '.monitor_interval_s = 5' "$MICRO_OS_HOME/config.json" > "$WORK/c.json" && cp "$WORK/c.json" "$MICRO_OS_HOME/config.json"
 fi
 
 if [ "$what" = p2p ] || [ "$what" = all ]; then
