@@ -309,3 +309,114 @@ fn a_tls_only_peer_connects() {
     });
     assert!(connected.is_some(), "no ping over a TLS-only connection");
 }
+
+/// A bare rust-libp2p peer with only `/micro-os/msg/1`: it sends hand-made envelopes
+/// and returns the daemon's verdict on each.
+fn send_raw(
+    target: &str,
+    key: &libp2p::identity::Keypair,
+    envelopes: Vec<micro_os_net::Envelope>,
+) -> Vec<(bool, String)> {
+    use futures_util::StreamExt;
+    use libp2p::request_response::{self, ProtocolSupport};
+    use libp2p::swarm::SwarmEvent;
+    let target: libp2p::Multiaddr = target.parse().unwrap();
+    let Some(libp2p::multiaddr::Protocol::P2p(peer)) = target.iter().last() else { panic!("{target}") };
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async move {
+        let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key.clone())
+            .with_tokio()
+            .with_tcp(libp2p::tcp::Config::default(), libp2p::noise::Config::new, libp2p::yamux::Config::default)
+            .unwrap()
+            .with_behaviour(|_| {
+                request_response::json::Behaviour::<micro_os_net::Envelope, micro_os_api::types::Ack>::new(
+                    [(libp2p::StreamProtocol::new("/micro-os/msg/1"), ProtocolSupport::Outbound)],
+                    request_response::Config::default(),
+                )
+            })
+            .unwrap()
+            .build();
+        swarm.add_peer_address(peer, target);
+        let mut out = Vec::new();
+        for env in envelopes {
+            swarm.behaviour_mut().send_request(&peer, env);
+            let deadline = tokio::time::sleep(Duration::from_secs(15));
+            tokio::pin!(deadline);
+            let ack = loop {
+                tokio::select! {
+                    _ = &mut deadline => panic!("no answer from {peer}"),
+                    e = swarm.select_next_some() => match e {
+                        SwarmEvent::Behaviour(request_response::Event::Message {
+                            message: request_response::Message::Response { response, .. }, ..
+                        }) => break response,
+                        SwarmEvent::Behaviour(request_response::Event::OutboundFailure { error, .. }) => {
+                            panic!("request failed: {error}")
+                        }
+                        _ => {}
+                    },
+                }
+            };
+            out.push((ack.accepted, ack.reason.unwrap_or_default()));
+        }
+        out
+    })
+}
+
+#[test]
+fn forged_tampered_replayed_and_stale_messages_are_refused_and_counted() {
+    use micro_os_net::{Envelope, MessageType, Payload};
+    let key = libp2p::identity::Keypair::generate_ed25519();
+    let me = key.public().to_peer_id();
+    let mut d = Daemon::prepared("127.0.0.1");
+    d.set_config("p2p_trusted", serde_json::json!([me.to_string()]));
+    // the same port after a restart
+    let port = common::free_port();
+    d.set_config("p2p_listen", serde_json::json!([format!("/ip4/127.0.0.1/tcp/{port}")]));
+    d.spawn();
+    let target = addr(&d, "/tcp/");
+    let now = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let host = d.peer_id();
+    let seal = |state: &str, at: u64, signer: &libp2p::identity::Keypair| {
+        Envelope::seal(MessageType::Ctrl, &me, &host, Payload::new(state, 1), at, signer, None)
+    };
+    let good = seal("sync now", now(), &key);
+    let mut tampered = seal("pay 1", now(), &key);
+    tampered.payload = Payload::new("pay 1000", 1); // checksum recomputed, signature not
+    let mut bad_checksum = seal("pay 1", now(), &key);
+    bad_checksum.payload.state = "pay 1000".into();
+    let forged = seal("stop", now(), &libp2p::identity::Keypair::generate_ed25519());
+    let stale = seal("old news", now() - 120, &key);
+    let verdicts = send_raw(&target, &key, vec![good.clone(), good.clone(), tampered, bad_checksum, forged, stale]);
+    let reasons: Vec<&str> = verdicts.iter().map(|(ok, why)| if *ok { "accepted" } else { why.as_str() }).collect();
+    assert_eq!(
+        reasons,
+        [
+            "accepted",
+            "nonce already seen",
+            "bad signature",
+            "payload checksum does not match",
+            "bad signature",
+            "timestamp outside the window"
+        ]
+    );
+    let st = status(&d);
+    for (reason, n) in [
+        ("nonce already seen", 1),
+        ("bad signature", 2),
+        ("payload checksum does not match", 1),
+        ("timestamp outside the window", 1),
+    ] {
+        assert_eq!(st["rejections"][reason], n, "{reason}: {st:#}");
+    }
+    assert_eq!(st["messages"]["CTRL"], 1);
+    let score =
+        st["peers"].as_array().unwrap().iter().find(|p| p["peer_id"] == me.to_string()).unwrap()["score"].clone();
+    assert!(score.as_i64().unwrap() < 0, "{score}");
+
+    // a replay after the daemon crashed and came back is refused too
+    d.kill9();
+    d.spawn();
+    let verdicts = send_raw(&addr(&d, "/tcp/"), &key, vec![good, seal("fresh", now(), &key)]);
+    assert_eq!(verdicts[0], (false, "nonce already seen".to_string()));
+    assert!(verdicts[1].0, "{verdicts:?}");
+}

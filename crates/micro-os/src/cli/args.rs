@@ -473,7 +473,7 @@ pub enum MonitorCmd {
         #[arg(long, value_enum, default_value_t)]
         format: Format,
     },
-    /// Health of the daemon's components and the open alerts.
+    /// Health of the daemon's components and the open alerts (exit 1 when something is critical).
     #[command(
         after_help = "Examples:\n  micro-os monitor health\n  micro-os monitor health --components runtime,net --critical-only\n  micro-os monitor health --ai-alerts"
     )]
