@@ -72,16 +72,16 @@ pub enum Command {
         #[arg(long, value_name = "N")]
         tail: Option<usize>,
     },
-    /// Manage VMs: namespace sandboxes (and qemu guests, later), each with its own address.
+    /// Manage VMs: namespace sandboxes and qemu guests, each with its own address and identity.
     #[command(subcommand)]
     Vm(VmCmd),
     /// Manage containers.
     #[command(subcommand)]
     Container(Box<ContainerCmd>),
-    /// The host's libp2p peer: its peers, and signed messages to them.
+    /// The libp2p layer: peers, resources in the DHT, signed messages and DATA streams.
     #[command(subcommand)]
     Net(NetCmd),
-    /// Monitoring.
+    /// Resource use, P2P network, health and alerts, history and its export.
     #[command(subcommand)]
     Monitor(MonitorCmd),
     /// Manage images (no registry: built locally or imported from files).
