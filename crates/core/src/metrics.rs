@@ -6,14 +6,16 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::ValidationError;
 
-/// One measurement of a container, a VM or the host. Counters (CPU time, I/O, network)
-/// are cumulative since the object started; `cpu_percent` is over the last interval.
+/// One measurement of a container, a VM, the host or a P2P peer. Counters (CPU time,
+/// I/O, network) are cumulative since the object started; `cpu_percent` is over the last
+/// interval. For a peer (kind `peer`), the packet columns count messages and `health_ms`
+/// is the ping round trip.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Sample {
     /// Milliseconds since the Unix epoch.
     pub ts: i64,
-    /// container, vm or host.
+    /// container, vm, host or peer.
     pub kind: String,
     pub id: String,
     pub name: String,

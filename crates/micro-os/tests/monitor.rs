@@ -414,6 +414,16 @@ fn self_checks_and_the_daemons_own_log() {
         std::thread::sleep(Duration::from_millis(300));
     }
 
+    // P2P peers are sampled too: messages in the packet columns, the round trip as health_ms
+    d.ok(&["net", "send", "--to", "linked", "--type", "PING", "--count", "3"]);
+    let peer = d.vm("linked")["peer_id"].as_str().unwrap().to_string();
+    let s = sample_until(&d, &peer, "the messages sent to it and a round trip", |s| {
+        s["net_tx_packets"].as_u64() >= Some(3) && s["health_ms"].is_number()
+    });
+    assert_eq!(s["kind"], "peer");
+    assert!(s["net_tx_bytes"].as_u64().unwrap() > 300, "{s}");
+    assert!(!resources(&d, &[]).iter().any(|s| s["kind"] == "peer"), "peers only with --all");
+
     // the daemon's log by component: the self-test's VM start is runtime's, the p2p
     // layer's listening line is net's
     let runtime = d.ok(&["logs", "--component", "runtime"]);

@@ -83,7 +83,8 @@ fn counter_for(f: &mut Families, kind: &str, metric: &str, help: &'static str, l
 /// Encodes a scrape in the Prometheus text format.
 pub fn encode_scrape(s: &Scrape<'_>) -> String {
     let mut f = Families::default();
-    for x in s.samples {
+    // peers have their own families below, from the P2P layer's live counters
+    for x in s.samples.iter().filter(|x| x.kind != "peer") {
         let vm = (s.vm_of)(&x.id).unwrap_or_default();
         let (labels, kind) = match x.kind.as_str() {
             "container" => (l(&[("container", &x.name), ("vm", &vm)]), "container"),

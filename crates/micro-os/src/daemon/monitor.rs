@@ -51,7 +51,11 @@ impl Engine {
             loop {
                 tick.tick().await;
                 let t = this.clone();
-                let round = tokio::task::spawn_blocking(move || t.sample_round()).await;
+                let net = match this.p2p.get() {
+                    Some(h) => h.status().await,
+                    None => None,
+                };
+                let round = tokio::task::spawn_blocking(move || t.sample_round(net)).await;
                 if let Err(e) = round {
                     tracing::warn!("monitor: a round failed: {e}");
                 }
@@ -72,9 +76,11 @@ impl Engine {
     }
 
     /// One round: collect, store, evaluate alerts.
-    fn sample_round(&self) {
+    fn sample_round(&self, net: Option<micro_os_api::types::NetStatus>) {
         let started = std::time::Instant::now();
-        let samples = self.collect();
+        let mut samples = self.collect();
+        samples
+            .extend(net.map(|n| peer_samples(&n, samples.first().map_or_else(now_ms, |s| s.ts))).unwrap_or_default());
         self.monitor.last_cost_us.store(started.elapsed().as_micros() as u64, std::sync::atomic::Ordering::Relaxed);
         if let Err(e) = self.store.insert_samples(&samples) {
             tracing::warn!("monitor: store samples: {e}");
@@ -292,6 +298,27 @@ impl Engine {
     }
 }
 
+/// The host's P2P peers as samples (kind `peer`): bytes in and out, messages in and out
+/// in the packet columns, and the ping round trip in `health_ms`.
+fn peer_samples(net: &micro_os_api::types::NetStatus, ts: i64) -> Vec<Sample> {
+    net.peers
+        .iter()
+        .filter(|p| p.connected)
+        .map(|p| Sample {
+            ts,
+            kind: "peer".into(),
+            id: p.peer_id.clone(),
+            name: p.peer_id.clone(),
+            net_rx_bytes: p.bytes_in,
+            net_tx_bytes: p.bytes_out,
+            net_rx_packets: p.messages_in,
+            net_tx_packets: p.messages_out,
+            health_ms: p.rtt_ms,
+            ..Default::default()
+        })
+        .collect()
+}
+
 fn from_cgroup(ts: i64, kind: &str, id: &str, name: &str, st: &cgroup::Stats) -> Sample {
     Sample {
         ts,
@@ -350,7 +377,7 @@ impl Engine {
             }
             (None, None) => {
                 let all = q.all;
-                Box::new(move |s| all || s.kind != "host")
+                Box::new(move |s| all || (s.kind != "host" && s.kind != "peer"))
             }
         };
         Ok(latest.into_iter().filter(|s| keep(s)).collect())
