@@ -137,6 +137,11 @@ pub struct Verifier<S: NonceStore> {
     /// Parsed identity keys by sender string: parsing a peer id and decompressing its
     /// key cost as much as a third of a verification.
     keys: HashMap<String, Option<Sender>>,
+    /// Delegations already checked, by (sender, delegation): the delegated key, or `None`
+    /// for a forged one. A peer's delegation changes once per rotation, so without this
+    /// every message would cost two signature checks.
+    /// Keyed by the delegation's signature; hits must match sender and delegation too.
+    delegations: HashMap<String, (String, crate::envelope::Delegation, Option<ed25519_dalek::VerifyingKey>)>,
     /// When the nonce memory was last pruned (it is pruned once a second, not per message).
     pruned_at: u64,
 }
@@ -150,6 +155,7 @@ impl<S: NonceStore> Verifier<S> {
             rejected: HashMap::new(),
             scores: HashMap::new(),
             keys: HashMap::new(),
+            delegations: HashMap::new(),
             pruned_at: 0,
         }
     }
@@ -195,17 +201,25 @@ impl<S: NonceStore> Verifier<S> {
         if !e.payload.checksum_ok() {
             return Err(self.reject(sender, Rejection::BadChecksum));
         }
-        match &e.delegation {
-            None => Ok(who.dalek),
-            Some(d) => match d.verify(&who.key) {
-                Some(k) if now <= d.not_after + self.grace => {
-                    let bytes = k.try_into_ed25519().map_err(|_| Rejection::Malformed)?.to_bytes();
-                    ed25519_dalek::VerifyingKey::from_bytes(&bytes)
-                        .map_err(|_| self.reject(sender, Rejection::Malformed))
-                }
-                Some(_) => Err(self.reject(sender, Rejection::ExpiredKey)),
-                None => Err(self.reject(sender, Rejection::BadSignature)),
-            },
+        let Some(d) = &e.delegation else { return Ok(who.dalek) };
+        if self.delegations.len() > 65_536 {
+            self.delegations.clear();
+        }
+        let delegated = match self.delegations.get(d.signature.as_str()) {
+            Some((s, cached, k)) if s == sender && cached == d => *k,
+            _ => {
+                let k = d.verify(&who.key).and_then(|k| {
+                    let bytes = k.try_into_ed25519().ok()?.to_bytes();
+                    ed25519_dalek::VerifyingKey::from_bytes(&bytes).ok()
+                });
+                self.delegations.insert(d.signature.clone(), (sender.clone(), d.clone(), k));
+                k
+            }
+        };
+        match delegated {
+            Some(k) if now <= d.not_after + self.grace => Ok(k),
+            Some(_) => Err(self.reject(sender, Rejection::ExpiredKey)),
+            None => Err(self.reject(sender, Rejection::BadSignature)),
         }
     }
 
@@ -340,6 +354,28 @@ mod tests {
         let fake = Delegation::issue(&rogue, &hot.public(), NOW + 60);
         let e = Envelope::seal(MessageType::Data, &p, "*", Payload::new("x", 1), NOW, &hot, Some(fake));
         assert_eq!(check(&mut v, &e, NOW, &p), Err(Rejection::BadSignature));
+    }
+
+    #[test]
+    fn a_checked_delegation_serves_only_its_own_sender_and_fields() {
+        let (identity, p) = peer();
+        let hot = Keypair::generate_ed25519();
+        let d = Delegation::issue(&identity, &hot.public(), NOW + 60);
+        let mut v = Verifier::new(MemoryNonces::default());
+        let e = Envelope::seal(MessageType::Data, &p, "*", Payload::new("x", 1), NOW, &hot, Some(d.clone()));
+        assert_eq!(v.verify(&e, NOW, |_| true), Ok(()));
+        // another peer copies the (cached) delegation into its own envelope
+        let (_, other) = peer();
+        let copied = Envelope::seal(MessageType::Data, &other, "*", Payload::new("x", 1), NOW, &hot, Some(d.clone()));
+        assert_eq!(v.verify(&copied, NOW, |_| true), Err(Rejection::BadSignature));
+        // the same signature with a later expiry written in
+        let mut longer = d.clone();
+        longer.not_after += 3600;
+        let stretched = Envelope::seal(MessageType::Data, &p, "*", Payload::new("y", 1), NOW, &hot, Some(longer));
+        assert_eq!(v.verify(&stretched, NOW, |_| true), Err(Rejection::BadSignature));
+        // and the real one still passes from the cache
+        let again = Envelope::seal(MessageType::Data, &p, "*", Payload::new("z", 1), NOW, &hot, Some(d));
+        assert_eq!(v.verify(&again, NOW, |_| true), Ok(()));
     }
 
     #[test]
