@@ -25,6 +25,9 @@ pub enum Rejection {
     Truncated,
     #[error("stream checksum does not match")]
     StreamChecksum,
+    /// Not the sender's fault: the receiver cannot keep a stream that large.
+    #[error("no room to keep the stream")]
+    NoRoom,
 }
 
 /// Nonces seen within the window, by sender. Implementations persist them so a replay

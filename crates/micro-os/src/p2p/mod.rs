@@ -823,6 +823,10 @@ mod tests {
     }
 
     fn node(listen: &[&str], nat: Nat) -> (Handle, PeerId) {
+        node_with_inbox(listen, nat, None)
+    }
+
+    fn node_with_inbox(listen: &[&str], nat: Nat, inbox: Option<PathBuf>) -> (Handle, PeerId) {
         let k = Keypair::generate_ed25519();
         let id = k.public().to_peer_id();
         let cfg = Config {
@@ -833,7 +837,7 @@ mod tests {
             mdns: false,
             nat,
             external: vec![],
-            inbox: None,
+            inbox,
         };
         (spawn(k, cfg, Box::new(MemoryNonces::default()), Arc::new(Anyone)).unwrap(), id)
     }
@@ -902,6 +906,29 @@ mod tests {
         assert_eq!(st.rejections.get("stream truncated"), Some(&1), "{st:?}");
         assert_eq!((st.streams_in, st.stream_bytes_in), (1, data.len() as u64), "only the good stream counts");
         assert_eq!(st.messages.get("DATA"), Some(&1));
+    }
+
+    #[tokio::test]
+    async fn named_streams_are_kept_when_they_fit() {
+        let dir = tempfile::tempdir().unwrap();
+        let inbox = dir.path().join("inbox");
+        let (a, _) = node(&["/ip4/127.0.0.1/tcp/0"], Nat::default());
+        let (b, b_id) = node_with_inbox(&["/ip4/127.0.0.1/tcp/0"], Nat::default(), Some(inbox.clone()));
+        a.tx.send(Command::AddAddress(b_id, listening(&b).await)).await.unwrap();
+        let data = b"block 1\nblock 2\n".to_vec();
+        let named = |size: u64, name: &str| stream::StreamHeader { size, xxh3: None, name: Some(name.into()) };
+        let body: stream::Source = Box::new(std::io::Cursor::new(data.clone()));
+        a.send_stream(b_id, named(data.len() as u64, "../../chain.txt"), body).await.unwrap();
+        // kept under its base name only, inside the inbox
+        assert_eq!(std::fs::read(inbox.join("chain.txt")).unwrap(), data);
+        // one that cannot fit on the disk is refused before any of it is sent
+        let body: stream::Source = Box::new(tokio::io::AsyncReadExt::take(tokio::io::repeat(0), 0));
+        let err = a.send_stream(b_id, named(u64::MAX / 4, "huge.bin"), body).await.unwrap_err();
+        assert!(err.contains("no room to keep the stream"), "{err}");
+        assert!(!inbox.join("huge.bin").exists());
+        let st = b.status().await.unwrap();
+        assert!(st.rejections.is_empty(), "not the sender's fault: {:?}", st.rejections);
+        assert_eq!(std::fs::read_dir(&inbox).unwrap().count(), 1, "no partial file left");
     }
 
     #[tokio::test]

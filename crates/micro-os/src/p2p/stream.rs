@@ -35,6 +35,8 @@ use super::Command;
 pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/micro-os/data/1");
 const MAX_HEADER: u32 = 64 * 1024;
 const CHUNK: usize = 256 * 1024;
+/// Disk space a kept stream must leave free.
+const KEEP_MARGIN: u64 = 1 << 30;
 
 /// The state of a stream's header envelope.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -191,6 +193,14 @@ async fn take(
         .await
         .map_err(|_| header_refused(Rejection::Malformed))?;
     verdict.await.unwrap_or(Err(Rejection::Malformed)).map_err(header_refused)?;
+    // a stream to keep must fit on the inbox's disk with a margin (not counted against
+    // the sender: the body never came)
+    if let (Some(dir), Some(_)) = (inbox, &header.name) {
+        let free = micro_os_runtime::procfs::disk(dir.parent().unwrap_or(dir)).map(|(used, total)| total - used);
+        if free.is_some_and(|f| header.size.saturating_add(KEEP_MARGIN) > f) {
+            return Err(header_refused(Rejection::NoRoom));
+        }
+    }
     s.write_all(b"go\n").await.map_err(|_| header_refused(Rejection::Truncated))?;
     s.flush().await.map_err(|_| header_refused(Rejection::Truncated))?;
 
