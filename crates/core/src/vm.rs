@@ -272,7 +272,12 @@ pub enum DaemonMessage {
     Shutdown { grace_s: f64 },
     /// The peers whose messages the agent accepts — the host and this host's other VMs —
     /// as peer ids or as multiaddrs ending in /p2p/<peer id> (which also say where to dial).
-    Peers { peers: Vec<String> },
+    /// `host` is the host's own peer on the VM bridge, the agent's way into the DHT.
+    Peers {
+        peers: Vec<String>,
+        #[serde(default)]
+        host: Option<String>,
+    },
     /// Send signed messages (or a DATA stream) from this VM to a peer; answer with `SendResult`.
     Send { id: u64, job: crate::net::SendJob },
     /// What this VM offers, advertised as Kademlia provider records (`container/<name>`, …).

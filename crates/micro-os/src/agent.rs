@@ -228,6 +228,8 @@ fn start_p2p(
                 nat: crate::p2p::Nat::default(),
                 external: vec![],
                 inbox: Some(PathBuf::from(INBOX)),
+                // the host holds the DHT for its VMs; siblings connect only when they talk
+                leaf: true,
             };
             // nonces journaled in the VM's root, so a restarted VM still refuses replays
             let nonces = micro_os_net::FileNonces::open(Path::new(KEY_PATH).with_file_name("nonces"));
@@ -301,7 +303,14 @@ pub fn run(control_dir: Option<PathBuf>, guest: bool) -> i32 {
                         let Ok(line) = line else { break };
                         match serde_json::from_str(&line) {
                             Ok(DaemonMessage::Shutdown { grace_s }) => *shutdown.lock().unwrap() = Some(grace_s),
-                            Ok(DaemonMessage::Peers { peers }) => {
+                            Ok(DaemonMessage::Peers { peers, host }) => {
+                                if let (Some((_, h)), Some(addr)) =
+                                    (&p2p, host.and_then(|a| a.parse::<libp2p::Multiaddr>().ok()))
+                                {
+                                    if let Some(libp2p::multiaddr::Protocol::P2p(id)) = addr.iter().last() {
+                                        h.add_dht_peer_blocking(id, addr);
+                                    }
+                                }
                                 let mut known = std::collections::HashSet::new();
                                 for p in peers {
                                     if let Ok(id) = p.parse::<libp2p::PeerId>() {

@@ -145,6 +145,29 @@ fn vms_are_peers_that_exchange_every_message_type() {
         std::thread::sleep(Duration::from_millis(300));
     }
 
+    // finding is not connecting: a VM that talks to nobody stays connected to its host
+    // only, or a host's VMs would grow a full mesh (about a MiB per connection)
+    d.ok(&["vm", "create", "--name", "vc", "--memory", "64"]);
+    d.ok(&["vm", "start", "vc"]);
+    let host = status(&d)["peer_id"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let st: serde_json::Value =
+            serde_json::from_str(&d.ok(&["net", "peers", "--vm", "vc", "--format", "json"])).unwrap();
+        let peers = st["peers"].as_array().unwrap();
+        let found_by_mdns = |id: &str| {
+            peers.iter().any(|p| p["peer_id"] == id && p["discovered"].as_array().unwrap().iter().any(|d| d == "mdns"))
+        };
+        let connected: Vec<&str> =
+            peers.iter().filter(|p| p["connected"] == true).map(|p| p["peer_id"].as_str().unwrap()).collect();
+        if found_by_mdns(&pa) && found_by_mdns(&pb) && connected.contains(&host.as_str()) {
+            assert_eq!(connected, [host.as_str()], "vc connected to more than its host: {st:#}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "vc never found its siblings: {st:#}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+
     // a VM advertises its containers in the DHT; the host and the other VM find them
     d.ok(&["container", "create", "--name", "ledger", "--image", "busybox", "--vm", "vb", "--", "sleep", "60"]);
     let deadline = Instant::now() + Duration::from_secs(20);

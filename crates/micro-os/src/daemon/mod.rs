@@ -212,6 +212,7 @@ pub fn run(home: Home, cfg: Config) -> anyhow::Result<()> {
             nat: cfg.p2p_nat,
             external: cfg.p2p_external.iter().filter_map(|a| a.parse().ok()).collect(),
             inbox: Some(home.root.join("inbox")),
+            leaf: false,
         };
         let key = home.libp2p_key()?;
         let _ = engine.host_peer.set(key.public().to_peer_id().to_string());

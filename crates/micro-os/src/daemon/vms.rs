@@ -814,11 +814,19 @@ impl Engine {
             .values()
             .filter_map(|v| v.peer_id.as_ref().map(|p| format!("/ip4/{}/tcp/{port}/p2p/{p}", v.address)))
             .collect();
+        let mut host = None;
         if let Some(h) = self.host_peer.get() {
             peers.push(h.clone());
+            // the host's peer listens on the bridge too, for its VMs' DHT records
+            let on_bridge: libp2p::Multiaddr =
+                format!("/ip4/{}/tcp/{port}", self.fabric.gateway()).parse().expect("a valid multiaddr");
+            if let Some(p2p) = self.p2p.get() {
+                p2p.listen_now(on_bridge.clone());
+            }
+            host = Some(format!("{on_bridge}/p2p/{h}"));
         }
         for tx in self.agents.lock().unwrap().values() {
-            let _ = tx.send(DaemonMessage::Peers { peers: peers.clone() });
+            let _ = tx.send(DaemonMessage::Peers { peers: peers.clone(), host: host.clone() });
         }
     }
 

@@ -107,6 +107,11 @@ pub struct Config {
     pub external: Vec<Multiaddr>,
     /// Where named DATA streams are kept once verified; without it they are counted only.
     pub inbox: Option<PathBuf>,
+    /// A leaf of the DHT (a VM's agent): a Kademlia client whose routing table holds only
+    /// the peers given with `Handle::add_dht_peer` (its host); peers it finds by mDNS are
+    /// noted, not dialed. So a host's VMs do not grow a full mesh of connections (each
+    /// costs about a MiB, and gossipsub keeps mesh connections open).
+    pub leaf: bool,
 }
 
 /// One delivered message: the receiver's verdict, the round trip from leaving the outbox
@@ -152,6 +157,10 @@ pub enum Command {
     Streamed(PeerId, u64),
     /// Advertise exactly these resource keys as provider records.
     Provide(Vec<String>),
+    /// A peer for the DHT's routing table (a leaf's host), at this address.
+    AddDhtPeer(PeerId, Multiaddr),
+    /// Listen on one more address.
+    Listen(Multiaddr),
     /// The providers of a resource key.
     Find(String, oneshot::Sender<Vec<Provider>>),
 }
@@ -176,6 +185,16 @@ impl Handle {
     /// From outside the runtime (the agent's control thread).
     pub fn add_address_blocking(&self, peer: PeerId, addr: Multiaddr) {
         let _ = self.tx.blocking_send(Command::AddAddress(peer, addr));
+    }
+
+    /// From outside the runtime: the peer a leaf keeps in its DHT routing table.
+    pub fn add_dht_peer_blocking(&self, peer: PeerId, addr: Multiaddr) {
+        let _ = self.tx.blocking_send(Command::AddDhtPeer(peer, addr));
+    }
+
+    /// Without waiting (from inside the runtime, in sync code): listen on one more address.
+    pub fn listen_now(&self, addr: Multiaddr) {
+        let _ = self.tx.try_send(Command::Listen(addr));
     }
 
     /// From outside the runtime: advertise exactly these resource keys.
@@ -328,11 +347,15 @@ struct Node {
     stream_bytes_in: u64,
     /// Listen addresses count as external (a relay server given no external address).
     listen_is_external: bool,
+    leaf: bool,
+    /// Addresses asked for with `Command::Listen`, once each.
+    listen_requested: Vec<Multiaddr>,
 }
 
 fn build(keypair: libp2p::identity::Keypair, cfg: &Config) -> anyhow::Result<Swarm<Behaviour>> {
     let nat = cfg.nat;
     let mdns_on = cfg.mdns;
+    let leaf = cfg.leaf;
     let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
         // noise first, TLS 1.3 (libp2p-tls) offered too: the dialer's first supported wins
@@ -350,13 +373,17 @@ fn build(keypair: libp2p::identity::Keypair, cfg: &Config) -> anyhow::Result<Swa
                 .heartbeat_interval(Duration::from_secs(1))
                 .build()?;
             let gossip = gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Signed(key.clone()), gossip_cfg)?;
-            let mut kad = kad::Behaviour::with_config(
-                me,
-                kad::store::MemoryStore::new(me),
-                kad::Config::new(KAD_PROTOCOL).set_query_timeout(Duration::from_secs(10)).to_owned(),
-            );
-            // VMs have no confirmed external address, yet must answer queries
-            kad.set_mode(Some(kad::Mode::Server));
+            let mut kad_cfg = kad::Config::new(KAD_PROTOCOL);
+            kad_cfg.set_query_timeout(Duration::from_secs(10));
+            // the routing table holds only peers we put there (bootstrap peers, DHT servers
+            // that identify, mDNS neighbours of a host, a leaf's host): kad would otherwise
+            // add every VM the host dials, and queries would then connect VMs to each other
+            kad_cfg.set_kbucket_inserts(kad::BucketInserts::Manual);
+            let mut kad = kad::Behaviour::with_config(me, kad::store::MemoryStore::new(me), kad_cfg);
+            // a host serves the DHT (it has no confirmed external address, yet must answer
+            // queries); a leaf only asks and advertises through its host, so its siblings
+            // never learn of it from the DHT and never connect just to run a query
+            kad.set_mode(Some(if leaf { kad::Mode::Client } else { kad::Mode::Server }));
             let mdns = if mdns_on { Some(mdns::tokio::Behaviour::new(mdns::Config::default(), me)?) } else { None };
             Ok(Behaviour {
                 limits: connection_limits::Behaviour::new(
@@ -427,6 +454,8 @@ pub fn spawn(
         streams_in: 0,
         stream_bytes_in: 0,
         listen_is_external: cfg.nat.relay_server && cfg.external.is_empty(),
+        leaf: cfg.leaf,
+        listen_requested: Vec::new(),
     };
     for a in &cfg.external {
         node.swarm.add_external_address(a.clone());
@@ -520,7 +549,22 @@ impl Node {
             }
             Command::AddAddress(peer, addr) => {
                 self.swarm.add_peer_address(peer, addr.clone());
+                if !self.leaf {
+                    self.swarm.behaviour_mut().kad.add_address(&peer, addr);
+                }
+            }
+            Command::AddDhtPeer(peer, addr) => {
+                self.swarm.add_peer_address(peer, addr.clone());
                 self.swarm.behaviour_mut().kad.add_address(&peer, addr);
+                self.announce();
+            }
+            Command::Listen(addr) => {
+                if !self.listen_requested.contains(&addr) {
+                    self.listen_requested.push(addr.clone());
+                    if let Err(e) = self.swarm.listen_on(addr.clone()) {
+                        tracing::warn!("p2p cannot listen on {addr}: {e}");
+                    }
+                }
             }
             Command::Dial(addr) => {
                 if let Err(e) = self.swarm.dial(addr.clone()) {
@@ -616,7 +660,11 @@ impl Node {
         match event {
             SwarmEvent::NewListenAddr { address, .. } => {
                 tracing::info!("p2p listening on {address}/p2p/{}", self.id);
-                if self.listen_is_external {
+                // a VM's bridge address is reachable by everyone it deals with: it goes into
+                // the provider records the VM publishes, so askers learn where to find it
+                let loopback =
+                    address.iter().any(|p| matches!(p, libp2p::multiaddr::Protocol::Ip4(ip) if ip.is_loopback()));
+                if self.listen_is_external || (self.leaf && !loopback) {
                     self.swarm.add_external_address(address.clone());
                 }
                 self.listen.push(address);
@@ -652,11 +700,14 @@ impl Node {
                 }
             }
             BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
-                // their listen addresses go to the DHT; loopback ones only when they are
-                // on our loopback too
+                // the listen addresses of peers that serve the DHT go into its routing table
+                // (not a leaf's: it knows only its host; not agents': they are clients, or
+                // queries would send their askers to every VM); loopback ones only when
+                // they are on our loopback too
                 let local =
                     self.peers.get(&peer_id).is_some_and(|p| p.addresses.iter().any(|a| a.contains("/127.0.0.1/")));
-                for a in info.listen_addrs {
+                let serves = info.protocols.contains(&KAD_PROTOCOL);
+                for a in info.listen_addrs.into_iter().filter(|_| serves && !self.leaf) {
                     let loopback =
                         a.iter().any(|p| matches!(p, libp2p::multiaddr::Protocol::Ip4(ip) if ip.is_loopback()));
                     if local || !loopback {
@@ -671,10 +722,12 @@ impl Node {
                         continue;
                     }
                     self.swarm.add_peer_address(peer, addr.clone());
-                    self.swarm.behaviour_mut().kad.add_address(&peer, addr);
                     self.peer(peer).discovered_by("mdns");
-                    if !self.swarm.is_connected(&peer) {
-                        let _ = self.swarm.dial(peer);
+                    if !self.leaf {
+                        self.swarm.behaviour_mut().kad.add_address(&peer, addr);
+                        if !self.swarm.is_connected(&peer) {
+                            let _ = self.swarm.dial(peer);
+                        }
                     }
                 }
             }
@@ -838,6 +891,7 @@ mod tests {
             nat,
             external: vec![],
             inbox,
+            leaf: false,
         };
         (spawn(k, cfg, Box::new(MemoryNonces::default()), Arc::new(Anyone)).unwrap(), id)
     }
