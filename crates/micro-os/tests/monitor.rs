@@ -180,39 +180,19 @@ fn an_export_holds_exactly_the_samples_of_its_range() {
     let expected = all.len();
     assert!(expected >= 4, "{all:#?}");
     let dir = tempfile::tempdir().unwrap();
-    let csv = dir.path().join("range.csv");
-    d.ok(&[
-        "monitor",
-        "export",
-        "--from",
-        &iso(from),
-        "--to",
-        &iso(to),
-        "--format",
-        "csv",
-        "--output",
-        csv.to_str().unwrap(),
-    ]);
-    let text = std::fs::read_to_string(&csv).unwrap();
+    let export = |format: &str, file: &str| {
+        let out = dir.path().join(file);
+        let (f, t) = (iso(from), iso(to));
+        d.ok(&["monitor", "export", "--from", &f, "--to", &t, "--format", format, "--output", out.to_str().unwrap()]);
+        std::fs::read_to_string(out).unwrap()
+    };
+    let text = export("csv", "range.csv");
     let lines: Vec<&str> = text.lines().collect();
     assert!(lines[0].starts_with("time,kind,id,name,cpu_percent,"), "{}", lines[0]);
     assert_eq!(lines.len() - 1, expected, "{text}");
     assert!(lines[1].starts_with(&iso(from)), "{}", lines[1]);
     assert!(lines.last().unwrap().starts_with(&iso(to)), "{text}");
-    let json = dir.path().join("range.json");
-    d.ok(&[
-        "monitor",
-        "export",
-        "--from",
-        &iso(from),
-        "--to",
-        &iso(to),
-        "--format",
-        "json",
-        "--output",
-        json.to_str().unwrap(),
-    ]);
-    let rows: Vec<serde_json::Value> = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&export("json", "range.json")).unwrap();
     assert_eq!(rows, all);
 
     // bad input: one clear line, a usage exit, and no file left behind

@@ -26,6 +26,14 @@ pub fn container_path(id: &str) -> String {
     format!("/micro-os/{id}")
 }
 
+/// The cgroup of a container: its own, or below its VM's when it is placed on one.
+pub fn placed_path(vm: Option<&str>, id: &str) -> String {
+    match vm {
+        Some(vm) => format!("{}/{id}", container_path(vm)),
+        None => container_path(id),
+    }
+}
+
 fn dir(version: Version, controller: &str, cgpath: &str) -> PathBuf {
     let rel = cgpath.trim_start_matches('/');
     match version {
@@ -332,13 +340,5 @@ pub fn remove_parent(version: Version, cgpath: &str) {
 
 /// The host's memory in MiB (from /proc/meminfo).
 pub fn host_memory_mib() -> u64 {
-    std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|t| {
-            t.lines()
-                .find(|l| l.starts_with("MemTotal:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok()))
-        })
-        .map(|kb| kb / 1024)
-        .unwrap_or(0)
+    crate::procfs::host_memory().1 >> 20
 }

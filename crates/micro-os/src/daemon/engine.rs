@@ -416,8 +416,8 @@ impl Engine {
             .map_err(|e| format!("write {}: {e}", config_file.display()))?;
         // on a VM: the VM's network namespace and a cgroup below the VM's
         let (netns, own_netns, cgroups_path) = match &c.spec.vm {
-            Some(vm_id) => (self.vm_netns(vm_id), false, format!("{}/{}", cgroup::container_path(vm_id), c.id)),
-            None => (dir.join("netns"), true, cgroup::container_path(&c.id)),
+            Some(vm_id) => (self.vm_netns(vm_id), false, cgroup::placed_path(Some(vm_id), &c.id)),
+            None => (dir.join("netns"), true, cgroup::placed_path(None, &c.id)),
         };
         self.run_workload(Workload {
             id: c.id.clone(),

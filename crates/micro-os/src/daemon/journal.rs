@@ -164,13 +164,7 @@ pub fn stream(path: &Path, q: DaemonLogsQuery) -> ByteStream {
             }
         }
     });
-    Box::pin(tokio_stream_from(rx))
-}
-
-fn tokio_stream_from(
-    mut rx: tokio::sync::mpsc::Receiver<Bytes>,
-) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> {
-    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx).map(|o| o.map(Ok)))
+    super::logs::byte_stream(rx)
 }
 
 #[cfg(test)]

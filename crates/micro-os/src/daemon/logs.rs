@@ -109,5 +109,10 @@ pub fn stream(engine: Arc<Engine>, id: String, path: PathBuf, q: LogsQuery) -> B
             }
         }
     });
+    byte_stream(rx)
+}
+
+/// A response body from the chunks a task sends.
+pub fn byte_stream(rx: mpsc::Receiver<Bytes>) -> ByteStream {
     Box::pin(futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (Ok(b), rx)) }))
 }

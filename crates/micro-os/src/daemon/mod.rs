@@ -90,7 +90,7 @@ fn image_job(
         };
         let _ = tx.blocking_send(ndjson_line(&ev));
     });
-    Box::pin(futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (Ok(b), rx)) }))
+    logs::byte_stream(rx)
 }
 
 impl Control for Daemon {

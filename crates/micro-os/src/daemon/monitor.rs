@@ -122,11 +122,7 @@ impl Engine {
             .collect();
         for c in containers {
             let Some(pid) = c.pid else { continue };
-            let cgpath = match &c.spec.vm {
-                Some(vm) => format!("{}/{}", cgroup::container_path(vm), c.id),
-                None => cgroup::container_path(&c.id),
-            };
-            let Some(st) = cgroup::stats(self.cg, &cgpath) else { continue };
+            let Some(st) = cgroup::stats(self.cg, &cgroup::placed_path(c.spec.vm.as_deref(), &c.id)) else { continue };
             alive.insert(c.id.clone());
             let mut s = from_cgroup(ts, "container", &c.id, &c.spec.name, &st);
             s.cpu_percent = rates.cpu_percent(&c.id, st.cpu_ns, ts).unwrap_or(0.0);

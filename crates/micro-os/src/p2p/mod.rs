@@ -549,9 +549,7 @@ impl Node {
             }
             Command::AddAddress(peer, addr) => {
                 self.swarm.add_peer_address(peer, addr.clone());
-                if !self.leaf {
-                    self.swarm.behaviour_mut().kad.add_address(&peer, addr);
-                }
+                self.route(peer, addr);
             }
             Command::AddDhtPeer(peer, addr) => {
                 self.swarm.add_peer_address(peer, addr.clone());
@@ -620,6 +618,14 @@ impl Node {
                 let q = self.swarm.behaviour_mut().kad.get_providers(kad::RecordKey::new(&key));
                 self.finds.insert(q, (BTreeSet::new(), reply));
             }
+        }
+    }
+
+    /// A peer's address learned from the network goes into the DHT's routing table,
+    /// unless this peer is a leaf, whose table holds only its host (`AddDhtPeer`).
+    fn route(&mut self, peer: PeerId, addr: Multiaddr) {
+        if !self.leaf {
+            self.swarm.behaviour_mut().kad.add_address(&peer, addr);
         }
     }
 
@@ -707,11 +713,11 @@ impl Node {
                 let local =
                     self.peers.get(&peer_id).is_some_and(|p| p.addresses.iter().any(|a| a.contains("/127.0.0.1/")));
                 let serves = info.protocols.contains(&KAD_PROTOCOL);
-                for a in info.listen_addrs.into_iter().filter(|_| serves && !self.leaf) {
+                for a in info.listen_addrs.into_iter().filter(|_| serves) {
                     let loopback =
                         a.iter().any(|p| matches!(p, libp2p::multiaddr::Protocol::Ip4(ip) if ip.is_loopback()));
                     if local || !loopback {
-                        self.swarm.behaviour_mut().kad.add_address(&peer_id, a);
+                        self.route(peer_id, a);
                     }
                 }
                 self.peer(peer_id).agent = Some(info.agent_version);
@@ -723,11 +729,9 @@ impl Node {
                     }
                     self.swarm.add_peer_address(peer, addr.clone());
                     self.peer(peer).discovered_by("mdns");
-                    if !self.leaf {
-                        self.swarm.behaviour_mut().kad.add_address(&peer, addr);
-                        if !self.swarm.is_connected(&peer) {
-                            let _ = self.swarm.dial(peer);
-                        }
+                    self.route(peer, addr);
+                    if !self.leaf && !self.swarm.is_connected(&peer) {
+                        let _ = self.swarm.dial(peer);
                     }
                 }
             }
@@ -825,39 +829,40 @@ impl Node {
         if self.batch.is_empty() {
             return;
         }
-        let batch = std::mem::take(&mut self.batch);
-        let mut envs = Vec::with_capacity(batch.len());
-        let mut verdicts: Vec<Option<Result<(), String>>> = Vec::with_capacity(batch.len());
-        for (peer, env, _) in &batch {
+        let mut envs = Vec::with_capacity(self.batch.len());
+        let mut from = Vec::with_capacity(self.batch.len());
+        for (peer, env, channel) in std::mem::take(&mut self.batch) {
             // the envelope must come from the connection's own peer
-            if env.sender != peer.to_string() {
-                verdicts.push(Some(Err("sender is not the connected peer".to_string())));
+            if env.sender == peer.to_string() {
+                envs.push(env);
+                from.push((peer, channel));
             } else {
-                verdicts.push(None);
-                envs.push(env.clone());
+                self.answer(peer, &env, channel, Err("sender is not the connected peer".to_string()));
             }
         }
         let (trusted, policy) = (&self.trusted, &self.policy);
-        let mut checked =
-            self.verifier.verify_batch(&envs, now_secs(), |p| Self::is_known(trusted, policy, p)).into_iter();
-        for ((peer, env, channel), verdict) in batch.into_iter().zip(verdicts) {
-            let verdict =
-                verdict.unwrap_or_else(|| checked.next().expect("one verdict each").map_err(|r| r.to_string()));
-            let ack = match verdict {
-                Ok(()) => {
-                    *self.messages.entry(env.kind.to_string()).or_default() += 1;
-                    let p = self.peer(peer);
-                    p.messages_in += 1;
-                    p.bytes_in += env.encoded_len() as u64;
-                    Ack { accepted: true, reason: None }
-                }
-                Err(reason) => {
-                    tracing::warn!("refused {} from {peer}: {reason}", env.kind);
-                    Ack { accepted: false, reason: Some(reason) }
-                }
-            };
-            let _ = self.swarm.behaviour_mut().msg.send_response(channel, ack);
+        let verdicts = self.verifier.verify_batch(&envs, now_secs(), |p| Self::is_known(trusted, policy, p));
+        for ((env, (peer, channel)), verdict) in envs.into_iter().zip(from).zip(verdicts) {
+            self.answer(peer, &env, channel, verdict.map_err(|r| r.to_string()));
         }
+    }
+
+    /// Counts a request's verdict and sends it back as the request's `Ack`.
+    fn answer(&mut self, peer: PeerId, env: &Envelope, channel: ResponseChannel<Ack>, verdict: Result<(), String>) {
+        let ack = match verdict {
+            Ok(()) => {
+                *self.messages.entry(env.kind.to_string()).or_default() += 1;
+                let p = self.peer(peer);
+                p.messages_in += 1;
+                p.bytes_in += env.encoded_len() as u64;
+                Ack { accepted: true, reason: None }
+            }
+            Err(reason) => {
+                tracing::warn!("refused {} from {peer}: {reason}", env.kind);
+                Ack { accepted: false, reason: Some(reason) }
+            }
+        };
+        let _ = self.swarm.behaviour_mut().msg.send_response(channel, ack);
     }
 }
 
