@@ -502,6 +502,15 @@ impl Node {
 
     async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
         loop {
+            // every command waiting goes into the outbox before anything is sent, so a
+            // CTRL asked for behind a flood of DATA requests is not stuck in the channel
+            // while the loop serves swarm events one at a time
+            for _ in 0..1024 {
+                match rx.try_recv() {
+                    Ok(c) => self.on_command(c),
+                    Err(_) => break,
+                }
+            }
             self.send_queued();
             tokio::select! {
                 cmd = rx.recv() => match cmd {
