@@ -1,7 +1,84 @@
-//! What a `net send` asks for and what it reports: the same shape whether the host or a
-//! VM's agent sends, so the daemon relays an agent's report unchanged.
+//! The P2P layer's vocabulary: a peer's status (`NetStatus`, `PeerInfo`), the providers
+//! of a resource key, the answer to a message (`Ack`), and what a `net send` asks for and
+//! what it reports: the same shape whether the host or a VM's agent sends, so the daemon
+//! relays an agent's report unchanged and the REST API serves these types as they are.
+
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+
+/// The answer to a delivered P2P message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Ack {
+    pub accepted: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// One peer of the host's libp2p node.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct PeerInfo {
+    pub peer_id: String,
+    pub addresses: Vec<String>,
+    pub connected: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rtt_ms: Option<f64>,
+    /// What the peer says it runs (identify).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
+    /// Grows with verified messages, falls with refused ones.
+    pub score: i64,
+    /// How we learned of the peer: bootstrap, mdns, kad, relay (none: it called us or we
+    /// were told to dial it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub discovered: Vec<String>,
+    pub messages_in: u64,
+    pub messages_out: u64,
+    /// Bytes of envelopes received from and sent to the peer.
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+}
+
+/// `GET /api/v1/monitor/network`: the host's libp2p node.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct NetStatus {
+    pub peer_id: String,
+    pub listen: Vec<String>,
+    pub peers: Vec<PeerInfo>,
+    /// Accepted messages by type.
+    pub messages: BTreeMap<String, u64>,
+    /// Messages sent by type (a DATA stream counts as one DATA message).
+    #[serde(default)]
+    pub messages_sent: BTreeMap<String, u64>,
+    /// Refused messages by reason.
+    pub rejections: BTreeMap<String, u64>,
+    /// Reachability as autonat found it (public, private, unknown); absent when autonat is off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nat: Option<String>,
+    /// Resource keys this peer advertises in the DHT.
+    #[serde(default)]
+    pub provides: Vec<String>,
+    /// DATA streams accepted, and their bytes.
+    #[serde(default)]
+    pub streams_in: u64,
+    #[serde(default)]
+    pub stream_bytes_in: u64,
+}
+
+/// A peer that advertises a resource (a Kademlia provider record).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Provider {
+    pub peer_id: String,
+    /// The VM of this host that the peer is, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vm: Option<String>,
+    pub addresses: Vec<String>,
+    pub connected: bool,
+}
 
 /// Messages to send from one peer to another.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -1,10 +1,11 @@
-//! `micro-os`: one binary for the daemon, the CLI and the per-container shim.
+//! `micro-os`: one binary for the daemon, the CLI and the per-container shim. The VM
+//! agent is a binary of its own, `micro-os-agent` (crates/agent).
 
-mod agent;
 mod cli;
 mod daemon;
 mod home;
-mod p2p;
+
+use micro_os_p2p as p2p;
 
 use std::process::ExitCode;
 
@@ -99,7 +100,6 @@ fn run(cli: cli::Cli) -> Result<i32, CliError> {
             }
         }
         Command::Shim { .. } => Err(CliError::usage("the shim is started by the daemon, not by hand")),
-        Command::Agent { control_dir, guest } => Ok(agent::run(control_dir, guest)),
         other => cli::run(cli.api, other),
     }
 }

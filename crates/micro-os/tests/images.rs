@@ -76,11 +76,15 @@ fn import_run_and_remove_an_image() {
     d.fails(&["image", "build", "busybox"], 4);
     let out = d.ok(&["image", "build", "busybox", "--name", "base2"]);
     assert!(out.contains("built base2"), "{out}");
-    // the VM base: busybox plus this binary as the agent, runnable inside
+    // the VM base: busybox plus the agent (micro-os-agent, beside micro-os), runnable inside
     let out = d.ok(&["image", "build", "blockchain-base", "--name", "vmbase"]);
     assert!(out.contains("built vmbase"), "{out}");
-    let o = d.cli(&["container", "run", "--rm", "--image", "vmbase", "--", "/sbin/micro-os", "--version"]);
-    assert!(String::from_utf8_lossy(&o.stdout).starts_with("micro-os "), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = d.cli(&["container", "run", "--rm", "--image", "vmbase", "--", "/sbin/micro-os-agent", "--version"]);
+    assert!(
+        String::from_utf8_lossy(&o.stdout).starts_with("micro-os-agent "),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     if std::fs::read_dir("/boot")
         .is_ok_and(|mut rd| rd.any(|e| e.is_ok_and(|e| e.file_name().to_string_lossy().starts_with("vmlinuz-"))))
     {

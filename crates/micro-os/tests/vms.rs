@@ -341,6 +341,12 @@ fn qemu_guest_boots_reports_ready_pauses_and_resumes() {
     let console =
         std::fs::read_to_string(d.home.path().join("vms").join(v["id"].as_str().unwrap()).join("console.log")).unwrap();
     assert!(console.contains("stopped (asked by the daemon)"), "{console}");
+    // a guest's root is fresh at every boot, its identity is not
+    let peer_id = v["peer_id"].clone();
+    let out = d.ok(&["vm", "start", "guest"]);
+    assert!(out.contains("agent ready"), "{out}");
+    assert_eq!(d.vm("guest")["peer_id"], peer_id, "the guest got a new peer id at its second boot");
+    d.ok(&["vm", "stop", "guest"]);
 }
 
 #[test]

@@ -14,6 +14,13 @@ pub enum Error {
     Runc { action: String, id: String, msg: String },
     #[error("oci spec: {0}")]
     Spec(#[from] oci_spec::OciSpecError),
+    #[error(
+        "the VM agent is missing: neither MICRO_OS_AGENT ({}) nor {} is a file (install micro-os-agent \
+         beside micro-os, or build it: cargo build -p micro-os-agent)",
+        from_env.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "not set".into()),
+        beside.display()
+    )]
+    AgentMissing { beside: PathBuf, from_env: Option<PathBuf> },
     #[error("{0}")]
     Other(String),
 }

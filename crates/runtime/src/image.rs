@@ -165,16 +165,13 @@ impl ImageStore {
         self.build_base(name, busybox, None, progress)
     }
 
-    /// Builds `name` as the busybox base plus `agent` (the micro-os binary) at
-    /// `/sbin/micro-os` with the shared libraries `ldd` lists for it: the rootfs of VMs.
-    pub fn build_agent_base(
-        &self,
-        name: &str,
-        busybox: &Path,
-        agent: &Path,
-        progress: ProgressFn<'_>,
-    ) -> Result<Image> {
-        self.build_base(name, busybox, Some(agent), progress)
+    /// Builds `name` as the busybox base plus the VM agent at `/sbin/micro-os-agent`
+    /// (stripped of debug info) with the shared libraries `ldd` lists for it: the rootfs
+    /// of VMs. The agent is `micro-os-agent` next to `exe` (the running `micro-os`) or
+    /// `$MICRO_OS_AGENT` (`agent_binary`).
+    pub fn build_agent_base(&self, name: &str, busybox: &Path, exe: &Path, progress: ProgressFn<'_>) -> Result<Image> {
+        let agent = agent_binary(exe, std::env::var_os(AGENT_ENV).map(PathBuf::from))?;
+        self.build_base(name, busybox, Some(&agent), progress)
     }
 
     fn build_base(&self, name: &str, busybox: &Path, agent: Option<&Path>, progress: ProgressFn<'_>) -> Result<Image> {
@@ -221,9 +218,11 @@ impl ImageStore {
             let mut cmd = vec!["sh".to_string()];
             if let Some(agent) = agent {
                 progress(Progress { stage: "adding the micro-os agent".into(), current: 0, total: 1 });
-                add_binary(&rootfs, agent, "sbin/micro-os")?;
-                id.update(agent.as_os_str().as_encoded_bytes());
-                cmd = vec!["/sbin/micro-os".into(), "agent".into()];
+                add_binary(&rootfs, agent, AGENT_IN_IMAGE)?;
+                // the image is what the agent is: a rebuilt agent makes another image
+                let bytes = fs::read(agent).context(|| format!("read {}", agent.display()))?;
+                id.update(&bytes);
+                cmd = vec![format!("/{AGENT_IN_IMAGE}")];
                 progress(Progress { stage: "adding the micro-os agent".into(), current: 1, total: 1 });
             }
             Ok(Image {
@@ -331,16 +330,45 @@ impl ImageStore {
 
 /// Copies a dynamically linked binary into `rootfs` at `dest` with every library `ldd`
 /// lists, at the same paths, so it runs inside a busybox root.
+/// The environment variable that names the agent binary, if not next to `micro-os`.
+pub const AGENT_ENV: &str = "MICRO_OS_AGENT";
+/// The agent's name, next to `micro-os`.
+pub const AGENT_NAME: &str = "micro-os-agent";
+/// Where a VM image holds the agent.
+pub const AGENT_IN_IMAGE: &str = "sbin/micro-os-agent";
+
+/// The VM agent's binary: `from_env` (`$MICRO_OS_AGENT`) when set, else `micro-os-agent`
+/// in the directory of `exe` (the running `micro-os`).
+pub fn agent_binary(exe: &Path, from_env: Option<PathBuf>) -> Result<PathBuf> {
+    let beside = exe.parent().unwrap_or(Path::new("/")).join(AGENT_NAME);
+    let path = from_env.clone().unwrap_or_else(|| beside.clone());
+    if path.is_file() {
+        return Ok(path);
+    }
+    Err(Error::AgentMissing { beside, from_env })
+}
+
+/// Puts `bin` at `dest` in `rootfs` with the libraries it links to. `strip` (binutils)
+/// drops its debug info when it can (a release build carries some); otherwise the binary
+/// goes in as it is.
 fn add_binary(rootfs: &Path, bin: &Path, dest: &str) -> Result<()> {
     let target = rootfs.join(dest);
     if let Some(parent) = target.parent() {
         fs::create_dir_all(parent).context(|| format!("create {}", parent.display()))?;
     }
-    // a hard link when on the same filesystem (the binary is large), a copy otherwise
-    if fs::hard_link(bin, &target).is_err() {
+    let stripped = std::process::Command::new("strip")
+        .arg("--strip-debug")
+        .arg("-o")
+        .arg(&target)
+        .arg(bin)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    // else a hard link when on the same filesystem (the binary is large), a copy otherwise
+    if !stripped && fs::hard_link(bin, &target).is_err() {
         fs::copy(bin, &target).context(|| format!("copy {} into the image", bin.display()))?;
-        set_mode(&target, 0o755)?;
     }
+    set_mode(&target, 0o755)?;
     let out = std::process::Command::new("ldd").arg(bin).output().context(|| "run ldd".into())?;
     let text = String::from_utf8_lossy(&out.stdout);
     // lines: "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)" or "/lib64/ld-linux-x86-64.so.2 (0x...)"
@@ -809,6 +837,48 @@ mod tests {
         let l = layer(&[("up/.wh.victim", Some(""))]);
         assert!(apply_layer(&root, &l[..]).is_err());
         assert!(d.path().join("victim").exists(), "whiteout followed a symlink out of the root");
+    }
+
+    #[test]
+    fn the_agent_is_found_beside_micro_os_or_where_the_environment_says() {
+        let d = tempfile::tempdir().unwrap();
+        let exe = d.path().join("micro-os");
+        let e = agent_binary(&exe, None).unwrap_err().to_string();
+        let beside = d.path().join(AGENT_NAME);
+        assert!(e.contains(&beside.display().to_string()) && e.contains("MICRO_OS_AGENT (not set)"), "{e}");
+        fs::write(&beside, "agent").unwrap();
+        assert_eq!(agent_binary(&exe, None).unwrap(), beside);
+        let other = d.path().join("elsewhere");
+        let e = agent_binary(&exe, Some(other.clone())).unwrap_err().to_string();
+        assert!(e.contains(&format!("MICRO_OS_AGENT ({})", other.display())), "{e}");
+        fs::write(&other, "agent").unwrap();
+        assert_eq!(agent_binary(&exe, Some(other.clone())).unwrap(), other);
+    }
+
+    #[test]
+    fn the_vm_image_id_follows_the_agent_bytes_not_its_path() {
+        let bb = Path::new("/bin/busybox");
+        if !bb.exists() {
+            eprintln!("SKIP the_vm_image_id_follows_the_agent_bytes_not_its_path: /bin/busybox missing");
+            return;
+        }
+        let d = tempfile::tempdir().unwrap();
+        let store = ImageStore::new(d.path().join("images")).unwrap();
+        let bin = d.path().join("bin");
+        fs::create_dir(&bin).unwrap();
+        let agent = bin.join(AGENT_NAME);
+        // two builds of the agent at the same path: a script stands in for it
+        fs::write(&agent, "#!/bin/sh\necho one\n").unwrap();
+        let first = store.build_base("one", bb, Some(&agent), &mut |_| {}).unwrap();
+        fs::remove_file(&agent).unwrap();
+        fs::write(&agent, "#!/bin/sh\necho two\n").unwrap();
+        let second = store.build_base("two", bb, Some(&agent), &mut |_| {}).unwrap();
+        assert_ne!(first.id, second.id, "a rebuilt agent kept the image id");
+        let again = store.build_base("three", bb, Some(&agent), &mut |_| {}).unwrap();
+        assert_eq!(second.id, again.id, "the same agent and busybox make the same id");
+        assert_eq!(second.config.cmd, ["/sbin/micro-os-agent"]);
+        let inside = store.rootfs("two").join(AGENT_IN_IMAGE);
+        assert_eq!(fs::read_to_string(inside).unwrap(), "#!/bin/sh\necho two\n");
     }
 
     #[test]

@@ -97,17 +97,6 @@ pub enum Command {
     Completion { shell: clap_complete::Shell },
     /// Show help for a command, e.g. `micro-os help container create`.
     Help { command: Vec<String> },
-    /// Run as a VM's first process: identity, readiness and health, reaping, signals.
-    #[command(after_help = "The daemon starts it inside every VM; it is not meant to be run by hand.")]
-    Agent {
-        /// Directory of the daemon's control socket (default /run/micro-os/ctl).
-        #[arg(long, value_name = "DIR")]
-        control_dir: Option<PathBuf>,
-        /// PID 1 of a qemu guest: mount /proc, /sys, /dev, load virtio modules, configure
-        /// eth0 from the kernel command line, talk over the virtio-serial port.
-        #[arg(long)]
-        guest: bool,
-    },
     /// Internal: the per-container monitor process.
     #[command(hide = true)]
     Shim { state_dir: PathBuf },

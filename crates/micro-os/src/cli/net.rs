@@ -43,9 +43,12 @@ fn detailed(st: &NetStatus) -> String {
         peers_table(st)
     ));
     out.push_str("\n\n");
+    // received (accepted) and sent, by type: one row per type seen either way
+    let kinds: std::collections::BTreeSet<&String> = st.messages.keys().chain(st.messages_sent.keys()).collect();
+    let count = |m: &std::collections::BTreeMap<String, u64>, k: &String| m.get(k).copied().unwrap_or(0).to_string();
     out.push_str(&table(
-        &["MESSAGES", "ACCEPTED"],
-        st.messages.iter().map(|(k, v)| vec![k.clone(), v.to_string()]).collect(),
+        &["MESSAGES", "ACCEPTED", "SENT"],
+        kinds.into_iter().map(|k| vec![k.clone(), count(&st.messages, k), count(&st.messages_sent, k)]).collect(),
     ));
     out.push_str("\n\n");
     out.push_str(&table(
@@ -175,5 +178,26 @@ pub fn monitor(
             Some(i) => std::thread::sleep(std::time::Duration::from_secs_f64(i)),
             None => return Ok(0),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_detailed_view_counts_messages_sent_by_type_too() {
+        let st = NetStatus {
+            messages: [("CTRL".to_string(), 2)].into(),
+            messages_sent: [("CTRL".to_string(), 3), ("DATA".to_string(), 5)].into(),
+            ..Default::default()
+        };
+        let out = detailed(&st);
+        let row = |kind: &str| {
+            out.lines().find(|l| l.split_whitespace().next() == Some(kind)).map(|l| l.split_whitespace().collect())
+        };
+        assert_eq!(row("MESSAGES"), Some(vec!["MESSAGES", "ACCEPTED", "SENT"]), "{out}");
+        assert_eq!(row("CTRL"), Some(vec!["CTRL", "2", "3"]), "{out}");
+        assert_eq!(row("DATA"), Some(vec!["DATA", "0", "5"]), "sent only: {out}");
     }
 }

@@ -797,7 +797,7 @@ impl Engine {
                     return Err(ApiError::bad_request("key is empty (try container/<name> or vm/<name>)"));
                 }
                 let mut found: Vec<micro_os_api::types::Provider> = match vm {
-                    None => self.host_p2p()?.find(key).await.map_err(ApiError::internal)?,
+                    None => self.host_p2p()?.find(key).await.map_err(|e| ApiError::internal(e.to_string()))?,
                     Some(name) => {
                         let vm = self.find_vm(&name)?;
                         let v = self.query_vm(&vm, micro_os_core::vm::Query::Find { key }).await?;

@@ -23,7 +23,7 @@ pub fn component_of(target: &str) -> &'static str {
     let t = target;
     if t.starts_with("micro_os_api") || t.starts_with("tower_http") || t.starts_with("hyper") || t.starts_with("axum") {
         "api"
-    } else if t.starts_with("micro_os::p2p") || t.starts_with("libp2p") || t.starts_with("micro_os_net") {
+    } else if t.starts_with("micro_os_p2p") || t.starts_with("libp2p") || t.starts_with("micro_os_net") {
         "net"
     } else if t.starts_with("micro_os::daemon::monitor") || t.starts_with("micro_os_monitor") {
         "monitor"
@@ -174,13 +174,13 @@ mod tests {
     #[test]
     fn events_go_to_components_and_levels_filter() {
         assert_eq!(component_of("micro_os::daemon::engine"), "runtime");
-        assert_eq!(component_of("micro_os::p2p"), "net");
+        assert_eq!(component_of("micro_os_p2p::node"), "net");
         assert_eq!(component_of("libp2p_swarm"), "net");
         assert_eq!(component_of("tower_http::trace::on_response"), "api");
         assert_eq!(component_of("micro_os::daemon::monitor"), "monitor");
-        let line = r#"{"timestamp":"2026-11-24T09:00:00.000Z","level":"DEBUG","fields":{"message":"hello","peer":"p1"},"target":"micro_os::p2p"}"#;
+        let line = r#"{"timestamp":"2026-11-24T09:00:00.000Z","level":"DEBUG","fields":{"message":"hello","peer":"p1"},"target":"micro_os_p2p::node"}"#;
         let shown = render(line, "net", rank("debug")).unwrap();
-        assert_eq!(shown, "2026-11-24T09:00:00.000Z DEBUG net micro_os::p2p: hello peer=p1\n");
+        assert_eq!(shown, "2026-11-24T09:00:00.000Z DEBUG net micro_os_p2p::node: hello peer=p1\n");
         assert!(render(line, "all", rank("debug")).is_some());
         assert!(render(line, "net", rank("info")).is_none(), "debug is below info");
         assert!(render(line, "runtime", rank("debug")).is_none());

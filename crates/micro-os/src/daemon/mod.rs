@@ -6,6 +6,7 @@ mod health;
 mod journal;
 mod logs;
 mod monitor;
+mod nonces;
 mod pidwait;
 mod qemu;
 pub mod templates;
@@ -130,8 +131,8 @@ impl Control for Daemon {
             if req.base == "busybox" {
                 return Ok(image_job(move |p| engine.images.build_busybox(&name, &engine.cfg.busybox, p)));
             }
-            // busybox + this binary as the agent; plus the qemu boot files (kernel and
-            // initramfs) when the host has a kernel to boot
+            // busybox + the agent (micro-os-agent beside this binary, or $MICRO_OS_AGENT);
+            // plus the qemu boot files (kernel and initramfs) when the host has a kernel
             Ok(image_job(move |p| {
                 let img = engine.images.build_agent_base(&name, &engine.cfg.busybox, &engine.exe, p)?;
                 if micro_os_runtime::boot::host_kernel().is_ok() {
@@ -180,7 +181,8 @@ pub fn run(home: Home, cfg: Config) -> anyhow::Result<()> {
     // stderr as configured; the journal (`micro-os logs`) with our own targets at debug
     let journal = journal::Journal::open(home.root.join("logs").join("daemon.log"));
     let journal_filter = tracing_subscriber::EnvFilter::new(
-        "info,micro_os=debug,micro_os_api=debug,micro_os_runtime=debug,micro_os_store=debug,micro_os_net=debug",
+        "info,micro_os=debug,micro_os_api=debug,micro_os_runtime=debug,micro_os_store=debug,micro_os_net=debug,\
+         micro_os_p2p=debug",
     );
     tracing_subscriber::registry()
         .with(
@@ -213,13 +215,14 @@ pub fn run(home: Home, cfg: Config) -> anyhow::Result<()> {
             external: cfg.p2p_external.iter().filter_map(|a| a.parse().ok()).collect(),
             inbox: Some(home.root.join("inbox")),
             leaf: false,
+            ..crate::p2p::Config::default()
         };
         let key = home.libp2p_key()?;
         let _ = engine.host_peer.set(key.public().to_peer_id().to_string());
         let handle = crate::p2p::spawn(
             key,
             p2p_cfg,
-            Box::new(crate::p2p::StoredNonces(EngineStore(engine.clone()))),
+            Box::new(nonces::StoredNonces(EngineStore(engine.clone()))),
             Arc::new(HostPolicy(engine.clone())),
         )?;
         let _ = engine.p2p.set(handle);

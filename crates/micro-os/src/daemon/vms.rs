@@ -337,6 +337,9 @@ impl Engine {
             let boot_dir = rootfs.parent().expect("image dir").join("boot");
             let boot = micro_os_runtime::boot::build(&rootfs, &boot_dir).map_err(|e| format!("boot files: {e}"))?;
             let accel = this.accel(&boot, &boot_dir);
+            // the image's initramfs plus the VM's key: the same peer id at every boot
+            let boot =
+                micro_os_runtime::boot::for_vm(&boot, &this.vm_dir(&vv.id)).map_err(|e| format!("boot files: {e}"))?;
             this.fabric.ensure_bridge().map_err(|e| e.to_string())?;
             this.fabric.attach_tap(&host_if(&vv.id)).map_err(|e| e.to_string())?;
             let args = super::qemu::args(&vv, &boot, &this.vm_dir(&vv.id), accel, &host_if(&vv.id), this.fabric.prefix);

@@ -30,7 +30,8 @@ use tokio::io::AsyncReadExt as _;
 use tokio::sync::{mpsc, oneshot};
 use xxhash_rust::xxh3::Xxh3;
 
-use super::Command;
+use crate::handle::Command;
+use crate::StreamError;
 
 pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/micro-os/data/1");
 const MAX_HEADER: u32 = 64 * 1024;
@@ -53,28 +54,33 @@ pub struct StreamHeader {
 /// Where a stream's body comes from.
 pub type Source = Box<dyn tokio::io::AsyncRead + Unpin + Send>;
 
-async fn read_line<R: futures_util::AsyncRead + Unpin>(r: &mut R) -> Result<String, String> {
+async fn read_line<R: futures_util::AsyncRead + Unpin>(r: &mut R) -> Result<String, StreamError> {
     let mut line = Vec::new();
     let mut b = [0u8; 1];
     loop {
-        match r.read(&mut b).await {
-            Ok(0) => return Err("the peer closed the stream".into()),
-            Ok(_) if b[0] == b'\n' => break,
-            Ok(_) if line.len() < 1024 => line.push(b[0]),
-            Ok(_) => return Err("the peer's answer is too long".into()),
-            Err(e) => return Err(e.to_string()),
+        match r.read(&mut b).await? {
+            0 => return Err(StreamError::Closed),
+            _ if b[0] == b'\n' => break,
+            _ if line.len() < 1024 => line.push(b[0]),
+            _ => return Err(StreamError::TooLong),
         }
     }
     Ok(String::from_utf8_lossy(&line).into_owned())
 }
 
-fn verdict(line: &str) -> Result<&str, String> {
+fn verdict(line: &str) -> Result<&str, StreamError> {
     match line.split_once(' ').unwrap_or((line, "")) {
         ("go", _) => Ok(""),
         ("ok", rest) => Ok(rest),
-        ("refused", why) => Err(format!("refused: {why}")),
-        _ => Err(format!("unexpected answer {line:?}")),
+        ("refused", why) => Err(StreamError::Refused(why.to_string())),
+        _ => Err(StreamError::Unexpected(line.to_string())),
     }
+}
+
+/// Bytes free on the filesystem of `path`.
+fn free_space(path: &Path) -> Option<u64> {
+    let s = nix::sys::statvfs::statvfs(path).ok()?;
+    Some(s.blocks_free() as u64 * s.fragment_size() as u64)
 }
 
 /// The hex form of a checksum.
@@ -98,51 +104,56 @@ pub fn checksum_file(path: &Path) -> std::io::Result<String> {
 
 /// Sends `header` (a sealed DATA envelope) and the body; returns the body's length and
 /// checksum once the receiver has accepted both.
-pub async fn send(
+pub(crate) async fn send(
     control: &mut libp2p_stream::Control,
     to: PeerId,
     header: &Envelope,
     mut body: Source,
-) -> Result<(u64, String), String> {
-    let mut s = control.open_stream(to, PROTOCOL).await.map_err(|e| format!("open a data stream: {e}"))?;
+) -> Result<(u64, String), StreamError> {
+    let mut s =
+        control.open_stream(to, PROTOCOL).await.map_err(|source| StreamError::Open { protocol: PROTOCOL, source })?;
     let head = header.encode();
-    s.write_all(&(head.len() as u32).to_be_bytes()).await.map_err(|e| e.to_string())?;
-    s.write_all(&head).await.map_err(|e| e.to_string())?;
-    s.flush().await.map_err(|e| e.to_string())?;
+    s.write_all(&(head.len() as u32).to_be_bytes()).await?;
+    s.write_all(&head).await?;
+    s.flush().await?;
     verdict(&read_line(&mut s).await?)?;
     let mut hasher = Xxh3::new();
     let mut buf = vec![0u8; CHUNK];
     let mut sent = 0u64;
     loop {
-        let n = body.read(&mut buf).await.map_err(|e| format!("read the data: {e}"))?;
+        let n = body.read(&mut buf).await.map_err(StreamError::Source)?;
         if n == 0 {
             break;
         }
         hasher.update(&buf[..n]);
-        s.write_all(&buf[..n]).await.map_err(|e| e.to_string())?;
+        s.write_all(&buf[..n]).await?;
         sent += n as u64;
     }
     let sum = hasher.digest128();
-    s.write_all(&sum.to_be_bytes()).await.map_err(|e| e.to_string())?;
-    s.close().await.map_err(|e| e.to_string())?;
+    s.write_all(&sum.to_be_bytes()).await?;
+    s.close().await?;
     let answer = read_line(&mut s).await?;
     let theirs = verdict(&answer)?;
     let ours = hex128(sum);
     if theirs != ours {
-        return Err(format!("the receiver computed checksum {theirs}, we sent {ours}"));
+        return Err(StreamError::Checksum { theirs: theirs.to_string(), ours });
     }
     Ok((sent, ours))
 }
 
 /// Serves incoming data streams until the swarm goes away.
-pub async fn serve(mut incoming: libp2p_stream::IncomingStreams, tx: mpsc::Sender<Command>, inbox: Option<PathBuf>) {
+pub(crate) async fn serve(
+    mut incoming: libp2p_stream::IncomingStreams,
+    tx: mpsc::Sender<Command>,
+    inbox: Option<PathBuf>,
+) {
     while let Some((peer, stream)) = incoming.next().await {
         tokio::spawn(receive(peer, stream, tx.clone(), inbox.clone()));
     }
 }
 
 /// What the swarm task is told when a stream has been read.
-pub struct Received {
+pub(crate) struct Received {
     pub peer: PeerId,
     pub bytes: u64,
     pub result: Result<(), Rejection>,
@@ -189,15 +200,14 @@ async fn take(
         .filter(|_| env.kind == MessageType::Data)
         .ok_or(header_refused(Rejection::Malformed))?;
     let (reply, verdict) = oneshot::channel();
-    tx.send(Command::VerifyStream { peer, env: Box::new(env.clone()), reply })
+    tx.send(Command::Verify { peer, env: Box::new(env.clone()), counts: false, reply })
         .await
         .map_err(|_| header_refused(Rejection::Malformed))?;
     verdict.await.unwrap_or(Err(Rejection::Malformed)).map_err(header_refused)?;
     // a stream to keep must fit on the inbox's disk with a margin (not counted against
     // the sender: the body never came)
     if let (Some(dir), Some(_)) = (inbox, &header.name) {
-        let free = micro_os_runtime::procfs::disk(dir.parent().unwrap_or(dir)).map(|(used, total)| total - used);
-        if free.is_some_and(|f| header.size.saturating_add(KEEP_MARGIN) > f) {
+        if free_space(dir.parent().unwrap_or(dir)).is_some_and(|f| header.size.saturating_add(KEEP_MARGIN) > f) {
             return Err(header_refused(Rejection::NoRoom));
         }
     }
@@ -253,4 +263,83 @@ async fn take(
         }
     }
     body
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{listening, node, node_with_inbox};
+    use crate::Nat;
+
+    fn header(size: usize, xxh3: Option<String>) -> StreamHeader {
+        StreamHeader { size: size as u64, xxh3, name: None }
+    }
+
+    #[tokio::test]
+    async fn a_corrupted_or_truncated_data_stream_is_refused_and_counted() {
+        let (a, _) = node(&["/ip4/127.0.0.1/tcp/0"], Nat::default());
+        let (b, b_id) = node(&["/ip4/127.0.0.1/tcp/0"], Nat::default());
+        a.add_address(b_id, listening(&b).await).await;
+        let data: Vec<u8> = (0..3 * 1024 * 1024 + 5).map(|i| (i % 251) as u8).collect();
+        let sum = hex128(xxhash_rust::xxh3::xxh3_128(&data));
+        let body = |d: &Vec<u8>| -> Source { Box::new(std::io::Cursor::new(d.clone())) };
+
+        let sent = a.send_stream(b_id, header(data.len(), Some(sum.clone())), body(&data)).await.unwrap();
+        assert_eq!(sent, (data.len() as u64, sum.clone()));
+        // the body differs from what the signed header promised (a file that changed
+        // after it was hashed, a bit flipped before the transport)
+        let mut flipped = data.clone();
+        flipped[1_000_000] ^= 1;
+        let err =
+            a.send_stream(b_id, header(data.len(), Some(sum.clone())), body(&flipped)).await.unwrap_err().to_string();
+        assert!(err.contains("stream checksum does not match"), "{err}");
+        // shorter than declared
+        let err = a.send_stream(b_id, header(data.len() + 100, None), body(&data)).await.unwrap_err().to_string();
+        assert!(err.contains("stream truncated"), "{err}");
+        // no hash up front, and a trailer that does not match the body
+        let env = a.seal(b_id, MessageType::Data, serde_json::to_string(&header(4, None)).unwrap()).await.unwrap();
+        let mut s = a.control.clone().open_stream(b_id, PROTOCOL).await.unwrap();
+        use futures_util::{AsyncReadExt, AsyncWriteExt};
+        let head = env.encode();
+        s.write_all(&(head.len() as u32).to_be_bytes()).await.unwrap();
+        s.write_all(&head).await.unwrap();
+        let mut go = [0u8; 3];
+        s.read_exact(&mut go).await.unwrap();
+        assert_eq!(&go, b"go\n");
+        s.write_all(b"abcd").await.unwrap();
+        s.write_all(&xxhash_rust::xxh3::xxh3_128(b"abce").to_be_bytes()).await.unwrap();
+        s.close().await.unwrap();
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).await.unwrap();
+        assert_eq!(answer, "refused stream checksum does not match\n");
+
+        let st = b.status().await.unwrap();
+        assert_eq!(st.rejections.get("stream checksum does not match"), Some(&2), "{st:?}");
+        assert_eq!(st.rejections.get("stream truncated"), Some(&1), "{st:?}");
+        assert_eq!((st.streams_in, st.stream_bytes_in), (1, data.len() as u64), "only the good stream counts");
+        assert_eq!(st.messages.get("DATA"), Some(&1));
+    }
+
+    #[tokio::test]
+    async fn named_streams_are_kept_when_they_fit() {
+        let dir = tempfile::tempdir().unwrap();
+        let inbox = dir.path().join("inbox");
+        let (a, _) = node(&["/ip4/127.0.0.1/tcp/0"], Nat::default());
+        let (b, b_id) = node_with_inbox(&["/ip4/127.0.0.1/tcp/0"], Nat::default(), Some(inbox.clone()));
+        a.add_address(b_id, listening(&b).await).await;
+        let data = b"block 1\nblock 2\n".to_vec();
+        let named = |size: u64, name: &str| StreamHeader { size, xxh3: None, name: Some(name.into()) };
+        let body: Source = Box::new(std::io::Cursor::new(data.clone()));
+        a.send_stream(b_id, named(data.len() as u64, "../../chain.txt"), body).await.unwrap();
+        // kept under its base name only, inside the inbox
+        assert_eq!(std::fs::read(inbox.join("chain.txt")).unwrap(), data);
+        // one that cannot fit on the disk is refused before any of it is sent
+        let body: Source = Box::new(tokio::io::AsyncReadExt::take(tokio::io::repeat(0), 0));
+        let err = a.send_stream(b_id, named(u64::MAX / 4, "huge.bin"), body).await.unwrap_err().to_string();
+        assert!(err.contains("no room to keep the stream"), "{err}");
+        assert!(!inbox.join("huge.bin").exists());
+        let st = b.status().await.unwrap();
+        assert!(st.rejections.is_empty(), "not the sender's fault: {:?}", st.rejections);
+        assert_eq!(std::fs::read_dir(&inbox).unwrap().count(), 1, "no partial file left");
+    }
 }

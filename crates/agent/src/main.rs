@@ -1,10 +1,16 @@
-//! `micro-os agent`: the first process of every VM.
+//! `micro-os-agent`: the first process of every VM (PID 1 of a sandbox, `/init` of a qemu
+//! guest), a binary of its own so that a VM maps only what it runs: no CLI, no API server,
+//! no store.
 //!
 //! As PID 1 it reaps orphans and forwards signals; SIGTERM (or a `shutdown` from the
 //! daemon) stops every process of the VM, SIGKILL after a grace period, then exits 0.
-//! It holds the VM's identity — an ed25519 key whose libp2p peer id the daemon shows —
-//! and reports readiness and health over the control socket. It is deliberately small:
-//! plain threads, no async runtime.
+//! It holds the VM's identity — an ed25519 key whose libp2p peer id the daemon shows, kept
+//! in the VM's root (a sandbox) or handed in by the daemon in the initramfs (a qemu
+//! guest) — runs the VM's libp2p peer (`micro_os_p2p`) and reports readiness and health
+//! over the control channel. Design decision: plain threads for the PID 1 duties and the
+//! control channel; the peer alone runs on a single-threaded tokio runtime of its own.
+//!
+//! Usage: `micro-os-agent [--guest] [--control-dir DIR]` (`--version`, `--help`).
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
@@ -15,9 +21,13 @@ use std::time::{Duration, Instant};
 
 use micro_os_core::net::SendReport;
 use micro_os_core::vm::{AgentMessage, DaemonMessage, Query, AGENT_CONTROL_DIR, AGENT_CONTROL_SOCKET, AGENT_P2P_PORT};
+use micro_os_p2p as p2p;
 use nix::sys::signal::{self, SigHandler, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
+use p2p::libp2p::identity::Keypair;
+use p2p::libp2p::multiaddr::Protocol;
+use p2p::{Multiaddr, PeerId};
 
 static SIGNAL: AtomicI32 = AtomicI32::new(0);
 
@@ -32,7 +42,7 @@ const REPORT_EVERY: Duration = Duration::from_secs(1);
 const DEFAULT_GRACE: f64 = 10.0;
 
 /// The VM's identity: the seed persists in the VM's root, so a restarted VM keeps it.
-fn identity(path: &Path) -> Result<libp2p_identity::Keypair, String> {
+fn identity(path: &Path) -> Result<Keypair, String> {
     let seed: [u8; 32] = match std::fs::read(path) {
         Ok(b) if b.len() == 32 => b.try_into().expect("32 bytes"),
         _ => {
@@ -45,7 +55,7 @@ fn identity(path: &Path) -> Result<libp2p_identity::Keypair, String> {
             s
         }
     };
-    libp2p_identity::Keypair::ed25519_from_bytes(seed).map_err(|e| e.to_string())
+    Keypair::ed25519_from_bytes(seed).map_err(|e| e.to_string())
 }
 
 fn reap() {
@@ -192,19 +202,16 @@ type Channel = (Box<dyn Write + Send>, Box<dyn std::io::Read + Send>);
 
 /// The VM's libp2p peer accepts messages from the peers the daemon names.
 #[derive(Default)]
-struct AgentPolicy(std::sync::RwLock<std::collections::HashSet<libp2p::PeerId>>);
+struct AgentPolicy(std::sync::RwLock<std::collections::HashSet<PeerId>>);
 
-impl crate::p2p::Policy for AgentPolicy {
-    fn known(&self, peer: &libp2p::PeerId) -> bool {
+impl p2p::Policy for AgentPolicy {
+    fn known(&self, peer: &PeerId) -> bool {
         self.0.read().unwrap().contains(peer)
     }
 }
 
 /// Starts the VM's libp2p peer on its own thread (a small single-threaded runtime).
-fn start_p2p(
-    key: libp2p_identity::Keypair,
-    policy: Arc<AgentPolicy>,
-) -> Option<(tokio::runtime::Handle, crate::p2p::Handle)> {
+fn start_p2p(key: Keypair, policy: Arc<AgentPolicy>) -> Option<(tokio::runtime::Handle, p2p::Handle)> {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
@@ -215,25 +222,21 @@ fn start_p2p(
             }
         };
         rt.block_on(async move {
-            let cfg = crate::p2p::Config {
+            let cfg = p2p::Config {
                 listen: vec![
                     format!("/ip4/0.0.0.0/tcp/{AGENT_P2P_PORT}").parse().expect("valid"),
                     format!("/ip4/0.0.0.0/udp/{AGENT_P2P_PORT}/quic-v1").parse().expect("valid"),
                 ],
-                bootstrap: vec![],
-                trusted: vec![],
-                rotate_every: 3600,
                 // the VM's network is the VM bridge: mDNS finds its sibling VMs there
                 mdns: true,
-                nat: crate::p2p::Nat::default(),
-                external: vec![],
                 inbox: Some(PathBuf::from(INBOX)),
                 // the host holds the DHT for its VMs; siblings connect only when they talk
                 leaf: true,
+                ..p2p::Config::default()
             };
             // nonces journaled in the VM's root, so a restarted VM still refuses replays
-            let nonces = micro_os_net::FileNonces::open(Path::new(KEY_PATH).with_file_name("nonces"));
-            match crate::p2p::spawn(key, cfg, Box::new(nonces), policy) {
+            let nonces = p2p::net::FileNonces::open(Path::new(KEY_PATH).with_file_name("nonces"));
+            match p2p::spawn(key, cfg, Box::new(nonces), policy) {
                 Ok(h) => {
                     let _ = tx.send((tokio::runtime::Handle::current(), h));
                     std::future::pending::<()>().await;
@@ -257,7 +260,43 @@ fn connect(socket: &Path, guest: bool) -> Option<Channel> {
     Some((Box::new(s), Box::new(r)))
 }
 
-pub fn run(control_dir: Option<PathBuf>, guest: bool) -> i32 {
+const USAGE: &str = "usage: micro-os-agent [--guest] [--control-dir DIR]
+
+The first process of a micro-os VM; the daemon starts it, it is not meant to be run by hand.
+  --guest            PID 1 of a qemu guest: mount /proc, /sys, /dev, load the virtio modules,
+                     configure eth0 from the kernel command line, talk over virtio-serial
+  --control-dir DIR  directory of the daemon's control socket (default /run/micro-os/ctl)";
+
+fn main() -> std::process::ExitCode {
+    let mut args = std::env::args().skip(1);
+    let (mut guest, mut control_dir) = (false, None);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--guest" => guest = true,
+            "--control-dir" => match args.next() {
+                Some(d) => control_dir = Some(PathBuf::from(d)),
+                None => return usage("--control-dir needs a directory"),
+            },
+            "--version" | "-V" => {
+                println!("micro-os-agent {}", env!("CARGO_PKG_VERSION"));
+                return std::process::ExitCode::SUCCESS;
+            }
+            "--help" | "-h" => {
+                println!("{USAGE}");
+                return std::process::ExitCode::SUCCESS;
+            }
+            other => return usage(&format!("unexpected argument {other:?}")),
+        }
+    }
+    std::process::ExitCode::from(run(control_dir, guest).clamp(0, 255) as u8)
+}
+
+fn usage(why: &str) -> std::process::ExitCode {
+    eprintln!("micro-os-agent: {why}\n{USAGE}");
+    std::process::ExitCode::from(2)
+}
+
+fn run(control_dir: Option<PathBuf>, guest: bool) -> i32 {
     for sig in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP, Signal::SIGUSR1, Signal::SIGUSR2, Signal::SIGQUIT] {
         // SAFETY: the handler only stores into an atomic.
         let _ = unsafe { signal::signal(sig, SigHandler::Handler(on_signal)) };
@@ -305,18 +344,18 @@ pub fn run(control_dir: Option<PathBuf>, guest: bool) -> i32 {
                             Ok(DaemonMessage::Shutdown { grace_s }) => *shutdown.lock().unwrap() = Some(grace_s),
                             Ok(DaemonMessage::Peers { peers, host }) => {
                                 if let (Some((_, h)), Some(addr)) =
-                                    (&p2p, host.and_then(|a| a.parse::<libp2p::Multiaddr>().ok()))
+                                    (&p2p, host.and_then(|a| a.parse::<Multiaddr>().ok()))
                                 {
-                                    if let Some(libp2p::multiaddr::Protocol::P2p(id)) = addr.iter().last() {
+                                    if let Some(Protocol::P2p(id)) = addr.iter().last() {
                                         h.add_dht_peer_blocking(id, addr);
                                     }
                                 }
                                 let mut known = std::collections::HashSet::new();
                                 for p in peers {
-                                    if let Ok(id) = p.parse::<libp2p::PeerId>() {
+                                    if let Ok(id) = p.parse::<PeerId>() {
                                         known.insert(id);
-                                    } else if let Ok(addr) = p.parse::<libp2p::Multiaddr>() {
-                                        if let Some(libp2p::multiaddr::Protocol::P2p(id)) = addr.iter().last() {
+                                    } else if let Ok(addr) = p.parse::<Multiaddr>() {
+                                        if let Some(Protocol::P2p(id)) = addr.iter().last() {
                                             known.insert(id);
                                             if let Some((_, h)) = &p2p {
                                                 h.add_address_blocking(id, addr);
@@ -359,10 +398,11 @@ pub fn run(control_dir: Option<PathBuf>, guest: bool) -> i32 {
                                                     .await
                                                     .ok_or_else(|| "the p2p layer is down".to_string())
                                                     .and_then(|s| serde_json::to_value(s).map_err(|e| e.to_string())),
-                                                Query::Find { key } => h
-                                                    .find(key)
-                                                    .await
-                                                    .and_then(|p| serde_json::to_value(p).map_err(|e| e.to_string())),
+                                                Query::Find { key } => {
+                                                    h.find(key).await.map_err(|e| e.to_string()).and_then(|p| {
+                                                        serde_json::to_value(p).map_err(|e| e.to_string())
+                                                    })
+                                                }
                                             };
                                             link.send(&AgentMessage::Answer { id, result });
                                         });

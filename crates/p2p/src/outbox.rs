@@ -10,7 +10,7 @@ use tokio::sync::oneshot;
 /// Signs envelopes with a short-lived key that the identity key delegates, and rotates
 /// it on a schedule. A delegation is valid until the next rotation; receivers accept the
 /// previous key for their grace period after that, and never beyond.
-pub(super) struct Signer {
+pub(crate) struct Signer {
     identity: libp2p::identity::Keypair,
     peer: PeerId,
     every: u64,
@@ -20,14 +20,14 @@ pub(super) struct Signer {
 }
 
 impl Signer {
-    pub(super) fn new(identity: libp2p::identity::Keypair, every: u64, now: u64) -> Signer {
+    pub(crate) fn new(identity: libp2p::identity::Keypair, every: u64, now: u64) -> Signer {
         let hot = libp2p::identity::Keypair::generate_ed25519();
         let delegation = micro_os_net::Delegation::issue(&identity, &hot.public(), now + every);
         let peer = identity.public().to_peer_id();
         Signer { identity, peer, every, hot, delegation, rotated_at: now }
     }
 
-    pub(super) fn seal(&mut self, kind: MessageType, to: &str, state: String, now: u64) -> Envelope {
+    pub(crate) fn seal(&mut self, kind: MessageType, to: &str, state: String, now: u64) -> Envelope {
         if now >= self.rotated_at + self.every {
             *self = Signer::new(self.identity.clone(), self.every, now);
         }
@@ -38,17 +38,17 @@ impl Signer {
 /// Outgoing messages wait here by priority: SYNC and CTRL are sent at once, DISC next,
 /// and DATA and PING only while fewer than `LOW_IN_FLIGHT` of them are unanswered, so a
 /// DATA flood never stands between a peer and a CTRL.
-pub(super) const LOW_IN_FLIGHT: usize = 8;
+pub(crate) const LOW_IN_FLIGHT: usize = 8;
 
-pub(super) struct Queued {
+pub(crate) struct Queued {
     pub to: PeerId,
     pub kind: MessageType,
     pub state: String,
-    pub reply: oneshot::Sender<Result<super::Delivery, String>>,
+    pub reply: oneshot::Sender<Result<crate::Delivery, crate::Error>>,
 }
 
 #[derive(Default)]
-pub(super) struct Outbox {
+pub(crate) struct Outbox {
     queues: [VecDeque<Queued>; 4],
     pub low_in_flight: usize,
 }

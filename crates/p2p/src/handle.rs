@@ -1,0 +1,190 @@
+//! The handle: how the rest of the process talks to the swarm's task.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use libp2p::{Multiaddr, PeerId, StreamProtocol};
+use micro_os_core::net::{Ack, NetStatus, Provider};
+use micro_os_net::{Envelope, MessageType, Rejection};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::registry::{self, ProtocolHandler};
+use crate::{stream, Error, StreamError};
+
+/// One delivered message: the receiver's verdict, the round trip from leaving the outbox
+/// to the verdict, and its size on the wire.
+#[derive(Debug)]
+pub struct Delivery {
+    pub ack: Ack,
+    pub rtt: Duration,
+    pub bytes: u64,
+}
+
+/// What the handle (and the stream tasks) ask of the swarm's task.
+pub(crate) enum Command {
+    Status(oneshot::Sender<NetStatus>),
+    Dial(Multiaddr),
+    /// Where a peer can be reached, for later sends.
+    AddAddress(PeerId, Multiaddr),
+    Broadcast {
+        kind: MessageType,
+        state: String,
+        reply: oneshot::Sender<Result<(), Error>>,
+    },
+    Send {
+        to: PeerId,
+        kind: MessageType,
+        state: String,
+        reply: oneshot::Sender<Result<Delivery, Error>>,
+    },
+    /// Sign an envelope with the current key (a stream's header, a registered request).
+    Seal {
+        kind: MessageType,
+        to: PeerId,
+        state: String,
+        reply: oneshot::Sender<Envelope>,
+    },
+    /// An envelope that arrived on a stream, to verify before anything else is read or
+    /// handled; `counts` when it is a whole message (a registered protocol's request), not
+    /// a data stream's header, whose body is counted once read (`Received`).
+    Verify {
+        peer: PeerId,
+        env: Box<Envelope>,
+        counts: bool,
+        reply: oneshot::Sender<Result<(), Rejection>>,
+    },
+    /// A data stream has been read (accepted or refused).
+    Received(stream::Received),
+    /// We sent a message of this type and size on a stream (data or registered protocol).
+    Sent(PeerId, MessageType, u64),
+    /// Advertise exactly these resource keys as provider records.
+    Provide(Vec<String>),
+    /// A peer for the DHT's routing table (a leaf's host), at this address.
+    AddDhtPeer(PeerId, Multiaddr),
+    /// Listen on one more address.
+    Listen(Multiaddr),
+    /// The providers of a resource key.
+    Find(String, oneshot::Sender<Vec<Provider>>),
+}
+
+/// A cloneable handle on a running peer.
+#[derive(Clone)]
+pub struct Handle {
+    pub(crate) tx: mpsc::Sender<Command>,
+    pub(crate) control: libp2p_stream::Control,
+}
+
+impl Handle {
+    pub(crate) async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, Error> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(make(tx)).await.map_err(|_| Error::Down)?;
+        rx.await.map_err(|_| Error::Dropped)
+    }
+
+    /// The peer's status and counters; `None` when its task has stopped.
+    pub async fn status(&self) -> Option<NetStatus> {
+        self.ask(Command::Status).await.ok()
+    }
+
+    /// Where a peer can be reached, for later sends.
+    pub async fn add_address(&self, peer: PeerId, addr: Multiaddr) {
+        let _ = self.tx.send(Command::AddAddress(peer, addr)).await;
+    }
+
+    /// From outside the runtime (the agent's control thread).
+    pub fn add_address_blocking(&self, peer: PeerId, addr: Multiaddr) {
+        let _ = self.tx.blocking_send(Command::AddAddress(peer, addr));
+    }
+
+    /// From outside the runtime: the peer a leaf keeps in its DHT routing table.
+    pub fn add_dht_peer_blocking(&self, peer: PeerId, addr: Multiaddr) {
+        let _ = self.tx.blocking_send(Command::AddDhtPeer(peer, addr));
+    }
+
+    /// Without waiting (from inside the runtime, in sync code): listen on one more address.
+    pub fn listen_now(&self, addr: Multiaddr) {
+        let _ = self.tx.try_send(Command::Listen(addr));
+    }
+
+    /// From outside the runtime: advertise exactly these resource keys.
+    pub fn provide_blocking(&self, keys: Vec<String>) {
+        let _ = self.tx.blocking_send(Command::Provide(keys));
+    }
+
+    pub async fn find(&self, key: String) -> Result<Vec<Provider>, Error> {
+        self.ask(|tx| Command::Find(key, tx)).await
+    }
+
+    pub async fn dial(&self, addr: Multiaddr) {
+        let _ = self.tx.send(Command::Dial(addr)).await;
+    }
+
+    /// Publishes a signed envelope to every peer on the broadcast topic.
+    pub async fn broadcast(&self, kind: MessageType, state: String) -> Result<(), Error> {
+        self.ask(|reply| Command::Broadcast { kind, state, reply }).await?
+    }
+
+    /// Sends one signed envelope on `/micro-os/msg/1`, through the outbox (by priority).
+    pub async fn send(&self, to: PeerId, kind: MessageType, state: String) -> Result<Delivery, Error> {
+        self.ask(|reply| Command::Send { to, kind, state, reply }).await?
+    }
+
+    /// Sends a DATA stream; gives the body's length and checksum once the receiver accepted it.
+    pub async fn send_stream(
+        &self,
+        to: PeerId,
+        header: stream::StreamHeader,
+        body: stream::Source,
+    ) -> Result<(u64, String), Error> {
+        let state = serde_json::to_string(&header).expect("headers serialise");
+        let env = self.ask(|reply| Command::Seal { kind: MessageType::Data, to, state, reply }).await?;
+        let mut control = self.control.clone();
+        let sent = stream::send(&mut control, to, &env, body).await?;
+        let _ = self.tx.send(Command::Sent(to, MessageType::Data, sent.0 + env.encoded_len() as u64)).await;
+        Ok(sent)
+    }
+
+    /// Serves `protocol` with `handler`: every request that arrives on it is verified
+    /// (signature, time window, nonce, delegation, the sender is the connected peer and
+    /// known to the `Policy`) before the handler sees it; the handler's answer goes back
+    /// to the requester. Call it from inside the runtime, before peers use the protocol.
+    pub fn register(&self, protocol: StreamProtocol, handler: Arc<dyn ProtocolHandler>) -> Result<(), Error> {
+        if registry::RESERVED.contains(&protocol.as_ref()) {
+            return Err(Error::Reserved(protocol));
+        }
+        let incoming =
+            self.control.clone().accept(protocol.clone()).map_err(|_| Error::AlreadyRegistered(protocol.clone()))?;
+        tokio::spawn(registry::serve(protocol, incoming, handler, self.tx.clone()));
+        Ok(())
+    }
+
+    /// Sends a request on a registered protocol: the envelope (of type `kind`, carrying
+    /// `state`) is signed by this peer, and the receiver's handler answers with bytes.
+    /// A refusal — by the receiver's verifier or by its handler — is `StreamError::Refused`.
+    pub async fn send_request(
+        &self,
+        to: PeerId,
+        protocol: StreamProtocol,
+        kind: MessageType,
+        state: String,
+    ) -> Result<Vec<u8>, Error> {
+        let env = self.ask(|reply| Command::Seal { kind, to, state, reply }).await?;
+        self.send_sealed(to, protocol, &env).await
+    }
+
+    /// Sends an envelope sealed already (`seal`) on a registered protocol.
+    pub async fn send_sealed(&self, to: PeerId, protocol: StreamProtocol, env: &Envelope) -> Result<Vec<u8>, Error> {
+        let mut control = self.control.clone();
+        let answer = registry::request(&mut control, to, protocol, env).await;
+        // it was sent once the receiver answered, even with a refusal
+        if matches!(answer, Ok(_) | Err(StreamError::Refused(_))) {
+            let _ = self.tx.send(Command::Sent(to, env.kind, env.encoded_len() as u64)).await;
+        }
+        Ok(answer?)
+    }
+
+    /// An envelope signed by this peer's current key, to `to`.
+    pub async fn seal(&self, to: PeerId, kind: MessageType, state: String) -> Result<Envelope, Error> {
+        self.ask(|reply| Command::Seal { kind, to, state, reply }).await
+    }
+}
