@@ -12,7 +12,7 @@ done
 if [ ${#need[@]} -gt 0 ]; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
-cargo build --release --locked -p micro-os >/dev/null 2>&1 || cargo build --release --locked -p micro-os
+cargo build --release --locked -p micro-os -p micro-os-agent >/dev/null 2>&1 || cargo build --release --locked -p micro-os -p micro-os-agent
 BIN=$PWD/target/release/micro-os
 WORK=$(mktemp -d /tmp/micro-os-bench.XXXXXX)
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')

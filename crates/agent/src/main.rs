@@ -217,7 +217,7 @@ fn start_p2p(key: Keypair, policy: Arc<AgentPolicy>) -> Option<(tokio::runtime::
         let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
             Ok(rt) => rt,
             Err(e) => {
-                eprintln!("micro-os agent: no runtime for p2p: {e}");
+                eprintln!("micro-os-agent: no runtime for p2p: {e}");
                 return;
             }
         };
@@ -241,7 +241,7 @@ fn start_p2p(key: Keypair, policy: Arc<AgentPolicy>) -> Option<(tokio::runtime::
                     let _ = tx.send((tokio::runtime::Handle::current(), h));
                     std::future::pending::<()>().await;
                 }
-                Err(e) => eprintln!("micro-os agent: p2p: {e}"),
+                Err(e) => eprintln!("micro-os-agent: p2p: {e}"),
             }
         });
     });
@@ -304,7 +304,7 @@ fn run(control_dir: Option<PathBuf>, guest: bool) -> i32 {
     let socket = control_dir.unwrap_or_else(|| PathBuf::from(AGENT_CONTROL_DIR)).join(AGENT_CONTROL_SOCKET);
     let mut problems = if guest { guest_setup() } else { Vec::new() };
     if guest && std::fs::read_to_string("/proc/cmdline").is_ok_and(|c| c.contains("micro_os.probe=1")) {
-        eprintln!("micro-os agent: probe boot done");
+        eprintln!("micro-os-agent: probe boot done");
         power_off();
     }
     let key = identity(Path::new(KEY_PATH));
@@ -320,7 +320,7 @@ fn run(control_dir: Option<PathBuf>, guest: bool) -> i32 {
     if p2p.is_none() {
         problems.push("p2p: the peer did not start".into());
     }
-    eprintln!("micro-os agent: pid {}, peer id {peer_id}", std::process::id());
+    eprintln!("micro-os-agent: pid {}, peer id {peer_id}", std::process::id());
     let link = Arc::new(Link { stream: Mutex::new(None) });
     let shutdown = Arc::new(Mutex::new(None::<f64>));
     let connected = Arc::new(AtomicBool::new(false));
@@ -427,7 +427,7 @@ fn run(control_dir: Option<PathBuf>, guest: bool) -> i32 {
             let reason = if asked.is_some() { "asked by the daemon".to_string() } else { format!("signal {sig}") };
             link.send(&AgentMessage::Bye { reason: reason.clone() });
             stop_all(Duration::from_secs_f64(asked.unwrap_or(DEFAULT_GRACE).clamp(0.0, 3600.0)));
-            eprintln!("micro-os agent: stopped ({reason})");
+            eprintln!("micro-os-agent: stopped ({reason})");
             if guest {
                 power_off();
             }
