@@ -106,6 +106,14 @@ fn hosts_connect_and_exchange_signed_messages() {
     b.fails(&["net", "send", "--to", "no-such-vm", "--type", "PING"], 3);
     let detailed = a.ok(&["monitor", "network", "--protocol", "p2p", "--detailed"]);
     assert!(detailed.contains("sender is not a known peer") && detailed.contains("PING"), "{detailed}");
+    // the sender counts what it sent, by type, beside what it accepted
+    let sent = status(&b)["messages_sent"].clone();
+    assert_eq!([&sent["PING"], &sent["DATA"], &sent["SYNC"]], [1, 1, 1], "{sent}");
+    let detailed = b.ok(&["monitor", "network", "--protocol", "p2p", "--detailed"]);
+    let row = |kind: &str| detailed.lines().find(|l| l.split_whitespace().next() == Some(kind)).map(str::to_string);
+    let words = |l: Option<String>| l.map(|l| l.split_whitespace().map(String::from).collect::<Vec<_>>());
+    assert_eq!(words(row("PING")), Some(vec!["PING".into(), "0".into(), "1".into()]), "{detailed}");
+    assert_eq!(words(row("CTRL")), Some(vec!["CTRL".into(), "1".into(), "0".into()]), "{detailed}");
 }
 
 #[test]

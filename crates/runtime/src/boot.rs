@@ -134,7 +134,12 @@ pub fn build(rootfs: &Path, out: &Path) -> Result<BootFiles> {
     fs::create_dir_all(stage.join("etc/micro-os")).context(|| "create /etc/micro-os".into())?;
     fs::write(stage.join("etc/micro-os/modules"), list).context(|| "write module list".into())?;
     let init = stage.join("init");
-    let exec = format!("#!/bin/sh\nexec /{} --guest\n", crate::image::AGENT_IN_IMAGE);
+    // an image built before the agent was a binary of its own has `micro-os agent`
+    let exec = if stage.join(crate::image::AGENT_IN_IMAGE).exists() || !stage.join("sbin/micro-os").exists() {
+        format!("#!/bin/sh\nexec /{} --guest\n", crate::image::AGENT_IN_IMAGE)
+    } else {
+        "#!/bin/sh\nexec /sbin/micro-os agent --guest\n".to_string()
+    };
     fs::write(&init, exec).context(|| "write /init".into())?;
     {
         use std::os::unix::fs::PermissionsExt;
