@@ -204,6 +204,11 @@ pub fn run(home: Home, cfg: Config) -> anyhow::Result<()> {
                 Err(e) => tracing::warn!("no busybox base image: {e}"),
             }
         }
+        // the API's port is taken before the peer listens: a peer given port 0 must not get it
+        let addr: std::net::SocketAddr = cfg.api_addr.parse().context("api_addr")?;
+        let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+            format!("cannot listen on {addr} (is another daemon running? pick another with --api-addr)")
+        })?;
         // the host's libp2p peer, with the node key's identity
         let p2p_cfg = crate::p2p::Config {
             listen: cfg.p2p_listen.iter().filter_map(|a| a.parse().ok()).collect(),
@@ -229,10 +234,6 @@ pub fn run(home: Home, cfg: Config) -> anyhow::Result<()> {
         engine.recover_vms().await;
         engine.recover().await;
         engine.spawn_monitor();
-        let addr: std::net::SocketAddr = cfg.api_addr.parse().context("api_addr")?;
-        let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
-            format!("cannot listen on {addr} (is another daemon running? pick another with --api-addr)")
-        })?;
         tracing::info!(
             "micro-os daemon listening on http://{} (home {}, {} containers)",
             listener.local_addr()?,
