@@ -111,9 +111,11 @@ impl ContainerState {
             (Paused, Resume) => return Ok(()),
             (Created | Exited, Remove) => return Ok(()),
             (Running | Paused, Remove) => " (stop it first or use --force)",
-            (Running, Start) | (Paused, Pause) | (Running, Resume) => "",
+            (Running, Start) | (Paused, Pause) => "",
+            (Running, Resume) => ", not paused",
             (Paused, Start) => " (resume it instead)",
-            (_, Stop | Pause | Resume) => " (start it first)",
+            (_, Resume) => ", not paused (start it first)",
+            (_, Stop | Pause) => " (start it first)",
         };
         Err(InvalidTransition {
             kind: "container",
@@ -238,6 +240,14 @@ mod tests {
         check(Paused, Stop, true);
         check(Running, Remove, false);
         check(Exited, Remove, true);
+    }
+
+    #[test]
+    fn resuming_what_is_not_paused_says_so() {
+        let e = Running.check("r1", Resume).unwrap_err().to_string();
+        assert_eq!(e, "cannot resume container \"r1\": it is running, not paused");
+        let e = Exited.check("r1", Resume).unwrap_err().to_string();
+        assert_eq!(e, "cannot resume container \"r1\": it is exited, not paused (start it first)");
     }
 
     #[test]

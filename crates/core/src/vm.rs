@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{RestartPolicy, ValidationError};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum Driver {
@@ -170,6 +170,29 @@ pub struct Vm {
 }
 
 impl Vm {
+    /// A VM just created: stopped until its first start.
+    pub fn new(id: String, spec: VmSpec, address: Ipv4Addr, at: DateTime<Utc>) -> Vm {
+        Vm {
+            id,
+            spec,
+            state: VmState::Created,
+            address,
+            created_at: at,
+            started_at: None,
+            stopped_at: None,
+            pid: None,
+            agent: AgentStatus::Starting,
+            peer_id: None,
+            last_report: None,
+            exit_code: None,
+            oom_killed: false,
+            restart_count: 0,
+            stop_requested: false,
+            accel: None,
+            error: None,
+        }
+    }
+
     /// The VM's first process runs as `pid` from `at` on: everything of the last run is
     /// forgotten, and the agent has yet to report.
     pub fn mark_running(&mut self, pid: u32, at: DateTime<Utc>) {

@@ -45,6 +45,9 @@ fn lifecycle_and_invalid_transitions() {
     std::thread::sleep(Duration::from_millis(600));
     assert_eq!(d.ok(&["container", "logs", "counter"]).lines().count(), before, "paused container kept logging");
     d.ok(&["container", "resume", "counter"]);
+    // resuming what runs is a conflict that says why (it answered 500 once)
+    let err = d.fails(&["container", "resume", "counter"], 4);
+    assert!(err.contains("it is running, not paused"), "{err}");
     std::thread::sleep(Duration::from_millis(600));
     assert!(d.ok(&["container", "logs", "counter"]).lines().count() > before, "resumed container did not log");
 

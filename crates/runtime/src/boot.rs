@@ -34,12 +34,12 @@ pub fn host_kernel() -> Result<(PathBuf, PathBuf)> {
         .unwrap_or_default();
     kernels.sort();
     let kernel = kernels.pop().ok_or_else(|| {
-        Error::Other("no kernel in /boot (install Debian's linux-image-amd64 for qemu guests)".into())
+        Error::Missing("no kernel in /boot (install Debian's linux-image-amd64 for qemu guests)".into())
     })?;
     let version = kernel.file_name().unwrap().to_string_lossy().trim_start_matches("vmlinuz-").to_string();
     let modules = Path::new("/lib/modules").join(&version);
     if !modules.join("modules.dep").exists() {
-        return Err(Error::Other(format!(
+        return Err(Error::Missing(format!(
             "{} has no modules.dep (reinstall linux-image-{version})",
             modules.display()
         )));
@@ -94,7 +94,7 @@ fn run(cmd: &mut Command, what: &str) -> Result<()> {
     if out.status.success() {
         Ok(())
     } else {
-        Err(Error::Other(format!("{what}: {}", String::from_utf8_lossy(&out.stderr).trim())))
+        Err(Error::Failed(format!("{what}: {}", String::from_utf8_lossy(&out.stderr).trim())))
     }
 }
 
@@ -154,7 +154,7 @@ pub fn build(rootfs: &Path, out: &Path) -> Result<BootFiles> {
         .status()
         .context(|| "run cpio (apt-get install cpio)".into())?;
     if !status.success() {
-        return Err(Error::Other("cpio failed to write the initramfs".into()));
+        return Err(Error::Failed("cpio failed to write the initramfs".into()));
     }
     fs::copy(&kernel, &files.kernel).context(|| format!("copy {}", kernel.display()))?;
     fs::rename(&tmp, &files.initramfs).context(|| "move initramfs into place".into())?;
