@@ -3,7 +3,8 @@
 #![allow(dead_code)]
 
 use std::net::TcpListener;
-use std::path::PathBuf;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -97,6 +98,19 @@ impl Daemon {
                 for e in std::fs::read_dir(p).unwrap() {
                     chown_all(&e.unwrap().path());
                 }
+            }
+        }
+        // nobody must reach the binary and the home (a home in /root/… is out of reach)
+        for path in [Path::new(BIN), self.home.path()] {
+            for dir in path.ancestors().skip(1) {
+                let mode = std::fs::metadata(dir).unwrap().permissions().mode();
+                assert!(
+                    mode & 0o001 != 0,
+                    "nobody cannot reach {} ({} is mode {:o}): keep the target dir and TMPDIR outside it",
+                    path.display(),
+                    dir.display(),
+                    mode & 0o777
+                );
             }
         }
         chown_all(self.home.path());
