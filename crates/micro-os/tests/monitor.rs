@@ -116,7 +116,10 @@ fn cpu_memory_and_traffic_of_real_workloads_show() {
     assert_eq!(s["memory_limit_bytes"], 128u64 << 20, "{s}");
     assert!(s["memory_bytes"].as_u64().unwrap() < 100 << 20, "{s}");
     let s = sample_until(&d, "talker", "its traffic", |s| s["net_tx_bytes"].as_u64().unwrap() > 2 << 20);
-    assert!(s["net_tx_packets"].as_u64().unwrap() > 1000, "{s}");
+    // at least a packet per 64 KiB, the largest segment the veth's offload makes (a CI
+    // run counted 552 packets for 3 MB, so not one per 1500-byte frame)
+    let (bytes, packets) = (s["net_tx_bytes"].as_u64().unwrap(), s["net_tx_packets"].as_u64().unwrap());
+    assert!(packets >= bytes / 65536, "{s}");
     // the VM counts what runs in it
     let v = sample_until(&d, "talker-vm", "its traffic", |s| s["net_tx_bytes"].as_u64().unwrap() > 2 << 20);
     assert_eq!(v["memory_limit_bytes"], 128u64 << 20, "{v}");
