@@ -74,12 +74,8 @@ impl VmSpec {
                 self.memory_mib
             )));
         }
-        if !(self.cpus.is_finite() && self.cpus > 0.0) {
-            return Err(ValidationError::new(format!(
-                "cpu {} is not a number of cores above 0 (e.g. --cpu 2)",
-                self.cpus
-            )));
-        }
+        // above 0 and at least the quota granularity; the host's core count is the upper bound (next)
+        crate::resources::check_cpu(self.cpus, f64::MAX)?;
         if self.cpus > host_cpus as f64 {
             return Err(ValidationError::new(format!(
                 "cpu {} is more than this host has ({host_cpus} cores)",
@@ -251,6 +247,16 @@ mod tests {
         assert!(e.contains("more than this host has (4096 MiB)"), "{e}");
         let e = spec(512, 4.0).validate(4096, 2).unwrap_err().to_string();
         assert!(e.contains("cpu 4"), "{e}");
+        assert!(spec(512, 0.01).validate(4096, 2).is_ok());
+        for (cpus, want) in [
+            (0.0, "cpu 0 is not a number of cores above 0 (try 0.5 or 2)"),
+            (f64::NAN, "cpu NaN is not a number of cores above 0 (try 0.5 or 2)"),
+            (0.0000001, "cpu 0.0000001 is below the minimum 0.01 (try 0.5 or 2)"),
+            (1e-250, "cpu 1e-250 is below the minimum 0.01 (try 0.5 or 2)"),
+        ] {
+            let e = spec(512, cpus).validate(4096, 2).unwrap_err().to_string();
+            assert_eq!(e, want, "{cpus}");
+        }
         assert!(Driver::parse("xen").unwrap_err().to_string().contains("driver \"xen\""));
     }
 

@@ -7,7 +7,7 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::Daemon;
+use common::{Daemon, Need};
 
 /// A daemon that samples twice a second.
 fn daemon(alerts: serde_json::Value) -> Daemon {
@@ -41,7 +41,7 @@ fn sample_until(d: &Daemon, name: &str, what: &str, pred: impl Fn(&serde_json::V
 
 #[test]
 fn cpu_memory_and_traffic_of_real_workloads_show() {
-    if !common::can_run_containers("cpu_memory_and_traffic_of_real_workloads_show") {
+    if !common::require("cpu_memory_and_traffic_of_real_workloads_show", common::VMS) {
         return;
     }
     let d = daemon(serde_json::json!([]));
@@ -116,7 +116,10 @@ fn cpu_memory_and_traffic_of_real_workloads_show() {
     assert_eq!(s["memory_limit_bytes"], 128u64 << 20, "{s}");
     assert!(s["memory_bytes"].as_u64().unwrap() < 100 << 20, "{s}");
     let s = sample_until(&d, "talker", "its traffic", |s| s["net_tx_bytes"].as_u64().unwrap() > 2 << 20);
-    assert!(s["net_tx_packets"].as_u64().unwrap() > 1000, "{s}");
+    // at least a packet per 64 KiB, the largest segment the veth's offload makes (a CI
+    // run counted 552 packets for 3 MB, so not one per 1500-byte frame)
+    let (bytes, packets) = (s["net_tx_bytes"].as_u64().unwrap(), s["net_tx_packets"].as_u64().unwrap());
+    assert!(packets >= bytes / 65536, "{s}");
     // the VM counts what runs in it
     let v = sample_until(&d, "talker-vm", "its traffic", |s| s["net_tx_bytes"].as_u64().unwrap() > 2 << 20);
     assert_eq!(v["memory_limit_bytes"], 128u64 << 20, "{v}");
@@ -214,7 +217,7 @@ fn an_export_holds_exactly_the_samples_of_its_range() {
 
 #[test]
 fn an_alert_fires_when_a_container_is_killed_repeatedly_and_resolves_after() {
-    if !common::can_run_containers("an_alert_fires_when_a_container_is_killed_repeatedly_and_resolves_after") {
+    if !common::require("an_alert_fires_when_a_container_is_killed_repeatedly_and_resolves_after", common::CONTAINERS) {
         return;
     }
     let rule = serde_json::json!([{
@@ -283,8 +286,7 @@ fn an_alert_fires_when_a_container_is_killed_repeatedly_and_resolves_after() {
 
 #[test]
 fn the_live_view_renders_in_a_terminal_and_quits_on_q() {
-    if Command::new("script").arg("--version").output().is_err() {
-        eprintln!("SKIP the_live_view_renders_in_a_terminal_and_quits_on_q: needs script (util-linux) for a pty");
+    if !common::require("the_live_view_renders_in_a_terminal_and_quits_on_q", &[Need::Script]) {
         return;
     }
     let d = daemon(serde_json::json!([]));
@@ -335,8 +337,7 @@ fn metrics_pass_promtool() {
     assert!(v1.contains("# TYPE micro_os_host_cpu_percent gauge"));
     let anon = ureq::get(&format!("{}/metrics", d.url())).call();
     assert!(matches!(anon, Err(ureq::Error::Status(401, _))));
-    if Command::new("promtool").arg("--version").output().is_err() {
-        eprintln!("SKIP promtool check in metrics_pass_promtool: needs promtool (Debian's prometheus package)");
+    if !common::require("metrics_pass_promtool (its promtool check)", &[Need::Promtool]) {
         return;
     }
     let mut p = Command::new("promtool")
@@ -358,7 +359,7 @@ fn metrics_pass_promtool() {
 
 #[test]
 fn self_checks_and_the_daemons_own_log() {
-    if !common::can_run_containers("self_checks_and_the_daemons_own_log") {
+    if !common::require("self_checks_and_the_daemons_own_log", common::VMS) {
         return;
     }
     let d = daemon(serde_json::json!([]));

@@ -195,6 +195,13 @@ pub fn run(home: Home, cfg: Config) -> anyhow::Result<()> {
         tracing::debug!(target: "micro_os::daemon", "{component} settings: {settings}");
     }
     let token = home.token()?;
+    if !nix::unistd::geteuid().is_root() {
+        // the rest works unprivileged; say once what does not, rather than refuse to start
+        tracing::warn!(
+            "not running as root: containers and VMs cannot start (runc, cgroups, mounts and the VM bridge need root); \
+             the API, the store, images, monitoring and the libp2p peer work"
+        );
+    }
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     rt.block_on(async move {
         let engine = Engine::open(home.clone(), cfg.clone())?;
