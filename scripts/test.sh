@@ -28,5 +28,5 @@ skips=$(mktemp)
 trap 'if [ -s "$skips" ]; then echo "test: skipped for lack of what they need ($(wc -l <"$skips")):" >&2; sort "$skips" >&2; fi; rm -f "$skips"' EXIT
 export MICRO_OS_TEST_SKIP_LOG="$skips"
 cargo fmt --all -- --check
-cargo clippy --locked --all-targets -- -D warnings
+cargo clippy --locked --workspace --all-targets -- -D warnings
 cargo test --locked --workspace

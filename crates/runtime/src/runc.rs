@@ -39,12 +39,12 @@ impl Runc {
     }
 
     /// runc's version line (`runc version 1.1.5`), or why it cannot run.
-    pub fn version(&self) -> std::result::Result<String, String> {
+    pub fn version(&self) -> Result<String> {
         let out = Command::new(&self.binary)
             .arg("--version")
             .stdin(Stdio::null())
             .output()
-            .map_err(|e| format!("cannot run {}: {e}", self.binary.display()))?;
+            .map_err(|e| Error::Missing(format!("cannot run {} (install runc): {e}", self.binary.display())))?;
         let text = String::from_utf8_lossy(&out.stdout);
         let first = text.lines().next().unwrap_or_default();
         Ok(first.rsplit(' ').next().unwrap_or(first).to_string())

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use micro_os_core::metrics::{ComponentHealth, Severity};
-use micro_os_core::{AgentStatus, ContainerState, HealthStatus, VmState};
+use micro_os_core::{AgentStatus, ContainerState, HealthStatus, ValidationError, VmState};
 
 use super::engine::Engine;
 use super::supervisor::BoxFuture;
@@ -20,7 +20,8 @@ pub struct Component {
     pub targets: &'static [&'static str],
     /// The keys of `config.json` it owns.
     pub config: &'static [&'static str],
-    /// Checks its keys; the message names the key and how to fix it.
+    /// Checks its keys; the message names the key and how to fix it (a line of this
+    /// module: `validate` below turns it into the crate's `ValidationError`).
     pub validate: fn(&Config) -> Result<(), String>,
     pub health: for<'a> fn(&'a Arc<Engine>) -> BoxFuture<'a, Health>,
 }
@@ -80,7 +81,7 @@ pub const REGISTRY: &[Component] = &[
                 let runc = e.runc.clone();
                 match tokio::task::spawn_blocking(move || runc.version()).await {
                     Ok(Ok(v)) => Health::Is(Severity::Healthy, format!("{} {v}, cgroup {:?}", e.cfg.runtime, e.cg())),
-                    Ok(Err(err)) => Health::Is(Severity::Critical, err),
+                    Ok(Err(err)) => Health::Is(Severity::Critical, err.to_string()),
                     Err(err) => Health::Is(Severity::Critical, format!("runc check: {err}")),
                 }
             })
@@ -213,8 +214,8 @@ pub fn of_target(target: &str) -> &'static str {
 }
 
 /// Validates every component's keys of the config.
-pub fn validate(cfg: &Config) -> Result<(), String> {
-    REGISTRY.iter().try_for_each(|c| (c.validate)(cfg))
+pub fn validate(cfg: &Config) -> Result<(), ValidationError> {
+    REGISTRY.iter().try_for_each(|c| (c.validate)(cfg)).map_err(ValidationError::new)
 }
 
 /// Each component's settings as `key=value` pairs, for the daemon's start-up log.
@@ -279,9 +280,9 @@ mod tests {
     #[test]
     fn validation_names_the_key() {
         let bad = Config { monitor_interval_s: 0.0, ..Config::default() };
-        assert!(validate(&bad).unwrap_err().contains("monitor_interval_s"));
+        assert!(validate(&bad).unwrap_err().to_string().contains("monitor_interval_s"));
         let bad = Config { vm_subnet: "nope".into(), ..Config::default() };
-        assert!(validate(&bad).unwrap_err().contains("vm subnet"));
+        assert!(validate(&bad).unwrap_err().to_string().contains("vm subnet"));
         validate(&Config::default()).unwrap();
     }
 }

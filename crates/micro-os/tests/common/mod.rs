@@ -9,6 +9,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 mod require;
+#[allow(unused_imports)] // not every test binary needs the requirements
 pub use require::*;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_micro-os");
