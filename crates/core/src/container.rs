@@ -175,6 +175,10 @@ impl ContainerSpec {
         }
         let mut seen = std::collections::HashSet::new();
         for p in &self.ports {
+            // the shim forwards TCP only; refused here, before anything is made
+            if p.protocol == crate::port::Protocol::Udp {
+                return Err(ValidationError::new(format!("port {p}: udp forwarding is not supported yet (use tcp)")));
+            }
             if !seen.insert((p.host, p.protocol)) {
                 return Err(ValidationError::new(format!(
                     "port {p} maps host port {} twice (give each host port once)",
@@ -261,6 +265,14 @@ mod tests {
         assert_eq!(parse_env("A=b=c").unwrap(), ("A".into(), "b=c".into()));
         assert!(parse_env("=x").is_err());
         assert!(parse_env("nothing").is_err());
+    }
+
+    #[test]
+    fn udp_ports_are_refused_at_create() {
+        let spec: ContainerSpec =
+            serde_json::from_str(r#"{"name":"n","image":"busybox","ports":["9000:9000/udp"]}"#).unwrap();
+        let e = spec.validate().unwrap_err().to_string();
+        assert_eq!(e, "port 9000:9000/udp: udp forwarding is not supported yet (use tcp)");
     }
 
     #[test]

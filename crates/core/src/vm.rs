@@ -82,9 +82,6 @@ impl VmSpec {
                 self.cpus
             )));
         }
-        if self.driver == Driver::Qemu && self.cpus.fract() != 0.0 {
-            return Err(ValidationError::new(format!("cpu {} must be a whole number for qemu guests", self.cpus)));
-        }
         Ok(())
     }
 }

@@ -8,9 +8,6 @@ pub enum Error {
     /// The host lacks what the driver needs; the message says what to install.
     #[error("{0}")]
     Missing(String),
-    /// This driver cannot do the operation at all (a capability it does not declare).
-    #[error("{0}")]
-    Unsupported(String),
     #[error(transparent)]
     Runtime(#[from] micro_os_runtime::Error),
     #[error("{0}")]

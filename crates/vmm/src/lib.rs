@@ -86,12 +86,17 @@ pub trait VmDriver: Send + Sync + 'static {
     fn kind(&self) -> Driver;
     fn capabilities(&self) -> Capabilities;
     /// Checks a spec before anything is made: limits this driver needs and parts of the
-    /// host it runs on.
+    /// host it runs on. Blocking (it may look at the host's files).
     fn validate(&self, spec: &VmSpec) -> Result<()>;
     /// Starts the VM's first process. Blocking; undoes its own partial work on failure.
     fn start(&self, vm: &Vm) -> Result<Started>;
     /// Resolves when the VM's first process has ended, with how it ended.
     fn wait(&self, vm: &Vm, run: &Started) -> BoxFuture<Exit>;
+    /// Resolves when what watched the VM's process (a shim) has finished cleaning up
+    /// after it ended, so that `release` finds nothing in use. At once by default.
+    fn settled(&self, _id: &str) -> BoxFuture<()> {
+        Box::pin(async {})
+    }
     /// Signals the VM's first process. Blocking.
     fn signal(&self, vm: &Vm, sig: Signal) -> Result<()>;
     /// Freezes or thaws the whole VM. Blocking.

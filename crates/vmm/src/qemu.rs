@@ -144,6 +144,12 @@ fn qmp(socket: &Path, command: &str) -> Result<serde_json::Value, String> {
     unreachable!("the loop returns on the command's reply")
 }
 
+/// An exit whose status nobody could read: counted as a failure, as a sandbox's lost
+/// shim is.
+fn lost(why: &str) -> Exit {
+    Exit { code: 255, error: Some(why.to_string()), ..Exit::code(255) }
+}
+
 pub struct Qemu {
     host: Host,
     /// The accelerator guests use, once probed ("kvm" or "tcg").
@@ -224,6 +230,9 @@ impl crate::VmDriver for Qemu {
     }
 
     fn validate(&self, spec: &VmSpec) -> Result<()> {
+        if spec.cpus.fract() != 0.0 {
+            return Err(Error::Invalid(format!("cpu {} must be a whole number for qemu guests", spec.cpus)));
+        }
         if spec.memory_mib < MIN_MIB {
             return Err(Error::Invalid(format!(
                 "memory {} MiB is too small for a qemu guest (give at least {MIN_MIB}: the kernel and the initramfs live in it)",
@@ -251,12 +260,11 @@ impl crate::VmDriver for Qemu {
             pidwait::exited(pid).await;
             // qemu is our child unless the daemon restarted since; then its code is lost
             use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
-            let code = match waitpid(nix::unistd::Pid::from_raw(pid as i32), Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::Exited(_, c)) => c,
-                Ok(WaitStatus::Signaled(_, s, _)) => 128 + s as i32,
-                _ => 0,
-            };
-            Exit::code(code)
+            match waitpid(nix::unistd::Pid::from_raw(pid as i32), Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(_, c)) => Exit::code(c),
+                Ok(WaitStatus::Signaled(_, s, _)) => Exit::code(128 + s as i32),
+                _ => lost("qemu ended; its exit status is lost (the daemon restarted since it started qemu)"),
+            }
         })
     }
 
@@ -287,7 +295,7 @@ impl crate::VmDriver for Qemu {
                 detail: format!("qemu pid {pid}"),
             })
         } else {
-            Recovered::Exited(Exit::code(0))
+            Recovered::Exited(lost("qemu ended while the daemon was down; its exit status is unknown"))
         }
     }
 

@@ -25,11 +25,16 @@ impl Sandbox {
         Sandbox { host, shims: Mutex::new(HashMap::new()) }
     }
 
-    /// Waits (up to `limit`) for the VM's previous shim to finish unmounting.
+    /// Waits (up to `limit`) for the VM's previous shim to finish unmounting; `settled`
+    /// has usually waited for it already.
     fn previous_shim_gone(&self, id: &str, limit: Duration) {
         let Some(pid) = self.shims.lock().unwrap().get(id).copied() else { return };
         let deadline = Instant::now() + limit;
-        while std::path::Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
+        while std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            if Instant::now() > deadline {
+                tracing::warn!("vm {id}: its shim (pid {pid}) is still cleaning up after {limit:?}; going on");
+                return;
+            }
             std::thread::sleep(Duration::from_millis(5));
         }
     }
@@ -111,6 +116,15 @@ impl crate::VmDriver for Sandbox {
             // the shim unmounts after it records the exit; reap it when it is done
             tokio::spawn(workload::shim_done(run.shim_pid));
             Exit::from_status(status, "VM")
+        })
+    }
+
+    fn settled(&self, id: &str) -> BoxFuture<()> {
+        let shim = self.shims.lock().unwrap().get(id).copied();
+        Box::pin(async move {
+            if let Some(pid) = shim {
+                micro_os_runtime::pidwait::exited(pid).await;
+            }
         })
     }
 

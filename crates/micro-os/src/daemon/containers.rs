@@ -159,8 +159,9 @@ impl Engine {
                     c.stop_requested = false;
                     c.health = c.spec.health_check.as_ref().map(|_| HealthState::default());
                 });
-                self.containers.persist(id, action, format!("pid {}", run.pid))?;
+                // watched before anything can fail, so an exit is never missed
                 self.supervise(id, run);
+                self.containers.persist(id, action, format!("pid {}", run.pid))?;
                 self.find(id)
             }
             Err(e) => {
@@ -307,8 +308,21 @@ impl Engine {
             }
             return Err(e.into());
         }
-        self.containers
-            .update(&c.id, |c| c.state = if pause { ContainerState::Paused } else { ContainerState::Running });
+        let mut done = false;
+        self.containers.update(&c.id, |o| {
+            // only the process that was frozen: one that exited meanwhile stays exited
+            if o.pid == c.pid && o.state == c.state {
+                o.state = if pause { ContainerState::Paused } else { ContainerState::Running };
+                done = true;
+            }
+        });
+        if !done {
+            return Err(Error::conflict(format!(
+                "cannot {} container {:?}: it exited meanwhile",
+                if pause { "pause" } else { "resume" },
+                c.spec.name
+            )));
+        }
         self.containers.persist(&c.id, if pause { "paused" } else { "resumed" }, "")?;
         self.find(&c.id)
     }

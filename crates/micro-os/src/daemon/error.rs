@@ -14,9 +14,6 @@ pub enum Error {
     /// The request is fine but the object's state (or another object) is in the way.
     #[error("{0}")]
     Conflict(String),
-    /// The host lacks a part the request needs (a package, a kernel).
-    #[error("{0}")]
-    Missing(String),
     /// Something failed on the host; not the caller's fault.
     #[error("{0}")]
     Internal(String),
@@ -57,7 +54,7 @@ impl Error {
         use micro_os_runtime::Error as R;
         use micro_os_vmm::Error as V;
         match self {
-            Error::Invalid(_) | Error::Missing(_) => Class::Invalid,
+            Error::Invalid(_) => Class::Invalid,
             Error::NotFound(_) => Class::NotFound,
             Error::Conflict(_) => Class::Conflict,
             Error::Internal(_) => Class::Internal,
@@ -66,12 +63,22 @@ impl Error {
             Error::Runtime(r) | Error::Driver(V::Runtime(r)) => match r {
                 R::ImageNotFound(_) => Class::NotFound,
                 R::ImageExists(_) => Class::Conflict,
-                R::BadImage { .. } | R::Invalid(_) | R::Missing(_) => Class::Invalid,
+                R::BadImage { .. } | R::Invalid(_) => Class::Invalid,
+                // a part the host lacks, found while working: the host's problem, not the caller's
                 _ => Class::Internal,
             },
-            Error::Driver(V::Invalid(_) | V::Missing(_)) => Class::Invalid,
-            Error::Driver(V::Unsupported(_)) => Class::Conflict,
-            Error::Driver(V::Failed(_)) => Class::Internal,
+            Error::Driver(V::Invalid(_)) => Class::Invalid,
+            Error::Driver(V::Missing(_) | V::Failed(_)) => Class::Internal,
+        }
+    }
+
+    /// A driver's verdict on a spec before anything is made: what it refuses and what
+    /// the host lacks for it are both reasons to refuse the request (400), with the fix.
+    pub fn refused(e: micro_os_vmm::Error) -> Error {
+        match e {
+            micro_os_vmm::Error::Invalid(m) | micro_os_vmm::Error::Missing(m) => Error::Invalid(m),
+            micro_os_vmm::Error::Runtime(micro_os_runtime::Error::Missing(m)) => Error::Invalid(m),
+            other => Error::Driver(other),
         }
     }
 
@@ -126,7 +133,12 @@ mod tests {
         check(Error::Driver(micro_os_vmm::Error::Runtime(micro_os_runtime::Error::Failed("ip: busy".into()))), 500);
         check(Error::Runtime(micro_os_runtime::Error::Invalid("image name \"A B\" is not valid".into())), 400);
         check(Error::Runtime(micro_os_runtime::Error::ImageNotFound("x".into())), 404);
-        check(Error::Driver(micro_os_vmm::Error::Missing("install qemu-system-x86".into())), 400);
+        // a host part missing while starting is the host's failure; before create, a refusal
+        check(Error::Driver(micro_os_vmm::Error::Missing("install iproute2".into())), 500);
+        check(Error::Runtime(micro_os_runtime::Error::Missing("no kernel in /boot".into())), 500);
+        check(Error::refused(micro_os_vmm::Error::Missing("install qemu-system-x86".into())), 400);
+        check(Error::refused(micro_os_vmm::Error::Runtime(micro_os_runtime::Error::Missing("no kernel".into()))), 400);
+        check(Error::refused(micro_os_vmm::Error::Failed("probe".into())), 500);
         check(Error::Store(micro_os_store::Error::Conflict { kind: "vm".into(), name: "a".into() }), 409);
         check(Error::conflict("x").within("containers[1] (\"b\")"), 409);
     }

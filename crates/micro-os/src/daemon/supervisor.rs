@@ -111,6 +111,9 @@ pub async fn on_exit<T: Supervised, K: Kind<T>>(k: &Arc<K>, id: &str, pid: u32, 
     let (k, id) = (k.clone(), id.to_string());
     tokio::spawn(async move {
         tokio::time::sleep(delay).await;
+        if k.table().get(&id).is_none() {
+            return;
+        }
         let lock = k.ops().of(&id);
         let _g = lock.lock().await;
         let Some(o) = k.table().get(&id) else { return };
@@ -174,7 +177,7 @@ impl Supervised for Vm {
         self.agent = micro_os_core::AgentStatus::Unreachable;
         self.exit_code = Some(exit.code);
         self.oom_killed = exit.oom_killed;
-        self.stopped_at = Some(Utc::now());
+        self.stopped_at = Some(exit.finished_at);
         if exit.error.is_some() {
             self.error = exit.error.clone();
         }

@@ -72,7 +72,8 @@ impl Bed {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn start_twice_is_a_conflict_and_stop_signals_the_driver() {
     let b = bed();
-    let v = b.vm("a", None).await;
+    // a policy that would restart it: a stop on request must still not
+    let v = b.vm("a", Some(RestartPolicy::Always)).await;
     let running = b.engine.start_vm("a").await.unwrap();
     assert_eq!(running.state, VmState::Running);
     let again = b.engine.start_vm(&v.id).await.unwrap_err();
@@ -83,8 +84,21 @@ async fn start_twice_is_a_conflict_and_stop_signals_the_driver() {
     assert_eq!(b.fake.calls()[..2], ["start a".to_string(), "signal a Term".to_string()]);
     // stopped on request: no restart, and the host side is released
     b.called("release a").await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(b.fake.calls().iter().filter(|c| c.starts_with("start")).count(), 1);
+    assert_eq!(b.engine.find_vm("a").unwrap().state, VmState::Stopped);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_vm_keeps_its_host_side() {
+    let b = bed();
+    let v = b.vm("kept", None).await;
+    b.engine.start_vm("kept").await.unwrap();
+    // a release that comes late, after the VM was started again, must not tear it down
+    b.engine.release_if_stopped(&v.id).await;
+    assert!(!b.fake.calls().iter().any(|c| c.starts_with("release")), "{:?}", b.fake.calls());
+    b.engine.stop_vm("kept", true, None).await.unwrap();
+    b.called("release kept").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -168,6 +182,11 @@ async fn recovery_adopts_what_survived_and_records_what_did_not() {
     assert_eq!((survivor.state, survivor.pid), (VmState::Running, Some(pid)));
     let gone = engine.vms.wait_until(&down.id, |v| v.state == VmState::Stopped, Duration::from_secs(5)).await;
     assert!(gone.is_some(), "{:?}", engine.find_vm(&down.id));
+    // nobody undid its network and cgroup while the daemon was down: recovery does
+    let b2 =
+        Bed { _dir: tempfile::tempdir().unwrap(), home: b.home.clone(), fake: fake.clone(), engine: engine.clone() };
+    b2.called("release gone").await;
+    assert!(!fake.calls().contains(&"release survivor".to_string()), "{:?}", fake.calls());
     let events = engine.store.events(Some(&up.id), 10).unwrap();
     assert!(events.iter().any(|e| e.action == "adopted"), "{events:?}");
     // the adopted process is supervised: its exit is recorded

@@ -43,7 +43,13 @@ impl Kind<Vm> for Engine {
         self.agents.lock().unwrap().remove(id);
         // the network and the parent cgroup outlive the VM's process only until now
         let (this, id) = (self.clone(), id.to_string());
-        tokio::spawn(async move { this.release_if_stopped(&id).await });
+        tokio::spawn(async move {
+            // the driver's cleanup (a shim unmounting) ends first, without holding the lock
+            if let Some(d) = this.vms.get(&id).and_then(|v| this.driver(v.spec.driver).ok().cloned()) {
+                d.settled(&id).await;
+            }
+            this.release_if_stopped(&id).await
+        });
     }
 }
 
@@ -87,7 +93,9 @@ impl Engine {
         };
         let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
         spec.validate(cgroup::host_memory_mib(), cpus).map_err(|e| Error::invalid(e.to_string()))?;
-        self.driver(driver)?.validate(&spec)?;
+        // the driver looks at the host (PATH, /boot): off the async thread
+        let d = self.driver(driver)?;
+        tokio::task::block_in_place(|| d.validate(&spec)).map_err(Error::refused)?;
         if image == BASE_IMAGE {
             self.ensure_base_image()?;
         }
@@ -155,8 +163,9 @@ impl Engine {
                     v.mark_running(run.pid, now);
                     v.accel = run.accel.clone();
                 });
-                self.vms.persist(id, action, run.detail.clone())?;
+                // watched before anything can fail, so an exit is never missed
                 self.supervise_vm(&v, &driver, &run);
+                self.vms.persist(id, action, run.detail.clone())?;
                 Ok(())
             }
             Err(e) => {
@@ -178,7 +187,10 @@ impl Engine {
 
     /// Releases the host side of a VM that has not been started again meanwhile; under
     /// the op lock, so a start of the same VM cannot interleave.
-    async fn release_if_stopped(self: &Arc<Self>, id: &str) {
+    pub(super) async fn release_if_stopped(self: &Arc<Self>, id: &str) {
+        if self.vms.get(id).is_none() {
+            return;
+        }
         let lock = self.ops.of(id);
         let _g = lock.lock().await;
         let Some(v) = self.vms.get(id).filter(|v| v.pid.is_none()) else { return };
@@ -291,12 +303,24 @@ impl Engine {
         self.freeze_vm(&v, pause).await?;
         // a paused agent cannot report: the silence it leaves behind is not its fault
         let now = Utc::now();
-        self.vms.update(&v.id, |v| {
-            v.state = if pause { VmState::Paused } else { VmState::Running };
-            if !pause && v.last_report.is_some() {
-                v.last_report = Some(now);
+        let mut done = false;
+        self.vms.update(&v.id, |o| {
+            // only the process that was frozen: one that exited meanwhile stays stopped
+            if o.pid == v.pid && o.state == v.state {
+                o.state = if pause { VmState::Paused } else { VmState::Running };
+                if !pause && o.last_report.is_some() {
+                    o.last_report = Some(now);
+                }
+                done = true;
             }
         });
+        if !done {
+            return Err(Error::conflict(format!(
+                "cannot {} vm {:?}: it stopped meanwhile",
+                if pause { "pause" } else { "resume" },
+                v.spec.name
+            )));
+        }
         self.vms.persist(&v.id, if pause { "paused" } else { "resumed" }, "")?;
         self.find_vm(&v.id)
     }
@@ -423,7 +447,9 @@ impl Engine {
             let name = Path::new(&file).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
             let outbox = self.vm_dir(&vm.id).join("ctl").join("outbox");
             let local = outbox.join(&name);
-            let copied = std::fs::create_dir_all(&outbox).and_then(|_| std::fs::copy(&file, &local));
+            let copied = tokio::task::block_in_place(|| {
+                std::fs::create_dir_all(&outbox).and_then(|_| std::fs::copy(&file, &local))
+            });
             copied.map_err(|e| Error::invalid(format!("file {file} cannot be read: {e}")))?;
             job.file = Some(format!("{AGENT_CONTROL_DIR}/outbox/{name}"));
             staged = Some(local);
