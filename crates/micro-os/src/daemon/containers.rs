@@ -251,6 +251,9 @@ impl Engine {
     }
 
     pub async fn stop(&self, key: &str, timeout: Option<f64>) -> Result<Container> {
+        if let Some(c) = supervisor::cancel_restart(&self.containers, &self.ops, key).await? {
+            return Ok(c);
+        }
         let (c, _g) = supervisor::begin(&self.containers, &self.ops, key, Transition::Stop).await?;
         self.stop_locked(&c, timeout.unwrap_or(self.cfg.stop_timeout_s)).await?;
         self.find(&c.id)

@@ -26,11 +26,13 @@ pub trait Supervised: Object {
     /// Whether the object's state machine allows `t` now.
     fn allows(&self, t: Transition) -> Result<(), InvalidTransition>;
     fn pid(&self) -> Option<u32>;
+    fn exit_code(&self) -> Option<i32>;
     /// Marks the object down after its process ended.
     fn record_exit(&mut self, exit: &Exit);
     /// Down after an exit (and not started again since).
     fn is_down(&self) -> bool;
     fn stop_requested(&self) -> bool;
+    fn request_stop(&mut self);
     fn restart_policy(&self) -> (&RestartPolicy, u32);
     fn count_restart(&mut self);
     /// The event an exit leaves: its action and detail.
@@ -62,6 +64,20 @@ pub async fn begin<T: Supervised>(
     let (o, guard) = locked(table, ops, key).await?;
     o.allows(t).map_err(|e| Error::conflict(e.to_string()))?;
     Ok((o, guard))
+}
+
+/// A stop of an object that is down with a restart due (its backoff running) cancels the
+/// restart, as `docker stop` does for a restarting container; `None` when none is due.
+pub async fn cancel_restart<T: Supervised>(table: &Table<T>, ops: &OpLocks, key: &str) -> Result<Option<T>> {
+    let (o, _g) = locked(table, ops, key).await?;
+    let (policy, count) = o.restart_policy();
+    let due = o.is_down() && !o.stop_requested() && policy.should_restart(o.exit_code().unwrap_or(0), count);
+    if !due {
+        return Ok(None);
+    }
+    table.update(o.id(), |o| o.request_stop());
+    table.persist(o.id(), "restart-cancelled", "stopped during the restart backoff")?;
+    Ok(table.get(o.id()))
 }
 
 /// Takes the op lock of the object `key` names: the object as it is then, and the guard.
@@ -136,8 +152,14 @@ macro_rules! supervised_fields {
         fn pid(&self) -> Option<u32> {
             self.pid
         }
+        fn exit_code(&self) -> Option<i32> {
+            self.exit_code
+        }
         fn stop_requested(&self) -> bool {
             self.stop_requested
+        }
+        fn request_stop(&mut self) {
+            self.stop_requested = true;
         }
         fn restart_policy(&self) -> (&RestartPolicy, u32) {
             (&self.spec.restart, self.restart_count)

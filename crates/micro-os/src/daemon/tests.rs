@@ -90,6 +90,24 @@ async fn start_twice_is_a_conflict_and_stop_signals_the_driver() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_during_the_restart_backoff_cancels_the_restart() {
+    let b = bed();
+    let v = b.vm("backoff", Some(RestartPolicy::Always)).await;
+    let pid = b.engine.start_vm("backoff").await.unwrap().pid.unwrap();
+    // five restarts behind it: the next waits about 3 s
+    b.engine.vms.update(&v.id, |v| v.restart_count = 5);
+    b.fake.exit(pid, 1);
+    b.until(&v.id, "down", |v| v.state == VmState::Stopped).await;
+    let stopped = b.engine.stop_vm("backoff", false, None).await.unwrap();
+    assert!(stopped.stop_requested);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(b.fake.calls().iter().filter(|c| c.starts_with("start")).count(), 1, "{:?}", b.fake.calls());
+    // with nothing due, a stop of what is down is a conflict again
+    let e = b.engine.stop_vm("backoff", false, None).await.unwrap_err();
+    assert_eq!(e.class(), Class::Conflict, "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_running_vm_keeps_its_host_side() {
     let b = bed();
     let v = b.vm("kept", None).await;

@@ -227,6 +227,9 @@ impl Engine {
     }
 
     pub async fn stop_vm(self: &Arc<Self>, key: &str, force: bool, timeout: Option<f64>) -> Result<Vm> {
+        if let Some(v) = supervisor::cancel_restart(&self.vms, &self.ops, key).await? {
+            return Ok(v);
+        }
         let (v, _g) = supervisor::begin(&self.vms, &self.ops, key, Transition::Stop).await?;
         self.stop_vm_locked(&v, force, timeout.unwrap_or(self.cfg.stop_timeout_s)).await?;
         self.find_vm(&v.id)
