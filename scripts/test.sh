@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test: unit tests and the end-to-end tests that drive the real binary,
 # a real daemon and real runc containers. Run as root; tests that need root, runc or
-# cgroups say so and skip when they are missing.
+# cgroups say so and skip when they are missing, unless MICRO_OS_TEST_REQUIRE declares
+# them (as .ci/run does): then a missing one fails the test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "$(id -u)" = 0 ]; then
@@ -20,6 +21,12 @@ if command -v npm >/dev/null; then
 else
   echo "test: npm is missing: the js-libp2p interoperability test will report that it skips" >&2
 fi
+# what MICRO_OS_TEST_REQUIRE declares is here (one line and exit 1 if not)
+bash scripts/requirements.sh
+# the tests' SKIP lines (libtest hides the output of tests that pass), listed at the end
+skips=$(mktemp)
+trap 'if [ -s "$skips" ]; then echo "test: skipped for lack of what they need ($(wc -l <"$skips")):" >&2; sort "$skips" >&2; fi; rm -f "$skips"' EXIT
+export MICRO_OS_TEST_SKIP_LOG="$skips"
 cargo fmt --all -- --check
-cargo clippy --locked --all-targets -- -D warnings
+cargo clippy --locked --workspace --all-targets -- -D warnings
 cargo test --locked --workspace

@@ -111,9 +111,11 @@ impl ContainerState {
             (Paused, Resume) => return Ok(()),
             (Created | Exited, Remove) => return Ok(()),
             (Running | Paused, Remove) => " (stop it first or use --force)",
-            (Running, Start) | (Paused, Pause) | (Running, Resume) => "",
+            (Running, Start) | (Paused, Pause) => "",
+            (Running, Resume) => ", not paused",
             (Paused, Start) => " (resume it instead)",
-            (_, Stop | Pause | Resume) => " (start it first)",
+            (_, Resume) => ", not paused (start it first)",
+            (_, Stop | Pause) => " (start it first)",
         };
         Err(InvalidTransition {
             kind: "container",
@@ -173,6 +175,10 @@ impl ContainerSpec {
         }
         let mut seen = std::collections::HashSet::new();
         for p in &self.ports {
+            // the shim forwards TCP only; refused here, before anything is made
+            if p.protocol == crate::port::Protocol::Udp {
+                return Err(ValidationError::new(format!("port {p}: udp forwarding is not supported yet (use tcp)")));
+            }
             if !seen.insert((p.host, p.protocol)) {
                 return Err(ValidationError::new(format!(
                     "port {p} maps host port {} twice (give each host port once)",
@@ -241,6 +247,14 @@ mod tests {
     }
 
     #[test]
+    fn resuming_what_is_not_paused_says_so() {
+        let e = Running.check("r1", Resume).unwrap_err().to_string();
+        assert_eq!(e, "cannot resume container \"r1\": it is running, not paused");
+        let e = Exited.check("r1", Resume).unwrap_err().to_string();
+        assert_eq!(e, "cannot resume container \"r1\": it is exited, not paused (start it first)");
+    }
+
+    #[test]
     fn conflict_message_says_state() {
         let e = Exited.check("eth-node-1", Pause).unwrap_err().to_string();
         assert_eq!(e, "cannot pause container \"eth-node-1\": it is exited (start it first)");
@@ -251,6 +265,14 @@ mod tests {
         assert_eq!(parse_env("A=b=c").unwrap(), ("A".into(), "b=c".into()));
         assert!(parse_env("=x").is_err());
         assert!(parse_env("nothing").is_err());
+    }
+
+    #[test]
+    fn udp_ports_are_refused_at_create() {
+        let spec: ContainerSpec =
+            serde_json::from_str(r#"{"name":"n","image":"busybox","ports":["9000:9000/udp"]}"#).unwrap();
+        let e = spec.validate().unwrap_err().to_string();
+        assert_eq!(e, "port 9000:9000/udp: udp forwarding is not supported yet (use tcp)");
     }
 
     #[test]

@@ -200,10 +200,15 @@ pub struct ComponentHealth {
     pub component: String,
     pub status: Severity,
     pub reason: String,
+    /// False for a component with nothing configured (no circuits, no AI modules): it
+    /// is neither healthy nor failing, and a self-test skips it.
+    #[serde(default = "yes")]
+    pub configured: bool,
 }
 
-/// The components `monitor health --components` and `test integration` know.
-pub const COMPONENTS: &[&str] = &["api", "store", "runtime", "vms", "containers", "net", "monitor", "circuit", "ai"];
+fn yes() -> bool {
+    true
+}
 
 #[cfg(test)]
 mod tests {
@@ -267,8 +272,9 @@ mod tests {
 }
 
 /// A time as users type it: a date (`2023-01-31`: its start, or with `end_of_day` its
-/// last millisecond), an RFC 3339 time, `now`, or a duration ago (`90s`, `15m`, `2h`,
-/// `7d`). Gives milliseconds since the epoch.
+/// last millisecond), an RFC 3339 time, an ISO time without an offset (taken as UTC:
+/// `2023-01-31T12:00:00`, `2023-01-31 12:00`), `now`, or a duration ago (`90s`, `15m`,
+/// `2h`, `7d`). Gives milliseconds since the epoch.
 pub fn parse_time(input: &str, end_of_day: bool, now_ms: i64) -> Result<i64, ValidationError> {
     let t = input.trim();
     if t == "now" {
@@ -280,6 +286,12 @@ pub fn parse_time(input: &str, end_of_day: bool, now_ms: i64) -> Result<i64, Val
     }
     if let Ok(dt) = DateTime::parse_from_rfc3339(t) {
         return Ok(dt.timestamp_millis());
+    }
+    // an ISO time without an offset is UTC, as every time we print is
+    for format in ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M"] {
+        if let Ok(dt) = chrono::NaiveDateTime::parse_from_str(t, format) {
+            return Ok(dt.and_utc().timestamp_millis());
+        }
     }
     let unit = |s: &str| -> Option<i64> {
         let (n, u) = s.split_at(s.find(|c: char| !c.is_ascii_digit())?);
@@ -295,7 +307,7 @@ pub fn parse_time(input: &str, end_of_day: bool, now_ms: i64) -> Result<i64, Val
     };
     unit(t).ok_or_else(|| {
         ValidationError::new(format!(
-            "time {input:?} is not a date or a time (try 2023-01-31, 2023-01-31T12:00:00Z, now or 2h for two hours ago)"
+            "time {input:?} is not a date or a time (try 2023-01-31, 2023-01-31T12:00:00 (UTC), 2023-01-31T12:00:00+02:00, now or 2h for two hours ago)"
         ))
     })
 }
@@ -333,5 +345,30 @@ mod time_tests {
         assert_eq!(parse_range("2023-01-01", Some("2023-01-31"), now), Ok((1_672_531_200_000, 1_675_209_599_999)));
         let e = parse_range("2023-02-01", Some("2023-01-31"), now).unwrap_err().to_string();
         assert!(e.contains("is after --to"), "{e}");
+    }
+    /// `input` parses to `want` ms since the epoch, or fails with a message containing `want_err`.
+    fn check(input: &str, end_of_day: bool, want: Result<i64, &str>) {
+        let now = 1_700_000_000_000;
+        match (parse_time(input, end_of_day, now), want) {
+            (Ok(got), Ok(ms)) => assert_eq!(got, ms, "{input}"),
+            (Err(e), Err(needle)) => assert!(e.to_string().contains(needle), "{input}: {e}"),
+            (got, want) => panic!("{input}: got {got:?}, want {want:?}"),
+        }
+    }
+
+    #[test]
+    fn iso_times_without_an_offset_are_utc() {
+        // 2026-12-01T20:33:12Z is 1_796_157_192_000 ms
+        let t = 1_796_157_192_000;
+        check("2026-12-01T20:33:12", false, Ok(t));
+        check("2026-12-01T20:33:12", true, Ok(t));
+        check("2026-12-01T20:33:12.250", false, Ok(t + 250));
+        check("2026-12-01 20:33:12", false, Ok(t));
+        check("2026-12-01T20:33", false, Ok(t - 12_000));
+        check("2026-12-01 20:33", false, Ok(t - 12_000));
+        check("2026-12-01T20:33:12Z", false, Ok(t));
+        check("2026-12-01T22:33:12+02:00", false, Ok(t));
+        check("2026-12-01T25:33:12", false, Err("time \"2026-12-01T25:33:12\" is not a date or a time"));
+        check("2026-12-01T20", false, Err("(try 2023-01-31, 2023-01-31T12:00:00 (UTC),"));
     }
 }

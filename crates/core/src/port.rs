@@ -13,7 +13,7 @@ pub enum Protocol {
     Udp,
 }
 
-/// `8080:80/tcp`: host port 8080 on the host's loopback forwards to port 80 inside the
+/// `8081:80/tcp`: host port 8081 on the host's loopback forwards to port 80 inside the
 /// container's network namespace. Serialised in that same string form.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, SerializeDisplay, DeserializeFromStr)]
 pub struct PortMapping {
@@ -24,7 +24,7 @@ pub struct PortMapping {
 
 impl PortMapping {
     pub fn parse(s: &str) -> Result<PortMapping, ValidationError> {
-        let bad = || ValidationError::new(format!("port {s:?} is not HOST:CONTAINER[/tcp|udp] (try 8080:80/tcp)"));
+        let bad = || ValidationError::new(format!("port {s:?} is not HOST:CONTAINER[/tcp|udp] (try 8081:80/tcp)"));
         let (ports, proto) = match s.split_once('/') {
             Some((p, "tcp")) => (p, Protocol::Tcp),
             Some((p, "udp")) => (p, Protocol::Udp),
@@ -58,7 +58,7 @@ impl std::str::FromStr for PortMapping {
     }
 }
 
-crate::scalar_schema!(PortMapping, String, "HOST:CONTAINER[/tcp|udp], e.g. \"8080:80/tcp\"");
+crate::scalar_schema!(PortMapping, String, "HOST:CONTAINER[/tcp|udp], e.g. \"8081:80/tcp\"");
 
 #[cfg(test)]
 mod tests {

@@ -20,6 +20,36 @@ pub struct Resources {
 /// Smallest memory limit we accept: below this runc itself cannot start the container.
 pub const MIN_MEMORY: u64 = 6 << 20;
 
+/// Smallest CPU limit we accept, in cores: the granularity of a cgroup's CPU quota (the
+/// kernel's smallest `cfs_quota_us` is 1 ms of our 100 ms period).
+pub const MIN_CPU: f64 = 0.01;
+
+/// A number of cores as the user gave it, short enough for one error line
+/// (`0.0000001`, but `1e-250` rather than 250 digits).
+pub(crate) fn show_cpu(cpu: f64) -> String {
+    let s = cpu.to_string();
+    if s.len() > 12 {
+        format!("{cpu:e}")
+    } else {
+        s
+    }
+}
+
+/// Checks a CPU limit of a container or VM: above 0, at least `MIN_CPU`, at most `max`.
+pub(crate) fn check_cpu(cpu: f64, max: f64) -> Result<(), ValidationError> {
+    let shown = show_cpu(cpu);
+    if !(cpu.is_finite() && cpu > 0.0) {
+        return Err(ValidationError::new(format!("cpu {shown} is not a number of cores above 0 (try 0.5 or 2)")));
+    }
+    if cpu < MIN_CPU {
+        return Err(ValidationError::new(format!("cpu {shown} is below the minimum {MIN_CPU} (try 0.5 or 2)")));
+    }
+    if cpu > max {
+        return Err(ValidationError::new(format!("cpu {shown} is more than {max} cores (try 0.5 or 2)")));
+    }
+    Ok(())
+}
+
 impl Resources {
     /// Parses the CLI form `cpu=1.5,memory=512M,pids=256`.
     pub fn parse(s: &str) -> Result<Resources, ValidationError> {
@@ -53,11 +83,7 @@ impl Resources {
 
     pub fn validate(&self) -> Result<(), ValidationError> {
         if let Some(cpu) = self.cpu {
-            if !(cpu.is_finite() && cpu > 0.0 && cpu <= 1024.0) {
-                return Err(ValidationError::new(format!(
-                    "cpu {cpu} is out of range (give a number of cores above 0, e.g. 0.5 or 2)"
-                )));
-            }
+            check_cpu(cpu, 1024.0)?;
         }
         if let Some(m) = self.memory {
             if m.bytes() < MIN_MEMORY {
@@ -90,6 +116,7 @@ mod tests {
         assert_eq!(r.cpu, Some(1.5));
         assert_eq!(r.memory, Some(Size(512 << 20)));
         assert_eq!(r.pids, Some(256));
+        assert_eq!(Resources::parse("cpu=0.01").unwrap().cpu, Some(MIN_CPU));
     }
 
     #[test]
@@ -97,7 +124,13 @@ mod tests {
         for (input, needle) in [
             ("memory=4XB", "memory \"4XB\" is not a size"),
             ("cpu=lots", "cpu \"lots\""),
-            ("cpu=0", "cpu 0 is out of range"),
+            ("cpu=0", "cpu 0 is not a number of cores above 0 (try 0.5 or 2)"),
+            ("cpu=-1", "cpu -1 is not a number of cores above 0"),
+            ("cpu=NaN", "cpu NaN is not a number of cores above 0"),
+            ("cpu=0.0000001", "cpu 0.0000001 is below the minimum 0.01 (try 0.5 or 2)"),
+            ("cpu=1e-250", "cpu 1e-250 is below the minimum 0.01 (try 0.5 or 2)"),
+            ("cpu=0.009", "cpu 0.009 is below the minimum 0.01"),
+            ("cpu=1025", "cpu 1025 is more than 1024 cores"),
             ("gpu=1", "resource \"gpu\" is unknown"),
             ("memory", "not key=value"),
             ("memory=1K", "too small"),

@@ -30,7 +30,7 @@ impl Workload {
 /// A named recipe for containers: image, command, env, ports, health check and default
 /// resources. Built-in templates are compiled into the binary; user templates are JSON
 /// files of this shape in `$MICRO_OS_HOME/templates/`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Template {
     pub name: String,
@@ -58,6 +58,11 @@ pub struct Template {
 }
 
 impl Template {
+    /// A template with nothing set: what a container made from an image alone starts from.
+    pub fn empty() -> Template {
+        Template::default()
+    }
+
     pub fn validate(&self) -> Result<(), ValidationError> {
         crate::validate_name("template", &self.name)?;
         self.resources.validate()?;

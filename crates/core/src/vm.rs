@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{RestartPolicy, ValidationError};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum Driver {
@@ -74,20 +74,13 @@ impl VmSpec {
                 self.memory_mib
             )));
         }
-        if !(self.cpus.is_finite() && self.cpus > 0.0) {
-            return Err(ValidationError::new(format!(
-                "cpu {} is not a number of cores above 0 (e.g. --cpu 2)",
-                self.cpus
-            )));
-        }
+        // above 0 and at least the quota granularity; the host's core count is the upper bound (next)
+        crate::resources::check_cpu(self.cpus, f64::MAX)?;
         if self.cpus > host_cpus as f64 {
             return Err(ValidationError::new(format!(
                 "cpu {} is more than this host has ({host_cpus} cores)",
                 self.cpus
             )));
-        }
-        if self.driver == Driver::Qemu && self.cpus.fract() != 0.0 {
-            return Err(ValidationError::new(format!("cpu {} must be a whole number for qemu guests", self.cpus)));
         }
         Ok(())
     }
@@ -170,6 +163,29 @@ pub struct Vm {
 }
 
 impl Vm {
+    /// A VM just created: stopped until its first start.
+    pub fn new(id: String, spec: VmSpec, address: Ipv4Addr, at: DateTime<Utc>) -> Vm {
+        Vm {
+            id,
+            spec,
+            state: VmState::Created,
+            address,
+            created_at: at,
+            started_at: None,
+            stopped_at: None,
+            pid: None,
+            agent: AgentStatus::Starting,
+            peer_id: None,
+            last_report: None,
+            exit_code: None,
+            oom_killed: false,
+            restart_count: 0,
+            stop_requested: false,
+            accel: None,
+            error: None,
+        }
+    }
+
     /// The VM's first process runs as `pid` from `at` on: everything of the last run is
     /// forgotten, and the agent has yet to report.
     pub fn mark_running(&mut self, pid: u32, at: DateTime<Utc>) {
@@ -228,6 +244,16 @@ mod tests {
         assert!(e.contains("more than this host has (4096 MiB)"), "{e}");
         let e = spec(512, 4.0).validate(4096, 2).unwrap_err().to_string();
         assert!(e.contains("cpu 4"), "{e}");
+        assert!(spec(512, 0.01).validate(4096, 2).is_ok());
+        for (cpus, want) in [
+            (0.0, "cpu 0 is not a number of cores above 0 (try 0.5 or 2)"),
+            (f64::NAN, "cpu NaN is not a number of cores above 0 (try 0.5 or 2)"),
+            (0.0000001, "cpu 0.0000001 is below the minimum 0.01 (try 0.5 or 2)"),
+            (1e-250, "cpu 1e-250 is below the minimum 0.01 (try 0.5 or 2)"),
+        ] {
+            let e = spec(512, cpus).validate(4096, 2).unwrap_err().to_string();
+            assert_eq!(e, want, "{cpus}");
+        }
         assert!(Driver::parse("xen").unwrap_err().to_string().contains("driver \"xen\""));
     }
 

@@ -92,12 +92,13 @@ impl Default for Config {
 }
 
 impl Config {
+    /// Every component checks its own keys (`daemon::components`).
     pub fn validate(&self) -> Result<()> {
-        if self.api_addr.parse::<std::net::SocketAddr>().is_err() {
-            bail!("api_addr {:?} is not an address (try 127.0.0.1:8080)", self.api_addr);
-        }
-        micro_os_runtime::fabric::Fabric::parse(&self.vm_bridge, &self.vm_subnet)
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        crate::daemon::components::validate(self).map_err(|e| anyhow::anyhow!("{e}"))
+    }
+
+    /// The keys of the p2p layer.
+    pub fn validate_p2p(&self) -> Result<()> {
         for a in self.p2p_listen.iter().chain(&self.p2p_bootstrap).chain(&self.p2p_external) {
             if a.parse::<libp2p::Multiaddr>().is_err() {
                 bail!("p2p address {a:?} is not a multiaddr (try /ip4/127.0.0.1/tcp/4001)");
@@ -114,15 +115,6 @@ impl Config {
             if p.parse::<libp2p::PeerId>().is_err() {
                 bail!("trusted peer {p:?} is not a peer id (they start with 12D3KooW)");
             }
-        }
-        if !(self.monitor_interval_s.is_finite() && self.monitor_interval_s >= 0.1) {
-            bail!("monitor_interval_s {} is too short (give seconds, at least 0.1, e.g. 5)", self.monitor_interval_s);
-        }
-        for r in &self.alerts {
-            r.validate().map_err(|e| anyhow::anyhow!("alerts: {e}"))?;
-        }
-        if !(self.stop_timeout_s.is_finite() && self.stop_timeout_s >= 0.0) {
-            bail!("stop_timeout_s {} is not a number of seconds (try 10)", self.stop_timeout_s);
         }
         Ok(())
     }

@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{can_run_containers, Daemon, BIN};
+use common::{require, Daemon, Need, BIN};
 
 fn status_of(r: Result<ureq::Response, ureq::Error>) -> (u16, String, String) {
     match r {
@@ -16,7 +16,7 @@ fn status_of(r: Result<ureq::Response, ureq::Error>) -> (u16, String, String) {
 
 #[test]
 fn bad_input_gets_one_clear_error_and_changes_nothing() {
-    if !can_run_containers("bad_input_gets_one_clear_error_and_changes_nothing") {
+    if !require("bad_input_gets_one_clear_error_and_changes_nothing", &[Need::Busybox]) {
         return;
     }
     let d = Daemon::start();
@@ -64,7 +64,7 @@ fn bad_input_gets_one_clear_error_and_changes_nothing() {
 
 #[test]
 fn auth_body_limit_problem_json_and_openapi() {
-    if !can_run_containers("auth_body_limit_problem_json_and_openapi") {
+    if !require("auth_body_limit_problem_json_and_openapi", &[Need::Busybox, Need::Curl]) {
         return;
     }
     let d = Daemon::start();
@@ -147,6 +147,70 @@ fn auth_body_limit_problem_json_and_openapi() {
         }
     }
     assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+}
+
+#[test]
+fn an_unprivileged_daemon_serves_auth_and_validation() {
+    // needs nothing of the machine: as root, the daemon drops to nobody
+    let mut d = Daemon::prepared("127.0.0.1");
+    d.unprivileged();
+    d.spawn();
+    let pid = d.pid().unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let uid = status.lines().find_map(|l| l.strip_prefix("Uid:")).unwrap().split_whitespace().next().unwrap();
+    assert_ne!(uid, "0", "the daemon runs as root");
+    // it says what it cannot do, and serves the rest
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !d.log().contains("not running as root: containers and VMs cannot start") {
+        assert!(std::time::Instant::now() < deadline, "no word about running unprivileged: {}", d.log());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let url = d.url();
+    let (code, _, body) = status_of(ureq::get(&format!("{url}/api/v1/health")).call());
+    assert_eq!(code, 200, "{body}");
+    // auth: no token, a wrong token
+    let (code, ctype, body) = status_of(ureq::get(&format!("{url}/api/v1/vms")).call());
+    assert_eq!((code, ctype.as_str()), (401, "application/problem+json"), "{body}");
+    let (code, _, _) = status_of(ureq::get(&format!("{url}/api/v1/vms")).set("Authorization", "Bearer wrong").call());
+    assert_eq!(code, 401);
+    let o = std::process::Command::new(BIN)
+        .args(["vm", "list"])
+        .env("MICRO_OS_API", &url)
+        .env("MICRO_OS_TOKEN", "wrong")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(6), "{}", String::from_utf8_lossy(&o.stderr));
+    // validation by the daemon, through the CLI: one line, a usage exit
+    let cases: &[(&[&str], &str)] = &[
+        (&["vm", "create", "--name", "a", "--memory", "0"], "memory 0 MiB is too small"),
+        (
+            &["vm", "create", "--name", "a", "--memory", "64", "--cpu", "0.0000001"],
+            "cpu 0.0000001 is below the minimum 0.01 (try 0.5 or 2)",
+        ),
+        (&["vm", "create", "--name", "bad/name", "--memory", "64"], "vm name \"bad/name\""),
+    ];
+    for (args, needle) in cases {
+        let err = d.fails(args, 2);
+        assert!(err.contains(needle), "micro-os {}: {err:?} lacks {needle:?}", args.join(" "));
+    }
+    // and through the API: problem+json that names the input
+    let (code, ctype, body) = status_of(
+        d.api("POST", "/containers")
+            .send_json(serde_json::json!({"name": "c", "image": "busybox", "resources": {"memory": "4XB"}})),
+    );
+    assert_eq!((code, ctype.as_str()), (400, "application/problem+json"), "{body}");
+    let problem: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(problem["detail"].as_str().unwrap().contains("resources.memory: size \"4XB\" is not a size"), "{problem}");
+    let (code, _, body) =
+        status_of(d.api("POST", "/vms").send_json(serde_json::json!({"name": "v", "memory": 64, "cpu": 1e-250})));
+    let problem: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (code, problem["detail"].as_str().unwrap()),
+        (400, "cpu 1e-250 is below the minimum 0.01 (try 0.5 or 2)")
+    );
+    // nothing was created
+    assert!(d.names().is_empty(), "{:?}", d.names());
+    assert_eq!(d.ok(&["vm", "list", "--format", "json"]).trim(), "[]");
 }
 
 #[test]

@@ -4,11 +4,11 @@ mod common;
 
 use std::time::Duration;
 
-use common::{can_run_containers, free_port, Daemon};
+use common::{free_port, require, Daemon, CONTAINERS};
 
 #[test]
 fn lifecycle_and_invalid_transitions() {
-    if !can_run_containers("lifecycle_and_invalid_transitions") {
+    if !require("lifecycle_and_invalid_transitions", CONTAINERS) {
         return;
     }
     let d = Daemon::start();
@@ -45,6 +45,9 @@ fn lifecycle_and_invalid_transitions() {
     std::thread::sleep(Duration::from_millis(600));
     assert_eq!(d.ok(&["container", "logs", "counter"]).lines().count(), before, "paused container kept logging");
     d.ok(&["container", "resume", "counter"]);
+    // resuming what runs is a conflict that says why (it answered 500 once)
+    let err = d.fails(&["container", "resume", "counter"], 4);
+    assert!(err.contains("it is running, not paused"), "{err}");
     std::thread::sleep(Duration::from_millis(600));
     assert!(d.ok(&["container", "logs", "counter"]).lines().count() > before, "resumed container did not log");
 
@@ -74,7 +77,7 @@ fn pid_is_not(pid: u64) -> bool {
 
 #[test]
 fn sigterm_stops_a_cooperative_container_quickly() {
-    if !can_run_containers("sigterm_stops_a_cooperative_container_quickly") {
+    if !require("sigterm_stops_a_cooperative_container_quickly", CONTAINERS) {
         return;
     }
     let d = Daemon::start();
@@ -101,7 +104,7 @@ fn sigterm_stops_a_cooperative_container_quickly() {
 
 #[test]
 fn run_returns_exit_codes_like_docker() {
-    if !can_run_containers("run_returns_exit_codes_like_docker") {
+    if !require("run_returns_exit_codes_like_docker", CONTAINERS) {
         return;
     }
     let d = Daemon::start();
@@ -120,7 +123,7 @@ fn run_returns_exit_codes_like_docker() {
 
 #[test]
 fn memory_hog_is_oom_killed_and_reported() {
-    if !can_run_containers("memory_hog_is_oom_killed_and_reported") {
+    if !require("memory_hog_is_oom_killed_and_reported", CONTAINERS) {
         return;
     }
     let d = Daemon::start();
@@ -151,7 +154,7 @@ fn memory_hog_is_oom_killed_and_reported() {
 
 #[test]
 fn limits_reach_the_cgroup_and_pids_are_bounded() {
-    if !can_run_containers("limits_reach_the_cgroup_and_pids_are_bounded") {
+    if !require("limits_reach_the_cgroup_and_pids_are_bounded", CONTAINERS) {
         return;
     }
     let d = Daemon::start();
@@ -196,7 +199,7 @@ fn limits_reach_the_cgroup_and_pids_are_bounded() {
 
 #[test]
 fn containers_are_hardened() {
-    if !can_run_containers("containers_are_hardened") {
+    if !require("containers_are_hardened", CONTAINERS) {
         return;
     }
     let d = Daemon::start();
@@ -225,7 +228,7 @@ fn containers_are_hardened() {
 
 #[test]
 fn ports_health_checks_and_templates() {
-    if !can_run_containers("ports_health_checks_and_templates") {
+    if !require("ports_health_checks_and_templates", CONTAINERS) {
         return;
     }
     let d = Daemon::start();
@@ -307,7 +310,7 @@ fn ports_health_checks_and_templates() {
 
 #[test]
 fn restart_policy_restarts_with_backoff_then_gives_up() {
-    if !can_run_containers("restart_policy_restarts_with_backoff_then_gives_up") {
+    if !require("restart_policy_restarts_with_backoff_then_gives_up", CONTAINERS) {
         return;
     }
     let d = Daemon::start();
@@ -354,7 +357,7 @@ fn restart_policy_restarts_with_backoff_then_gives_up() {
 
 #[test]
 fn logs_tail_since_follow_and_config() {
-    if !can_run_containers("logs_tail_since_follow_and_config") {
+    if !require("logs_tail_since_follow_and_config", CONTAINERS) {
         return;
     }
     let d = Daemon::start();
@@ -389,7 +392,7 @@ fn logs_tail_since_follow_and_config() {
 
 #[test]
 fn deploy_from_file_is_all_or_nothing() {
-    if !can_run_containers("deploy_from_file_is_all_or_nothing") {
+    if !require("deploy_from_file_is_all_or_nothing", CONTAINERS) {
         return;
     }
     let d = Daemon::start();

@@ -5,11 +5,11 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{can_run_containers, Daemon};
+use common::{require, Daemon, CONTAINERS};
 
 #[test]
 fn containers_outlive_a_daemon_crash_and_are_readopted() {
-    if !can_run_containers("containers_outlive_a_daemon_crash_and_are_readopted") {
+    if !require("containers_outlive_a_daemon_crash_and_are_readopted", CONTAINERS) {
         return;
     }
     let mut d = Daemon::start();
@@ -58,7 +58,7 @@ fn last_tick(s: &str) -> u64 {
 
 #[test]
 fn sigterm_shuts_the_daemon_down_cleanly_and_leaves_containers_running() {
-    if !can_run_containers("sigterm_shuts_the_daemon_down_cleanly_and_leaves_containers_running") {
+    if !require("sigterm_shuts_the_daemon_down_cleanly_and_leaves_containers_running", CONTAINERS) {
         return;
     }
     let mut d = Daemon::start();
@@ -84,7 +84,7 @@ fn sigterm_shuts_the_daemon_down_cleanly_and_leaves_containers_running() {
 
 #[test]
 fn kill9_during_a_burst_of_creates_loses_nothing_acknowledged() {
-    if !can_run_containers("kill9_during_a_burst_of_creates_loses_nothing_acknowledged") {
+    if !require("kill9_during_a_burst_of_creates_loses_nothing_acknowledged", CONTAINERS) {
         return;
     }
     let mut d = Daemon::start();

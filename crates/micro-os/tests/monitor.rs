@@ -7,7 +7,7 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::Daemon;
+use common::{Daemon, Need};
 
 /// A daemon that samples twice a second.
 fn daemon(alerts: serde_json::Value) -> Daemon {
@@ -41,7 +41,7 @@ fn sample_until(d: &Daemon, name: &str, what: &str, pred: impl Fn(&serde_json::V
 
 #[test]
 fn cpu_memory_and_traffic_of_real_workloads_show() {
-    if !common::can_run_containers("cpu_memory_and_traffic_of_real_workloads_show") {
+    if !common::require("cpu_memory_and_traffic_of_real_workloads_show", common::VMS) {
         return;
     }
     let d = daemon(serde_json::json!([]));
@@ -116,7 +116,10 @@ fn cpu_memory_and_traffic_of_real_workloads_show() {
     assert_eq!(s["memory_limit_bytes"], 128u64 << 20, "{s}");
     assert!(s["memory_bytes"].as_u64().unwrap() < 100 << 20, "{s}");
     let s = sample_until(&d, "talker", "its traffic", |s| s["net_tx_bytes"].as_u64().unwrap() > 2 << 20);
-    assert!(s["net_tx_packets"].as_u64().unwrap() > 1000, "{s}");
+    // at least a packet per 64 KiB, the largest segment the veth's offload makes (a CI
+    // run counted 552 packets for 3 MB, so not one per 1500-byte frame)
+    let (bytes, packets) = (s["net_tx_bytes"].as_u64().unwrap(), s["net_tx_packets"].as_u64().unwrap());
+    assert!(packets >= bytes / 65536, "{s}");
     // the VM counts what runs in it
     let v = sample_until(&d, "talker-vm", "its traffic", |s| s["net_tx_bytes"].as_u64().unwrap() > 2 << 20);
     assert_eq!(v["memory_limit_bytes"], 128u64 << 20, "{v}");
@@ -214,7 +217,7 @@ fn an_export_holds_exactly_the_samples_of_its_range() {
 
 #[test]
 fn an_alert_fires_when_a_container_is_killed_repeatedly_and_resolves_after() {
-    if !common::can_run_containers("an_alert_fires_when_a_container_is_killed_repeatedly_and_resolves_after") {
+    if !common::require("an_alert_fires_when_a_container_is_killed_repeatedly_and_resolves_after", common::CONTAINERS) {
         return;
     }
     let rule = serde_json::json!([{
@@ -283,8 +286,7 @@ fn an_alert_fires_when_a_container_is_killed_repeatedly_and_resolves_after() {
 
 #[test]
 fn the_live_view_renders_in_a_terminal_and_quits_on_q() {
-    if Command::new("script").arg("--version").output().is_err() {
-        eprintln!("SKIP the_live_view_renders_in_a_terminal_and_quits_on_q: needs script (util-linux) for a pty");
+    if !common::require("the_live_view_renders_in_a_terminal_and_quits_on_q", &[Need::Script]) {
         return;
     }
     let d = daemon(serde_json::json!([]));
@@ -335,8 +337,7 @@ fn metrics_pass_promtool() {
     assert!(v1.contains("# TYPE micro_os_host_cpu_percent gauge"));
     let anon = ureq::get(&format!("{}/metrics", d.url())).call();
     assert!(matches!(anon, Err(ureq::Error::Status(401, _))));
-    if Command::new("promtool").arg("--version").output().is_err() {
-        eprintln!("SKIP promtool check in metrics_pass_promtool: needs promtool (Debian's prometheus package)");
+    if !common::require("metrics_pass_promtool (its promtool check)", &[Need::Promtool]) {
         return;
     }
     let mut p = Command::new("promtool")
@@ -358,17 +359,25 @@ fn metrics_pass_promtool() {
 
 #[test]
 fn self_checks_and_the_daemons_own_log() {
-    if !common::can_run_containers("self_checks_and_the_daemons_own_log") {
+    if !common::require("self_checks_and_the_daemons_own_log", common::VMS) {
         return;
     }
     let d = daemon(serde_json::json!([]));
     let out = d.ok(&["test", "integration", "--components", "all"]);
     let lines: Vec<&str> = out.lines().collect();
-    assert_eq!(lines.len(), 9, "one line per component: {out}");
-    assert!(lines.iter().all(|l| l.starts_with("PASS ")), "{out}");
-    for c in ["api", "store", "runtime", "vms", "containers", "net", "monitor", "circuit", "ai"] {
-        assert!(lines.iter().any(|l| l.split_whitespace().nth(1) == Some(c)), "{c} missing: {out}");
+    assert_eq!(lines.len(), 10, "one line per component: {out}");
+    let verdict = |c: &str| lines.iter().find(|l| l.split_whitespace().nth(1) == Some(c)).map(|l| &l[..4]);
+    for c in ["api", "store", "runtime", "vms", "containers", "net", "monitor"] {
+        assert_eq!(verdict(c), Some("PASS"), "{c}: {out}");
     }
+    // nothing is configured for them yet: skipped, not passed
+    for c in ["circuit", "chain", "ai"] {
+        assert_eq!(verdict(c), Some("SKIP"), "{c}: {out}");
+    }
+    assert!(out.contains("not configured"), "{out}");
+    let health = d.ok(&["monitor", "health", "--components", "ai", "--format", "json"]);
+    let h: serde_json::Value = serde_json::from_str(&health).unwrap();
+    assert_eq!(h["components"][0]["configured"], false, "{h}");
     // it cleans up after itself
     assert!(d.names().is_empty(), "{:?}", d.names());
     assert_eq!(d.ok(&["vm", "list", "--format", "json"]).trim(), "[]");

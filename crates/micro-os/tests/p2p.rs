@@ -118,7 +118,7 @@ fn hosts_connect_and_exchange_signed_messages() {
 
 #[test]
 fn vms_are_peers_that_exchange_every_message_type() {
-    if !common::can_run_containers("vms_are_peers_that_exchange_every_message_type") {
+    if !common::require("vms_are_peers_that_exchange_every_message_type", common::VMS) {
         return;
     }
     let d = Daemon::start();
@@ -236,14 +236,10 @@ fn vms_are_peers_that_exchange_every_message_type() {
 
 #[test]
 fn a_js_libp2p_peer_identifies_and_pings() {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/interop/js");
-    let node = std::process::Command::new("node").arg("--version").output().is_ok_and(|o| o.status.success());
-    if !node || !dir.join("node_modules/libp2p").exists() {
-        eprintln!(
-            "SKIP a_js_libp2p_peer_identifies_and_pings: needs node and `npm ci` in tests/interop/js (scripts/test.sh does it)"
-        );
+    if !common::require("a_js_libp2p_peer_identifies_and_pings", &[common::Need::Npm]) {
         return;
     }
+    let dir = common::interop_dir();
     let d = Daemon::prepared("127.0.0.1");
     let mut d = d;
     d.spawn();
@@ -273,7 +269,7 @@ fn a_js_libp2p_peer_identifies_and_pings() {
 
 #[test]
 fn ctrl_overtakes_a_data_flood() {
-    if !common::can_run_containers("ctrl_overtakes_a_data_flood") {
+    if !common::require("ctrl_overtakes_a_data_flood", common::VMS) {
         return;
     }
     let d = Daemon::start();

@@ -5,22 +5,11 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{can_run_containers, Daemon};
-
-fn can_run_vms(test: &str) -> bool {
-    if !can_run_containers(test) {
-        return false;
-    }
-    let ip = std::process::Command::new("ip").arg("-V").output().is_ok_and(|o| o.status.success());
-    if !ip {
-        eprintln!("SKIP {test}: needs iproute2's ip");
-    }
-    ip
-}
+use common::{require, Daemon, Need, QEMU, VMS};
 
 #[test]
 fn two_vms_reach_each_other_and_not_the_host_api() {
-    if !can_run_vms("two_vms_reach_each_other_and_not_the_host_api") {
+    if !require("two_vms_reach_each_other_and_not_the_host_api", VMS) {
         return;
     }
     let d = Daemon::start();
@@ -85,7 +74,7 @@ fn two_vms_reach_each_other_and_not_the_host_api() {
 
 #[test]
 fn vm_memory_limit_bounds_what_runs_in_it() {
-    if !can_run_vms("vm_memory_limit_bounds_what_runs_in_it") {
+    if !require("vm_memory_limit_bounds_what_runs_in_it", VMS) {
         return;
     }
     let d = Daemon::start();
@@ -123,7 +112,7 @@ fn vm_memory_limit_bounds_what_runs_in_it() {
 
 #[test]
 fn pause_freezes_the_whole_vm() {
-    if !can_run_vms("pause_freezes_the_whole_vm") {
+    if !require("pause_freezes_the_whole_vm", VMS) {
         return;
     }
     let d = Daemon::start();
@@ -159,7 +148,7 @@ fn pause_freezes_the_whole_vm() {
 
 #[test]
 fn stop_is_graceful_unless_forced() {
-    if !can_run_vms("stop_is_graceful_unless_forced") {
+    if !require("stop_is_graceful_unless_forced", VMS) {
         return;
     }
     let d = Daemon::start();
@@ -190,7 +179,7 @@ fn stop_is_graceful_unless_forced() {
 
 #[test]
 fn vms_outlive_a_daemon_crash() {
-    if !can_run_vms("vms_outlive_a_daemon_crash") {
+    if !require("vms_outlive_a_daemon_crash", VMS) {
         return;
     }
     let mut d = Daemon::start();
@@ -221,7 +210,7 @@ fn vms_outlive_a_daemon_crash() {
 
 #[test]
 fn bad_vm_input_is_refused_and_changes_nothing() {
-    if !can_run_vms("bad_vm_input_is_refused_and_changes_nothing") {
+    if !require("bad_vm_input_is_refused_and_changes_nothing", &[Need::Busybox]) {
         return;
     }
     let d = Daemon::start();
@@ -230,6 +219,11 @@ fn bad_vm_input_is_refused_and_changes_nothing() {
         (&["vm", "create", "--name", "a", "--memory", "0"], 2, "memory 0 MiB is too small"),
         (&["vm", "create", "--name", "a", "--memory", "99999999"], 2, "more than this host has"),
         (&["vm", "create", "--name", "a", "--memory", "64", "--cpu", "64"], 2, "cpu 64"),
+        (
+            &["vm", "create", "--name", "a", "--memory", "64", "--cpu", "0.0000001"],
+            2,
+            "cpu 0.0000001 is below the minimum 0.01 (try 0.5 or 2)",
+        ),
         (&["vm", "create", "--name", "a", "--memory", "64", "--image", "nope"], 3, "image \"nope\" not found"),
         (&["vm", "create", "--name", "a", "--memory", "64", "--driver", "xen"], 2, "driver \"xen\" is unknown"),
         (&["vm", "create", "--name", "taken", "--memory", "64"], 4, "already exists"),
@@ -260,11 +254,16 @@ fn bad_vm_input_is_refused_and_changes_nothing() {
         .unwrap();
     d.ok(&["vm", "create", "--from-file", file.to_str().unwrap()]);
     assert_ne!(d.vm("x1")["address"], d.vm("x2")["address"]);
+    // the smallest CPU is accepted, and tables round it
+    d.ok(&["vm", "create", "--name", "sliver", "--memory", "64", "--cpu", "0.0125"]);
+    let list = d.ok(&["vm", "list"]);
+    let row = list.lines().find(|l| l.contains("sliver")).unwrap();
+    assert!(row.contains(" 0.01 ") && !row.contains("0.0125"), "{list}");
 }
 
 #[test]
 fn a_dead_agent_is_reported_and_restarted_per_policy() {
-    if !can_run_vms("a_dead_agent_is_reported_and_restarted_per_policy") {
+    if !require("a_dead_agent_is_reported_and_restarted_per_policy", VMS) {
         return;
     }
     let d = Daemon::start();
@@ -293,16 +292,7 @@ fn a_dead_agent_is_reported_and_restarted_per_policy() {
 #[test]
 fn qemu_guest_boots_reports_ready_pauses_and_resumes() {
     let test = "qemu_guest_boots_reports_ready_pauses_and_resumes";
-    if !can_run_vms(test) {
-        return;
-    }
-    let qemu =
-        std::process::Command::new("qemu-system-x86_64").arg("--version").output().is_ok_and(|o| o.status.success());
-    let kernel = std::fs::read_dir("/boot")
-        .map(|rd| rd.flatten().any(|e| e.file_name().to_string_lossy().starts_with("vmlinuz-")))
-        .unwrap_or(false);
-    if !(qemu && kernel) {
-        eprintln!("SKIP {test}: needs qemu-system-x86 ({qemu}) and linux-image-amd64 in /boot ({kernel})");
+    if !require(test, &[VMS, QEMU].concat()) {
         return;
     }
     let d = Daemon::start();
@@ -351,7 +341,7 @@ fn qemu_guest_boots_reports_ready_pauses_and_resumes() {
 
 #[test]
 fn vms_cannot_use_an_api_that_listens_beyond_loopback() {
-    if !can_run_vms("vms_cannot_use_an_api_that_listens_beyond_loopback") {
+    if !require("vms_cannot_use_an_api_that_listens_beyond_loopback", VMS) {
         return;
     }
     let d = Daemon::start_on("0.0.0.0");

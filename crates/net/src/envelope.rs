@@ -208,12 +208,21 @@ impl Envelope {
     }
 
     /// Parses wire bytes; never panics, whatever the input.
-    pub fn decode(bytes: &[u8]) -> Result<Envelope, String> {
+    pub fn decode(bytes: &[u8]) -> Result<Envelope, DecodeError> {
         if bytes.len() > MAX_WIRE_BYTES {
-            return Err(format!("envelope of {} bytes is over the {MAX_WIRE_BYTES}-byte limit", bytes.len()));
+            return Err(DecodeError::TooLarge(bytes.len()));
         }
-        serde_json::from_slice(bytes).map_err(|e| format!("envelope is not valid: {e}"))
+        serde_json::from_slice(bytes).map_err(|e| DecodeError::Invalid(e.to_string()))
     }
+}
+
+/// Why wire bytes are not an envelope.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("envelope of {0} bytes is over the {MAX_WIRE_BYTES}-byte limit")]
+    TooLarge(usize),
+    #[error("envelope is not valid: {0}")]
+    Invalid(String),
 }
 
 /// The public key inside an ed25519 peer id (identity multihash), if there is one.

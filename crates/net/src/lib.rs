@@ -10,5 +10,5 @@
 pub mod envelope;
 pub mod verify;
 
-pub use envelope::{Delegation, Envelope, MessageType, Payload};
+pub use envelope::{DecodeError, Delegation, Envelope, MessageType, Payload};
 pub use verify::{FileNonces, MemoryNonces, NonceStore, Rejection, Verifier};

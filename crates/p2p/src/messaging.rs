@@ -69,7 +69,7 @@ impl Node {
                     .map_err(|r| r.to_string())
             }
             (Ok(_), _) => Err("broadcast author is not the envelope's sender".to_string()),
-            (Err(e), _) => Err(e),
+            (Err(e), _) => Err(e.to_string()),
         };
         match verdict {
             Ok(env) => {

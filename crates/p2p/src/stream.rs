@@ -251,7 +251,9 @@ async fn take(
         Ok((got, hex128(sum)))
     }
     .await;
-    if let Some((f, partial)) = keep {
+    if let Some((mut f, partial)) = keep {
+        // a tokio File writes in the background: wait for the last write before the rename
+        let _ = tokio::io::AsyncWriteExt::flush(&mut f).await;
         drop(f);
         match (&body, header.name.as_deref().and_then(|n| Path::new(n).file_name())) {
             (Ok(_), Some(name)) => {

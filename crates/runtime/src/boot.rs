@@ -39,12 +39,12 @@ pub fn host_kernel() -> Result<(PathBuf, PathBuf)> {
         .unwrap_or_default();
     kernels.sort();
     let kernel = kernels.pop().ok_or_else(|| {
-        Error::Other("no kernel in /boot (install Debian's linux-image-amd64 for qemu guests)".into())
+        Error::Missing("no kernel in /boot (install Debian's linux-image-amd64 for qemu guests)".into())
     })?;
     let version = kernel.file_name().unwrap().to_string_lossy().trim_start_matches("vmlinuz-").to_string();
     let modules = Path::new("/lib/modules").join(&version);
     if !modules.join("modules.dep").exists() {
-        return Err(Error::Other(format!(
+        return Err(Error::Missing(format!(
             "{} has no modules.dep (reinstall linux-image-{version})",
             modules.display()
         )));
@@ -99,7 +99,7 @@ fn run(cmd: &mut Command, what: &str) -> Result<()> {
     if out.status.success() {
         Ok(())
     } else {
-        Err(Error::Other(format!("{what}: {}", String::from_utf8_lossy(&out.stderr).trim())))
+        Err(Error::Failed(format!("{what}: {}", String::from_utf8_lossy(&out.stderr).trim())))
     }
 }
 
@@ -173,7 +173,7 @@ fn cpio(dir: &Path, out: fs::File) -> Result<()> {
         .status()
         .context(|| "run cpio (apt-get install cpio)".into())?;
     if !status.success() {
-        return Err(Error::Other("cpio failed to write an initramfs".into()));
+        return Err(Error::Failed("cpio failed to write an initramfs".into()));
     }
     Ok(())
 }

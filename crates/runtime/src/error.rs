@@ -21,8 +21,15 @@ pub enum Error {
         beside.display()
     )]
     AgentMissing { beside: PathBuf, from_env: Option<PathBuf> },
+    /// Bad input: a name, an address or a setting the caller must fix.
     #[error("{0}")]
-    Other(String),
+    Invalid(String),
+    /// The host lacks something (a kernel, a package); the message says what to install.
+    #[error("{0}")]
+    Missing(String),
+    /// An operation failed on the host (a command, a mount, a spawn).
+    #[error("{0}")]
+    Failed(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -32,19 +32,19 @@ fn ip_batch(netns: Option<&str>, script: &str) -> Result<()> {
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| Error::Other(format!("run ip (install iproute2): {e}")))?;
-    child.stdin.take().expect("piped").write_all(script.as_bytes()).map_err(|e| Error::Other(e.to_string()))?;
-    let out = child.wait_with_output().map_err(|e| Error::Other(e.to_string()))?;
+        .map_err(|e| Error::Missing(format!("run ip (install iproute2): {e}")))?;
+    child.stdin.take().expect("piped").write_all(script.as_bytes()).map_err(|e| Error::Failed(e.to_string()))?;
+    let out = child.wait_with_output().map_err(|e| Error::Failed(e.to_string()))?;
     if out.status.success() {
         Ok(())
     } else {
-        Err(Error::Other(format!("ip: {}", String::from_utf8_lossy(&out.stderr).trim())))
+        Err(Error::Failed(format!("ip: {}", String::from_utf8_lossy(&out.stderr).trim())))
     }
 }
 
 impl Fabric {
     pub fn parse(bridge: &str, subnet: &str) -> Result<Fabric> {
-        let bad = || Error::Other(format!("vm subnet {subnet:?} is not an IPv4 CIDR (try 10.88.0.0/16)"));
+        let bad = || Error::Invalid(format!("vm subnet {subnet:?} is not an IPv4 CIDR (try 10.88.0.0/16)"));
         let (net, prefix) = subnet.split_once('/').ok_or_else(bad)?;
         let network: Ipv4Addr = net.parse().map_err(|_| bad())?;
         let prefix: u8 = prefix.parse().map_err(|_| bad())?;
@@ -56,7 +56,7 @@ impl Fabric {
             return Err(bad());
         }
         if bridge.is_empty() || bridge.len() > 15 {
-            return Err(Error::Other(format!("bridge name {bridge:?} must have 1 to 15 characters")));
+            return Err(Error::Invalid(format!("bridge name {bridge:?} must have 1 to 15 characters")));
         }
         Ok(Fabric { bridge: bridge.into(), network, prefix })
     }
@@ -98,11 +98,11 @@ impl Fabric {
     /// with `addr`; `host_if` is the host end's name.
     pub fn attach(&self, name: &str, host_if: &str, addr: Ipv4Addr) -> Result<PathBuf> {
         let path = Self::netns_path(name);
-        std::fs::create_dir_all("/run/netns").map_err(|e| Error::Other(format!("/run/netns: {e}")))?;
+        std::fs::create_dir_all("/run/netns").map_err(|e| Error::Failed(format!("/run/netns: {e}")))?;
         if path.exists() {
             crate::netns::remove(&path);
         }
-        crate::netns::create(&path).map_err(|e| Error::Other(format!("create netns {name}: {e}")))?;
+        crate::netns::create(&path).map_err(|e| Error::Failed(format!("create netns {name}: {e}")))?;
         let _ = ip_batch(None, &format!("link del {host_if}\n"));
         let result = ip_batch(
             None,

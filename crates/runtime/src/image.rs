@@ -63,12 +63,13 @@ pub fn validate_image_name(name: &str) -> Result<()> {
     if ok {
         Ok(())
     } else {
-        Err(Error::Other(format!(
+        Err(Error::Invalid(format!(
             "image name {name:?} is not valid (use letters, digits, '-', '_', '.' or ':', e.g. busybox or node:1.2)"
         )))
     }
 }
 
+#[derive(Debug, Clone)]
 pub struct ImageStore {
     root: PathBuf,
 }

@@ -15,8 +15,10 @@ pub mod fabric;
 pub mod image;
 pub mod logs;
 pub mod netns;
+pub mod pidwait;
 pub mod procfs;
 pub mod runc;
 pub mod shim;
+pub mod workload;
 
-pub use error::{Error, Result};
+pub use error::{Context, Error, Result};

@@ -39,12 +39,12 @@ impl Runc {
     }
 
     /// runc's version line (`runc version 1.1.5`), or why it cannot run.
-    pub fn version(&self) -> std::result::Result<String, String> {
+    pub fn version(&self) -> Result<String> {
         let out = Command::new(&self.binary)
             .arg("--version")
             .stdin(Stdio::null())
             .output()
-            .map_err(|e| format!("cannot run {}: {e}", self.binary.display()))?;
+            .map_err(|e| Error::Missing(format!("cannot run {} (install runc): {e}", self.binary.display())))?;
         let text = String::from_utf8_lossy(&out.stdout);
         let first = text.lines().next().unwrap_or_default();
         Ok(first.rsplit(' ').next().unwrap_or(first).to_string())
@@ -77,14 +77,14 @@ impl Runc {
         let dir = tempfile_dir(&self.root)?;
         let out_path = dir.join(format!("exec-{}-{}.out", id, std::process::id()));
         let out = std::fs::File::create(&out_path)
-            .map_err(|e| Error::Other(format!("exec output {}: {e}", out_path.display())))?;
+            .map_err(|e| Error::Failed(format!("exec output {}: {e}", out_path.display())))?;
         let mut child = self
             .command()
             .arg("exec")
             .arg(id)
             .args(args)
             .stdin(Stdio::null())
-            .stdout(out.try_clone().map_err(|e| Error::Other(e.to_string()))?)
+            .stdout(out.try_clone().map_err(|e| Error::Failed(e.to_string()))?)
             .stderr(out)
             .spawn()
             .map_err(|e| Error::Runc { action: "exec".into(), id: id.into(), msg: e.to_string() })?;
@@ -110,7 +110,7 @@ impl Runc {
 
 fn tempfile_dir(root: &Path) -> Result<PathBuf> {
     let d = root.join("tmp");
-    std::fs::create_dir_all(&d).map_err(|e| Error::Other(format!("{}: {e}", d.display())))?;
+    std::fs::create_dir_all(&d).map_err(|e| Error::Failed(format!("{}: {e}", d.display())))?;
     Ok(d)
 }
 

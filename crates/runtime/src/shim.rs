@@ -116,13 +116,13 @@ pub fn spawn(exe: &Path, state_dir: &Path) -> Result<(u32, u32)> {
     use std::ffi::CString;
     use std::os::unix::ffi::OsStrExt;
 
-    let err = |what: &str, e: nix::Error| Error::Other(format!("start shim: {what}: {e}"));
+    let err = |what: &str, e: nix::Error| Error::Failed(format!("start shim: {what}: {e}"));
     let (r, w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| err("pipe", e))?;
     // keep the write end off fd 3 itself: dup2(3, 3) would leave it close-on-exec
     let w = nix::fcntl::fcntl(&w, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(10)).map_err(|e| err("dup", e))?;
     // SAFETY: F_DUPFD_CLOEXEC returned a new descriptor that nothing else owns.
     let w = unsafe { OwnedFd::from_raw_fd(w) };
-    let cstr = |b: &[u8]| CString::new(b).map_err(|_| Error::Other("start shim: path has a NUL byte".into()));
+    let cstr = |b: &[u8]| CString::new(b).map_err(|_| Error::Failed("start shim: path has a NUL byte".into()));
     let log = cstr(state_dir.join("shim.log").as_os_str().as_bytes())?;
     let mut actions = PosixSpawnFileActions::init().map_err(|e| err("file actions", e))?;
     actions.add_open(0, c"/dev/null", OFlag::O_RDONLY, Mode::empty()).map_err(|e| err("stdin", e))?;
@@ -145,16 +145,16 @@ pub fn spawn(exe: &Path, state_dir: &Path) -> Result<(u32, u32)> {
     BufReader::new(File::from(r)).read_line(&mut line).context(|| "read shim report".into())?;
     let line = line.trim();
     if let Some(pid) = line.strip_prefix("ok ") {
-        let pid = pid.parse().map_err(|_| Error::Other(format!("shim reported {line:?}")))?;
+        let pid = pid.parse().map_err(|_| Error::Failed(format!("shim reported {line:?}")))?;
         return Ok((shim_pid, pid));
     }
     // the shim has failed and is exiting: do not leave a zombie
     let _ = waitpid(shim, None);
     if let Some(msg) = line.strip_prefix("err ") {
-        return Err(Error::Other(msg.to_string()));
+        return Err(Error::Failed(msg.to_string()));
     }
     let log = fs::read_to_string(state_dir.join("shim.log")).unwrap_or_default();
-    Err(Error::Other(format!("shim exited without a report: {}", log.trim())))
+    Err(Error::Failed(format!("shim exited without a report: {}", log.trim())))
 }
 
 /// Reaps an exited shim if it is this process's child (it is not after a restart).
@@ -243,7 +243,7 @@ fn mount_rootfs(cfg: &ShimConfig) -> Result<()> {
     let opts =
         format!("lowerdir={},upperdir={},workdir={}", cfg.lower.display(), cfg.upper().display(), cfg.work().display());
     mount(Some("overlay"), &merged, Some("overlay"), MsFlags::empty(), Some(opts.as_str()))
-        .map_err(|e| Error::Other(format!("mount overlay root at {}: {e}", merged.display())))
+        .map_err(|e| Error::Failed(format!("mount overlay root at {}: {e}", merged.display())))
 }
 
 /// Writes one timed step to the shim's own log (its stderr), for operators and profiling.
@@ -267,7 +267,7 @@ fn start(cfg: &ShimConfig, runc: &Runc, state_dir: &Path) -> Result<Started> {
         let _ = runc.delete(&cfg.id, true);
         step(t0, "stale delete");
     }
-    nix::sys::prctl::set_child_subreaper(true).map_err(|e| Error::Other(format!("subreaper: {e}")))?;
+    nix::sys::prctl::set_child_subreaper(true).map_err(|e| Error::Failed(format!("subreaper: {e}")))?;
 
     let log = Arc::new(Mutex::new(
         OpenOptions::new()
@@ -309,12 +309,12 @@ fn start(cfg: &ShimConfig, runc: &Runc, state_dir: &Path) -> Result<Started> {
     let pid: u32 = fs::read_to_string(&pid_file)
         .ok()
         .and_then(|s| s.trim().parse().ok())
-        .ok_or_else(|| Error::Other(format!("runc wrote no pid to {}", pid_file.display())))?;
+        .ok_or_else(|| Error::Failed(format!("runc wrote no pid to {}", pid_file.display())))?;
     let ns = cfg.netns.clone().unwrap_or_else(|| netns::ns_path(pid));
     let published = (|| {
         for p in &cfg.ports {
             if p.protocol == Protocol::Udp {
-                return Err(Error::Other(format!("port {p}: udp forwarding is not supported yet (use tcp)")));
+                return Err(Error::Invalid(format!("port {p}: udp forwarding is not supported yet (use tcp)")));
             }
             let listener = TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, p.host)))
                 .context(|| format!("publish port {p}: host port {} is not free", p.host))?;
@@ -346,7 +346,7 @@ fn cleanup(cfg: &ShimConfig, runc: &Runc) {
 }
 
 fn pipe() -> Result<(OwnedFd, OwnedFd)> {
-    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| Error::Other(format!("pipe: {e}")))
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| Error::Failed(format!("pipe: {e}")))
 }
 
 /// Reaps children until `pid` exits; returns its exit code (128+N for signal N).

@@ -8,7 +8,7 @@ const AFTER_HELP: &str = "\
 Examples:
   micro-os init --config basic_config.json
   micro-os daemon
-  micro-os container create --name web --template busybox-httpd --port 8080:80/tcp
+  micro-os container create --name web --template busybox-httpd --port 8081:80/tcp
   micro-os container start --name web
   micro-os container logs --name web --follow
   micro-os container run --rm --image busybox -- echo hello
@@ -175,7 +175,7 @@ pub struct CreateArgs {
 pub enum ContainerCmd {
     /// Create a container (it does not start until `container start`).
     #[command(
-        after_help = "Examples:\n  micro-os container create --name my-node --template blockchain-full-node\n  micro-os container create --name web --image busybox --resources cpu=0.5,memory=64M -- httpd -f -p 80\n  micro-os container create --name w2 --template busybox-httpd --port 8080:80/tcp --restart on-failure:3"
+        after_help = "Examples:\n  micro-os container create --name my-node --template blockchain-full-node\n  micro-os container create --name web --image busybox --resources cpu=0.5,memory=64M -- httpd -f -p 80\n  micro-os container create --name w2 --template busybox-httpd --port 8081:80/tcp --restart on-failure:3"
     )]
     Create(CreateArgs),
     /// Create, start and wait for a container, like `docker run`; exits with its code.

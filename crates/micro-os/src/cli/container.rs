@@ -6,7 +6,7 @@ use micro_os_core::{Container, HealthCheck, HealthProbe, PortMapping, Resources,
 
 use super::args::{ContainerCmd, CreateArgs, NameArg};
 use super::client::{exit, seg, CliError, CliResult, Client};
-use super::output::{ago, print, table};
+use super::output::{ago, cores, print, table};
 
 fn bad(e: impl std::fmt::Display) -> CliError {
     CliError::usage(e.to_string())
@@ -115,7 +115,7 @@ fn inspect_table(c: &Container) -> String {
             "command".into(),
             if c.spec.command.is_empty() { "(image default)".into() } else { c.spec.command.join(" ") },
         ],
-        vec!["cpu".into(), r.cpu.map(|v| v.to_string()).unwrap_or_else(|| "unlimited".into())],
+        vec!["cpu".into(), r.cpu.map(cores).unwrap_or_else(|| "unlimited".into())],
         vec!["memory".into(), r.memory.map(|v| v.to_string()).unwrap_or_else(|| "unlimited".into())],
         vec!["pids".into(), r.pids.map(|v| v.to_string()).unwrap_or_else(|| "unlimited".into())],
         vec!["ports".into(), c.spec.ports.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(", ")],

@@ -127,7 +127,13 @@ fn health_table(h: &HealthReport) -> String {
     let mut out = format!("status {}\n\n", h.status);
     out.push_str(&table(
         &["COMPONENT", "STATUS", "REASON"],
-        h.components.iter().map(|c| vec![c.component.clone(), c.status.to_string(), c.reason.clone()]).collect(),
+        h.components
+            .iter()
+            .map(|c| {
+                let status = if c.configured { c.status.to_string() } else { "-".into() };
+                vec![c.component.clone(), status, c.reason.clone()]
+            })
+            .collect(),
     ));
     out.push_str("\n\n");
     if h.alerts.is_empty() {

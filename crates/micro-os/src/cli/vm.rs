@@ -3,7 +3,7 @@ use micro_os_core::{RestartPolicy, Vm};
 
 use super::args::{VmCmd, VmName};
 use super::client::{seg, CliError, CliResult, Client};
-use super::output::{ago, print, table};
+use super::output::{ago, cores, print, table};
 
 fn name_of(n: &VmName) -> CliResult<String> {
     super::pick_name(&n.positional, &n.name, "VM")
@@ -22,7 +22,7 @@ fn list_table(vs: &[Vm]) -> String {
                     format!("{:?}", v.agent).to_lowercase(),
                     v.address.to_string(),
                     format!("{} MiB", v.spec.memory_mib),
-                    v.spec.cpus.to_string(),
+                    cores(v.spec.cpus),
                     ago(v.created_at),
                 ]
             })
@@ -39,7 +39,7 @@ fn inspect_table(v: &Vm) -> String {
         vec!["state".into(), v.state.to_string()],
         vec!["address".into(), v.address.to_string()],
         vec!["memory".into(), format!("{} MiB", v.spec.memory_mib)],
-        vec!["cpu".into(), v.spec.cpus.to_string()],
+        vec!["cpu".into(), cores(v.spec.cpus)],
         vec!["agent".into(), format!("{:?}", v.agent).to_lowercase()],
         vec!["peer id".into(), v.peer_id.clone().unwrap_or_else(|| "-".into())],
         vec!["pid".into(), v.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into())],

@@ -14,28 +14,11 @@ use tokio::io::AsyncBufReadExt;
 
 const ROTATE_AT: u64 = 16 << 20;
 
-/// The components `logs --component` knows, besides `all`.
-pub const COMPONENTS: &[&str] = &["api", "runtime", "net", "monitor", "store", "circuit", "ai"];
 const LEVELS: &[&str] = &["trace", "debug", "info", "warn", "error"];
 
 /// Which component an event's target belongs to.
 pub fn component_of(target: &str) -> &'static str {
-    let t = target;
-    if t.starts_with("micro_os_api") || t.starts_with("tower_http") || t.starts_with("hyper") || t.starts_with("axum") {
-        "api"
-    } else if t.starts_with("micro_os_p2p") || t.starts_with("libp2p") || t.starts_with("micro_os_net") {
-        "net"
-    } else if t.starts_with("micro_os::daemon::monitor") || t.starts_with("micro_os_monitor") {
-        "monitor"
-    } else if t.starts_with("micro_os_store") || t.starts_with("rusqlite") {
-        "store"
-    } else if t.contains("circuit") || t.starts_with("openraft") {
-        "circuit"
-    } else if t.contains("::ai") || t.starts_with("micro_os_ai") {
-        "ai"
-    } else {
-        "runtime"
-    }
+    super::components::of_target(target)
 }
 
 /// Appends to the log file, rotating it when it grows past `ROTATE_AT`.
@@ -85,8 +68,9 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Journal {
 
 pub fn check(q: &DaemonLogsQuery) -> Result<(), ApiError> {
     let c = q.component.as_deref().unwrap_or("all");
-    if c != "all" && !COMPONENTS.contains(&c) {
-        return Err(ApiError::bad_request(format!("component {c:?} is unknown (use all, {})", COMPONENTS.join(", "))));
+    let known = super::components::names();
+    if c != "all" && !known.contains(&c) {
+        return Err(ApiError::bad_request(format!("component {c:?} is unknown (use all, {})", known.join(", "))));
     }
     let l = q.level.as_deref().unwrap_or("info");
     if !LEVELS.contains(&l) {

@@ -1,15 +1,20 @@
 //! `micro-os daemon`: the composition root. It opens the home, the store and the image
 //! store, re-adopts running containers, and serves the REST API until SIGTERM/SIGINT.
 
+pub mod components;
+mod containers;
 mod engine;
+mod error;
 mod health;
 mod journal;
 mod logs;
 mod monitor;
 mod nonces;
-mod pidwait;
-mod qemu;
+mod supervisor;
+mod table;
 pub mod templates;
+#[cfg(test)]
+mod tests;
 mod vms;
 
 use std::sync::Arc;
@@ -53,13 +58,7 @@ fn ndjson_line(ev: &ImageEvent) -> Bytes {
 }
 
 fn image_error(e: micro_os_runtime::Error) -> ApiError {
-    use micro_os_runtime::Error as E;
-    match e {
-        E::ImageNotFound(_) => ApiError::not_found(e.to_string()),
-        E::ImageExists(_) => ApiError::conflict(e.to_string()),
-        E::BadImage { .. } | E::Other(_) => ApiError::bad_request(e.to_string()),
-        other => ApiError::internal(other.to_string()),
-    }
+    error::Error::from(e).into()
 }
 
 /// Runs an image job on a blocking thread, streaming its progress as NDJSON.
@@ -96,7 +95,7 @@ fn image_job(
 
 impl Control for Daemon {
     fn dispatch(&self, action: Action) -> BoxFuture<'_, Result<Reply, ApiError>> {
-        Box::pin(async move { self.0.dispatch(action).await })
+        Box::pin(async move { self.0.dispatch(action).await.map_err(ApiError::from) })
     }
 
     fn daemon_logs(&self, query: micro_os_api::types::DaemonLogsQuery) -> BoxFuture<'_, Result<ByteStream, ApiError>> {
@@ -108,7 +107,7 @@ impl Control for Daemon {
 
     fn logs(&self, id: String, query: LogsQuery) -> BoxFuture<'_, Result<ByteStream, ApiError>> {
         Box::pin(async move {
-            let c = self.0.find(&id)?;
+            let c = self.0.find(&id).map_err(ApiError::from)?;
             let path = self.0.home.containers().join(&c.id).join("container.log");
             Ok(logs::stream(self.0.clone(), c.id, path, query))
         })
@@ -181,8 +180,8 @@ pub fn run(home: Home, cfg: Config) -> anyhow::Result<()> {
     // stderr as configured; the journal (`micro-os logs`) with our own targets at debug
     let journal = journal::Journal::open(home.root.join("logs").join("daemon.log"));
     let journal_filter = tracing_subscriber::EnvFilter::new(
-        "info,micro_os=debug,micro_os_api=debug,micro_os_runtime=debug,micro_os_store=debug,micro_os_net=debug,\
-         micro_os_p2p=debug",
+        "info,micro_os=debug,micro_os_api=debug,micro_os_runtime=debug,micro_os_vmm=debug,micro_os_store=debug,\
+         micro_os_net=debug,micro_os_p2p=debug",
     );
     tracing_subscriber::registry()
         .with(
@@ -194,7 +193,17 @@ pub fn run(home: Home, cfg: Config) -> anyhow::Result<()> {
         .with(tracing_subscriber::fmt::layer().json().with_writer(journal).with_filter(journal_filter))
         .init();
     home.init(None)?;
+    for (component, settings) in components::settings(&cfg) {
+        tracing::debug!(target: "micro_os::daemon", "{component} settings: {settings}");
+    }
     let token = home.token()?;
+    if !nix::unistd::geteuid().is_root() {
+        // the rest works unprivileged; say once what does not, rather than refuse to start
+        tracing::warn!(
+            "not running as root: containers and VMs cannot start (runc, cgroups, mounts and the VM bridge need root); \
+             the API, the store, images, monitoring and the libp2p peer work"
+        );
+    }
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     rt.block_on(async move {
         let engine = Engine::open(home.clone(), cfg.clone())?;
@@ -240,7 +249,7 @@ pub fn run(home: Home, cfg: Config) -> anyhow::Result<()> {
             home.root.display(),
             engine.container_count()
         );
-        let deny = if cfg.vm_api_access { vec![] } else { vec![(engine.fabric.network, engine.fabric.prefix)] };
+        let deny = if cfg.vm_api_access { vec![] } else { vec![(engine.fabric().network, engine.fabric().prefix)] };
         let app = micro_os_api::router(Arc::new(Daemon(engine)), ServerConfig { token, deny });
         // small responses (a stream's last chunk) must not wait for a delayed ACK
         let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {

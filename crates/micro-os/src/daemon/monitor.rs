@@ -7,12 +7,14 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use chrono::Utc;
-use micro_os_core::metrics::{Alert, ComponentHealth, Sample, Severity, COMPONENTS};
-use micro_os_core::{ContainerState, Driver, VmState};
+use micro_os_core::metrics::{Alert, ComponentHealth, Sample, Severity};
+use micro_os_core::{ContainerState, VmState};
 use micro_os_monitor::{AlertChange, AlertEngine, Rates};
 use micro_os_runtime::{cgroup, procfs};
 
+use super::components::{self, Health};
 use super::engine::Engine;
+use super::error::{Error, Result};
 
 /// What the collector keeps between rounds.
 #[derive(Default)]
@@ -107,22 +109,18 @@ impl Engine {
         *self.monitor.latest.write().unwrap() = samples;
     }
 
-    fn collect(&self) -> Vec<Sample> {
+    pub(super) fn collect(&self) -> Vec<Sample> {
         let ts = now_ms();
         let mut out = Vec::new();
         let mut alive = HashSet::new();
         let mut rates = self.monitor.rates.lock().unwrap();
-        let containers: Vec<_> = self
-            .containers
-            .read()
-            .unwrap()
-            .values()
-            .filter(|c| matches!(c.state, ContainerState::Running | ContainerState::Paused))
-            .cloned()
-            .collect();
+        let containers =
+            self.containers.filter(|c| matches!(c.state, ContainerState::Running | ContainerState::Paused));
         for c in containers {
             let Some(pid) = c.pid else { continue };
-            let Some(st) = cgroup::stats(self.cg, &cgroup::placed_path(c.spec.vm.as_deref(), &c.id)) else { continue };
+            let Some(st) = cgroup::stats(self.cg(), &cgroup::placed_path(c.spec.vm.as_deref(), &c.id)) else {
+                continue;
+            };
             alive.insert(c.id.clone());
             let mut s = from_cgroup(ts, "container", &c.id, &c.spec.name, &st);
             s.cpu_percent = rates.cpu_percent(&c.id, st.cpu_ns, ts).unwrap_or(0.0);
@@ -143,42 +141,14 @@ impl Engine {
             }
             out.push(s);
         }
-        let vms: Vec<_> = self.vms.read().unwrap().values().filter(|v| v.state == VmState::Running).cloned().collect();
+        let vms = self.vms.filter(|v| v.state == VmState::Running);
         for v in vms {
-            let Some(pid) = v.pid else { continue };
-            let mut s = match v.spec.driver {
-                Driver::Sandbox => {
-                    let Some(st) = cgroup::stats(self.cg, &cgroup::container_path(&v.id)) else { continue };
-                    let mut s = from_cgroup(ts, "vm", &v.id, &v.spec.name, &st);
-                    s.cpu_percent = rates.cpu_percent(&v.id, st.cpu_ns, ts).unwrap_or(0.0);
-                    net(&mut s, procfs::net_of_pid(pid));
-                    s
-                }
-                Driver::Qemu => {
-                    // the guest is one qemu process: its CPU time and memory, and its tap
-                    let Some((cpu_ns, rss)) = procfs::process(pid) else { continue };
-                    let mut s = Sample {
-                        ts,
-                        kind: "vm".into(),
-                        id: v.id.clone(),
-                        name: v.spec.name.clone(),
-                        memory_bytes: rss,
-                        memory_limit_bytes: Some(v.spec.memory_mib << 20),
-                        cpu_limit_percent: Some(v.spec.cpus * 100.0),
-                        pids: 1,
-                        ..Default::default()
-                    };
-                    s.cpu_percent = rates.cpu_percent(&v.id, cpu_ns, ts).unwrap_or(0.0);
-                    // what the tap receives, the guest sent
-                    let tap = procfs::interface(&super::vms::host_if(&v.id));
-                    s.net_rx_bytes = tap.tx_bytes;
-                    s.net_tx_bytes = tap.rx_bytes;
-                    s.net_rx_packets = tap.tx_packets;
-                    s.net_tx_packets = tap.rx_packets;
-                    s
-                }
-            };
-            s.restarts = 0;
+            let Ok(driver) = self.driver(v.spec.driver) else { continue };
+            let Some(u) = driver.sample(&v) else { continue };
+            let mut s = from_cgroup(ts, "vm", &v.id, &v.spec.name, &u.stats);
+            s.cpu_percent = rates.cpu_percent(&v.id, u.stats.cpu_ns, ts).unwrap_or(0.0);
+            net(&mut s, Some(u.net));
+            s.restarts = u64::from(v.restart_count);
             alive.insert(v.id.clone());
             out.push(s);
         }
@@ -219,72 +189,24 @@ impl Engine {
         s
     }
 
-    /// The components' health and the open alerts.
-    pub async fn health(&self) -> Vec<ComponentHealth> {
-        let mut out = Vec::new();
-        let mut put = |component: &str, status: Severity, reason: String| {
-            out.push(ComponentHealth { component: component.into(), status, reason });
-        };
-        put("api", Severity::Healthy, format!("serving on {}", self.cfg.api_addr));
-        match tokio::task::block_in_place(|| self.store.alerts(true, 1)) {
-            Ok(_) => put("store", Severity::Healthy, format!("{} answers", self.home.db_path().display())),
-            Err(e) => put("store", Severity::Critical, format!("the store does not answer: {e}")),
-        }
-        match self.runc.version() {
-            Ok(v) => put("runtime", Severity::Healthy, format!("{} {v}, cgroup {:?}", self.cfg.runtime, self.cg)),
-            Err(e) => put("runtime", Severity::Critical, e),
-        }
-        let vms = self.list_vms();
-        let running = vms.iter().filter(|v| v.state == VmState::Running).count();
-        let bad: Vec<String> = vms
-            .iter()
-            .filter(|v| v.state == VmState::Running && v.agent != micro_os_core::AgentStatus::Ready)
-            .map(|v| format!("{} ({})", v.spec.name, format!("{:?}", v.agent).to_lowercase()))
-            .collect();
-        if bad.is_empty() {
-            put("vms", Severity::Healthy, format!("{running} running, agents ready"));
-        } else {
-            put("vms", Severity::Degraded, format!("agents not ready: {}", bad.join(", ")));
-        }
-        let cs: Vec<_> = self.containers.read().unwrap().values().cloned().collect();
-        let unhealthy: Vec<String> = cs
-            .iter()
-            .filter(|c| c.health.as_ref().is_some_and(|h| h.status == micro_os_core::HealthStatus::Unhealthy))
-            .map(|c| c.spec.name.clone())
-            .collect();
-        let running = cs.iter().filter(|c| c.state == ContainerState::Running).count();
-        if unhealthy.is_empty() {
-            put("containers", Severity::Healthy, format!("{running} running of {}", cs.len()));
-        } else {
-            put("containers", Severity::Degraded, format!("unhealthy: {}", unhealthy.join(", ")));
-        }
-        match self.p2p.get() {
-            Some(h) => match h.status().await {
-                Some(st) => {
-                    let connected = st.peers.iter().filter(|p| p.connected).count();
-                    let refused: u64 = st.rejections.values().sum();
-                    put("net", Severity::Healthy, format!("{connected} peers connected, {refused} messages refused"));
-                }
-                None => put("net", Severity::Critical, "the p2p layer does not answer".into()),
-            },
-            None => put("net", Severity::Critical, "the p2p layer is not running".into()),
-        }
+    /// The components' health.
+    pub async fn health(self: &Arc<Self>) -> Vec<ComponentHealth> {
+        components::health(self).await
+    }
+
+    /// The collector's own health: whether rounds keep coming, and what the last cost.
+    pub(super) fn monitor_health(&self) -> Health {
         let age = now_ms() - self.monitor.last_round.load(std::sync::atomic::Ordering::Relaxed);
         let interval_ms = (self.cfg.monitor_interval_s * 1000.0) as i64;
         if age <= 3 * interval_ms + 1000 {
             let cost = self.monitor.last_cost_us.load(std::sync::atomic::Ordering::Relaxed);
-            put(
-                "monitor",
+            Health::Is(
                 Severity::Healthy,
                 format!("sampling every {}s, last round took {cost} µs", self.cfg.monitor_interval_s),
-            );
+            )
         } else {
-            put("monitor", Severity::Degraded, format!("no samples for {} s", age / 1000));
+            Health::Is(Severity::Degraded, format!("no samples for {} s", age / 1000))
         }
-        put("circuit", Severity::Healthy, "no circuits configured".into());
-        put("ai", Severity::Healthy, "no AI modules enabled".into());
-        debug_assert!(out.iter().all(|c| COMPONENTS.contains(&c.component.as_str())));
-        out
     }
 
     /// Open alerts, newest first; `ai` for those AI modules raised.
@@ -344,15 +266,14 @@ fn net(s: &mut Sample, n: Option<procfs::NetCounters>) {
 use micro_os_api::types::{
     HealthQuery, HealthReport, HistoryQuery, PerformanceQuery, PerformanceReport, ResourcesQuery,
 };
-use micro_os_api::ApiError;
 
-fn bad(e: micro_os_core::ValidationError) -> ApiError {
-    ApiError::bad_request(e.to_string())
+fn bad(e: micro_os_core::ValidationError) -> Error {
+    Error::invalid(e.to_string())
 }
 
 impl Engine {
     /// The latest round, filtered as `monitor resources` asks.
-    pub fn resources(&self, q: &ResourcesQuery) -> Result<Vec<Sample>, ApiError> {
+    pub fn resources(&self, q: &ResourcesQuery) -> Result<Vec<Sample>> {
         let latest = self.monitor.latest.read().unwrap().clone();
         let keep: Box<dyn Fn(&Sample) -> bool> = match (&q.container, &q.vm) {
             (Some(c), _) => {
@@ -363,11 +284,9 @@ impl Engine {
                 let vm = self.find_vm(v)?.id;
                 let placed: HashSet<String> = self
                     .containers
-                    .read()
-                    .unwrap()
-                    .values()
                     .filter(|c| c.spec.vm.as_deref() == Some(vm.as_str()))
-                    .map(|c| c.id.clone())
+                    .into_iter()
+                    .map(|c| c.id)
                     .collect();
                 Box::new(move |s| s.id == vm || placed.contains(&s.id))
             }
@@ -381,7 +300,7 @@ impl Engine {
 
     /// The id samples are stored under for what a user typed: a container's or VM's name
     /// or id, or `host`.
-    fn object_id(&self, object: &str) -> Result<String, ApiError> {
+    fn object_id(&self, object: &str) -> Result<String> {
         if object == "host" {
             return Ok("host".into());
         }
@@ -390,27 +309,28 @@ impl Engine {
         }
         self.find_vm(object)
             .map(|v| v.id)
-            .map_err(|_| ApiError::not_found(format!("no container or vm {object:?} (or give host)")))
+            .map_err(|_| Error::not_found(format!("no container or vm {object:?} (or give host)")))
     }
 
-    pub fn history(&self, q: &HistoryQuery) -> Result<Vec<Sample>, ApiError> {
+    pub fn history(&self, q: &HistoryQuery) -> Result<Vec<Sample>> {
         let (from, to) = micro_os_core::metrics::parse_range(&q.from, q.to.as_deref(), now_ms()).map_err(bad)?;
         let id = q.object.as_deref().map(|o| self.object_id(o)).transpose()?;
         let query = micro_os_store::SampleQuery { from, to, id };
-        tokio::task::block_in_place(|| self.store.samples(&query)).map_err(|e| ApiError::internal(e.to_string()))
+        Ok(tokio::task::block_in_place(|| self.store.samples(&query))?)
     }
 
-    pub fn health_report(&self, q: &HealthQuery, components: Vec<ComponentHealth>) -> Result<HealthReport, ApiError> {
+    pub fn health_report(&self, q: &HealthQuery, components: Vec<ComponentHealth>) -> Result<HealthReport> {
         let wanted: Option<Vec<String>> = q
             .components
             .as_deref()
             .filter(|c| !c.is_empty() && *c != "all")
             .map(|c| c.split(',').map(|s| s.trim().to_string()).collect());
         if let Some(w) = &wanted {
-            if let Some(unknown) = w.iter().find(|c| !COMPONENTS.contains(&c.as_str())) {
-                return Err(ApiError::bad_request(format!(
+            let known = components::names();
+            if let Some(unknown) = w.iter().find(|c| !known.contains(&c.as_str())) {
+                return Err(Error::invalid(format!(
                     "component {unknown:?} is unknown (use {} or all)",
-                    COMPONENTS.join(", ")
+                    known.join(", ")
                 )));
             }
         }
@@ -426,14 +346,13 @@ impl Engine {
         Ok(HealthReport { status, components, alerts })
     }
 
-    pub fn performance(&self, q: &PerformanceQuery) -> Result<PerformanceReport, ApiError> {
+    pub fn performance(&self, q: &PerformanceQuery) -> Result<PerformanceReport> {
         let c = self.find(&q.container)?;
         let now = now_ms();
         let since = q.since.as_deref().unwrap_or("1h");
         let from = micro_os_core::metrics::parse_time(since, false, now).map_err(bad)?;
         let query = micro_os_store::SampleQuery { from, to: now, id: Some(c.id.clone()) };
-        let rows = tokio::task::block_in_place(|| self.store.samples(&query))
-            .map_err(|e| ApiError::internal(e.to_string()))?;
+        let rows = tokio::task::block_in_place(|| self.store.samples(&query))?;
         let mut r = PerformanceReport {
             container: c.spec.name.clone(),
             from: chrono::DateTime::from_timestamp_millis(from).unwrap_or_default(),
@@ -470,13 +389,11 @@ impl Engine {
     /// The Prometheus exposition.
     pub async fn metrics(&self) -> String {
         let samples = self.monitor.latest.read().unwrap().clone();
-        let vm_names: HashMap<String, String> =
-            self.vms.read().unwrap().values().map(|v| (v.id.clone(), v.spec.name.clone())).collect();
+        let vm_names: HashMap<String, String> = self.vms.list().into_iter().map(|v| (v.id, v.spec.name)).collect();
         let placement: HashMap<String, String> = self
             .containers
-            .read()
-            .unwrap()
-            .values()
+            .list()
+            .into_iter()
             .filter_map(|c| Some((c.id.clone(), vm_names.get(c.spec.vm.as_ref()?)?.clone())))
             .collect();
         let vm_of = |id: &str| placement.get(id).cloned();

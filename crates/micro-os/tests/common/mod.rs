@@ -3,25 +3,16 @@
 #![allow(dead_code)]
 
 use std::net::TcpListener;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_micro-os");
+mod require;
+#[allow(unused_imports)] // not every test binary needs the requirements
+pub use require::*;
 
-/// Whether this machine can run containers; says why not when it cannot.
-pub fn can_run_containers(test: &str) -> bool {
-    let root = nix::unistd::geteuid().is_root();
-    let runc = Command::new("runc").arg("--version").output().is_ok_and(|o| o.status.success());
-    let busybox = Path::new("/bin/busybox").exists();
-    if root && runc && busybox {
-        return true;
-    }
-    eprintln!(
-        "SKIP {test}: needs root ({root}), runc ({runc}) and /bin/busybox ({busybox}); run scripts/test.sh as root"
-    );
-    false
-}
+pub const BIN: &str = env!("CARGO_BIN_EXE_micro-os");
 
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
@@ -32,8 +23,13 @@ pub struct Daemon {
     pub port: u16,
     /// The address the API binds (loopback unless a test says otherwise).
     pub bind: String,
+    /// The uid and gid the daemon runs as, when not this process's.
+    user: Option<(u32, u32)>,
     child: Option<Child>,
 }
+
+/// nobody:nogroup on Debian.
+pub const NOBODY: u32 = 65534;
 
 impl Daemon {
     pub fn start() -> Daemon {
@@ -60,7 +56,7 @@ impl Daemon {
             "p2p_listen": ["/ip4/127.0.0.1/tcp/0", "/ip4/127.0.0.1/udp/0/quic-v1"],
         });
         std::fs::write(home.path().join("config.json"), config.to_string()).unwrap();
-        let d = Daemon { home, port, bind: bind.into(), child: None };
+        let d = Daemon { home, port, bind: bind.into(), user: None, child: None };
         d.ok(&["init"]);
         d
     }
@@ -91,18 +87,58 @@ impl Daemon {
         self.home.path().to_path_buf()
     }
 
+    /// Makes the daemon run unprivileged: as nobody, owning its home, when this test runs
+    /// as root (otherwise it runs as this unprivileged user already).
+    pub fn unprivileged(&mut self) {
+        if !nix::unistd::geteuid().is_root() {
+            return;
+        }
+        fn chown_all(p: &std::path::Path) {
+            std::os::unix::fs::lchown(p, Some(NOBODY), Some(NOBODY)).unwrap();
+            if p.is_dir() && !p.is_symlink() {
+                for e in std::fs::read_dir(p).unwrap() {
+                    chown_all(&e.unwrap().path());
+                }
+            }
+        }
+        // nobody must reach the binary and the home (a home in /root/… is out of reach)
+        for path in [Path::new(BIN), self.home.path()] {
+            for dir in path.ancestors().skip(1) {
+                let mode = std::fs::metadata(dir).unwrap().permissions().mode();
+                assert!(
+                    mode & 0o001 != 0,
+                    "nobody cannot reach {} ({} is mode {:o}): keep the target dir and TMPDIR outside it",
+                    path.display(),
+                    dir.display(),
+                    mode & 0o777
+                );
+            }
+        }
+        chown_all(self.home.path());
+        self.user = Some((NOBODY, NOBODY));
+    }
+
+    /// The daemon's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     pub fn spawn(&mut self) {
+        use std::os::unix::process::CommandExt;
         let log =
             std::fs::OpenOptions::new().create(true).append(true).open(self.home.path().join("daemon.log")).unwrap();
-        let child = Command::new(BIN)
-            .args(["daemon", "--api-addr", &format!("{}:{}", self.bind, self.port)])
+        let mut cmd = Command::new(BIN);
+        cmd.args(["daemon", "--api-addr", &format!("{}:{}", self.bind, self.port)])
             .env("MICRO_OS_HOME", self.home.path())
             .env("MICRO_OS_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
+            .stderr(log);
+        if let Some((uid, gid)) = self.user {
+            // std drops the supplementary groups too (setgroups(0)) before setuid
+            cmd.uid(uid).gid(gid);
+        }
+        let child = cmd.spawn().unwrap();
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {

@@ -1,0 +1,435 @@
+//! Containers: create (from an image or a template, alone or as a deploy file), start
+//! under a shim, stop, pause, remove, configure, wait, re-adopt after a daemon restart.
+//! A container placed on a VM joins the VM's network namespace and nests its cgroup
+//! under the VM's.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use micro_os_api::types::{ContainerCreate, DeployRequest, WaitResponse};
+use micro_os_core::{Container, ContainerSpec, ContainerState, HealthState, Template, Transition};
+use micro_os_runtime::image::Image;
+use micro_os_runtime::workload::{self, Exit, Running, Workload};
+use micro_os_runtime::{cgroup, shim};
+
+use super::engine::Engine;
+use super::error::{Error, Result};
+use super::supervisor::{self, BoxFuture, Kind};
+use super::table::Table;
+
+impl Kind<Container> for Engine {
+    fn table(&self) -> &Table<Container> {
+        &self.containers
+    }
+    fn relaunch<'a>(self: &'a Arc<Self>, id: &'a str) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move { self.launch(id, "restarted").await.map(drop) })
+    }
+}
+
+impl Engine {
+    pub(super) fn state_dir(&self, id: &str) -> std::path::PathBuf {
+        self.home.containers().join(id)
+    }
+
+    /// Turns a create request into a validated spec, without side effects.
+    fn resolve(&self, req: ContainerCreate) -> Result<ContainerSpec> {
+        micro_os_core::validate_name("container", &req.name).map_err(|e| Error::invalid(e.to_string()))?;
+        let vm = req.vm.as_deref().map(|v| self.find_vm(v)).transpose()?;
+        if let Some(vm) = &vm {
+            if !self.driver(vm.spec.driver)?.capabilities().containers {
+                return Err(Error::invalid(format!(
+                    "vm {:?} is a {} guest: containers can be placed on sandbox VMs only for now",
+                    vm.spec.name, vm.spec.driver
+                )));
+            }
+        }
+        let template = req.template.as_deref().map(|t| self.template(t)).transpose()?;
+        let image = match (&req.image, &template) {
+            (Some(i), _) => i.clone(),
+            (None, Some(t)) => t.image.clone(),
+            (None, None) => return Err(Error::invalid("give an image or a template (--image I or --template T)")),
+        };
+        if !self.images.exists(&image) {
+            return Err(Error::not_found(format!(
+                "image {image:?} not found (see `micro-os image ls`; import one with `micro-os image import FILE`)"
+            )));
+        }
+        let base = template.unwrap_or_else(|| Template { image: image.clone(), ..Template::empty() });
+        let mut env = base.env.clone();
+        env.extend(req.env);
+        let spec = ContainerSpec {
+            name: req.name,
+            image,
+            template: req.template,
+            command: req.command.unwrap_or_else(|| base.command.clone()),
+            env,
+            resources: req.resources.unwrap_or_default().or(&base.effective_resources()),
+            ports: req.ports.unwrap_or_else(|| base.ports.clone()),
+            restart: req.restart.unwrap_or(base.restart),
+            health_check: req.health_check.or(base.health_check.clone()),
+            config: req.config,
+            vm: vm.map(|v| v.id),
+            network: req.network,
+        };
+        spec.validate().map_err(|e| Error::invalid(e.to_string()))?;
+        Ok(spec)
+    }
+
+    fn insert(&self, spec: ContainerSpec) -> Result<Container> {
+        let c = Container::new(micro_os_core::id::new_id(), spec, Utc::now());
+        self.containers.insert(c.clone(), format!("image {}", c.spec.image))?;
+        Ok(c)
+    }
+
+    pub async fn create(&self, req: ContainerCreate) -> Result<Container> {
+        let spec = self.resolve(req)?;
+        self.containers.check_name_free(&spec.name)?;
+        let c = self.insert(spec)?;
+        if let Some(vm) = &c.spec.vm {
+            self.advertise(vm);
+        }
+        Ok(c)
+    }
+
+    /// All or nothing: every entry is resolved and checked before any is created.
+    pub async fn deploy(&self, req: DeployRequest) -> Result<Vec<Container>> {
+        if req.containers.is_empty() {
+            return Err(Error::invalid("deploy file lists no containers (give {\"containers\": [...]})"));
+        }
+        let mut specs = Vec::new();
+        let mut names = std::collections::HashSet::new();
+        for (i, r) in req.containers.into_iter().enumerate() {
+            let name = r.name.clone();
+            let spec = self.resolve(r).map_err(|e| e.within(format!("containers[{i}] ({name:?})")))?;
+            if !names.insert(spec.name.clone()) {
+                return Err(Error::invalid(format!("containers[{i}]: name {:?} appears twice in the file", spec.name)));
+            }
+            self.containers.check_name_free(&spec.name)?;
+            specs.push(spec);
+        }
+        let mut out = Vec::new();
+        for s in specs {
+            out.push(self.insert(s)?);
+        }
+        let vms: std::collections::BTreeSet<&String> = out.iter().filter_map(|c| c.spec.vm.as_ref()).collect();
+        for vm in vms {
+            self.advertise(vm);
+        }
+        Ok(out)
+    }
+
+    pub async fn start(self: &Arc<Self>, key: &str) -> Result<Container> {
+        let (c, _g) = supervisor::begin(&self.containers, &self.ops, key, Transition::Start).await?;
+        if let Some(vm_id) = &c.spec.vm {
+            let vm = self.find_vm(vm_id)?;
+            if vm.state != micro_os_core::VmState::Running {
+                return Err(Error::conflict(format!(
+                    "cannot start container {:?}: its vm {:?} is {} (start the vm first)",
+                    c.spec.name, vm.spec.name, vm.state
+                )));
+            }
+        }
+        self.launch(&c.id, "started").await
+    }
+
+    /// Prepares the bundle, spawns the shim and records the outcome. Caller holds the op lock.
+    async fn launch(self: &Arc<Self>, id: &str, action: &str) -> Result<Container> {
+        // the previous run's shim may still be unmounting; it must be gone first
+        self.shim_gone(id).await;
+        let c = self.find(id)?;
+        let image = self.images.get(&c.spec.image)?;
+        let this = self.clone();
+        let cc = c.clone();
+        let spawned = tokio::task::spawn_blocking(move || this.spawn_shim(&cc, &image))
+            .await
+            .map_err(|e| Error::internal(e.to_string()))?;
+        match spawned {
+            Ok(run) => {
+                let now = Utc::now();
+                self.containers.update(id, |c| {
+                    c.state = ContainerState::Running;
+                    c.pid = Some(run.pid);
+                    c.started_at = Some(now);
+                    c.finished_at = None;
+                    c.exit_code = None;
+                    c.oom_killed = false;
+                    c.error = None;
+                    c.stop_requested = false;
+                    c.health = c.spec.health_check.as_ref().map(|_| HealthState::default());
+                });
+                // watched before anything can fail, so an exit is never missed
+                self.supervise(id, run);
+                self.containers.persist(id, action, format!("pid {}", run.pid))?;
+                self.find(id)
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                self.containers.update(id, |c| c.error = Some(msg.clone()));
+                self.containers.persist(id, "start-failed", msg)?;
+                Err(e.within(format!("start container {:?}", c.spec.name)))
+            }
+        }
+    }
+
+    fn spawn_shim(&self, c: &Container, image: &Image) -> Result<Running> {
+        let dir = self.state_dir(&c.id);
+        std::fs::create_dir_all(&dir).map_err(|e| Error::internal(format!("create {}: {e}", dir.display())))?;
+        let mut args = image.config.entrypoint.clone();
+        if c.spec.command.is_empty() {
+            args.extend(image.config.cmd.iter().cloned());
+        } else {
+            args.extend(c.spec.command.iter().cloned());
+        }
+        if args.is_empty() {
+            return Err(Error::invalid(format!("image {:?} has no command; give one after --", image.name)));
+        }
+        let mut env = vec![format!("HOSTNAME={}", c.spec.name), format!("MICRO_OS_CONTAINER={}", c.spec.name)];
+        for (k, v) in &c.spec.config {
+            env.push(format!("MICRO_OS_CONFIG_{}={v}", k.to_ascii_uppercase().replace('-', "_")));
+        }
+        for (k, v) in &c.spec.env {
+            env.push(format!("{k}={v}"));
+        }
+        let config_file = dir.join("workload-config.json");
+        std::fs::write(&config_file, serde_json::to_vec_pretty(&c.spec.config).unwrap_or_default())
+            .map_err(|e| Error::internal(format!("write {}: {e}", config_file.display())))?;
+        // on a VM: the VM's network namespace and a cgroup below the VM's
+        let (netns, own_netns, cgroups_path) = match &c.spec.vm {
+            Some(vm_id) => (self.host.netns_path(vm_id), false, cgroup::placed_path(Some(vm_id), &c.id)),
+            None => (dir.join("netns"), true, cgroup::placed_path(None, &c.id)),
+        };
+        let w = Workload {
+            id: c.id.clone(),
+            dir,
+            hostname: c.spec.name.clone(),
+            image: image.clone(),
+            args,
+            env,
+            resources: c.spec.resources.clone(),
+            cgroups_path,
+            netns,
+            own_netns,
+            binds: vec![(config_file, "/run/micro-os/config.json".into(), true)],
+            ports: c.spec.ports.clone(),
+            log_name: "container.log",
+        };
+        Ok(workload::launch(&self.runc, &self.images, &self.exe, w)?)
+    }
+
+    /// Watches the container until it exits and records the exit as soon as the shim
+    /// has written it; then waits for the shim's cleanup to end. Runs health checks meanwhile.
+    fn supervise(self: &Arc<Self>, id: &str, run: Running) {
+        self.shims.lock().unwrap().insert(id.to_string(), run.shim_pid);
+        let dir = self.state_dir(id);
+        let (this, id2) = (self.clone(), id.to_string());
+        let exit = Box::pin(async move {
+            let status = workload::exit_of(&dir, run).await;
+            // forget the shim once its cleanup is done, so a start waits for no one
+            tokio::spawn(async move {
+                workload::shim_done(run.shim_pid).await;
+                let mut shims = this.shims.lock().unwrap();
+                if shims.get(&id2) == Some(&run.shim_pid) {
+                    shims.remove(&id2);
+                }
+            });
+            Exit::from_status(status, "container")
+        });
+        supervisor::watch::<Container, _>(self, id, run.pid, exit);
+        if let Some(h) = self.find(id).ok().and_then(|c| c.spec.health_check) {
+            tokio::spawn(super::health::run(self.clone(), id.to_string(), run.pid, h));
+        }
+    }
+
+    /// Resolves once the container's last shim has finished its cleanup.
+    pub(super) async fn shim_gone(&self, id: &str) {
+        let pid = self.shims.lock().unwrap().get(id).copied();
+        if let Some(pid) = pid {
+            micro_os_runtime::pidwait::exited(pid).await;
+        }
+    }
+
+    pub async fn stop(&self, key: &str, timeout: Option<f64>) -> Result<Container> {
+        if let Some(c) = supervisor::cancel_restart(&self.containers, &self.ops, key).await? {
+            return Ok(c);
+        }
+        let (c, _g) = supervisor::begin(&self.containers, &self.ops, key, Transition::Stop).await?;
+        self.stop_locked(&c, timeout.unwrap_or(self.cfg.stop_timeout_s)).await?;
+        self.find(&c.id)
+    }
+
+    pub(super) async fn stop_locked(&self, c: &Container, timeout: f64) -> Result<()> {
+        check_timeout(timeout)?;
+        let id = c.id.clone();
+        self.containers.update(&id, |c| c.stop_requested = true);
+        self.containers.persist(&id, "stopping", format!("timeout {timeout}s"))?;
+        let runc = self.runc.clone();
+        let paused = c.state == ContainerState::Paused;
+        let id2 = id.clone();
+        let first = tokio::task::spawn_blocking(move || {
+            if paused {
+                runc.resume(&id2)?;
+            }
+            runc.kill(&id2, "TERM")
+        })
+        .await
+        .map_err(|e| Error::internal(e.to_string()))?;
+        if let Err(e) = first {
+            tracing::debug!("stop {}: {e}", c.spec.name);
+        }
+        let exited = |c: &Container| c.state == ContainerState::Exited;
+        if self.containers.wait_until(&id, exited, Duration::from_secs_f64(timeout)).await.is_some() {
+            return Ok(());
+        }
+        let runc = self.runc.clone();
+        let id2 = id.clone();
+        let _ = tokio::task::spawn_blocking(move || runc.kill(&id2, "KILL")).await;
+        if self.containers.wait_until(&id, exited, Duration::from_secs(15)).await.is_none() {
+            return Err(Error::internal(format!("container {:?} did not exit after SIGKILL", c.spec.name)));
+        }
+        Ok(())
+    }
+
+    pub async fn pause(&self, key: &str, pause: bool) -> Result<Container> {
+        let action = if pause { Transition::Pause } else { Transition::Resume };
+        let (c, _g) = supervisor::begin(&self.containers, &self.ops, key, action).await?;
+        let runc = self.runc.clone();
+        let id = c.id.clone();
+        let done = tokio::task::spawn_blocking(move || if pause { runc.pause(&id) } else { runc.resume(&id) })
+            .await
+            .map_err(|e| Error::internal(e.to_string()))?;
+        if let Err(e) = done {
+            // the process may have ended meanwhile: that is a conflict, not a failure
+            let ended = |c: &Container| c.state == ContainerState::Exited;
+            if self.containers.wait_until(&c.id, ended, Duration::from_millis(500)).await.is_some() {
+                return Err(Error::conflict(format!(
+                    "cannot {} container {:?}: it exited meanwhile",
+                    if pause { "pause" } else { "resume" },
+                    c.spec.name
+                )));
+            }
+            return Err(e.into());
+        }
+        let mut done = false;
+        self.containers.update(&c.id, |o| {
+            // only the process that was frozen: one that exited meanwhile stays exited
+            if o.pid == c.pid && o.state == c.state {
+                o.state = if pause { ContainerState::Paused } else { ContainerState::Running };
+                done = true;
+            }
+        });
+        if !done {
+            return Err(Error::conflict(format!(
+                "cannot {} container {:?}: it exited meanwhile",
+                if pause { "pause" } else { "resume" },
+                c.spec.name
+            )));
+        }
+        self.containers.persist(&c.id, if pause { "paused" } else { "resumed" }, "")?;
+        self.find(&c.id)
+    }
+
+    pub async fn remove(self: &Arc<Self>, key: &str, force: bool) -> Result<()> {
+        let (c, _g) = supervisor::locked(&self.containers, &self.ops, key).await?;
+        if let Err(e) = c.state.check(&c.spec.name, Transition::Remove) {
+            if !force {
+                return Err(Error::conflict(e.to_string()));
+            }
+            self.stop_locked(&c, 0.0).await?;
+        }
+        self.containers.delete(&c.id)?;
+        self.ops.forget(&c.id);
+        if let Some(vm) = &c.spec.vm {
+            self.advertise(vm);
+        }
+        let dir = self.state_dir(&c.id);
+        let this = self.clone();
+        let id = c.id.clone();
+        tokio::spawn(async move {
+            this.shim_gone(&id).await;
+            let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir)).await;
+        });
+        Ok(())
+    }
+
+    pub async fn configure(&self, key: &str, set: BTreeMap<String, String>) -> Result<Container> {
+        let c = self.find(key)?;
+        for k in set.keys() {
+            if k.is_empty() || !k.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_' || ch == '.') {
+                return Err(Error::invalid(format!(
+                    "config key {k:?} is not valid (use letters, digits, '-', '_' or '.', e.g. --sync-mode fast)"
+                )));
+            }
+        }
+        let keys: Vec<_> = set.keys().cloned().collect();
+        self.containers.update(&c.id, |c| c.spec.config.extend(set));
+        self.containers.persist(&c.id, "configured", keys.join(","))?;
+        self.find(&c.id)
+    }
+
+    pub async fn wait(&self, key: &str) -> Result<WaitResponse> {
+        let c = self.find(key)?;
+        let done = |c: &Container| !matches!(c.state, ContainerState::Running | ContainerState::Paused);
+        let c = self
+            .containers
+            .wait_until(&c.id, done, Duration::from_secs(365 * 24 * 3600))
+            .await
+            .ok_or_else(|| Error::not_found(format!("container {key:?} was removed while waiting")))?;
+        Ok(WaitResponse { exit_code: c.exit_code.unwrap_or(0), oom_killed: c.oom_killed, error: c.error })
+    }
+
+    /// Re-adopts containers that kept running while the daemon was down and records
+    /// the exits of those that ended meanwhile.
+    pub async fn recover(self: &Arc<Self>) {
+        let running = self.containers.filter(|c| matches!(c.state, ContainerState::Running | ContainerState::Paused));
+        for c in running {
+            let dir = self.state_dir(&c.id);
+            let pid = c.pid.unwrap_or(0);
+            match shim::live_shim_pid(&dir) {
+                Some(shim_pid) => {
+                    tracing::info!("re-adopted container {} (pid {pid})", c.spec.name);
+                    let _ = self.containers.persist(&c.id, "adopted", format!("pid {pid}"));
+                    self.supervise(&c.id, Running { pid, shim_pid });
+                }
+                None => {
+                    let status = shim::read_status(&dir);
+                    tracing::info!("container {} ended while the daemon was down: {status:?}", c.spec.name);
+                    let exit = Exit::from_status(status, "container");
+                    supervisor::on_exit::<Container, _>(self, &c.id, pid, exit).await;
+                }
+            }
+        }
+    }
+
+    /// Records a health probe result; persists only when the status changes.
+    pub fn record_health(&self, id: &str, pid: u32, ok: bool, retries: u32, ms: f64, output: String) -> bool {
+        let mut changed = None;
+        let alive = self
+            .containers
+            .update(id, |c| {
+                if c.pid != Some(pid) || c.state != ContainerState::Running {
+                    return;
+                }
+                let h = c.health.get_or_insert_with(HealthState::default);
+                let before = h.status;
+                h.record(ok, retries, Utc::now(), ms, output);
+                if h.status != before {
+                    changed = Some(h.status);
+                }
+            })
+            .is_some_and(|c| c.pid == Some(pid) && c.state != ContainerState::Exited);
+        if let Some(s) = changed {
+            let _ = self.containers.persist(id, "health", format!("{s:?}").to_lowercase());
+        }
+        alive
+    }
+}
+
+/// A stop timeout must be a number of seconds.
+pub(super) fn check_timeout(timeout: f64) -> Result<()> {
+    if !(timeout.is_finite() && timeout >= 0.0) {
+        return Err(Error::invalid(format!("timeout {timeout} is not a number of seconds (try 10)")));
+    }
+    Ok(())
+}

@@ -1,0 +1,190 @@
+//! The object tables: the in-memory view of every container and VM, written through to
+//! the store before anything is acknowledged, with waiters woken on every change. One
+//! generic [`Table`] serves every kind of object; per-object op locks ([`OpLocks`])
+//! keep two lifecycle actions on one object from interleaving.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use micro_os_core::{Container, Vm};
+use micro_os_store::{Event, Store};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::sync::broadcast;
+
+use super::error::{Error, Result};
+
+/// A kind of object the daemon keeps.
+pub trait Object: Clone + Serialize + DeserializeOwned + Send + Sync + 'static {
+    /// Its kind in the store and in messages ("container", "vm").
+    const KIND: &'static str;
+    fn id(&self) -> &str;
+    fn name(&self) -> &str;
+    fn created_at(&self) -> DateTime<Utc>;
+}
+
+/// Both kinds keep their name in the spec.
+macro_rules! object {
+    ($t:ty, $kind:literal) => {
+        impl Object for $t {
+            const KIND: &'static str = $kind;
+            fn id(&self) -> &str {
+                &self.id
+            }
+            fn name(&self) -> &str {
+                &self.spec.name
+            }
+            fn created_at(&self) -> DateTime<Utc> {
+                self.created_at
+            }
+        }
+    };
+}
+
+object!(Container, "container");
+object!(Vm, "vm");
+
+pub struct Table<T> {
+    map: RwLock<HashMap<String, T>>,
+    store: Arc<Store>,
+    /// Ids of objects whose state changed; waiters re-check on each.
+    changes: broadcast::Sender<String>,
+    /// Persists of one table go one at a time, so they cannot reorder.
+    persist_lock: Mutex<()>,
+}
+
+impl<T: Object> Table<T> {
+    /// The table as the store holds it.
+    pub fn load(store: Arc<Store>, changes: broadcast::Sender<String>) -> Result<Table<T>> {
+        let map = store.list::<T>(T::KIND)?.into_iter().map(|o| (o.id().to_string(), o)).collect();
+        Ok(Table { map: RwLock::new(map), store, changes, persist_lock: Mutex::new(()) })
+    }
+
+    /// Finds an object by id or name.
+    pub fn find(&self, key: &str) -> Result<T> {
+        let map = self.map.read().unwrap();
+        if let Some(o) = map.get(key) {
+            return Ok(o.clone());
+        }
+        map.values()
+            .find(|o| o.name() == key)
+            .cloned()
+            .ok_or_else(|| Error::not_found(format!("{} {key:?} not found (see `micro-os {} list`)", T::KIND, T::KIND)))
+    }
+
+    pub fn get(&self, id: &str) -> Option<T> {
+        self.map.read().unwrap().get(id).cloned()
+    }
+
+    /// Reads one object in place, without cloning it.
+    pub fn read<R>(&self, id: &str, f: impl FnOnce(&T) -> R) -> Option<R> {
+        self.map.read().unwrap().get(id).map(f)
+    }
+
+    /// Every object, oldest first (then by name).
+    pub fn list(&self) -> Vec<T> {
+        let mut v: Vec<T> = self.map.read().unwrap().values().cloned().collect();
+        v.sort_by(|a, b| a.created_at().cmp(&b.created_at()).then(a.name().cmp(b.name())));
+        v
+    }
+
+    pub fn filter(&self, keep: impl Fn(&T) -> bool) -> Vec<T> {
+        self.map.read().unwrap().values().filter(|o| keep(o)).cloned().collect()
+    }
+
+    pub fn any(&self, f: impl Fn(&T) -> bool) -> bool {
+        self.map.read().unwrap().values().any(f)
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.read().unwrap().len()
+    }
+
+    pub fn check_name_free(&self, name: &str) -> Result<()> {
+        if self.any(|o| o.name() == name) {
+            return Err(Error::conflict(format!(
+                "{} {name:?} already exists (pick another name or remove it first)",
+                T::KIND
+            )));
+        }
+        Ok(())
+    }
+
+    /// Changes an object in memory; `persist` writes it.
+    pub fn update(&self, id: &str, f: impl FnOnce(&mut T)) -> Option<T> {
+        let mut map = self.map.write().unwrap();
+        let o = map.get_mut(id)?;
+        f(o);
+        Some(o.clone())
+    }
+
+    /// Writes the current in-memory object and an event to the store. Always writes the
+    /// latest state, under one lock, so concurrent persists cannot reorder.
+    pub fn persist(&self, id: &str, action: &str, detail: impl Into<String>) -> Result<()> {
+        let detail = detail.into();
+        tokio::task::block_in_place(|| {
+            let _g = self.persist_lock.lock().unwrap();
+            let Some(o) = self.get(id) else { return Ok(()) };
+            let ev = Event::new(T::KIND, id, o.name(), action, detail);
+            self.store.update(T::KIND, id, o.name(), &o, Some(&ev))
+        })?;
+        self.notify(id);
+        Ok(())
+    }
+
+    /// Stores a new object with its `created` event, then shows it.
+    pub fn insert(&self, o: T, detail: impl Into<String>) -> Result<()> {
+        let ev = Event::new(T::KIND, o.id(), o.name(), "created", detail);
+        tokio::task::block_in_place(|| self.store.insert(T::KIND, o.id(), o.name(), &o, &ev))?;
+        self.map.write().unwrap().insert(o.id().to_string(), o);
+        Ok(())
+    }
+
+    /// Deletes an object from the store, then from view.
+    pub fn delete(&self, id: &str) -> Result<()> {
+        let Some(o) = self.get(id) else { return Ok(()) };
+        let ev = Event::new(T::KIND, id, o.name(), "removed", "");
+        tokio::task::block_in_place(|| self.store.delete(T::KIND, id, &ev))?;
+        self.map.write().unwrap().remove(id);
+        self.notify(id);
+        Ok(())
+    }
+
+    /// Wakes the waiters on `id` without a write.
+    pub fn notify(&self, id: &str) {
+        let _ = self.changes.send(id.to_string());
+    }
+
+    /// Waits until `done` holds for the object; `None` on timeout or if it goes away.
+    pub async fn wait_until(&self, id: &str, done: impl Fn(&T) -> bool, timeout: Duration) -> Option<T> {
+        let mut rx = self.changes.subscribe();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            match self.get(id) {
+                Some(o) if done(&o) => return Some(o),
+                Some(_) => {}
+                None => return None,
+            }
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Err(_) | Ok(Err(broadcast::error::RecvError::Closed)) => return None,
+                Ok(_) => {}
+            }
+        }
+    }
+}
+
+/// One async lock per object id.
+#[derive(Default)]
+pub struct OpLocks(Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>);
+
+impl OpLocks {
+    pub fn of(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.0.lock().unwrap().entry(id.to_string()).or_default().clone()
+    }
+
+    pub fn forget(&self, id: &str) {
+        self.0.lock().unwrap().remove(id);
+    }
+}
