@@ -76,7 +76,7 @@ pub fn image_info(i: Image) -> ImageInfo {
 
 impl Engine {
     /// The engine with this build's VM drivers.
-    pub fn open(home: Home, cfg: Config) -> anyhow::Result<Arc<Engine>> {
+    pub fn open(home: Home, cfg: Config) -> Result<Arc<Engine>> {
         Self::open_with(home, cfg, micro_os_vmm::drivers)
     }
 
@@ -85,11 +85,11 @@ impl Engine {
         home: Home,
         cfg: Config,
         drivers: impl FnOnce(&micro_os_vmm::Host) -> Vec<Arc<dyn VmDriver>>,
-    ) -> anyhow::Result<Arc<Engine>> {
+    ) -> Result<Arc<Engine>> {
         let store = Arc::new(Store::open(&home.db_path())?);
         let images = ImageStore::new(home.images())?;
         let runc = Runc::new(&cfg.runtime, home.runc_root());
-        let exe = std::env::current_exe()?;
+        let exe = std::env::current_exe().map_err(|e| Error::internal(format!("where is this binary: {e}")))?;
         let (changes, _) = broadcast::channel(1024);
         let containers = Table::load(store.clone(), changes.clone())?;
         let vms = Table::load(store.clone(), changes.clone())?;
