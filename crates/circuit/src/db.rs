@@ -236,3 +236,73 @@ fn serve(conn: &Connection, queue: &mpsc::Receiver<Job>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc::{channel, Sender};
+
+    use super::*;
+
+    /// Runs one statement; reports how its batch ended.
+    struct Probe {
+        sql: &'static str,
+        done: Sender<(&'static str, std::result::Result<(), String>)>,
+    }
+
+    impl Write for Probe {
+        fn run(&mut self, conn: &Connection) -> Result<()> {
+            conn.execute_batch(self.sql)?;
+            Ok(())
+        }
+        fn finish(self: Box<Self>, committed: Result<()>) {
+            let _ = self.done.send((self.sql, committed.map_err(|e| e.to_string())));
+        }
+    }
+
+    async fn count(db: &Db) -> i64 {
+        db.read(|c| Ok(c.query_row("SELECT count(*) FROM log_meta", [], |r| r.get(0))?)).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_failed_write_rolls_back_its_batch_and_refuses_later_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let (db, ()) = Db::open(&dir.path().join("c.db"), |_| Ok(())).await.unwrap();
+        db.write(|c| Ok(c.execute_batch("INSERT INTO log_meta VALUES ('before', x'00')")?)).await.unwrap();
+
+        // Hold the thread inside a batch until all three writes are queued behind the read.
+        let (release, wait) = channel::<()>();
+        db.send(Job::Read(Box::new(move |_| {
+            let _ = wait.recv();
+        })))
+        .unwrap();
+        let (done, outcomes) = channel();
+        for sql in [
+            "INSERT INTO log_meta VALUES ('a', x'01')",
+            "INSERT INTO no_such_table VALUES (1)",
+            "INSERT INTO log_meta VALUES ('c', x'03')",
+        ] {
+            db.submit(Probe { sql, done: done.clone() }).unwrap();
+        }
+        release.send(()).unwrap();
+        let outcomes: Vec<_> = (0..3).map(|_| outcomes.recv().unwrap()).collect();
+        for (sql, outcome) in &outcomes {
+            let err = outcome.as_ref().expect_err(sql);
+            assert!(err.contains("not committed") && err.contains("no_such_table"), "{sql}: {err}");
+        }
+        // Nothing of the batch is on disk; reads still work.
+        assert_eq!(count(&db).await, 1);
+
+        let later = db.write(|c| Ok(c.execute_batch("INSERT INTO log_meta VALUES ('d', x'04')")?)).await;
+        assert!(matches!(&later, Err(Error::Poisoned(why)) if why.contains("no_such_table")), "{later:?}");
+        assert_eq!(count(&db).await, 1);
+    }
+
+    #[tokio::test]
+    async fn a_newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.db");
+        Connection::open(&path).unwrap().pragma_update(None, "user_version", 99).unwrap();
+        let err = Db::open(&path, |_| Ok(())).await.err().expect("refused");
+        assert!(matches!(err, Error::Schema { found: 99, .. }), "{err}");
+    }
+}
