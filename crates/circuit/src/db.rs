@@ -156,13 +156,25 @@ where
 fn connect(path: &PathBuf) -> Result<Connection> {
     let open = |source| Error::Open { path: path.clone(), source };
     let conn = Connection::open(path).map_err(open)?;
+    // A store that is still open elsewhere (another process, or a member in this one that
+    // has not shut down yet) may be closing: wait a little for it.
+    conn.busy_timeout(std::time::Duration::from_secs(2)).map_err(open)?;
+    // One owner per file: the storage thread holds an exclusive lock until it ends, so two
+    // members can never write one log (a double vote). Set before WAL mode, so the WAL
+    // index lives in this process's memory and no -shm file is shared.
+    conn.pragma_update(None, "locking_mode", "EXCLUSIVE").map_err(open)?;
     // WAL with synchronous=FULL fsyncs the WAL on every commit: a commit that returned is on
     // disk. (NORMAL would not be: a power cut could lose the last commits.)
-    conn.pragma_update(None, "journal_mode", "WAL").map_err(open)?;
+    let mode: String =
+        conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0)).map_err(|e| in_use(path, e))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(Error::NotWal { path: path.clone(), mode });
+    }
     conn.pragma_update(None, "synchronous", "FULL").map_err(open)?;
     // A small page cache: a VM agent must stay small (the default is 2 MiB).
     conn.pragma_update(None, "cache_size", -512).map_err(open)?;
-    conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(open)?;
+    // Take the exclusive lock now rather than at the first write.
+    conn.execute_batch("BEGIN IMMEDIATE; COMMIT;").map_err(|e| in_use(path, e))?;
     let done: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0)).map_err(open)?;
     if done > MIGRATIONS.len() as i64 {
         return Err(Error::Schema { path: path.clone(), found: done, known: MIGRATIONS.len() });
@@ -174,6 +186,15 @@ fn connect(path: &PathBuf) -> Result<Connection> {
         tx.commit().map_err(open)?;
     }
     Ok(conn)
+}
+
+fn in_use(path: &Path, e: rusqlite::Error) -> Error {
+    match e.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => {
+            Error::InUse { path: path.to_path_buf() }
+        }
+        _ => Error::Open { path: path.to_path_buf(), source: e },
+    }
 }
 
 /// The storage thread's loop: take what is queued, run it in one transaction, commit once,
@@ -295,6 +316,24 @@ mod tests {
         let later = db.write(|c| Ok(c.execute_batch("INSERT INTO log_meta VALUES ('d', x'04')")?)).await;
         assert!(matches!(&later, Err(Error::Poisoned(why)) if why.contains("no_such_table")), "{later:?}");
         assert_eq!(count(&db).await, 1);
+    }
+
+    #[tokio::test]
+    async fn one_file_has_one_owner_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.db");
+        let (first, ()) = Db::open(&path, |_| Ok(())).await.unwrap();
+        let second = Db::open(&path, |_| Ok(())).await.err().expect("refused while the first is open");
+        assert!(matches!(&second, Error::InUse { path: p } if p == &path), "{second}");
+        // Not even a reader elsewhere gets in (and no -shm file is shared).
+        let other = Connection::open(&path).unwrap();
+        other.busy_timeout(std::time::Duration::ZERO).unwrap();
+        assert!(other.query_row("SELECT count(*) FROM log", [], |r| r.get::<_, i64>(0)).is_err());
+        assert!(!dir.path().join("c.db-shm").exists());
+        drop(other);
+        drop(first);
+        // Once the first handle is gone its thread closes the file: the next open waits for that.
+        Db::open(&path, |_| Ok(())).await.expect("reopened after the owner closed");
     }
 
     #[tokio::test]

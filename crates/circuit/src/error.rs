@@ -9,6 +9,10 @@ use crate::NodeId;
 pub enum Error {
     #[error("circuit store {path:?}: {source}")]
     Open { path: PathBuf, source: rusqlite::Error },
+    #[error("circuit store {path:?} is in use by another member or process")]
+    InUse { path: PathBuf },
+    #[error("circuit store {path:?}: journal mode is {mode:?}, not WAL")]
+    NotWal { path: PathBuf, mode: String },
     #[error("circuit store {path:?}: schema version {found} is newer than this binary knows ({known})")]
     Schema { path: PathBuf, found: i64, known: usize },
     #[error("circuit store: {0}")]
