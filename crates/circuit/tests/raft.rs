@@ -134,3 +134,48 @@ async fn a_one_member_circuit_commits_snapshots_and_restarts_where_it_stopped() 
     );
     raft.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writers_each_get_their_own_version_and_one_compare_and_set_wins() {
+    let dir = tempfile::tempdir().unwrap();
+    let (raft, view, _log) = start(&dir.path().join("member-1.db")).await;
+    let me = Member { peer: "12D3KooWself".into(), addr: "/ip4/127.0.0.1/tcp/4001".into() };
+    raft.initialize(BTreeMap::from([(1, me)])).await.unwrap();
+    raft.wait(WAIT).current_leader(1, "becomes leader").await.unwrap();
+
+    let writers: Vec<_> = (0..64)
+        .map(|i| {
+            let raft = raft.clone();
+            tokio::spawn(async move { write(&raft, set("hot", format!("w{i}"))).await })
+        })
+        .collect();
+    let mut versions = Vec::new();
+    for writer in writers {
+        match writer.await.unwrap() {
+            Response::Stored { version, .. } => versions.push(version),
+            other => panic!("a set answered {other:?}"),
+        }
+    }
+    versions.sort_unstable();
+    assert_eq!(versions, (1..=64).collect::<Vec<u64>>());
+
+    let racers: Vec<_> = (0..16)
+        .map(|i| {
+            let raft = raft.clone();
+            let cas = Command::CompareAndSet { key: "hot".into(), expected_version: 64, value: format!("c{i}") };
+            tokio::spawn(async move { write(&raft, cas).await })
+        })
+        .collect();
+    let mut won = Vec::new();
+    for racer in racers {
+        match racer.await.unwrap() {
+            Response::Stored { version: 65, checksum } => won.push(checksum),
+            Response::Conflict { current: 65 } => {}
+            other => panic!("a compare-and-set answered {other:?}"),
+        }
+    }
+    assert_eq!(won.len(), 1, "exactly one compare-and-set wins");
+    let hot = view.get("hot").unwrap();
+    assert_eq!((hot.version, &hot.checksum), (65, &won[0]));
+    raft.shutdown().await.unwrap();
+}
