@@ -177,8 +177,16 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         );
         let snapshot_id = format!("{at}-{}", &hex::encode(sha2::Sha256::digest(&data))[..16]);
         let meta = SnapshotMeta { last_log_id, last_membership, snapshot_id };
-        let (stored_meta, stored) = (meta.clone(), data.clone());
-        self.db.write(move |conn| put_snapshot(conn, &stored_meta, &stored)).await.map_err(fail)?;
+        let stored_meta = meta.clone();
+        // The bytes go to the storage thread and come back after the commit: one copy.
+        let data = self
+            .db
+            .write(move |conn| {
+                put_snapshot(conn, &stored_meta, &data)?;
+                Ok(data)
+            })
+            .await
+            .map_err(fail)?;
         Ok(Snapshot { meta, snapshot: Box::new(data) })
     }
 }
