@@ -8,6 +8,8 @@
 //! All SQLite work runs on one dedicated storage thread (see `db.rs`), never on the async
 //! runtime, and nothing is reported durable before its commit (WAL, `synchronous=FULL`)
 //! returned: a vote, an append (its `LogFlushed` callback), a truncate, a purge, an apply.
+//! A file has one owner at a time (an exclusive SQLite lock held by that thread), so two
+//! members can never share one log.
 //!
 //! Start a member with [`open`], which gives the two halves openraft's `Raft::new` takes.
 
