@@ -1,14 +1,15 @@
 //! The per-container monitor, run as `micro-os shim <state-dir>`.
 //!
 //! The daemon writes `shim.json` into the container's state directory and spawns the
-//! shim, which detaches (fork + setsid, re-parented to init) and then:
-//! 1. mounts the container's overlay root (image rootfs below, a private upper layer);
-//! 2. becomes a child subreaper and runs `runc create` with pipes as the container's
-//!    stdout/stderr, so the container's first process becomes the shim's child;
-//! 3. brings the container's loopback up, opens published ports on the host's loopback
-//!    and proxies them into the container's network namespace;
-//! 4. `runc start`s the container, reports `ok <pid>` (or `err <message>`) on fd 3 to the
-//!    daemon and writes `status.json`;
+//! shim (posix_spawn, a session of its own), which then:
+//! 1. mounts the container's overlay root (image rootfs below, a private upper layer)
+//!    and, at the same time, makes its network namespace with loopback up;
+//! 2. becomes a child subreaper and runs `runc run --detach` with pipes as the
+//!    container's stdout/stderr, so the container's first process becomes its child;
+//! 3. opens published ports on the host's loopback and proxies them into the
+//!    container's network namespace;
+//! 4. writes `status.json` and reports `ok <pid>` (or `err <message>`) on fd 3 to the
+//!    daemon;
 //! 5. copies stdout/stderr to `container.log` (CRI format) until the container exits,
 //!    then records the exit code and OOM kills in `status.json`, deletes the runc
 //!    container and unmounts the root.
@@ -253,15 +254,25 @@ fn step(t0: std::time::Instant, what: &str) {
 
 fn start(cfg: &ShimConfig, runc: &Runc, state_dir: &Path) -> Result<Started> {
     let t0 = std::time::Instant::now();
-    mount_rootfs(cfg)?;
-    step(t0, "mounted root");
-    if let Some(ns) = &cfg.netns {
+    // the overlay mount and the network namespace do not depend on each other: the root
+    // is mounted on a thread of its own while this one makes the namespace
+    let mounting = {
+        let cfg = cfg.clone();
+        std::thread::spawn(move || mount_rootfs(&cfg))
+    };
+    let made = cfg.netns.as_ref().map(|ns| {
         if ns.exists() {
             netns::remove(ns);
         }
-        netns::create(ns).context(|| format!("create network namespace {}", ns.display()))?;
+        netns::create(ns).context(|| format!("create network namespace {}", ns.display()))
+    });
+    let mounted = mounting.join().unwrap_or_else(|_| Err(Error::Failed("mount thread panicked".into())));
+    if made.is_some() {
         step(t0, "network namespace");
     }
+    mounted?;
+    step(t0, "mounted root");
+    made.transpose()?;
     // a container of this id left by a crash would make runc refuse the id
     if cfg.runc_root.join(&cfg.id).exists() {
         let _ = runc.delete(&cfg.id, true);

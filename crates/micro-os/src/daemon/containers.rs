@@ -252,6 +252,8 @@ impl Engine {
     pub async fn stop(&self, key: &str, timeout: Option<f64>) -> Result<Container> {
         let (c, _g) = supervisor::begin(&self.containers, &self.ops, key, Transition::Stop).await?;
         self.stop_locked(&c, timeout.unwrap_or(self.cfg.stop_timeout_s)).await?;
+        // the reply reports the exit, which the supervisor only recorded
+        self.containers.sync()?;
         self.find(&c.id)
     }
 
@@ -372,7 +374,7 @@ impl Engine {
             match shim::live_shim_pid(&dir) {
                 Some(shim_pid) => {
                     tracing::info!("re-adopted container {} (pid {pid})", c.spec.name);
-                    let _ = self.containers.persist(&c.id, "adopted", format!("pid {pid}"));
+                    let _ = self.containers.record(&c.id, "adopted", format!("pid {pid}"));
                     self.supervise(&c.id, Running { pid, shim_pid });
                 }
                 None => {
@@ -403,7 +405,7 @@ impl Engine {
             })
             .is_some_and(|c| c.pid == Some(pid) && c.state != ContainerState::Exited);
         if let Some(s) = changed {
-            let _ = self.containers.persist(id, "health", format!("{s:?}").to_lowercase());
+            let _ = self.containers.record(id, "health", format!("{s:?}").to_lowercase());
         }
         alive
     }

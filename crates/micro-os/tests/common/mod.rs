@@ -9,6 +9,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 mod require;
+// not every test file needs it (health.rs does not)
+#[allow(unused_imports)]
 pub use require::*;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_micro-os");
