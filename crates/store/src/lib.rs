@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 use chrono::{DateTime, Utc};
-use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 #[derive(Debug, thiserror::Error)]
@@ -151,25 +151,62 @@ impl Store {
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Inserts a new object; a duplicate name of the same kind is a conflict.
-    pub fn insert<T: Serialize>(&self, kind: &str, id: &str, name: &str, obj: &T, event: &Event) -> Result<()> {
-        let body = serde_json::to_string(obj).expect("objects serialise");
+    /// One write transaction, committed as durably as `durability` says.
+    fn write<R>(&self, durability: Durability, f: impl FnOnce(&Transaction<'_>) -> Result<R>) -> Result<R> {
         let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let taken: Option<String> = tx
-            .query_row("SELECT id FROM objects WHERE kind = ?1 AND name = ?2", params![kind, name], |r| r.get(0))
-            .optional()?;
-        if taken.is_some() {
-            return Err(Error::Conflict { kind: kind.into(), name: name.into() });
+        let committed = durability == Durability::Committed;
+        if committed {
+            // in WAL mode NORMAL commits without an fsync; the frames are synced by the
+            // next FULL commit, a checkpoint or `sync`, whichever comes first
+            conn.pragma_update(None, "synchronous", "NORMAL")?;
         }
-        tx.execute(
-            "INSERT INTO objects (kind, id, name, body, updated_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![kind, id, name, body, Utc::now().to_rfc3339()],
-        )?;
-        insert_event(&tx, event)?;
-        tx.commit()?;
-        self.unsynced.store(false, Ordering::SeqCst);
-        Ok(())
+        let written = (|| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let r = f(&tx)?;
+            tx.commit()?;
+            Ok(r)
+        })();
+        if committed {
+            // mark first: a failed switch back must not hide the unsynced write
+            self.unsynced.store(true, Ordering::SeqCst);
+            conn.pragma_update(None, "synchronous", "FULL")?;
+        } else if written.is_ok() {
+            // a FULL commit fsyncs the whole WAL, earlier commits included
+            self.unsynced.store(false, Ordering::SeqCst);
+        }
+        written
+    }
+
+    /// Inserts a new object; a duplicate name of the same kind is a conflict;
+    /// [`Durability::Synced`].
+    pub fn insert<T: Serialize>(&self, kind: &str, id: &str, name: &str, obj: &T, event: &Event) -> Result<()> {
+        self.insert_with(kind, id, name, obj, event, Durability::Synced)
+    }
+
+    /// [`Store::insert`] with the durability the caller needs.
+    pub fn insert_with<T: Serialize>(
+        &self,
+        kind: &str,
+        id: &str,
+        name: &str,
+        obj: &T,
+        event: &Event,
+        durability: Durability,
+    ) -> Result<()> {
+        let body = serde_json::to_string(obj).expect("objects serialise");
+        self.write(durability, |tx| {
+            let taken: Option<String> = tx
+                .query_row("SELECT id FROM objects WHERE kind = ?1 AND name = ?2", params![kind, name], |r| r.get(0))
+                .optional()?;
+            if taken.is_some() {
+                return Err(Error::Conflict { kind: kind.into(), name: name.into() });
+            }
+            tx.execute(
+                "INSERT INTO objects (kind, id, name, body, updated_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![kind, id, name, body, Utc::now().to_rfc3339()],
+            )?;
+            insert_event(tx, event)
+        })
     }
 
     /// Replaces an existing object (or inserts it), with an optional event, atomically;
@@ -189,37 +226,18 @@ impl Store {
         durability: Durability,
     ) -> Result<()> {
         let body = serde_json::to_string(obj).expect("objects serialise");
-        let mut conn = self.conn();
-        let committed = durability == Durability::Committed;
-        if committed {
-            // in WAL mode NORMAL commits without an fsync; the frames are synced by the
-            // next FULL commit, a checkpoint or `sync`, whichever comes first
-            conn.pragma_update(None, "synchronous", "NORMAL")?;
-        }
-        let written = (|| -> Result<()> {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        self.write(durability, |tx| {
             tx.execute(
                 "INSERT INTO objects (kind, id, name, body, updated_at) VALUES (?1, ?2, ?3, ?4, ?5)
                  ON CONFLICT (kind, id) DO UPDATE SET name = excluded.name, body = excluded.body,
                  updated_at = excluded.updated_at",
                 params![kind, id, name, body, Utc::now().to_rfc3339()],
             )?;
-            if let Some(e) = event {
-                insert_event(&tx, e)?;
+            match event {
+                Some(e) => insert_event(tx, e),
+                None => Ok(()),
             }
-            tx.commit()?;
-            Ok(())
-        })();
-        if committed {
-            // mark first: a failed switch back must not hide the unsynced write
-            self.unsynced.store(true, Ordering::SeqCst);
-            conn.pragma_update(None, "synchronous", "FULL")?;
-        } else if written.is_ok() {
-            // a FULL commit fsyncs the whole WAL, earlier commits included
-            self.unsynced.store(false, Ordering::SeqCst);
-        }
-        written?;
-        Ok(())
+        })
     }
 
     /// Makes every committed write power-cut durable (fsyncs the WAL), if one is not yet.
@@ -240,14 +258,13 @@ impl Store {
         Ok(())
     }
 
+    /// Deletes an object with its event; [`Durability::Synced`].
     pub fn delete(&self, kind: &str, id: &str, event: &Event) -> Result<bool> {
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let n = tx.execute("DELETE FROM objects WHERE kind = ?1 AND id = ?2", params![kind, id])?;
-        insert_event(&tx, event)?;
-        tx.commit()?;
-        self.unsynced.store(false, Ordering::SeqCst);
-        Ok(n > 0)
+        self.write(Durability::Synced, |tx| {
+            let n = tx.execute("DELETE FROM objects WHERE kind = ?1 AND id = ?2", params![kind, id])?;
+            insert_event(tx, event)?;
+            Ok(n > 0)
+        })
     }
 
     pub fn list<T: DeserializeOwned>(&self, kind: &str) -> Result<Vec<T>> {
@@ -398,6 +415,14 @@ mod tests {
             s.update("thing", "a", "one", &Obj { id: "a".into(), n: 3 }, Some(&ev("a", "started"))).unwrap();
             assert!(!s.unsynced.load(Ordering::SeqCst), "a synced write syncs what came before");
             s.update_with("thing", "a", "one", &Obj { id: "a".into(), n: 4 }, None, Durability::Committed).unwrap();
+            let b = Obj { id: "b".into(), n: 1 };
+            s.insert_with("thing", "b", "two", &b, &ev("b", "created"), Durability::Committed).unwrap();
+            let dup = s.insert_with("thing", "c", "two", &b, &ev("c", "created"), Durability::Committed);
+            assert!(matches!(dup, Err(Error::Conflict { .. })), "{dup:?}");
+            assert_eq!(synchronous(&s), 2, "a failed committed write leaves the connection at FULL");
+            assert!(s.unsynced.load(Ordering::SeqCst));
+            s.delete("thing", "b", &ev("b", "removed")).unwrap();
+            assert!(!s.unsynced.load(Ordering::SeqCst), "a delete is synced");
         }
         let s = Store::open(&path).unwrap();
         assert_eq!(s.get::<Obj>("thing", "a").unwrap().unwrap().n, 4);

@@ -155,10 +155,16 @@ impl<T: Object> Table<T> {
         Ok(())
     }
 
-    /// Stores a new object with its `created` event, then shows it.
+    /// Stores a new object with its `created` event, then shows it; fsynced.
     pub fn insert(&self, o: T, detail: impl Into<String>) -> Result<()> {
+        self.insert_with(o, detail, Durability::Synced)
+    }
+
+    /// [`Table::insert`], as durable as the caller needs: committed only when a synced
+    /// write of the same request follows before its reply.
+    pub fn insert_with(&self, o: T, detail: impl Into<String>, durability: Durability) -> Result<()> {
         let ev = Event::new(T::KIND, o.id(), o.name(), "created", detail);
-        tokio::task::block_in_place(|| self.store.insert(T::KIND, o.id(), o.name(), &o, &ev))?;
+        tokio::task::block_in_place(|| self.store.insert_with(T::KIND, o.id(), o.name(), &o, &ev, durability))?;
         self.map.write().unwrap().insert(o.id().to_string(), o);
         Ok(())
     }
