@@ -182,6 +182,8 @@ impl Engine {
                     c.stop_requested = false;
                     c.health = c.spec.health_check.as_ref().map(|_| HealthState::default());
                 });
+                // synced: the reply says the container runs, and after a power cut
+                // `recover` restarts it by its policy only if the store says it ran
                 self.containers.persist(id, action, format!("pid {}", run.pid))?;
                 self.supervise(id, run);
                 self.find(id)
@@ -189,6 +191,7 @@ impl Engine {
             Err(e) => {
                 let msg = e.to_string();
                 self.containers.update(id, |c| c.error = Some(msg.clone()));
+                // synced: the reply reports the failure of a container that stays
                 self.containers.persist(id, "start-failed", msg)?;
                 Err(e.within(format!("start container {:?}", c.spec.name)))
             }
@@ -346,6 +349,8 @@ impl Engine {
             }
             self.stop_locked(&c, 0.0).await?;
         }
+        // synced (`Table::delete`): an acknowledged removal must not come back after a
+        // power cut; it also makes the exit recorded before it durable
         self.containers.delete(&c.id)?;
         self.ops.forget(&c.id);
         if let Some(vm) = &c.spec.vm {
