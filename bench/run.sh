@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # micro-os benchmarks: each runs our code and its named peer in the same run and reports
 # the ratio. Usage (as root): bash bench/run.sh [lifecycle|api|rss|vm|verify|p2p|monitor|all]
-# Needs hyperfine, wrk and podman (installed here if missing); builds the release binary.
+# Needs hyperfine, wrk and podman (installed here if missing); builds the release binary
+# unless BIN names one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 what=${1:-all}
@@ -12,8 +13,11 @@ done
 if [ ${#need[@]} -gt 0 ]; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
-cargo build --release --locked -p micro-os -p micro-os-agent >/dev/null 2>&1 || cargo build --release --locked -p micro-os -p micro-os-agent
-BIN=$PWD/target/release/micro-os
+# BIN=path runs another build (an older commit's, to alternate old and new in one session)
+if [ -z "${BIN:-}" ]; then
+  cargo build --release --locked -p micro-os -p micro-os-agent >/dev/null 2>&1 || cargo build --release --locked -p micro-os -p micro-os-agent
+  BIN=$PWD/target/release/micro-os
+fi
 WORK=$(mktemp -d /tmp/micro-os-bench.XXXXXX)
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 export MICRO_OS_HOME=$WORK/home MICRO_OS_API=http://127.0.0.1:$PORT

@@ -16,7 +16,12 @@ use crate::ApiError;
 /// Everything the API can ask of the daemon, besides the streaming calls.
 #[derive(Debug, Clone)]
 pub enum Action {
-    CreateContainer(Box<ContainerCreate>),
+    /// Create a container; `start` starts it too, `rm` removes it again if it cannot start.
+    CreateContainer {
+        req: Box<ContainerCreate>,
+        start: bool,
+        rm: bool,
+    },
     Deploy(DeployRequest),
     ListContainers,
     GetContainer(String),
@@ -35,7 +40,11 @@ pub enum Action {
         id: String,
         set: std::collections::BTreeMap<String, String>,
     },
-    WaitContainer(String),
+    /// Wait for a container to stop; `rm` removes it then.
+    WaitContainer {
+        id: String,
+        rm: bool,
+    },
     ContainerEvents(String),
     CreateVms(Vec<VmCreate>),
     ListVms,

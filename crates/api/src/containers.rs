@@ -9,7 +9,9 @@ use axum::Json;
 use micro_os_core::Container;
 
 use crate::server::{unexpected, ApiJson, ApiQuery};
-use crate::types::{ContainerCreate, DeployRequest, EventInfo, LogsQuery, RemoveQuery, StopQuery, WaitResponse};
+use crate::types::{
+    ContainerCreate, CreateQuery, DeployRequest, EventInfo, LogsQuery, RemoveQuery, StopQuery, WaitQuery, WaitResponse,
+};
 use crate::{Action, ApiError, Control, Problem, Reply};
 
 type Ctl = State<Arc<dyn Control>>;
@@ -21,16 +23,18 @@ async fn one(c: &Arc<dyn Control>, action: Action) -> Result<Json<Container>, Ap
     }
 }
 
-/// Create a container (stored, not started).
-#[utoipa::path(post, path = "/api/v1/containers", tag = "containers", request_body = ContainerCreate,
+/// Create a container (stored, not started unless `start`).
+#[utoipa::path(post, path = "/api/v1/containers", tag = "containers", request_body = ContainerCreate, params(CreateQuery),
     responses((status = 201, body = Container), (status = 400, body = Problem), (status = 404, body = Problem),
         (status = 409, body = Problem), (status = 413, body = Problem)),
     security(("bearer" = [])))]
 pub async fn create_container(
     State(c): Ctl,
+    ApiQuery(q): ApiQuery<CreateQuery>,
     ApiJson(req): ApiJson<ContainerCreate>,
 ) -> Result<(StatusCode, Json<Container>), ApiError> {
-    Ok((StatusCode::CREATED, one(&c, Action::CreateContainer(Box::new(req))).await?))
+    let action = Action::CreateContainer { req: Box::new(req), start: q.start, rm: q.rm };
+    Ok((StatusCode::CREATED, one(&c, action).await?))
 }
 
 #[utoipa::path(get, path = "/api/v1/containers", tag = "containers",
@@ -106,10 +110,15 @@ pub async fn resume_container(State(c): Ctl, Path(id): Path<String>) -> Result<J
 }
 
 /// Wait until the container is no longer running; its exit code.
-#[utoipa::path(post, path = "/api/v1/containers/{id}/wait", tag = "containers", params(("id" = String, Path)),
-    responses((status = 200, body = WaitResponse), (status = 404, body = Problem)), security(("bearer" = [])))]
-pub async fn wait_container(State(c): Ctl, Path(id): Path<String>) -> Result<Json<WaitResponse>, ApiError> {
-    match c.dispatch(Action::WaitContainer(id)).await? {
+#[utoipa::path(post, path = "/api/v1/containers/{id}/wait", tag = "containers", params(("id" = String, Path), WaitQuery),
+    responses((status = 200, body = WaitResponse), (status = 404, body = Problem), (status = 409, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn wait_container(
+    State(c): Ctl,
+    Path(id): Path<String>,
+    ApiQuery(q): ApiQuery<WaitQuery>,
+) -> Result<Json<WaitResponse>, ApiError> {
+    match c.dispatch(Action::WaitContainer { id, rm: q.rm }).await? {
         Reply::Exit(w) => Ok(Json(w)),
         other => Err(unexpected(other)),
     }

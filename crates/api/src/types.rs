@@ -48,6 +48,25 @@ pub struct DeployRequest {
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, IntoParams)]
+pub struct CreateQuery {
+    /// Start the container too: created and started in one request (`container run`).
+    #[serde(default)]
+    pub start: bool,
+    /// With `start`: a container that cannot start is removed again instead of kept with
+    /// its error (`container run --rm`).
+    #[serde(default)]
+    pub rm: bool,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, IntoParams)]
+pub struct WaitQuery {
+    /// Remove the container once it has stopped; the reply still has its exit
+    /// (`container run --rm`).
+    #[serde(default)]
+    pub rm: bool,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, IntoParams)]
 pub struct RemoveQuery {
     /// Stop a running container first.
     #[serde(default)]

@@ -119,6 +119,12 @@ fn run_returns_exit_codes_like_docker() {
     let o = d.cli(&["container", "run", "--name", "kept", "--image", "busybox", "--", "true"]);
     assert_eq!(o.status.code(), Some(0));
     assert_eq!(d.inspect("kept")["exit_code"], 0);
+    // without --rm a container that cannot start stays, with its error
+    let o = d.cli(&["container", "run", "--name", "broken", "--image", "busybox", "--", "/no/such/binary"]);
+    assert_eq!(o.status.code(), Some(127), "{}", String::from_utf8_lossy(&o.stderr));
+    let b = d.inspect("broken");
+    assert_eq!(b["state"], "created", "{b:#}");
+    assert!(b["error"].as_str().unwrap_or("").contains("/no/such/binary"), "{b:#}");
 }
 
 #[test]

@@ -1,14 +1,15 @@
 //! The per-container monitor, run as `micro-os shim <state-dir>`.
 //!
 //! The daemon writes `shim.json` into the container's state directory and spawns the
-//! shim, which detaches (fork + setsid, re-parented to init) and then:
-//! 1. mounts the container's overlay root (image rootfs below, a private upper layer);
-//! 2. becomes a child subreaper and runs `runc create` with pipes as the container's
-//!    stdout/stderr, so the container's first process becomes the shim's child;
-//! 3. brings the container's loopback up, opens published ports on the host's loopback
-//!    and proxies them into the container's network namespace;
-//! 4. `runc start`s the container, reports `ok <pid>` (or `err <message>`) on fd 3 to the
-//!    daemon and writes `status.json`;
+//! shim (posix_spawn, a session of its own), which then:
+//! 1. mounts the container's overlay root (image rootfs below, a private upper layer)
+//!    and, at the same time, makes its network namespace with loopback up;
+//! 2. becomes a child subreaper and runs `runc run --detach` with pipes as the
+//!    container's stdout/stderr, so the container's first process becomes its child;
+//! 3. opens published ports on the host's loopback and proxies them into the
+//!    container's network namespace;
+//! 4. writes `status.json` and reports `ok <pid>` (or `err <message>`) on fd 3 to the
+//!    daemon;
 //! 5. copies stdout/stderr to `container.log` (CRI format) until the container exits,
 //!    then records the exit code and OOM kills in `status.json`, deletes the runc
 //!    container and unmounts the root.
@@ -117,9 +118,12 @@ pub fn spawn(exe: &Path, state_dir: &Path) -> Result<(u32, u32)> {
     use std::os::unix::ffi::OsStrExt;
 
     let err = |what: &str, e: nix::Error| Error::Failed(format!("start shim: {what}: {e}"));
-    let (r, w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| err("pipe", e))?;
+    let (r, w0) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| err("pipe", e))?;
     // keep the write end off fd 3 itself: dup2(3, 3) would leave it close-on-exec
-    let w = nix::fcntl::fcntl(&w, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(10)).map_err(|e| err("dup", e))?;
+    let w = nix::fcntl::fcntl(&w0, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(10)).map_err(|e| err("dup", e))?;
+    // the shim's copy is the only write end: a shim that dies before it reports must
+    // give the reader end-of-file, not leave it waiting on our own copy
+    drop(w0);
     // SAFETY: F_DUPFD_CLOEXEC returned a new descriptor that nothing else owns.
     let w = unsafe { OwnedFd::from_raw_fd(w) };
     let cstr = |b: &[u8]| CString::new(b).map_err(|_| Error::Failed("start shim: path has a NUL byte".into()));
@@ -206,6 +210,12 @@ pub fn run(state_dir: &Path) -> i32 {
         state_dir,
         &Status::Exited { exit_code, oom_killed, started_at: Some(started_at), finished_at: Utc::now() },
     );
+    // what is left (runc delete, unmounts) waits for nobody: at a lower CPU priority it
+    // yields to the starts and exits that someone is waiting for on a busy host
+    // SAFETY: setpriority on this process only; a failure leaves the priority as it was.
+    unsafe {
+        libc::setpriority(libc::PRIO_PROCESS, 0, 10);
+    }
     cleanup(&cfg, &runc);
     0
 }
@@ -215,7 +225,8 @@ fn fail(state_dir: &Path, report: Option<File>, msg: &str) -> i32 {
     if let Some(mut r) = report {
         let _ = writeln!(r, "err {}", msg.replace('\n', " "));
     }
-    eprintln!("shim: {msg}");
+    // stderr is shim.log: a full disk must not turn a failure into a panic
+    let _ = writeln!(io::stderr(), "shim: {msg}");
     1
 }
 
@@ -248,20 +259,31 @@ fn mount_rootfs(cfg: &ShimConfig) -> Result<()> {
 
 /// Writes one timed step to the shim's own log (its stderr), for operators and profiling.
 fn step(t0: std::time::Instant, what: &str) {
-    eprintln!("shim: {:>7.2} ms {what}", t0.elapsed().as_secs_f64() * 1000.0);
+    // eprintln! panics when the write fails (a full disk): a log line is not worth it
+    let _ = writeln!(io::stderr(), "shim: {:>7.2} ms {what}", t0.elapsed().as_secs_f64() * 1000.0);
 }
 
 fn start(cfg: &ShimConfig, runc: &Runc, state_dir: &Path) -> Result<Started> {
     let t0 = std::time::Instant::now();
-    mount_rootfs(cfg)?;
-    step(t0, "mounted root");
-    if let Some(ns) = &cfg.netns {
+    // the overlay mount and the network namespace do not depend on each other: the root
+    // is mounted on a thread of its own while this one makes the namespace
+    let mounting = {
+        let cfg = cfg.clone();
+        std::thread::spawn(move || mount_rootfs(&cfg))
+    };
+    let made = cfg.netns.as_ref().map(|ns| {
         if ns.exists() {
             netns::remove(ns);
         }
-        netns::create(ns).context(|| format!("create network namespace {}", ns.display()))?;
+        netns::create(ns).context(|| format!("create network namespace {}", ns.display()))
+    });
+    let mounted = mounting.join().unwrap_or_else(|_| Err(Error::Failed("mount thread panicked".into())));
+    if made.is_some() {
         step(t0, "network namespace");
     }
+    mounted?;
+    step(t0, "mounted root");
+    made.transpose()?;
     // a container of this id left by a crash would make runc refuse the id
     if cfg.runc_root.join(&cfg.id).exists() {
         let _ = runc.delete(&cfg.id, true);
@@ -278,22 +300,21 @@ fn start(cfg: &ShimConfig, runc: &Runc, state_dir: &Path) -> Result<Started> {
     ));
     let (out_r, out_w) = pipe()?;
     let (err_r, err_w) = pipe()?;
-    let pid_file = state_dir.join("container.pid");
-    let _ = fs::remove_file(&pid_file);
+    // runc writes a pid file with O_SYNC (a journal commit on the start's path); when the
+    // kernel lists our children, the container's first process is found among them instead
+    let pid_file = (!children_listed()).then(|| state_dir.join("container.pid"));
+    if let Some(f) = &pid_file {
+        let _ = fs::remove_file(f);
+    }
     let runc_log = state_dir.join("runc.log");
     // create and start in one runc process; the container's stdio are our pipes
-    let output = runc
-        .command()
-        .arg("--log")
-        .arg(&runc_log)
-        .arg("--log-format")
-        .arg("json")
-        .arg("run")
-        .arg("--detach")
-        .arg("--bundle")
-        .arg(&cfg.bundle)
-        .arg("--pid-file")
-        .arg(&pid_file)
+    let mut cmd = runc.command();
+    cmd.arg("--log").arg(&runc_log).arg("--log-format").arg("json").arg("run").arg("--detach");
+    cmd.arg("--bundle").arg(&cfg.bundle);
+    if let Some(f) = &pid_file {
+        cmd.arg("--pid-file").arg(f);
+    }
+    let output = cmd
         .arg(&cfg.id)
         .stdin(Stdio::null())
         .stdout(Stdio::from(out_w))
@@ -306,10 +327,13 @@ fn start(cfg: &ShimConfig, runc: &Runc, state_dir: &Path) -> Result<Started> {
         let msg = fs::read(&runc_log).map(|b| crate::runc::last_error(&b)).unwrap_or_default();
         return Err(Error::Runc { action: "run".into(), id: cfg.id.clone(), msg });
     }
-    let pid: u32 = fs::read_to_string(&pid_file)
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .ok_or_else(|| Error::Failed(format!("runc wrote no pid to {}", pid_file.display())))?;
+    let pid: u32 = match &pid_file {
+        Some(f) => fs::read_to_string(f)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .ok_or_else(|| Error::Failed(format!("runc wrote no pid to {}", f.display())))?,
+        None => container_child().ok_or_else(|| Error::Failed(format!("runc left no process for {}", cfg.id)))?,
+    };
     let ns = cfg.netns.clone().unwrap_or_else(|| netns::ns_path(pid));
     let published = (|| {
         for p in &cfg.ports {
@@ -330,6 +354,32 @@ fn start(cfg: &ShimConfig, runc: &Runc, state_dir: &Path) -> Result<Started> {
         return Err(e);
     }
     Ok(Started { pid, pumps })
+}
+
+/// Whether the kernel lists a task's children (`/proc/<pid>/task/<tid>/children`,
+/// CONFIG_PROC_CHILDREN).
+fn children_listed() -> bool {
+    let pid = std::process::id();
+    Path::new(&format!("/proc/{pid}/task/{pid}/children")).exists()
+}
+
+/// The container's first process once `runc run --detach` has returned: runc's child,
+/// re-parented to us (a subreaper), and the one that is pid 1 of its own pid namespace
+/// (an init that forked and exited at once leaves its orphans with us too). A zombie is
+/// listed as well, so a container that already exited is found.
+fn container_child() -> Option<u32> {
+    let pid = std::process::id();
+    for task in fs::read_dir(format!("/proc/{pid}/task")).ok()?.flatten() {
+        let Ok(children) = fs::read_to_string(task.path().join("children")) else { continue };
+        for child in children.split_whitespace().filter_map(|c| c.parse::<u32>().ok()) {
+            let status = fs::read_to_string(format!("/proc/{child}/status")).unwrap_or_default();
+            let nspid = status.lines().find_map(|l| l.strip_prefix("NSpid:"));
+            if nspid.and_then(|p| p.split_whitespace().last()) == Some("1") {
+                return Some(child);
+            }
+        }
+    }
+    None
 }
 
 fn cleanup(cfg: &ShimConfig, runc: &Runc) {
@@ -413,4 +463,23 @@ fn splice_both(a: TcpStream, b: TcpStream) {
     let _ = io::copy(&mut b2, &mut a2);
     let _ = a2.shutdown(std::net::Shutdown::Write);
     let _ = t.join();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_shim_that_dies_without_a_report_is_an_error_not_a_hang() {
+        let dir = tempfile::tempdir().unwrap();
+        // /bin/true takes the shim's arguments and exits without writing to fd 3
+        let (tx, rx) = std::sync::mpsc::channel();
+        let d = dir.path().to_path_buf();
+        std::thread::spawn(move || {
+            let _ = tx.send(spawn(Path::new("/bin/true"), &d).map_err(|e| e.to_string()));
+        });
+        let got = rx.recv_timeout(Duration::from_secs(10)).expect("spawn still waits for a report from a dead shim");
+        let msg = got.expect_err("a shim without a report cannot have started anything");
+        assert!(msg.contains("without a report"), "{msg}");
+    }
 }

@@ -85,10 +85,28 @@ pub async fn exit_of(dir: &Path, run: Running) -> Option<Status> {
         _ = pidwait::exited(run.pid) => {}
         _ = pidwait::exited(run.shim_pid) => {}
     }
-    // the shim writes the status right after it reaps the workload
+    // the shim writes the status right after it reaps the workload, a fraction of a
+    // millisecond after the exit: look for it at that pace first (a tokio timer sleeps
+    // at least a millisecond, and waiters of a `run` are waiting for this)
     let mut status = shim::read_status(dir);
+    if !is_final(&status) {
+        let d = dir.to_path_buf();
+        status = tokio::task::spawn_blocking(move || {
+            let mut status = None;
+            for _ in 0..200 {
+                std::thread::sleep(Duration::from_micros(100));
+                status = shim::read_status(&d);
+                if is_final(&status) {
+                    break;
+                }
+            }
+            status
+        })
+        .await
+        .unwrap_or(None);
+    }
     for i in 0..2000 {
-        if matches!(status, Some(Status::Exited { .. } | Status::Failed { .. })) {
+        if is_final(&status) {
             break;
         }
         if shim::live_shim_pid(dir).is_none() {
@@ -98,6 +116,10 @@ pub async fn exit_of(dir: &Path, run: Running) -> Option<Status> {
         status = shim::read_status(dir);
     }
     status
+}
+
+fn is_final(status: &Option<Status>) -> bool {
+    matches!(status, Some(Status::Exited { .. } | Status::Failed { .. }))
 }
 
 /// Resolves when the shim has finished its cleanup (unmounts, runc delete), and reaps it.

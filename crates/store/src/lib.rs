@@ -2,20 +2,25 @@
 //! manages and the lifecycle events that happened to them.
 //!
 //! Design decision: objects are stored as JSON documents keyed by (kind, id) with a
-//! unique (kind, name), and every write commits in its own transaction with
-//! `synchronous=FULL` before it returns, so anything the API acknowledged survives a
-//! `kill -9` (and a power cut) of the daemon. Readers keep their own in-memory copy; the
-//! store is written through, not queried on hot paths.
+//! unique (kind, name), and every write commits in its own transaction before it returns,
+//! so nothing the API acknowledged is lost to a `kill -9` of the daemon. A write is
+//! [`Durability::Synced`] (`synchronous=FULL`: the WAL is fsynced at commit, so it also
+//! survives a power cut) unless its caller says it is [`Durability::Committed`]: a fact
+//! the daemon observed on its own and can observe again (a process exit, which the shim
+//! also keeps in `status.json`), fsynced with the next synced write or [`Store::sync`].
+//! Readers keep their own in-memory copy; the store is written through, not queried on
+//! hot paths.
 
 mod metrics;
 
 pub use metrics::SampleQuery;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 use chrono::{DateTime, Utc};
-use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +31,8 @@ pub enum Error {
     Sqlite(#[from] rusqlite::Error),
     #[error("store: stored {kind} {id} is not valid JSON: {source}")]
     Corrupt { kind: String, id: String, source: serde_json::Error },
+    #[error("store: sync {path}: {source}")]
+    Sync { path: PathBuf, source: std::io::Error },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -90,21 +97,40 @@ impl Event {
     }
 }
 
+/// How far a write has gone when it returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// Committed and fsynced: survives a `kill -9` of the daemon and a power cut. For
+    /// every change the API acknowledges as done.
+    Synced,
+    /// Committed, not yet fsynced: survives a `kill -9` of the daemon (the commit is in
+    /// the kernel's page cache) and becomes power-cut durable with the next synced write
+    /// or [`Store::sync`]; a power cut before that loses it. Only for what the daemon
+    /// observed on its own and can observe again after a power cut.
+    Committed,
+}
+
 pub struct Store {
     conn: Mutex<Connection>,
+    /// The WAL file, which [`Store::sync`] fsyncs; `None` in memory.
+    wal: Option<PathBuf>,
+    /// A committed write has not been fsynced yet.
+    unsynced: AtomicBool,
 }
 
 impl Store {
     pub fn open(path: &Path) -> Result<Store> {
         let conn = Connection::open(path)?;
-        Self::setup(conn)
+        let mut wal = path.as_os_str().to_owned();
+        wal.push("-wal");
+        Self::setup(conn, Some(wal.into()))
     }
 
     pub fn open_in_memory() -> Result<Store> {
-        Self::setup(Connection::open_in_memory()?)
+        Self::setup(Connection::open_in_memory()?, None)
     }
 
-    fn setup(mut conn: Connection) -> Result<Store> {
+    fn setup(mut conn: Connection, wal: Option<PathBuf>) -> Result<Store> {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
@@ -116,7 +142,7 @@ impl Store {
             tx.pragma_update(None, "user_version", i + 1)?;
             tx.commit()?;
         }
-        Ok(Store { conn: Mutex::new(conn) })
+        Ok(Store { conn: Mutex::new(conn), wal, unsynced: AtomicBool::new(false) })
     }
 
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
@@ -125,51 +151,120 @@ impl Store {
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Inserts a new object; a duplicate name of the same kind is a conflict.
+    /// One write transaction, committed as durably as `durability` says.
+    fn write<R>(&self, durability: Durability, f: impl FnOnce(&Transaction<'_>) -> Result<R>) -> Result<R> {
+        let mut conn = self.conn();
+        let committed = durability == Durability::Committed;
+        if committed {
+            // in WAL mode NORMAL commits without an fsync; the frames are synced by the
+            // next FULL commit, a checkpoint or `sync`, whichever comes first
+            conn.pragma_update(None, "synchronous", "NORMAL")?;
+        }
+        let written = (|| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let r = f(&tx)?;
+            tx.commit()?;
+            Ok(r)
+        })();
+        if committed {
+            // mark first: a failed switch back must not hide the unsynced write
+            self.unsynced.store(true, Ordering::SeqCst);
+            conn.pragma_update(None, "synchronous", "FULL")?;
+        } else if written.is_ok() {
+            // a FULL commit fsyncs the whole WAL, earlier commits included
+            self.unsynced.store(false, Ordering::SeqCst);
+        }
+        written
+    }
+
+    /// Inserts a new object; a duplicate name of the same kind is a conflict;
+    /// [`Durability::Synced`].
     pub fn insert<T: Serialize>(&self, kind: &str, id: &str, name: &str, obj: &T, event: &Event) -> Result<()> {
-        let body = serde_json::to_string(obj).expect("objects serialise");
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let taken: Option<String> = tx
-            .query_row("SELECT id FROM objects WHERE kind = ?1 AND name = ?2", params![kind, name], |r| r.get(0))
-            .optional()?;
-        if taken.is_some() {
-            return Err(Error::Conflict { kind: kind.into(), name: name.into() });
-        }
-        tx.execute(
-            "INSERT INTO objects (kind, id, name, body, updated_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![kind, id, name, body, Utc::now().to_rfc3339()],
-        )?;
-        insert_event(&tx, event)?;
-        tx.commit()?;
-        Ok(())
+        self.insert_with(kind, id, name, obj, event, Durability::Synced)
     }
 
-    /// Replaces an existing object (or inserts it), with an optional event, atomically.
+    /// [`Store::insert`] with the durability the caller needs.
+    pub fn insert_with<T: Serialize>(
+        &self,
+        kind: &str,
+        id: &str,
+        name: &str,
+        obj: &T,
+        event: &Event,
+        durability: Durability,
+    ) -> Result<()> {
+        let body = serde_json::to_string(obj).expect("objects serialise");
+        self.write(durability, |tx| {
+            let taken: Option<String> = tx
+                .query_row("SELECT id FROM objects WHERE kind = ?1 AND name = ?2", params![kind, name], |r| r.get(0))
+                .optional()?;
+            if taken.is_some() {
+                return Err(Error::Conflict { kind: kind.into(), name: name.into() });
+            }
+            tx.execute(
+                "INSERT INTO objects (kind, id, name, body, updated_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![kind, id, name, body, Utc::now().to_rfc3339()],
+            )?;
+            insert_event(tx, event)
+        })
+    }
+
+    /// Replaces an existing object (or inserts it), with an optional event, atomically;
+    /// [`Durability::Synced`].
     pub fn update<T: Serialize>(&self, kind: &str, id: &str, name: &str, obj: &T, event: Option<&Event>) -> Result<()> {
+        self.update_with(kind, id, name, obj, event, Durability::Synced)
+    }
+
+    /// [`Store::update`] with the durability the caller needs.
+    pub fn update_with<T: Serialize>(
+        &self,
+        kind: &str,
+        id: &str,
+        name: &str,
+        obj: &T,
+        event: Option<&Event>,
+        durability: Durability,
+    ) -> Result<()> {
         let body = serde_json::to_string(obj).expect("objects serialise");
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        tx.execute(
-            "INSERT INTO objects (kind, id, name, body, updated_at) VALUES (?1, ?2, ?3, ?4, ?5)
-             ON CONFLICT (kind, id) DO UPDATE SET name = excluded.name, body = excluded.body,
-             updated_at = excluded.updated_at",
-            params![kind, id, name, body, Utc::now().to_rfc3339()],
-        )?;
-        if let Some(e) = event {
-            insert_event(&tx, e)?;
+        self.write(durability, |tx| {
+            tx.execute(
+                "INSERT INTO objects (kind, id, name, body, updated_at) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (kind, id) DO UPDATE SET name = excluded.name, body = excluded.body,
+                 updated_at = excluded.updated_at",
+                params![kind, id, name, body, Utc::now().to_rfc3339()],
+            )?;
+            match event {
+                Some(e) => insert_event(tx, e),
+                None => Ok(()),
+            }
+        })
+    }
+
+    /// Makes every committed write power-cut durable (fsyncs the WAL), if one is not yet.
+    /// Call it before acknowledging a request whose answer reports [`Durability::Committed`]
+    /// facts as done (a stop reports the exit it waited for).
+    pub fn sync(&self) -> Result<()> {
+        let _conn = self.conn();
+        let Some(wal) = &self.wal else { return Ok(()) };
+        if !self.unsynced.load(Ordering::SeqCst) {
+            return Ok(());
         }
-        tx.commit()?;
+        // fsync flushes the file's pages whichever descriptor wrote them: this is the
+        // sync a FULL commit would have made after writing its frames
+        std::fs::File::open(wal)
+            .and_then(|f| f.sync_all())
+            .map_err(|source| Error::Sync { path: wal.clone(), source })?;
+        self.unsynced.store(false, Ordering::SeqCst);
         Ok(())
     }
 
+    /// Deletes an object with its event; [`Durability::Synced`].
     pub fn delete(&self, kind: &str, id: &str, event: &Event) -> Result<bool> {
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let n = tx.execute("DELETE FROM objects WHERE kind = ?1 AND id = ?2", params![kind, id])?;
-        insert_event(&tx, event)?;
-        tx.commit()?;
-        Ok(n > 0)
+        self.write(Durability::Synced, |tx| {
+            let n = tx.execute("DELETE FROM objects WHERE kind = ?1 AND id = ?2", params![kind, id])?;
+            insert_event(tx, event)?;
+            Ok(n > 0)
+        })
     }
 
     pub fn list<T: DeserializeOwned>(&self, kind: &str) -> Result<Vec<T>> {
@@ -295,6 +390,44 @@ mod tests {
         assert!(!s.insert_nonce("peer", "n1", 101).unwrap(), "replay after a restart was accepted");
         assert_eq!(s.prune_nonces(101).unwrap(), 2);
         assert!(s.insert_nonce("peer", "n1", 200).unwrap());
+    }
+
+    fn synchronous(s: &Store) -> i64 {
+        s.conn().pragma_query_value(None, "synchronous", |r| r.get(0)).unwrap()
+    }
+
+    #[test]
+    fn committed_writes_survive_a_reopen_and_wait_for_a_sync() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        {
+            let s = Store::open(&path).unwrap();
+            s.insert("thing", "a", "one", &Obj { id: "a".into(), n: 1 }, &ev("a", "created")).unwrap();
+            assert!(!s.unsynced.load(Ordering::SeqCst));
+            let o = Obj { id: "a".into(), n: 2 };
+            s.update_with("thing", "a", "one", &o, Some(&ev("a", "exited")), Durability::Committed).unwrap();
+            assert!(s.unsynced.load(Ordering::SeqCst), "a committed write counts as unsynced");
+            // the connection is back at FULL: the next plain write is synced again
+            assert_eq!(synchronous(&s), 2);
+            s.sync().unwrap();
+            assert!(!s.unsynced.load(Ordering::SeqCst));
+            s.update_with("thing", "a", "one", &o, Some(&ev("a", "health")), Durability::Committed).unwrap();
+            s.update("thing", "a", "one", &Obj { id: "a".into(), n: 3 }, Some(&ev("a", "started"))).unwrap();
+            assert!(!s.unsynced.load(Ordering::SeqCst), "a synced write syncs what came before");
+            s.update_with("thing", "a", "one", &Obj { id: "a".into(), n: 4 }, None, Durability::Committed).unwrap();
+            let b = Obj { id: "b".into(), n: 1 };
+            s.insert_with("thing", "b", "two", &b, &ev("b", "created"), Durability::Committed).unwrap();
+            let dup = s.insert_with("thing", "c", "two", &b, &ev("c", "created"), Durability::Committed);
+            assert!(matches!(dup, Err(Error::Conflict { .. })), "{dup:?}");
+            assert_eq!(synchronous(&s), 2, "a failed committed write leaves the connection at FULL");
+            assert!(s.unsynced.load(Ordering::SeqCst));
+            s.delete("thing", "b", &ev("b", "removed")).unwrap();
+            assert!(!s.unsynced.load(Ordering::SeqCst), "a delete is synced");
+        }
+        let s = Store::open(&path).unwrap();
+        assert_eq!(s.get::<Obj>("thing", "a").unwrap().unwrap().n, 4);
+        let actions: Vec<_> = s.events(Some("a"), 10).unwrap().into_iter().map(|e| e.action).collect();
+        assert_eq!(actions, ["created", "exited", "health", "started"]);
     }
 
     #[test]

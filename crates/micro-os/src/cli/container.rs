@@ -219,25 +219,19 @@ pub fn run(client: &Client, cmd: ContainerCmd) -> CliResult<i32> {
         ContainerCmd::Run { create, rm, detach } => {
             let default = format!("run-{}", &micro_os_core::id::new_id()[..8]);
             let req = request(&create, Some(default)).map_err(|e| CliError::new(125, e.message))?;
-            let c: Container =
-                client.call("POST", "/containers", Some(&req)).map_err(|e| CliError::new(125, e.message))?;
-            let started: CliResult<Container> =
-                client.call("POST", &format!("/containers/{}/start", c.id), None::<&()>);
-            if let Err(e) = started {
-                if rm {
-                    let _ = client.call_empty("DELETE", &format!("/containers/{}?force=true", c.id));
-                }
-                return Err(CliError::new(run_failure_code(&e.message), e.message));
-            }
+            // created and started in one request; with --rm the daemon removes a
+            // container that cannot start, and the wait below removes it once it stopped
+            let path = if rm { "/containers?start=true&rm=true" } else { "/containers?start=true" };
+            let c: Container = client
+                .call("POST", path, Some(&req))
+                .map_err(|e| CliError::new(run_failure_code(&e.message), e.message))?;
             if detach {
                 println!("{}", c.id);
                 return Ok(0);
             }
             stream_logs(client, &c.id, "?follow=true")?;
-            let w: WaitResponse = client.call("POST", &format!("/containers/{}/wait", c.id), None::<&()>)?;
-            if rm {
-                client.call_empty("DELETE", &format!("/containers/{}?force=true", c.id))?;
-            }
+            let wait = format!("/containers/{}/wait{}", c.id, if rm { "?rm=true" } else { "" });
+            let w: WaitResponse = client.call("POST", &wait, None::<&()>)?;
             if w.oom_killed {
                 eprintln!("container {:?} was OOM-killed (raise its memory limit)", c.spec.name);
             }

@@ -13,6 +13,7 @@ use micro_os_core::{Container, ContainerSpec, ContainerState, HealthState, Templ
 use micro_os_runtime::image::Image;
 use micro_os_runtime::workload::{self, Exit, Running, Workload};
 use micro_os_runtime::{cgroup, shim};
+use micro_os_store::Durability;
 
 use super::engine::Engine;
 use super::error::{Error, Result};
@@ -77,20 +78,42 @@ impl Engine {
         Ok(spec)
     }
 
-    fn insert(&self, spec: ContainerSpec) -> Result<Container> {
+    fn insert(&self, spec: ContainerSpec, durability: Durability) -> Result<Container> {
         let c = Container::new(micro_os_core::id::new_id(), spec, Utc::now());
-        self.containers.insert(c.clone(), format!("image {}", c.spec.image))?;
+        self.containers.insert_with(c.clone(), format!("image {}", c.spec.image), durability)?;
         Ok(c)
     }
 
-    pub async fn create(&self, req: ContainerCreate) -> Result<Container> {
+    /// Creates a container; with `start` starts it too (`container run`: one request, one
+    /// fsync less), and with `rm` as well removes it again if it cannot start.
+    pub async fn create(self: &Arc<Self>, req: ContainerCreate, start: bool, rm: bool) -> Result<Container> {
         let spec = self.resolve(req)?;
         self.containers.check_name_free(&spec.name)?;
-        let c = self.insert(spec)?;
+        // Alone, the creation is the acknowledged change and is fsynced. Followed by a
+        // start, it need only be committed before the shim runs (a daemon killed after
+        // that finds the record); the start's synced "started" (or "start-failed") write
+        // makes both durable before the reply.
+        let c = self.insert(spec, if start { Durability::Committed } else { Durability::Synced })?;
         if let Some(vm) = &c.spec.vm {
             self.advertise(vm);
         }
-        Ok(c)
+        if !start {
+            return Ok(c);
+        }
+        match self.start(&c.id).await {
+            Ok(c) => Ok(c),
+            Err(e) => {
+                if rm {
+                    if let Err(r) = self.remove(&c.id, true).await {
+                        tracing::warn!("remove container {} after its failed start: {r}", c.spec.name);
+                    }
+                } else {
+                    // kept with its error: as durable as a separate create would be
+                    self.containers.sync()?;
+                }
+                Err(e)
+            }
+        }
     }
 
     /// All or nothing: every entry is resolved and checked before any is created.
@@ -111,7 +134,7 @@ impl Engine {
         }
         let mut out = Vec::new();
         for s in specs {
-            out.push(self.insert(s)?);
+            out.push(self.insert(s, Durability::Synced)?);
         }
         let vms: std::collections::BTreeSet<&String> = out.iter().filter_map(|c| c.spec.vm.as_ref()).collect();
         for vm in vms {
@@ -159,7 +182,9 @@ impl Engine {
                     c.stop_requested = false;
                     c.health = c.spec.health_check.as_ref().map(|_| HealthState::default());
                 });
-                // watched before anything can fail, so an exit is never missed
+                // watched before anything can fail, so an exit is never missed; then
+                // synced: the reply says the container runs, and after a power cut
+                // `recover` restarts it by its policy only if the store says it ran
                 self.supervise(id, run);
                 self.containers.persist(id, action, format!("pid {}", run.pid))?;
                 self.find(id)
@@ -167,6 +192,7 @@ impl Engine {
             Err(e) => {
                 let msg = e.to_string();
                 self.containers.update(id, |c| c.error = Some(msg.clone()));
+                // synced: the reply reports the failure of a container that stays
                 self.containers.persist(id, "start-failed", msg)?;
                 Err(e.within(format!("start container {:?}", c.spec.name)))
             }
@@ -256,6 +282,8 @@ impl Engine {
         }
         let (c, _g) = supervisor::begin(&self.containers, &self.ops, key, Transition::Stop).await?;
         self.stop_locked(&c, timeout.unwrap_or(self.cfg.stop_timeout_s)).await?;
+        // the reply reports the exit, which the supervisor only recorded
+        self.containers.sync()?;
         self.find(&c.id)
     }
 
@@ -338,6 +366,8 @@ impl Engine {
             }
             self.stop_locked(&c, 0.0).await?;
         }
+        // synced (`Table::delete`): an acknowledged removal must not come back after a
+        // power cut; it also makes the exit recorded before it durable
         self.containers.delete(&c.id)?;
         self.ops.forget(&c.id);
         if let Some(vm) = &c.spec.vm {
@@ -368,7 +398,10 @@ impl Engine {
         self.find(&c.id)
     }
 
-    pub async fn wait(&self, key: &str) -> Result<WaitResponse> {
+    /// Waits until the container is not running; with `rm`, removes it then (its removal
+    /// is fsynced, and with it the exit the reply reports). Without `rm` this is a read:
+    /// it reports the exit as recorded (committed, see `Table::record`), like a GET.
+    pub async fn wait(self: &Arc<Self>, key: &str, rm: bool) -> Result<WaitResponse> {
         let c = self.find(key)?;
         let done = |c: &Container| !matches!(c.state, ContainerState::Running | ContainerState::Paused);
         let c = self
@@ -376,6 +409,9 @@ impl Engine {
             .wait_until(&c.id, done, Duration::from_secs(365 * 24 * 3600))
             .await
             .ok_or_else(|| Error::not_found(format!("container {key:?} was removed while waiting")))?;
+        if rm {
+            self.remove(&c.id, false).await?;
+        }
         Ok(WaitResponse { exit_code: c.exit_code.unwrap_or(0), oom_killed: c.oom_killed, error: c.error })
     }
 
@@ -389,7 +425,7 @@ impl Engine {
             match shim::live_shim_pid(&dir) {
                 Some(shim_pid) => {
                     tracing::info!("re-adopted container {} (pid {pid})", c.spec.name);
-                    let _ = self.containers.persist(&c.id, "adopted", format!("pid {pid}"));
+                    let _ = self.containers.record(&c.id, "adopted", format!("pid {pid}"));
                     self.supervise(&c.id, Running { pid, shim_pid });
                 }
                 None => {
@@ -420,7 +456,7 @@ impl Engine {
             })
             .is_some_and(|c| c.pid == Some(pid) && c.state != ContainerState::Exited);
         if let Some(s) = changed {
-            let _ = self.containers.persist(id, "health", format!("{s:?}").to_lowercase());
+            let _ = self.containers.record(id, "health", format!("{s:?}").to_lowercase());
         }
         alive
     }

@@ -184,7 +184,7 @@ impl Engine {
         let one = |c: Container| Reply::Container(Box::new(c));
         let vm = |v: Vm| Reply::Vm(Box::new(v));
         match action {
-            Action::CreateContainer(req) => self.create(*req).await.map(one),
+            Action::CreateContainer { req, start, rm } => self.create(*req, start, rm).await.map(one),
             Action::Deploy(req) => self.deploy(req).await.map(Reply::Containers),
             Action::ListContainers => Ok(Reply::Containers(self.containers.list())),
             Action::GetContainer(k) => self.find(&k).map(one),
@@ -194,7 +194,7 @@ impl Engine {
             Action::PauseContainer(k) => self.pause(&k, true).await.map(one),
             Action::ResumeContainer(k) => self.pause(&k, false).await.map(one),
             Action::ConfigureContainer { id, set } => self.configure(&id, set).await.map(one),
-            Action::WaitContainer(k) => self.wait(&k).await.map(Reply::Exit),
+            Action::WaitContainer { id, rm } => self.wait(&id, rm).await.map(Reply::Exit),
             Action::ContainerEvents(k) => {
                 let c = self.find(&k)?;
                 let events = tokio::task::block_in_place(|| self.store.events(Some(&c.id), 100))?;

@@ -115,7 +115,10 @@ pub async fn on_exit<T: Supervised, K: Kind<T>>(k: &Arc<K>, id: &str, pid: u32, 
         return;
     }
     let (action, detail) = T::exit_event(&exit);
-    if let Err(e) = k.table().persist(id, action, detail) {
+    // an observed fact, not an acknowledged change: committed (it survives a kill -9 of
+    // the daemon) without an fsync on the way to the waiters; after a power cut the
+    // shim's status.json (or its absence) tells the exit again
+    if let Err(e) = k.table().record(id, action, detail) {
         tracing::error!("record exit of {} {}: {e}", T::KIND, o.name());
     }
     k.after_exit(id);

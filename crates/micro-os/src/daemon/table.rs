@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use micro_os_core::{Container, Vm};
-use micro_os_store::{Event, Store};
+use micro_os_store::{Durability, Event, Store};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::sync::broadcast;
@@ -120,24 +120,51 @@ impl<T: Object> Table<T> {
         Some(o.clone())
     }
 
-    /// Writes the current in-memory object and an event to the store. Always writes the
-    /// latest state, under one lock, so concurrent persists cannot reorder.
+    /// Writes the current in-memory object and an event to the store, fsynced
+    /// ([`Durability::Synced`]): for every change a request asks for and the API then
+    /// acknowledges (started, stopping, paused, configured ...). Always writes the latest
+    /// state, under one lock, so concurrent persists cannot reorder.
     pub fn persist(&self, id: &str, action: &str, detail: impl Into<String>) -> Result<()> {
-        let detail = detail.into();
+        self.write(id, action, detail.into(), Durability::Synced)
+    }
+
+    /// Like [`Table::persist`], committed but not fsynced ([`Durability::Committed`]): for
+    /// what the daemon observes on its own and would observe again after a power cut —
+    /// an exit (the shim keeps it in `status.json`; a container whose shim is gone is
+    /// recorded as ended at the next start), a health change (probed again), a re-adoption.
+    /// It survives a `kill -9` of the daemon. A request that acknowledges such a fact as
+    /// done (a stop) calls [`Table::sync`] first.
+    pub fn record(&self, id: &str, action: &str, detail: impl Into<String>) -> Result<()> {
+        self.write(id, action, detail.into(), Durability::Committed)
+    }
+
+    fn write(&self, id: &str, action: &str, detail: String, durability: Durability) -> Result<()> {
         tokio::task::block_in_place(|| {
             let _g = self.persist_lock.lock().unwrap();
             let Some(o) = self.get(id) else { return Ok(()) };
             let ev = Event::new(T::KIND, id, o.name(), action, detail);
-            self.store.update(T::KIND, id, o.name(), &o, Some(&ev))
+            self.store.update_with(T::KIND, id, o.name(), &o, Some(&ev), durability)
         })?;
         self.notify(id);
         Ok(())
     }
 
-    /// Stores a new object with its `created` event, then shows it.
+    /// Makes every [`Table::record`]ed write of the store power-cut durable.
+    pub fn sync(&self) -> Result<()> {
+        tokio::task::block_in_place(|| self.store.sync())?;
+        Ok(())
+    }
+
+    /// Stores a new object with its `created` event, then shows it; fsynced.
     pub fn insert(&self, o: T, detail: impl Into<String>) -> Result<()> {
+        self.insert_with(o, detail, Durability::Synced)
+    }
+
+    /// [`Table::insert`], as durable as the caller needs: committed only when a synced
+    /// write of the same request follows before its reply.
+    pub fn insert_with(&self, o: T, detail: impl Into<String>, durability: Durability) -> Result<()> {
         let ev = Event::new(T::KIND, o.id(), o.name(), "created", detail);
-        tokio::task::block_in_place(|| self.store.insert(T::KIND, o.id(), o.name(), &o, &ev))?;
+        tokio::task::block_in_place(|| self.store.insert_with(T::KIND, o.id(), o.name(), &o, &ev, durability))?;
         self.map.write().unwrap().insert(o.id().to_string(), o);
         Ok(())
     }

@@ -232,6 +232,8 @@ impl Engine {
         }
         let (v, _g) = supervisor::begin(&self.vms, &self.ops, key, Transition::Stop).await?;
         self.stop_vm_locked(&v, force, timeout.unwrap_or(self.cfg.stop_timeout_s)).await?;
+        // the reply reports the exit, which the supervisor only recorded
+        self.vms.sync()?;
         self.find_vm(&v.id)
     }
 

@@ -9,7 +9,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 mod require;
-#[allow(unused_imports)] // not every test binary needs the requirements
+// not every test file needs it (health.rs does not)
+#[allow(unused_imports)]
 pub use require::*;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_micro-os");
