@@ -96,7 +96,7 @@ impl UpgradeInfo for Upgrade {
 }
 
 /// What a secured connection is: noise's or TLS's stream.
-pub(crate) type Secured<C> = Either<noise::Output<C>, futures_rustls::TlsStream<C>>;
+pub(crate) type Secured<C> = Either<noise::Output<C>, futures_rustls::TlsStream<tls::Wire<C>>>;
 
 impl<C> InboundConnectionUpgrade<C> for Upgrade
 where

@@ -163,18 +163,30 @@ fn authenticated(state: &CommonState) -> Result<PeerId, TlsError> {
     }
 }
 
+/// What a TLS session runs over: the connection, its writes gathered into 64 KiB. Each
+/// yamux frame becomes a TLS record of at most 16 KiB, and rustls writes each out as it
+/// is sealed; gathered, a bulk stream makes a quarter of the writes (yamux flushes, and so
+/// empties the buffer, whenever it has nothing more to send).
+pub type Wire<C> = futures_util::io::BufWriter<C>;
+
+fn wire<C: AsyncWrite>(socket: C) -> Wire<C> {
+    futures_util::io::BufWriter::with_capacity(64 * 1024, socket)
+}
+
 impl<C> InboundConnectionUpgrade<C> for Config
 where
     C: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
-    type Output = (PeerId, TlsStream<C>);
+    type Output = (PeerId, TlsStream<Wire<C>>);
     type Error = TlsError;
     type Future = BoxFuture<'static, Result<Self::Output, TlsError>>;
 
     fn upgrade_inbound(self, socket: C, _: Self::Info) -> Self::Future {
         async move {
-            let stream =
-                futures_rustls::TlsAcceptor::from(self.server).accept(socket).await.map_err(TlsError::Handshake)?;
+            let stream = futures_rustls::TlsAcceptor::from(self.server)
+                .accept(wire(socket))
+                .await
+                .map_err(TlsError::Handshake)?;
             let peer = authenticated(stream.get_ref().1)?;
             Ok((peer, TlsStream::Server(stream)))
         }
@@ -186,7 +198,7 @@ impl<C> OutboundConnectionUpgrade<C> for Config
 where
     C: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
-    type Output = (PeerId, TlsStream<C>);
+    type Output = (PeerId, TlsStream<Wire<C>>);
     type Error = TlsError;
     type Future = BoxFuture<'static, Result<Self::Output, TlsError>>;
 
@@ -196,7 +208,7 @@ where
             // indication, which rustls leaves out for an IP address
             let name = ServerName::IpAddress(IpAddr::V4(Ipv4Addr::UNSPECIFIED).into());
             let stream = futures_rustls::TlsConnector::from(self.client)
-                .connect(name, socket)
+                .connect(name, wire(socket))
                 .await
                 .map_err(TlsError::Handshake)?;
             let peer = authenticated(stream.get_ref().1)?;
@@ -384,7 +396,7 @@ mod tests {
     use tokio_util::compat::{Compat, TokioAsyncReadCompatExt};
 
     type Pipe = Compat<tokio::io::DuplexStream>;
-    type Session = Result<(PeerId, TlsStream<Pipe>), TlsError>;
+    type Session = Result<(PeerId, TlsStream<Wire<Pipe>>), TlsError>;
 
     /// A dialer (`client`) and a listener (`server`) over an in-memory duplex.
     async fn handshake(client: Config, server: Config) -> (Session, Session) {
@@ -392,7 +404,7 @@ mod tests {
         tokio::join!(client.upgrade_outbound(a.compat(), PROTOCOL), server.upgrade_inbound(b.compat(), PROTOCOL))
     }
 
-    fn suite(s: &TlsStream<Pipe>) -> SupportedCipherSuite {
+    fn suite(s: &TlsStream<Wire<Pipe>>) -> SupportedCipherSuite {
         s.get_ref().1.negotiated_cipher_suite().expect("a finished handshake has a suite")
     }
 
