@@ -106,7 +106,21 @@ if [ "$what" = monitor ] || [ "$what" = all ]; then
 fi
 
 if [ "$what" = p2p ] || [ "$what" = all ]; then
-  BIN=$BIN python3 bench/p2p.py
+  # a pair of VMs per way of securing the VM-to-VM stream, each started by a daemon that
+  # hands MICRO_OS_P2P_TRANSPORT to its agents (the VMs outlive the daemon's restarts);
+  # then every round streams over each pair and runs iperf3 once
+  variants=${P2P_VARIANTS:-auto noise tls quic}
+  for v in $variants; do
+    kill "$DAEMON_PID"; wait "$DAEMON_PID" 2>/dev/null || true
+    export MICRO_OS_P2P_TRANSPORT=$v
+    start_daemon
+    unset MICRO_OS_P2P_TRANSPORT
+    BIN=$BIN python3 bench/p2p.py create "$v"
+  done
+  kill "$DAEMON_PID"; wait "$DAEMON_PID" 2>/dev/null || true
+  start_daemon
+  # shellcheck disable=SC2086
+  BIN=$BIN python3 bench/p2p.py measure $variants
 fi
 
 if [ "$what" = api ] || [ "$what" = all ]; then

@@ -20,7 +20,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use micro_os_core::net::SendReport;
-use micro_os_core::vm::{AgentMessage, DaemonMessage, Query, AGENT_CONTROL_DIR, AGENT_CONTROL_SOCKET, AGENT_P2P_PORT};
+use micro_os_core::vm::{
+    AgentMessage, DaemonMessage, Query, AGENT_CONTROL_DIR, AGENT_CONTROL_SOCKET, AGENT_P2P_PORT,
+    AGENT_P2P_TRANSPORT_ENV,
+};
 use micro_os_p2p as p2p;
 use nix::sys::signal::{self, SigHandler, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
@@ -210,8 +213,46 @@ impl p2p::Policy for AgentPolicy {
     }
 }
 
+/// How the VM's peer dials its siblings (`AGENT_P2P_TRANSPORT_ENV`): over TCP with a
+/// security protocol first, or over QUIC (then it also listens on QUIC, at the TCP port).
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Transport {
+    Tcp(p2p::Security),
+    Quic,
+}
+
+impl Transport {
+    fn from_env() -> Transport {
+        match std::env::var(AGENT_P2P_TRANSPORT_ENV).as_deref() {
+            Err(_) => Transport::Tcp(p2p::Security::Auto),
+            Ok("quic") => Transport::Quic,
+            Ok(s) => s.parse().map(Transport::Tcp).unwrap_or_else(|e| {
+                eprintln!("micro-os-agent: {AGENT_P2P_TRANSPORT_ENV}: {e} (nor quic); using auto");
+                Transport::Tcp(p2p::Security::Auto)
+            }),
+        }
+    }
+
+    /// Where to dial a sibling the daemon names by its TCP address.
+    fn sibling(self, addr: Multiaddr) -> Multiaddr {
+        if self != Transport::Quic {
+            return addr;
+        }
+        addr.iter()
+            .flat_map(|p| match p {
+                Protocol::Tcp(port) => vec![Protocol::Udp(port), Protocol::QuicV1],
+                p => vec![p],
+            })
+            .collect()
+    }
+}
+
 /// Starts the VM's libp2p peer on its own thread (a small single-threaded runtime).
-fn start_p2p(key: Keypair, policy: Arc<AgentPolicy>) -> Option<(tokio::runtime::Handle, p2p::Handle)> {
+fn start_p2p(
+    key: Keypair,
+    policy: Arc<AgentPolicy>,
+    transport: Transport,
+) -> Option<(tokio::runtime::Handle, p2p::Handle)> {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
@@ -222,16 +263,25 @@ fn start_p2p(key: Keypair, policy: Arc<AgentPolicy>) -> Option<(tokio::runtime::
             }
         };
         rt.block_on(async move {
+            let mut listen: Vec<Multiaddr> = vec![format!("/ip4/0.0.0.0/tcp/{AGENT_P2P_PORT}").parse().expect("valid")];
+            // QUIC only when asked: on the VM bridge a sibling that also knew our QUIC
+            // address (mDNS announces every listen address) dialed both at once, and QUIC's
+            // shorter handshake won, though it carries a stream at half the speed of TLS
+            // over TCP here (bench/RESULTS.md)
+            if transport == Transport::Quic {
+                listen.push(format!("/ip4/0.0.0.0/udp/{AGENT_P2P_PORT}/quic-v1").parse().expect("valid"));
+            }
             let cfg = p2p::Config {
-                listen: vec![
-                    format!("/ip4/0.0.0.0/tcp/{AGENT_P2P_PORT}").parse().expect("valid"),
-                    format!("/ip4/0.0.0.0/udp/{AGENT_P2P_PORT}/quic-v1").parse().expect("valid"),
-                ],
+                listen,
                 // the VM's network is the VM bridge: mDNS finds its sibling VMs there
                 mdns: true,
                 inbox: Some(PathBuf::from(INBOX)),
                 // the host holds the DHT for its VMs; siblings connect only when they talk
                 leaf: true,
+                security: match transport {
+                    Transport::Tcp(s) => s,
+                    Transport::Quic => p2p::Security::Auto,
+                },
                 ..p2p::Config::default()
             };
             // nonces journaled in the VM's root, so a restarted VM still refuses replays
@@ -316,7 +366,8 @@ fn run(control_dir: Option<PathBuf>, guest: bool) -> i32 {
         }
     };
     let policy = Arc::new(AgentPolicy::default());
-    let p2p = key.ok().and_then(|k| start_p2p(k, policy.clone()));
+    let transport = Transport::from_env();
+    let p2p = key.ok().and_then(|k| start_p2p(k, policy.clone(), transport));
     if p2p.is_none() {
         problems.push("p2p: the peer did not start".into());
     }
@@ -358,7 +409,7 @@ fn run(control_dir: Option<PathBuf>, guest: bool) -> i32 {
                                         if let Some(Protocol::P2p(id)) = addr.iter().last() {
                                             known.insert(id);
                                             if let Some((_, h)) = &p2p {
-                                                h.add_address_blocking(id, addr);
+                                                h.add_address_blocking(id, transport.sibling(addr));
                                             }
                                         }
                                     }
@@ -444,5 +495,19 @@ fn run(control_dir: Option<PathBuf>, guest: bool) -> i32 {
             last_report = Instant::now();
         }
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn over_quic_a_sibling_is_dialed_at_its_udp_port() {
+        let id = Keypair::generate_ed25519().public().to_peer_id();
+        let tcp: Multiaddr = format!("/ip4/10.77.0.3/tcp/4001/p2p/{id}").parse().unwrap();
+        let quic: Multiaddr = format!("/ip4/10.77.0.3/udp/4001/quic-v1/p2p/{id}").parse().unwrap();
+        assert_eq!(Transport::Quic.sibling(tcp.clone()), quic);
+        assert_eq!(Transport::Tcp(p2p::Security::Tls).sibling(tcp.clone()), tcp);
     }
 }

@@ -287,8 +287,14 @@ pub enum AgentMessage {
     Answer { id: u64, result: Result<serde_json::Value, String> },
 }
 
-/// The port an agent's libp2p peer listens on (TCP and QUIC) at the VM's address.
+/// The port an agent's libp2p peer listens on (TCP, and QUIC when asked) at the VM's address.
 pub const AGENT_P2P_PORT: u16 = 4001;
+/// How a VM's agent dials its sibling VMs: `auto` (the default: TLS 1.3 with AES-GCM over
+/// TCP where the CPU has AES instructions, noise elsewhere), `noise` or `tls` first over
+/// TCP, or `quic` (the agent then listens on QUIC too). A sandbox VM's agent gets the
+/// daemon's own value of this variable; it is for benchmarks and diagnosis, not a setting
+/// a VM keeps.
+pub const AGENT_P2P_TRANSPORT_ENV: &str = "MICRO_OS_P2P_TRANSPORT";
 
 /// What the daemon tells an agent.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

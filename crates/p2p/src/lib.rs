@@ -1,5 +1,5 @@
 //! A micro-os libp2p peer — the host's (in the daemon) and every VM's (in its agent):
-//! TCP (noise or TLS 1.3, + yamux) and QUIC, identify, ping, connection limits, mDNS and
+//! TCP (noise or TLS 1.3 with the CPU's fastest cipher first, + yamux) and QUIC, identify, ping, connection limits, mDNS and
 //! Kademlia (`/micro-os/kad/1`) for discovery and for the resources a VM offers, relay v2,
 //! dcutr and autonat where configured, the versioned request-response protocol
 //! `/micro-os/msg/1` for signed envelopes (`micro_os_net`), gossipsub for broadcasts,
@@ -29,9 +29,11 @@ mod messaging;
 mod node;
 mod outbox;
 pub mod registry;
+mod security;
 mod send;
 pub mod stream;
 mod swarm;
+pub mod tls;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -42,6 +44,7 @@ pub use error::{Error, StreamError};
 pub use handle::{Delivery, Handle};
 pub use node::spawn;
 pub use registry::{ProtocolHandler, Refusal, Request};
+pub use security::{Security, SecurityError};
 
 pub use libp2p;
 pub use libp2p::{Multiaddr, PeerId, StreamProtocol};
@@ -89,6 +92,8 @@ pub struct Config {
     /// Time between Kademlia bootstrap rounds; a round runs only when the routing table
     /// holds a peer (a lone host is normal, not an error).
     pub bootstrap_every: Duration,
+    /// The security protocol proposed first on the TCP connections this peer dials.
+    pub security: Security,
 }
 
 impl Default for Config {
@@ -104,6 +109,7 @@ impl Default for Config {
             inbox: None,
             leaf: false,
             bootstrap_every: Duration::from_secs(5 * 60),
+            security: Security::Auto,
         }
     }
 }

@@ -12,7 +12,7 @@ use libp2p::{
 use micro_os_core::net::Ack;
 use micro_os_net::Envelope;
 
-use crate::{discovery, Config, Error};
+use crate::{discovery, security, Config, Error};
 
 #[derive(NetworkBehaviour)]
 pub(crate) struct Behaviour {
@@ -46,12 +46,14 @@ pub(crate) fn build(keypair: libp2p::identity::Keypair, cfg: &Config) -> Result<
         );
     }
     let leaf = cfg.leaf;
+    let security = cfg.security;
     let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
-        // noise first, TLS 1.3 (libp2p-tls) offered too: the dialer's first supported wins
+        // noise and TLS 1.3, proposed in the order `cfg.security` gives (the dialer's
+        // first that the listener supports wins)
         .with_tcp(
             tcp::Config::default().nodelay(true),
-            (noise::Config::new, libp2p::tls::Config::new),
+            |key: &libp2p::identity::Keypair| security::Upgrade::new(key, security),
             yamux::Config::default,
         )
         .map_err(Error::build)?

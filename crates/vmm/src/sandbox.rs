@@ -58,7 +58,7 @@ impl Sandbox {
             hostname: vm.spec.name.clone(),
             image,
             args,
-            env: vec![format!("HOSTNAME={}", vm.spec.name), format!("MICRO_OS_VM={}", vm.spec.name)],
+            env: agent_env(&vm.spec.name),
             resources: Default::default(),
             cgroups_path: format!("{parent}/agent"),
             netns,
@@ -69,6 +69,16 @@ impl Sandbox {
         };
         Ok(workload::launch(&self.host.runc, &self.host.images, &self.host.shim_exe, w)?)
     }
+}
+
+/// The agent's environment: its name, and the daemon's choice of VM-to-VM transport
+/// when one is set (`AGENT_P2P_TRANSPORT_ENV`).
+fn agent_env(name: &str) -> Vec<String> {
+    let mut env = vec![format!("HOSTNAME={name}"), format!("MICRO_OS_VM={name}")];
+    if let Ok(t) = std::env::var(micro_os_core::vm::AGENT_P2P_TRANSPORT_ENV) {
+        env.push(format!("{}={t}", micro_os_core::vm::AGENT_P2P_TRANSPORT_ENV));
+    }
+    env
 }
 
 impl crate::VmDriver for Sandbox {
