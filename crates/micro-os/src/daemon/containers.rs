@@ -339,23 +339,7 @@ impl Engine {
             }
             return Err(e.into());
         }
-        let mut done = false;
-        self.containers.update(&c.id, |o| {
-            // only the process that was frozen: one that exited meanwhile stays exited
-            if o.pid == c.pid && o.state == c.state {
-                o.state = if pause { ContainerState::Paused } else { ContainerState::Running };
-                done = true;
-            }
-        });
-        if !done {
-            return Err(Error::conflict(format!(
-                "cannot {} container {:?}: it exited meanwhile",
-                if pause { "pause" } else { "resume" },
-                c.spec.name
-            )));
-        }
-        self.containers.persist(&c.id, if pause { "paused" } else { "resumed" }, "")?;
-        self.find(&c.id)
+        supervisor::record_freeze(&self.containers, &c, pause)
     }
 
     pub async fn remove(self: &Arc<Self>, key: &str, force: bool) -> Result<()> {

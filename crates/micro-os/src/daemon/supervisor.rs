@@ -33,6 +33,10 @@ pub trait Supervised: Object {
     fn is_down(&self) -> bool;
     fn stop_requested(&self) -> bool;
     fn request_stop(&mut self);
+    /// Still the same run as `before` (same process, same state)?
+    fn same_run(&self, before: &Self) -> bool;
+    /// Marks the object frozen (paused) or thawed.
+    fn mark_frozen(&mut self, frozen: bool);
     fn restart_policy(&self) -> (&RestartPolicy, u32);
     fn count_restart(&mut self);
     /// The event an exit leaves: its action and detail.
@@ -78,6 +82,24 @@ pub async fn cancel_restart<T: Supervised>(table: &Table<T>, ops: &OpLocks, key:
     table.update(o.id(), |o| o.request_stop());
     table.persist(o.id(), "restart-cancelled", "stopped during the restart backoff")?;
     Ok(table.get(o.id()))
+}
+
+/// Records that `before`'s process was frozen or thawed — only if it is still the same run:
+/// one that exited meanwhile stays down, and the caller hears it as a conflict.
+pub fn record_freeze<T: Supervised>(table: &Table<T>, before: &T, frozen: bool) -> Result<T> {
+    let mut done = false;
+    table.update(before.id(), |o| {
+        if o.same_run(before) {
+            o.mark_frozen(frozen);
+            done = true;
+        }
+    });
+    if !done {
+        let verb = if frozen { "pause" } else { "resume" };
+        return Err(Error::conflict(format!("cannot {verb} {} {:?}: it ended meanwhile", T::KIND, before.name())));
+    }
+    table.persist(before.id(), if frozen { "paused" } else { "resumed" }, "")?;
+    table.find(before.id())
 }
 
 /// Takes the op lock of the object `key` names: the object as it is then, and the guard.
@@ -164,6 +186,9 @@ macro_rules! supervised_fields {
         fn request_stop(&mut self) {
             self.stop_requested = true;
         }
+        fn same_run(&self, before: &Self) -> bool {
+            self.pid == before.pid && self.state == before.state
+        }
         fn restart_policy(&self) -> (&RestartPolicy, u32) {
             (&self.spec.restart, self.restart_count)
         }
@@ -175,6 +200,9 @@ macro_rules! supervised_fields {
 
 impl Supervised for Container {
     supervised_fields!();
+    fn mark_frozen(&mut self, frozen: bool) {
+        self.state = if frozen { ContainerState::Paused } else { ContainerState::Running };
+    }
     fn record_exit(&mut self, exit: &Exit) {
         self.state = ContainerState::Exited;
         self.pid = None;
@@ -196,6 +224,13 @@ impl Supervised for Container {
 
 impl Supervised for Vm {
     supervised_fields!();
+    fn mark_frozen(&mut self, frozen: bool) {
+        self.state = if frozen { VmState::Paused } else { VmState::Running };
+        // a paused agent cannot report: the silence it leaves behind is not its fault
+        if !frozen && self.last_report.is_some() {
+            self.last_report = Some(Utc::now());
+        }
+    }
     fn record_exit(&mut self, exit: &Exit) {
         self.state = VmState::Stopped;
         self.pid = None;

@@ -306,28 +306,7 @@ impl Engine {
         let action = if pause { Transition::Pause } else { Transition::Resume };
         let (v, _g) = supervisor::begin(&self.vms, &self.ops, key, action).await?;
         self.freeze_vm(&v, pause).await?;
-        // a paused agent cannot report: the silence it leaves behind is not its fault
-        let now = Utc::now();
-        let mut done = false;
-        self.vms.update(&v.id, |o| {
-            // only the process that was frozen: one that exited meanwhile stays stopped
-            if o.pid == v.pid && o.state == v.state {
-                o.state = if pause { VmState::Paused } else { VmState::Running };
-                if !pause && o.last_report.is_some() {
-                    o.last_report = Some(now);
-                }
-                done = true;
-            }
-        });
-        if !done {
-            return Err(Error::conflict(format!(
-                "cannot {} vm {:?}: it stopped meanwhile",
-                if pause { "pause" } else { "resume" },
-                v.spec.name
-            )));
-        }
-        self.vms.persist(&v.id, if pause { "paused" } else { "resumed" }, "")?;
-        self.find_vm(&v.id)
+        supervisor::record_freeze(&self.vms, &v, pause)
     }
 
     pub async fn remove_vm(self: &Arc<Self>, key: &str, force: bool) -> Result<()> {
