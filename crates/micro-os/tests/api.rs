@@ -210,6 +210,10 @@ fn an_unprivileged_daemon_serves_auth_and_validation() {
     );
     // nothing was created
     assert!(d.names().is_empty(), "{:?}", d.names());
+    // a well-formed VM is refused up front, in one line that says why, not at its start
+    let err = d.fails(&["vm", "create", "--name", "fine", "--memory", "64"], 2);
+    assert!(err.contains("sandbox VMs need the daemon to run as root"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert_eq!(d.ok(&["vm", "list", "--format", "json"]).trim(), "[]");
 }
 

@@ -96,6 +96,11 @@ impl crate::VmDriver for Sandbox {
     }
 
     fn validate(&self, _spec: &VmSpec) -> Result<()> {
+        if !nix::unistd::geteuid().is_root() {
+            return Err(crate::Error::Missing(
+                "sandbox VMs need the daemon to run as root (namespaces, cgroups and the VM bridge)".into(),
+            ));
+        }
         Ok(())
     }
 
