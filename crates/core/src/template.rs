@@ -58,11 +58,6 @@ pub struct Template {
 }
 
 impl Template {
-    /// A template with nothing set: what a container made from an image alone starts from.
-    pub fn empty() -> Template {
-        Template::default()
-    }
-
     pub fn validate(&self) -> Result<(), ValidationError> {
         crate::validate_name("template", &self.name)?;
         self.resources.validate()?;

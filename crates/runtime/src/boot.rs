@@ -199,18 +199,23 @@ fn vm_key(vm_dir: &Path) -> Result<Vec<u8>> {
     Ok(seed)
 }
 
-/// Writes a file only its owner can read, atomically.
-fn write_secret(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
+/// A new file only its owner can read (mode 0600), replacing a leftover of that name.
+fn create_private(path: &Path) -> Result<fs::File> {
     use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let _ = fs::remove_file(&tmp);
-    let mut f = fs::OpenOptions::new()
+    let _ = fs::remove_file(path);
+    fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
-        .open(&tmp)
-        .context(|| format!("create {}", tmp.display()))?;
+        .open(path)
+        .context(|| format!("create {}", path.display()))
+}
+
+/// Writes a file only its owner can read, atomically.
+fn write_secret(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let mut f = create_private(&tmp)?;
     f.write_all(bytes).and_then(|_| f.sync_all()).context(|| format!("write {}", tmp.display()))?;
     fs::rename(&tmp, path).context(|| format!("rename {}", path.display()))
 }
@@ -234,16 +239,9 @@ pub fn for_vm(image: &BootFiles, vm_dir: &Path) -> Result<BootFiles> {
         fs::create_dir_all(dest.parent().expect("a parent")).context(|| format!("create {}", stage.display()))?;
         write_secret(&dest, &key)?;
         let tmp = vm_dir.join(".initramfs.img");
-        let _ = fs::remove_file(&tmp);
         {
             use std::io::Write;
-            use std::os::unix::fs::OpenOptionsExt;
-            let mut f = fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&tmp)
-                .context(|| format!("create {}", tmp.display()))?;
+            let mut f = create_private(&tmp)?;
             let mut base =
                 fs::File::open(&image.initramfs).context(|| format!("open {}", image.initramfs.display()))?;
             std::io::copy(&mut base, &mut f).context(|| format!("copy {}", image.initramfs.display()))?;

@@ -57,7 +57,7 @@ impl Engine {
                 "image {image:?} not found (see `micro-os image ls`; import one with `micro-os image import FILE`)"
             )));
         }
-        let base = template.unwrap_or_else(|| Template { image: image.clone(), ..Template::empty() });
+        let base = template.unwrap_or_else(|| Template { image: image.clone(), ..Template::default() });
         let mut env = base.env.clone();
         env.extend(req.env);
         let spec = ContainerSpec {
