@@ -19,6 +19,7 @@ use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use micro_os_circuit::Replicas;
 use micro_os_core::net::SendReport;
 use micro_os_core::vm::{
     AgentMessage, DaemonMessage, Query, AGENT_CONTROL_DIR, AGENT_CONTROL_SOCKET, AGENT_P2P_PORT,
@@ -41,6 +42,8 @@ extern "C" fn on_signal(sig: libc::c_int) {
 const KEY_PATH: &str = "/var/lib/micro-os/agent.key";
 /// Where named DATA streams sent to this VM are kept.
 const INBOX: &str = "/var/lib/micro-os/inbox";
+/// Where the VM's circuit members keep their Raft log and state, one directory each.
+const CIRCUITS: &str = "/var/lib/micro-os/circuits";
 const REPORT_EVERY: Duration = Duration::from_secs(1);
 const DEFAULT_GRACE: f64 = 10.0;
 
@@ -247,12 +250,17 @@ impl Transport {
     }
 }
 
-/// Starts the VM's libp2p peer on its own thread (a small single-threaded runtime).
-fn start_p2p(
-    key: Keypair,
-    policy: Arc<AgentPolicy>,
-    transport: Transport,
-) -> Option<(tokio::runtime::Handle, p2p::Handle)> {
+/// The VM's peer: the runtime it runs on, its handle, and the VM's circuit members.
+#[derive(Clone)]
+struct Peer {
+    rt: tokio::runtime::Handle,
+    p2p: p2p::Handle,
+    circuits: Option<Arc<Replicas>>,
+}
+
+/// Starts the VM's libp2p peer on its own thread (a small single-threaded runtime), and
+/// the members of the circuits the VM is in (reopened from their stores).
+fn start_p2p(key: Keypair, policy: Arc<AgentPolicy>, transport: Transport) -> Option<Peer> {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
@@ -288,7 +296,14 @@ fn start_p2p(
             let nonces = p2p::net::FileNonces::open(Path::new(KEY_PATH).with_file_name("nonces"));
             match p2p::spawn(key, cfg, Box::new(nonces), policy) {
                 Ok(h) => {
-                    let _ = tx.send((tokio::runtime::Handle::current(), h));
+                    let circuits = match Replicas::start(h.clone(), PathBuf::from(CIRCUITS)).await {
+                        Ok(r) => Some(r),
+                        Err(e) => {
+                            eprintln!("micro-os-agent: circuits: {e}");
+                            None
+                        }
+                    };
+                    let _ = tx.send(Peer { rt: tokio::runtime::Handle::current(), p2p: h, circuits });
                     std::future::pending::<()>().await;
                 }
                 Err(e) => eprintln!("micro-os-agent: p2p: {e}"),
@@ -368,8 +383,10 @@ fn run(control_dir: Option<PathBuf>, guest: bool) -> i32 {
     let policy = Arc::new(AgentPolicy::default());
     let transport = Transport::from_env();
     let p2p = key.ok().and_then(|k| start_p2p(k, policy.clone(), transport));
-    if p2p.is_none() {
-        problems.push("p2p: the peer did not start".into());
+    match &p2p {
+        None => problems.push("p2p: the peer did not start".into()),
+        Some(p) if p.circuits.is_none() => problems.push("circuits: the members did not start".into()),
+        Some(_) => {}
     }
     eprintln!("micro-os-agent: pid {}, peer id {peer_id}", std::process::id());
     let link = Arc::new(Link { stream: Mutex::new(None) });
@@ -394,11 +411,10 @@ fn run(control_dir: Option<PathBuf>, guest: bool) -> i32 {
                         match serde_json::from_str(&line) {
                             Ok(DaemonMessage::Shutdown { grace_s }) => *shutdown.lock().unwrap() = Some(grace_s),
                             Ok(DaemonMessage::Peers { peers, host }) => {
-                                if let (Some((_, h)), Some(addr)) =
-                                    (&p2p, host.and_then(|a| a.parse::<Multiaddr>().ok()))
+                                if let (Some(peer), Some(addr)) = (&p2p, host.and_then(|a| a.parse::<Multiaddr>().ok()))
                                 {
                                     if let Some(Protocol::P2p(id)) = addr.iter().last() {
-                                        h.add_dht_peer_blocking(id, addr);
+                                        peer.p2p.add_dht_peer_blocking(id, addr);
                                     }
                                 }
                                 let mut known = std::collections::HashSet::new();
@@ -408,8 +424,8 @@ fn run(control_dir: Option<PathBuf>, guest: bool) -> i32 {
                                     } else if let Ok(addr) = p.parse::<Multiaddr>() {
                                         if let Some(Protocol::P2p(id)) = addr.iter().last() {
                                             known.insert(id);
-                                            if let Some((_, h)) = &p2p {
-                                                h.add_address_blocking(id, transport.sibling(addr));
+                                            if let Some(peer) = &p2p {
+                                                peer.p2p.add_address_blocking(id, transport.sibling(addr));
                                             }
                                         }
                                     }
@@ -419,9 +435,9 @@ fn run(control_dir: Option<PathBuf>, guest: bool) -> i32 {
                             Ok(DaemonMessage::Send { id, job }) => {
                                 let link = link.clone();
                                 match &p2p {
-                                    Some((rt, h)) => {
-                                        let h = h.clone();
-                                        rt.spawn(async move {
+                                    Some(peer) => {
+                                        let h = peer.p2p.clone();
+                                        peer.rt.spawn(async move {
                                             let report = h.run(job).await;
                                             link.send(&AgentMessage::SendResult { id, report });
                                         });
@@ -433,16 +449,16 @@ fn run(control_dir: Option<PathBuf>, guest: bool) -> i32 {
                                 }
                             }
                             Ok(DaemonMessage::Provide { keys }) => {
-                                if let Some((_, h)) = &p2p {
-                                    h.provide_blocking(keys);
+                                if let Some(peer) = &p2p {
+                                    peer.p2p.provide_blocking(keys);
                                 }
                             }
                             Ok(DaemonMessage::Query { id, query }) => {
                                 let link = link.clone();
                                 match &p2p {
-                                    Some((rt, h)) => {
-                                        let h = h.clone();
-                                        rt.spawn(async move {
+                                    Some(peer) => {
+                                        let h = peer.p2p.clone();
+                                        peer.rt.spawn(async move {
                                             let result = match query {
                                                 Query::Status => h
                                                     .status()
@@ -464,7 +480,22 @@ fn run(control_dir: Option<PathBuf>, guest: bool) -> i32 {
                                     }
                                 }
                             }
-                            Err(_) => {}
+                            Ok(DaemonMessage::Circuit { id, call }) => {
+                                let link = link.clone();
+                                match p2p.as_ref().and_then(|p| Some((p.rt.clone(), p.circuits.clone()?))) {
+                                    Some((rt, circuits)) => {
+                                        rt.spawn(async move {
+                                            let result = Ok(circuits.call(call).await);
+                                            link.send(&AgentMessage::Answer { id, result });
+                                        });
+                                    }
+                                    None => {
+                                        let result = Err("the VM's circuit members are not running".into());
+                                        link.send(&AgentMessage::Answer { id, result });
+                                    }
+                                }
+                            }
+                            Err(e) => eprintln!("micro-os-agent: a daemon message is not valid: {e}"),
                         }
                     }
                     connected.store(false, Ordering::SeqCst);

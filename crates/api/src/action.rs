@@ -85,6 +85,37 @@ pub enum Action {
     RemoveImage(String),
     ListTemplates,
     GetTemplate(String),
+    CreateCircuit(crate::types::CircuitCreate),
+    ListCircuits,
+    /// A circuit by id or name, with what its members report.
+    GetCircuit(String),
+    RemoveCircuit(String),
+    /// `circuit add-node`: the VM joins as a learner, then becomes a voter.
+    AddCircuitNode {
+        id: String,
+        vm: String,
+    },
+    RemoveCircuitNode {
+        id: String,
+        vm: String,
+    },
+    TransferLeader {
+        id: String,
+        vm: String,
+    },
+    /// A change to the replicated state, through member VM `via` (any member by default).
+    CircuitWrite {
+        id: String,
+        via: Option<String>,
+        op: micro_os_core::circuit::StateOp,
+    },
+    /// One key (or all), linearizable unless `stale`.
+    CircuitRead {
+        id: String,
+        key: Option<String>,
+        stale: bool,
+        via: Option<String>,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -106,6 +137,10 @@ pub enum Reply {
     Vms(Vec<Vm>),
     Templates(Vec<Template>),
     Template(Box<Template>),
+    Circuit(Box<micro_os_core::circuit::CircuitView>),
+    Circuits(Vec<micro_os_core::circuit::CircuitView>),
+    Written(micro_os_core::circuit::WriteResult),
+    Read(micro_os_core::circuit::ReadResult),
     Done,
 }
 

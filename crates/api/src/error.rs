@@ -14,6 +14,8 @@ pub enum ErrorKind {
     Conflict,
     PayloadTooLarge,
     Internal,
+    /// A part the request needs cannot serve it now (a circuit without a quorum); retry later.
+    Unavailable,
 }
 
 impl ErrorKind {
@@ -26,6 +28,7 @@ impl ErrorKind {
             ErrorKind::Conflict => StatusCode::CONFLICT,
             ErrorKind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 }

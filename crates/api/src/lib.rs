@@ -13,6 +13,7 @@ pub mod error;
 pub mod server;
 pub mod types;
 
+mod circuits;
 mod containers;
 mod images;
 mod monitor;

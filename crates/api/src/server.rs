@@ -10,7 +10,7 @@ use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::{containers, images, monitor, net, system, templates, vms, ApiError, Control, ErrorKind, Reply};
+use crate::{circuits, containers, images, monitor, net, system, templates, vms, ApiError, Control, ErrorKind, Reply};
 
 /// Largest request body accepted, in bytes.
 pub const BODY_LIMIT: usize = 1 << 20;
@@ -42,7 +42,7 @@ pub fn unexpected(r: Reply) -> ApiError {
 #[openapi(
     info(title = "micro-os", description = "Run VMs, OCI containers and consensus circuits for blockchain nodes."),
     modifiers(&BearerAuth),
-    tags((name = "vms"), (name = "net"), (name = "monitor"), (name = "containers"), (name = "images"), (name = "templates"), (name = "system"))
+    tags((name = "vms"), (name = "net"), (name = "monitor"), (name = "containers"), (name = "images"), (name = "templates"), (name = "circuits"), (name = "system"))
 )]
 struct ApiDoc;
 
@@ -60,7 +60,7 @@ impl utoipa::Modify for BearerAuth {
 
 /// The served routes and the OpenAPI document generated from the same handlers.
 pub fn api_parts() -> (Router<Arc<dyn Control>>, utoipa::openapi::OpenApi) {
-    OpenApiRouter::with_openapi(ApiDoc::openapi())
+    let (routes, mut doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(system::health))
         .routes(routes!(containers::create_container, containers::list_containers))
         .routes(routes!(containers::deploy))
@@ -96,7 +96,18 @@ pub fn api_parts() -> (Router<Arc<dyn Control>>, utoipa::openapi::OpenApi) {
         .routes(routes!(images::import_image))
         .routes(routes!(templates::list_templates))
         .routes(routes!(templates::get_template))
-        .split_for_parts()
+        .routes(routes!(circuits::create_circuit, circuits::list_circuits))
+        .routes(routes!(circuits::get_circuit, circuits::remove_circuit))
+        .routes(routes!(circuits::add_member))
+        .routes(routes!(circuits::remove_member))
+        .routes(routes!(circuits::transfer_leader))
+        .routes(routes!(circuits::read_state))
+        .routes(routes!(circuits::read_key, circuits::write_key, circuits::delete_key))
+        .split_for_parts();
+    // OpenAPI has no catch-all segment: axum serves `{*key}`, the document says `{key}`
+    let paths = std::mem::take(&mut doc.paths.paths);
+    doc.paths.paths = paths.into_iter().map(|(path, item)| (path.replace("{*", "{"), item)).collect();
+    (routes, doc)
 }
 
 pub fn router(control: Arc<dyn Control>, cfg: ServerConfig) -> Router {

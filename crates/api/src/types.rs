@@ -48,6 +48,7 @@ pub struct DeployRequest {
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct CreateQuery {
     /// Start the container too: created and started in one request (`container run`).
     #[serde(default)]
@@ -59,6 +60,7 @@ pub struct CreateQuery {
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct WaitQuery {
     /// Remove the container once it has stopped; the reply still has its exit
     /// (`container run --rm`).
@@ -67,6 +69,7 @@ pub struct WaitQuery {
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct RemoveQuery {
     /// Stop a running container first.
     #[serde(default)]
@@ -74,6 +77,7 @@ pub struct RemoveQuery {
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct StopQuery {
     /// Seconds between SIGTERM and SIGKILL (default 10).
     #[serde(default)]
@@ -81,6 +85,7 @@ pub struct StopQuery {
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct LogsQuery {
     /// Keep the response open and send new lines as they are written.
     #[serde(default)]
@@ -202,6 +207,7 @@ impl VmDefinitions {
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct VmStopQuery {
     /// Kill at once instead of asking the agent to shut down.
     #[serde(default)]
@@ -215,6 +221,7 @@ pub use micro_os_core::net::{Ack, NetStatus, PeerInfo, Provider};
 
 /// `GET /api/v1/net/providers`: who offers a resource key (`container/<name>`, `vm/<name>`).
 #[derive(Debug, Clone, Serialize, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct FindQuery {
     pub key: String,
@@ -225,6 +232,7 @@ pub struct FindQuery {
 
 /// `GET /api/v1/monitor/network`: the host's peer, or a VM's.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct NetQuery {
     #[serde(default)]
@@ -266,6 +274,7 @@ pub use micro_os_core::metrics::{Alert, ComponentHealth, Sample, Severity};
 
 /// `GET /api/v1/monitor/resources`: the latest sample of each object.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ResourcesQuery {
     /// Only this VM (name or id) and the containers placed on it.
@@ -281,6 +290,7 @@ pub struct ResourcesQuery {
 
 /// `GET /api/v1/monitor/history` and `/export`: samples in a time range.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct HistoryQuery {
     /// A date (2023-01-31), an RFC 3339 time, or a duration ago (2h).
@@ -298,6 +308,7 @@ pub struct HistoryQuery {
 
 /// `GET /api/v1/monitor/health`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct HealthQuery {
     /// Comma-separated components (api, store, runtime, vms, containers, net, monitor, circuit, ai).
@@ -322,6 +333,7 @@ pub struct HealthReport {
 
 /// `GET /api/v1/monitor/performance`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct PerformanceQuery {
     pub container: String,
@@ -365,6 +377,7 @@ pub struct PerformanceReport {
 
 /// `GET /api/v1/logs`: the daemon's own log, by component.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct DaemonLogsQuery {
     /// all (default), api, runtime, net, monitor, store, circuit or ai.
@@ -379,4 +392,60 @@ pub struct DaemonLogsQuery {
     /// Only the last N matching lines written so far.
     #[serde(default)]
     pub tail: Option<usize>,
+}
+
+/// `POST /api/v1/circuits`: `circuit create --name N --nodes vm1,vm2,vm3 [--type consensus]`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CircuitCreate {
+    pub name: String,
+    /// The member VMs, by name or id; each must be running.
+    pub nodes: Vec<String>,
+    /// `consensus` (the default).
+    #[serde(default, rename = "type")]
+    pub kind: Option<String>,
+}
+
+/// `POST /api/v1/circuits/{id}/members` (add a node) and `POST /api/v1/circuits/{id}/leader`
+/// (hand leadership to it).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MemberRequest {
+    /// The VM, by name or id.
+    pub vm: String,
+}
+
+/// `PUT /api/v1/circuits/{id}/state/{key}`: set a key, or compare-and-set it when
+/// `expected_version` is given.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StateWrite {
+    pub value: String,
+    /// Write only if the key is at this version now (0: only if it is absent); otherwise
+    /// the answer is 409 with the key's current version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected_version: Option<u64>,
+}
+
+/// `GET /api/v1/circuits/{id}/state[/{key}]`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct StateQuery {
+    /// Answer from the member's local copy without asking the leader (may be behind).
+    #[serde(default)]
+    pub stale: bool,
+    /// Ask this member VM (name or id) rather than any member.
+    #[serde(default)]
+    pub via: Option<String>,
+}
+
+/// `PUT` and `DELETE /api/v1/circuits/{id}/state/{key}`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct WriteQuery {
+    /// Send the write through this member VM (name or id); it forwards it to the leader.
+    #[serde(default)]
+    pub via: Option<String>,
 }

@@ -8,18 +8,9 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-/// A change to the replicated state, as it travels in a Raft log entry.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case")]
-pub enum Command {
-    /// Store `value` under `key`: version 1 for a new key, one more than before otherwise.
-    Set { key: String, value: String },
-    /// Remove `key`. A key set again after a delete starts over at version 1 (as etcd's
-    /// per-key `version` does).
-    Delete { key: String },
-    /// Store `value` only if `key` is at `expected_version` now; 0 means "absent".
-    CompareAndSet { key: String, expected_version: u64, value: String },
-}
+/// A change to the replicated state, as it travels in a Raft log entry: the `StateOp` the
+/// API and the daemon speak, so a request reaches the log without a translation.
+pub use micro_os_core::circuit::StateOp as Command;
 
 /// What applying one log entry answered.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -13,10 +13,13 @@
 //!
 //! Start a member with [`open`], which gives the two halves openraft's `Raft::new` takes.
 
+pub mod check;
 mod db;
 mod error;
 mod kv;
 mod log_store;
+pub mod network;
+mod replica;
 mod state_machine;
 
 use std::path::Path;
@@ -26,6 +29,7 @@ use serde::{Deserialize, Serialize};
 pub use error::{Error, Result};
 pub use kv::{checksum, Command, Kv, Response, Stored};
 pub use log_store::{LogReader, LogStore};
+pub use replica::{Replica, Replicas};
 pub use state_machine::{Applied, SnapshotBuilder, StateMachine, StateView};
 
 /// A member's Raft id. Never derived from its peer id and never reused: a VM with a new

@@ -5,6 +5,7 @@
 //! [`ValidationError`] whose message names the input and how to fix it, so the CLI, the
 //! API and the daemon all reject bad input with the same words.
 
+pub mod circuit;
 pub mod container;
 pub mod error;
 pub mod health;
@@ -18,6 +19,7 @@ pub mod size;
 pub mod template;
 pub mod vm;
 
+pub use circuit::{Circuit, CircuitMember, CircuitType};
 pub use container::{Container, ContainerSpec, ContainerState, Transition};
 pub use error::ValidationError;
 pub use health::{HealthCheck, HealthProbe, HealthState, HealthStatus};

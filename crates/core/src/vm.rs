@@ -316,6 +316,8 @@ pub enum DaemonMessage {
     Provide { keys: Vec<String> },
     /// Ask the VM's p2p layer something; answer with `Answer`.
     Query { id: u64, query: Query },
+    /// Ask the VM's Raft member of a circuit; answer with `Answer`.
+    Circuit { id: u64, call: crate::circuit::CircuitCall },
 }
 
 /// Questions the daemon asks an agent's p2p layer.

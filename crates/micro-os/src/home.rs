@@ -63,6 +63,15 @@ pub struct Config {
     /// Alert rules: `[{"name": "crash-loop", "metric": "restarts", "above": 2,
     /// "increase_over_s": 60, "objects": "container/*"}]` (see `AlertRule`).
     pub alerts: Vec<micro_os_core::metrics::AlertRule>,
+    /// Milliseconds between a circuit leader's heartbeats.
+    pub circuit_heartbeat_ms: u64,
+    /// Silence from the leader after which a circuit member starts an election
+    /// (randomised up to twice this).
+    pub circuit_election_timeout_ms: u64,
+    /// Log entries between a circuit member's snapshots (the log before one is purged).
+    pub circuit_snapshot_every: u64,
+    /// Entries a circuit member may lag behind the leader before it counts as lagging.
+    pub circuit_lag_alert: u64,
 }
 
 impl Default for Config {
@@ -87,11 +96,24 @@ impl Default for Config {
             monitor_raw_hours: 24,
             monitor_minute_days: 30,
             alerts: vec![],
+            circuit_heartbeat_ms: 100,
+            circuit_election_timeout_ms: 500,
+            circuit_snapshot_every: 5000,
+            circuit_lag_alert: 1000,
         }
     }
 }
 
 impl Config {
+    /// How the members of circuits created from now on run their Raft.
+    pub fn raft_settings(&self) -> micro_os_core::circuit::RaftSettings {
+        micro_os_core::circuit::RaftSettings {
+            heartbeat_ms: self.circuit_heartbeat_ms,
+            election_timeout_ms: self.circuit_election_timeout_ms,
+            snapshot_every: self.circuit_snapshot_every,
+        }
+    }
+
     /// Every component checks its own keys (`daemon::components`).
     pub fn validate(&self) -> Result<()> {
         crate::daemon::components::validate(self).map_err(|e| anyhow::anyhow!("{e}"))

@@ -39,10 +39,20 @@ fn clap_exit(e: clap::Error) -> ExitCode {
         let _ = e.print();
         return ExitCode::SUCCESS;
     }
-    let rendered = e.render().to_string();
-    let first = rendered.lines().next().unwrap_or("invalid arguments").trim_start_matches("error: ");
-    eprintln!("micro-os: {first} (see `micro-os help`)");
+    eprintln!("micro-os: {} (see `micro-os help`)", one_line(&e.render().to_string()));
     ExitCode::from(exit::USAGE as u8)
+}
+
+/// The first line of clap's message, with the indented lines that finish it (what follows
+/// "the following required arguments were not provided:").
+fn one_line(rendered: &str) -> String {
+    let mut lines = rendered.lines();
+    let first = lines.next().unwrap_or("invalid arguments").trim_start_matches("error: ");
+    if !first.ends_with(':') {
+        return first.to_string();
+    }
+    let rest: Vec<&str> = lines.take_while(|l| l.starts_with("  ")).map(str::trim).collect();
+    format!("{first} {}", rest.join(", "))
 }
 
 fn run(cli: cli::Cli) -> Result<i32, CliError> {
@@ -101,5 +111,27 @@ fn run(cli: cli::Cli) -> Result<i32, CliError> {
         }
         Command::Shim { .. } => Err(CliError::usage("the shim is started by the daemon, not by hand")),
         other => cli::run(cli.api, other),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_usage_error_is_one_line_that_names_what_is_missing() {
+        let check = |argv: &[&str], want: &str| {
+            let e = cli::Cli::try_parse_from(argv).unwrap_err();
+            assert_eq!(one_line(&e.render().to_string()), want, "{argv:?}");
+        };
+        check(
+            &["micro-os", "circuit", "view"],
+            "the following required arguments were not provided: <--name <NAME>|--id <ID>|--all>",
+        );
+        check(
+            &["micro-os", "circuit", "create", "--nodes", "a"],
+            "the following required arguments were not provided: --name <NAME>",
+        );
+        check(&["micro-os", "vm", "list", "--format", "xml"], "invalid value 'xml' for '--format <FORMAT>'");
     }
 }

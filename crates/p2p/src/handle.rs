@@ -55,6 +55,8 @@ pub(crate) enum Command {
     },
     /// A data stream has been read (accepted or refused).
     Received(stream::Received),
+    /// A registered protocol's handler refused a verified request, for this reason.
+    Refused(PeerId, String),
     /// We sent a message of this type and size on a stream (data or registered protocol).
     Sent(PeerId, MessageType, u64),
     /// Advertise exactly these resource keys as provider records.

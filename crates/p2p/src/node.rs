@@ -49,6 +49,8 @@ pub(crate) struct Node {
     pub finds: HashMap<kad::QueryId, (BTreeSet<PeerId>, oneshot::Sender<Vec<Provider>>)>,
     pub streams_in: u64,
     pub stream_bytes_in: u64,
+    /// Verified requests that a registered protocol's handler refused, by its reason.
+    pub refused: BTreeMap<String, u64>,
     /// Listen addresses count as external (a relay server given no external address).
     pub listen_is_external: bool,
     pub leaf: bool,
@@ -94,6 +96,7 @@ pub fn spawn(
         finds: HashMap::new(),
         streams_in: 0,
         stream_bytes_in: 0,
+        refused: BTreeMap::new(),
         listen_is_external: cfg.nat.relay_server && cfg.external.is_empty(),
         leaf: cfg.leaf,
         listen_requested: Vec::new(),
@@ -204,6 +207,10 @@ impl Node {
             }
             Command::Received(r) => self.received_stream(r),
             Command::Sent(peer, kind, bytes) => self.count_sent(peer, kind, bytes),
+            Command::Refused(peer, why) => {
+                *self.refused.entry(why).or_default() += 1;
+                *self.verifier.scores.entry(peer.to_string()).or_default() -= 10;
+            }
             Command::Provide(keys) => self.provide(keys),
             Command::Find(key, reply) => self.find(key, reply),
         }
@@ -226,7 +233,13 @@ impl Node {
             peers: list,
             messages: self.messages.clone(),
             messages_sent: self.sent.clone(),
-            rejections: self.verifier.rejected.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+            rejections: self
+                .verifier
+                .rejected
+                .iter()
+                .map(|(k, v)| (k.to_string(), *v))
+                .chain(self.refused.iter().map(|(k, v)| (k.clone(), *v)))
+                .collect(),
             nat,
             provides: self.provides.iter().cloned().collect(),
             streams_in: self.streams_in,

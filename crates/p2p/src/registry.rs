@@ -86,7 +86,13 @@ async fn answer(
     let outcome = match tokio::time::timeout(TIMEOUT, read_frame(&mut s, MAX_REQUEST)).await {
         Ok(Ok(bytes)) => match Envelope::decode(&bytes) {
             Ok(envelope) => match verify(peer, &envelope, &tx).await {
-                Ok(()) => handler.handle(Request { peer, protocol: protocol.clone(), envelope }).await,
+                Ok(()) => {
+                    let answer = handler.handle(Request { peer, protocol: protocol.clone(), envelope }).await;
+                    if let Err(Refusal(why)) = &answer {
+                        let _ = tx.send(Command::Refused(peer, why.clone())).await;
+                    }
+                    answer
+                }
                 Err(why) => {
                     tracing::warn!("refused a {protocol} request from {peer}: {why}");
                     Err(Refusal(why.to_string()))

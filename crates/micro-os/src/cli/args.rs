@@ -78,6 +78,9 @@ pub enum Command {
     /// Manage containers.
     #[command(subcommand)]
     Container(Box<ContainerCmd>),
+    /// Circuits: groups of VMs that keep one replicated key-value state with Raft.
+    #[command(subcommand)]
+    Circuit(CircuitCmd),
     /// The libp2p layer: peers, resources in the DHT, signed messages and DATA streams.
     #[command(subcommand)]
     Net(NetCmd),
@@ -589,6 +592,212 @@ pub enum TemplateCmd {
     Inspect {
         name: String,
         #[arg(long, value_enum, default_value_t = Format::Json)]
+        format: Format,
+    },
+}
+
+/// Which circuit: `--name N` or `--id ID` (the daemon takes either for both).
+#[derive(Args, Debug, Clone)]
+#[group(required = true, multiple = false)]
+pub struct CircuitRef {
+    /// The circuit's name.
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+    /// The circuit's id.
+    #[arg(long, value_name = "ID")]
+    pub id: Option<String>,
+}
+
+impl CircuitRef {
+    pub fn key(&self) -> &str {
+        self.name.as_deref().or(self.id.as_deref()).expect("clap requires --name or --id")
+    }
+}
+
+/// `circuit view`: one circuit, or every one with --all.
+#[derive(Args, Debug, Clone)]
+#[group(required = true, multiple = false)]
+pub struct CircuitPick {
+    /// The circuit's name.
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+    /// The circuit's id.
+    #[arg(long, value_name = "ID")]
+    pub id: Option<String>,
+    /// Every circuit, one line each.
+    #[arg(long)]
+    pub all: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CircuitCmd {
+    /// Create a circuit of running VMs; each becomes a voting member. Prints the circuit once
+    /// it has a leader.
+    #[command(
+        after_help = "Examples:\n  micro-os circuit create --name validation-cluster \\\n    --nodes blockchain-node-1,blockchain-node-2,blockchain-node-3 \\\n    --type consensus\n  micro-os circuit create --name pair --nodes vm-a,vm-b --format json\n\nThe types are: consensus (the default)."
+    )]
+    Create {
+        /// The circuit's name.
+        #[arg(long, value_name = "NAME")]
+        name: String,
+        /// The member VMs (names or ids), comma-separated; each must be running.
+        #[arg(long, value_name = "VM,VM", value_delimiter = ',', required = true)]
+        nodes: Vec<String>,
+        /// The kind of circuit: consensus.
+        #[arg(long = "type", value_name = "TYPE")]
+        kind: Option<String>,
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// A circuit's leader, term, commit and applied index, health, and each member's role,
+    /// state and lag; or every circuit with --all.
+    #[command(
+        after_help = "Examples:\n  micro-os circuit view --name validation-cluster\n  micro-os circuit view --id 3f2a9c1b0d4e --format yaml\n  micro-os circuit view --all"
+    )]
+    View {
+        #[command(flatten)]
+        pick: CircuitPick,
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// Every circuit, one line each (the same as `view --all`).
+    #[command(alias = "ls", after_help = "Examples:\n  micro-os circuit list\n  micro-os circuit list --format json")]
+    List {
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// Watch a circuit: on a terminal a live view (q quits), otherwise one line per
+    /// refresh with the leader, term, commit and applied index and each member's lag.
+    #[command(
+        after_help = "Examples:\n  micro-os circuit monitor --name validation-cluster\n  micro-os circuit monitor --id 3f2a9c1b0d4e --interval 5\n  micro-os circuit monitor --name validation-cluster | tee circuit.log"
+    )]
+    Monitor {
+        #[command(flatten)]
+        circuit: CircuitRef,
+        /// Seconds between refreshes.
+        #[arg(long, value_name = "S", default_value_t = 2.0)]
+        interval: f64,
+    },
+    /// Add a running VM: it joins as a learner, catches up with the log, then votes.
+    #[command(
+        after_help = "Examples:\n  micro-os circuit add-node --name validation-cluster --node blockchain-node-4"
+    )]
+    AddNode {
+        #[command(flatten)]
+        circuit: CircuitRef,
+        /// The VM (name or id).
+        #[arg(long, value_name = "VM")]
+        node: String,
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// Remove a member; it leaves the membership and deletes its copy of the state.
+    #[command(
+        after_help = "Examples:\n  micro-os circuit remove-node --name validation-cluster --node blockchain-node-4"
+    )]
+    RemoveNode {
+        #[command(flatten)]
+        circuit: CircuitRef,
+        /// The member VM (name or id).
+        #[arg(long, value_name = "VM")]
+        node: String,
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// Hand leadership to another voting member.
+    #[command(
+        after_help = "Examples:\n  micro-os circuit transfer-leader --name validation-cluster --to blockchain-node-2"
+    )]
+    TransferLeader {
+        #[command(flatten)]
+        circuit: CircuitRef,
+        /// The member VM (name or id) to lead.
+        #[arg(long, value_name = "VM")]
+        to: String,
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// Remove a circuit: every member leaves and deletes its copy of the state.
+    #[command(alias = "remove", after_help = "Examples:\n  micro-os circuit rm --name validation-cluster")]
+    Rm {
+        #[command(flatten)]
+        circuit: CircuitRef,
+    },
+    /// The circuit's replicated key-value state.
+    #[command(subcommand)]
+    State(StateCmd),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum StateCmd {
+    /// Set a key once a majority holds it; with --expected-version only if the key is at
+    /// that version (0: only if it is absent), else exit 4 naming its version.
+    #[command(
+        after_help = "Examples:\n  micro-os circuit state set --name validation-cluster config/batch_size 64\n  micro-os circuit state set --name validation-cluster config/batch_size 128 --expected-version 1\n  micro-os circuit state set --name validation-cluster lock/miner vm-2 --expected-version 0\n  micro-os circuit state set --id 3f2a9c1b0d4e config/mode fast --via blockchain-node-2\n\nKeys are 1 to 256 printable ASCII characters without spaces; values at most 256 KiB."
+    )]
+    Set {
+        #[command(flatten)]
+        circuit: CircuitRef,
+        /// The key, e.g. config/batch_size.
+        key: String,
+        /// The value (a string).
+        #[arg(allow_hyphen_values = true)]
+        value: String,
+        /// Write only if the key is at this version now (0: only if it is absent).
+        #[arg(long, value_name = "V")]
+        expected_version: Option<u64>,
+        /// Send the write through this member VM (it forwards it to the leader).
+        #[arg(long, value_name = "VM")]
+        via: Option<String>,
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// One key: its value, version and checksum. Linearizable (through the leader) unless
+    /// --stale.
+    #[command(
+        after_help = "Examples:\n  micro-os circuit state get --name validation-cluster config/batch_size\n  micro-os circuit state get --name validation-cluster config/batch_size --stale --via blockchain-node-3\n  micro-os circuit state get --name validation-cluster config/batch_size --format json"
+    )]
+    Get {
+        #[command(flatten)]
+        circuit: CircuitRef,
+        key: String,
+        /// Read the member's local copy without asking the leader (may be behind).
+        #[arg(long)]
+        stale: bool,
+        /// Ask this member VM.
+        #[arg(long, value_name = "VM")]
+        via: Option<String>,
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// Delete a key (exit 3 when it is absent).
+    #[command(
+        alias = "remove",
+        after_help = "Examples:\n  micro-os circuit state rm --name validation-cluster config/batch_size"
+    )]
+    Rm {
+        #[command(flatten)]
+        circuit: CircuitRef,
+        key: String,
+        /// Send the write through this member VM.
+        #[arg(long, value_name = "VM")]
+        via: Option<String>,
+    },
+    /// Every key, with its version and checksum (values cut to 60 characters in the table).
+    #[command(
+        alias = "ls",
+        after_help = "Examples:\n  micro-os circuit state list --name validation-cluster\n  micro-os circuit state list --name validation-cluster --stale --format yaml"
+    )]
+    List {
+        #[command(flatten)]
+        circuit: CircuitRef,
+        /// Read the member's local copy without asking the leader (may be behind).
+        #[arg(long)]
+        stale: bool,
+        /// Ask this member VM.
+        #[arg(long, value_name = "VM")]
+        via: Option<String>,
+        #[arg(long, value_enum, default_value_t)]
         format: Format,
     },
 }

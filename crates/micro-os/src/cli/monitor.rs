@@ -101,13 +101,12 @@ fn quit_within(wait: Duration) -> bool {
     }
 }
 
-fn live(client: &Client, path: &str, every: Duration) -> CliResult<i32> {
+/// A full-screen view, redrawn from `frame` every `every` until q, Esc or Ctrl-C; the
+/// terminal is restored however it ends.
+pub(super) fn live_view(every: Duration, mut frame: impl FnMut() -> CliResult<String>) -> CliResult<i32> {
     let _screen = Screen::enter()?;
     loop {
-        let rows: Vec<Sample> = client.call("GET", path, None::<&()>)?;
-        let now = chrono::Local::now().format("%H:%M:%S");
-        let mut text = format!("micro-os resources  {now}  every {:.1}s  (q quits)\n\n", every.as_secs_f64());
-        text.push_str(&if rows.is_empty() { "no samples yet".to_string() } else { resources_table(&rows) });
+        let text = frame()?;
         let mut out = std::io::stdout();
         let _ = crossterm::execute!(
             out,
@@ -121,6 +120,16 @@ fn live(client: &Client, path: &str, every: Duration) -> CliResult<i32> {
             return Ok(0);
         }
     }
+}
+
+fn live(client: &Client, path: &str, every: Duration) -> CliResult<i32> {
+    live_view(every, || {
+        let rows: Vec<Sample> = client.call("GET", path, None::<&()>)?;
+        let now = chrono::Local::now().format("%H:%M:%S");
+        let mut text = format!("micro-os resources  {now}  every {:.1}s  (q quits)\n\n", every.as_secs_f64());
+        text.push_str(&if rows.is_empty() { "no samples yet".to_string() } else { resources_table(&rows) });
+        Ok(text)
+    })
 }
 
 fn health_table(h: &HealthReport) -> String {

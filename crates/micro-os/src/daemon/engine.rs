@@ -36,6 +36,9 @@ pub struct Engine {
     pub(super) exe: PathBuf,
     pub(super) containers: Table<Container>,
     pub(super) vms: Table<Vm>,
+    pub(super) circuits: Table<micro_os_core::Circuit>,
+    /// The VM whose member led each circuit when last seen, by circuit id.
+    pub(super) leader_hint: Mutex<HashMap<String, String>>,
     pub(super) ops: OpLocks,
     /// The live shim of each container that has one.
     pub(super) shims: Mutex<HashMap<String, u32>>,
@@ -93,6 +96,7 @@ impl Engine {
         let (changes, _) = broadcast::channel(1024);
         let containers = Table::load(store.clone(), changes.clone())?;
         let vms = Table::load(store.clone(), changes.clone())?;
+        let circuits = Table::load(store.clone(), changes.clone())?;
         let host = micro_os_vmm::Host {
             vms_dir: home.root.join("vms"),
             images: images.clone(),
@@ -111,6 +115,8 @@ impl Engine {
             exe,
             containers,
             vms,
+            circuits,
+            leader_hint: Mutex::new(HashMap::new()),
             ops: OpLocks::default(),
             shims: Mutex::new(HashMap::new()),
             changes,
@@ -256,6 +262,25 @@ impl Engine {
             }
             Action::ListTemplates => Ok(Reply::Templates(self.templates())),
             Action::GetTemplate(name) => self.template(&name).map(|t| Reply::Template(Box::new(t))),
+            Action::CreateCircuit(req) => self.create_circuit(req).await.map(|c| Reply::Circuit(Box::new(c))),
+            Action::ListCircuits => Ok(Reply::Circuits(self.list_circuits().await)),
+            Action::GetCircuit(k) => self.view_circuit(&k).await.map(|c| Reply::Circuit(Box::new(c))),
+            Action::RemoveCircuit(k) => self.remove_circuit(&k).await.map(|_| Reply::Done),
+            Action::AddCircuitNode { id, vm } => {
+                self.add_circuit_node(&id, &vm).await.map(|c| Reply::Circuit(Box::new(c)))
+            }
+            Action::RemoveCircuitNode { id, vm } => {
+                self.remove_circuit_node(&id, &vm).await.map(|c| Reply::Circuit(Box::new(c)))
+            }
+            Action::TransferLeader { id, vm } => {
+                self.transfer_leader(&id, &vm).await.map(|c| Reply::Circuit(Box::new(c)))
+            }
+            Action::CircuitWrite { id, via, op } => {
+                self.circuit_write(&id, via.as_deref(), op).await.map(Reply::Written)
+            }
+            Action::CircuitRead { id, key, stale, via } => {
+                self.circuit_read(&id, key, stale, via.as_deref()).await.map(Reply::Read)
+            }
         }
     }
 

@@ -17,6 +17,10 @@ pub enum Error {
     /// Something failed on the host; not the caller's fault.
     #[error("{0}")]
     Internal(String),
+    /// A part the request needs cannot serve it now (a circuit without a leader or a
+    /// quorum); the same request may succeed later.
+    #[error("{0}")]
+    Unavailable(String),
     #[error(transparent)]
     Store(#[from] micro_os_store::Error),
     #[error(transparent)]
@@ -34,6 +38,7 @@ pub enum Class {
     NotFound,
     Conflict,
     Internal,
+    Unavailable,
 }
 
 impl Error {
@@ -58,6 +63,7 @@ impl Error {
             Error::NotFound(_) => Class::NotFound,
             Error::Conflict(_) => Class::Conflict,
             Error::Internal(_) => Class::Internal,
+            Error::Unavailable(_) => Class::Unavailable,
             Error::Store(micro_os_store::Error::Conflict { .. }) => Class::Conflict,
             Error::Store(_) => Class::Internal,
             Error::Runtime(r) | Error::Driver(V::Runtime(r)) => match r {
@@ -90,6 +96,7 @@ impl Error {
             Class::NotFound => Error::NotFound(m),
             Class::Conflict => Error::Conflict(m),
             Class::Internal => Error::Internal(m),
+            Class::Unavailable => Error::Unavailable(m),
         }
     }
 }
@@ -101,6 +108,7 @@ impl From<Error> for ApiError {
             Class::NotFound => ErrorKind::NotFound,
             Class::Conflict => ErrorKind::Conflict,
             Class::Internal => ErrorKind::Internal,
+            Class::Unavailable => ErrorKind::Unavailable,
         };
         let message = match &e {
             Error::Store(micro_os_store::Error::Conflict { kind, name }) => {
@@ -128,6 +136,7 @@ mod tests {
         check(Error::not_found("vm \"a\" not found"), 404);
         check(Error::conflict("container \"a\" is not paused"), 409);
         check(Error::internal("runc died"), 500);
+        check(Error::Unavailable("circuit \"c\": no quorum".into()), 503);
         // a failed build of boot files is the host's failure, not bad input
         check(Error::Runtime(micro_os_runtime::Error::Failed("cpio failed to write the initramfs".into())), 500);
         check(Error::Driver(micro_os_vmm::Error::Runtime(micro_os_runtime::Error::Failed("ip: busy".into()))), 500);

@@ -393,7 +393,7 @@ impl Engine {
     }
 
     /// Sends a message to a VM's agent and waits for the answer that carries the same id.
-    async fn call_agent(
+    pub(super) async fn call_agent(
         &self,
         vm: &Vm,
         make: impl FnOnce(u64) -> DaemonMessage,

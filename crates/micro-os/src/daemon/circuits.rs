@@ -1,0 +1,595 @@
+//! Circuits in the daemon: their records, and the calls that make VM agents' Raft members
+//! (crates/circuit, run by each agent) form, change and serve them.
+//!
+//! The daemon is not a Raft member: it keeps who is in which circuit (the record, with
+//! Raft ids that are never reused) and talks to the members over the agents' control
+//! channels. Any member takes a write or a read and sends it to the leader itself; the
+//! daemon only remembers which member led last, to skip that hop.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use micro_os_api::types::CircuitCreate;
+use micro_os_core::circuit::{
+    validate_key, Circuit, CircuitCall, CircuitError, CircuitMember, CircuitType, CircuitView, MemberAddr,
+    MemberStatus, MemberView, ReadResult, Role, StateOp, WriteResult, MAX_VALUE,
+};
+use micro_os_core::metrics::Severity;
+use micro_os_core::vm::{AgentMessage, DaemonMessage, AGENT_P2P_PORT};
+use micro_os_core::{AgentStatus, Driver, Vm, VmState};
+use serde::de::DeserializeOwned;
+
+use super::components::Health;
+use super::engine::Engine;
+use super::error::{Error, Result};
+use super::table::Object;
+
+/// How long the daemon waits for a member's answer (the member's own limit is 5 s).
+const CALL_WAIT: Duration = Duration::from_secs(15);
+/// Adding a member waits for it to catch up.
+const ADD_WAIT: Duration = Duration::from_secs(75);
+/// A status asked for a view: a member that does not answer by then is unreachable.
+const STATUS_WAIT: Duration = Duration::from_secs(3);
+
+impl Object for Circuit {
+    const KIND: &'static str = "circuit";
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn created_at(&self) -> chrono::DateTime<Utc> {
+        self.created_at
+    }
+}
+
+fn member_addr(m: &CircuitMember) -> MemberAddr {
+    MemberAddr { peer: m.peer_id.clone(), addr: m.addr.clone() }
+}
+
+impl Engine {
+    /// Asks a VM's member of a circuit something and decodes its answer.
+    async fn member_call<T: DeserializeOwned>(
+        &self,
+        c: &Circuit,
+        vm: &Vm,
+        call: CircuitCall,
+        wait: Duration,
+    ) -> Result<T> {
+        let answer = self.call_agent(vm, |id| DaemonMessage::Circuit { id, call }, wait).await?;
+        let AgentMessage::Answer { result, .. } = answer else {
+            return Err(Error::internal(format!("vm {:?} answered {answer:?}", vm.spec.name)));
+        };
+        let value = result.map_err(|e| Error::internal(format!("vm {:?}: {e}", vm.spec.name)))?;
+        let decoded: std::result::Result<T, CircuitError> = serde_json::from_value(value)
+            .map_err(|e| Error::internal(format!("vm {:?} gave an answer that is not valid: {e}", vm.spec.name)))?;
+        decoded.map_err(|e| circuit_error(c, vm, e))
+    }
+
+    /// The member VMs that are running with their agent connected, leader first if known.
+    fn reachable_members(&self, c: &Circuit) -> Vec<Vm> {
+        let hint = self.leader_hint.lock().unwrap().get(&c.id).cloned();
+        let mut vms: Vec<Vm> = c
+            .members
+            .iter()
+            .filter_map(|m| self.vms.get(&m.vm_id))
+            .filter(|v| v.state == VmState::Running && self.agents.lock().unwrap().contains_key(&v.id))
+            .collect();
+        vms.sort_by_key(|v| Some(&v.id) != hint.as_ref());
+        vms
+    }
+
+    /// The member to send a request through: `via` if given (it must be a member), else
+    /// the last known leader, else any reachable member.
+    fn entry_member(&self, c: &Circuit, via: Option<&str>) -> Result<Vm> {
+        if let Some(via) = via {
+            let vm = self.find_vm(via)?;
+            if c.member(&vm.id).is_none() {
+                return Err(Error::invalid(format!("vm {:?} is not a member of circuit {:?}", vm.spec.name, c.name)));
+            }
+            return Ok(vm);
+        }
+        self.reachable_members(c)
+            .into_iter()
+            .next()
+            .ok_or_else(|| Error::Unavailable(format!("circuit {:?} has no member running (start its VMs)", c.name)))
+    }
+
+    fn note_leader(&self, c: &Circuit, node: u64) {
+        if let Some(m) = c.members.iter().find(|m| m.node_id == node) {
+            self.leader_hint.lock().unwrap().insert(c.id.clone(), m.vm_id.clone());
+        }
+    }
+
+    /// A VM that may join a circuit: running, reporting, on a driver that keeps its disk.
+    fn joinable(&self, key: &str) -> Result<Vm> {
+        let vm = self.find_vm(key)?;
+        let name = &vm.spec.name;
+        if vm.state != VmState::Running {
+            return Err(Error::conflict(format!("vm {name:?} is {} (start it first)", vm.state)));
+        }
+        if vm.spec.driver == Driver::Qemu {
+            return Err(Error::invalid(format!(
+                "vm {name:?} is a qemu VM, whose root is rebuilt at every boot: it cannot keep a Raft log yet (use a sandbox VM)"
+            )));
+        }
+        if vm.peer_id.is_none() || vm.agent == AgentStatus::Starting || vm.agent == AgentStatus::Unreachable {
+            return Err(Error::conflict(format!(
+                "vm {name:?}: its agent has not reported yet (wait for it to be ready)"
+            )));
+        }
+        if let Some(other) = self.circuits.list().into_iter().find(|c| c.member(&vm.id).is_some()) {
+            return Err(Error::conflict(format!(
+                "vm {name:?} is a member of circuit {:?} already (a VM is in one consensus circuit at a time)",
+                other.name
+            )));
+        }
+        Ok(vm)
+    }
+
+    fn new_member(vm: &Vm, node_id: u64, role: Role) -> CircuitMember {
+        CircuitMember {
+            vm_id: vm.id.clone(),
+            vm: vm.spec.name.clone(),
+            node_id,
+            peer_id: vm.peer_id.clone().unwrap_or_default(),
+            addr: format!("/ip4/{}/tcp/{AGENT_P2P_PORT}", vm.address),
+            role,
+        }
+    }
+
+    pub async fn create_circuit(self: &Arc<Self>, req: CircuitCreate) -> Result<CircuitView> {
+        micro_os_core::validate_name("circuit", &req.name).map_err(|e| Error::invalid(e.to_string()))?;
+        let kind = CircuitType::parse(req.kind.as_deref().unwrap_or("consensus"))
+            .map_err(|e| Error::invalid(e.to_string()))?;
+        let nodes: Vec<&str> = req.nodes.iter().map(|n| n.trim()).filter(|n| !n.is_empty()).collect();
+        if nodes.is_empty() {
+            return Err(Error::invalid("a circuit needs at least one member (give --nodes vm1,vm2,vm3)"));
+        }
+        self.circuits.check_name_free(&req.name)?;
+        let mut vms: Vec<Vm> = Vec::new();
+        for n in &nodes {
+            let vm = self.joinable(n)?;
+            if vms.iter().any(|v| v.id == vm.id) {
+                return Err(Error::invalid(format!("node {n:?} appears twice in --nodes")));
+            }
+            vms.push(vm);
+        }
+        let members: Vec<CircuitMember> =
+            vms.iter().enumerate().map(|(i, v)| Self::new_member(v, i as u64 + 1, Role::Voter)).collect();
+        let c = Circuit {
+            id: micro_os_core::id::new_id(),
+            name: req.name.clone(),
+            kind,
+            next_node_id: members.len() as u64 + 1,
+            members,
+            created_at: Utc::now(),
+        };
+        let addrs: Vec<(u64, MemberAddr)> = c.members.iter().map(|m| (m.node_id, member_addr(m))).collect();
+        // the others first, so the first member's election finds them listening
+        let mut joined = Vec::new();
+        for (vm, m) in vms.iter().zip(&c.members).rev() {
+            let call = CircuitCall::Join {
+                circuit: c.id.clone(),
+                node_id: m.node_id,
+                members: addrs.clone(),
+                initialize: m.node_id == 1,
+                settings: self.cfg.raft_settings(),
+            };
+            match self.member_call::<MemberStatus>(&c, vm, call, CALL_WAIT).await {
+                Ok(_) => joined.push(vm.clone()),
+                Err(e) => {
+                    for vm in &joined {
+                        let leave = CircuitCall::Leave { circuit: c.id.clone() };
+                        let _ = self.member_call::<()>(&c, vm, leave, CALL_WAIT).await;
+                    }
+                    return Err(e.within(format!("vm {:?} could not join", vm.spec.name)));
+                }
+            }
+        }
+        self.circuits.insert(c.clone(), format!("members {}", nodes.join(",")))?;
+        tracing::info!("circuit {:?} created with {} members", c.name, c.members.len());
+        // a new circuit answers once it has elected a leader
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let view = self.view_of(&c).await;
+            if view.leader.is_some() || tokio::time::Instant::now() > deadline {
+                return Ok(view);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn list_circuits(&self) -> Vec<CircuitView> {
+        let mut out = Vec::new();
+        for c in self.circuits.list() {
+            out.push(self.view_of(&c).await);
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
+    pub async fn view_circuit(&self, key: &str) -> Result<CircuitView> {
+        let c = self.circuits.find(key)?;
+        Ok(self.view_of(&c).await)
+    }
+
+    /// Every member's status, asked at once; `Err` says why a member did not answer.
+    async fn statuses(&self, c: &Circuit) -> Vec<(CircuitMember, std::result::Result<MemberStatus, String>)> {
+        let asks = c.members.iter().map(|m| async move {
+            let status = match self.vms.get(&m.vm_id) {
+                None => Err("its VM was removed".to_string()),
+                Some(vm) if vm.state != VmState::Running => Err(format!("its VM is {}", vm.state)),
+                Some(vm) => {
+                    let call = CircuitCall::Status { circuit: c.id.clone() };
+                    self.member_call::<MemberStatus>(c, &vm, call, STATUS_WAIT).await.map_err(|e| e.to_string())
+                }
+            };
+            (m.clone(), status)
+        });
+        futures_util::future::join_all(asks).await
+    }
+
+    async fn view_of(&self, c: &Circuit) -> CircuitView {
+        let statuses = self.statuses(c).await;
+        let leader = statuses
+            .iter()
+            .filter_map(|(m, s)| s.as_ref().ok().filter(|s| s.state == "leader").map(|s| (m, s)))
+            .max_by_key(|(_, s)| s.term);
+        if let Some((m, _)) = leader {
+            self.leader_hint.lock().unwrap().insert(c.id.clone(), m.vm_id.clone());
+        }
+        let ok = || statuses.iter().filter_map(|(_, s)| s.as_ref().ok());
+        let term = ok().map(|s| s.term).max().unwrap_or(0);
+        let applied = ok().map(|s| s.applied).max().unwrap_or(0);
+        let (committed, last_log) = match leader {
+            Some((_, l)) => (l.committed, l.last_log),
+            None => (applied, ok().map(|s| s.last_log).max().unwrap_or(0)),
+        };
+        let lag_alert = self.cfg.circuit_lag_alert;
+        let mut problems = Vec::new();
+        if leader.is_none() {
+            problems.push("no leader (an election is under way, or a majority of the members is unreachable)".into());
+        }
+        let members = statuses
+            .iter()
+            .map(|(m, s)| {
+                let matched = match (leader, s) {
+                    (Some((lm, l)), _) if lm.node_id == m.node_id => Some(l.last_log),
+                    (Some((_, l)), _) => l.matched.get(&m.node_id).copied().flatten(),
+                    (None, Ok(s)) => Some(s.last_log),
+                    (None, Err(_)) => None,
+                };
+                let lag = leader.map(|(_, l)| l.last_log.saturating_sub(matched.unwrap_or(0)));
+                let health = match s {
+                    Err(why) => {
+                        problems.push(format!("member {:?} (node {}) is unreachable: {why}", m.vm, m.node_id));
+                        "unreachable"
+                    }
+                    Ok(_) if lag.is_some_and(|l| l > lag_alert) => {
+                        problems.push(format!(
+                            "member {:?} (node {}) lags {} entries behind the leader (more than {lag_alert})",
+                            m.vm,
+                            m.node_id,
+                            lag.unwrap_or(0)
+                        ));
+                        "lagging"
+                    }
+                    Ok(_) => "ok",
+                };
+                MemberView {
+                    vm: self.vms.get(&m.vm_id).map_or_else(|| m.vm.clone(), |v| v.spec.name),
+                    vm_id: m.vm_id.clone(),
+                    node_id: m.node_id,
+                    peer_id: m.peer_id.clone(),
+                    role: m.role,
+                    state: s.as_ref().map_or_else(|_| "unreachable".to_string(), |s| s.state.clone()),
+                    matched,
+                    lag,
+                    applied: s.as_ref().ok().map(|s| s.applied),
+                    term: s.as_ref().ok().map(|s| s.term),
+                    health: health.to_string(),
+                    error: s.as_ref().err().cloned(),
+                }
+            })
+            .collect();
+        let health = if leader.is_none() {
+            "down"
+        } else if problems.is_empty() {
+            "ok"
+        } else {
+            "degraded"
+        };
+        CircuitView {
+            id: c.id.clone(),
+            name: c.name.clone(),
+            kind: c.kind,
+            leader: leader.map(|(m, _)| self.vms.get(&m.vm_id).map_or_else(|| m.vm.clone(), |v| v.spec.name)),
+            leader_node: leader.map(|(m, _)| m.node_id),
+            term,
+            committed,
+            applied,
+            last_log,
+            health: health.to_string(),
+            problems,
+            members,
+            created_at: c.created_at,
+        }
+    }
+
+    /// Stops every member (each deletes its store) and forgets the circuit.
+    pub async fn remove_circuit(&self, key: &str) -> Result<()> {
+        let c = self.circuits.find(key)?;
+        let lock = self.ops.of(&c.id);
+        let _g = lock.lock().await;
+        for m in &c.members {
+            if let Some(vm) = self.vms.get(&m.vm_id).filter(|v| v.state == VmState::Running) {
+                let leave = CircuitCall::Leave { circuit: c.id.clone() };
+                if let Err(e) = self.member_call::<()>(&c, &vm, leave, CALL_WAIT).await {
+                    tracing::warn!("circuit {:?}: member {:?} did not leave: {e}", c.name, m.vm);
+                }
+            }
+        }
+        self.circuits.delete(&c.id)?;
+        self.leader_hint.lock().unwrap().remove(&c.id);
+        self.ops.forget(&c.id);
+        Ok(())
+    }
+
+    /// `circuit add-node`: a new Raft id (recorded before anything else, so it is never
+    /// reused), the VM's member started, then added as a learner and made a voter once it
+    /// has caught up.
+    pub async fn add_circuit_node(self: &Arc<Self>, key: &str, vm_key: &str) -> Result<CircuitView> {
+        let c = self.circuits.find(key)?;
+        let lock = self.ops.of(&c.id);
+        let _g = lock.lock().await;
+        let c = self.circuits.find(&c.id)?;
+        let vm = self.joinable(vm_key)?;
+        let entry = self.entry_member(&c, None)?;
+        let node_id = c.next_node_id;
+        let m = Self::new_member(&vm, node_id, Role::Learner);
+        self.circuits.update(&c.id, |c| {
+            c.next_node_id += 1;
+            c.members.push(m.clone());
+        });
+        self.circuits.persist(&c.id, "member-adding", format!("{} as node {node_id}", vm.spec.name))?;
+        let c = self.circuits.find(&c.id)?;
+        let addrs: Vec<(u64, MemberAddr)> = c.members.iter().map(|m| (m.node_id, member_addr(m))).collect();
+        let join = CircuitCall::Join {
+            circuit: c.id.clone(),
+            node_id,
+            members: addrs,
+            initialize: false,
+            settings: self.cfg.raft_settings(),
+        };
+        let added = async {
+            self.member_call::<MemberStatus>(&c, &vm, join, CALL_WAIT).await?;
+            let add = CircuitCall::AddMember { circuit: c.id.clone(), node_id, member: member_addr(&m) };
+            self.member_call::<MemberStatus>(&c, &entry, add, ADD_WAIT).await
+        }
+        .await;
+        match added {
+            Ok(_) => {
+                self.circuits.update(&c.id, |c| {
+                    if let Some(x) = c.members.iter_mut().find(|x| x.node_id == node_id) {
+                        x.role = Role::Voter;
+                    }
+                });
+                self.circuits.persist(&c.id, "member-added", format!("{} as node {node_id}", vm.spec.name))?;
+            }
+            Err(e) => {
+                let leave = CircuitCall::Leave { circuit: c.id.clone() };
+                let _ = self.member_call::<()>(&c, &vm, leave, CALL_WAIT).await;
+                self.circuits.update(&c.id, |c| c.members.retain(|x| x.node_id != node_id));
+                self.circuits.persist(&c.id, "member-add-failed", format!("{}: {e}", vm.spec.name))?;
+                return Err(e.within(format!("vm {:?} could not join circuit {:?}", vm.spec.name, c.name)));
+            }
+        }
+        Ok(self.view_of(&self.circuits.find(&c.id)?).await)
+    }
+
+    /// `circuit remove-node`: out of the membership (joint consensus), then its member
+    /// stops and deletes its store.
+    pub async fn remove_circuit_node(&self, key: &str, vm_key: &str) -> Result<CircuitView> {
+        let c = self.circuits.find(key)?;
+        let lock = self.ops.of(&c.id);
+        let _g = lock.lock().await;
+        let c = self.circuits.find(&c.id)?;
+        let vm = self.find_vm(vm_key)?;
+        let Some(m) = c.member(&vm.id).cloned() else {
+            return Err(Error::invalid(format!("vm {:?} is not a member of circuit {:?}", vm.spec.name, c.name)));
+        };
+        if c.members.len() == 1 {
+            return Err(Error::conflict(format!(
+                "vm {:?} is the last member of circuit {:?} (remove the circuit instead: circuit rm --name {})",
+                vm.spec.name, c.name, c.name
+            )));
+        }
+        // through another member where possible: the removed one may be the leader
+        let others: Vec<Vm> = self.reachable_members(&c).into_iter().filter(|v| v.id != vm.id).collect();
+        let entry = match others.into_iter().next() {
+            Some(v) => v,
+            None => self.entry_member(&c, None)?,
+        };
+        let remove = CircuitCall::RemoveMember { circuit: c.id.clone(), node_id: m.node_id };
+        self.member_call::<MemberStatus>(&c, &entry, remove, CALL_WAIT).await?;
+        self.circuits.update(&c.id, |c| c.members.retain(|x| x.node_id != m.node_id));
+        self.circuits.persist(&c.id, "member-removed", format!("{} (node {})", m.vm, m.node_id))?;
+        if vm.state == VmState::Running {
+            let leave = CircuitCall::Leave { circuit: c.id.clone() };
+            if let Err(e) = self.member_call::<()>(&c, &vm, leave, CALL_WAIT).await {
+                tracing::warn!("circuit {:?}: removed member {:?} did not stop: {e}", c.name, m.vm);
+            }
+        }
+        self.leader_hint.lock().unwrap().remove(&c.id);
+        Ok(self.view_of(&self.circuits.find(&c.id)?).await)
+    }
+
+    /// `circuit transfer-leader`: openraft 0.9 has no transfer, so the daemon makes one
+    /// from its switches: once the target holds the whole log, every other voter holds
+    /// back its elections and the leader its heartbeats until the followers' leader lease
+    /// has run out; then the target starts an election, which it wins because its log is
+    /// as long as any. The holds lapse by themselves if the daemon goes away meanwhile.
+    pub async fn transfer_leader(&self, key: &str, vm_key: &str) -> Result<CircuitView> {
+        let c = self.circuits.find(key)?;
+        let lock = self.ops.of(&c.id);
+        let _g = lock.lock().await;
+        let vm = self.find_vm(vm_key)?;
+        let Some(target) = c.member(&vm.id).cloned() else {
+            return Err(Error::invalid(format!("vm {:?} is not a member of circuit {:?}", vm.spec.name, c.name)));
+        };
+        if target.role != Role::Voter {
+            return Err(Error::conflict(format!(
+                "vm {:?} is a learner of circuit {:?}, not a voter",
+                vm.spec.name, c.name
+            )));
+        }
+        let view = self.view_of(&c).await;
+        let Some(leader_node) = view.leader_node else {
+            return Err(Error::Unavailable(format!("circuit {:?} has no leader to hand over from", c.name)));
+        };
+        if leader_node == target.node_id {
+            return Ok(view);
+        }
+        let election = self.cfg.circuit_election_timeout_ms;
+        // the target must hold the leader's whole log, or it cannot win
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let v = self.view_of(&c).await;
+            let caught_up = v.members.iter().any(|m| m.node_id == target.node_id && m.lag == Some(0));
+            if caught_up {
+                break;
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(Error::Unavailable(format!(
+                    "vm {:?} did not catch up with the leader within 5 s",
+                    vm.spec.name
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let hold_for = election * 6;
+        let voters: Vec<(CircuitMember, Vm)> = c
+            .members
+            .iter()
+            .filter(|m| m.role == Role::Voter && m.node_id != target.node_id)
+            .filter_map(|m| self.vms.get(&m.vm_id).map(|v| (m.clone(), v)))
+            .collect();
+        for (m, v) in &voters {
+            let hold = CircuitCall::Hold {
+                circuit: c.id.clone(),
+                heartbeats: m.node_id == leader_node,
+                elections: true,
+                for_ms: hold_for,
+            };
+            let _ = self.member_call::<MemberStatus>(&c, v, hold, CALL_WAIT).await;
+        }
+        // the followers' lease on the old leader runs out after an election timeout
+        tokio::time::sleep(Duration::from_millis(election * 2 + 100)).await;
+        let elect = CircuitCall::Elect { circuit: c.id.clone() };
+        let elected = self.member_call::<MemberStatus>(&c, &vm, elect, CALL_WAIT).await;
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(election * 4 + 2000);
+        let mut view = self.view_of(&c).await;
+        while elected.is_ok() && view.leader_node != Some(target.node_id) && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            view = self.view_of(&c).await;
+        }
+        for (_, v) in &voters {
+            let release = CircuitCall::Hold { circuit: c.id.clone(), heartbeats: false, elections: false, for_ms: 0 };
+            let _ = self.member_call::<MemberStatus>(&c, v, release, CALL_WAIT).await;
+        }
+        elected?;
+        if view.leader_node != Some(target.node_id) {
+            return Err(Error::Unavailable(format!(
+                "leadership of circuit {:?} did not move to {:?} (the leader is now {:?}); try again",
+                c.name,
+                vm.spec.name,
+                view.leader.unwrap_or_else(|| "none".into())
+            )));
+        }
+        Ok(view)
+    }
+
+    pub async fn circuit_write(&self, key: &str, via: Option<&str>, op: StateOp) -> Result<WriteResult> {
+        validate_key(op.key()).map_err(|e| Error::invalid(e.to_string()))?;
+        if let StateOp::Set { value, .. } | StateOp::CompareAndSet { value, .. } = &op {
+            if value.len() > MAX_VALUE {
+                return Err(Error::invalid(format!(
+                    "value of {} bytes is over the limit of {MAX_VALUE} bytes (keep large data elsewhere and store its address)",
+                    value.len()
+                )));
+            }
+        }
+        let c = self.circuits.find(key)?;
+        let vm = self.entry_member(&c, via)?;
+        let call = CircuitCall::Write { circuit: c.id.clone(), op };
+        let r: WriteResult = self.member_call(&c, &vm, call, CALL_WAIT).await?;
+        self.note_leader(&c, r.leader);
+        Ok(r)
+    }
+
+    pub async fn circuit_read(
+        &self,
+        key: &str,
+        state_key: Option<String>,
+        stale: bool,
+        via: Option<&str>,
+    ) -> Result<ReadResult> {
+        if let Some(k) = &state_key {
+            validate_key(k).map_err(|e| Error::invalid(e.to_string()))?;
+        }
+        let c = self.circuits.find(key)?;
+        let vm = self.entry_member(&c, via)?;
+        let call = CircuitCall::Read { circuit: c.id.clone(), key: state_key.clone(), stale };
+        let r: ReadResult = self.member_call(&c, &vm, call, CALL_WAIT).await?;
+        if let Some(k) = state_key {
+            if r.entries.is_empty() {
+                return Err(Error::not_found(format!("key {k:?} not found in circuit {:?}", c.name)));
+            }
+        }
+        Ok(r)
+    }
+
+    /// The circuit component's health: each circuit's leader, lag and reachability.
+    pub async fn circuits_health(&self) -> Health {
+        let circuits = self.circuits.list();
+        if circuits.is_empty() {
+            return Health::NotConfigured;
+        }
+        let mut worst = Severity::Healthy;
+        let mut lines = Vec::new();
+        for c in &circuits {
+            let v = self.view_of(c).await;
+            let sev = match v.health.as_str() {
+                "ok" => Severity::Healthy,
+                "degraded" => Severity::Degraded,
+                _ => Severity::Critical,
+            };
+            worst = worst.max(sev);
+            if v.problems.is_empty() {
+                lines.push(format!("{}: leader {}, term {}", c.name, v.leader.unwrap_or_default(), v.term));
+            } else {
+                lines.push(format!("{}: {}", c.name, v.problems.join("; ")));
+            }
+        }
+        Health::Is(worst, lines.join("; "))
+    }
+}
+
+/// A member's refusal as the daemon reports it.
+fn circuit_error(c: &Circuit, vm: &Vm, e: CircuitError) -> Error {
+    let m = format!("circuit {:?} (through {:?}): {e}", c.name, vm.spec.name);
+    match e {
+        CircuitError::NoLeader(_) | CircuitError::NoQuorum(_) | CircuitError::Unknown(_) | CircuitError::NotLeader => {
+            Error::Unavailable(m)
+        }
+        CircuitError::NoCircuit(_) => Error::conflict(format!(
+            "vm {:?} holds no member of circuit {:?} (its store is gone: remove it from the circuit and add it again)",
+            vm.spec.name, c.name
+        )),
+        CircuitError::Invalid(_) => Error::Invalid(m),
+        CircuitError::Failed(_) => Error::Internal(m),
+    }
+}
