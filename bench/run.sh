@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # micro-os benchmarks: each runs our code and its named peer in the same run and reports
-# the ratio. Usage (as root): bash bench/run.sh [lifecycle|api|rss|vm|verify|p2p|monitor|all]
+# the ratio. Usage (as root): bash bench/run.sh [lifecycle|api|rss|vm|verify|p2p|monitor|circuit|all]
 # Needs hyperfine, wrk and podman (installed here if missing); builds the release binary
 # unless BIN names one.
 set -euo pipefail
@@ -150,4 +150,16 @@ if [ "$what" = rss ] || [ "$what" = all ]; then
   sleep 1
   rss=$(awk '/VmRSS/{print $2}' "/proc/$DAEMON_PID/status")
   echo "daemon idle RSS with $stored containers stored: $((rss / 1024)) MB ($rss kB; target < 40 MB)"
+fi
+
+if [ "$what" = circuit ] || [ "$what" = all ]; then
+  # a 3-VM circuit against a 3-member etcd cluster (Debian's etcd-server 3.4) that
+  # bench/circuit.py starts on loopback with its data in $WORK; the same wrk load on both.
+  # `bash bench/run.sh circuit --etcd-only` runs the etcd half alone.
+  if ! command -v etcd >/dev/null || ! command -v etcdctl >/dev/null; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server etcd-client >/dev/null
+    # the package's own service, where systemd runs, is not part of the benchmark
+    if [ -d /run/systemd/system ]; then systemctl disable --now etcd >/dev/null 2>&1 || true; fi
+  fi
+  BIN=$BIN WORK=$WORK python3 bench/circuit.py "${@:2}"
 fi

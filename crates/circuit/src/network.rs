@@ -92,6 +92,7 @@ pub struct Client {
     circuit: String,
     target: NodeId,
     peer: Option<PeerId>,
+    addr: Option<micro_os_p2p::Multiaddr>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -99,10 +100,11 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 
     async fn new_client(&mut self, target: NodeId, node: &Member) -> Client {
         let peer = node.peer.parse::<PeerId>().ok();
-        if let (Some(peer), Ok(addr)) = (peer, node.addr.parse()) {
-            self.p2p.add_address(peer, addr).await;
+        let addr = node.addr.parse::<micro_os_p2p::Multiaddr>().ok();
+        if let (Some(peer), Some(addr)) = (peer, &addr) {
+            self.p2p.add_address(peer, addr.clone()).await;
         }
-        Client { p2p: self.p2p.clone(), circuit: self.circuit.clone(), target, peer }
+        Client { p2p: self.p2p.clone(), circuit: self.circuit.clone(), target, peer, addr }
     }
 }
 
@@ -137,6 +139,9 @@ pub(crate) async fn call<T: DeserializeOwned>(
 impl Client {
     async fn rpc<T: DeserializeOwned>(&self, body: Body, option: &RPCOption) -> Result<T, SendError> {
         let peer = self.peer.ok_or(SendError::NoPeer(self.target))?;
+        if let Some(addr) = &self.addr {
+            self.p2p.connect(peer, addr.clone()).await;
+        }
         call(&self.p2p, peer, &self.circuit, body, option.hard_ttl()).await
     }
 }

@@ -161,7 +161,7 @@ impl Replica {
         }
     }
 
-    fn leader_peer(&self, f: &ForwardToLeader<NodeId, Member>) -> Option<PeerId> {
+    fn leader_peer(&self, f: &ForwardToLeader<NodeId, Member>) -> Option<Member> {
         let node = match &f.leader_node {
             Some(n) => Some(n.clone()),
             None => {
@@ -169,12 +169,16 @@ impl Replica {
                 f.leader_id.and_then(|id| m.membership_config.membership().get_node(&id).cloned())
             }
         };
-        node.and_then(|n| n.peer.parse().ok())
+        node
     }
 
     /// Sends a client call to the leader; `Ok(None)` means "try again" (it no longer leads,
     /// or the request never left).
-    async fn forward<T: serde::de::DeserializeOwned>(&self, peer: PeerId, call: ClientCall) -> Answer<Option<T>> {
+    async fn forward<T: serde::de::DeserializeOwned>(&self, leader: Member, call: ClientCall) -> Answer<Option<T>> {
+        let Ok(peer) = leader.peer.parse::<PeerId>() else { return Ok(None) };
+        if let Ok(addr) = leader.addr.parse() {
+            self.p2p.connect(peer, addr).await;
+        }
         let ttl = match call {
             ClientCall::AddMember { .. } => ADD_TIMEOUT,
             _ => CLIENT_TIMEOUT,

@@ -256,6 +256,8 @@ pub struct MemberView {
     /// Entries behind the leader's last log.
     pub lag: Option<u64>,
     pub applied: Option<u64>,
+    /// The last log index its latest snapshot covers (0: none yet).
+    pub snapshot: Option<u64>,
     pub term: Option<u64>,
     /// `ok`, `lagging`, `unreachable`.
     pub health: String,

@@ -24,6 +24,8 @@ pub struct Delivery {
 pub(crate) enum Command {
     Status(oneshot::Sender<NetStatus>),
     Dial(Multiaddr),
+    /// Dial a peer at this address unless connected to it or dialing it already.
+    Connect(PeerId, Multiaddr),
     /// Where a peer can be reached, for later sends.
     AddAddress(PeerId, Multiaddr),
     Broadcast {
@@ -115,6 +117,14 @@ impl Handle {
 
     pub async fn find(&self, key: String) -> Result<Vec<Provider>, Error> {
         self.ask(|tx| Command::Find(key, tx)).await
+    }
+
+    /// Makes sure a connection to `peer` exists or is being made, at `addr` if it must
+    /// dial. Protocols that open streams by peer id (`send_request`) call it first: a
+    /// stream's own dial request can be lost while another dial is pending, and a peer
+    /// found by mDNS long ago may have no address left in the swarm's books.
+    pub async fn connect(&self, peer: PeerId, addr: Multiaddr) {
+        let _ = self.tx.send(Command::Connect(peer, addr)).await;
     }
 
     pub async fn dial(&self, addr: Multiaddr) {

@@ -198,6 +198,18 @@ impl Node {
                     tracing::debug!("dial {addr}: {e}");
                 }
             }
+            Command::Connect(peer, addr) => {
+                use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
+                if !self.swarm.is_connected(&peer) {
+                    let opts = DialOpts::peer_id(peer)
+                        .addresses(vec![addr])
+                        .condition(PeerCondition::DisconnectedAndNotDialing)
+                        .build();
+                    if let Err(e) = self.swarm.dial(opts) {
+                        tracing::debug!("connect {peer}: {e}");
+                    }
+                }
+            }
             Command::Send { to, kind, state, reply } => self.outbox.push(Queued { to, kind, state, reply }),
             Command::Seal { kind, to, state, reply } => {
                 let _ = reply.send(self.signer.seal(kind, &to.to_string(), state, now_secs()));

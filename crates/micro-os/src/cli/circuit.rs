@@ -206,7 +206,7 @@ fn monitor(client: &Client, c: &CircuitRef, every: Duration) -> CliResult<i32> {
                 format!("micro-os circuit {}  {}  every {:.1}s  (q quits)\n\n", c.key(), now(), every.as_secs_f64());
             Ok(match v {
                 Ok(v) => head + &view_table(&v),
-                Err(e) => head + &format!("the daemon did not answer: {}", e.message),
+                Err(e) => head + &format!("refresh failed (retrying): {}", e.message),
             })
         });
     }
@@ -341,6 +341,7 @@ mod tests {
             matched: lag.map(|l| 42 - l),
             lag,
             applied: lag.map(|l| 42 - l),
+            snapshot: Some(0),
             term: Some(3),
             health: if state == "unreachable" { "unreachable".into() } else { "ok".into() },
             error: (state == "unreachable").then(|| "agent did not answer in 2s".into()),

@@ -289,6 +289,7 @@ impl Engine {
                     matched,
                     lag,
                     applied: s.as_ref().ok().map(|s| s.applied),
+                    snapshot: s.as_ref().ok().map(|s| s.snapshot),
                     term: s.as_ref().ok().map(|s| s.term),
                     health: health.to_string(),
                     error: s.as_ref().err().cloned(),

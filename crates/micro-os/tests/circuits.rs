@@ -1,0 +1,350 @@
+//! Circuits end to end: three sandbox VMs whose agents run Raft members over the libp2p
+//! layer, driven through the real binary and the API. While clients write, compare-and-set
+//! and read concurrently, the test kills the leader's agent, cuts a member off the VM
+//! bridge, pauses one, adds a fourth that catches up from a snapshot and removes one; the
+//! recorded history must be linearizable (`micro_os_circuit::check`).
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{require, Daemon, VMS};
+use micro_os_circuit::check::{Op, Outcome, Recorder};
+use serde_json::Value;
+
+const KEYS: &[&str] = &["x", "y", "z"];
+
+fn view(d: &Daemon, name: &str) -> Value {
+    serde_json::from_str(&d.ok(&["circuit", "view", "--name", name, "--format", "json"])).unwrap()
+}
+
+/// Polls the circuit's view until `pred` holds.
+fn wait_view(d: &Daemon, name: &str, what: &str, limit: Duration, pred: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + limit;
+    loop {
+        let v = view(d, name);
+        if pred(&v) {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "circuit {name}: timed out waiting for {what}; last: {v:#}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A leader, and every member following it within a few entries (the clients keep
+/// writing, so "exactly even" may never be seen).
+fn all_caught_up(v: &Value, members: usize) -> bool {
+    let m = v["members"].as_array().unwrap();
+    let near = |x: &Value| x.as_u64().is_some_and(|x| x + 20 >= v["committed"].as_u64().unwrap_or(0));
+    v["leader"].is_string()
+        && m.len() == members
+        && m.iter().all(|m| {
+            m["health"] == "ok"
+                && (m["state"] == "leader" || m["state"] == "follower")
+                && m["lag"].as_u64().is_some_and(|l| l <= 20)
+                && near(&m["applied"])
+        })
+}
+
+fn leader(v: &Value) -> String {
+    v["leader"].as_str().expect("a leader").to_string()
+}
+
+/// One client of the history: random sets, compare-and-sets and reads through random
+/// members, over the API, until told to stop.
+fn client(
+    url: String,
+    token: String,
+    id: u64,
+    members: Vec<String>,
+    rec: Arc<Recorder>,
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicU64>,
+) {
+    let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(20)).build();
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64 ^ (id * 0x1234_5678);
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let mut n = 0;
+    while !stop.load(Ordering::SeqCst) {
+        n += 1;
+        let key = KEYS[(next() % KEYS.len() as u64) as usize];
+        let via = &members[(next() % members.len() as u64) as usize];
+        let path = format!("{url}/api/v1/circuits/lin/state/{key}?via={via}");
+        let auth = format!("Bearer {token}");
+        match next() % 3 {
+            0 => {
+                let value = format!("c{id}-{n}");
+                let t = rec.invoke();
+                let r = agent.put(&path).set("Authorization", &auth).send_json(serde_json::json!({ "value": value }));
+                let outcome = match r {
+                    Ok(resp) => {
+                        let w: Value = resp.into_json().unwrap();
+                        Outcome::Stored { version: w["outcome"]["version"].as_u64().unwrap() }
+                    }
+                    // refused before it reached a member (a stopped VM's agent): nothing was written
+                    Err(ureq::Error::Status(400 | 404 | 409, _)) => continue,
+                    Err(_) => Outcome::Unknown,
+                };
+                if !matches!(outcome, Outcome::Unknown) {
+                    ok.fetch_add(1, Ordering::SeqCst);
+                }
+                rec.complete(id, key, Op::Set { value }, t, outcome);
+            }
+            1 => {
+                // compare-and-set on the version a stale read saw
+                let stale = agent.get(&format!("{path}&stale=true")).set("Authorization", &auth).call();
+                let expected = match stale {
+                    Ok(r) => r.into_json::<Value>().unwrap()["entries"][0]["version"].as_u64().unwrap_or(0),
+                    Err(_) => 0,
+                };
+                let value = format!("c{id}-{n}");
+                let t = rec.invoke();
+                let r = agent
+                    .put(&path)
+                    .set("Authorization", &auth)
+                    .send_json(serde_json::json!({ "value": value, "expected_version": expected }));
+                let outcome = match r {
+                    Ok(resp) => {
+                        let w: Value = resp.into_json().unwrap();
+                        Outcome::Stored { version: w["outcome"]["version"].as_u64().unwrap() }
+                    }
+                    Err(ureq::Error::Status(409, resp)) => {
+                        let text = resp.into_string().unwrap_or_default();
+                        // `key "x" is at version N, not M`; any other conflict (the member's
+                        // VM is stopped) refused the request before it reached a member
+                        let current = text
+                            .split("at version ")
+                            .nth(1)
+                            .and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next())
+                            .and_then(|s| s.parse().ok());
+                        match current {
+                            Some(current) => Outcome::Conflict { current },
+                            None => continue,
+                        }
+                    }
+                    Err(ureq::Error::Status(400 | 404, _)) => continue,
+                    Err(_) => Outcome::Unknown,
+                };
+                if !matches!(outcome, Outcome::Unknown) {
+                    ok.fetch_add(1, Ordering::SeqCst);
+                }
+                rec.complete(id, key, Op::Cas { expected_version: expected, value }, t, outcome);
+            }
+            _ => {
+                let t = rec.invoke();
+                let r = agent.get(&path).set("Authorization", &auth).call();
+                let outcome = match r {
+                    Ok(resp) => {
+                        let e = &resp.into_json::<Value>().unwrap()["entries"][0];
+                        Outcome::Value(Some((e["value"].as_str().unwrap().to_string(), e["version"].as_u64().unwrap())))
+                    }
+                    Err(ureq::Error::Status(404, _)) => Outcome::Value(None),
+                    // a failed read tells nothing: not recorded
+                    Err(_) => continue,
+                };
+                ok.fetch_add(1, Ordering::SeqCst);
+                rec.complete(id, key, Op::Get, t, outcome);
+            }
+        }
+    }
+}
+
+/// The host end of a sandbox VM's veth (`vh<id12>`).
+fn veth(d: &Daemon, vm: &str) -> String {
+    let id = d.vm(vm)["id"].as_str().unwrap().to_string();
+    format!("vh{}", &id[..12])
+}
+
+fn ip(args: &[&str]) {
+    let o = std::process::Command::new("ip").args(args).output().unwrap();
+    assert!(o.status.success(), "ip {}: {}", args.join(" "), String::from_utf8_lossy(&o.stderr));
+}
+
+#[test]
+fn a_circuit_stays_linearizable_through_kills_partitions_pauses_and_membership_changes() {
+    let test = "a_circuit_stays_linearizable_through_kills_partitions_pauses_and_membership_changes";
+    if !require(test, VMS) {
+        return;
+    }
+    let mut d = Daemon::prepared("127.0.0.1");
+    // a snapshot every 40 entries: the fourth member catches up from one
+    d.set_config("circuit_snapshot_every", serde_json::json!(40));
+    d.spawn();
+    for vm in ["m1", "m2", "m3", "m4"] {
+        d.ok(&["vm", "create", "--name", vm, "--memory", "128", "--cpu", "0.5"]);
+    }
+    for vm in ["m1", "m2", "m3"] {
+        d.ok(&["vm", "start", "--name", vm]);
+    }
+
+    // bad input: one line, a distinct exit code, and nothing made
+    let e = d.fails(&["circuit", "create", "--name", "lin", "--nodes", "m1,m2,m3", "--type", "paxos"], 2);
+    assert!(e.contains("the types are: consensus"), "{e}");
+    let e = d.fails(&["circuit", "create", "--name", "lin", "--nodes", "m1,nope"], 3);
+    assert!(e.contains("vm \"nope\" not found"), "{e}");
+    let e = d.fails(&["circuit", "create", "--name", "lin", "--nodes", "m1,m4"], 4);
+    assert!(e.contains("vm \"m4\" is created (start it first)"), "{e}");
+    let e = d.fails(&["circuit", "create", "--name", "lin", "--nodes", "m1,m1"], 2);
+    assert!(e.contains("appears twice"), "{e}");
+    let r = d.api("POST", "/circuits").send_json(serde_json::json!({"name": "lin", "nodes": []}));
+    assert!(matches!(r, Err(ureq::Error::Status(400, _))), "a circuit of zero members: {r:?}");
+    assert_eq!(d.ok(&["circuit", "list", "--format", "json"]).trim(), "[]", "a refused create made something");
+
+    // the spec's command; a leader within a few election timeouts
+    let out = d.ok(&["circuit", "create", "--name", "lin", "--nodes", "m1,m2,m3", "--type", "consensus"]);
+    assert!(out.contains("leader"), "{out}");
+    let e = d.fails(&["circuit", "create", "--name", "lin", "--nodes", "m4"], 4);
+    assert!(e.contains("already exists"), "{e}");
+    let e = d.fails(&["circuit", "create", "--name", "other", "--nodes", "m1"], 4);
+    assert!(e.contains("is a member of circuit \"lin\" already"), "{e}");
+    wait_view(&d, "lin", "three caught-up members", Duration::from_secs(10), |v| all_caught_up(v, 3));
+
+    // a write through one member is read from each, linearizably and from its own copy
+    let out = d.ok(&["circuit", "state", "set", "--name", "lin", "--via", "m3", "config/batch_size", "128"]);
+    assert!(out.contains("version 1"), "{out}");
+    for vm in ["m1", "m2", "m3"] {
+        let r: Value = serde_json::from_str(&d.ok(&[
+            "circuit",
+            "state",
+            "get",
+            "--name",
+            "lin",
+            "--via",
+            vm,
+            "config/batch_size",
+            "--format",
+            "json",
+        ]))
+        .unwrap();
+        assert_eq!(r["entries"][0]["value"], "128", "{vm}: {r}");
+        assert_eq!(r["entries"][0]["checksum"], "2747b7c718564ba5f066f0523b03e17f6a496b06851333d2d59ab6d863225848");
+    }
+    // compare-and-set: the wrong version is a conflict that changes nothing
+    let e = d
+        .fails(&["circuit", "state", "set", "--name", "lin", "config/batch_size", "256", "--expected-version", "7"], 4);
+    assert!(e.contains("at version 1"), "{e}");
+    d.ok(&["circuit", "state", "set", "--name", "lin", "config/batch_size", "256", "--expected-version", "1"]);
+
+    // clients run through every fault below
+    let rec = Arc::new(Recorder::new());
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    let members: Vec<String> = ["m1", "m2", "m3"].iter().map(|s| s.to_string()).collect();
+    let clients: Vec<_> = (1..=4)
+        .map(|id| {
+            let (url, token, members) = (d.url(), d.token(), members.clone());
+            let (rec, stop, done) = (rec.clone(), stop.clone(), done.clone());
+            std::thread::spawn(move || client(url, token, id, members, rec, stop, done))
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(2));
+
+    // 1. kill -9 the leader's agent: a new leader commits; the old member rejoins and catches up
+    let old = leader(&view(&d, "lin"));
+    let pid = d.vm(&old)["pid"].as_u64().unwrap();
+    let before = done.load(Ordering::SeqCst);
+    let killed = Instant::now();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+    let v = wait_view(&d, "lin", "a new leader", Duration::from_secs(15), |v| {
+        v["leader"].is_string() && v["leader"] != old.as_str()
+    });
+    let mut acknowledged = Vec::new();
+    for i in 0..5 {
+        let key = format!("after-kill/{i}");
+        d.ok(&["circuit", "state", "set", "--name", "lin", &key, "v"]);
+        acknowledged.push(key);
+    }
+    eprintln!("leader {old} killed: {} leads, first commit after {:?}", leader(&v), killed.elapsed());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while d.vm(&old)["state"] != "stopped" {
+        assert!(Instant::now() < deadline, "vm {old} did not stop after its agent was killed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    d.ok(&["vm", "start", "--name", &old]);
+    wait_view(&d, "lin", "the killed member caught up", Duration::from_secs(20), |v| all_caught_up(v, 3));
+    assert!(done.load(Ordering::SeqCst) > before, "the clients made no progress across the kill");
+
+    // 2. cut a follower off the bridge: the majority commits; the minority refuses
+    let v = view(&d, "lin");
+    let cut = ["m1", "m2", "m3"].into_iter().find(|m| *m != leader(&v)).unwrap().to_string();
+    let link = veth(&d, &cut);
+    ip(&["link", "set", &link, "down"]);
+    d.ok(&["circuit", "state", "set", "--name", "lin", "partition/majority", "yes"]);
+    acknowledged.push("partition/majority".into());
+    let o = d.cli(&["circuit", "state", "set", "--name", "lin", "--via", &cut, "partition/minority", "no"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "a write on the minority side must fail: {err}");
+    assert!(err.contains("no leader") || err.contains("no quorum") || err.contains("outcome unknown"), "{err}");
+    let o = d.cli(&["circuit", "state", "get", "--name", "lin", "--via", &cut, "partition/majority"]);
+    assert_eq!(o.status.code(), Some(1), "a linearizable read on the minority side must fail");
+    // its own copy is still there to read, stale
+    d.ok(&["circuit", "state", "get", "--name", "lin", "--via", &cut, "--stale", "config/batch_size"]);
+    ip(&["link", "set", &link, "up"]);
+    wait_view(&d, "lin", "the cut member caught up", Duration::from_secs(20), |v| all_caught_up(v, 3));
+
+    // 3. pause a member, write, resume: it catches up
+    d.ok(&["vm", "pause", "--name", &cut]);
+    d.ok(&["circuit", "state", "set", "--name", "lin", "paused/write", "yes"]);
+    acknowledged.push("paused/write".into());
+    d.ok(&["vm", "resume", "--name", &cut]);
+    wait_view(&d, "lin", "the paused member caught up", Duration::from_secs(20), |v| all_caught_up(v, 3));
+
+    // 4. a fourth member joins after more than a snapshot's worth of entries: from a snapshot
+    for i in 0..50 {
+        d.api("PUT", &format!("/circuits/lin/state/fill/{i}")).send_json(serde_json::json!({"value": "f"})).unwrap();
+    }
+    d.ok(&["vm", "start", "--name", "m4"]);
+    let out = d.ok(&["circuit", "add-node", "--name", "lin", "--node", "m4"]);
+    assert!(out.contains("m4"), "{out}");
+    let v = wait_view(&d, "lin", "four caught-up members", Duration::from_secs(30), |v| all_caught_up(v, 4));
+    let m4 = v["members"].as_array().unwrap().iter().find(|m| m["vm"] == "m4").unwrap().clone();
+    assert_eq!(m4["role"], "voter", "{v:#}");
+    let local: Value = serde_json::from_str(
+        &d.ok(&["circuit", "state", "list", "--name", "lin", "--via", "m4", "--stale", "--format", "json"]),
+    )
+    .unwrap();
+    let keys: Vec<&str> = local["entries"].as_array().unwrap().iter().map(|e| e["key"].as_str().unwrap()).collect();
+    for k in acknowledged.iter().chain(["fill/49".to_string()].iter()) {
+        assert!(keys.contains(&k.as_str()), "m4's copy lacks {k}: {keys:?}");
+    }
+    assert!(m4["snapshot"].as_u64().unwrap() > 0, "m4 caught up without a snapshot: {v:#}");
+
+    // 5. remove a member: three remain and commit
+    d.ok(&["circuit", "remove-node", "--name", "lin", "--node", "m1"]);
+    let v = wait_view(&d, "lin", "three members after the removal", Duration::from_secs(15), |v| all_caught_up(v, 3));
+    assert!(v["members"].as_array().unwrap().iter().all(|m| m["vm"] != "m1"), "{v:#}");
+    d.ok(&["circuit", "state", "set", "--name", "lin", "after/remove", "yes"]);
+
+    stop.store(true, Ordering::SeqCst);
+    for c in clients {
+        c.join().unwrap();
+    }
+    let history = rec.events();
+    assert!(done.load(Ordering::SeqCst) >= 50, "too few operations completed: {}", done.load(Ordering::SeqCst));
+    let verdict = rec.check();
+    assert!(verdict.is_linearizable(), "{verdict}");
+    eprintln!("{} operations, {verdict}", history.len());
+
+    // nothing acknowledged is lost: every key is there, read linearizably through each member
+    for vm in ["m2", "m3", "m4"] {
+        let all: Value = serde_json::from_str(
+            &d.ok(&["circuit", "state", "list", "--name", "lin", "--via", vm, "--format", "json"]),
+        )
+        .unwrap();
+        let keys: Vec<&str> = all["entries"].as_array().unwrap().iter().map(|e| e["key"].as_str().unwrap()).collect();
+        for k in &acknowledged {
+            assert!(keys.contains(&k.as_str()), "{vm} lacks acknowledged key {k}");
+        }
+    }
+
+    // the circuit goes away with its members' stores
+    d.ok(&["circuit", "rm", "--name", "lin"]);
+    d.fails(&["circuit", "view", "--name", "lin"], 3);
+}
