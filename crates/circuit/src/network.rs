@@ -85,10 +85,27 @@ pub(crate) enum ClientCall {
 pub struct Network {
     pub(crate) p2p: Handle,
     pub(crate) circuit: String,
+    pub(crate) held: Held,
+}
+
+/// Until when this member sends no Raft RPC at all (how leadership is handed over: its
+/// followers stop hearing from it, so their lease on it runs out).
+#[derive(Clone, Default)]
+pub(crate) struct Held(std::sync::Arc<std::sync::Mutex<Option<std::time::Instant>>>);
+
+impl Held {
+    pub(crate) fn set(&self, until: Option<std::time::Instant>) {
+        *self.0.lock().unwrap() = until;
+    }
+
+    fn active(&self) -> bool {
+        self.0.lock().unwrap().is_some_and(|t| std::time::Instant::now() < t)
+    }
 }
 
 pub struct Client {
     p2p: Handle,
+    held: Held,
     circuit: String,
     target: NodeId,
     peer: Option<PeerId>,
@@ -104,7 +121,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
         if let (Some(peer), Some(addr)) = (peer, &addr) {
             self.p2p.add_address(peer, addr.clone()).await;
         }
-        Client { p2p: self.p2p.clone(), circuit: self.circuit.clone(), target, peer, addr }
+        Client { p2p: self.p2p.clone(), held: self.held.clone(), circuit: self.circuit.clone(), target, peer, addr }
     }
 }
 
@@ -113,6 +130,8 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 pub(crate) enum SendError {
     #[error("member {0} has no valid peer id")]
     NoPeer(NodeId),
+    #[error("this member holds back its replication (a leadership transfer)")]
+    Held,
     #[error("no answer within {0:?}")]
     TimedOut(Duration),
     #[error("{0}")]
@@ -138,6 +157,9 @@ pub(crate) async fn call<T: DeserializeOwned>(
 
 impl Client {
     async fn rpc<T: DeserializeOwned>(&self, body: Body, option: &RPCOption) -> Result<T, SendError> {
+        if self.held.active() {
+            return Err(SendError::Held);
+        }
         let peer = self.peer.ok_or(SendError::NoPeer(self.target))?;
         if let Some(addr) = &self.addr {
             self.p2p.connect(peer, addr.clone()).await;

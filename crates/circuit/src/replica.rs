@@ -79,6 +79,9 @@ pub struct Replica {
     /// Peers named at join: accepted before the log holds a membership.
     expected: HashSet<PeerId>,
     refused: Mutex<BTreeMap<String, u64>>,
+    held: network::Held,
+    /// Counts holds, so an old hold's timer does not end a newer one.
+    holds: std::sync::atomic::AtomicU64,
     /// A snapshot being received: its id and the bytes so far.
     incoming: tokio::sync::Mutex<Option<(String, Vec<u8>)>>,
 }
@@ -88,7 +91,8 @@ impl Replica {
         let failed = |what: &str, e: &dyn std::fmt::Display| CircuitError::Failed(format!("{what}: {e}"));
         let (log, sm) = crate::open(dir.join(STORE_FILE)).await.map_err(|e| failed("open the store", &e))?;
         let view = sm.view();
-        let network = Network { p2p: p2p.clone(), circuit: joined.circuit.clone() };
+        let held = network::Held::default();
+        let network = Network { p2p: p2p.clone(), circuit: joined.circuit.clone(), held: held.clone() };
         let cfg = config(&joined.circuit, &joined.settings)?;
         let raft = Raft::new(joined.node_id, cfg, network, log, sm).await.map_err(|e| failed("start raft", &e))?;
         let expected = joined.members.iter().filter_map(|(_, m)| m.peer.parse().ok()).collect();
@@ -100,6 +104,8 @@ impl Replica {
             p2p,
             expected,
             refused: Mutex::new(BTreeMap::new()),
+            held,
+            holds: std::sync::atomic::AtomicU64::new(0),
             incoming: tokio::sync::Mutex::new(None),
         })
     }
@@ -507,8 +513,8 @@ impl Replicas {
                 Ok(r) => json(r.change(ClientCall::RemoveMember { node_id }).await),
                 Err(e) => json::<()>(Err(e)),
             },
-            CircuitCall::Hold { circuit, heartbeats, elections, for_ms } => {
-                json(self.get(&circuit).map(|r| r.hold(heartbeats, elections, for_ms)))
+            CircuitCall::Hold { circuit, replication, elections, for_ms } => {
+                json(self.get(&circuit).map(|r| r.hold(replication, elections, for_ms)))
             }
             CircuitCall::Elect { circuit } => match self.get(&circuit) {
                 Ok(r) => json(
@@ -570,17 +576,24 @@ impl Replicas {
 }
 
 impl Replica {
-    /// Holds back heartbeats or elections for `for_ms` at most; `false, false` lets them
-    /// run again now.
-    fn hold(self: &Arc<Self>, heartbeats: bool, elections: bool, for_ms: u64) -> MemberStatus {
-        self.raft.runtime_config().heartbeat(!heartbeats);
+    /// Holds back replication (every RPC this member would send) or elections for
+    /// `for_ms` at most; `false, false` lets them run again now.
+    fn hold(self: &Arc<Self>, replication: bool, elections: bool, for_ms: u64) -> MemberStatus {
+        use std::sync::atomic::Ordering;
+        let generation = self.holds.fetch_add(1, Ordering::SeqCst) + 1;
+        let until = Instant::now() + Duration::from_millis(for_ms);
+        self.held.set(replication.then_some(until));
+        self.raft.runtime_config().heartbeat(!replication);
         self.raft.runtime_config().elect(!elections);
-        if heartbeats || elections {
+        if replication || elections {
             let this = self.clone();
             tokio::spawn(async move {
                 tokio::time::sleep(Duration::from_millis(for_ms)).await;
-                this.raft.runtime_config().heartbeat(true);
-                this.raft.runtime_config().elect(true);
+                if this.holds.load(Ordering::SeqCst) == generation {
+                    this.held.set(None);
+                    this.raft.runtime_config().heartbeat(true);
+                    this.raft.runtime_config().elect(true);
+                }
             });
         }
         self.status()

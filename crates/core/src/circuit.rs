@@ -346,9 +346,10 @@ pub enum CircuitCall {
     AddMember { circuit: String, node_id: u64, member: MemberAddr },
     /// On the leader (forwarded there): remove a member from the membership. `MemberStatus`.
     RemoveMember { circuit: String, node_id: u64 },
-    /// Hold back this member's heartbeats (a leader) and elections (a follower) for
+    /// Hold back this member's replication — heartbeats and appends, so a leader's
+    /// followers stop hearing from it — and its elections, for
     /// `for_ms` at most, or until told again: how leadership is handed over. `MemberStatus`.
-    Hold { circuit: String, heartbeats: bool, elections: bool, for_ms: u64 },
+    Hold { circuit: String, replication: bool, elections: bool, for_ms: u64 },
     /// Start an election now. `MemberStatus`.
     Elect { circuit: String },
     /// Stop this member and delete its store. `null`.

@@ -321,6 +321,27 @@ fn a_circuit_stays_linearizable_through_kills_partitions_pauses_and_membership_c
     let v = wait_view(&d, "lin", "three members after the removal", Duration::from_secs(15), |v| all_caught_up(v, 3));
     assert!(v["members"].as_array().unwrap().iter().all(|m| m["vm"] != "m1"), "{v:#}");
     d.ok(&["circuit", "state", "set", "--name", "lin", "after/remove", "yes"]);
+    acknowledged.push("after/remove".into());
+
+    // 6. hand leadership to a follower while the clients write
+    let v = view(&d, "lin");
+    let to = ["m2", "m3", "m4"].into_iter().find(|m| *m != leader(&v)).unwrap();
+    let out = d.ok(&["circuit", "transfer-leader", "--name", "lin", "--to", to]);
+    assert!(out.contains(to), "{out}");
+    assert_eq!(leader(&view(&d, "lin")), to, "leadership did not move");
+    d.ok(&["circuit", "state", "set", "--name", "lin", "after/transfer", "yes"]);
+    acknowledged.push("after/transfer".into());
+    let e = d.fails(&["circuit", "transfer-leader", "--name", "lin", "--to", "m1"], 2);
+    assert!(e.contains("not a member"), "{e}");
+
+    // the Prometheus exposition carries the circuit's figures
+    let metrics = d.api("GET", "/metrics").call().unwrap().into_string().unwrap();
+    for want in ["micro_os_circuit_term{circuit=\"lin\"}", "micro_os_circuit_member_lag{circuit=\"lin\",vm=\"m4\"}"] {
+        assert!(metrics.contains(want), "{want} missing from the exposition");
+    }
+    // and `monitor health` its component
+    let health = d.ok(&["monitor", "health", "--components", "circuit", "--format", "json"]);
+    assert!(health.contains("lin: leader"), "{health}");
 
     stop.store(true, Ordering::SeqCst);
     for c in clients {

@@ -27,6 +27,19 @@ pub struct Scrape<'a> {
     pub messages: Vec<(&'a str, u64)>,
     pub rejections: Vec<(&'a str, u64)>,
     pub open_alerts: &'a [Alert],
+    /// Each circuit as its members report it.
+    pub circuits: Vec<CircuitGauges<'a>>,
+}
+
+/// A circuit's Raft figures: term, commit and applied index, and each member's lag
+/// behind the leader (absent while there is no leader or the member did not answer).
+pub struct CircuitGauges<'a> {
+    pub circuit: &'a str,
+    pub leader: bool,
+    pub term: u64,
+    pub committed: u64,
+    pub applied: u64,
+    pub members: Vec<(&'a str, Option<u64>)>,
 }
 
 /// Families by name, made on first use with the label names of their first series.
@@ -159,6 +172,30 @@ pub fn encode_scrape(s: &Scrape<'_>) -> String {
     for (reason, n) in &s.rejections {
         f.counter("micro_os_p2p_messages_rejected", "Refused messages by reason", l(&[("reason", reason)]), *n);
     }
+    for c in &s.circuits {
+        let labels = l(&[("circuit", c.circuit)]);
+        f.gauge(
+            "micro_os_circuit_has_leader",
+            "1 when the circuit has a leader",
+            labels.clone(),
+            c.leader as u8 as f64,
+        );
+        f.gauge("micro_os_circuit_term", "The circuit's Raft term", labels.clone(), c.term as f64);
+        f.gauge("micro_os_circuit_commit_index", "The circuit's commit index", labels.clone(), c.committed as f64);
+        f.gauge("micro_os_circuit_applied_index", "The highest index a member applied", labels, c.applied as f64);
+        for (vm, lag) in &c.members {
+            let labels = l(&[("circuit", c.circuit), ("vm", vm)]);
+            f.gauge(
+                "micro_os_circuit_member_up",
+                "1 when the member answers",
+                labels.clone(),
+                lag.is_some() as u8 as f64,
+            );
+            if let Some(lag) = lag {
+                f.gauge("micro_os_circuit_member_lag", "Entries the member is behind the leader", labels, *lag as f64);
+            }
+        }
+    }
     for sev in ["degraded", "critical"] {
         let n = s.open_alerts.iter().filter(|a| a.severity.to_string() == sev).count();
         f.gauge("micro_os_alerts_firing", "Open alerts by severity", l(&[("severity", sev)]), n as f64);
@@ -203,6 +240,14 @@ mod tests {
             messages: vec![("SYNC", 1)],
             rejections: vec![("stale", 1)],
             open_alerts: &[],
+            circuits: vec![CircuitGauges {
+                circuit: "c",
+                leader: true,
+                term: 1,
+                committed: 1,
+                applied: 1,
+                members: vec![("v", Some(0))],
+            }],
         })
     }
 
@@ -278,6 +323,14 @@ mod tests {
             messages: vec![("DATA", 9)],
             rejections: vec![("nonce already seen", 1)],
             open_alerts: &[alert],
+            circuits: vec![CircuitGauges {
+                circuit: "lin",
+                leader: true,
+                term: 3,
+                committed: 40,
+                applied: 40,
+                members: vec![("node-1", Some(2)), ("node-2", None)],
+            }],
         });
         for line in [
             "# TYPE micro_os_container_cpu_percent gauge",
@@ -291,6 +344,10 @@ mod tests {
             "micro_os_p2p_messages_accepted_total{type=\"DATA\"} 9",
             "micro_os_p2p_messages_rejected_total{reason=\"nonce already seen\"} 1",
             "micro_os_alerts_firing{severity=\"critical\"} 1",
+            "micro_os_circuit_term{circuit=\"lin\"} 3",
+            "micro_os_circuit_commit_index{circuit=\"lin\"} 40",
+            "micro_os_circuit_member_lag{circuit=\"lin\",vm=\"node-1\"} 2",
+            "micro_os_circuit_member_up{circuit=\"lin\",vm=\"node-2\"} 0",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
         }

@@ -430,9 +430,10 @@ impl Engine {
 
     /// `circuit transfer-leader`: openraft 0.9 has no transfer, so the daemon makes one
     /// from its switches: once the target holds the whole log, every other voter holds
-    /// back its elections and the leader its heartbeats until the followers' leader lease
-    /// has run out; then the target starts an election, which it wins because its log is
-    /// as long as any. The holds lapse by themselves if the daemon goes away meanwhile.
+    /// back its elections and the leader all its replication (heartbeats and appends: a
+    /// write that arrives meanwhile waits) until the followers' leader lease has run out;
+    /// then the target starts an election, which it wins because its log is as long as
+    /// any. The holds lapse by themselves if the daemon goes away meanwhile.
     pub async fn transfer_leader(&self, key: &str, vm_key: &str) -> Result<CircuitView> {
         let c = self.circuits.find(key)?;
         let lock = self.ops.of(&c.id);
@@ -471,24 +472,26 @@ impl Engine {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let hold_for = election * 6;
+        let hold_for = election * 8;
         let voters: Vec<(CircuitMember, Vm)> = c
             .members
             .iter()
             .filter(|m| m.role == Role::Voter && m.node_id != target.node_id)
             .filter_map(|m| self.vms.get(&m.vm_id).map(|v| (m.clone(), v)))
             .collect();
+        // the leader stops replicating (its writes wait) and no one else may stand
         for (m, v) in &voters {
             let hold = CircuitCall::Hold {
                 circuit: c.id.clone(),
-                heartbeats: m.node_id == leader_node,
+                replication: m.node_id == leader_node,
                 elections: true,
                 for_ms: hold_for,
             };
             let _ = self.member_call::<MemberStatus>(&c, v, hold, CALL_WAIT).await;
         }
-        // the followers' lease on the old leader runs out after an election timeout
-        tokio::time::sleep(Duration::from_millis(election * 2 + 100)).await;
+        // the followers' lease on the old leader runs out once they stop hearing from it
+        // (openraft 0.9: the longest election timeout)
+        tokio::time::sleep(Duration::from_millis(election * 2 + 200)).await;
         let elect = CircuitCall::Elect { circuit: c.id.clone() };
         let elected = self.member_call::<MemberStatus>(&c, &vm, elect, CALL_WAIT).await;
         let deadline = tokio::time::Instant::now() + Duration::from_millis(election * 4 + 2000);
@@ -498,8 +501,11 @@ impl Engine {
             view = self.view_of(&c).await;
         }
         for (_, v) in &voters {
-            let release = CircuitCall::Hold { circuit: c.id.clone(), heartbeats: false, elections: false, for_ms: 0 };
+            let release = CircuitCall::Hold { circuit: c.id.clone(), replication: false, elections: false, for_ms: 0 };
             let _ = self.member_call::<MemberStatus>(&c, v, release, CALL_WAIT).await;
+        }
+        if view.leader_node == Some(target.node_id) {
+            self.note_leader(&c, target.node_id);
         }
         elected?;
         if view.leader_node != Some(target.node_id) {

@@ -403,6 +403,7 @@ impl Engine {
         };
         let alerts = self.open_alerts(false);
         let net = net.unwrap_or_default();
+        let circuits = self.list_circuits().await;
         micro_os_monitor::prometheus::encode_scrape(&micro_os_monitor::prometheus::Scrape {
             samples: &samples,
             vm_of: &vm_of,
@@ -421,6 +422,21 @@ impl Engine {
             messages: net.messages.iter().map(|(k, v)| (k.as_str(), *v)).collect(),
             rejections: net.rejections.iter().map(|(k, v)| (k.as_str(), *v)).collect(),
             open_alerts: &alerts,
+            circuits: circuits
+                .iter()
+                .map(|c| micro_os_monitor::prometheus::CircuitGauges {
+                    circuit: &c.name,
+                    leader: c.leader.is_some(),
+                    term: c.term,
+                    committed: c.committed,
+                    applied: c.applied,
+                    members: c
+                        .members
+                        .iter()
+                        .map(|m| (m.vm.as_str(), m.lag.filter(|_| m.state != "unreachable")))
+                        .collect(),
+                })
+                .collect(),
         })
     }
 }
