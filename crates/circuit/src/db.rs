@@ -50,6 +50,12 @@ const MIGRATIONS: &[&str] = &[
 pub(crate) trait Write: Send + 'static {
     fn run(&mut self, conn: &Connection) -> Result<()>;
     fn finish(self: Box<Self>, committed: Result<()>);
+    /// Whether its commit must be on disk before `finish` (an fsync). A batch of writes
+    /// that all say no commits without one (WAL, `synchronous=NORMAL`): it survives a
+    /// crash of the process, and the next durable commit puts it on disk too.
+    fn durable(&self) -> bool {
+        true
+    }
 }
 
 enum Job {
@@ -115,7 +121,19 @@ impl Db {
         F: FnOnce(&Connection) -> Result<T> + Send + 'static,
     {
         let (tx, rx) = oneshot::channel();
-        self.submit(Reply { f: Some(f), value: None, tx })?;
+        self.submit(Reply { f: Some(f), value: None, tx, durable: true })?;
+        rx.await.map_err(|_| Error::Closed)?
+    }
+
+    /// [`Db::write`] without an fsync of its own, for what can be rebuilt from durable
+    /// data after a power cut (the state machine, re-applied from the log).
+    pub(crate) async fn write_relaxed<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        self.submit(Reply { f: Some(f), value: None, tx, durable: false })?;
         rx.await.map_err(|_| Error::Closed)?
     }
 
@@ -134,6 +152,7 @@ struct Reply<F, T> {
     f: Option<F>,
     value: Option<T>,
     tx: oneshot::Sender<Result<T>>,
+    durable: bool,
 }
 
 impl<F, T> Write for Reply<F, T>
@@ -150,6 +169,10 @@ where
     fn finish(self: Box<Self>, committed: Result<()>) {
         let Reply { value, tx, .. } = *self;
         let _ = tx.send(committed.map(|()| value.expect("a committed job has run")));
+    }
+
+    fn durable(&self) -> bool {
+        self.durable
     }
 }
 
@@ -202,11 +225,21 @@ fn in_use(path: &Path, e: rusqlite::Error) -> Error {
 /// a member whose storage failed; refusing keeps a hole out of the log meanwhile).
 fn serve(conn: &Connection, queue: &mpsc::Receiver<Job>) {
     let mut poisoned: Option<String> = None;
+    let mut synced = true;
     while let Ok(first) = queue.recv() {
-        let batch = std::iter::once(first).chain(std::iter::from_fn(|| queue.try_recv().ok()));
+        let batch: Vec<Job> = std::iter::once(first).chain(std::iter::from_fn(|| queue.try_recv().ok())).collect();
         let mut ran: Vec<Box<dyn Write>> = Vec::new();
         let mut failed: Option<String> = None;
-        let began = poisoned.is_none() && {
+        // fsync this commit only if a write in it needs that
+        let durable = batch.iter().any(|j| matches!(j, Job::Write(w) if w.durable()));
+        if durable != synced {
+            let mode = if durable { "FULL" } else { "NORMAL" };
+            match conn.pragma_update(None, "synchronous", mode) {
+                Ok(()) => synced = durable,
+                Err(e) => failed = Some(format!("synchronous={mode}: {e}")),
+            }
+        }
+        let began = poisoned.is_none() && failed.is_none() && {
             let begin = conn.execute_batch("BEGIN IMMEDIATE");
             if let Err(e) = &begin {
                 failed = Some(format!("begin: {e}"));

@@ -269,7 +269,11 @@ fn a_circuit_stays_linearizable_through_kills_partitions_pauses_and_membership_c
     }
     d.ok(&["vm", "start", "--name", &old]);
     wait_view(&d, "lin", "the killed member caught up", Duration::from_secs(20), |v| all_caught_up(v, 3));
-    assert!(done.load(Ordering::SeqCst) > before, "the clients made no progress across the kill");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while done.load(Ordering::SeqCst) <= before {
+        assert!(Instant::now() < deadline, "the clients made no progress after the kill");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 
     // 2. cut a follower off the bridge: the majority commits; the minority refuses
     let v = view(&d, "lin");
@@ -364,6 +368,43 @@ fn a_circuit_stays_linearizable_through_kills_partitions_pauses_and_membership_c
             assert!(keys.contains(&k.as_str()), "{vm} lacks acknowledged key {k}");
         }
     }
+
+    // the daemon is not a member: killed and restarted, it finds the circuit as it was
+    d.kill9();
+    d.spawn();
+    let v =
+        wait_view(&d, "lin", "the circuit after a daemon restart", Duration::from_secs(20), |v| all_caught_up(v, 3));
+    assert_eq!(v["members"].as_array().unwrap().len(), 3);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let o = d.cli(&["circuit", "state", "get", "--name", "lin", "after/transfer"]);
+        if o.status.success() {
+            assert!(String::from_utf8_lossy(&o.stdout).contains("yes"));
+            break;
+        }
+        if Instant::now() > deadline {
+            for vm in ["m2", "m3", "m4"] {
+                eprintln!("{vm}: {}", d.ok(&["monitor", "network", "--detailed", "--vm", vm]));
+            }
+            eprintln!("{:#}", view(&d, "lin"));
+            panic!("no linearizable read after a daemon restart: {}", String::from_utf8_lossy(&o.stderr));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // `circuit monitor` without a terminal prints a line per refresh
+    let mut child = std::process::Command::new(common::BIN)
+        .args(["circuit", "monitor", "--name", "lin", "--interval", "0.3"])
+        .env("MICRO_OS_HOME", d.home_path())
+        .env("MICRO_OS_API", d.url())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    child.kill().unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.lines().filter(|l| l.contains("lin")).count() >= 2, "circuit monitor printed: {text}");
 
     // the circuit goes away with its members' stores
     d.ok(&["circuit", "rm", "--name", "lin"]);
