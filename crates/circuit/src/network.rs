@@ -29,6 +29,9 @@ pub const PROTOCOL: &str = "/micro-os/raft/1";
 /// Raw snapshot bytes per request (hex doubles them on the wire: under the 1 MiB limit).
 pub const SNAPSHOT_CHUNK: usize = 256 * 1024;
 
+/// The largest request body the p2p registry takes, less room for the envelope.
+pub(crate) const MAX_STATE: usize = (1 << 20) - 16 * 1024;
+
 pub(crate) fn protocol() -> StreamProtocol {
     StreamProtocol::new(PROTOCOL)
 }
@@ -132,6 +135,8 @@ pub(crate) enum SendError {
     NoPeer(NodeId),
     #[error("this member holds back its replication (a leadership transfer)")]
     Held,
+    #[error("a request of {0} bytes is over the limit of one message")]
+    TooLarge(usize),
     #[error("no answer within {0:?}")]
     TimedOut(Duration),
     #[error("{0}")]
@@ -148,15 +153,47 @@ pub(crate) async fn call<T: DeserializeOwned>(
     body: Body,
     ttl: Duration,
 ) -> Result<T, SendError> {
-    let state = serde_json::to_string(&Rpc { circuit: circuit.to_string(), body })?;
+    send_state(p2p, peer, encode(circuit, body)?, ttl).await
+}
+
+fn encode(circuit: &str, body: Body) -> Result<String, SendError> {
+    Ok(serde_json::to_string(&Rpc { circuit: circuit.to_string(), body })?)
+}
+
+async fn send_state<T: DeserializeOwned>(
+    p2p: &Handle,
+    peer: PeerId,
+    state: String,
+    ttl: Duration,
+) -> Result<T, SendError> {
+    // the envelope carries the state as a JSON string: escaped once more on the wire
+    if state.len() > MAX_STATE || escaped_len(&state) > MAX_STATE {
+        return Err(SendError::TooLarge(state.len()));
+    }
     let answer = tokio::time::timeout(ttl, p2p.send_request(peer, protocol(), MessageType::Sync, state))
         .await
         .map_err(|_| SendError::TimedOut(ttl))??;
     Ok(serde_json::from_slice(&answer)?)
 }
 
+/// The length of `s` as a JSON string.
+pub(crate) fn escaped_len(s: &str) -> usize {
+    s.chars()
+        .map(|c| match c {
+            '"' | '\\' | '\n' | '\r' | '\t' | '\u{8}' | '\u{c}' => 2,
+            c if (c as u32) < 0x20 => 6,
+            c => c.len_utf8(),
+        })
+        .sum::<usize>()
+        + 2
+}
+
 impl Client {
     async fn rpc<T: DeserializeOwned>(&self, body: Body, option: &RPCOption) -> Result<T, SendError> {
+        self.rpc_encoded(encode(&self.circuit, body)?, option).await
+    }
+
+    async fn rpc_encoded<T: DeserializeOwned>(&self, state: String, option: &RPCOption) -> Result<T, SendError> {
         if self.held.active() {
             return Err(SendError::Held);
         }
@@ -164,7 +201,7 @@ impl Client {
         if let Some(addr) = &self.addr {
             self.p2p.connect(peer, addr.clone()).await;
         }
-        call(&self.p2p, peer, &self.circuit, body, option.hard_ttl()).await
+        send_state(&self.p2p, peer, state, option.hard_ttl()).await
     }
 }
 
@@ -178,8 +215,14 @@ impl RaftNetwork<TypeConfig> for Client {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>> {
+        let entries = rpc.entries.len() as u64;
+        let state = encode(&self.circuit, Body::Append(rpc)).map_err(|e| RPCError::Unreachable(unreachable(e)))?;
+        // too many entries for one request: openraft retries with fewer
+        if entries > 1 && escaped_len(&state) > MAX_STATE {
+            return Err(RPCError::PayloadTooLarge(openraft::error::PayloadTooLarge::new_entries_hint(entries / 2)));
+        }
         let answer: Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>> =
-            self.rpc(Body::Append(rpc), &option).await.map_err(|e| RPCError::Unreachable(unreachable(e)))?;
+            self.rpc_encoded(state, &option).await.map_err(|e| RPCError::Unreachable(unreachable(e)))?;
         answer.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
 
@@ -243,6 +286,13 @@ pub fn members(list: impl IntoIterator<Item = (NodeId, Member)>) -> BTreeMap<Nod
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn escaped_length_is_what_serde_json_writes() {
+        for s in ["plain", "quote \" and \\ back", "ctl \u{1} \n", "ünïcödé"] {
+            assert_eq!(escaped_len(s), serde_json::to_string(s).unwrap().len(), "{s:?}");
+        }
+    }
     use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, Membership};
 
     #[test]

@@ -58,8 +58,11 @@ fn config(circuit: &str, s: &RaftSettings) -> Result<Arc<Config>, CircuitError> 
         snapshot_policy: SnapshotPolicy::LogsSinceLast(s.snapshot_every),
         // a follower a little behind catches up from the log, not a snapshot
         max_in_snapshot_log_to_keep: (s.snapshot_every / 10).max(1),
-        // an append must fit one request (1 MiB); values are at most 256 KiB
+        // an append that does not fit one request (1 MiB) is refused by the network as
+        // too large, and openraft sends fewer entries
         max_payload_entries: 64,
+        // a snapshot chunk is 256 KiB: give it time on a slow machine
+        install_snapshot_timeout: 10_000,
         ..Default::default()
     };
     config.validate().map(Arc::new).map_err(|e| CircuitError::Invalid(format!("raft config: {e}")))

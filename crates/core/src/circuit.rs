@@ -135,6 +135,31 @@ pub fn validate_key(key: &str) -> Result<(), ValidationError> {
 /// Largest value a key may hold, in bytes.
 pub const MAX_VALUE: usize = 256 * 1024;
 
+/// A value must fit one Raft message once encoded: the log entry is JSON, carried as a
+/// JSON string in the signed envelope, so quotes and control characters grow on the way
+/// (a quote takes four bytes on the wire).
+const MAX_ENCODED_VALUE: usize = 900 * 1024;
+
+/// Checks a value's size, raw and as it travels.
+pub fn check_value(value: &str) -> Result<(), ValidationError> {
+    if value.len() > MAX_VALUE {
+        return Err(ValidationError::new(format!(
+            "value of {} bytes is over the limit of {MAX_VALUE} bytes (keep large data elsewhere and store its address)",
+            value.len()
+        )));
+    }
+    let once = serde_json::to_string(value).unwrap_or_default();
+    let twice = serde_json::to_string(&once).unwrap_or_default();
+    if twice.len() > MAX_ENCODED_VALUE {
+        return Err(ValidationError::new(format!(
+            "value of {} bytes grows to {} bytes escaped for the Raft log, over {MAX_ENCODED_VALUE} (fewer quotes, backslashes and control characters, or base64 it)",
+            value.len(),
+            twice.len()
+        )));
+    }
+    Ok(())
+}
+
 /// One key of the replicated state, with the version and checksum of the spec's SYNC
 /// payload.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -403,6 +428,15 @@ mod tests {
         let msg = crate::vm::DaemonMessage::Circuit { id: 7, call };
         let line = serde_json::to_string(&msg).unwrap();
         assert_eq!(serde_json::from_str::<crate::vm::DaemonMessage>(&line).unwrap(), msg);
+    }
+
+    #[test]
+    fn values_must_fit_a_message_once_escaped() {
+        assert!(check_value(&"a".repeat(MAX_VALUE)).is_ok());
+        let e = check_value(&"a".repeat(MAX_VALUE + 1)).unwrap_err().to_string();
+        assert!(e.contains("over the limit of 262144 bytes"), "{e}");
+        let e = check_value(&"\"".repeat(MAX_VALUE)).unwrap_err().to_string();
+        assert!(e.contains("escaped for the Raft log"), "{e}");
     }
 
     #[test]

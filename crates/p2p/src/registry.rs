@@ -157,6 +157,10 @@ pub(crate) async fn request(
             .await
             .map_err(|source| StreamError::Open { protocol: protocol.clone(), source })?;
         let head = env.encode();
+        // the responder would stop reading and this side would block writing: refuse here
+        if head.len() > MAX_REQUEST as usize {
+            return Err(StreamError::TooLong);
+        }
         s.write_all(&(head.len() as u32).to_be_bytes()).await?;
         s.write_all(&head).await?;
         s.close().await?;

@@ -12,8 +12,8 @@ use std::time::Duration;
 use chrono::Utc;
 use micro_os_api::types::CircuitCreate;
 use micro_os_core::circuit::{
-    validate_key, Circuit, CircuitCall, CircuitError, CircuitMember, CircuitType, CircuitView, MemberAddr,
-    MemberStatus, MemberView, ReadResult, Role, StateOp, WriteResult, MAX_VALUE,
+    check_value, validate_key, Circuit, CircuitCall, CircuitError, CircuitMember, CircuitType, CircuitView, MemberAddr,
+    MemberStatus, MemberView, ReadResult, Role, StateOp, WriteResult,
 };
 use micro_os_core::metrics::Severity;
 use micro_os_core::vm::{AgentMessage, DaemonMessage, AGENT_P2P_PORT};
@@ -522,12 +522,7 @@ impl Engine {
     pub async fn circuit_write(&self, key: &str, via: Option<&str>, op: StateOp) -> Result<WriteResult> {
         validate_key(op.key()).map_err(|e| Error::invalid(e.to_string()))?;
         if let StateOp::Set { value, .. } | StateOp::CompareAndSet { value, .. } = &op {
-            if value.len() > MAX_VALUE {
-                return Err(Error::invalid(format!(
-                    "value of {} bytes is over the limit of {MAX_VALUE} bytes (keep large data elsewhere and store its address)",
-                    value.len()
-                )));
-            }
+            check_value(value).map_err(|e| Error::invalid(e.to_string()))?;
         }
         let c = self.circuits.find(key)?;
         let vm = self.entry_member(&c, via)?;
