@@ -176,6 +176,7 @@ fn a_circuit_stays_linearizable_through_kills_partitions_pauses_and_membership_c
     let mut d = Daemon::prepared("127.0.0.1");
     // a snapshot every 40 entries: the fourth member catches up from one
     d.set_config("circuit_snapshot_every", serde_json::json!(40));
+    d.set_config("monitor_interval_s", serde_json::json!(0.5));
     d.spawn();
     for vm in ["m1", "m2", "m3", "m4"] {
         d.ok(&["vm", "create", "--name", vm, "--memory", "128", "--cpu", "0.5"]);
@@ -266,6 +267,19 @@ fn a_circuit_stays_linearizable_through_kills_partitions_pauses_and_membership_c
     while d.vm(&old)["state"] != "stopped" {
         assert!(Instant::now() < deadline, "vm {old} did not stop after its agent was killed");
         std::thread::sleep(Duration::from_millis(100));
+    }
+    // the member's absence is an alert of the circuit component
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        // exit 1 while something is critical (no leader yet): the report is printed all the same
+        let o = d.cli(&["monitor", "health", "--format", "json"]);
+        let h: Value = serde_json::from_slice(&o.stdout).unwrap_or(Value::Null);
+        let alerts = h["alerts"].as_array().cloned().unwrap_or_default();
+        if alerts.iter().any(|a| a["rule"] == "circuit-member-unreachable" && a["source"] == "circuit") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no alert for the killed member: {h:#}");
+        std::thread::sleep(Duration::from_millis(200));
     }
     d.ok(&["vm", "start", "--name", &old]);
     wait_view(&d, "lin", "the killed member caught up", Duration::from_secs(20), |v| all_caught_up(v, 3));

@@ -554,6 +554,92 @@ impl Engine {
         Ok(r)
     }
 
+    /// Raises and resolves the circuit component's alerts (source `circuit`) from every
+    /// circuit's view: one for a circuit without a leader, one per member unreachable or
+    /// lagging more than `circuit_lag_alert` entries. Open ones are found again in the
+    /// store after a restart, so each fires once while its condition holds.
+    pub async fn circuit_alerts(&self) {
+        use micro_os_core::metrics::Alert;
+        let open: std::collections::HashMap<(String, String), i64> = self
+            .open_alerts(false)
+            .into_iter()
+            .filter(|a| a.source == "circuit")
+            .map(|a| ((a.rule, a.object), a.id))
+            .collect();
+        let mut holding = std::collections::HashSet::new();
+        for c in self.circuits.list() {
+            let v = self.view_of(&c).await;
+            let object = format!("circuit/{}", c.name);
+            let mut conditions: Vec<(&str, Severity, f64, String)> = Vec::new();
+            if v.leader.is_none() {
+                let why = "no leader (an election is under way, or a majority is unreachable)";
+                conditions.push(("circuit-no-leader", Severity::Critical, 0.0, why.to_string()));
+            }
+            for m in &v.members {
+                match m.health.as_str() {
+                    "unreachable" => conditions.push((
+                        "circuit-member-unreachable",
+                        Severity::Degraded,
+                        m.node_id as f64,
+                        format!(
+                            "member {:?} (node {}) is unreachable: {}",
+                            m.vm,
+                            m.node_id,
+                            m.error.clone().unwrap_or_default()
+                        ),
+                    )),
+                    "lagging" => conditions.push((
+                        "circuit-member-lagging",
+                        Severity::Degraded,
+                        m.lag.unwrap_or(0) as f64,
+                        format!(
+                            "member {:?} (node {}) lags {} entries behind the leader",
+                            m.vm,
+                            m.node_id,
+                            m.lag.unwrap_or(0)
+                        ),
+                    )),
+                    _ => {}
+                }
+            }
+            for (rule, severity, value, message) in conditions {
+                // one alert per member: its node id is part of the object
+                let object = if rule == "circuit-no-leader" {
+                    object.clone()
+                } else {
+                    format!("{object}/node-{}", value as u64)
+                };
+                holding.insert((rule.to_string(), object.clone()));
+                if open.contains_key(&(rule.to_string(), object.clone())) {
+                    continue;
+                }
+                let a = Alert {
+                    id: 0,
+                    rule: rule.to_string(),
+                    object,
+                    severity,
+                    source: "circuit".into(),
+                    value,
+                    message: format!("circuit {:?}: {message}", c.name),
+                    fired_at: Utc::now(),
+                    resolved_at: None,
+                };
+                match tokio::task::block_in_place(|| self.store.insert_alert(&a)) {
+                    Ok(_) => tracing::warn!("alert {} fired: {}", a.rule, a.message),
+                    Err(e) => tracing::warn!("circuits: store alert: {e}"),
+                }
+            }
+        }
+        for (key, id) in open {
+            if !holding.contains(&key) {
+                tracing::info!("alert {id} resolved ({} {})", key.0, key.1);
+                if let Err(e) = tokio::task::block_in_place(|| self.store.resolve_alert(id, Utc::now())) {
+                    tracing::warn!("circuits: resolve alert: {e}");
+                }
+            }
+        }
+    }
+
     /// The circuit component's health: each circuit's leader, lag and reachability.
     pub async fn circuits_health(&self) -> Health {
         let circuits = self.circuits.list();

@@ -61,6 +61,7 @@ impl Engine {
                 if let Err(e) = round {
                     tracing::warn!("monitor: a round failed: {e}");
                 }
+                this.circuit_alerts().await;
                 let now = now_ms();
                 if now - rolled_at >= 60_000 {
                     rolled_at = now;
