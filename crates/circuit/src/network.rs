@@ -8,7 +8,6 @@
 //! snapshot of any size fits the registry's 1 MiB request limit; the receiver assembles
 //! them and installs the whole snapshot when the last chunk arrives.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use micro_os_p2p::net::MessageType;
@@ -278,13 +277,10 @@ impl RaftNetwork<TypeConfig> for Client {
     }
 }
 
-/// The members of a membership as a map, for `Raft::initialize`.
-pub fn members(list: impl IntoIterator<Item = (NodeId, Member)>) -> BTreeMap<NodeId, Member> {
-    list.into_iter().collect()
-}
-
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
 
     #[test]
