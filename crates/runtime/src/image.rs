@@ -214,21 +214,16 @@ impl ImageStore {
                 .context(|| "write /etc/hosts".into())?;
             fs::write(etc.join("resolv.conf"), "").context(|| "write /etc/resolv.conf".into())?;
             set_mode(&rootfs.join("tmp"), 0o1777)?;
-            let mut id = Sha256::new();
-            id.update(&bin);
             let mut cmd = vec!["sh".to_string()];
             if let Some(agent) = agent {
                 progress(Progress { stage: "adding the micro-os agent".into(), current: 0, total: 1 });
                 add_binary(&rootfs, agent, AGENT_IN_IMAGE)?;
-                // the image is what the agent is: a rebuilt agent makes another image
-                let bytes = fs::read(agent).context(|| format!("read {}", agent.display()))?;
-                id.update(&bytes);
                 cmd = vec![format!("/{AGENT_IN_IMAGE}")];
                 progress(Progress { stage: "adding the micro-os agent".into(), current: 1, total: 1 });
             }
             Ok(Image {
                 name: name.into(),
-                id: hex::encode(id.finalize()),
+                id: base_id(&bin, agent)?,
                 created_at: Utc::now(),
                 size_bytes: 0,
                 layers: 1,
@@ -340,6 +335,28 @@ pub const AGENT_IN_IMAGE: &str = "sbin/micro-os-agent";
 
 /// The VM agent's binary: `from_env` (`$MICRO_OS_AGENT`) when set, else `micro-os-agent`
 /// in the directory of `exe` (the running `micro-os`).
+/// The id of a built-in image: busybox's bytes and, for a VM image, the agent's (the image
+/// is what the agent is: a rebuilt agent makes another image).
+fn base_id(busybox: &[u8], agent: Option<&Path>) -> Result<String> {
+    let mut id = Sha256::new();
+    id.update(busybox);
+    if let Some(agent) = agent {
+        id.update(fs::read(agent).context(|| format!("read {}", agent.display()))?);
+    }
+    Ok(hex::encode(id.finalize()))
+}
+
+impl ImageStore {
+    /// Whether the built-in VM image `name` was built from another agent (or busybox) than
+    /// the ones this binary would use now: after an upgrade, its VMs would run the old agent.
+    pub fn agent_base_is_stale(&self, name: &str, busybox: &Path, exe: &Path) -> Result<bool> {
+        let image = self.get(name)?;
+        let agent = agent_binary(exe, std::env::var_os(AGENT_ENV).map(PathBuf::from))?;
+        let bin = fs::read(busybox).context(|| format!("read {}", busybox.display()))?;
+        Ok(image.id != base_id(&bin, Some(&agent))?)
+    }
+}
+
 pub fn agent_binary(exe: &Path, from_env: Option<PathBuf>) -> Result<PathBuf> {
     let beside = exe.parent().unwrap_or(Path::new("/")).join(AGENT_NAME);
     let path = from_env.clone().unwrap_or_else(|| beside.clone());
@@ -878,6 +895,10 @@ mod tests {
         let again = store.build_base("three", bb, Some(&agent), &mut |_| {}).unwrap();
         assert_eq!(second.id, again.id, "the same agent and busybox make the same id");
         assert_eq!(second.config.cmd, ["/sbin/micro-os-agent"]);
+        // the agent beside this `exe` is the second build: the first image is stale
+        let exe = bin.join("micro-os");
+        assert!(store.agent_base_is_stale("one", bb, &exe).unwrap(), "an image of another agent is stale");
+        assert!(!store.agent_base_is_stale("two", bb, &exe).unwrap(), "an image of this agent is current");
         let inside = store.rootfs("two").join(AGENT_IN_IMAGE);
         assert_eq!(fs::read_to_string(inside).unwrap(), "#!/bin/sh\necho two\n");
     }

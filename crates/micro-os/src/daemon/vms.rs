@@ -62,10 +62,36 @@ impl Engine {
         self.host.vm_dir(id)
     }
 
-    /// The built-in VM image, built on first use from busybox and the agent.
+    /// The built-in VM image, built on first use from busybox and the agent, and built
+    /// again when this binary's agent is not the one in it (an upgrade) and no VM uses it;
+    /// while VMs use it they keep the old agent, said once in a warning.
     fn ensure_base_image(&self) -> Result<()> {
         if self.images.exists(BASE_IMAGE) {
-            return Ok(());
+            let stale = tokio::task::block_in_place(|| {
+                self.images.agent_base_is_stale(BASE_IMAGE, &self.cfg.busybox, &self.exe)
+            });
+            match stale {
+                Ok(false) => return Ok(()),
+                Ok(true) if self.vms.any(|v| v.spec.image == BASE_IMAGE) => {
+                    static WARNED: std::sync::Once = std::sync::Once::new();
+                    WARNED.call_once(|| {
+                        tracing::warn!(
+                            "image {BASE_IMAGE} holds an older micro-os agent; its VMs run it until they are \
+                             removed, then the image is built again"
+                        )
+                    });
+                    return Ok(());
+                }
+                Ok(true) => {
+                    tracing::info!("image {BASE_IMAGE} holds an older micro-os agent: building it again");
+                    tokio::task::block_in_place(|| self.images.remove(BASE_IMAGE))?;
+                }
+                // not a built-in image of ours after all (imported under that name): leave it
+                Err(e) => {
+                    tracing::debug!("image {BASE_IMAGE}: {e}");
+                    return Ok(());
+                }
+            }
         }
         tokio::task::block_in_place(|| {
             self.images.build_agent_base(BASE_IMAGE, &self.cfg.busybox, &self.exe, &mut |_| {})
