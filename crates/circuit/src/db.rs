@@ -120,9 +120,7 @@ impl Db {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T> + Send + 'static,
     {
-        let (tx, rx) = oneshot::channel();
-        self.submit(Reply { f: Some(f), value: None, tx, durable: true })?;
-        rx.await.map_err(|_| Error::Closed)?
+        self.write_as(f, true).await
     }
 
     /// [`Db::write`] without an fsync of its own, for what can be rebuilt from durable
@@ -132,8 +130,16 @@ impl Db {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T> + Send + 'static,
     {
+        self.write_as(f, false).await
+    }
+
+    async fn write_as<T, F>(&self, f: F, durable: bool) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+    {
         let (tx, rx) = oneshot::channel();
-        self.submit(Reply { f: Some(f), value: None, tx, durable: false })?;
+        self.submit(Reply { f: Some(f), value: None, tx, durable })?;
         rx.await.map_err(|_| Error::Closed)?
     }
 

@@ -189,10 +189,7 @@ pub(crate) fn escaped_len(s: &str) -> usize {
 
 impl Client {
     async fn rpc<T: DeserializeOwned>(&self, body: Body, option: &RPCOption) -> Result<T, SendError> {
-        self.rpc_encoded(encode(&self.circuit, body)?, option).await
-    }
-
-    async fn rpc_encoded<T: DeserializeOwned>(&self, state: String, option: &RPCOption) -> Result<T, SendError> {
+        let state = encode(&self.circuit, body)?;
         if self.held.active() {
             return Err(SendError::Held);
         }
@@ -215,13 +212,14 @@ impl RaftNetwork<TypeConfig> for Client {
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>> {
         let entries = rpc.entries.len() as u64;
-        let state = encode(&self.circuit, Body::Append(rpc)).map_err(|e| RPCError::Unreachable(unreachable(e)))?;
-        // too many entries for one request: openraft retries with fewer
-        if entries > 1 && escaped_len(&state) > MAX_STATE {
-            return Err(RPCError::PayloadTooLarge(openraft::error::PayloadTooLarge::new_entries_hint(entries / 2)));
-        }
         let answer: Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>> =
-            self.rpc_encoded(state, &option).await.map_err(|e| RPCError::Unreachable(unreachable(e)))?;
+            self.rpc(Body::Append(rpc), &option).await.map_err(|e| match e {
+                // too many entries for one request: openraft retries with fewer
+                SendError::TooLarge(_) if entries > 1 => {
+                    RPCError::PayloadTooLarge(openraft::error::PayloadTooLarge::new_entries_hint(entries / 2))
+                }
+                e => RPCError::Unreachable(unreachable(e)),
+            })?;
         answer.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
 
