@@ -38,6 +38,13 @@ pub struct ContainerCreate {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Object)]
     pub network: Option<serde_json::Value>,
+    /// Run one replica on each member VM of this circuit (name or id); needs `replicate`.
+    /// A VM that joins the circuit later gets one too, one that leaves loses its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub circuit: Option<String>,
+    /// With `circuit`: replicate the container on every member (`--replicate`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub replicate: bool,
 }
 
 /// `POST /api/v1/containers/deploy`: the spec's `container_spec.json`.

@@ -39,6 +39,14 @@ pub struct ContainerSpec {
     /// as given until the overlay network exists.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<serde_json::Value>,
+    /// A replicated container (`--circuit N --replicate`): the circuit (id) on each of
+    /// whose member VMs one replica runs. Such a container runs nothing itself; its state
+    /// is the state its replicas are asked to be in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub circuit: Option<String>,
+    /// A replica: the replicated container (id) it belongs to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replica_of: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Hash)]
@@ -159,6 +167,30 @@ pub struct Container {
     /// Set by `stop`: the exit that follows is not a failure for the restart policy.
     #[serde(default)]
     pub stop_requested: bool,
+    /// Of a replicated container, its replicas as they are now (filled in when it is
+    /// read; not stored).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replicas: Vec<ReplicaView>,
+}
+
+/// One replica of a replicated container, as `container inspect` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ReplicaView {
+    /// The replica's own container name (`<name>.<vm>`), for `container logs` and the like.
+    pub name: String,
+    pub id: String,
+    /// The member VM it runs on.
+    pub vm: String,
+    pub state: ContainerState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<crate::health::HealthStatus>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 impl ContainerSpec {
@@ -206,7 +238,13 @@ impl Container {
             health: None,
             error: None,
             stop_requested: false,
+            replicas: Vec::new(),
         }
+    }
+
+    /// Whether this is a replicated container (it runs through its replicas).
+    pub fn is_replicated(&self) -> bool {
+        self.spec.circuit.is_some()
     }
 
     pub fn name(&self) -> &str {

@@ -20,7 +20,7 @@ pub mod template;
 pub mod vm;
 
 pub use circuit::{Circuit, CircuitMember, CircuitType};
-pub use container::{Container, ContainerSpec, ContainerState, Transition};
+pub use container::{Container, ContainerSpec, ContainerState, ReplicaView, Transition};
 pub use error::ValidationError;
 pub use health::{HealthCheck, HealthProbe, HealthState, HealthStatus};
 pub use port::{PortMapping, Protocol};

@@ -424,3 +424,105 @@ fn a_circuit_stays_linearizable_through_kills_partitions_pauses_and_membership_c
     d.ok(&["circuit", "rm", "--name", "lin"]);
     d.fails(&["circuit", "view", "--name", "lin"], 3);
 }
+
+/// The replicas of `c` (inspect JSON) as (vm, state, health).
+fn replicas(c: &Value) -> Vec<(String, String, String)> {
+    let mut out: Vec<_> = c["replicas"]
+        .as_array()
+        .map(|rs| {
+            rs.iter()
+                .map(|r| {
+                    let s = |k: &str| r[k].as_str().unwrap_or("-").to_string();
+                    (s("vm"), s("state"), s("health"))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out
+}
+
+fn all_healthy_on(c: &Value, vms: &[&str]) -> bool {
+    let rs = replicas(c);
+    rs.len() == vms.len()
+        && rs.iter().zip(vms).all(|((vm, state, health), want)| vm == want && state == "running" && health == "healthy")
+}
+
+#[test]
+fn replicated_containers_follow_the_circuit_membership() {
+    let test = "replicated_containers_follow_the_circuit_membership";
+    if !require(test, VMS) {
+        return;
+    }
+    let mut d = Daemon::prepared("127.0.0.1");
+    d.spawn();
+    for vm in ["r1", "r2", "r3"] {
+        d.ok(&["vm", "create", "--name", vm, "--memory", "128", "--cpu", "0.5"]);
+        d.ok(&["vm", "start", "--name", vm]);
+    }
+    d.ok(&["circuit", "create", "--name", "rep", "--nodes", "r1,r2"]);
+    wait_view(&d, "rep", "two caught-up members", Duration::from_secs(10), |v| all_caught_up(v, 2));
+
+    // bad input: one line, a distinct exit code, nothing made
+    let create = |extra: &[&'static str]| -> Vec<&'static str> {
+        let mut a = vec!["container", "create", "--name", "web", "--template", "busybox-httpd"];
+        a.extend_from_slice(extra);
+        a
+    };
+    let e = d.fails(&create(&["--circuit", "rep"]), 2);
+    assert!(e.contains("--circuit needs --replicate"), "{e}");
+    let e = d.fails(&create(&["--circuit", "nope", "--replicate"]), 3);
+    assert!(e.contains("circuit \"nope\" not found"), "{e}");
+    let e = d.fails(&create(&["--circuit", "rep", "--replicate", "--port", "18080:80"]), 2);
+    assert!(e.contains("cannot publish host ports"), "{e}");
+    assert!(d.names().is_empty(), "a refused create made {:?}", d.names());
+
+    // the spec's command: one replica per member, each running busybox httpd in its VM
+    d.ok(&create(&["--circuit", "rep", "--replicate"]));
+    let c = d.inspect("web");
+    assert_eq!(
+        replicas(&c),
+        vec![("r1".into(), "created".into(), "-".into()), ("r2".into(), "created".into(), "-".into())],
+        "{c:#}"
+    );
+    let out = d.ok(&["container", "start", "--name", "web"]);
+    assert!(out.contains("2 of 2 replicas running"), "{out}");
+    d.wait_for("web", "two healthy replicas", |c| all_healthy_on(c, &["r1", "r2"]));
+    let table = d.ok(&["container", "inspect", "--name", "web"]);
+    assert!(table.contains("web.r1") && table.contains("web.r2"), "{table}");
+    let list = d.ok(&["container", "list"]);
+    assert!(list.contains("running (2/2 replicas)"), "{list}");
+    // a replica is a container of its own, but it goes only with its circuit membership
+    let r1 = d.inspect("web.r1");
+    assert_eq!(r1["state"], "running", "{r1:#}");
+    let e = d.fails(&["container", "rm", "--name", "web.r1", "--force"], 4);
+    assert!(e.contains("is a replica of \"web\""), "{e}");
+    let e = d.fails(&["container", "logs", "--name", "web"], 2);
+    assert!(e.contains("web.r1, web.r2"), "{e}");
+
+    // a member that joins gets a replica, started; one that leaves loses its own
+    d.ok(&["circuit", "add-node", "--name", "rep", "--node", "r3"]);
+    d.wait_for("web", "a third healthy replica", |c| all_healthy_on(c, &["r1", "r2", "r3"]));
+    d.ok(&["circuit", "remove-node", "--name", "rep", "--node", "r1"]);
+    d.wait_for("web", "the replica on r1 gone", |c| all_healthy_on(c, &["r2", "r3"]));
+    d.fails(&["container", "inspect", "--name", "web.r1"], 3);
+
+    // a daemon killed and restarted finds the replicas running and the record as it was
+    let pids: Vec<Value> = d.inspect("web")["replicas"].as_array().unwrap().iter().map(|r| r["pid"].clone()).collect();
+    d.kill9();
+    d.spawn();
+    let c = d.wait_for("web", "replicas re-adopted", |c| all_healthy_on(c, &["r2", "r3"]));
+    let after: Vec<Value> = c["replicas"].as_array().unwrap().iter().map(|r| r["pid"].clone()).collect();
+    assert_eq!(pids, after, "the replicas kept running through the daemon's restart");
+
+    // the circuit cannot go while it runs replicas; stop and rm take every replica along
+    let e = d.fails(&["circuit", "rm", "--name", "rep"], 4);
+    assert!(e.contains("runs replicated containers web"), "{e}");
+    let out = d.ok(&["container", "stop", "--name", "web"]);
+    assert!(out.contains("web stopped"), "{out}");
+    let c = d.inspect("web");
+    assert!(replicas(&c).iter().all(|(_, state, _)| state == "exited"), "{c:#}");
+    d.ok(&["container", "rm", "--name", "web"]);
+    assert!(d.names().is_empty(), "left behind: {:?}", d.names());
+    d.ok(&["circuit", "rm", "--name", "rep"]);
+}

@@ -167,8 +167,15 @@ pub struct CreateArgs {
     #[arg(long, value_name = "N")]
     pub health_retries: Option<u32>,
     /// Place the container on a VM.
-    #[arg(long, value_name = "VM")]
+    #[arg(long, value_name = "VM", conflicts_with = "circuit")]
     pub vm: Option<String>,
+    /// With --replicate: run one replica on each member VM of this circuit (a VM that
+    /// joins it later gets one too, one that leaves loses its own).
+    #[arg(long, value_name = "CIRCUIT")]
+    pub circuit: Option<String>,
+    /// Replicate the container on every member of --circuit.
+    #[arg(long, requires = "circuit")]
+    pub replicate: bool,
     /// The command to run instead of the image's or template's.
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,
@@ -178,7 +185,7 @@ pub struct CreateArgs {
 pub enum ContainerCmd {
     /// Create a container (it does not start until `container start`).
     #[command(
-        after_help = "Examples:\n  micro-os container create --name my-node --template blockchain-full-node\n  micro-os container create --name web --image busybox --resources cpu=0.5,memory=64M -- httpd -f -p 80\n  micro-os container create --name w2 --template busybox-httpd --port 8081:80/tcp --restart on-failure:3"
+        after_help = "Examples:\n  micro-os container create --name my-node --template blockchain-full-node\n  micro-os container create --name web --image busybox --resources cpu=0.5,memory=64M -- httpd -f -p 80\n  micro-os container create --name w2 --template busybox-httpd --port 8081:80/tcp --restart on-failure:3\n  micro-os container create --name validator --template blockchain-validator \\\n    --circuit validation-cluster --replicate"
     )]
     Create(CreateArgs),
     /// Create, start and wait for a container, like `docker run`; exits with its code.

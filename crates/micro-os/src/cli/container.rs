@@ -71,6 +71,8 @@ fn request(a: &CreateArgs, default_name: Option<String>) -> CliResult<ContainerC
         config: BTreeMap::new(),
         vm: a.vm.clone(),
         network: None,
+        circuit: a.circuit.clone(),
+        replicate: a.replicate,
     })
 }
 
@@ -82,6 +84,12 @@ fn summary_rows(cs: &[Container]) -> Vec<Vec<String>> {
                     format!("exited ({code}){}", if c.oom_killed { " oom" } else { "" })
                 }
                 (s, _) => s.to_string(),
+            };
+            let status = if c.is_replicated() {
+                let up = c.replicas.iter().filter(|r| r.state == micro_os_core::ContainerState::Running).count();
+                format!("{status} ({up}/{} replicas)", c.replicas.len())
+            } else {
+                status
             };
             let health =
                 c.health.as_ref().map(|h| format!("{:?}", h.status).to_lowercase()).unwrap_or_else(|| "-".into());
@@ -156,7 +164,31 @@ fn inspect_table(c: &Container) -> String {
     if let Some(e) = &c.error {
         rows.push(vec!["error".into(), e.clone()]);
     }
-    table(&["FIELD", "VALUE"], rows)
+    let mut out = table(&["FIELD", "VALUE"], rows);
+    if c.is_replicated() {
+        let circuit = c.spec.circuit.as_deref().unwrap_or("-");
+        out.push_str(&format!("\nreplicas (one per member of circuit {circuit}):\n"));
+        let rows = c
+            .replicas
+            .iter()
+            .map(|r| {
+                let state = match (r.state, r.exit_code) {
+                    (micro_os_core::ContainerState::Exited, Some(code)) => format!("exited ({code})"),
+                    (s, _) => s.to_string(),
+                };
+                vec![
+                    r.name.clone(),
+                    r.vm.clone(),
+                    state,
+                    r.health.map(|h| format!("{h:?}").to_lowercase()).unwrap_or_else(|| "-".into()),
+                    r.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+                    r.error.clone().unwrap_or_default(),
+                ]
+            })
+            .collect();
+        out.push_str(&table(&["REPLICA", "VM", "STATE", "HEALTH", "PID", "ERROR"], rows));
+    }
+    out
 }
 
 fn since_param(s: &str) -> CliResult<String> {
@@ -217,6 +249,12 @@ pub fn run(client: &Client, cmd: ContainerCmd) -> CliResult<i32> {
             println!("{}", c.id);
         }
         ContainerCmd::Run { create, rm, detach } => {
+            if create.circuit.is_some() && !detach {
+                return Err(CliError::new(
+                    125,
+                    "a replicated container runs on every member: give --detach and read a replica's logs",
+                ));
+            }
             let default = format!("run-{}", &micro_os_core::id::new_id()[..8]);
             let req = request(&create, Some(default)).map_err(|e| CliError::new(125, e.message))?;
             // created and started in one request; with --rm the daemon removes a
@@ -251,7 +289,15 @@ pub fn run(client: &Client, cmd: ContainerCmd) -> CliResult<i32> {
         ContainerCmd::Start(n) => {
             let c: Container =
                 client.call("POST", &format!("/containers/{}/start", seg(&name_of(&n)?)), None::<&()>)?;
-            println!("{} started (pid {})", c.spec.name, c.pid.unwrap_or(0));
+            if c.is_replicated() {
+                let up = c.replicas.iter().filter(|r| r.state == micro_os_core::ContainerState::Running).count();
+                println!("{} started ({up} of {} replicas running)", c.spec.name, c.replicas.len());
+                if let Some(e) = &c.error {
+                    eprintln!("{e}");
+                }
+            } else {
+                println!("{} started (pid {})", c.spec.name, c.pid.unwrap_or(0));
+            }
         }
         ContainerCmd::Stop { name, timeout } => {
             let q = timeout.map(|t| format!("?timeout={t}")).unwrap_or_default();

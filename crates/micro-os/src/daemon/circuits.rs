@@ -323,6 +323,14 @@ impl Engine {
     /// Stops every member (each deletes its store) and forgets the circuit.
     pub async fn remove_circuit(&self, key: &str) -> Result<()> {
         let c = self.circuits.find(key)?;
+        let replicated = self.replicated_on(&c.id);
+        if !replicated.is_empty() {
+            return Err(Error::conflict(format!(
+                "circuit {:?} runs replicated containers {} (remove them first)",
+                c.name,
+                replicated.join(", ")
+            )));
+        }
         let lock = self.ops.of(&c.id);
         let _g = lock.lock().await;
         for m in &c.members {
@@ -379,6 +387,8 @@ impl Engine {
                     }
                 });
                 self.circuits.persist(&c.id, "member-added", format!("{} as node {node_id}", vm.spec.name))?;
+                drop(_g);
+                self.reconcile_circuit(&c.id).await;
             }
             Err(e) => {
                 let leave = CircuitCall::Leave { circuit: c.id.clone() };
@@ -393,7 +403,7 @@ impl Engine {
 
     /// `circuit remove-node`: out of the membership (joint consensus), then its member
     /// stops and deletes its store.
-    pub async fn remove_circuit_node(&self, key: &str, vm_key: &str) -> Result<CircuitView> {
+    pub async fn remove_circuit_node(self: &Arc<Self>, key: &str, vm_key: &str) -> Result<CircuitView> {
         let c = self.circuits.find(key)?;
         let lock = self.ops.of(&c.id);
         let _g = lock.lock().await;
@@ -425,6 +435,9 @@ impl Engine {
             }
         }
         self.leader_hint.lock().unwrap().remove(&c.id);
+        drop(_g);
+        // its replicas go with it
+        self.reconcile_circuit(&c.id).await;
         Ok(self.view_of(&self.circuits.find(&c.id)?).await)
     }
 

@@ -37,6 +37,23 @@ impl Engine {
     /// Turns a create request into a validated spec, without side effects.
     fn resolve(&self, req: ContainerCreate) -> Result<ContainerSpec> {
         micro_os_core::validate_name("container", &req.name).map_err(|e| Error::invalid(e.to_string()))?;
+        match (&req.circuit, req.replicate, &req.vm) {
+            (Some(_), false, _) => {
+                return Err(Error::invalid(
+                    "--circuit needs --replicate (one replica runs on each member; to place a container on one VM use --vm)",
+                ))
+            }
+            (None, true, _) => return Err(Error::invalid("--replicate needs --circuit N (the circuit whose members run it)")),
+            (Some(_), true, Some(_)) => {
+                return Err(Error::invalid("give --vm or --circuit, not both (a replicated container runs on every member)"))
+            }
+            (Some(_), true, None) if req.ports.as_ref().is_some_and(|p| !p.is_empty()) => {
+                return Err(Error::invalid(
+                    "a replicated container cannot publish host ports (each replica is reached at its VM's address)",
+                ))
+            }
+            _ => {}
+        }
         let vm = req.vm.as_deref().map(|v| self.find_vm(v)).transpose()?;
         if let Some(vm) = &vm {
             if !self.driver(vm.spec.driver)?.capabilities().containers {
@@ -60,21 +77,28 @@ impl Engine {
         let base = template.unwrap_or_else(|| Template { image: image.clone(), ..Template::default() });
         let mut env = base.env.clone();
         env.extend(req.env);
-        let spec = ContainerSpec {
+        // replicas are reached at their VMs' addresses: a template's host ports stay unpublished
+        let ports = if req.circuit.is_some() { Vec::new() } else { req.ports.unwrap_or_else(|| base.ports.clone()) };
+        let mut spec = ContainerSpec {
             name: req.name,
             image,
             template: req.template,
             command: req.command.unwrap_or_else(|| base.command.clone()),
             env,
             resources: req.resources.unwrap_or_default().or(&base.effective_resources()),
-            ports: req.ports.unwrap_or_else(|| base.ports.clone()),
+            ports,
             restart: req.restart.unwrap_or(base.restart),
             health_check: req.health_check.or(base.health_check.clone()),
             config: req.config,
             vm: vm.map(|v| v.id),
             network: req.network,
+            circuit: None,
+            replica_of: None,
         };
         spec.validate().map_err(|e| Error::invalid(e.to_string()))?;
+        if let Some(circuit) = &req.circuit {
+            self.resolve_replicated(&mut spec, circuit)?;
+        }
         Ok(spec)
     }
 
@@ -89,6 +113,9 @@ impl Engine {
     pub async fn create(self: &Arc<Self>, req: ContainerCreate, start: bool, rm: bool) -> Result<Container> {
         let spec = self.resolve(req)?;
         self.containers.check_name_free(&spec.name)?;
+        if spec.circuit.is_some() {
+            return self.create_replicated(spec, start).await;
+        }
         // Alone, the creation is the acknowledged change and is fsynced. Followed by a
         // start, it need only be committed before the shim runs (a daemon killed after
         // that finds the record); the start's synced "started" (or "start-failed") write
@@ -125,6 +152,11 @@ impl Engine {
         let mut names = std::collections::HashSet::new();
         for (i, r) in req.containers.into_iter().enumerate() {
             let name = r.name.clone();
+            if r.circuit.is_some() {
+                return Err(Error::invalid(format!(
+                    "containers[{i}] ({name:?}): a replicated container cannot come from a deploy file yet (use container create --circuit N --replicate)"
+                )));
+            }
             let spec = self.resolve(r).map_err(|e| e.within(format!("containers[{i}] ({name:?})")))?;
             if !names.insert(spec.name.clone()) {
                 return Err(Error::invalid(format!("containers[{i}]: name {:?} appears twice in the file", spec.name)));
@@ -144,6 +176,14 @@ impl Engine {
     }
 
     pub async fn start(self: &Arc<Self>, key: &str) -> Result<Container> {
+        if self.find(key)?.is_replicated() {
+            return self.start_replicated(key).await;
+        }
+        self.start_one(key).await
+    }
+
+    /// Starts one container that runs by itself, or a replica.
+    pub(super) async fn start_one(self: &Arc<Self>, key: &str) -> Result<Container> {
         let (c, _g) = supervisor::begin(&self.containers, &self.ops, key, Transition::Start).await?;
         if let Some(vm_id) = &c.spec.vm {
             let vm = self.find_vm(vm_id)?;
@@ -276,7 +316,15 @@ impl Engine {
         }
     }
 
-    pub async fn stop(&self, key: &str, timeout: Option<f64>) -> Result<Container> {
+    pub async fn stop(self: &Arc<Self>, key: &str, timeout: Option<f64>) -> Result<Container> {
+        if self.find(key)?.is_replicated() {
+            return self.stop_replicated(key, timeout).await;
+        }
+        self.stop_one(key, timeout).await
+    }
+
+    /// Stops one container that runs by itself, or a replica.
+    pub(super) async fn stop_one(&self, key: &str, timeout: Option<f64>) -> Result<Container> {
         if let Some(c) = supervisor::cancel_restart(&self.containers, &self.ops, key).await? {
             return Ok(c);
         }
@@ -319,7 +367,15 @@ impl Engine {
         Ok(())
     }
 
-    pub async fn pause(&self, key: &str, pause: bool) -> Result<Container> {
+    pub async fn pause(self: &Arc<Self>, key: &str, pause: bool) -> Result<Container> {
+        if self.find(key)?.is_replicated() {
+            return self.pause_replicated(key, pause).await;
+        }
+        self.pause_one(key, pause).await
+    }
+
+    /// Pauses or resumes one container that runs by itself, or a replica.
+    pub(super) async fn pause_one(&self, key: &str, pause: bool) -> Result<Container> {
         let action = if pause { Transition::Pause } else { Transition::Resume };
         let (c, _g) = supervisor::begin(&self.containers, &self.ops, key, action).await?;
         let runc = self.runc.clone();
@@ -343,6 +399,21 @@ impl Engine {
     }
 
     pub async fn remove(self: &Arc<Self>, key: &str, force: bool) -> Result<()> {
+        let c = self.find(key)?;
+        if c.is_replicated() {
+            return self.remove_replicated(key, force).await;
+        }
+        if let Some(p) = c.spec.replica_of.as_deref().and_then(|p| self.containers.get(p)) {
+            return Err(Error::conflict(format!(
+                "container {:?} is a replica of {:?}: remove {:?}, or take its VM out of the circuit (circuit remove-node)",
+                c.spec.name, p.spec.name, p.spec.name
+            )));
+        }
+        self.remove_one(&c.id, force).await
+    }
+
+    /// Removes one container that runs by itself (or a replica, for `reconcile`).
+    pub(super) async fn remove_one(self: &Arc<Self>, key: &str, force: bool) -> Result<()> {
         let (c, _g) = supervisor::locked(&self.containers, &self.ops, key).await?;
         if let Err(e) = c.state.check(&c.spec.name, Transition::Remove) {
             if !force {
@@ -377,6 +448,11 @@ impl Engine {
             }
         }
         let keys: Vec<_> = set.keys().cloned().collect();
+        // a replicated container's settings are its replicas' (they take them at their next start)
+        for r in self.replicas_of(&c.id) {
+            self.containers.update(&r.id, |r| r.spec.config.extend(set.clone()));
+            self.containers.record(&r.id, "configured", keys.join(","))?;
+        }
         self.containers.update(&c.id, |c| c.spec.config.extend(set));
         self.containers.persist(&c.id, "configured", keys.join(","))?;
         self.find(&c.id)
@@ -402,7 +478,10 @@ impl Engine {
     /// Re-adopts containers that kept running while the daemon was down and records
     /// the exits of those that ended meanwhile.
     pub async fn recover(self: &Arc<Self>) {
-        let running = self.containers.filter(|c| matches!(c.state, ContainerState::Running | ContainerState::Paused));
+        // a replicated container runs nothing of its own: its replicas are adopted here
+        let running = self
+            .containers
+            .filter(|c| !c.is_replicated() && matches!(c.state, ContainerState::Running | ContainerState::Paused));
         for c in running {
             let dir = self.state_dir(&c.id);
             let pid = c.pid.unwrap_or(0);

@@ -192,8 +192,10 @@ impl Engine {
         match action {
             Action::CreateContainer { req, start, rm } => self.create(*req, start, rm).await.map(one),
             Action::Deploy(req) => self.deploy(req).await.map(Reply::Containers),
-            Action::ListContainers => Ok(Reply::Containers(self.containers.list())),
-            Action::GetContainer(k) => self.find(&k).map(one),
+            Action::ListContainers => {
+                Ok(Reply::Containers(self.containers.list().into_iter().map(|c| self.shown(c)).collect()))
+            }
+            Action::GetContainer(k) => self.find(&k).map(|c| one(self.shown(c))),
             Action::RemoveContainer { id, force } => self.remove(&id, force).await.map(|_| Reply::Done),
             Action::StartContainer(k) => self.start(&k).await.map(one),
             Action::StopContainer { id, timeout } => self.stop(&id, timeout).await.map(one),

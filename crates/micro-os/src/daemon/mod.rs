@@ -11,6 +11,7 @@ mod journal;
 mod logs;
 mod monitor;
 mod nonces;
+mod replicas;
 mod supervisor;
 mod table;
 pub mod templates;
@@ -109,6 +110,15 @@ impl Control for Daemon {
     fn logs(&self, id: String, query: LogsQuery) -> BoxFuture<'_, Result<ByteStream, ApiError>> {
         Box::pin(async move {
             let c = self.0.find(&id).map_err(ApiError::from)?;
+            if c.is_replicated() {
+                let mut names: Vec<String> = self.0.replicas_of(&c.id).into_iter().map(|r| r.spec.name).collect();
+                names.sort();
+                return Err(ApiError::from(error::Error::invalid(format!(
+                    "container {:?} is replicated: read one replica's logs ({})",
+                    c.spec.name,
+                    names.join(", ")
+                ))));
+            }
             let path = self.0.home.containers().join(&c.id).join("container.log");
             Ok(logs::stream(self.0.clone(), c.id, path, query))
         })
@@ -243,6 +253,11 @@ pub fn run(home: Home, cfg: Config) -> anyhow::Result<()> {
         let _ = engine.p2p.set(handle);
         engine.recover_vms().await;
         engine.recover().await;
+        // replicas follow their circuits' members as recorded (and a create cut short is finished)
+        tokio::spawn({
+            let engine = engine.clone();
+            async move { engine.reconcile_all().await }
+        });
         engine.spawn_monitor();
         tracing::info!(
             "micro-os daemon listening on http://{} (home {}, {} containers)",
