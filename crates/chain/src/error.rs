@@ -39,6 +39,16 @@ pub enum Error {
     Corrupt(String),
 }
 
+impl Error {
+    /// The verdict, when this error is a block, header or transaction breaking a rule.
+    pub fn reject(&self) -> Option<&Reject> {
+        match self {
+            Error::Invalid(r) => Some(r),
+            _ => None,
+        }
+    }
+}
+
 /// The crate's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
