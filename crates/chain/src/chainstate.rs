@@ -1,0 +1,1273 @@
+//! The chain state: block index, block and undo data, UTXO set and tip, in SQLite.
+//!
+//! In Bitcoin Core's shape: headers are accepted first (`accept_header`, with chainwork), a
+//! block is stored (`accept_block`) and the chain with the most work whose blocks all have
+//! data becomes active (`activate_best_chain`), disconnecting back to the fork point with undo
+//! data and connecting the new branch; a block that fails to connect is marked invalid with
+//! its descendants and the best valid chain is activated instead.
+//!
+//! Key design decisions: SQLite in WAL mode with `synchronous=FULL`, and exactly one SQLite
+//! transaction per block connect or disconnect (UTXO changes, undo data, tx index, active
+//! chain row and the `tip` row together), so a `kill -9` at any moment leaves a consistent
+//! tip; `open` resumes an interrupted reorganisation. The block index stays on disk (not in
+//! memory as in Core) so a long-lived fast devnet does not grow the process; every lookup is
+//! a primary-key read through a cached prepared statement.
+
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use bitcoin::block::Header;
+use bitcoin::consensus::{deserialize, serialize, Decodable, Encodable};
+use bitcoin::hashes::Hash;
+use bitcoin::pow::Work;
+use bitcoin::{Amount, Block, BlockHash, CompactTarget, OutPoint, Script, ScriptBuf, Transaction, TxOut, Txid};
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+
+use crate::error::{Error, Result};
+use crate::params::Params;
+use crate::pow::{self, PrevBlock};
+use crate::validation::{
+    self, check_block_context, check_block_txids, check_header_context, check_header_pow, median_time, Coin, CoinView,
+    PrevEntry, Reject, RejectCode, MEDIAN_TIME_SPAN,
+};
+
+/// How far a block index entry has got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum BlockStatus {
+    /// Header stored; no block data.
+    HeaderOnly = 0,
+    /// Block data stored, not (yet) connected.
+    HaveData = 1,
+    /// Connected successfully at least once.
+    Valid = 2,
+    /// Failed validation, or descends from a block that did.
+    Invalid = 3,
+}
+
+impl BlockStatus {
+    fn from_i64(n: i64) -> Result<Self> {
+        Ok(match n {
+            0 => Self::HeaderOnly,
+            1 => Self::HaveData,
+            2 => Self::Valid,
+            3 => Self::Invalid,
+            _ => return Err(Error::Corrupt(format!("block status {n}"))),
+        })
+    }
+}
+
+/// One entry of the block index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexEntry {
+    /// Block hash.
+    pub hash: BlockHash,
+    /// The header.
+    pub header: Header,
+    /// Height.
+    pub height: u32,
+    /// Total work of the chain up to and including this block.
+    pub chainwork: Work,
+    /// How far it has got.
+    pub status: BlockStatus,
+}
+
+/// What [`ChainState::accept_header`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeaderStatus {
+    /// Block hash.
+    pub hash: BlockHash,
+    /// Its height.
+    pub height: u32,
+    /// Its status after the call.
+    pub status: BlockStatus,
+    /// Whether the header was new.
+    pub new: bool,
+}
+
+/// What [`ChainState::accept_block`] did to the active chain (net of any back and forth).
+#[derive(Debug, Clone)]
+pub struct Accepted {
+    /// The accepted block.
+    pub hash: BlockHash,
+    /// Its height.
+    pub height: u32,
+    /// Whether its data was new.
+    pub new: bool,
+    /// Blocks connected, in order.
+    pub connected: Vec<BlockHash>,
+    /// Blocks disconnected, tip first, with their transactions for a mempool to take back.
+    pub disconnected: Vec<Block>,
+    /// Other blocks found invalid while activating the best chain.
+    pub invalid: Vec<(BlockHash, Reject)>,
+    /// The tip afterwards.
+    pub tip: (u32, BlockHash),
+}
+
+impl Accepted {
+    fn nothing(hash: BlockHash, height: u32, tip: (u32, BlockHash)) -> Self {
+        Accepted { hash, height, new: false, connected: Vec::new(), disconnected: Vec::new(), invalid: Vec::new(), tip }
+    }
+}
+
+/// Numbers for `getblockchaininfo`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChainInfo {
+    /// Network name.
+    pub chain: &'static str,
+    /// Height of the active tip.
+    pub blocks: u32,
+    /// Height of the most-work valid header.
+    pub headers: u32,
+    /// Active tip.
+    pub best_block_hash: BlockHash,
+    /// Most-work valid header.
+    pub best_header_hash: BlockHash,
+    /// Tip difficulty relative to Bitcoin's difficulty-1 target.
+    pub difficulty: f64,
+    /// Median time past of the tip.
+    pub median_time: u32,
+    /// `blocks / headers` (1 when in sync).
+    pub verification_progress: f64,
+    /// Total work of the active chain.
+    pub chainwork: Work,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS block_index (
+    hash BLOB PRIMARY KEY, prev BLOB NOT NULL, height INTEGER NOT NULL, chainwork BLOB NOT NULL,
+    status INTEGER NOT NULL, time INTEGER NOT NULL, bits INTEGER NOT NULL, header BLOB NOT NULL,
+    fail_code TEXT, fail_reason TEXT
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS block_index_prev ON block_index (prev);
+CREATE INDEX IF NOT EXISTS block_index_work ON block_index (chainwork);
+CREATE TABLE IF NOT EXISTS block_data (hash BLOB PRIMARY KEY, data BLOB NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS undo (hash BLOB PRIMARY KEY, data BLOB NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS utxo (
+    txid BLOB NOT NULL, vout INTEGER NOT NULL, amount INTEGER NOT NULL, script BLOB NOT NULL,
+    height INTEGER NOT NULL, coinbase INTEGER NOT NULL, PRIMARY KEY (txid, vout)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS utxo_script ON utxo (script);
+CREATE TABLE IF NOT EXISTS tx_index (txid BLOB PRIMARY KEY, block BLOB NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS active_chain (height INTEGER PRIMARY KEY, hash BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS tip (id INTEGER PRIMARY KEY CHECK (id = 0), hash BLOB NOT NULL, height INTEGER NOT NULL);
+";
+
+/// Failures that may come from a mutated copy of a good block (merkle or witness malleation,
+/// CVE-2012-2459, witness stuffing): the header is not marked invalid for them.
+fn may_be_mutation(code: RejectCode) -> bool {
+    matches!(
+        code,
+        RejectCode::BadMerkleRoot | RejectCode::BadWitnessCommitment | RejectCode::Duplicate | RejectCode::Oversized
+    )
+}
+
+/// The chain state of one network.
+pub struct ChainState {
+    conn: Connection,
+    params: &'static Params,
+    path: PathBuf,
+    tip: (u32, BlockHash),
+}
+
+impl std::fmt::Debug for ChainState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChainState")
+            .field("network", &self.params.name)
+            .field("path", &self.path)
+            .field("tip", &self.tip)
+            .finish()
+    }
+}
+
+fn hash_from(bytes: [u8; 32]) -> BlockHash {
+    BlockHash::from_byte_array(bytes)
+}
+
+fn encode_undo(spent: &[(OutPoint, Coin)]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(spent.len() * 80);
+    (spent.len() as u32).consensus_encode(&mut out).expect("vec write");
+    for (op, coin) in spent {
+        op.consensus_encode(&mut out).expect("vec write");
+        coin.output.consensus_encode(&mut out).expect("vec write");
+        coin.height.consensus_encode(&mut out).expect("vec write");
+        u8::from(coin.coinbase).consensus_encode(&mut out).expect("vec write");
+    }
+    out
+}
+
+fn decode_undo(hash: &BlockHash, mut data: &[u8]) -> Result<Vec<(OutPoint, Coin)>> {
+    let corrupt = |e: bitcoin::consensus::encode::Error| Error::Corrupt(format!("undo data of block {hash}: {e}"));
+    let r = &mut data;
+    let n = u32::consensus_decode(r).map_err(corrupt)?;
+    let mut spent = Vec::with_capacity(n as usize);
+    for _ in 0..n {
+        let op = OutPoint::consensus_decode(r).map_err(corrupt)?;
+        let output = TxOut::consensus_decode(r).map_err(corrupt)?;
+        let height = u32::consensus_decode(r).map_err(corrupt)?;
+        let coinbase = u8::consensus_decode(r).map_err(corrupt)? != 0;
+        spent.push((op, Coin { output, height, coinbase }));
+    }
+    Ok(spent)
+}
+
+fn read_coin(conn: &Connection, op: &OutPoint) -> rusqlite::Result<Option<Coin>> {
+    conn.prepare_cached("SELECT amount, script, height, coinbase FROM utxo WHERE txid = ?1 AND vout = ?2")?
+        .query_row(params![op.txid.to_byte_array(), op.vout], |r| {
+            Ok(Coin {
+                output: TxOut {
+                    value: Amount::from_sat(r.get::<_, i64>(0)? as u64),
+                    script_pubkey: ScriptBuf::from_bytes(r.get(1)?),
+                },
+                height: r.get(2)?,
+                coinbase: r.get(3)?,
+            })
+        })
+        .optional()
+}
+
+fn tx_confirmed(conn: &Connection, txid: &Txid) -> rusqlite::Result<bool> {
+    conn.prepare_cached("SELECT 1 FROM tx_index WHERE txid = ?1")?
+        .query_row([txid.to_byte_array()], |_| Ok(()))
+        .optional()
+        .map(|o| o.is_some())
+}
+
+/// The UTXO set as seen half-way through connecting a block: coins created earlier in the
+/// block, minus coins it spent, over the database. Coins read from the database are kept
+/// for the undo data; a database error is kept for the caller (CoinView cannot fail).
+struct BlockView<'a> {
+    conn: &'a Connection,
+    created: &'a HashMap<OutPoint, Coin>,
+    fetched: RefCell<HashMap<OutPoint, Coin>>,
+    error: RefCell<Option<rusqlite::Error>>,
+}
+
+impl CoinView for BlockView<'_> {
+    fn coin(&self, op: &OutPoint) -> Option<Coin> {
+        if let Some(c) = self.created.get(op) {
+            return Some(c.clone());
+        }
+        match read_coin(self.conn, op) {
+            Ok(Some(c)) => {
+                self.fetched.borrow_mut().insert(*op, c.clone());
+                Some(c)
+            }
+            Ok(None) => None,
+            Err(e) => {
+                self.error.borrow_mut().get_or_insert(e);
+                None
+            }
+        }
+    }
+
+    fn is_spent(&self, op: &OutPoint) -> bool {
+        tx_confirmed(self.conn, &op.txid).unwrap_or(false)
+    }
+}
+
+impl CoinView for ChainState {
+    fn coin(&self, outpoint: &OutPoint) -> Option<Coin> {
+        match read_coin(&self.conn, outpoint) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(%outpoint, error = %e, "chain state: reading a coin failed");
+                None
+            }
+        }
+    }
+
+    fn is_spent(&self, outpoint: &OutPoint) -> bool {
+        tx_confirmed(&self.conn, &outpoint.txid).unwrap_or(false)
+    }
+}
+
+impl ChainState {
+    /// Opens (creating, with its genesis block, on first use) the chain state at `path`.
+    pub fn open(path: impl AsRef<Path>, params: &'static Params) -> Result<Self> {
+        let path = path.as_ref().to_path_buf();
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|source| Error::Io { path: dir.to_path_buf(), source })?;
+        }
+        let conn = Connection::open(&path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.execute_batch(SCHEMA)?;
+        let mut cs = ChainState { conn, params, path, tip: (0, params.genesis_hash) };
+        let network: Option<String> =
+            cs.conn.query_row("SELECT value FROM meta WHERE key = 'network'", [], |r| r.get(0)).optional()?;
+        match network {
+            Some(n) if n != params.name => {
+                return Err(Error::Corrupt(format!("{} holds the {n} chain, not {}", cs.path.display(), params.name)))
+            }
+            Some(_) => {}
+            None => cs.init_genesis()?,
+        }
+        let (hash, height): ([u8; 32], u32) =
+            cs.conn.query_row("SELECT hash, height FROM tip WHERE id = 0", [], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        cs.tip = (height, hash_from(hash));
+        if cs.hash_at(0)? != Some(params.genesis_hash) {
+            return Err(Error::Corrupt(format!("{}: genesis is not {}'s", cs.path.display(), params.name)));
+        }
+        // Resume a reorganisation that a crash interrupted.
+        cs.activate_best_chain()?;
+        Ok(cs)
+    }
+
+    fn init_genesis(&mut self) -> Result<()> {
+        let g = &self.params.genesis;
+        let hash = self.params.genesis_hash;
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute("INSERT INTO meta (key, value) VALUES ('network', ?1)", [self.params.name])?;
+        tx.execute(
+            "INSERT INTO block_index (hash, prev, height, chainwork, status, time, bits, header)
+             VALUES (?1, ?2, 0, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                hash.to_byte_array(),
+                g.header.prev_blockhash.to_byte_array(),
+                g.header.work().to_be_bytes(),
+                BlockStatus::Valid as i64,
+                g.header.time,
+                g.header.bits.to_consensus(),
+                serialize(&g.header)
+            ],
+        )?;
+        tx.execute("INSERT INTO block_data (hash, data) VALUES (?1, ?2)", params![hash.to_byte_array(), serialize(g)])?;
+        tx.execute("INSERT INTO undo (hash, data) VALUES (?1, ?2)", params![hash.to_byte_array(), encode_undo(&[])])?;
+        for t in &g.txdata {
+            tx.execute(
+                "INSERT INTO tx_index (txid, block) VALUES (?1, ?2)",
+                params![t.compute_txid().to_byte_array(), hash.to_byte_array()],
+            )?;
+        }
+        tx.execute("INSERT INTO active_chain (height, hash) VALUES (0, ?1)", [hash.to_byte_array()])?;
+        tx.execute("INSERT INTO tip (id, hash, height) VALUES (0, ?1, 0)", [hash.to_byte_array()])?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The network's parameters.
+    pub fn params(&self) -> &'static Params {
+        self.params
+    }
+
+    /// The active tip: (height, hash).
+    pub fn tip(&self) -> (u32, BlockHash) {
+        self.tip
+    }
+
+    /// The block index entry of `hash`.
+    pub fn entry(&self, hash: &BlockHash) -> Result<Option<IndexEntry>> {
+        let row = self
+            .conn
+            .prepare_cached("SELECT height, chainwork, status, header FROM block_index WHERE hash = ?1")?
+            .query_row([hash.to_byte_array()], |r| {
+                Ok((r.get::<_, u32>(0)?, r.get::<_, [u8; 32]>(1)?, r.get::<_, i64>(2)?, r.get::<_, Vec<u8>>(3)?))
+            })
+            .optional()?;
+        let Some((height, work, status, header)) = row else { return Ok(None) };
+        let header: Header =
+            deserialize(&header).map_err(|e| Error::Corrupt(format!("header of block {hash}: {e}")))?;
+        Ok(Some(IndexEntry {
+            hash: *hash,
+            header,
+            height,
+            chainwork: Work::from_be_bytes(work),
+            status: BlockStatus::from_i64(status)?,
+        }))
+    }
+
+    fn entry_or_corrupt(&self, hash: &BlockHash) -> Result<IndexEntry> {
+        self.entry(hash)?.ok_or_else(|| Error::Corrupt(format!("block {hash} missing from the block index")))
+    }
+
+    /// The header of `hash`.
+    pub fn header(&self, hash: &BlockHash) -> Result<Option<Header>> {
+        Ok(self.entry(hash)?.map(|e| e.header))
+    }
+
+    /// The total work of the chain ending at `hash`.
+    pub fn chainwork(&self, hash: &BlockHash) -> Result<Option<Work>> {
+        Ok(self.entry(hash)?.map(|e| e.chainwork))
+    }
+
+    /// The block `hash`, if its data is stored.
+    pub fn block(&self, hash: &BlockHash) -> Result<Option<Block>> {
+        let data: Option<Vec<u8>> = self
+            .conn
+            .prepare_cached("SELECT data FROM block_data WHERE hash = ?1")?
+            .query_row([hash.to_byte_array()], |r| r.get(0))
+            .optional()?;
+        data.map(|d| deserialize(&d).map_err(|e| Error::Corrupt(format!("data of block {hash}: {e}")))).transpose()
+    }
+
+    /// The hash at `height` on the active chain.
+    pub fn hash_at(&self, height: u32) -> Result<Option<BlockHash>> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT hash FROM active_chain WHERE height = ?1")?
+            .query_row([height], |r| r.get::<_, [u8; 32]>(0))
+            .optional()?
+            .map(hash_from))
+    }
+
+    fn on_active_chain(&self, e: &IndexEntry) -> Result<bool> {
+        Ok(e.height <= self.tip.0 && self.hash_at(e.height)? == Some(e.hash))
+    }
+
+    /// The ancestor of `entry` at `height` (at most `entry.height`).
+    fn ancestor(&self, entry: &IndexEntry, height: u32) -> Result<IndexEntry> {
+        let mut cur = entry.clone();
+        loop {
+            if cur.height == height {
+                return Ok(cur);
+            }
+            if self.on_active_chain(&cur)? {
+                let h = self.hash_at(height)?.ok_or_else(|| Error::Corrupt(format!("no active block at {height}")))?;
+                return self.entry_or_corrupt(&h);
+            }
+            cur = self.entry_or_corrupt(&cur.header.prev_blockhash)?;
+        }
+    }
+
+    fn mtp_of(&self, entry: &IndexEntry) -> Result<u32> {
+        let mut times = Vec::with_capacity(MEDIAN_TIME_SPAN);
+        let mut cur = entry.clone();
+        loop {
+            times.push(cur.header.time);
+            if times.len() == MEDIAN_TIME_SPAN || cur.height == 0 {
+                break;
+            }
+            cur = self.entry_or_corrupt(&cur.header.prev_blockhash)?;
+        }
+        Ok(median_time(&mut times))
+    }
+
+    /// Median time of `hash` and its ten ancestors.
+    pub fn median_time_past(&self, hash: &BlockHash) -> Result<u32> {
+        self.mtp_of(&self.entry_or_corrupt(hash)?)
+    }
+
+    fn next_bits_of(&self, prev: &IndexEntry) -> Result<CompactTarget> {
+        let mut failure = None;
+        let bits = pow::next_bits(
+            self.params,
+            PrevBlock { height: prev.height, time: prev.header.time, bits: prev.header.bits },
+            |h| match self.ancestor(prev, h) {
+                Ok(e) => e.header.time,
+                Err(e) => {
+                    failure = Some(e);
+                    0
+                }
+            },
+        );
+        failure.map_or(Ok(bits), Err)
+    }
+
+    /// The bits a block on top of `prev` must carry.
+    pub fn next_bits(&self, prev: &BlockHash) -> Result<CompactTarget> {
+        self.next_bits_of(&self.entry_or_corrupt(prev)?)
+    }
+
+    /// The most-work header not known to be invalid: (height, hash).
+    pub fn best_header(&self) -> Result<(u32, BlockHash)> {
+        let (height, hash) = self
+            .conn
+            .prepare_cached(
+                "SELECT height, hash FROM block_index WHERE status != 3 ORDER BY chainwork DESC, height ASC LIMIT 1",
+            )?
+            .query_row([], |r| Ok((r.get::<_, u32>(0)?, r.get::<_, [u8; 32]>(1)?)))?;
+        Ok((height, hash_from(hash)))
+    }
+
+    /// Block locator of the active chain: the last ten blocks, then exponentially sparser,
+    /// ending with genesis.
+    pub fn locator(&self) -> Result<Vec<BlockHash>> {
+        let mut out = Vec::new();
+        let mut height = i64::from(self.tip.0);
+        let mut step = 1i64;
+        while height > 0 {
+            out.push(
+                self.hash_at(height as u32)?.ok_or_else(|| Error::Corrupt(format!("no active block at {height}")))?,
+            );
+            if out.len() >= 10 {
+                step *= 2;
+            }
+            height -= step;
+        }
+        out.push(self.params.genesis_hash);
+        Ok(out)
+    }
+
+    /// Up to `max` active-chain headers after the first `locator` hash on the active chain
+    /// (after genesis when none is).
+    pub fn headers_after(&self, locator: &[BlockHash], max: usize) -> Result<Vec<Header>> {
+        let mut start = 1;
+        for h in locator {
+            if let Some(e) = self.entry(h)? {
+                if self.on_active_chain(&e)? {
+                    start = e.height + 1;
+                    break;
+                }
+            }
+        }
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT b.header FROM active_chain a JOIN block_index b ON b.hash = a.hash
+             WHERE a.height >= ?1 ORDER BY a.height LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(params![start, max as i64], |r| r.get::<_, Vec<u8>>(0))?;
+        rows.map(|r| deserialize(&r?).map_err(|e| Error::Corrupt(format!("stored header: {e}")))).collect()
+    }
+
+    /// The unspent coin at `outpoint`.
+    pub fn coin(&self, outpoint: &OutPoint) -> Result<Option<Coin>> {
+        Ok(read_coin(&self.conn, outpoint)?)
+    }
+
+    /// Unspent coins paying to `script` (a wallet's view).
+    pub fn coins_for(&self, script: &Script) -> Result<Vec<(OutPoint, Coin)>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT txid, vout, amount, height, coinbase FROM utxo WHERE script = ?1 ORDER BY height, txid, vout",
+        )?;
+        let rows = stmt.query_map([script.as_bytes()], |r| {
+            Ok((
+                OutPoint { txid: Txid::from_byte_array(r.get(0)?), vout: r.get(1)? },
+                Coin {
+                    output: TxOut {
+                        value: Amount::from_sat(r.get::<_, i64>(2)? as u64),
+                        script_pubkey: script.to_owned(),
+                    },
+                    height: r.get(3)?,
+                    coinbase: r.get(4)?,
+                },
+            ))
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// The active-chain block containing `txid`.
+    pub fn tx_block(&self, txid: &Txid) -> Result<Option<BlockHash>> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT block FROM tx_index WHERE txid = ?1")?
+            .query_row([txid.to_byte_array()], |r| r.get::<_, [u8; 32]>(0))
+            .optional()?
+            .map(hash_from))
+    }
+
+    /// A confirmed transaction and the active-chain block containing it.
+    pub fn transaction(&self, txid: &Txid) -> Result<Option<(Transaction, BlockHash)>> {
+        let Some(hash) = self.tx_block(txid)? else { return Ok(None) };
+        let block =
+            self.block(&hash)?.ok_or_else(|| Error::Corrupt(format!("tx index names block {hash}, not stored")))?;
+        Ok(block.txdata.into_iter().find(|t| t.compute_txid() == *txid).map(|t| (t, hash)))
+    }
+
+    /// Numbers for `getblockchaininfo`.
+    pub fn info(&self) -> Result<ChainInfo> {
+        let tip = self.entry_or_corrupt(&self.tip.1)?;
+        let (headers, best_header_hash) = self.best_header()?;
+        let headers = headers.max(tip.height);
+        Ok(ChainInfo {
+            chain: self.params.name,
+            blocks: tip.height,
+            headers,
+            best_block_hash: tip.hash,
+            best_header_hash,
+            difficulty: tip.header.difficulty_float(),
+            median_time: self.mtp_of(&tip)?,
+            verification_progress: if headers == 0 { 1.0 } else { f64::from(tip.height) / f64::from(headers) },
+            chainwork: tip.chainwork,
+        })
+    }
+
+    fn stored_reject(&self, hash: &BlockHash) -> Result<Reject> {
+        let (code, reason): (Option<String>, Option<String>) = self
+            .conn
+            .prepare_cached("SELECT fail_code, fail_reason FROM block_index WHERE hash = ?1")?
+            .query_row([hash.to_byte_array()], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        let code = code.and_then(|c| c.parse().ok()).unwrap_or(RejectCode::BadPrevBlock);
+        Ok(Reject::new(
+            code,
+            match reason {
+                Some(r) if r.starts_with("descends") => format!("block {hash} {r}"),
+                Some(r) => r,
+                None => format!("block {hash} is known to be invalid"),
+            },
+        ))
+    }
+
+    /// Marks `hash` invalid with `why`, and its descendants invalid as descending from it.
+    fn mark_invalid(&mut self, hash: &BlockHash, why: &Reject) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "UPDATE block_index SET status = 3, fail_code = ?2, fail_reason = ?3 WHERE hash = ?1",
+            params![hash.to_byte_array(), why.code.as_str(), why.reason],
+        )?;
+        tx.execute(
+            "WITH RECURSIVE d(hash) AS (
+                 SELECT hash FROM block_index WHERE prev = ?1
+                 UNION SELECT b.hash FROM block_index b JOIN d ON b.prev = d.hash)
+             UPDATE block_index SET status = 3, fail_code = 'bad-prev-block',
+                 fail_reason = 'descends from invalid block ' || ?2
+             WHERE hash IN d",
+            params![hash.to_byte_array(), hash.to_string()],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Headers-first sync: checks a header's proof of work and context and stores it with
+    /// its chainwork. `now` is the caller's clock (unix seconds).
+    pub fn accept_header(&mut self, header: &Header, now: u64) -> Result<HeaderStatus> {
+        let hash = header.block_hash();
+        if let Some(e) = self.entry(&hash)? {
+            if e.status == BlockStatus::Invalid {
+                return Err(self.stored_reject(&hash)?.into());
+            }
+            return Ok(HeaderStatus { hash, height: e.height, status: e.status, new: false });
+        }
+        check_header_pow(header, self.params)?;
+        let Some(prev) = self.entry(&header.prev_blockhash)? else {
+            return Err(Reject::new(
+                RejectCode::BadPrevBlock,
+                format!("block {hash}: previous block {} is unknown", header.prev_blockhash),
+            )
+            .into());
+        };
+        if prev.status == BlockStatus::Invalid {
+            return Err(Reject::new(
+                RejectCode::BadPrevBlock,
+                format!("block {hash} builds on invalid block {}", prev.hash),
+            )
+            .into());
+        }
+        let ctx = PrevEntry { hash: prev.hash, height: prev.height, median_time_past: self.mtp_of(&prev)? };
+        let expected = self.next_bits_of(&prev)?;
+        check_header_context(header, &ctx, self.params, expected, now)?;
+        let height = prev.height + 1;
+        self.conn
+            .prepare_cached(
+                "INSERT INTO block_index (hash, prev, height, chainwork, status, time, bits, header)
+             VALUES (?1, ?2, ?3, ?4, 0, ?5, ?6, ?7)",
+            )?
+            .execute(params![
+                hash.to_byte_array(),
+                prev.hash.to_byte_array(),
+                height,
+                (prev.chainwork + header.work()).to_be_bytes(),
+                header.time,
+                header.bits.to_consensus(),
+                serialize(header)
+            ])?;
+        Ok(HeaderStatus { hash, height, status: BlockStatus::HeaderOnly, new: true })
+    }
+
+    /// Stores a block (accepting its header first) and, when its chain has more work than
+    /// the tip, reorganises onto it. `Err(Error::Invalid)` when the block breaks a rule,
+    /// found before storing it or while connecting it (the best valid chain then stays or
+    /// becomes active).
+    pub fn accept_block(&mut self, block: &Block, now: u64) -> Result<Accepted> {
+        let status = self.accept_header(&block.header, now)?;
+        let hash = status.hash;
+        if status.status >= BlockStatus::HaveData {
+            return Ok(Accepted::nothing(hash, status.height, self.tip));
+        }
+        if let Err(r) = check_block_txids(block, self.params) {
+            if !may_be_mutation(r.code) {
+                self.mark_invalid(&hash, &r)?;
+            }
+            return Err(r.into());
+        }
+        let prev = self.entry_or_corrupt(&block.header.prev_blockhash)?;
+        if let Err(r) = check_block_context(block, status.height, self.mtp_of(&prev)?) {
+            self.mark_invalid(&hash, &r)?;
+            return Err(r.into());
+        }
+        {
+            let tx = self.conn.transaction()?;
+            tx.execute(
+                "INSERT INTO block_data (hash, data) VALUES (?1, ?2)",
+                params![hash.to_byte_array(), serialize(block)],
+            )?;
+            tx.execute("UPDATE block_index SET status = 1 WHERE hash = ?1", [hash.to_byte_array()])?;
+            tx.commit()?;
+        }
+        let mut accepted = self.activate_best_chain()?;
+        accepted.hash = hash;
+        accepted.height = status.height;
+        accepted.new = true;
+        if let Some(i) = accepted.invalid.iter().position(|(h, _)| *h == hash) {
+            return Err(accepted.invalid.swap_remove(i).1.into());
+        }
+        if self.entry_or_corrupt(&hash)?.status == BlockStatus::Invalid {
+            return Err(self.stored_reject(&hash)?.into());
+        }
+        Ok(accepted)
+    }
+
+    /// The most-work chain whose blocks all have data and none is invalid, if it has more
+    /// work than the tip: (fork point on the active chain, blocks from the fork up to it).
+    fn find_best_candidate(&self) -> Result<Option<(IndexEntry, Vec<IndexEntry>)>> {
+        let tip_work = self.entry_or_corrupt(&self.tip.1)?.chainwork;
+        let candidates: Vec<[u8; 32]> = {
+            let mut stmt = self.conn.prepare_cached(
+                "SELECT hash FROM block_index WHERE status IN (1, 2) AND chainwork > ?1 ORDER BY chainwork DESC",
+            )?;
+            let rows = stmt.query_map([tip_work.to_be_bytes()], |r| r.get(0))?;
+            rows.collect::<rusqlite::Result<_>>()?
+        };
+        'candidates: for c in candidates {
+            let mut path = Vec::new();
+            let mut cur = self.entry_or_corrupt(&hash_from(c))?;
+            while !self.on_active_chain(&cur)? {
+                if !matches!(cur.status, BlockStatus::HaveData | BlockStatus::Valid) {
+                    continue 'candidates;
+                }
+                let prev = cur.header.prev_blockhash;
+                path.push(cur);
+                cur = self.entry_or_corrupt(&prev)?;
+            }
+            path.reverse();
+            return Ok(Some((cur, path)));
+        }
+        Ok(None)
+    }
+
+    /// Makes the most-work fully available valid chain active, returning the net changes.
+    pub fn activate_best_chain(&mut self) -> Result<Accepted> {
+        let mut out = Accepted::nothing(self.tip.1, self.tip.0, self.tip);
+        while let Some((fork, path)) = self.find_best_candidate()? {
+            while self.tip.1 != fork.hash {
+                let block = self.disconnect_tip()?;
+                let h = block.block_hash();
+                if let Some(i) = out.connected.iter().position(|c| *c == h) {
+                    out.connected.remove(i);
+                } else {
+                    out.disconnected.push(block);
+                }
+            }
+            for e in path {
+                match self.connect_block(&e)? {
+                    Ok(()) => {
+                        if let Some(i) = out.disconnected.iter().position(|b| b.block_hash() == e.hash) {
+                            out.disconnected.remove(i);
+                        } else {
+                            out.connected.push(e.hash);
+                        }
+                    }
+                    Err(r) => {
+                        tracing::warn!(block = %e.hash, height = e.height, reason = %r, "block failed to connect");
+                        self.mark_invalid(&e.hash, &r)?;
+                        out.invalid.push((e.hash, r));
+                        break;
+                    }
+                }
+            }
+        }
+        out.tip = self.tip;
+        Ok(out)
+    }
+
+    /// Connects the block of `entry` on top of the tip (its parent), in one SQLite
+    /// transaction. The inner `Err` is a verdict; nothing is written then.
+    fn connect_block(&mut self, entry: &IndexEntry) -> Result<Result<(), Reject>> {
+        let hash = entry.hash;
+        let height = entry.height;
+        let block = self.block(&hash)?.ok_or_else(|| Error::Corrupt(format!("block {hash} has no data")))?;
+        let params = self.params;
+        let dbtx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut created: HashMap<OutPoint, Coin> = HashMap::new();
+        let mut spent_in_block: HashSet<OutPoint> = HashSet::new();
+        let mut undo: Vec<(OutPoint, Coin)> = Vec::new();
+        let mut jobs = Vec::new();
+        let mut fees = Amount::ZERO;
+        let txids: Vec<Txid> = block.txdata.iter().map(Transaction::compute_txid).collect();
+        for (i, (tx, txid)) in block.txdata.iter().zip(&txids).enumerate() {
+            if i > 0 {
+                for (n, txin) in tx.input.iter().enumerate() {
+                    if spent_in_block.contains(&txin.previous_output) {
+                        return Ok(Err(Reject::new(
+                            RejectCode::DoubleSpend,
+                            format!(
+                                "block {hash}: tx {txid} input {n} spends {}, already spent in this block",
+                                txin.previous_output
+                            ),
+                        )));
+                    }
+                }
+                let view = BlockView {
+                    conn: &dbtx,
+                    created: &created,
+                    fetched: RefCell::default(),
+                    error: RefCell::default(),
+                };
+                let verdict = validation::tx_input_checks(tx, *txid, &view, height, params, &mut jobs);
+                if let Some(e) = view.error.take() {
+                    return Err(e.into());
+                }
+                let fee = match verdict {
+                    Ok(f) => f,
+                    Err(mut r) => {
+                        r.reason = format!("block {hash}: {}", r.reason);
+                        return Ok(Err(r));
+                    }
+                };
+                fees = fees.checked_add(fee).unwrap_or(Amount::MAX_MONEY);
+                let mut fetched = view.fetched.into_inner();
+                for txin in &tx.input {
+                    let op = txin.previous_output;
+                    spent_in_block.insert(op);
+                    if created.remove(&op).is_none() {
+                        let coin = fetched.remove(&op).ok_or_else(|| Error::Corrupt(format!("coin {op} vanished")))?;
+                        undo.push((op, coin));
+                    }
+                }
+            }
+            for (vout, out) in tx.output.iter().enumerate() {
+                if out.script_pubkey.is_op_return() {
+                    continue; // provably unspendable: never enters the UTXO set
+                }
+                created.insert(
+                    OutPoint { txid: *txid, vout: vout as u32 },
+                    Coin { output: out.clone(), height, coinbase: i == 0 },
+                );
+            }
+        }
+        let paid: Amount = block.txdata[0].output.iter().map(|o| o.value).sum();
+        let allowed = params.block_subsidy(height) + fees;
+        if paid > allowed {
+            return Ok(Err(Reject::new(
+                RejectCode::BadCoinbase,
+                format!(
+                    "block {hash}: coinbase pays {} sat, subsidy and fees are {} sat",
+                    paid.to_sat(),
+                    allowed.to_sat()
+                ),
+            )));
+        }
+        if let Err(mut r) = validation::verify_sig_checks(&jobs) {
+            r.reason = format!("block {hash}: {}", r.reason);
+            return Ok(Err(r));
+        }
+        {
+            let mut del = dbtx.prepare_cached("DELETE FROM utxo WHERE txid = ?1 AND vout = ?2")?;
+            for (op, _) in &undo {
+                del.execute(params![op.txid.to_byte_array(), op.vout])?;
+            }
+            let mut ins = dbtx.prepare_cached(
+                "INSERT INTO utxo (txid, vout, amount, script, height, coinbase) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?;
+            for (op, c) in &created {
+                ins.execute(params![
+                    op.txid.to_byte_array(),
+                    op.vout,
+                    c.output.value.to_sat() as i64,
+                    c.output.script_pubkey.as_bytes(),
+                    c.height,
+                    c.coinbase
+                ])?;
+            }
+            let mut txi = dbtx.prepare_cached("INSERT OR REPLACE INTO tx_index (txid, block) VALUES (?1, ?2)")?;
+            for txid in &txids {
+                txi.execute(params![txid.to_byte_array(), hash.to_byte_array()])?;
+            }
+            dbtx.prepare_cached("INSERT OR REPLACE INTO undo (hash, data) VALUES (?1, ?2)")?
+                .execute(params![hash.to_byte_array(), encode_undo(&undo)])?;
+            dbtx.prepare_cached("INSERT OR REPLACE INTO active_chain (height, hash) VALUES (?1, ?2)")?
+                .execute(params![height, hash.to_byte_array()])?;
+            dbtx.prepare_cached("UPDATE tip SET hash = ?1, height = ?2 WHERE id = 0")?
+                .execute(params![hash.to_byte_array(), height])?;
+            dbtx.prepare_cached("UPDATE block_index SET status = 2 WHERE hash = ?1")?
+                .execute([hash.to_byte_array()])?;
+        }
+        dbtx.commit()?;
+        self.tip = (height, hash);
+        Ok(Ok(()))
+    }
+
+    /// Disconnects the tip in one SQLite transaction, returning its block.
+    fn disconnect_tip(&mut self) -> Result<Block> {
+        let (height, hash) = self.tip;
+        if height == 0 {
+            return Err(Error::Corrupt("asked to disconnect the genesis block".into()));
+        }
+        let block = self.block(&hash)?.ok_or_else(|| Error::Corrupt(format!("active block {hash} has no data")))?;
+        let undo_data: Vec<u8> = self
+            .conn
+            .prepare_cached("SELECT data FROM undo WHERE hash = ?1")?
+            .query_row([hash.to_byte_array()], |r| r.get(0))
+            .optional()?
+            .ok_or_else(|| Error::Corrupt(format!("active block {hash} has no undo data")))?;
+        let undo = decode_undo(&hash, &undo_data)?;
+        let dbtx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        {
+            let mut del = dbtx.prepare_cached("DELETE FROM utxo WHERE txid = ?1 AND vout = ?2")?;
+            let mut untx = dbtx.prepare_cached("DELETE FROM tx_index WHERE txid = ?1 AND block = ?2")?;
+            for tx in &block.txdata {
+                let txid = tx.compute_txid();
+                for vout in 0..tx.output.len() as u32 {
+                    del.execute(params![txid.to_byte_array(), vout])?;
+                }
+                untx.execute(params![txid.to_byte_array(), hash.to_byte_array()])?;
+            }
+            let mut ins = dbtx.prepare_cached(
+                "INSERT INTO utxo (txid, vout, amount, script, height, coinbase) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?;
+            for (op, c) in &undo {
+                ins.execute(params![
+                    op.txid.to_byte_array(),
+                    op.vout,
+                    c.output.value.to_sat() as i64,
+                    c.output.script_pubkey.as_bytes(),
+                    c.height,
+                    c.coinbase
+                ])?;
+            }
+            dbtx.prepare_cached("DELETE FROM undo WHERE hash = ?1")?.execute([hash.to_byte_array()])?;
+            dbtx.prepare_cached("DELETE FROM active_chain WHERE height = ?1")?.execute([height])?;
+            dbtx.prepare_cached("UPDATE tip SET hash = ?1, height = ?2 WHERE id = 0")?
+                .execute(params![block.header.prev_blockhash.to_byte_array(), height - 1])?;
+        }
+        dbtx.commit()?;
+        self.tip = (height - 1, block.header.prev_blockhash);
+        Ok(block)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::validation::test_util::*;
+    use bitcoin::secp256k1::SecretKey;
+
+    fn p() -> &'static Params {
+        Params::devnet()
+    }
+
+    const NOW: u64 = 1_735_689_600 + 1_000_000;
+
+    struct Node {
+        cs: ChainState,
+        _dir: tempfile::TempDir,
+    }
+
+    fn node() -> Node {
+        let dir = tempfile::tempdir().unwrap();
+        let cs = ChainState::open(dir.path().join("chain.db"), p()).unwrap();
+        Node { cs, _dir: dir }
+    }
+
+    /// A mined block on `prev` paying the subsidy plus `fees` to key `miner`, carrying `txs`.
+    fn build(cs: &ChainState, prev: BlockHash, miner: u8, fees: Amount, txs: Vec<Transaction>) -> Block {
+        let e = cs.entry(&prev).unwrap().unwrap();
+        let height = e.height + 1;
+        let mut all = vec![coinbase(height, p().block_subsidy(height) + fees, p2wpkh(&key(miner).1))];
+        all.extend(txs);
+        block(prev, e.header.time + 2, cs.next_bits(&prev).unwrap(), all)
+    }
+
+    /// Mines `n` empty blocks on the tip (miner key `miner`); returns their hashes.
+    fn extend(cs: &mut ChainState, n: usize, miner: u8) -> Vec<BlockHash> {
+        (0..n)
+            .map(|_| {
+                let b = build(cs, cs.tip().1, miner, Amount::ZERO, vec![]);
+                cs.accept_block(&b, NOW).unwrap();
+                b.block_hash()
+            })
+            .collect()
+    }
+
+    fn cb_out(cs: &ChainState, hash: &BlockHash) -> (OutPoint, TxOut) {
+        let b = cs.block(hash).unwrap().unwrap();
+        (OutPoint { txid: b.txdata[0].compute_txid(), vout: 0 }, b.txdata[0].output[0].clone())
+    }
+
+    fn spend(prev: &[(OutPoint, TxOut)], keys: &[SecretKey], to: ScriptBuf, fee: u64) -> Transaction {
+        let total: u64 = prev.iter().map(|(_, o)| o.value.to_sat()).sum();
+        let ops: Vec<OutPoint> = prev.iter().map(|(op, _)| *op).collect();
+        let mut tx = unsigned(&ops, vec![TxOut { value: Amount::from_sat(total - fee), script_pubkey: to }]);
+        let outs: Vec<TxOut> = prev.iter().map(|(_, o)| o.clone()).collect();
+        sign(&mut tx, &outs, keys);
+        tx
+    }
+
+    type UtxoRow = (Vec<u8>, u32, i64, Vec<u8>, u32, bool);
+
+    fn utxo_set(cs: &ChainState) -> Vec<UtxoRow> {
+        let mut stmt = cs
+            .conn
+            .prepare("SELECT txid, vout, amount, script, height, coinbase FROM utxo ORDER BY txid, vout")
+            .unwrap();
+        let rows =
+            stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))).unwrap();
+        rows.collect::<rusqlite::Result<_>>().unwrap()
+    }
+
+    fn code(e: Error) -> RejectCode {
+        e.reject().unwrap_or_else(|| panic!("not a reject: {e}")).code
+    }
+
+    #[test]
+    fn genesis_on_first_open_and_blocks_connect_with_their_coinbase() {
+        let mut n = node();
+        let cs = &mut n.cs;
+        assert_eq!(cs.tip(), (0, p().genesis_hash));
+        assert_eq!(cs.block(&p().genesis_hash).unwrap().unwrap(), p().genesis);
+        let hashes = extend(cs, 3, 1);
+        assert_eq!(cs.tip(), (3, hashes[2]));
+        assert_eq!(cs.hash_at(2).unwrap(), Some(hashes[1]));
+        let (op, out) = cb_out(cs, &hashes[0]);
+        let coin = cs.coin(&op).unwrap().unwrap();
+        assert_eq!((coin.height, coin.coinbase, coin.output.value), (1, true, Amount::from_int_btc(50)));
+        assert_eq!(cs.coins_for(&out.script_pubkey).unwrap().len(), 3);
+        assert_eq!(cs.tx_block(&op.txid).unwrap(), Some(hashes[0]));
+        assert_eq!(cs.transaction(&op.txid).unwrap().unwrap().1, hashes[0]);
+        let info = cs.info().unwrap();
+        assert_eq!((info.blocks, info.headers, info.verification_progress), (3, 3, 1.0));
+        assert_eq!(cs.chainwork(&hashes[2]).unwrap().unwrap(), cs.entry(&hashes[2]).unwrap().unwrap().chainwork);
+        assert!(info.chainwork > cs.chainwork(&p().genesis_hash).unwrap().unwrap());
+        // Locator and headers_after.
+        let loc = cs.locator().unwrap();
+        assert_eq!(loc.first(), Some(&hashes[2]));
+        assert_eq!(loc.last(), Some(&p().genesis_hash));
+        let hs = cs.headers_after(&[hashes[0]], 10).unwrap();
+        assert_eq!(hs.iter().map(|h| h.block_hash()).collect::<Vec<_>>(), hashes[1..].to_vec());
+        assert_eq!(cs.headers_after(&[p().genesis_hash], 1).unwrap()[0].block_hash(), hashes[0]);
+        // A known block is not new.
+        let again = cs.accept_block(&cs.block(&hashes[1]).unwrap().unwrap(), NOW).unwrap();
+        assert!(!again.new && again.connected.is_empty());
+    }
+
+    #[test]
+    fn spends_are_checked_against_the_utxo_set() {
+        let mut n = node();
+        let cs = &mut n.cs;
+        let first = extend(cs, 1, 1)[0];
+        let second = extend(cs, 1, 2)[0];
+        // Immature: a coinbase of height 1 spent in block 3 (maturity 10).
+        let c1 = cb_out(cs, &first);
+        let tx = spend(std::slice::from_ref(&c1), &[key(1).0], p2pkh(&key(3).1), 1000);
+        let b = build(cs, cs.tip().1, 9, Amount::from_sat(1000), vec![tx.clone()]);
+        assert_eq!(code(cs.accept_block(&b, NOW).unwrap_err()), RejectCode::Immature);
+        assert_eq!(cs.tip().0, 2);
+        extend(cs, 9, 9);
+        // Now height 12: a P2WPKH spend to P2PKH is accepted...
+        let b12 = build(cs, cs.tip().1, 9, Amount::from_sat(1000), vec![tx.clone()]);
+        let acc = cs.accept_block(&b12, NOW).unwrap();
+        assert_eq!(acc.connected, vec![b12.block_hash()]);
+        assert!(cs.coin(&c1.0).unwrap().is_none());
+        let p2pkh_coin = (OutPoint { txid: tx.compute_txid(), vout: 0 }, tx.output[0].clone());
+        assert!(cs.coin(&p2pkh_coin.0).unwrap().is_some());
+        // ...and the P2PKH output spends onward.
+        let tx2 = spend(std::slice::from_ref(&p2pkh_coin), &[key(3).0], p2wpkh(&key(4).1), 500);
+        let b13 = build(cs, cs.tip().1, 9, Amount::from_sat(500), vec![tx2]);
+        cs.accept_block(&b13, NOW).unwrap();
+        // Double spend across blocks.
+        let again = spend(std::slice::from_ref(&c1), &[key(1).0], p2wpkh(&key(5).1), 2000);
+        let b = build(cs, cs.tip().1, 9, Amount::from_sat(2000), vec![again]);
+        let e = cs.accept_block(&b, NOW).unwrap_err();
+        assert_eq!(code(e), RejectCode::DoubleSpend);
+        // Double spend within a block.
+        let c2 = cb_out(cs, &second);
+        let a = spend(std::slice::from_ref(&c2), &[key(2).0], p2wpkh(&key(5).1), 1000);
+        let bb = spend(std::slice::from_ref(&c2), &[key(2).0], p2wpkh(&key(6).1), 1000);
+        let b = build(cs, cs.tip().1, 9, Amount::from_sat(2000), vec![a.clone(), bb]);
+        let e = cs.accept_block(&b, NOW).unwrap_err();
+        assert_eq!(e.reject().unwrap().code, RejectCode::DoubleSpend);
+        assert!(e.to_string().contains("already spent in this block"), "{e}");
+        // Bad signature: signed by the right key over other data.
+        let mut bad = a.clone();
+        bad.output[0].value = Amount::from_sat(1);
+        let b = build(cs, cs.tip().1, 9, Amount::ZERO, vec![bad]);
+        assert_eq!(code(cs.accept_block(&b, NOW).unwrap_err()), RejectCode::BadSignature);
+        // Wrong key.
+        let wrong = spend(std::slice::from_ref(&c2), &[key(7).0], p2wpkh(&key(5).1), 1000);
+        let b = build(cs, cs.tip().1, 9, Amount::from_sat(1000), vec![wrong]);
+        assert_eq!(code(cs.accept_block(&b, NOW).unwrap_err()), RejectCode::BadSignature);
+        // Excess coinbase value: fees claimed twice.
+        let b = build(cs, cs.tip().1, 9, Amount::from_sat(2001), vec![a.clone()]);
+        assert_eq!(code(cs.accept_block(&b, NOW).unwrap_err()), RejectCode::BadCoinbase);
+        // The failed blocks left the tip and UTXO set alone; the good spend still goes in.
+        assert_eq!(cs.tip(), (13, b13.block_hash()));
+        let b = build(cs, cs.tip().1, 9, Amount::from_sat(1000), vec![a]);
+        cs.accept_block(&b, NOW).unwrap();
+        assert_eq!(cs.tip().0, 14);
+    }
+
+    #[test]
+    fn bad_headers_and_blocks_are_refused_with_their_code() {
+        let mut n = node();
+        let cs = &mut n.cs;
+        let tip = cs.tip().1;
+        // Bad bits: easier than the limit allows, or not what ASERT says.
+        let mut b = build(cs, tip, 1, Amount::ZERO, vec![]);
+        b.header.bits = CompactTarget::from_consensus(0x1f7fffff);
+        mine(&mut b.header);
+        assert_eq!(code(cs.accept_header(&b.header, NOW).unwrap_err()), RejectCode::BadBits);
+        // Bad PoW.
+        let mut b = build(cs, tip, 1, Amount::ZERO, vec![]);
+        while b.header.target().is_met_by(b.block_hash()) {
+            b.header.nonce += 1;
+        }
+        assert_eq!(code(cs.accept_block(&b, NOW).unwrap_err()), RejectCode::BadPow);
+        // Bad merkle root does not poison the header: the real block is accepted afterwards.
+        let good = build(cs, tip, 1, Amount::ZERO, vec![]);
+        let mut mutated = good.clone();
+        mutated.txdata[0].output[0].value = Amount::from_sat(1);
+        assert_eq!(code(cs.accept_block(&mutated, NOW).unwrap_err()), RejectCode::BadMerkleRoot);
+        cs.accept_block(&good, NOW).unwrap();
+        // Time too far ahead / not after MTP; unknown parent.
+        let mut b = build(cs, cs.tip().1, 1, Amount::ZERO, vec![]);
+        b.header.time = (NOW + 3 * 3600) as u32;
+        b.header.bits = cs.next_bits(&cs.tip().1).unwrap();
+        mine(&mut b.header);
+        assert_eq!(code(cs.accept_header(&b.header, NOW).unwrap_err()), RejectCode::BadTime);
+        let mut orphan = build(cs, cs.tip().1, 1, Amount::ZERO, vec![]);
+        orphan.header.prev_blockhash = BlockHash::from_byte_array([9; 32]);
+        mine(&mut orphan.header);
+        assert_eq!(code(cs.accept_header(&orphan.header, NOW).unwrap_err()), RejectCode::BadPrevBlock);
+        // BIP34 height wrong: coinbase of height 5 at height 2 — marked invalid for good.
+        let e = cs.entry(&cs.tip().1).unwrap().unwrap();
+        let bad = block(
+            e.hash,
+            e.header.time + 2,
+            cs.next_bits(&e.hash).unwrap(),
+            vec![coinbase(5, Amount::ONE_BTC, p2wpkh(&key(1).1))],
+        );
+        assert_eq!(code(cs.accept_block(&bad, NOW).unwrap_err()), RejectCode::BadCoinbase);
+        assert_eq!(cs.entry(&bad.block_hash()).unwrap().unwrap().status, BlockStatus::Invalid);
+        assert_eq!(code(cs.accept_block(&bad, NOW).unwrap_err()), RejectCode::BadCoinbase);
+        let child = build(cs, bad.block_hash(), 1, Amount::ZERO, vec![]);
+        assert_eq!(code(cs.accept_block(&child, NOW).unwrap_err()), RejectCode::BadPrevBlock);
+    }
+
+    #[test]
+    fn wrong_witness_commitment_and_oversized_blocks_are_refused() {
+        let mut n = node();
+        let cs = &mut n.cs;
+        let first = extend(cs, 1, 1)[0];
+        extend(cs, 10, 9);
+        let c1 = cb_out(cs, &first);
+        let tx = spend(&[c1], &[key(1).0], p2wpkh(&key(3).1), 0);
+        let mut b = build(cs, cs.tip().1, 9, Amount::ZERO, vec![tx]);
+        let last = b.txdata[0].output.len() - 1;
+        b.txdata[0].output[last].script_pubkey =
+            ScriptBuf::from(vec![0x6a, 0x24, 0xaa, 0x21, 0xa9, 0xed].into_iter().chain([0u8; 32]).collect::<Vec<u8>>());
+        b.header.merkle_root = b.compute_merkle_root().unwrap();
+        mine(&mut b.header);
+        assert_eq!(code(cs.accept_block(&b, NOW).unwrap_err()), RejectCode::BadWitnessCommitment);
+        let mut big = build(cs, cs.tip().1, 9, Amount::ZERO, vec![]);
+        big.txdata[0].output.push(TxOut { value: Amount::ZERO, script_pubkey: ScriptBuf::from(vec![0x6a; 1_000_001]) });
+        finish(&mut big);
+        assert_eq!(code(cs.accept_block(&big, NOW).unwrap_err()), RejectCode::Oversized);
+    }
+
+    #[test]
+    fn reorg_to_the_heavier_branch_matches_a_fresh_node() {
+        let mut a = node();
+        let cs = &mut a.cs;
+        let common = extend(cs, 11, 1);
+        let fork = cs.tip().1;
+        let c1 = cb_out(cs, &common[0]);
+        // Branch A: 2 blocks, spends c1 to key 3.
+        let ta = spend(std::slice::from_ref(&c1), &[key(1).0], p2wpkh(&key(3).1), 1000);
+        let a12 = build(cs, fork, 2, Amount::from_sat(1000), vec![ta.clone()]);
+        cs.accept_block(&a12, NOW).unwrap();
+        let a13 = build(cs, a12.block_hash(), 2, Amount::ZERO, vec![]);
+        cs.accept_block(&a13, NOW).unwrap();
+        let utxo_a = utxo_set(cs);
+        // Branch B: 3 blocks (more work), spends c1 to key 4 instead.
+        let tb = spend(std::slice::from_ref(&c1), &[key(1).0], p2wpkh(&key(4).1), 3000);
+        // Headers first, then blocks out of order: nothing moves until B has more work.
+        let b12 = build(cs, fork, 5, Amount::from_sat(3000), vec![tb.clone()]);
+        assert!(cs.accept_header(&b12.header, NOW).unwrap().new);
+        let b13 = build(cs, b12.block_hash(), 5, Amount::ZERO, vec![]);
+        assert!(cs.accept_header(&b13.header, NOW).unwrap().new);
+        let b14 = build(cs, b13.block_hash(), 5, Amount::ZERO, vec![]);
+        assert!(cs.accept_header(&b14.header, NOW).unwrap().new);
+        assert!(!cs.accept_header(&b14.header, NOW).unwrap().new);
+        assert_eq!(cs.best_header().unwrap(), (14, b14.block_hash()));
+        assert_eq!(cs.info().unwrap().headers, 14);
+        assert!(cs.accept_block(&b14, NOW).unwrap().connected.is_empty());
+        assert!(cs.accept_block(&b12, NOW).unwrap().connected.is_empty());
+        assert_eq!(cs.tip().1, a13.block_hash());
+        let acc = cs.accept_block(&b13, NOW).unwrap();
+        assert_eq!(acc.connected, vec![b12.block_hash(), b13.block_hash(), b14.block_hash()]);
+        assert_eq!(
+            acc.disconnected.iter().map(Block::block_hash).collect::<Vec<_>>(),
+            vec![a13.block_hash(), a12.block_hash()]
+        );
+        assert!(acc.disconnected[1].txdata.contains(&ta), "a mempool gets the tx back");
+        assert_eq!(cs.tip(), (14, b14.block_hash()));
+        assert!(cs.tx_block(&ta.compute_txid()).unwrap().is_none());
+        assert_eq!(cs.tx_block(&tb.compute_txid()).unwrap(), Some(b12.block_hash()));
+        assert_ne!(utxo_set(cs), utxo_a);
+
+        // A fresh node fed only the winning branch has the same UTXO set.
+        let mut fresh = node();
+        for h in &common {
+            fresh.cs.accept_block(&cs.block(h).unwrap().unwrap(), NOW).unwrap();
+        }
+        for b in [&b12, &b13, &b14] {
+            fresh.cs.accept_block(b, NOW).unwrap();
+        }
+        assert_eq!(fresh.cs.tip(), cs.tip());
+        assert_eq!(utxo_set(&fresh.cs), utxo_set(cs));
+
+        // Reorg back when A grows heavier again, with an invalid block in the way on B's side.
+        let a14 = build(cs, a13.block_hash(), 2, Amount::ZERO, vec![]);
+        cs.accept_block(&a14, NOW).unwrap();
+        let a15 = build(cs, a14.block_hash(), 2, Amount::ZERO, vec![]);
+        let acc = cs.accept_block(&a15, NOW).unwrap();
+        assert_eq!(acc.connected.len(), 4);
+        assert_eq!(acc.disconnected.len(), 3);
+        assert_eq!(utxo_set(cs).len(), utxo_a.len() + 2);
+    }
+
+    #[test]
+    fn an_invalid_block_on_the_heavier_branch_leaves_the_best_valid_chain() {
+        let mut n = node();
+        let cs = &mut n.cs;
+        let common = extend(cs, 11, 1);
+        let fork = cs.tip().1;
+        let a12 = build(cs, fork, 2, Amount::ZERO, vec![]);
+        cs.accept_block(&a12, NOW).unwrap();
+        let a13 = build(cs, a12.block_hash(), 2, Amount::ZERO, vec![]);
+        cs.accept_block(&a13, NOW).unwrap();
+        let before = utxo_set(cs);
+        // B: b12 fine, b13 spends a coin that does not exist, b14 on top.
+        let b12 = build(cs, fork, 5, Amount::ZERO, vec![]);
+        let ghost = (OutPoint { txid: Txid::from_byte_array([3; 32]), vout: 0 }, cb_out(cs, &common[0]).1);
+        let bad = spend(&[ghost], &[key(1).0], p2wpkh(&key(4).1), 0);
+        cs.accept_block(&b12, NOW).unwrap();
+        let b13 = build(cs, b12.block_hash(), 5, Amount::ZERO, vec![bad]);
+        cs.accept_block(&b13, NOW).unwrap(); // same work as A: stored only
+        let b14 = build(cs, b13.block_hash(), 5, Amount::ZERO, vec![]);
+        let e = cs.accept_block(&b14, NOW).unwrap_err();
+        assert_eq!(code(e), RejectCode::BadPrevBlock, "b14 descends from the invalid b13");
+        assert_eq!(cs.entry(&b13.block_hash()).unwrap().unwrap().status, BlockStatus::Invalid);
+        assert_eq!(cs.tip(), (13, a13.block_hash()));
+        assert_eq!(utxo_set(cs), before);
+        assert_eq!(cs.best_header().unwrap().1, a13.block_hash());
+    }
+
+    #[test]
+    fn reopen_keeps_the_tip_and_coins() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub").join("chain.db");
+        let (tip, utxo) = {
+            let mut cs = ChainState::open(&path, p()).unwrap();
+            extend(&mut cs, 4, 1);
+            (cs.tip(), utxo_set(&cs))
+        };
+        let cs = ChainState::open(&path, p()).unwrap();
+        assert_eq!(cs.tip(), tip);
+        assert_eq!(utxo_set(&cs), utxo);
+        drop(cs);
+        let e = ChainState::open(&path, Params::mainnet()).unwrap_err();
+        assert!(matches!(e, Error::Corrupt(_)), "{e}");
+        assert!(e.to_string().contains("devnet"), "{e}");
+    }
+}
