@@ -39,6 +39,10 @@ pub struct ContainerSpec {
     /// as given until the overlay network exists.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<serde_json::Value>,
+    /// A directory in the container on which its own volume is mounted (from the
+    /// template's `data`): kept across restarts, removed with the container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<String>,
     /// A replicated container (`--circuit N --replicate`): the circuit (id) on each of
     /// whose member VMs one replica runs. Such a container runs nothing itself; its state
     /// is the state its replicas are asked to be in.
@@ -200,6 +204,9 @@ impl ContainerSpec {
         if let Some(h) = &self.health_check {
             h.validate()?;
         }
+        if let Some(d) = &self.data {
+            check_data_path(d)?;
+        }
         for k in self.env.keys() {
             if k.is_empty() || k.contains('=') {
                 return Err(ValidationError::new(format!("env {k:?} is not a variable name (use KEY=VALUE)")));
@@ -249,6 +256,16 @@ impl Container {
 
     pub fn name(&self) -> &str {
         &self.spec.name
+    }
+}
+
+/// A data volume's place in a container: an absolute path, not the root, without `..`.
+pub fn check_data_path(p: &str) -> Result<(), ValidationError> {
+    let ok = p.starts_with('/') && p.len() > 1 && !p.split('/').any(|c| c == "..") && !p.contains('\0');
+    if ok {
+        Ok(())
+    } else {
+        Err(ValidationError::new(format!("data {p:?} is not an absolute path below / in the container (try /data)")))
     }
 }
 

@@ -52,6 +52,10 @@ pub struct Template {
     pub health_check: Option<HealthCheck>,
     #[serde(default)]
     pub restart: RestartPolicy,
+    /// A directory in the container (e.g. `/data`) on which micro-os mounts a volume of
+    /// the container's own: it survives restarts and goes with `container rm`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<String>,
     /// Where the template came from: "built-in" or the file path.
     #[serde(default)]
     pub source: String,
@@ -63,6 +67,9 @@ impl Template {
         self.resources.validate()?;
         if let Some(h) = &self.health_check {
             h.validate()?;
+        }
+        if let Some(d) = &self.data {
+            crate::container::check_data_path(d)?;
         }
         Ok(())
     }

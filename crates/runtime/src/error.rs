@@ -15,12 +15,18 @@ pub enum Error {
     #[error("oci spec: {0}")]
     Spec(#[from] oci_spec::OciSpecError),
     #[error(
-        "the VM agent is missing: neither MICRO_OS_AGENT ({}) nor {} is a file (install micro-os-agent \
-         beside micro-os, or build it: cargo build -p micro-os-agent)",
+        "{what} is missing: neither {env} ({}) nor {} is a file (install {name} beside micro-os, or \
+         build it: cargo build -p {name})",
         from_env.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "not set".into()),
         beside.display()
     )]
-    AgentMissing { beside: PathBuf, from_env: Option<PathBuf> },
+    CompanionMissing {
+        what: &'static str,
+        name: &'static str,
+        env: &'static str,
+        beside: PathBuf,
+        from_env: Option<PathBuf>,
+    },
     /// Bad input: a name, an address or a setting the caller must fix.
     #[error("{0}")]
     Invalid(String),

@@ -169,13 +169,32 @@ impl ImageStore {
     /// Builds `name` as the busybox base plus the VM agent at `/sbin/micro-os-agent`
     /// (stripped of debug info) with the shared libraries `ldd` lists for it: the rootfs
     /// of VMs. The agent is `micro-os-agent` next to `exe` (the running `micro-os`) or
-    /// `$MICRO_OS_AGENT` (`agent_binary`).
+    /// `$MICRO_OS_AGENT` (`Companion::binary`).
     pub fn build_agent_base(&self, name: &str, busybox: &Path, exe: &Path, progress: ProgressFn<'_>) -> Result<Image> {
-        let agent = agent_binary(exe, std::env::var_os(AGENT_ENV).map(PathBuf::from))?;
-        self.build_base(name, busybox, Some(&agent), progress)
+        self.build_with(name, busybox, exe, &AGENT, progress)
     }
 
-    fn build_base(&self, name: &str, busybox: &Path, agent: Option<&Path>, progress: ProgressFn<'_>) -> Result<Image> {
+    /// Builds `name` as the busybox base plus a companion binary of micro-os (`AGENT`,
+    /// `NODE`), which is also the image's command.
+    pub fn build_with(
+        &self,
+        name: &str,
+        busybox: &Path,
+        exe: &Path,
+        c: &Companion,
+        progress: ProgressFn<'_>,
+    ) -> Result<Image> {
+        let bin = c.binary(exe)?;
+        self.build_base(name, busybox, Some((&bin, c)), progress)
+    }
+
+    fn build_base(
+        &self,
+        name: &str,
+        busybox: &Path,
+        extra: Option<(&Path, &Companion)>,
+        progress: ProgressFn<'_>,
+    ) -> Result<Image> {
         validate_image_name(name)?;
         if self.exists(name) {
             return Err(Error::ImageExists(name.into()));
@@ -215,21 +234,22 @@ impl ImageStore {
             fs::write(etc.join("resolv.conf"), "").context(|| "write /etc/resolv.conf".into())?;
             set_mode(&rootfs.join("tmp"), 0o1777)?;
             let mut cmd = vec!["sh".to_string()];
-            if let Some(agent) = agent {
-                progress(Progress { stage: "adding the micro-os agent".into(), current: 0, total: 1 });
-                add_binary(&rootfs, agent, AGENT_IN_IMAGE)?;
-                cmd = vec![format!("/{AGENT_IN_IMAGE}")];
-                progress(Progress { stage: "adding the micro-os agent".into(), current: 1, total: 1 });
+            if let Some((path, c)) = extra {
+                let stage = format!("adding {}", c.what);
+                progress(Progress { stage: stage.clone(), current: 0, total: 1 });
+                add_binary(&rootfs, path, c.in_image)?;
+                cmd = vec![format!("/{}", c.in_image)];
+                progress(Progress { stage, current: 1, total: 1 });
             }
             Ok(Image {
                 name: name.into(),
-                id: base_id(&bin, agent)?,
+                id: base_id(&bin, extra.map(|(p, _)| p))?,
                 created_at: Utc::now(),
                 size_bytes: 0,
                 layers: 1,
-                source: match agent {
+                source: match extra {
                     None => format!("built-in busybox ({})", busybox.display()),
-                    Some(a) => format!("built-in busybox + agent ({})", a.display()),
+                    Some((p, c)) => format!("built-in busybox + {} ({})", c.name, p.display()),
                 },
                 config: ImageConfig {
                     cmd,
@@ -326,15 +346,52 @@ impl ImageStore {
 
 /// Copies a dynamically linked binary into `rootfs` at `dest` with every library `ldd`
 /// lists, at the same paths, so it runs inside a busybox root.
-/// The environment variable that names the agent binary, if not next to `micro-os`.
-pub const AGENT_ENV: &str = "MICRO_OS_AGENT";
+/// A binary of micro-os that goes into a built-in image: found next to `micro-os`, or
+/// where its environment variable says.
+#[derive(Debug, Clone, Copy)]
+pub struct Companion {
+    /// What it is, for messages.
+    pub what: &'static str,
+    /// Its file name, next to `micro-os`.
+    pub name: &'static str,
+    /// The environment variable that names it elsewhere.
+    pub env: &'static str,
+    /// Where an image holds it.
+    pub in_image: &'static str,
+}
+
+/// The VM agent (the first process of every VM).
+pub const AGENT: Companion =
+    Companion { what: "the VM agent", name: AGENT_NAME, env: "MICRO_OS_AGENT", in_image: AGENT_IN_IMAGE };
+/// The reference chain's node.
+pub const NODE: Companion = Companion {
+    what: "the chain node",
+    name: "micro-os-node",
+    env: "MICRO_OS_NODE",
+    in_image: "usr/bin/micro-os-node",
+};
 /// The agent's name, next to `micro-os`.
 pub const AGENT_NAME: &str = "micro-os-agent";
 /// Where a VM image holds the agent.
 pub const AGENT_IN_IMAGE: &str = "sbin/micro-os-agent";
 
-/// The VM agent's binary: `from_env` (`$MICRO_OS_AGENT`) when set, else `micro-os-agent`
-/// in the directory of `exe` (the running `micro-os`).
+impl Companion {
+    /// Its binary: `$ENV` when set, else next to `exe` (the running `micro-os`).
+    pub fn binary(&self, exe: &Path) -> Result<PathBuf> {
+        self.find(exe, std::env::var_os(self.env).map(PathBuf::from))
+    }
+
+    /// Its binary: `from_env` when given, else next to `exe`.
+    pub fn find(&self, exe: &Path, from_env: Option<PathBuf>) -> Result<PathBuf> {
+        let beside = exe.parent().unwrap_or(Path::new("/")).join(self.name);
+        let path = from_env.clone().unwrap_or_else(|| beside.clone());
+        if path.is_file() {
+            return Ok(path);
+        }
+        Err(Error::CompanionMissing { what: self.what, name: self.name, env: self.env, beside, from_env })
+    }
+}
+
 /// The id of a built-in image: busybox's bytes and, for a VM image, the agent's (the image
 /// is what the agent is: a rebuilt agent makes another image).
 fn base_id(busybox: &[u8], agent: Option<&Path>) -> Result<String> {
@@ -350,20 +407,17 @@ impl ImageStore {
     /// Whether the built-in VM image `name` was built from another agent (or busybox) than
     /// the ones this binary would use now: after an upgrade, its VMs would run the old agent.
     pub fn agent_base_is_stale(&self, name: &str, busybox: &Path, exe: &Path) -> Result<bool> {
+        self.is_stale(name, busybox, exe, &AGENT)
+    }
+
+    /// Whether the built-in image `name` holds another build of `c` (or busybox) than the
+    /// one this binary would use now.
+    pub fn is_stale(&self, name: &str, busybox: &Path, exe: &Path, c: &Companion) -> Result<bool> {
         let image = self.get(name)?;
-        let agent = agent_binary(exe, std::env::var_os(AGENT_ENV).map(PathBuf::from))?;
+        let agent = c.binary(exe)?;
         let bin = fs::read(busybox).context(|| format!("read {}", busybox.display()))?;
         Ok(image.id != base_id(&bin, Some(&agent))?)
     }
-}
-
-pub fn agent_binary(exe: &Path, from_env: Option<PathBuf>) -> Result<PathBuf> {
-    let beside = exe.parent().unwrap_or(Path::new("/")).join(AGENT_NAME);
-    let path = from_env.clone().unwrap_or_else(|| beside.clone());
-    if path.is_file() {
-        return Ok(path);
-    }
-    Err(Error::AgentMissing { beside, from_env })
 }
 
 /// Puts `bin` at `dest` in `rootfs` with the libraries it links to. `strip` (binutils)
@@ -861,16 +915,16 @@ mod tests {
     fn the_agent_is_found_beside_micro_os_or_where_the_environment_says() {
         let d = tempfile::tempdir().unwrap();
         let exe = d.path().join("micro-os");
-        let e = agent_binary(&exe, None).unwrap_err().to_string();
+        let e = AGENT.find(&exe, None).unwrap_err().to_string();
         let beside = d.path().join(AGENT_NAME);
         assert!(e.contains(&beside.display().to_string()) && e.contains("MICRO_OS_AGENT (not set)"), "{e}");
         fs::write(&beside, "agent").unwrap();
-        assert_eq!(agent_binary(&exe, None).unwrap(), beside);
+        assert_eq!(AGENT.find(&exe, None).unwrap(), beside);
         let other = d.path().join("elsewhere");
-        let e = agent_binary(&exe, Some(other.clone())).unwrap_err().to_string();
+        let e = AGENT.find(&exe, Some(other.clone())).unwrap_err().to_string();
         assert!(e.contains(&format!("MICRO_OS_AGENT ({})", other.display())), "{e}");
         fs::write(&other, "agent").unwrap();
-        assert_eq!(agent_binary(&exe, Some(other.clone())).unwrap(), other);
+        assert_eq!(AGENT.find(&exe, Some(other.clone())).unwrap(), other);
     }
 
     #[test]
@@ -887,12 +941,12 @@ mod tests {
         let agent = bin.join(AGENT_NAME);
         // two builds of the agent at the same path: a script stands in for it
         fs::write(&agent, "#!/bin/sh\necho one\n").unwrap();
-        let first = store.build_base("one", bb, Some(&agent), &mut |_| {}).unwrap();
+        let first = store.build_base("one", bb, Some((&agent, &AGENT)), &mut |_| {}).unwrap();
         fs::remove_file(&agent).unwrap();
         fs::write(&agent, "#!/bin/sh\necho two\n").unwrap();
-        let second = store.build_base("two", bb, Some(&agent), &mut |_| {}).unwrap();
+        let second = store.build_base("two", bb, Some((&agent, &AGENT)), &mut |_| {}).unwrap();
         assert_ne!(first.id, second.id, "a rebuilt agent kept the image id");
-        let again = store.build_base("three", bb, Some(&agent), &mut |_| {}).unwrap();
+        let again = store.build_base("three", bb, Some((&agent, &AGENT)), &mut |_| {}).unwrap();
         assert_eq!(second.id, again.id, "the same agent and busybox make the same id");
         assert_eq!(second.config.cmd, ["/sbin/micro-os-agent"]);
         // the agent beside this `exe` is the second build: the first image is stale

@@ -561,13 +561,14 @@ pub enum ImageCmd {
         #[arg(long, value_enum, default_value_t)]
         format: Format,
     },
-    /// Build a built-in base image: busybox (from Debian's busybox-static) or
-    /// blockchain-base (busybox + the micro-os agent; with a kernel + initramfs for qemu).
+    /// Build a built-in base image: busybox (from Debian's busybox-static),
+    /// blockchain-base (busybox + the micro-os agent; with a kernel + initramfs for qemu) or
+    /// blockchain-node (busybox + the reference chain's node, micro-os-node).
     #[command(
-        after_help = "Examples:\n  micro-os image build busybox\n  micro-os image build blockchain-base\n  micro-os image build busybox --name base"
+        after_help = "Examples:\n  micro-os image build busybox\n  micro-os image build blockchain-base\n  micro-os image build blockchain-node\n  micro-os image build busybox --name base"
     )]
     Build {
-        /// Which base: busybox or blockchain-base.
+        /// Which base: busybox, blockchain-base or blockchain-node.
         #[arg(default_value = "busybox")]
         base: String,
         #[arg(long)]

@@ -69,6 +69,7 @@ impl Engine {
             (None, Some(t)) => t.image.clone(),
             (None, None) => return Err(Error::invalid("give an image or a template (--image I or --template T)")),
         };
+        self.ensure_built_in(&image)?;
         if !self.images.exists(&image) {
             return Err(Error::not_found(format!(
                 "image {image:?} not found (see `micro-os image ls`; import one with `micro-os image import FILE`)"
@@ -92,10 +93,16 @@ impl Engine {
             config: req.config,
             vm: vm.map(|v| v.id),
             network: req.network,
+            data: base.data.clone(),
             circuit: None,
             replica_of: None,
         };
         spec.validate().map_err(|e| Error::invalid(e.to_string()))?;
+        if spec.image == CHAIN_NODE_IMAGE {
+            for (k, v) in &spec.config {
+                check_node_setting(k, v)?;
+            }
+        }
         if let Some(circuit) = &req.circuit {
             self.resolve_replicated(&mut spec, circuit)?;
         }
@@ -261,6 +268,13 @@ impl Engine {
         let config_file = dir.join("workload-config.json");
         std::fs::write(&config_file, serde_json::to_vec_pretty(&c.spec.config).unwrap_or_default())
             .map_err(|e| Error::internal(format!("write {}: {e}", config_file.display())))?;
+        let mut binds = vec![(config_file, "/run/micro-os/config.json".to_string(), true)];
+        if let Some(data) = &c.spec.data {
+            let volume = dir.join("data");
+            std::fs::create_dir_all(&volume)
+                .map_err(|e| Error::internal(format!("create {}: {e}", volume.display())))?;
+            binds.push((volume, data.clone(), false));
+        }
         // on a VM: the VM's network namespace and a cgroup below the VM's
         let (netns, own_netns, cgroups_path) = match &c.spec.vm {
             Some(vm_id) => (self.host.netns_path(vm_id), false, cgroup::placed_path(Some(vm_id), &c.id)),
@@ -277,7 +291,7 @@ impl Engine {
             cgroups_path,
             netns,
             own_netns,
-            binds: vec![(config_file, "/run/micro-os/config.json".into(), true)],
+            binds,
             ports: c.spec.ports.clone(),
             log_name: "container.log",
         };
@@ -447,6 +461,11 @@ impl Engine {
                 )));
             }
         }
+        if c.spec.image == CHAIN_NODE_IMAGE {
+            for (k, v) in &set {
+                check_node_setting(k, v)?;
+            }
+        }
         let keys: Vec<_> = set.keys().cloned().collect();
         // a replicated container's settings are its replicas' (they take them at their next start)
         for r in self.replicas_of(&c.id) {
@@ -523,6 +542,33 @@ impl Engine {
         }
         alive
     }
+}
+
+/// The image of the reference chain's node: its settings are checked when configured.
+const CHAIN_NODE_IMAGE: &str = "blockchain-node";
+
+/// A setting of a reference-chain node (`container config N --network mainnet`), checked
+/// before it is stored; keys the node does not know are left to it.
+fn check_node_setting(key: &str, value: &str) -> Result<()> {
+    use micro_os_chain::params::Params;
+    let why = match key {
+        "network" if Params::by_name(value).is_err() => {
+            let known: Vec<&str> = Params::all().iter().map(|p| p.name).collect();
+            format!("network {value:?} is unknown (known: {})", known.join(", "))
+        }
+        "sync-mode" if value == "fast" || value == "light" => format!(
+            "sync mode {value:?} is not available yet (use --sync-mode full; fast sync comes with validators on circuits)"
+        ),
+        "sync-mode" if value != "full" => format!("sync mode {value:?} is unknown (use full, fast or light)"),
+        "mine" if value != "true" && value != "false" => {
+            format!("mine {value:?} is not true or false (try --mine true)")
+        }
+        "threads" if !value.parse::<u16>().is_ok_and(|n| n >= 1) => {
+            format!("threads {value:?} is not a number of threads (try --threads 1)")
+        }
+        _ => return Ok(()),
+    };
+    Err(Error::invalid(why))
 }
 
 /// A stop timeout must be a number of seconds.

@@ -77,6 +77,11 @@ pub fn image_info(i: Image) -> ImageInfo {
     }
 }
 
+/// Images built from busybox and a binary of micro-os on first use: the VMs' root (the
+/// agent) and the reference chain's node.
+pub(super) const BUILT_IN_IMAGES: &[(&str, &micro_os_runtime::image::Companion)] =
+    &[("blockchain-base", &micro_os_runtime::image::AGENT), ("blockchain-node", &micro_os_runtime::image::NODE)];
+
 impl Engine {
     /// The engine with this build's VM drivers.
     pub fn open(home: Home, cfg: Config) -> Result<Arc<Engine>> {
@@ -164,6 +169,46 @@ impl Engine {
     /// The state of a container by id, without cloning it.
     pub fn state_of(&self, id: &str) -> Option<micro_os_core::ContainerState> {
         self.containers.read(id, |c| c.state)
+    }
+
+    /// A built-in image (`BUILT_IN_IMAGES`: busybox plus a binary of micro-os), built on
+    /// first use, and built again when this micro-os's binary is not the one in it (an
+    /// upgrade) and nothing uses it; while VMs or containers use it they keep the old
+    /// binary, said once in a warning. Other names are left alone.
+    pub(super) fn ensure_built_in(&self, name: &str) -> Result<()> {
+        let Some((_, c)) = BUILT_IN_IMAGES.iter().find(|(n, _)| *n == name) else { return Ok(()) };
+        if self.images.exists(name) {
+            let stale = tokio::task::block_in_place(|| self.images.is_stale(name, &self.cfg.busybox, &self.exe, c));
+            match stale {
+                Ok(false) => return Ok(()),
+                Ok(true) if self.vms.any(|v| v.spec.image == name) || self.containers.any(|x| x.spec.image == name) => {
+                    static WARNED: std::sync::Once = std::sync::Once::new();
+                    WARNED.call_once(|| {
+                        tracing::warn!(
+                            "image {name} holds an older {}; what uses it runs that until it is removed, then \
+                             the image is built again",
+                            c.name
+                        )
+                    });
+                    return Ok(());
+                }
+                Ok(true) => {
+                    tracing::info!("image {name} holds an older {}: building it again", c.name);
+                    tokio::task::block_in_place(|| self.images.remove(name))?;
+                }
+                // not a built-in image of ours after all (imported under that name): leave it
+                Err(e) => {
+                    tracing::debug!("image {name}: {e}");
+                    return Ok(());
+                }
+            }
+        }
+        tokio::task::block_in_place(|| self.images.build_with(name, &self.cfg.busybox, &self.exe, c, &mut |_| {}))
+            .map(drop)
+            .or_else(|e| match e {
+                micro_os_runtime::Error::ImageExists(_) => Ok(()),
+                e => Err(Error::from(e).within(format!("build image {name}"))),
+            })
     }
 
     pub(super) fn templates(&self) -> Vec<Template> {

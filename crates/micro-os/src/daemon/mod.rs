@@ -126,9 +126,9 @@ impl Control for Daemon {
 
     fn build_image(&self, req: ImageBuild) -> BoxFuture<'_, Result<ByteStream, ApiError>> {
         Box::pin(async move {
-            if !["busybox", "blockchain-base"].contains(&req.base.as_str()) {
+            if !["busybox", "blockchain-base", "blockchain-node"].contains(&req.base.as_str()) {
                 return Err(ApiError::bad_request(format!(
-                    "base image {:?} is unknown (built-in bases: busybox, blockchain-base)",
+                    "base image {:?} is unknown (built-in bases: busybox, blockchain-base, blockchain-node)",
                     req.base
                 )));
             }
@@ -140,6 +140,12 @@ impl Control for Daemon {
             let engine = self.0.clone();
             if req.base == "busybox" {
                 return Ok(image_job(move |p| engine.images.build_busybox(&name, &engine.cfg.busybox, p)));
+            }
+            if req.base == "blockchain-node" {
+                let node = micro_os_runtime::image::NODE;
+                return Ok(image_job(move |p| {
+                    engine.images.build_with(&name, &engine.cfg.busybox, &engine.exe, &node, p)
+                }));
             }
             // busybox + the agent (micro-os-agent beside this binary, or $MICRO_OS_AGENT);
             // plus the qemu boot files (kernel and initramfs) when the host has a kernel

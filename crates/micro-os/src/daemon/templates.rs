@@ -6,7 +6,8 @@ use std::path::Path;
 use micro_os_core::Template;
 
 /// Built-in templates, as JSON so they read like the user's own files.
-const BUILT_IN: &[&str] = &[r#"{
+const BUILT_IN: &[&str] = &[
+    r#"{
     "name": "busybox-httpd",
     "description": "A static web server (busybox httpd) on port 80 with an HTTP health check",
     "workload": "general",
@@ -15,17 +16,62 @@ const BUILT_IN: &[&str] = &[r#"{
     "resources": {"cpu": 0.5, "memory": "32M", "pids": 64},
     "health_check": {"type": "http", "port": 80, "path": "/", "interval_s": 2, "timeout_s": 1, "retries": 3},
     "restart": "on-failure:5"
-}"#];
+}"#,
+    r#"{
+    "name": "blockchain-full-node",
+    "description": "A full node of micro-os's reference chain (Bitcoin's wire formats, Bitcoin Core's JSON-RPC on port 18443 inside the container): validates every block, mines when configured (container config N --mine true --threads 1); network devnet unless configured (--network mainnet)",
+    "workload": "blockchain",
+    "image": "blockchain-node",
+    "command": ["micro-os-node", "--datadir", "/data"],
+    "data": "/data",
+    "resources": {"cpu": 1, "memory": "256M", "pids": 256},
+    "health_check": {"type": "command", "command": ["micro-os-node", "health", "--datadir", "/data"], "interval_s": 10, "timeout_s": 5, "retries": 3},
+    "restart": "on-failure:5"
+}"#,
+    r#"{
+    "name": "blockchain-light-node",
+    "description": "A light node of micro-os's reference chain: headers only, its wallet's transactions proven by merkle proofs from full nodes (also as blockchain-light)",
+    "workload": "blockchain",
+    "image": "blockchain-node",
+    "command": ["micro-os-node", "--datadir", "/data", "--kind", "light"],
+    "data": "/data",
+    "resources": {"cpu": 0.5, "memory": "64M", "pids": 128},
+    "health_check": {"type": "command", "command": ["micro-os-node", "health", "--datadir", "/data"], "interval_s": 10, "timeout_s": 5, "retries": 3},
+    "restart": "on-failure:5"
+}"#,
+    r#"{
+    "name": "blockchain-validator",
+    "description": "A full node of micro-os's reference chain with a validator key of its own (kept in its data volume); it seals blocks on a circuit whose network's genesis says consensus circuit",
+    "workload": "blockchain",
+    "image": "blockchain-node",
+    "command": ["micro-os-node", "--datadir", "/data", "--kind", "validator"],
+    "data": "/data",
+    "resources": {"cpu": 1, "memory": "256M", "pids": 256},
+    "health_check": {"type": "command", "command": ["micro-os-node", "health", "--datadir", "/data"], "interval_s": 10, "timeout_s": 5, "retries": 3},
+    "restart": "on-failure:5"
+}"#,
+];
+
+/// Other names of built-in templates: (alias, template). `blockchain-light` is the name the
+/// spec's curl and SDK examples use.
+const ALIASES: &[(&str, &str)] = &[("blockchain-light", "blockchain-light-node")];
 
 pub fn built_in() -> Vec<Template> {
-    BUILT_IN
+    let mut out: Vec<Template> = BUILT_IN
         .iter()
         .map(|j| {
             let mut t: Template = serde_json::from_str(j).expect("built-in templates are valid");
             t.source = "built-in".into();
             t
         })
-        .collect()
+        .collect();
+    for (alias, of) in ALIASES {
+        let mut t = out.iter().find(|t| t.name == *of).expect("aliases name built-in templates").clone();
+        t.name = alias.to_string();
+        t.description = format!("{} (the same as {of})", t.description);
+        out.push(t);
+    }
+    out
 }
 
 /// All templates; user files that do not parse are reported in the second list.

@@ -62,47 +62,6 @@ impl Engine {
         self.host.vm_dir(id)
     }
 
-    /// The built-in VM image, built on first use from busybox and the agent, and built
-    /// again when this binary's agent is not the one in it (an upgrade) and no VM uses it;
-    /// while VMs use it they keep the old agent, said once in a warning.
-    fn ensure_base_image(&self) -> Result<()> {
-        if self.images.exists(BASE_IMAGE) {
-            let stale = tokio::task::block_in_place(|| {
-                self.images.agent_base_is_stale(BASE_IMAGE, &self.cfg.busybox, &self.exe)
-            });
-            match stale {
-                Ok(false) => return Ok(()),
-                Ok(true) if self.vms.any(|v| v.spec.image == BASE_IMAGE) => {
-                    static WARNED: std::sync::Once = std::sync::Once::new();
-                    WARNED.call_once(|| {
-                        tracing::warn!(
-                            "image {BASE_IMAGE} holds an older micro-os agent; its VMs run it until they are \
-                             removed, then the image is built again"
-                        )
-                    });
-                    return Ok(());
-                }
-                Ok(true) => {
-                    tracing::info!("image {BASE_IMAGE} holds an older micro-os agent: building it again");
-                    tokio::task::block_in_place(|| self.images.remove(BASE_IMAGE))?;
-                }
-                // not a built-in image of ours after all (imported under that name): leave it
-                Err(e) => {
-                    tracing::debug!("image {BASE_IMAGE}: {e}");
-                    return Ok(());
-                }
-            }
-        }
-        tokio::task::block_in_place(|| {
-            self.images.build_agent_base(BASE_IMAGE, &self.cfg.busybox, &self.exe, &mut |_| {})
-        })
-        .map(drop)
-        .or_else(|e| match e {
-            micro_os_runtime::Error::ImageExists(_) => Ok(()),
-            e => Err(Error::from(e).within(format!("build image {BASE_IMAGE}"))),
-        })
-    }
-
     fn resolve_vm(&self, req: VmCreate) -> Result<VmSpec> {
         let driver = match &req.driver {
             Some(d) => Driver::parse(d).map_err(|e| Error::invalid(e.to_string()))?,
@@ -123,7 +82,7 @@ impl Engine {
         let d = self.driver(driver)?;
         tokio::task::block_in_place(|| d.validate(&spec)).map_err(Error::refused)?;
         if image == BASE_IMAGE {
-            self.ensure_base_image()?;
+            self.ensure_built_in(BASE_IMAGE)?;
         }
         if !self.images.exists(&image) {
             return Err(Error::not_found(format!("image {image:?} not found (see `micro-os image ls`)")));
