@@ -116,6 +116,15 @@ pub enum Action {
         stale: bool,
         via: Option<String>,
     },
+    /// A reference-chain node's height, tip, peers, mempool, hash rate and sync.
+    ChainStatus(String),
+    /// Send coins from a node's wallet.
+    ChainSend {
+        container: String,
+        req: crate::types::ChainSend,
+    },
+    /// A node wallet's balance and a new address.
+    ChainWallet(String),
 }
 
 #[derive(Debug, Clone)]
@@ -141,6 +150,9 @@ pub enum Reply {
     Circuits(Vec<micro_os_core::circuit::CircuitView>),
     Written(micro_os_core::circuit::WriteResult),
     Read(micro_os_core::circuit::ReadResult),
+    ChainStatus(Box<crate::types::ChainStatus>),
+    ChainSent(crate::types::ChainSent),
+    ChainWallet(crate::types::ChainWallet),
     Done,
 }
 

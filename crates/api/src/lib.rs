@@ -13,6 +13,7 @@ pub mod error;
 pub mod server;
 pub mod types;
 
+mod chain;
 mod circuits;
 mod containers;
 mod images;

@@ -10,7 +10,9 @@ use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::{circuits, containers, images, monitor, net, system, templates, vms, ApiError, Control, ErrorKind, Reply};
+use crate::{
+    chain, circuits, containers, images, monitor, net, system, templates, vms, ApiError, Control, ErrorKind, Reply,
+};
 
 /// Largest request body accepted, in bytes.
 pub const BODY_LIMIT: usize = 1 << 20;
@@ -42,7 +44,7 @@ pub fn unexpected(r: Reply) -> ApiError {
 #[openapi(
     info(title = "micro-os", description = "Run VMs, OCI containers and consensus circuits for blockchain nodes."),
     modifiers(&BearerAuth),
-    tags((name = "vms"), (name = "net"), (name = "monitor"), (name = "containers"), (name = "images"), (name = "templates"), (name = "circuits"), (name = "system"))
+    tags((name = "vms"), (name = "net"), (name = "monitor"), (name = "containers"), (name = "images"), (name = "templates"), (name = "circuits"), (name = "chain"), (name = "system"))
 )]
 struct ApiDoc;
 
@@ -103,6 +105,9 @@ pub fn api_parts() -> (Router<Arc<dyn Control>>, utoipa::openapi::OpenApi) {
         .routes(routes!(circuits::transfer_leader))
         .routes(routes!(circuits::read_state))
         .routes(routes!(circuits::read_key, circuits::write_key, circuits::delete_key))
+        .routes(routes!(chain::status))
+        .routes(routes!(chain::send))
+        .routes(routes!(chain::wallet))
         .split_for_parts();
     // OpenAPI has no catch-all segment: axum serves `{*key}`, the document says `{key}`
     let paths = std::mem::take(&mut doc.paths.paths);

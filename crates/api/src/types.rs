@@ -456,3 +456,54 @@ pub struct WriteQuery {
     #[serde(default)]
     pub via: Option<String>,
 }
+
+/// `GET /api/v1/chain/{container}`: a reference-chain node as `chain status` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ChainStatus {
+    pub container: String,
+    /// The network the node is on (devnet, mainnet).
+    pub network: String,
+    /// Blocks validated on the best chain.
+    pub height: u64,
+    /// Headers known (ahead of `height` while syncing).
+    pub headers: u64,
+    /// The best block's hash.
+    pub tip: String,
+    pub peers: u64,
+    /// Transactions in the mempool and their size in virtual bytes.
+    pub mempool_txs: u64,
+    pub mempool_bytes: u64,
+    /// Hashes per second of its miner (0 when it does not mine).
+    pub hashrate: f64,
+    pub difficulty: f64,
+    /// `height / headers`, 0..1.
+    pub sync_progress: f64,
+    /// Whether it is still catching up with the headers it knows.
+    pub syncing: bool,
+}
+
+/// `POST /api/v1/chain/{container}/send`: `chain send --to ADDR --amount X`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ChainSend {
+    /// An address of the node's network (bcrt1… on devnet).
+    pub to: String,
+    /// Coins, as Bitcoin Core's `sendtoaddress` takes them (e.g. 1.5).
+    pub amount: f64,
+}
+
+/// The transaction a send made.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ChainSent {
+    pub txid: String,
+}
+
+/// `GET /api/v1/chain/{container}/wallet`: the node wallet's balance and an address to receive at.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ChainWallet {
+    pub container: String,
+    /// Spendable coins (mature, confirmed).
+    pub balance: f64,
+    /// A new address of the wallet.
+    pub address: String,
+}

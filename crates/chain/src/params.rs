@@ -76,6 +76,8 @@ pub struct Params {
     pub coinbase_maturity: u32,
     /// Maximum block weight (BIP141 weight units).
     pub max_block_weight: Weight,
+    /// The node's JSON-RPC port by default (Bitcoin Core's regtest port on devnet).
+    pub rpc_port: u16,
 }
 
 /// Names of the built-in networks, in the order [`Params::all`] returns them.
@@ -109,6 +111,7 @@ static DEVNET: LazyLock<Params> = LazyLock::new(|| {
         halving_interval: 210_000,
         coinbase_maturity: 10,
         max_block_weight: Weight::MAX_BLOCK,
+        rpc_port: 18443,
     }
 });
 
@@ -131,6 +134,7 @@ static MAINNET: LazyLock<Params> = LazyLock::new(|| {
         halving_interval: 2_100_000,
         coinbase_maturity: 100,
         max_block_weight: Weight::MAX_BLOCK,
+        rpc_port: 18843,
     }
 });
 

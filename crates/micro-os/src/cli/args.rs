@@ -81,6 +81,9 @@ pub enum Command {
     /// Circuits: groups of VMs that keep one replicated key-value state with Raft.
     #[command(subcommand)]
     Circuit(CircuitCmd),
+    /// Nodes of the reference chain: status, sending coins, the node wallet.
+    #[command(subcommand)]
+    Chain(ChainCmd),
     /// The libp2p layer: peers, resources in the DHT, signed messages and DATA streams.
     #[command(subcommand)]
     Net(NetCmd),
@@ -805,6 +808,42 @@ pub enum StateCmd {
         /// Ask this member VM.
         #[arg(long, value_name = "VM")]
         via: Option<String>,
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+}
+
+/// `micro-os chain …`: a reference-chain node in a container.
+#[derive(Subcommand, Debug)]
+pub enum ChainCmd {
+    /// Height, headers, tip, peers, mempool, hash rate and sync of a node.
+    #[command(
+        after_help = "Examples:\n  micro-os chain status --container eth-node-1\n  micro-os chain status --container eth-node-1 --format json"
+    )]
+    Status {
+        /// The node's container.
+        #[arg(long, value_name = "NAME")]
+        container: String,
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// Send coins from the node's wallet; prints the transaction id.
+    #[command(after_help = "Examples:\n  micro-os chain send --container eth-node-1 --to bcrt1q... --amount 1.5")]
+    Send {
+        #[arg(long, value_name = "NAME")]
+        container: String,
+        /// An address of the node's network.
+        #[arg(long, value_name = "ADDR")]
+        to: String,
+        /// Coins (e.g. 1.5).
+        #[arg(long, value_name = "X")]
+        amount: f64,
+    },
+    /// The node wallet's balance and a new address to receive at.
+    #[command(after_help = "Examples:\n  micro-os chain wallet --container eth-node-1")]
+    Wallet {
+        #[arg(long, value_name = "NAME")]
+        container: String,
         #[arg(long, value_enum, default_value_t)]
         format: Format,
     },

@@ -2,6 +2,7 @@
 //! types of `micro-os-api`; none touches the store or the runtime.
 
 pub mod args;
+mod chain;
 mod circuit;
 pub mod client;
 mod container;
@@ -35,6 +36,7 @@ pub fn run(api: Option<String>, cmd: Command) -> CliResult<i32> {
         Command::Monitor(c) => monitor::run(&client, c),
         Command::Container(c) => container::run(&client, *c),
         Command::Circuit(c) => circuit::run(&client, c),
+        Command::Chain(c) => chain::run(&client, c),
         Command::Image(c) => image::run(&client, c),
         Command::Template(c) => image::run_template(&client, c),
         Command::Test(args::TestCmd::Integration { components }) => selftest::integration(&client, &components),

@@ -545,7 +545,7 @@ impl Engine {
 }
 
 /// The image of the reference chain's node: its settings are checked when configured.
-const CHAIN_NODE_IMAGE: &str = "blockchain-node";
+const CHAIN_NODE_IMAGE: &str = super::chain::NODE_IMAGE;
 
 /// A setting of a reference-chain node (`container config N --network mainnet`), checked
 /// before it is stored; keys the node does not know are left to it.

@@ -328,6 +328,9 @@ impl Engine {
             Action::CircuitRead { id, key, stale, via } => {
                 self.circuit_read(&id, key, stale, via.as_deref()).await.map(Reply::Read)
             }
+            Action::ChainStatus(k) => self.chain_status(&k).await.map(|s| Reply::ChainStatus(Box::new(s))),
+            Action::ChainSend { container, req } => self.chain_send(&container, req).await.map(Reply::ChainSent),
+            Action::ChainWallet(k) => self.chain_wallet(&k).await.map(Reply::ChainWallet),
         }
     }
 

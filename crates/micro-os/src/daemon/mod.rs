@@ -1,6 +1,7 @@
 //! `micro-os daemon`: the composition root. It opens the home, the store and the image
 //! store, re-adopts running containers, and serves the REST API until SIGTERM/SIGINT.
 
+mod chain;
 mod circuits;
 pub mod components;
 mod containers;
