@@ -634,7 +634,7 @@ impl Replica {
 impl ProtocolHandler for Replicas {
     fn handle(&self, request: Request) -> BoxFuture<'_, Result<Vec<u8>, Refusal>> {
         Box::pin(async move {
-            let rpc: network::Rpc = serde_json::from_str(&request.envelope.payload.state).map_err(|_| {
+            let rpc: network::Rpc = serde_json::from_str(&request.state).map_err(|_| {
                 *self.refused.lock().unwrap().entry("malformed raft request".into()).or_default() += 1;
                 Refusal("malformed raft request".into())
             })?;

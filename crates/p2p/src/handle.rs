@@ -61,6 +61,8 @@ pub(crate) enum Command {
     Refused(PeerId, String),
     /// We sent a message of this type and size on a stream (data or registered protocol).
     Sent(PeerId, MessageType, u64),
+    /// A request of this type and size came on a registered protocol's verified session.
+    Counted(PeerId, MessageType, u64),
     /// Advertise exactly these resource keys as provider records.
     Provide(Vec<String>),
     /// A peer for the DHT's routing table (a leaf's host), at this address.
@@ -76,6 +78,8 @@ pub(crate) enum Command {
 pub struct Handle {
     pub(crate) tx: mpsc::Sender<Command>,
     pub(crate) control: libp2p_stream::Control,
+    /// Open sessions of registered protocols, reused by later requests.
+    pub(crate) sessions: Arc<registry::Sessions>,
 }
 
 impl Handle {
@@ -170,9 +174,11 @@ impl Handle {
         Ok(())
     }
 
-    /// Sends a request on a registered protocol: the envelope (of type `kind`, carrying
-    /// `state`) is signed by this peer, and the receiver's handler answers with bytes.
-    /// A refusal — by the receiver's verifier or by its handler — is `StreamError::Refused`.
+    /// Sends a request on a registered protocol and waits for the receiver's handler to
+    /// answer with bytes. On the session with `to` (see `registry`): the first request of
+    /// a session is an envelope of type `kind` signed by this peer, later ones go as they
+    /// are. A refusal — by the receiver's verifier or by its handler — is
+    /// `StreamError::Refused`.
     pub async fn send_request(
         &self,
         to: PeerId,
@@ -180,15 +186,24 @@ impl Handle {
         kind: MessageType,
         state: String,
     ) -> Result<Vec<u8>, Error> {
-        let env = self.ask(|reply| Command::Seal { kind, to, state, reply }).await?;
-        self.send_sealed(to, protocol, &env).await
+        let mut control = self.control.clone();
+        let size = state.len() as u64;
+        let seal = |state: String| async move {
+            self.ask(|reply| Command::Seal { kind, to, state, reply }).await.map_err(|_| StreamError::Closed)
+        };
+        let answer = registry::request(&self.sessions, &mut control, to, protocol, state, seal).await;
+        // it was sent once the receiver answered, even with a refusal
+        if matches!(answer, Ok(_) | Err(StreamError::Refused(_))) {
+            let _ = self.tx.try_send(Command::Sent(to, kind, size));
+        }
+        Ok(answer?)
     }
 
-    /// Sends an envelope sealed already (`seal`) on a registered protocol.
+    /// Sends an envelope sealed already (`seal`) on a registered protocol, as the first
+    /// request of a new session.
     pub async fn send_sealed(&self, to: PeerId, protocol: StreamProtocol, env: &Envelope) -> Result<Vec<u8>, Error> {
         let mut control = self.control.clone();
-        let answer = registry::request(&mut control, to, protocol, env).await;
-        // it was sent once the receiver answered, even with a refusal
+        let answer = registry::open(&self.sessions, &mut control, to, protocol, env).await;
         if matches!(answer, Ok(_) | Err(StreamError::Refused(_))) {
             let _ = self.tx.send(Command::Sent(to, env.kind, env.encoded_len() as u64)).await;
         }

@@ -121,6 +121,14 @@ impl Node {
         let _ = self.swarm.behaviour_mut().msg.send_response(channel, ack);
     }
 
+    /// A request on a verified session (its envelope was counted when the session opened).
+    pub fn count_frame(&mut self, peer: PeerId, kind: MessageType, bytes: u64) {
+        *self.messages.entry(kind.to_string()).or_default() += 1;
+        let p = self.peer(peer);
+        p.messages_in += 1;
+        p.bytes_in += bytes;
+    }
+
     fn count_received(&mut self, peer: PeerId, env: &Envelope) {
         *self.messages.entry(env.kind.to_string()).or_default() += 1;
         let p = self.peer(peer);

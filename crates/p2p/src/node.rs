@@ -112,7 +112,7 @@ pub fn spawn(
     }
     node.add_bootstrap_peers(&cfg.bootstrap);
     tokio::spawn(node.run(rx));
-    Ok(Handle { tx, control })
+    Ok(Handle { tx, control, sessions: Default::default() })
 }
 
 impl Node {
@@ -219,6 +219,7 @@ impl Node {
             }
             Command::Received(r) => self.received_stream(r),
             Command::Sent(peer, kind, bytes) => self.count_sent(peer, kind, bytes),
+            Command::Counted(peer, kind, bytes) => self.count_frame(peer, kind, bytes),
             Command::Refused(peer, why) => {
                 *self.refused.entry(why).or_default() += 1;
                 *self.verifier.scores.entry(peer.to_string()).or_default() -= 10;

@@ -38,8 +38,7 @@ impl ProtocolHandler for Echo {
         Box::pin(async move {
             self.calls.fetch_add(1, Ordering::SeqCst);
             assert_eq!(request.protocol, TEST);
-            assert_eq!(request.envelope.sender, request.peer.to_string());
-            match request.envelope.payload.state.as_str() {
+            match request.state.as_str() {
                 "no" => Err(Refusal("the handler says no".into())),
                 s => Ok(format!("echo {s}").into_bytes()),
             }
@@ -90,10 +89,21 @@ async fn a_registered_protocol_gets_only_verified_requests_from_members() {
     let answer = known.send_request(server_id, TEST, MessageType::Sync, "hello".into()).await.unwrap();
     assert_eq!(answer, b"echo hello");
     assert_eq!(echo.calls.load(Ordering::SeqCst), 1);
+    // later requests ride the verified session, many at once, each answered in kind
+    let many: Vec<_> = (0..50)
+        .map(|i| {
+            let known = known.clone();
+            tokio::spawn(async move { known.send_request(server_id, TEST, MessageType::Sync, format!("n{i}")).await })
+        })
+        .collect();
+    for (i, t) in many.into_iter().enumerate() {
+        assert_eq!(t.await.unwrap().unwrap(), format!("echo n{i}").into_bytes());
+    }
+    assert_eq!(echo.calls.load(Ordering::SeqCst), 51);
     // the handler may refuse too; its reason travels back
     let r = known.send_request(server_id, TEST, MessageType::Sync, "no".into()).await;
     assert_eq!(refusal(r), "the handler says no");
-    assert_eq!(echo.calls.load(Ordering::SeqCst), 2);
+    assert_eq!(echo.calls.load(Ordering::SeqCst), 52);
 
     // a peer the policy does not know is refused before the handler sees it
     let r = stranger.send_request(server_id, TEST, MessageType::Sync, "let me in".into()).await;
@@ -108,14 +118,14 @@ async fn a_registered_protocol_gets_only_verified_requests_from_members() {
     forged.payload.state = "pay 1000".into();
     let r = known.send_sealed(server_id, TEST, &forged).await;
     assert!(!refusal(r).is_empty());
-    assert_eq!(echo.calls.load(Ordering::SeqCst), 3, "a refused request reached the handler");
+    assert_eq!(echo.calls.load(Ordering::SeqCst), 53, "a refused request reached the handler");
 
     let st = server.status().await.unwrap();
     assert_eq!(st.rejections.get("sender is not a known peer"), Some(&1), "{st:?}");
     assert_eq!(st.rejections.get("nonce already seen"), Some(&1), "{st:?}");
-    assert_eq!((st.messages.get("SYNC"), st.messages.get("CTRL")), (Some(&2), Some(&1)), "{st:?}");
+    assert_eq!((st.messages.get("SYNC"), st.messages.get("CTRL")), (Some(&52), Some(&1)), "{st:?}");
     let sent = known.status().await.unwrap().messages_sent;
-    assert_eq!((sent.get("SYNC"), sent.get("CTRL")), (Some(&2), Some(&3)), "{sent:?}");
+    assert_eq!((sent.get("SYNC"), sent.get("CTRL")), (Some(&52), Some(&3)), "{sent:?}");
 }
 
 #[tokio::test]
