@@ -1,0 +1,265 @@
+//! `micro-os-node`: runs one node of micro-os's reference chain — chain state, mempool,
+//! wallet, optional miner — with a JSON-RPC server compatible with Bitcoin Core's.
+//!
+//! Every option has an environment fallback so a container template can configure the node
+//! (`MICRO_OS_CONFIG_NETWORK`, `_MINE`, `_THREADS`, `_SYNC_MODE`, …). Bad input ends the
+//! process with one line naming the input and how to fix it, and exit code 2. SIGTERM and
+//! SIGINT stop the miner, let the RPC server finish, remove the cookie and exit 0; a
+//! `kill -9` at any moment is safe because the chain state commits once per block.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Parser;
+use micro_os_chain::params::Params;
+use micro_os_node::mining;
+use micro_os_node::node::{Node, Options};
+use micro_os_node::rpc::{http, Ctx};
+use micro_os_node::wallet::parse_address;
+use tokio::sync::Notify;
+
+/// The RPC address per network: devnet uses Core's regtest port; mainnet a port of its own,
+/// next to Core's 8332 but not on it, so a Bitcoin node on the same host does not collide.
+fn default_rpc_bind(network: &str) -> &'static str {
+    match network {
+        "mainnet" => "127.0.0.1:8382",
+        _ => "127.0.0.1:18443",
+    }
+}
+
+#[derive(Debug, Parser)]
+#[command(name = "micro-os-node", version, about = "Runs one node of micro-os's reference chain")]
+struct Cli {
+    /// Directory for the chain state, the wallet and the RPC cookie.
+    #[arg(long, env = "MICRO_OS_CONFIG_DATADIR", value_name = "DIR")]
+    datadir: PathBuf,
+    /// Network: devnet or mainnet.
+    #[arg(long, env = "MICRO_OS_CONFIG_NETWORK", default_value = "devnet", value_name = "NAME")]
+    network: String,
+    /// RPC listen address (default 127.0.0.1:18443 on devnet, 127.0.0.1:8382 on mainnet).
+    #[arg(long, env = "MICRO_OS_CONFIG_RPC_BIND", value_name = "ADDR")]
+    rpc_bind: Option<String>,
+    /// RPC user, accepted besides the cookie (needs --rpc-password).
+    #[arg(long, env = "MICRO_OS_CONFIG_RPC_USER", value_name = "USER")]
+    rpc_user: Option<String>,
+    /// RPC password (needs --rpc-user).
+    #[arg(long, env = "MICRO_OS_CONFIG_RPC_PASSWORD", value_name = "PASSWORD", hide_env_values = true)]
+    rpc_password: Option<String>,
+    /// Mine continuously (environment: MICRO_OS_CONFIG_MINE=true|false).
+    #[arg(long)]
+    mine: bool,
+    /// Threads the miner hashes on.
+    #[arg(long, env = "MICRO_OS_CONFIG_THREADS", default_value = "1", value_name = "N")]
+    threads: String,
+    /// Address mined blocks pay (default: the wallet's first address).
+    #[arg(long, env = "MICRO_OS_CONFIG_MINE_TO", value_name = "ADDR")]
+    mine_to: Option<String>,
+    /// How to catch up with the network: full (fast and light are not available yet).
+    #[arg(long, env = "MICRO_OS_CONFIG_SYNC_MODE", default_value = "full", value_name = "MODE")]
+    sync_mode: String,
+}
+
+/// The checked configuration.
+#[derive(Debug)]
+struct Config {
+    datadir: PathBuf,
+    params: &'static Params,
+    rpc_bind: SocketAddr,
+    rpc_user: Option<(String, String)>,
+    mine: bool,
+    threads: usize,
+    mine_to: Option<String>,
+}
+
+/// A configuration mistake: one line naming the input and the fix.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct ConfigError(String);
+
+fn bool_env(name: &str) -> Result<Option<bool>, ConfigError> {
+    let Ok(v) = std::env::var(name) else { return Ok(None) };
+    match v.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(Some(true)),
+        "0" | "false" | "no" | "off" | "" => Ok(Some(false)),
+        _ => Err(ConfigError(format!("{name}={v:?} is not a boolean (use true or false)"))),
+    }
+}
+
+impl Config {
+    fn from_cli(cli: Cli) -> Result<Config, ConfigError> {
+        match cli.sync_mode.as_str() {
+            "full" => {}
+            "fast" | "light" => {
+                return Err(ConfigError(format!("sync mode {} is not available yet (use full)", cli.sync_mode)))
+            }
+            other => return Err(ConfigError(format!("sync mode {other:?} is not known (use full)"))),
+        }
+        let params = Params::by_name(&cli.network)
+            .map_err(|_| ConfigError(format!("network {:?} is not known (use devnet or mainnet)", cli.network)))?;
+        let bind = cli.rpc_bind.as_deref().unwrap_or(default_rpc_bind(params.name));
+        let rpc_bind = bind.parse().map_err(|_| {
+            ConfigError(format!("rpc bind address {bind:?} is not an ip:port (try 127.0.0.1:18443 or 0.0.0.0:18443)"))
+        })?;
+        let rpc_user = match (cli.rpc_user, cli.rpc_password) {
+            (Some(u), Some(p)) if !u.is_empty() && !p.is_empty() && !u.contains(':') => Some((u, p)),
+            (None, None) => None,
+            (Some(u), Some(_)) if u.contains(':') => {
+                return Err(ConfigError(format!("rpc user {u:?} contains ':' (pick a user name without it)")))
+            }
+            _ => {
+                return Err(ConfigError(
+                    "--rpc-user and --rpc-password go together and may not be empty (give both, or neither to use the cookie)"
+                        .into(),
+                ))
+            }
+        };
+        let threads =
+            cli.threads.trim().parse::<usize>().ok().filter(|n| (1..=1024).contains(n)).ok_or_else(|| {
+                ConfigError(format!("threads {:?} is not a number from 1 to 1024 (try 1)", cli.threads))
+            })?;
+        let mine = cli.mine || bool_env("MICRO_OS_CONFIG_MINE")?.unwrap_or(false);
+        if let Some(a) = &cli.mine_to {
+            parse_address(a, params)
+                .map_err(|e| ConfigError(format!("--mine-to: {e} (give a {} address)", params.name)))?;
+        }
+        Ok(Config { datadir: cli.datadir, params, rpc_bind, rpc_user, mine, threads, mine_to: cli.mine_to })
+    }
+}
+
+/// Holds `<datadir>/.lock` for the process's life, so two nodes never share a data directory.
+fn lock_datadir(datadir: &std::path::Path) -> anyhow::Result<nix::fcntl::Flock<std::fs::File>> {
+    std::fs::create_dir_all(datadir).with_context(|| format!("creating data directory {}", datadir.display()))?;
+    let path = datadir.join(".lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {
+        anyhow::anyhow!(
+            "data directory {} is in use by another micro-os-node ({e}); stop it or pick another --datadir",
+            datadir.display()
+        )
+    })
+}
+
+async fn wait_for_shutdown(stop: Arc<Notify>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("installing the SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+        _ = int.recv() => tracing::info!("SIGINT: stopping"),
+        _ = stop.notified() => tracing::info!("rpc stop: stopping"),
+    }
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
+    let _lock = lock_datadir(&config.datadir)?;
+    let node = Node::open(&config.datadir, config.params, Options { threads: config.threads })
+        .with_context(|| format!("opening the {} node in {}", config.params.name, config.datadir.display()))?;
+    let node = Arc::new(node);
+    let (height, hash) = node.tip();
+
+    let cookie = http::write_cookie(&config.datadir)?;
+    let mut credentials = vec![cookie];
+    credentials.extend(config.rpc_user.clone());
+    let listener =
+        http::bind(config.rpc_bind).await.map_err(|e| anyhow::anyhow!("{e} (pick a free address with --rpc-bind)"))?;
+    let local = listener.local_addr()?;
+    tracing::info!(
+        "micro-os-node {} on {}: height {height} ({hash}), data in {}, rpc on {local} (cookie {})",
+        env!("CARGO_PKG_VERSION"),
+        config.params.name,
+        config.datadir.display(),
+        http::cookie_path(&config.datadir).display()
+    );
+
+    let mut threads = vec![mining::spawn_progress_log(node.clone())];
+    if config.mine {
+        let payout = match &config.mine_to {
+            Some(a) => parse_address(a, config.params)?,
+            None => node.default_address()?,
+        };
+        tracing::info!("mining to {payout} on {} thread(s)", config.threads);
+        threads.push(mining::spawn_miner(node.clone(), payout.script_pubkey(), config.threads));
+    }
+
+    let shutdown = Arc::new(Notify::new());
+    let ctx = Arc::new(Ctx { node: node.clone(), shutdown: shutdown.clone() });
+    let app = http::router(ctx, http::Credentials::new(credentials));
+    axum::serve(listener, app).with_graceful_shutdown(wait_for_shutdown(shutdown)).await.context("rpc server")?;
+
+    node.stop();
+    for t in threads {
+        let _ = t.join();
+    }
+    let _ = std::fs::remove_file(http::cookie_path(&config.datadir));
+    let (height, hash) = node.tip();
+    tracing::info!("stopped at height {height} ({hash})");
+    Ok(())
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let config = match Config::from_cli(cli) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("micro-os-node: {e}");
+            std::process::exit(2);
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".parse().expect("filter")),
+        )
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("building the tokio runtime");
+    if let Err(e) = runtime.block_on(run(config)) {
+        eprintln!("micro-os-node: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(args: &[&str], expected: Result<(), &str>) {
+        let cli = Cli::try_parse_from(["micro-os-node", "--datadir", "/tmp/x"].iter().chain(args)).unwrap();
+        match (Config::from_cli(cli), expected) {
+            (Ok(_), Ok(())) => {}
+            (Err(e), Err(msg)) => assert_eq!(e.to_string(), msg),
+            (got, want) => panic!("{args:?}: got {got:?}, want {want:?}"),
+        }
+    }
+
+    #[test]
+    fn bad_input_is_one_line_naming_it_and_the_fix() {
+        check(&[], Ok(()));
+        check(&["--network", "mainnet", "--threads", "2", "--mine"], Ok(()));
+        check(&["--sync-mode", "fast"], Err("sync mode fast is not available yet (use full)"));
+        check(&["--sync-mode", "light"], Err("sync mode light is not available yet (use full)"));
+        check(&["--network", "moon"], Err("network \"moon\" is not known (use devnet or mainnet)"));
+        check(&["--threads", "0"], Err("threads \"0\" is not a number from 1 to 1024 (try 1)"));
+        check(
+            &["--rpc-bind", "localhost"],
+            Err("rpc bind address \"localhost\" is not an ip:port (try 127.0.0.1:18443 or 0.0.0.0:18443)"),
+        );
+        check(&["--rpc-user", "u"], Err("--rpc-user and --rpc-password go together and may not be empty (give both, or neither to use the cookie)"));
+        let testnet = "tb1qw508d6qejxtdg4y5r3zarvary0c5xw7kxpjzsx";
+        let want = format!(
+            "--mine-to: address {testnet:?} is not valid: not an address of the devnet network (give a devnet address)"
+        );
+        check(&["--mine-to", testnet], Err(&want));
+    }
+}
