@@ -15,7 +15,7 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 # BIN=path runs another build (an older commit's, to alternate old and new in one session)
 if [ -z "${BIN:-}" ]; then
-  cargo build --release --locked -p micro-os -p micro-os-agent >/dev/null 2>&1 || cargo build --release --locked -p micro-os -p micro-os-agent
+  cargo build --release --locked -p micro-os -p micro-os-agent -p micro-os-node >/dev/null 2>&1 || cargo build --release --locked -p micro-os -p micro-os-agent -p micro-os-node
   BIN=$PWD/target/release/micro-os
 fi
 WORK=$(mktemp -d /tmp/micro-os-bench.XXXXXX)

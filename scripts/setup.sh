@@ -26,11 +26,13 @@ if ! command -v cargo >/dev/null; then
   echo "setup: cargo is missing: install a Rust toolchain (https://rustup.rs) and run this again" >&2
   exit 1
 fi
-echo "setup: building micro-os and micro-os-agent (release)"
-cargo build --release --locked -p micro-os -p micro-os-agent
+echo "setup: building micro-os, micro-os-agent and micro-os-node (release)"
+cargo build --release --locked -p micro-os -p micro-os-agent -p micro-os-node
 install -m 0755 target/release/micro-os /usr/local/bin/micro-os
 # the VM agent: the daemon puts it into VM images from beside its own binary
 install -m 0755 target/release/micro-os-agent /usr/local/bin/micro-os-agent
+# the reference chain's node: likewise put into the blockchain-node image
+install -m 0755 target/release/micro-os-node /usr/local/bin/micro-os-node
 
 share=/usr/local/share/micro-os
 mkdir -p "$share" /etc/bash_completion.d /usr/local/share/zsh/site-functions
@@ -39,4 +41,4 @@ micro-os completion zsh > "$share/micro_os_completion.zsh"
 ln -sf "$share/micro_os_completion.bash" /etc/bash_completion.d/micro-os
 ln -sf "$share/micro_os_completion.zsh" /usr/local/share/zsh/site-functions/_micro-os
 micro-os init >/dev/null
-echo "setup: installed /usr/local/bin/micro-os and /usr/local/bin/micro-os-agent; completions: source $share/micro_os_completion.bash (or .zsh)"
+echo "setup: installed /usr/local/bin/micro-os, micro-os-agent and micro-os-node; completions: source $share/micro_os_completion.bash (or .zsh)"

@@ -76,7 +76,8 @@ pub struct Params {
     pub coinbase_maturity: u32,
     /// Maximum block weight (BIP141 weight units).
     pub max_block_weight: Weight,
-    /// The node's JSON-RPC port by default (Bitcoin Core's regtest port on devnet).
+    /// The node's JSON-RPC port by default: Core's regtest port on devnet; on mainnet one
+    /// next to Core's 8332 but not on it, so a Bitcoin node on the same host does not collide.
     pub rpc_port: u16,
 }
 
@@ -134,7 +135,7 @@ static MAINNET: LazyLock<Params> = LazyLock::new(|| {
         halving_interval: 2_100_000,
         coinbase_maturity: 100,
         max_block_weight: Weight::MAX_BLOCK,
-        rpc_port: 18843,
+        rpc_port: 8382,
     }
 });
 

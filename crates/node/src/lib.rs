@@ -6,6 +6,7 @@
 //! The P2P sync is a later step: it drives [`node::Node`] through `accept_header`,
 //! `accept_block`, `accept_tx`, `locator`, `headers_after`, `block` and `subscribe`.
 
+pub mod health;
 pub mod mining;
 pub mod node;
 pub mod rpc;

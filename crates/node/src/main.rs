@@ -20,13 +20,18 @@ use micro_os_node::rpc::{http, Ctx};
 use micro_os_node::wallet::parse_address;
 use tokio::sync::Notify;
 
-/// The RPC address per network: devnet uses Core's regtest port; mainnet a port of its own,
-/// next to Core's 8332 but not on it, so a Bitcoin node on the same host does not collide.
-fn default_rpc_bind(network: &str) -> &'static str {
-    match network {
-        "mainnet" => "127.0.0.1:8382",
-        _ => "127.0.0.1:18443",
-    }
+/// The RPC address per network: loopback on the network's port (`Params::rpc_port`).
+fn default_rpc_bind(params: &Params) -> String {
+    format!("127.0.0.1:{}", params.rpc_port)
+}
+
+/// What the node is: `full` validates everything, `validator` is a full node with a
+/// validator key of its own, `light` keeps headers only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Kind {
+    Full,
+    Light,
+    Validator,
 }
 
 #[derive(Debug, Parser)]
@@ -59,6 +64,10 @@ struct Cli {
     /// How to catch up with the network: full (fast and light are not available yet).
     #[arg(long, env = "MICRO_OS_CONFIG_SYNC_MODE", default_value = "full", value_name = "MODE")]
     sync_mode: String,
+    /// What this node is: full, light (not available yet) or validator (a full node with a
+    /// validator key kept in its data directory).
+    #[arg(long, value_enum, default_value = "full")]
+    kind: Kind,
 }
 
 /// The checked configuration.
@@ -71,6 +80,7 @@ struct Config {
     mine: bool,
     threads: usize,
     mine_to: Option<String>,
+    kind: Kind,
 }
 
 /// A configuration mistake: one line naming the input and the fix.
@@ -96,9 +106,12 @@ impl Config {
             }
             other => return Err(ConfigError(format!("sync mode {other:?} is not known (use full)"))),
         }
+        if cli.kind == Kind::Light {
+            return Err(ConfigError("light nodes are not available yet (use --kind full)".into()));
+        }
         let params = Params::by_name(&cli.network)
             .map_err(|_| ConfigError(format!("network {:?} is not known (use devnet or mainnet)", cli.network)))?;
-        let bind = cli.rpc_bind.as_deref().unwrap_or(default_rpc_bind(params.name));
+        let bind = cli.rpc_bind.clone().unwrap_or_else(|| default_rpc_bind(params));
         let rpc_bind = bind.parse().map_err(|_| {
             ConfigError(format!("rpc bind address {bind:?} is not an ip:port (try 127.0.0.1:18443 or 0.0.0.0:18443)"))
         })?;
@@ -124,7 +137,16 @@ impl Config {
             parse_address(a, params)
                 .map_err(|e| ConfigError(format!("--mine-to: {e} (give a {} address)", params.name)))?;
         }
-        Ok(Config { datadir: cli.datadir, params, rpc_bind, rpc_user, mine, threads, mine_to: cli.mine_to })
+        Ok(Config {
+            datadir: cli.datadir,
+            params,
+            rpc_bind,
+            rpc_user,
+            mine,
+            threads,
+            mine_to: cli.mine_to,
+            kind: cli.kind,
+        })
     }
 }
 
@@ -163,6 +185,10 @@ async fn run(config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("opening the {} node in {}", config.params.name, config.datadir.display()))?;
     let node = Arc::new(node);
     let (height, hash) = node.tip();
+    if config.kind == Kind::Validator {
+        let key = micro_os_node::health::validator_key(&config.datadir)?;
+        tracing::info!("validator key {key} (sealing on a circuit comes with consensus circuit networks)");
+    }
 
     let cookie = http::write_cookie(&config.datadir)?;
     let mut credentials = vec![cookie];
@@ -204,6 +230,10 @@ async fn run(config: Config) -> anyhow::Result<()> {
 }
 
 fn main() {
+    // `micro-os-node health --datadir DIR`: the container's health probe
+    if std::env::args().nth(1).as_deref() == Some("health") {
+        std::process::exit(micro_os_node::health::probe(std::env::args().skip(2).collect()));
+    }
     let cli = Cli::parse();
     let config = match Config::from_cli(cli) {
         Ok(c) => c,
