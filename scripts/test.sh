@@ -8,9 +8,10 @@ cd "$(dirname "$0")/.."
 if [ "$(id -u)" = 0 ]; then
   bash scripts/setup.sh --deps-only
   # for the tests only: promtool checks /metrics, script gives the live view a terminal
-  if ! command -v promtool >/dev/null || ! command -v script >/dev/null; then
+  # python3-venv: the chain node's RPC test drives it with python-bitcoinrpc from PyPI
+  if ! command -v promtool >/dev/null || ! command -v script >/dev/null || ! python3 -c 'import ensurepip' 2>/dev/null; then
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus bsdutils >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus bsdutils python3 python3-venv >/dev/null
   fi
 else
   echo "test: not root: end-to-end tests that need runc will report that they skip" >&2

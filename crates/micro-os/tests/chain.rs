@@ -1,0 +1,89 @@
+//! The reference chain through micro-os: the spec's deploy example with the
+//! blockchain-full-node template, a node that mines, answers `chain status|wallet|send`
+//! over its JSON-RPC, reports healthy, and keeps its chain in its data volume across a
+//! restart of its container.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{require, Daemon, CONTAINERS};
+use serde_json::Value;
+
+fn status(d: &Daemon) -> Value {
+    serde_json::from_str(&d.ok(&["chain", "status", "--container", "eth-node-1", "--format", "json"])).unwrap()
+}
+
+/// Polls `chain status` until `pred` holds.
+fn wait_status(d: &Daemon, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let o = d.cli(&["chain", "status", "--container", "eth-node-1", "--format", "json"]);
+        if o.status.success() {
+            let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+            if pred(&v) {
+                return v;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}; last: {}",
+            String::from_utf8_lossy(&o.stdout)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+#[test]
+fn a_full_node_from_its_template_mines_pays_and_keeps_its_chain() {
+    let test = "a_full_node_from_its_template_mines_pays_and_keeps_its_chain";
+    if !require(test, CONTAINERS) {
+        return;
+    }
+    let node = std::path::Path::new(common::BIN).with_file_name("micro-os-node");
+    assert!(node.is_file(), "{} is missing (cargo build -p micro-os-node)", node.display());
+    let d = Daemon::start();
+
+    // the spec's example: create from the template, configure, start
+    d.ok(&["container", "create", "--name", "eth-node-1", "--template", "blockchain-full-node"]);
+    let e = d.fails(&["container", "config", "eth-node-1", "--network", "mainnet", "--sync-mode", "fast"], 2);
+    assert!(e.contains("sync mode \"fast\" is not available yet"), "{e}");
+    let e = d.fails(&["container", "config", "eth-node-1", "--network", "moon"], 2);
+    assert!(e.contains("known: devnet, mainnet"), "{e}");
+    let e = d.fails(&["chain", "status", "--container", "eth-node-1"], 4);
+    assert!(e.contains("start it first"), "{e}");
+    d.ok(&["container", "config", "eth-node-1", "--network", "devnet", "--mine", "true"]);
+    d.ok(&["container", "start", "--name", "eth-node-1"]);
+
+    // it mines; its logs say so; coinbase matures after 10 blocks on devnet
+    let s = wait_status(&d, "12 blocks", |s| s["height"].as_u64().is_some_and(|h| h >= 12));
+    assert_eq!(s["network"], "devnet", "{s}");
+    assert!(s["hashrate"].as_f64().is_some_and(|h| h > 0.0), "{s}");
+    let logs = d.ok(&["container", "logs", "--name", "eth-node-1"]);
+    assert!(logs.contains("mined block 1 "), "{logs}");
+    d.wait_for("eth-node-1", "healthy", |c| c["health"]["status"] == "healthy");
+
+    // the wallet pays; a bad address is one clear line
+    let w: Value =
+        serde_json::from_str(&d.ok(&["chain", "wallet", "--container", "eth-node-1", "--format", "json"])).unwrap();
+    assert!(w["balance"].as_f64().is_some_and(|b| b > 0.0), "{w}");
+    let to = w["address"].as_str().unwrap();
+    assert!(to.starts_with("bcrt1"), "{w}");
+    let txid = d.ok(&["chain", "send", "--container", "eth-node-1", "--to", to, "--amount", "1.5"]);
+    assert_eq!(txid.trim().len(), 64, "{txid}");
+    let e = d.fails(&["chain", "send", "--container", "eth-node-1", "--to", "nonsense", "--amount", "1"], 2);
+    assert!(e.contains("nonsense"), "{e}");
+    // the next blocks take it from the mempool
+    let before = status(&d)["height"].as_u64().unwrap();
+    wait_status(&d, "the send mined", |s| s["mempool_txs"] == 0 && s["height"].as_u64().unwrap() > before);
+
+    // the chain lives in the container's data volume: a restart keeps it
+    d.ok(&["container", "stop", "--name", "eth-node-1"]);
+    d.ok(&["container", "config", "eth-node-1", "--mine", "false"]);
+    let height = {
+        d.ok(&["container", "start", "--name", "eth-node-1"]);
+        wait_status(&d, "the node back", |_| true)["height"].as_u64().unwrap()
+    };
+    assert!(height > before, "the restarted node is at {height}, it had mined past {before}");
+    d.ok(&["container", "rm", "--name", "eth-node-1", "--force"]);
+}
