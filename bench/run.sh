@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # micro-os benchmarks: each runs our code and its named peer in the same run and reports
-# the ratio. Usage (as root): bash bench/run.sh [lifecycle|api|rss|vm|verify|p2p|monitor|circuit|all]
+# the ratio. Usage (as root): bash bench/run.sh [lifecycle|api|rss|vm|verify|p2p|monitor|circuit|chain|all]
 # Needs hyperfine, wrk and podman (installed here if missing); builds the release binary
 # unless BIN names one.
 set -euo pipefail
@@ -12,6 +12,30 @@ for p in hyperfine wrk podman runc busybox-static curl jq bc openssl iperf3; do
 done
 if [ ${#need[@]} -gt 0 ]; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+if [ "$what" = chain ] || [ "$what" = all ]; then
+  # the reference chain (crates/chain) needs neither the daemon nor the micro-os binary: it
+  # runs before they start, and alone for `chain`. Each program measures ours and its peer.
+  cargo build --release --locked -p micro-os-chain --example miner_bench --example validate_bench >/dev/null 2>&1 ||
+    cargo build --release --locked -p micro-os-chain --example miner_bench --example validate_bench
+  echo "# $(date -u +%FT%TZ) $(uname -r), $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
+  # miner::mine on 1 thread and on all cores against `openssl speed -bytes 16384 sha256` ÷ 64 ÷ 2
+  miner=$(target/release/examples/miner_bench --seconds "${CHAIN_SECONDS:-5}")
+  echo "$miner"
+  # a block of 2,000 P2WPKH spends against raw secp256k1 verify of the same signatures: the
+  # process pinned to cpu 0 (the library then verifies on one thread), then on all cores
+  echo; echo "validate_bench under taskset -c 0:"
+  one=$(taskset -c 0 target/release/examples/validate_bench --runs "${CHAIN_RUNS:-11}")
+  echo "$one"
+  echo; echo "validate_bench on all cores:"
+  every=$(target/release/examples/validate_bench --runs "${CHAIN_RUNS:-11}")
+  echo "$every"
+  ratios() { awk '/^[0-9]+ cores? \(/{print "connect/raw " $(NF-4) ", validation/raw " $(NF-3)}' <<<"$1"; }
+  echo
+  echo "miner ours/limit: 1 thread $(awk '/^ours, 1 thread/{print $NF}' <<<"$miner")," \
+    "all cores $(awk '/^ours, [0-9]+ thread\(s\)/{print $NF}' <<<"$miner") (target >= 0.8)"
+  echo "block validation on one core: $(ratios "$one"); on all cores: $(ratios "$every") (target connect/raw >= 0.7)"
+  if [ "$what" = chain ]; then exit 0; fi
 fi
 # BIN=path runs another build (an older commit's, to alternate old and new in one session)
 if [ -z "${BIN:-}" ]; then
