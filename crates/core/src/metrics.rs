@@ -48,6 +48,29 @@ pub struct Sample {
     pub disk_used_bytes: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disk_total_bytes: Option<u64>,
+    /// A reference-chain node (a container on the `blockchain-node` image), as its RPC
+    /// reports it.
+    #[serde(default, skip_serializing_if = "Option::is_none", flatten)]
+    pub chain: Option<ChainSample>,
+}
+
+/// What a reference-chain node reports each round.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ChainSample {
+    pub chain_height: u64,
+    pub chain_peers: u64,
+    pub chain_mempool_txs: u64,
+    /// Virtual bytes of the mempool's transactions.
+    pub chain_mempool_bytes: u64,
+    /// Hashes per second of the node's miner.
+    pub chain_hashrate: f64,
+    /// Mean seconds between the last ten blocks.
+    pub chain_block_interval_s: f64,
+    /// Blocks behind the best height it knows of (its headers, its peers').
+    pub chain_lag_blocks: u64,
+    /// Time since its tip's timestamp, in target block intervals of its network.
+    pub chain_stall_intervals: f64,
 }
 
 /// The metrics an alert rule can watch, with how to read each from a sample.
@@ -62,6 +85,15 @@ pub const METRICS: &[&str] = &[
     "health_error_rate",
     "load1",
     "disk_percent",
+    "chain_height",
+    "chain_peers",
+    "chain_no_peers",
+    "chain_mempool_txs",
+    "chain_mempool_bytes",
+    "chain_hashrate",
+    "chain_block_interval_s",
+    "chain_lag_blocks",
+    "chain_stall_intervals",
 ];
 
 impl Sample {
@@ -78,6 +110,15 @@ impl Sample {
             "health_error_rate" => self.health_error_rate?,
             "load1" => self.load1?,
             "disk_percent" => self.disk_used_bytes? as f64 * 100.0 / self.disk_total_bytes? as f64,
+            "chain_height" => self.chain.as_ref()?.chain_height as f64,
+            "chain_peers" => self.chain.as_ref()?.chain_peers as f64,
+            "chain_no_peers" => f64::from(u8::from(self.chain.as_ref()?.chain_peers == 0)),
+            "chain_mempool_txs" => self.chain.as_ref()?.chain_mempool_txs as f64,
+            "chain_mempool_bytes" => self.chain.as_ref()?.chain_mempool_bytes as f64,
+            "chain_hashrate" => self.chain.as_ref()?.chain_hashrate,
+            "chain_block_interval_s" => self.chain.as_ref()?.chain_block_interval_s,
+            "chain_lag_blocks" => self.chain.as_ref()?.chain_lag_blocks as f64,
+            "chain_stall_intervals" => self.chain.as_ref()?.chain_stall_intervals,
             _ => return None,
         })
     }
@@ -255,8 +296,11 @@ mod tests {
         assert_eq!(s.metric("cpu_percent"), Some(12.5));
         assert_eq!(s.metric("health_ms"), None);
         assert_eq!(s.metric("nope"), None);
+        assert_eq!(s.metric("chain_height"), None, "only chain nodes have chain metrics");
+        let node = Sample { chain: Some(ChainSample { chain_peers: 0, ..Default::default() }), ..Default::default() };
+        assert_eq!(node.metric("chain_no_peers"), Some(1.0));
         for m in METRICS {
-            // every listed metric is known to `metric` (a host sample has them all)
+            // every listed metric is known to `metric` (a sample with everything has them all)
             let host = Sample {
                 memory_limit_bytes: Some(1),
                 health_ms: Some(1.0),
@@ -264,6 +308,7 @@ mod tests {
                 load1: Some(0.1),
                 disk_used_bytes: Some(1),
                 disk_total_bytes: Some(2),
+                chain: Some(ChainSample::default()),
                 ..Default::default()
             };
             assert!(host.metric(m).is_some(), "{m}");

@@ -72,6 +72,15 @@ pub struct Config {
     pub circuit_snapshot_every: u64,
     /// Entries a circuit member may lag behind the leader before it counts as lagging.
     pub circuit_lag_alert: u64,
+    /// A chain node this many blocks behind the best height it knows of, for
+    /// `chain_alert_for_s`, raises `chain-node-lagging` (0: never).
+    pub chain_alert_lag_blocks: u64,
+    pub chain_alert_for_s: u64,
+    /// A chain node whose tip is this many block intervals old raises `chain-node-stalled`
+    /// (0: never).
+    pub chain_alert_stall_intervals: u64,
+    /// A chain node without peers for this many seconds raises `chain-node-no-peers` (0: never).
+    pub chain_alert_no_peers_s: u64,
 }
 
 impl Default for Config {
@@ -100,6 +109,10 @@ impl Default for Config {
             circuit_election_timeout_ms: 500,
             circuit_snapshot_every: 5000,
             circuit_lag_alert: 1000,
+            chain_alert_lag_blocks: 6,
+            chain_alert_for_s: 60,
+            chain_alert_stall_intervals: 10,
+            chain_alert_no_peers_s: 300,
         }
     }
 }

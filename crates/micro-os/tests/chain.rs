@@ -42,7 +42,10 @@ fn a_full_node_from_its_template_mines_pays_and_keeps_its_chain() {
     }
     let node = std::path::Path::new(common::BIN).with_file_name("micro-os-node");
     assert!(node.is_file(), "{} is missing (cargo build -p micro-os-node)", node.display());
-    let d = Daemon::start();
+    let mut d = Daemon::prepared("127.0.0.1");
+    d.set_config("monitor_interval_s", serde_json::json!(0.5));
+    d.set_config("chain_alert_no_peers_s", serde_json::json!(1));
+    d.spawn();
 
     // the spec's example: create from the template, configure, start
     d.ok(&["container", "create", "--name", "eth-node-1", "--template", "blockchain-full-node"]);
@@ -62,6 +65,40 @@ fn a_full_node_from_its_template_mines_pays_and_keeps_its_chain() {
     let logs = d.ok(&["container", "logs", "--name", "eth-node-1"]);
     assert!(logs.contains("mined block 1 "), "{logs}");
     d.wait_for("eth-node-1", "healthy", |c| c["health"]["status"] == "healthy");
+
+    // watched: its figures in /metrics and the history, its component's health, and the
+    // default alert of a node without peers (after 1 s here)
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let m = d.api("GET", "/metrics").call().unwrap().into_string().unwrap();
+        let line = m.lines().find(|l| l.starts_with("micro_os_container_chain_height{container=\"eth-node-1\""));
+        if line.and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse::<f64>().ok()).is_some_and(|h| h >= 1.0) {
+            assert!(m.contains("micro_os_container_chain_hashrate{container=\"eth-node-1\""), "{m}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no chain height in /metrics: {line:?}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let file = tempfile::NamedTempFile::new().unwrap();
+    let out = file.path().to_str().unwrap();
+    d.ok(&["monitor", "export", "--from", "10m", "--format", "json", "--output", out, "--object", "eth-node-1"]);
+    let history: Value = serde_json::from_str(&std::fs::read_to_string(out).unwrap()).unwrap_or(Value::Null);
+    let heights: Vec<u64> =
+        history.as_array().into_iter().flatten().filter_map(|s| s["chain_height"].as_u64()).collect();
+    assert!(!heights.is_empty(), "no chain heights in the history: {history}");
+    let health = d.ok(&["monitor", "health", "--components", "chain", "--format", "json"]);
+    assert!(health.contains("1 of 1 nodes running"), "{health}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let o = d.cli(&["monitor", "health", "--format", "json"]);
+        let h: Value = serde_json::from_slice(&o.stdout).unwrap_or(Value::Null);
+        let alerts = h["alerts"].as_array().cloned().unwrap_or_default();
+        if alerts.iter().any(|a| a["rule"] == "chain-node-no-peers" && a["object"] == "container/eth-node-1") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no alert for a node without peers: {h:#}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
 
     // the wallet pays; a bad address is one clear line
     let w: Value =

@@ -150,6 +150,21 @@ pub fn encode_scrape(s: &Scrape<'_>) -> String {
             gauge_for(&mut f, kind, "disk_used_bytes", "Used bytes of the disk holding the home", &labels, u as f64);
             gauge_for(&mut f, kind, "disk_size_bytes", "Size of the disk holding the home", &labels, t as f64);
         }
+        if let Some(c) = &x.chain {
+            let g = [
+                ("chain_height", "Height of the node's best chain", c.chain_height as f64),
+                ("chain_peers", "Peers of the chain node", c.chain_peers as f64),
+                ("chain_mempool_transactions", "Transactions in the node's mempool", c.chain_mempool_txs as f64),
+                ("chain_mempool_vbytes", "Virtual bytes of the node's mempool", c.chain_mempool_bytes as f64),
+                ("chain_hashrate", "Hashes per second of the node's miner", c.chain_hashrate),
+                ("chain_block_interval_seconds", "Mean seconds between the last ten blocks", c.chain_block_interval_s),
+                ("chain_lag_blocks", "Blocks behind the best height the node knows of", c.chain_lag_blocks as f64),
+                ("chain_stall_intervals", "Target block intervals since the tip's time", c.chain_stall_intervals),
+            ];
+            for (name, help, v) in g {
+                gauge_for(&mut f, kind, name, help, &labels, v);
+            }
+        }
     }
     for p in &s.peers {
         let labels = l(&[("peer", p.peer)]);

@@ -69,6 +69,8 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX seen_nonces_at ON seen_nonces (at);",
     // 3: metrics history and alerts
     metrics::MIGRATION,
+    // 4: reference-chain nodes in the history
+    metrics::CHAIN_MIGRATION,
 ];
 
 /// A lifecycle event: `created`, `started`, `exited`, `oom`, `restarted`, ...

@@ -4,7 +4,7 @@
 //! a sample of 20 numbers costs one row, and the one-minute rollup is one `GROUP BY`.
 
 use chrono::{DateTime, Utc};
-use micro_os_core::metrics::{Alert, Sample, Severity};
+use micro_os_core::metrics::{Alert, ChainSample, Sample, Severity};
 use rusqlite::{params, Connection, Row};
 
 use crate::{Result, Store};
@@ -30,15 +30,37 @@ pub(crate) const MIGRATION: &str = "
     );
     CREATE INDEX alerts_open ON alerts (resolved_at);";
 
+/// 4: what reference-chain nodes report (NULL for everything else).
+pub(crate) const CHAIN_MIGRATION: &str = "
+    ALTER TABLE samples ADD COLUMN chain_height INTEGER;
+    ALTER TABLE samples ADD COLUMN chain_peers INTEGER;
+    ALTER TABLE samples ADD COLUMN chain_mempool_txs INTEGER;
+    ALTER TABLE samples ADD COLUMN chain_mempool_bytes INTEGER;
+    ALTER TABLE samples ADD COLUMN chain_hashrate REAL;
+    ALTER TABLE samples ADD COLUMN chain_interval REAL;
+    ALTER TABLE samples ADD COLUMN chain_lag INTEGER;
+    ALTER TABLE samples ADD COLUMN chain_stall REAL;
+    ALTER TABLE samples_1m ADD COLUMN chain_height INTEGER;
+    ALTER TABLE samples_1m ADD COLUMN chain_peers INTEGER;
+    ALTER TABLE samples_1m ADD COLUMN chain_mempool_txs INTEGER;
+    ALTER TABLE samples_1m ADD COLUMN chain_mempool_bytes INTEGER;
+    ALTER TABLE samples_1m ADD COLUMN chain_hashrate REAL;
+    ALTER TABLE samples_1m ADD COLUMN chain_interval REAL;
+    ALTER TABLE samples_1m ADD COLUMN chain_lag INTEGER;
+    ALTER TABLE samples_1m ADD COLUMN chain_stall REAL;";
+
 const COLUMNS: &str = "ts, kind, id, name, cpu, cpu_limit, mem, mem_limit, oom, io_read, io_write, pids, \
-    rx_bytes, tx_bytes, rx_packets, tx_packets, restarts, health_ms, health_err, load1, disk_used, disk_total";
+    rx_bytes, tx_bytes, rx_packets, tx_packets, restarts, health_ms, health_err, load1, disk_used, disk_total, \
+    chain_height, chain_peers, chain_mempool_txs, chain_mempool_bytes, chain_hashrate, chain_interval, chain_lag, \
+    chain_stall";
 
 /// How a minute of samples becomes one: averages for levels, the last value (the
 /// largest) for counters and limits.
 const ROLLUP: &str = "(ts / 60000) * 60000, kind, id, name, AVG(cpu), MAX(cpu_limit), CAST(AVG(mem) AS INTEGER), \
     MAX(mem_limit), MAX(oom), MAX(io_read), MAX(io_write), CAST(AVG(pids) AS INTEGER), MAX(rx_bytes), MAX(tx_bytes), \
     MAX(rx_packets), MAX(tx_packets), MAX(restarts), AVG(health_ms), AVG(health_err), AVG(load1), MAX(disk_used), \
-    MAX(disk_total)";
+    MAX(disk_total), MAX(chain_height), CAST(AVG(chain_peers) AS INTEGER), CAST(AVG(chain_mempool_txs) AS INTEGER), \
+    CAST(AVG(chain_mempool_bytes) AS INTEGER), AVG(chain_hashrate), AVG(chain_interval), MAX(chain_lag), MAX(chain_stall)";
 
 fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
@@ -70,6 +92,19 @@ fn sample(r: &Row<'_>) -> rusqlite::Result<Sample> {
         load1: r.get(19)?,
         disk_used_bytes: ou(20)?,
         disk_total_bytes: ou(21)?,
+        chain: match ou(22)? {
+            None => None,
+            Some(h) => Some(ChainSample {
+                chain_height: h,
+                chain_peers: ou(23)?.unwrap_or(0),
+                chain_mempool_txs: ou(24)?.unwrap_or(0),
+                chain_mempool_bytes: ou(25)?.unwrap_or(0),
+                chain_hashrate: r.get::<_, Option<f64>>(26)?.unwrap_or(0.0),
+                chain_block_interval_s: r.get::<_, Option<f64>>(27)?.unwrap_or(0.0),
+                chain_lag_blocks: ou(28)?.unwrap_or(0),
+                chain_stall_intervals: r.get::<_, Option<f64>>(29)?.unwrap_or(0.0),
+            }),
+        },
     })
 }
 
@@ -126,9 +161,10 @@ impl Store {
         {
             let mut stmt = tx.prepare_cached(&format!(
                 "INSERT INTO samples ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, \
-                 ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22)"
+                 ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30)"
             ))?;
             for s in samples {
+                let c = s.chain.as_ref();
                 stmt.execute(params![
                     s.ts,
                     s.kind,
@@ -152,6 +188,14 @@ impl Store {
                     s.load1,
                     s.disk_used_bytes.map(to_i64),
                     s.disk_total_bytes.map(to_i64),
+                    c.map(|c| to_i64(c.chain_height)),
+                    c.map(|c| to_i64(c.chain_peers)),
+                    c.map(|c| to_i64(c.chain_mempool_txs)),
+                    c.map(|c| to_i64(c.chain_mempool_bytes)),
+                    c.map(|c| c.chain_hashrate),
+                    c.map(|c| c.chain_block_interval_s),
+                    c.map(|c| to_i64(c.chain_lag_blocks)),
+                    c.map(|c| c.chain_stall_intervals),
                 ])?;
             }
         }

@@ -12,6 +12,7 @@ use base64::Engine as _;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use micro_os_api::types::{ChainSend, ChainSent, ChainStatus, ChainWallet};
+use micro_os_core::metrics::{AlertRule, ChainSample, Severity};
 use micro_os_core::{Container, ContainerState};
 use serde_json::{json, Value};
 
@@ -142,6 +143,120 @@ impl Engine {
             address: address.as_str().unwrap_or_default().to_string(),
         })
     }
+}
+
+impl Engine {
+    /// What every running reference-chain node reports, by container id (the collector's
+    /// round adds it to the nodes' samples); a node that does not answer is left out.
+    pub(super) async fn chain_samples(&self) -> std::collections::HashMap<String, ChainSample> {
+        let nodes = self.containers.filter(|c| c.spec.image == NODE_IMAGE && c.state == ContainerState::Running);
+        let asked = nodes.iter().map(|c| async move { (c.id.clone(), self.chain_sample(c).await) });
+        futures_util::future::join_all(asked)
+            .await
+            .into_iter()
+            .filter_map(|(id, s)| match s {
+                Ok(s) => Some((id, s)),
+                Err(e) => {
+                    tracing::debug!("monitor: chain node {id}: {e}");
+                    None
+                }
+            })
+            .collect()
+    }
+
+    async fn chain_sample(&self, c: &Container) -> Result<ChainSample> {
+        let info = self.node_rpc(c, "getblockchaininfo", json!([])).await?;
+        let mempool = self.node_rpc(c, "getmempoolinfo", json!([])).await?;
+        let mining = self.node_rpc(c, "getmininginfo", json!([])).await?;
+        let network = self.node_rpc(c, "getnetworkinfo", json!([])).await?;
+        let peers = self.node_rpc(c, "getpeerinfo", json!([])).await.unwrap_or(Value::Null);
+        let n = |v: &Value, k: &str| v.get(k).and_then(Value::as_u64).unwrap_or(0);
+        let (height, headers, tip_time) = (n(&info, "blocks"), n(&info, "headers"), n(&info, "time"));
+        // the best height it knows of: its headers, or what its peers said they had
+        let best_peer = peers
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|p| p.get("startingheight").or_else(|| p.get("synced_headers")).and_then(Value::as_u64))
+            .max()
+            .unwrap_or(0);
+        // over the last ten blocks, never back to the genesis (its time is the network's birth)
+        let back = height.saturating_sub(1).min(10);
+        let interval = if back == 0 {
+            0.0
+        } else {
+            let hash = self.node_rpc(c, "getblockhash", json!([height - back])).await?;
+            let then = self.node_rpc(c, "getblockheader", json!([hash, true])).await?;
+            tip_time.saturating_sub(n(&then, "time")) as f64 / back as f64
+        };
+        let network_name = c.spec.config.get("network").map(String::as_str).unwrap_or("devnet");
+        let spacing = micro_os_chain::params::Params::by_name(network_name).map(|p| p.target_spacing_s).unwrap_or(60);
+        let now = chrono::Utc::now().timestamp().max(0) as u64;
+        Ok(ChainSample {
+            chain_height: height,
+            chain_peers: n(&network, "connections"),
+            chain_mempool_txs: n(&mempool, "size"),
+            chain_mempool_bytes: n(&mempool, "bytes"),
+            chain_hashrate: mining.get("hashespersec").and_then(Value::as_f64).unwrap_or(0.0),
+            chain_block_interval_s: interval,
+            chain_lag_blocks: headers.max(best_peer).saturating_sub(height),
+            chain_stall_intervals: now.saturating_sub(tip_time) as f64 / spacing.max(1) as f64,
+        })
+    }
+}
+
+impl Engine {
+    /// The `chain` component: the reference-chain nodes and their health checks (which ask
+    /// each node whether it serves and is not stalled); not configured without nodes.
+    pub(super) fn chain_health(&self) -> super::components::Health {
+        use super::components::Health;
+        use micro_os_core::HealthStatus;
+        let nodes = self.containers.filter(|c| c.spec.image == NODE_IMAGE && !c.is_replicated());
+        if nodes.is_empty() {
+            return Health::NotConfigured;
+        }
+        let running = nodes.iter().filter(|c| c.state == ContainerState::Running).count();
+        let sick: Vec<&str> = nodes
+            .iter()
+            .filter(|c| c.health.as_ref().is_some_and(|h| h.status == HealthStatus::Unhealthy))
+            .map(|c| c.spec.name.as_str())
+            .collect();
+        if sick.is_empty() {
+            Health::Is(Severity::Healthy, format!("{running} of {} nodes running", nodes.len()))
+        } else {
+            Health::Is(Severity::Degraded, format!("nodes unhealthy (stalled or not serving): {}", sick.join(", ")))
+        }
+    }
+}
+
+/// The default alert rules of reference-chain nodes (config `chain_alert_*`; 0 turns one
+/// off): a node lagging its peers' best, one that has seen no block for a number of its
+/// network's block intervals, one without peers.
+pub(super) fn chain_alert_rules(cfg: &crate::home::Config) -> Vec<AlertRule> {
+    let rule = |name: &str, metric: &str, above: f64, for_s: u64, severity: Severity| AlertRule {
+        name: name.into(),
+        metric: metric.into(),
+        above,
+        for_s,
+        increase_over_s: None,
+        objects: "container/*".into(),
+        severity,
+    };
+    let mut out = Vec::new();
+    if cfg.chain_alert_lag_blocks > 0 {
+        let above = cfg.chain_alert_lag_blocks as f64;
+        out.push(rule("chain-node-lagging", "chain_lag_blocks", above, cfg.chain_alert_for_s, Severity::Degraded));
+    }
+    if cfg.chain_alert_stall_intervals > 0 {
+        let above = cfg.chain_alert_stall_intervals as f64;
+        out.push(rule("chain-node-stalled", "chain_stall_intervals", above, 0, Severity::Critical));
+    }
+    if cfg.chain_alert_no_peers_s > 0 {
+        out.push(rule("chain-node-no-peers", "chain_no_peers", 0.5, cfg.chain_alert_no_peers_s, Severity::Degraded));
+    }
+    // the user's own rule of the same name wins
+    out.retain(|r| !cfg.alerts.iter().any(|u| u.name == r.name));
+    out
 }
 
 /// A node's JSON-RPC error as ours: bad input stays bad input (an address, an amount, a

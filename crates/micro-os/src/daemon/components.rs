@@ -193,7 +193,18 @@ pub const REGISTRY: &[Component] = &[
         validate: |c| c.raft_settings().validate().map_err(|e| e.to_string()),
         health: |e| Box::pin(async move { e.circuits_health().await }),
     },
-    Component { name: "chain", targets: &["micro_os_chain"], config: &[], validate: no_keys, health: not_configured },
+    Component {
+        name: "chain",
+        targets: &["micro_os_chain", "micro_os::daemon::chain"],
+        config: &[
+            "chain_alert_lag_blocks",
+            "chain_alert_for_s",
+            "chain_alert_stall_intervals",
+            "chain_alert_no_peers_s",
+        ],
+        validate: no_keys,
+        health: |e| Box::pin(async move { e.chain_health() }),
+    },
     Component { name: "ai", targets: &["micro_os_ai"], config: &[], validate: no_keys, health: not_configured },
 ];
 

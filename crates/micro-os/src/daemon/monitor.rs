@@ -42,7 +42,9 @@ impl Engine {
         let every = Duration::from_secs_f64(self.cfg.monitor_interval_s);
         {
             let mut alerts = self.monitor.alerts.lock().unwrap();
-            *alerts = AlertEngine::new(self.cfg.alerts.clone());
+            let mut rules = self.cfg.alerts.clone();
+            rules.extend(super::chain::chain_alert_rules(&self.cfg));
+            *alerts = AlertEngine::new(rules);
             alerts.adopt(&self.store.alerts(true, 10_000).unwrap_or_default());
         }
         let this = self.clone();
@@ -57,7 +59,8 @@ impl Engine {
                     Some(h) => h.status().await,
                     None => None,
                 };
-                let round = tokio::task::spawn_blocking(move || t.sample_round(net)).await;
+                let chain = this.chain_samples().await;
+                let round = tokio::task::spawn_blocking(move || t.sample_round(net, chain)).await;
                 if let Err(e) = round {
                     tracing::warn!("monitor: a round failed: {e}");
                 }
@@ -79,9 +82,16 @@ impl Engine {
     }
 
     /// One round: collect, store, evaluate alerts.
-    fn sample_round(&self, net: Option<micro_os_api::types::NetStatus>) {
+    fn sample_round(
+        &self,
+        net: Option<micro_os_api::types::NetStatus>,
+        mut chain: std::collections::HashMap<String, micro_os_core::metrics::ChainSample>,
+    ) {
         let started = std::time::Instant::now();
         let mut samples = self.collect();
+        for s in samples.iter_mut().filter(|s| s.kind == "container") {
+            s.chain = chain.remove(&s.id);
+        }
         samples
             .extend(net.map(|n| peer_samples(&n, samples.first().map_or_else(now_ms, |s| s.ts))).unwrap_or_default());
         self.monitor.last_cost_us.store(started.elapsed().as_micros() as u64, std::sync::atomic::Ordering::Relaxed);
