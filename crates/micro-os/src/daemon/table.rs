@@ -55,6 +55,9 @@ pub struct Table<T> {
     persist_lock: Mutex<()>,
 }
 
+/// The shortest id prefix `Table::find` takes.
+const MIN_PREFIX: usize = 6;
+
 impl<T: Object> Table<T> {
     /// The table as the store holds it.
     pub fn load(store: Arc<Store>, changes: broadcast::Sender<String>) -> Result<Table<T>> {
@@ -62,16 +65,29 @@ impl<T: Object> Table<T> {
         Ok(Table { map: RwLock::new(map), store, changes, persist_lock: Mutex::new(()) })
     }
 
-    /// Finds an object by id or name.
+    /// Finds an object by id, name, or a prefix of its id that names one object (at least
+    /// `MIN_PREFIX` characters: what list tables show), as Docker and Podman do.
     pub fn find(&self, key: &str) -> Result<T> {
         let map = self.map.read().unwrap();
         if let Some(o) = map.get(key) {
             return Ok(o.clone());
         }
-        map.values()
-            .find(|o| o.name() == key)
-            .cloned()
-            .ok_or_else(|| Error::not_found(format!("{} {key:?} not found (see `micro-os {} list`)", T::KIND, T::KIND)))
+        if let Some(o) = map.values().find(|o| o.name() == key) {
+            return Ok(o.clone());
+        }
+        if key.len() >= MIN_PREFIX {
+            let mut hits = map.values().filter(|o| o.id().starts_with(key));
+            if let (Some(o), None) = (hits.next(), hits.next()) {
+                return Ok(o.clone());
+            }
+            if map.values().filter(|o| o.id().starts_with(key)).count() > 1 {
+                return Err(Error::invalid(format!(
+                    "{} id prefix {key:?} names more than one (give more of the id, or the name)",
+                    T::KIND
+                )));
+            }
+        }
+        Err(Error::not_found(format!("{} {key:?} not found (see `micro-os {} list`)", T::KIND, T::KIND)))
     }
 
     pub fn get(&self, id: &str) -> Option<T> {
@@ -213,5 +229,32 @@ impl OpLocks {
 
     pub fn forget(&self, id: &str) {
         self.0.lock().unwrap().remove(id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use micro_os_core::{Container, ContainerSpec};
+
+    fn container(id: &str, name: &str) -> Container {
+        let spec: ContainerSpec =
+            serde_json::from_value(serde_json::json!({"name": name, "image": "busybox"})).unwrap();
+        Container::new(id.into(), spec, chrono::Utc::now())
+    }
+
+    #[test]
+    fn objects_are_found_by_id_name_or_a_unique_id_prefix() {
+        let store = Arc::new(Store::open_in_memory().unwrap());
+        let t: Table<Container> = Table::load(store, broadcast::channel(4).0).unwrap();
+        t.insert(container("3f2a9c1b0d4e5566", "web"), "").unwrap();
+        t.insert(container("3f2a9c77aa001122", "db"), "").unwrap();
+        let name = |k: &str| t.find(k).map(|c| c.spec.name);
+        assert_eq!(name("3f2a9c1b0d4e5566").unwrap(), "web");
+        assert_eq!(name("db").unwrap(), "db");
+        assert_eq!(name("3f2a9c1b0d4e").unwrap(), "web", "the 12 characters a list shows");
+        assert!(name("3f2a9c").unwrap_err().to_string().contains("names more than one"));
+        assert!(name("3f2a9").unwrap_err().to_string().contains("not found"), "too short to be a prefix");
+        assert!(name("nope").unwrap_err().to_string().contains("not found"));
     }
 }
