@@ -24,6 +24,12 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => return clap_exit(e),
     };
+    if !matches!(cli.command, Command::Daemon { .. }) {
+        // a client whose output is cut short (`micro-os container ls | head -1`) ends
+        // quietly, as other command-line tools do, instead of panicking on EPIPE
+        // SAFETY: setting a signal's disposition to the default before any thread starts
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     match run(cli) {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
         Err(e) => {
