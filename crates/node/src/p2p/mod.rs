@@ -43,6 +43,8 @@ const POLL_EVERY: Duration = Duration::from_secs(1);
 const HELLO_EVERY: Duration = Duration::from_secs(10);
 /// How often the DHT is asked for the network's nodes, and `--connect` peers redialed.
 const DISCOVER_EVERY: Duration = Duration::from_secs(15);
+/// A banned peer is disconnected this long after the refusal that banned it.
+const DISCONNECT_AFTER: Duration = Duration::from_millis(500);
 /// A peer of another network (or no chain node) is asked again after this long.
 const OTHER_FOR: Duration = Duration::from_secs(10 * 60);
 
@@ -85,7 +87,7 @@ pub struct Service {
     hints: Mutex<VecDeque<PeerId>>,
     pub(crate) wake: Notify,
     pub(crate) syncing: std::sync::atomic::AtomicBool,
-    connect: Vec<Multiaddr>,
+    connect: Mutex<Vec<Multiaddr>>,
 }
 
 impl std::fmt::Debug for Service {
@@ -146,12 +148,12 @@ pub async fn start(node: Arc<Node>, cfg: Config) -> Result<Arc<Service>, Error> 
         hints: Mutex::default(),
         wake: Notify::new(),
         syncing: Default::default(),
-        connect: cfg.connect,
+        connect: Mutex::new(cfg.connect.clone()),
     });
     svc.handle.register(wire::PROTOCOL, svc.clone())?;
     svc.handle.provide(vec![network_key(&svc.node)]).await;
     tracing::info!("p2p peer {me}, chain protocol {} on {}", wire::PROTOCOL, svc.node.params().name);
-    for a in &svc.connect {
+    for a in &cfg.connect {
         svc.dial(a).await;
     }
     tokio::spawn(svc.clone().poll_loop());
@@ -204,7 +206,11 @@ impl Service {
             );
             self.bans.ban(peer, Instant::now() + BAN_FOR);
             let h = self.handle.clone();
-            tokio::spawn(async move { h.disconnect(peer).await });
+            tokio::spawn(async move {
+                // after the refusal that banned it has gone out on the session
+                tokio::time::sleep(DISCONNECT_AFTER).await;
+                h.disconnect(peer).await
+            });
         }
     }
 
@@ -217,6 +223,7 @@ impl Service {
     ) -> Result<T, RequestError> {
         let state = serde_json::to_string(&Request { magic: self.magic.clone(), message }).expect("requests serialise");
         let bytes = self.handle.send_request(peer, wire::PROTOCOL, MessageType::Sync, state).await?;
+        self.book().peer(peer).answer_bytes_in += bytes.len() as u64;
         serde_json::from_slice(&bytes).map_err(|e| RequestError::Malformed { what, why: e.to_string() })
     }
 
@@ -357,7 +364,8 @@ impl Service {
             }
             let connected: Vec<String> =
                 self.book().peers.values().filter(|p| p.connected).filter_map(|p| p.addr.clone()).collect();
-            for a in &self.connect {
+            let redial = self.connect.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            for a in &redial {
                 let s = a.to_string();
                 if !connected.iter().any(|c| s.starts_with(c.as_str()) || c.starts_with(s.as_str())) {
                     self.dial(a).await;
@@ -369,6 +377,30 @@ impl Service {
     // -----------------------------------------------------------------------------------------
     // For the RPC (synchronous: it runs on blocking threads).
     // -----------------------------------------------------------------------------------------
+
+    /// Core's `addnode`: dial `addr` now, and with `keep` redial it while not connected
+    /// (`remove` forgets it). Call it from a thread of the runtime (the RPC's).
+    pub fn add_node(&self, addr: &str, command: &str) -> Result<(), String> {
+        let a: Multiaddr = addr.trim().parse().map_err(|_| format!("node address {addr:?} is not a multiaddr"))?;
+        let mut list = self.connect.lock().unwrap_or_else(|e| e.into_inner());
+        match command {
+            "add" if !list.contains(&a) => list.push(a.clone()),
+            "add" | "onetry" => {}
+            "remove" => {
+                list.retain(|x| x != &a);
+                return Ok(());
+            }
+            other => return Err(format!("addnode command {other:?} is not known (use add, remove or onetry)")),
+        }
+        let handle = self.handle.clone();
+        tokio::runtime::Handle::current().spawn(async move {
+            match a.iter().last() {
+                Some(Protocol::P2p(peer)) => handle.connect(peer, a).await,
+                _ => handle.dial(a).await,
+            }
+        });
+        Ok(())
+    }
 
     /// Connected peers of our chain.
     pub fn connections(&self) -> usize {
@@ -389,8 +421,8 @@ impl Service {
                     "peerid": id.to_string(),
                     "addr": p.addr,
                     "conntime": p.since,
-                    "bytessent": p.bytes_out,
-                    "bytesrecv": p.bytes_in,
+                    "bytessent": p.bytes_out + p.answer_bytes_out,
+                    "bytesrecv": p.bytes_in + p.answer_bytes_in,
                     "msgsent": p.messages_out,
                     "msgrecv": p.messages_in,
                     "pingtime": p.rtt_ms.map(|ms| ms / 1000.0),

@@ -48,6 +48,9 @@ pub struct Peer {
     pub messages_out: u64,
     pub bytes_in: u64,
     pub bytes_out: u64,
+    /// Bytes of answers: the p2p layer counts requests only.
+    pub answer_bytes_in: u64,
+    pub answer_bytes_out: u64,
     pub rtt_ms: Option<f64>,
     pub agent: Option<String>,
     /// Unix seconds when we first saw it connected.
@@ -70,6 +73,8 @@ impl Peer {
             messages_out: 0,
             bytes_in: 0,
             bytes_out: 0,
+            answer_bytes_in: 0,
+            answer_bytes_out: 0,
             rtt_ms: None,
             agent: None,
             since: crate::node::now(),

@@ -37,7 +37,9 @@ impl ProtocolHandler for Service {
     fn handle(&self, request: Request) -> BoxFuture<'_, Result<Vec<u8>, Refusal>> {
         Box::pin(async move {
             let answer = self.serve(request.peer, &request.state).await?;
-            Ok(serde_json::to_vec(&answer).expect("answers serialise"))
+            let bytes = serde_json::to_vec(&answer).expect("answers serialise");
+            self.book().peer(request.peer).answer_bytes_out += bytes.len() as u64;
+            Ok(bytes)
         })
     }
 }

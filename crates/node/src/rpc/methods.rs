@@ -45,6 +45,12 @@ pub fn dispatch(ctx: &Ctx, method: &str, params: &Value) -> RpcResult {
         "getnetworkinfo" => Ok(getnetworkinfo(ctx)),
         "getpeerinfo" => Ok(ctx.p2p.as_ref().map_or(json!([]), |p| p.peer_info())),
         "getconnectioncount" => Ok(json!(ctx.p2p.as_ref().map_or(0, |p| p.connections()))),
+        "addnode" => {
+            let p2p = ctx.p2p.as_ref().ok_or_else(|| misc("p2p is off (--no-p2p)"))?;
+            let args = a(&["node", "command"]);
+            p2p.add_node(args.str(0)?, args.str(1)?).map_err(|e| RpcError::new(code::INVALID_PARAMETER, e))?;
+            Ok(Value::Null)
+        }
         "getp2pinfo" => ctx.p2p.as_ref().map(|p| p.info()).ok_or_else(|| misc("p2p is off (--no-p2p)")),
         "getblocktemplate" => getblocktemplate(node, a(&["template_request"])),
         "submitblock" => submitblock(node, a(&["hexdata", "dummy"])),
