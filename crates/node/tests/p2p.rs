@@ -367,3 +367,19 @@ async fn a_misbehaving_peer_is_refused_counted_and_banned() {
     assert!(peer_info().is_none(), "the banned peer is disconnected");
     assert_eq!(node.height(), 0);
 }
+
+/// Nodes of a network find each other through the DHT: B and C know only A, and connect
+/// to each other through the provider records of the network's key.
+#[test]
+fn nodes_of_a_network_find_each_other_through_the_dht() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = Node::start(tmp.path(), "a", &[]);
+    let b = Node::start(tmp.path(), "b", &connect(&a));
+    let c = Node::start(tmp.path(), "c", &connect(&a));
+    let c_id = c.rpc("getp2pinfo", json!([]))["peerid"].clone();
+    let key = c.rpc("getp2pinfo", json!([]))["dht_key"].clone();
+    assert_eq!(key, format!("chain/devnet/{}", Params::devnet().genesis_hash));
+    wait("b to find c through the dht", Duration::from_secs(40), &[&a, &b, &c], || {
+        b.rpc("getpeerinfo", json!([])).as_array().unwrap().iter().any(|p| p["peerid"] == c_id)
+    });
+}
