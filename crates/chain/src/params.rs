@@ -79,6 +79,9 @@ pub struct Params {
     /// The node's JSON-RPC port by default: Core's regtest port on devnet; on mainnet one
     /// next to Core's 8332 but not on it, so a Bitcoin node on the same host does not collide.
     pub rpc_port: u16,
+    /// The node's libp2p TCP port by default: Core's regtest P2P port on devnet; on mainnet
+    /// the one after the RPC port (Bitcoin's own 8333 stays free).
+    pub p2p_port: u16,
 }
 
 /// Names of the built-in networks, in the order [`Params::all`] returns them.
@@ -113,6 +116,7 @@ static DEVNET: LazyLock<Params> = LazyLock::new(|| {
         coinbase_maturity: 10,
         max_block_weight: Weight::MAX_BLOCK,
         rpc_port: 18443,
+        p2p_port: 18444,
     }
 });
 
@@ -136,6 +140,7 @@ static MAINNET: LazyLock<Params> = LazyLock::new(|| {
         coinbase_maturity: 100,
         max_block_weight: Weight::MAX_BLOCK,
         rpc_port: 8382,
+        p2p_port: 8383,
     }
 });
 

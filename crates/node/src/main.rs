@@ -1,6 +1,10 @@
 //! `micro-os-node`: runs one node of micro-os's reference chain — chain state, mempool,
 //! wallet, optional miner — with a JSON-RPC server compatible with Bitcoin Core's.
 //!
+//! Its own libp2p peer (key in `<datadir>/p2p.key`) listens on `--p2p-listen` (default the
+//! network's P2P port, `Params::p2p_port`), dials `--connect` peers and finds the others
+//! through the DHT; `--no-p2p` runs a node alone.
+//!
 //! Every option has an environment fallback so a container template can configure the node
 //! (`MICRO_OS_CONFIG_NETWORK`, `_MINE`, `_THREADS`, `_SYNC_MODE`, …). Bad input ends the
 //! process with one line naming the input and how to fix it, and exit code 2. SIGTERM and
@@ -16,8 +20,10 @@ use clap::Parser;
 use micro_os_chain::params::Params;
 use micro_os_node::mining;
 use micro_os_node::node::{Node, Options};
+use micro_os_node::p2p;
 use micro_os_node::rpc::{http, Ctx};
 use micro_os_node::wallet::parse_address;
+use micro_os_p2p::Multiaddr;
 use tokio::sync::Notify;
 
 /// The RPC address per network: loopback on the network's port (`Params::rpc_port`).
@@ -64,6 +70,16 @@ struct Cli {
     /// How to catch up with the network: full (fast and light are not available yet).
     #[arg(long, env = "MICRO_OS_CONFIG_SYNC_MODE", default_value = "full", value_name = "MODE")]
     sync_mode: String,
+    /// P2P listen multiaddr, repeatable (default /ip4/0.0.0.0/tcp/18444 on devnet,
+    /// /ip4/0.0.0.0/tcp/8383 on mainnet).
+    #[arg(long, env = "MICRO_OS_CONFIG_P2P_LISTEN", value_delimiter = ',', value_name = "MULTIADDR")]
+    p2p_listen: Vec<String>,
+    /// A peer to dial (and redial while not connected), repeatable.
+    #[arg(long, env = "MICRO_OS_CONFIG_CONNECT", value_delimiter = ',', value_name = "MULTIADDR")]
+    connect: Vec<String>,
+    /// Run without P2P: no peer, no sync (environment: MICRO_OS_CONFIG_NO_P2P=true|false).
+    #[arg(long)]
+    no_p2p: bool,
     /// What this node is: full, light (not available yet) or validator (a full node with a
     /// validator key kept in its data directory).
     #[arg(long, value_enum, default_value = "full")]
@@ -81,6 +97,8 @@ struct Config {
     threads: usize,
     mine_to: Option<String>,
     kind: Kind,
+    /// `None` with `--no-p2p`.
+    p2p: Option<p2p::Config>,
 }
 
 /// A configuration mistake: one line naming the input and the fix.
@@ -137,7 +155,24 @@ impl Config {
             parse_address(a, params)
                 .map_err(|e| ConfigError(format!("--mine-to: {e} (give a {} address)", params.name)))?;
         }
+        let no_p2p = cli.no_p2p || bool_env("MICRO_OS_CONFIG_NO_P2P")?.unwrap_or(false);
+        let multiaddr = |what: &str, a: &str| {
+            a.trim().parse::<Multiaddr>().map_err(|_| {
+                ConfigError(format!(
+                    "{what} {a:?} is not a multiaddr (try /ip4/0.0.0.0/tcp/{} or /ip4/10.0.0.2/tcp/{}/p2p/<peer id>)",
+                    params.p2p_port, params.p2p_port
+                ))
+            })
+        };
+        let mut listen =
+            cli.p2p_listen.iter().map(|a| multiaddr("p2p listen address", a)).collect::<Result<Vec<_>, _>>()?;
+        if listen.is_empty() {
+            listen.push(format!("/ip4/0.0.0.0/tcp/{}", params.p2p_port).parse().expect("a multiaddr"));
+        }
+        let connect = cli.connect.iter().map(|a| multiaddr("--connect address", a)).collect::<Result<Vec<_>, _>>()?;
+        let p2p = (!no_p2p).then_some(p2p::Config { listen, connect });
         Ok(Config {
+            p2p,
             datadir: cli.datadir,
             params,
             rpc_bind,
@@ -214,8 +249,16 @@ async fn run(config: Config) -> anyhow::Result<()> {
         threads.push(mining::spawn_miner(node.clone(), payout.script_pubkey(), config.threads));
     }
 
+    let p2p = match config.p2p.clone() {
+        Some(cfg) => Some(p2p::start(node.clone(), cfg).await.context("starting p2p")?),
+        None => {
+            tracing::info!("p2p is off (--no-p2p): this node neither syncs nor relays");
+            None
+        }
+    };
+
     let shutdown = Arc::new(Notify::new());
-    let ctx = Arc::new(Ctx { node: node.clone(), shutdown: shutdown.clone() });
+    let ctx = Arc::new(Ctx { node: node.clone(), shutdown: shutdown.clone(), p2p });
     let app = http::router(ctx, http::Credentials::new(credentials));
     axum::serve(listener, app).with_graceful_shutdown(wait_for_shutdown(shutdown)).await.context("rpc server")?;
 
@@ -277,6 +320,11 @@ mod tests {
     fn bad_input_is_one_line_naming_it_and_the_fix() {
         check(&[], Ok(()));
         check(&["--network", "mainnet", "--threads", "2", "--mine"], Ok(()));
+        check(&["--no-p2p", "--connect", "/ip4/127.0.0.1/tcp/1", "--p2p-listen", "/ip4/127.0.0.1/tcp/0"], Ok(()));
+        check(
+            &["--connect", "127.0.0.1:18444"],
+            Err("--connect address \"127.0.0.1:18444\" is not a multiaddr (try /ip4/0.0.0.0/tcp/18444 or /ip4/10.0.0.2/tcp/18444/p2p/<peer id>)"),
+        );
         check(&["--sync-mode", "fast"], Err("sync mode fast is not available yet (use full)"));
         check(&["--sync-mode", "light"], Err("sync mode light is not available yet (use full)"));
         check(&["--network", "moon"], Err("network \"moon\" is not known (use devnet or mainnet)"));

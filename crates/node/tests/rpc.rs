@@ -32,7 +32,7 @@ fn start(datadir: &Path, port: u16, extra: &[&str]) -> NodeProcess {
     let log = std::fs::OpenOptions::new().create(true).append(true).open(datadir.with_extension("log")).unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_micro-os-node"))
         .args(["--datadir", datadir.to_str().unwrap(), "--network", "devnet"])
-        .args(["--rpc-bind", &format!("127.0.0.1:{port}")])
+        .args(["--rpc-bind", &format!("127.0.0.1:{port}"), "--no-p2p"])
         .args(extra)
         .env_remove("MICRO_OS_CONFIG_MINE")
         .stdout(Stdio::from(log.try_clone().unwrap()))

@@ -26,6 +26,8 @@ pub(crate) enum Command {
     Dial(Multiaddr),
     /// Dial a peer at this address unless connected to it or dialing it already.
     Connect(PeerId, Multiaddr),
+    /// Close every connection to a peer (a protocol found it misbehaving).
+    Disconnect(PeerId),
     /// Where a peer can be reached, for later sends.
     AddAddress(PeerId, Multiaddr),
     Broadcast {
@@ -119,6 +121,11 @@ impl Handle {
         let _ = self.tx.blocking_send(Command::Provide(keys));
     }
 
+    /// Advertise exactly these resource keys (from inside the runtime).
+    pub async fn provide(&self, keys: Vec<String>) {
+        let _ = self.tx.send(Command::Provide(keys)).await;
+    }
+
     pub async fn find(&self, key: String) -> Result<Vec<Provider>, Error> {
         self.ask(|tx| Command::Find(key, tx)).await
     }
@@ -129,6 +136,12 @@ impl Handle {
     /// found by mDNS long ago may have no address left in the swarm's books.
     pub async fn connect(&self, peer: PeerId, addr: Multiaddr) {
         let _ = self.tx.send(Command::Connect(peer, addr)).await;
+    }
+
+    /// Closes every connection to `peer`, e.g. one a protocol caught misbehaving; keeping
+    /// it away afterwards is the `Policy`'s job (a ban list).
+    pub async fn disconnect(&self, peer: PeerId) {
+        let _ = self.tx.send(Command::Disconnect(peer)).await;
     }
 
     pub async fn dial(&self, addr: Multiaddr) {

@@ -210,6 +210,9 @@ impl Node {
                     }
                 }
             }
+            Command::Disconnect(peer) => {
+                let _ = self.swarm.disconnect_peer_id(peer);
+            }
             Command::Send { to, kind, state, reply } => self.outbox.push(Queued { to, kind, state, reply }),
             Command::Seal { kind, to, state, reply } => {
                 let _ = reply.send(self.signer.seal(kind, &to.to_string(), state, now_secs()));

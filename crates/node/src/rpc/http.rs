@@ -154,7 +154,7 @@ mod tests {
     #[tokio::test]
     async fn auth_is_required_and_replies_are_json() {
         let (dir, n) = node();
-        let ctx = Arc::new(Ctx { node: Arc::new(n), shutdown: Arc::new(Notify::new()) });
+        let ctx = Arc::new(Ctx { node: Arc::new(n), shutdown: Arc::new(Notify::new()), p2p: None });
         let (user, password) = write_cookie(dir.path()).unwrap();
         let cookie = std::fs::read_to_string(cookie_path(dir.path())).unwrap();
         assert_eq!(cookie, format!("__cookie__:{password}"));

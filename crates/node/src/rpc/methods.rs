@@ -42,9 +42,16 @@ pub fn dispatch(ctx: &Ctx, method: &str, params: &Value) -> RpcResult {
         "sendrawtransaction" => sendrawtransaction(node, a(&["hexstring", "maxfeerate"])),
         "getmininginfo" => getmininginfo(node),
         "getnetworkhashps" => Ok(json!(network_hash_ps(&node.state().chain)?)),
-        "getnetworkinfo" => Ok(getnetworkinfo(node)),
-        "getpeerinfo" => Ok(json!([])),
-        "getconnectioncount" => Ok(json!(0)),
+        "getnetworkinfo" => Ok(getnetworkinfo(ctx)),
+        "getpeerinfo" => Ok(ctx.p2p.as_ref().map_or(json!([]), |p| p.peer_info())),
+        "getconnectioncount" => Ok(json!(ctx.p2p.as_ref().map_or(0, |p| p.connections()))),
+        "addnode" => {
+            let p2p = ctx.p2p.as_ref().ok_or_else(|| misc("p2p is off (--no-p2p)"))?;
+            let args = a(&["node", "command"]);
+            p2p.add_node(args.str(0)?, args.str(1)?).map_err(|e| RpcError::new(code::INVALID_PARAMETER, e))?;
+            Ok(Value::Null)
+        }
+        "getp2pinfo" => ctx.p2p.as_ref().map(|p| p.info()).ok_or_else(|| misc("p2p is off (--no-p2p)")),
         "getblocktemplate" => getblocktemplate(node, a(&["template_request"])),
         "submitblock" => submitblock(node, a(&["hexdata", "dummy"])),
         "generatetoaddress" => generatetoaddress(node, a(&["nblocks", "address", "maxtries"])),
@@ -592,7 +599,14 @@ fn getmininginfo(node: &Node) -> RpcResult {
     }))
 }
 
-fn getnetworkinfo(node: &Node) -> Value {
+fn getnetworkinfo(ctx: &Ctx) -> Value {
+    let node = &ctx.node;
+    let connections = ctx.p2p.as_ref().map_or(0, |p| p.connections());
+    let local: Vec<String> = ctx.p2p.as_ref().map_or(Vec::new(), |p| {
+        p.info()["listen"]
+            .as_array()
+            .map_or(Vec::new(), |a| a.iter().filter_map(|v| v.as_str().map(String::from)).collect())
+    });
     let relay = node.state().mempool.policy().min_fee_rate;
     json!({
         "version": 10000,
@@ -602,14 +616,12 @@ fn getnetworkinfo(node: &Node) -> Value {
         "localservicesnames": ["NETWORK", "WITNESS", "NETWORK_LIMITED"],
         "localrelay": true,
         "timeoffset": 0,
-        "networkactive": true,
-        "connections": 0,
-        "connections_in": 0,
-        "connections_out": 0,
+        "networkactive": ctx.p2p.is_some(),
+        "connections": connections,
         "networks": [],
         "relayfee": fee_rate_btc_kvb(relay),
         "incrementalfee": fee_rate_btc_kvb(relay),
-        "localaddresses": [],
+        "localaddresses": local,
         "warnings": "",
     })
 }

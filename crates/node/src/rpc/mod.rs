@@ -76,6 +76,8 @@ pub struct Ctx {
     pub node: Arc<Node>,
     /// Notified once by the `stop` method; the binary shuts down on it.
     pub shutdown: Arc<Notify>,
+    /// The node's P2P; `None` with `--no-p2p`.
+    pub p2p: Option<Arc<crate::p2p::Service>>,
 }
 
 /// A reply: HTTP status and JSON body.
@@ -160,7 +162,7 @@ mod tests {
 
     fn ctx() -> (tempfile::TempDir, Ctx) {
         let (d, n) = node();
-        (d, Ctx { node: Arc::new(n), shutdown: Arc::new(Notify::new()) })
+        (d, Ctx { node: Arc::new(n), shutdown: Arc::new(Notify::new()), p2p: None })
     }
 
     /// Sends `body` and checks the status and the reply's error code (or success).

@@ -1,0 +1,178 @@
+//! The chain protocol's handler: answers `Hello`, `GetHeaders` and `GetBlocks`, takes
+//! pushed transactions and blocks. A request of another network (its magic), a malformed
+//! one, or a block or transaction that breaks a rule is refused with the reason — the
+//! node's `Reject` for blocks — counted by reason, and costs the sender score.
+
+use std::sync::Arc;
+
+use bitcoin::hashes::Hash;
+use bitcoin::{Block, BlockHash, Transaction};
+use futures_util::future::BoxFuture;
+use micro_os_chain::validation::RejectCode;
+use micro_os_p2p::{PeerId, ProtocolHandler, Refusal, Request};
+
+use super::wire::{self, Ack, Blocks, Headers, Hello, Message};
+use super::Service;
+use crate::node::{Node, TxError};
+
+/// Score lost for a request of another network.
+pub const WRONG_MAGIC: i64 = 20;
+/// Score lost for a request we cannot parse.
+pub const MALFORMED: i64 = 20;
+/// Score lost for a block (or header) that breaks a consensus rule.
+pub const INVALID_BLOCK: i64 = 50;
+/// Score lost for a transaction that breaks a consensus rule.
+pub const INVALID_TX: i64 = 10;
+
+/// How much a block's rule violation costs its sender: none for a block whose time is
+/// merely ahead of our clock, the full price for anything provably invalid.
+pub fn block_penalty(code: RejectCode) -> i64 {
+    match code {
+        RejectCode::BadTime => 0,
+        _ => INVALID_BLOCK,
+    }
+}
+
+impl ProtocolHandler for Service {
+    fn handle(&self, request: Request) -> BoxFuture<'_, Result<Vec<u8>, Refusal>> {
+        Box::pin(async move {
+            let answer = self.serve(request.peer, &request.state).await?;
+            let bytes = serde_json::to_vec(&answer).expect("answers serialise");
+            self.book().peer(request.peer).answer_bytes_out += bytes.len() as u64;
+            Ok(bytes)
+        })
+    }
+}
+
+fn to_value<T: serde::Serialize>(t: T) -> serde_json::Value {
+    serde_json::to_value(t).expect("answers serialise")
+}
+
+async fn blocking<T: Send + 'static>(node: &Arc<Node>, f: impl FnOnce(&Node) -> T + Send + 'static) -> T {
+    let node = node.clone();
+    tokio::task::spawn_blocking(move || f(&node)).await.expect("a node call panicked")
+}
+
+impl Service {
+    fn refuse(&self, peer: PeerId, reason: &str, message: String, points: i64) -> Refusal {
+        tracing::info!("refused a request from {peer}: {message}");
+        self.misbehaved(peer, reason, points);
+        Refusal(message)
+    }
+
+    async fn serve(&self, peer: PeerId, state: &str) -> Result<serde_json::Value, Refusal> {
+        if self.bans.until(&peer).is_some() {
+            return Err(Refusal(format!("peer {peer} is banned")));
+        }
+        let req: wire::Request = serde_json::from_str(state)
+            .map_err(|e| self.refuse(peer, "malformed", format!("request is malformed: {e}"), MALFORMED))?;
+        if req.magic != self.magic {
+            let msg = format!(
+                "wrong network magic {:?} (this node is on {} with magic {})",
+                req.magic,
+                self.node.params().name,
+                self.magic
+            );
+            return Err(self.refuse(peer, "wrong network magic", msg, WRONG_MAGIC));
+        }
+        match req.message {
+            Message::Hello(h) => {
+                if h.genesis != self.node.params().genesis_hash {
+                    let msg =
+                        format!("wrong genesis {} (this node's is {})", h.genesis, self.node.params().genesis_hash);
+                    return Err(self.refuse(peer, "wrong genesis", msg, WRONG_MAGIC));
+                }
+                self.got_hello(peer, h);
+                Ok(to_value::<Hello>(self.hello()))
+            }
+            Message::GetHeaders { mut locator } => {
+                locator.truncate(wire::MAX_LOCATOR);
+                let headers = blocking(&self.node, move |n| n.headers_after(&locator, wire::MAX_HEADERS))
+                    .await
+                    .map_err(|e| Refusal(format!("headers: {e}")))?;
+                let headers = headers.iter().map(bitcoin::consensus::encode::serialize_hex).collect();
+                Ok(to_value(Headers { headers }))
+            }
+            Message::GetBlocks { hashes } => {
+                if hashes.len() > wire::MAX_GET_BLOCKS {
+                    let msg = format!("{} blocks asked at once (at most {})", hashes.len(), wire::MAX_GET_BLOCKS);
+                    return Err(self.refuse(peer, "oversized", msg, MALFORMED));
+                }
+                let blocks = blocking(&self.node, move |n| blocks_hex(n, &hashes))
+                    .await
+                    .map_err(|e| Refusal(format!("blocks: {e}")))?;
+                Ok(to_value(Blocks { blocks }))
+            }
+            Message::Tx { hex } => self.take_tx(peer, &hex).await.map(to_value),
+            Message::Block { hex } => self.take_block(peer, &hex).await.map(to_value),
+        }
+    }
+
+    async fn take_tx(&self, peer: PeerId, hex: &str) -> Result<Ack, Refusal> {
+        let tx: Transaction =
+            wire::decode("transaction", hex).map_err(|why| self.refuse(peer, "malformed", why, MALFORMED))?;
+        let txid = tx.compute_txid();
+        self.book().seen.insert(txid.to_byte_array(), peer);
+        match blocking(&self.node, move |n| n.accept_tx(tx)).await {
+            Ok(_) => Ok(Ack::default()),
+            Err(e @ TxError::Orphan { .. }) => Ok(Ack { note: Some(e.to_string()) }),
+            Err(TxError::Invalid(r)) => {
+                Err(self.refuse(peer, r.code.as_str(), format!("tx {txid} refused: {r}"), INVALID_TX))
+            }
+            // pool policy, a duplicate, already mined: not the peer's fault
+            Err(e) => Err(Refusal(format!("tx {txid} refused: {}: {e}", e.reason()))),
+        }
+    }
+
+    async fn take_block(&self, peer: PeerId, hex: &str) -> Result<Ack, Refusal> {
+        if hex.len() > wire::MAX_PUSH_HEX * 2 {
+            return Err(self.refuse(
+                peer,
+                "oversized",
+                format!("pushed block of {} hex characters", hex.len()),
+                MALFORMED,
+            ));
+        }
+        let block: Block = wire::decode("block", hex).map_err(|why| self.refuse(peer, "malformed", why, MALFORMED))?;
+        let hash = block.block_hash();
+        self.book().seen.insert(hash.to_byte_array(), peer);
+        let prev = block.header.prev_blockhash;
+        let known = blocking(&self.node, move |n| n.state().chain.entry(&prev).map(|e| e.is_some()))
+            .await
+            .map_err(|e| Refusal(format!("block {hash}: {e}")))?;
+        if !known {
+            // a block we cannot connect: our chain is behind, or on another branch
+            self.hint(peer);
+            return Ok(Ack { note: Some(format!("block {hash}: parent {prev} is unknown, asking for headers")) });
+        }
+        match blocking(&self.node, move |n| n.accept_block(&block)).await {
+            Ok(acc) => {
+                self.book().has(peer, acc.height, hash);
+                Ok(Ack::default())
+            }
+            Err(e) => match e.reject() {
+                Some(r) => {
+                    let msg = format!("block {hash} refused: {r}");
+                    Err(self.refuse(peer, r.code.as_str(), msg, block_penalty(r.code)))
+                }
+                None => Err(Refusal(format!("block {hash}: {e}"))),
+            },
+        }
+    }
+}
+
+/// The blocks asked for that we have, in order, until the answer's cap (at least one).
+fn blocks_hex(node: &Node, hashes: &[BlockHash]) -> Result<Vec<String>, crate::node::Error> {
+    let mut out = Vec::new();
+    let mut size = 0;
+    for h in hashes {
+        let Some(b) = node.block(h)? else { break };
+        let hex = wire::block_hex(&b);
+        if !out.is_empty() && size + hex.len() > wire::MAX_BLOCKS_HEX {
+            break;
+        }
+        size += hex.len();
+        out.push(hex);
+    }
+    Ok(out)
+}

@@ -1,0 +1,288 @@
+//! Headers-first sync: for a peer ahead of us, ask `GetHeaders` with our locator, store
+//! the headers (`accept_header`), download the blocks we lack in batches — several
+//! batches in flight, spread over the chain peers that have them — and connect them in
+//! order (`accept_block`); repeat until the peer has nothing more.
+//!
+//! Key design decision: the sync keeps no state of its own. Headers and blocks are in the
+//! chain state, which commits per block, so after a restart (even a `kill -9`) the next
+//! round's locator starts where the chain state stopped, and headers already stored come
+//! back as "known, no data" and are fetched. One sync runs at a time, woken by a hint (a
+//! `Hello` from a peer ahead, a pushed block that does not connect) or every few seconds.
+
+use std::collections::HashSet;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bitcoin::block::Header;
+use bitcoin::{Block, BlockHash};
+use futures_util::future::BoxFuture;
+use futures_util::stream::{FuturesOrdered, StreamExt};
+use micro_os_chain::chainstate::BlockStatus;
+use micro_os_p2p::PeerId;
+
+use super::serve::{block_penalty, INVALID_BLOCK, MALFORMED};
+use super::wire::{self, Blocks, Headers, Message};
+use super::{Error, RequestError, Service};
+use crate::node::Node;
+
+/// Blocks asked for in one `GetBlocks`.
+pub const BATCH: usize = 32;
+/// `GetBlocks` requests in flight at once.
+pub const IN_FLIGHT: usize = 4;
+/// How often the sync looks for a peer ahead of us without being woken.
+const LOOK_EVERY: Duration = Duration::from_secs(3);
+
+/// The sync task: one sync at a time, with the peer hinted first, else the highest peer
+/// ahead of our tip.
+pub async fn run(svc: Arc<Service>) {
+    loop {
+        tokio::select! {
+            _ = svc.wake.notified() => {}
+            _ = tokio::time::sleep(LOOK_EVERY) => {}
+        }
+        if svc.node.is_stopping() {
+            return;
+        }
+        while let Some(peer) = next_peer(&svc) {
+            svc.syncing.store(true, Ordering::Relaxed);
+            let before = svc.node.tip();
+            let started = Instant::now();
+            let result = sync_with(&svc, peer).await;
+            svc.syncing.store(false, Ordering::Relaxed);
+            let after = svc.node.tip();
+            match result {
+                Ok(()) if after != before => {
+                    let n = after.0.saturating_sub(before.0);
+                    let secs = started.elapsed().as_secs_f64();
+                    tracing::info!(
+                        "synced with {peer}: height {} ({}), {n} blocks in {secs:.1} s ({:.0} blocks/s)",
+                        after.0,
+                        after.1,
+                        f64::from(n) / secs.max(1e-3)
+                    );
+                    // tell the others where we are now
+                    announce(&svc).await;
+                }
+                Ok(()) => {}
+                Err(e) => tracing::warn!("sync with {peer}: {e}"),
+            }
+            if svc.node.is_stopping() || after == before {
+                break;
+            }
+        }
+    }
+}
+
+/// Sends our `Hello` to every chain peer not known to be at our tip.
+pub async fn announce(svc: &Arc<Service>) {
+    let (height, tip) = svc.node.tip();
+    for (id, p) in svc.book().chain_peers() {
+        if p.tip != Some(tip) && p.height.is_none_or(|h| h <= height) {
+            tokio::spawn(svc.clone().greet(id));
+        }
+    }
+}
+
+fn next_peer(svc: &Service) -> Option<PeerId> {
+    while let Some(p) = svc.take_hint() {
+        if svc.bans.until(&p).is_none() && svc.book().peers.get(&p).is_some_and(|p| p.connected) {
+            return Some(p);
+        }
+    }
+    let height = svc.node.tip().0;
+    svc.book()
+        .chain_peers()
+        .into_iter()
+        .filter(|(id, p)| p.height.is_some_and(|h| h > height) && svc.bans.until(id).is_none())
+        .max_by_key(|(_, p)| p.height)
+        .map(|(id, _)| id)
+}
+
+async fn blocking<T: Send + 'static>(
+    node: &Arc<Node>,
+    f: impl FnOnce(&Node) -> T + Send + 'static,
+) -> Result<T, Error> {
+    let node = node.clone();
+    Ok(tokio::task::spawn_blocking(move || f(&node)).await?)
+}
+
+fn request_error(peer: PeerId, what: &'static str, e: RequestError) -> Error {
+    match e {
+        RequestError::P2p(e) => Error::P2p(e),
+        RequestError::Malformed { why, .. } => Error::Malformed { peer, what, why },
+    }
+}
+
+/// Syncs with `peer` until it has no headers we lack.
+pub async fn sync_with(svc: &Arc<Service>, peer: PeerId) -> Result<(), Error> {
+    loop {
+        let tip = svc.node.tip();
+        let locator = blocking(&svc.node, |n| n.locator()).await??;
+        let answer: Headers = svc
+            .request(peer, "get_headers", Message::GetHeaders { locator })
+            .await
+            .map_err(|e| request_error(peer, "get_headers", e))?;
+        if answer.headers.is_empty() {
+            return Ok(());
+        }
+        if answer.headers.len() > wire::MAX_HEADERS {
+            svc.misbehaved(peer, "oversized", MALFORMED);
+            let why = format!("{} headers (at most {})", answer.headers.len(), wire::MAX_HEADERS);
+            return Err(Error::Invalid { peer, what: "headers", why });
+        }
+        let mut headers = Vec::with_capacity(answer.headers.len());
+        for h in &answer.headers {
+            match wire::decode::<Header>("header", h) {
+                Ok(h) => headers.push(h),
+                Err(why) => {
+                    svc.misbehaved(peer, "malformed", MALFORMED);
+                    return Err(Error::Malformed { peer, what: "headers", why });
+                }
+            }
+        }
+        let full = headers.len() == wire::MAX_HEADERS;
+        let stored = blocking(&svc.node, move |n| {
+            let mut need = Vec::new();
+            let mut last = None;
+            for h in &headers {
+                let s = n.accept_header(h)?;
+                last = Some((s.height, s.hash));
+                if s.status == BlockStatus::HeaderOnly {
+                    need.push((s.height, s.hash));
+                }
+            }
+            Ok::<_, crate::node::Error>((need, last))
+        })
+        .await?;
+        let (need, last) = match stored {
+            Ok(x) => x,
+            Err(e) => {
+                if let Some(r) = e.reject() {
+                    svc.misbehaved(peer, r.code.as_str(), block_penalty(r.code));
+                    return Err(Error::Invalid { peer, what: "header", why: r.to_string() });
+                }
+                return Err(e.into());
+            }
+        };
+        if let Some((height, hash)) = last {
+            svc.book().has(peer, height, hash);
+        }
+        if !need.is_empty() {
+            download(svc, peer, need).await?;
+        }
+        // nothing moved: its branch has no more work than ours, or it sent nothing new
+        if svc.node.tip() == tip && !full {
+            return Ok(());
+        }
+        if svc.node.tip() == tip {
+            return Err(Error::Invalid { peer, what: "headers", why: "a full batch that moved nothing".into() });
+        }
+    }
+}
+
+/// A batch being fetched: the peer that answered, and the blocks.
+type Fetch = BoxFuture<'static, Result<(PeerId, Vec<Block>), Error>>;
+
+/// Downloads `need` (heights and hashes, in chain order) and connects the blocks in order:
+/// batches of [`BATCH`], [`IN_FLIGHT`] at once, each from a chain peer that has it (round
+/// robin), the sync's peer retrying a batch another peer failed.
+async fn download(svc: &Arc<Service>, peer: PeerId, need: Vec<(u32, BlockHash)>) -> Result<(), Error> {
+    let batches: Vec<Vec<(u32, BlockHash)>> = need.chunks(BATCH).map(<[_]>::to_vec).collect();
+    let mut next = batches.into_iter().enumerate();
+    let mut inflight: FuturesOrdered<Fetch> = FuturesOrdered::new();
+    let fill = |inflight: &mut FuturesOrdered<Fetch>,
+                next: &mut dyn Iterator<Item = (usize, Vec<(u32, BlockHash)>)>| {
+        while inflight.len() < IN_FLIGHT {
+            let Some((i, batch)) = next.next() else { break };
+            let top = batch.last().map_or(0, |b| b.0);
+            let mut sources: Vec<PeerId> = svc
+                .book()
+                .chain_peers()
+                .into_iter()
+                .filter(|(id, p)| *id != peer && p.height.is_some_and(|h| h >= top) && svc.bans.until(id).is_none())
+                .map(|(id, _)| id)
+                .collect();
+            sources.sort();
+            sources.push(peer);
+            let from = sources[i % sources.len()];
+            let svc = svc.clone();
+            inflight.push_back(Box::pin(async move {
+                let hashes: Vec<BlockHash> = batch.iter().map(|b| b.1).collect();
+                match fetch(&svc, from, &hashes).await {
+                    Err(e) if from != peer => {
+                        tracing::debug!("blocks from {from}: {e}; asking {peer}");
+                        fetch(&svc, peer, &hashes).await.map(|b| (peer, b))
+                    }
+                    r => r.map(|b| (from, b)),
+                }
+            }));
+        }
+    };
+    fill(&mut inflight, &mut next);
+    while let Some(got) = inflight.next().await {
+        let (from, blocks) = got?;
+        let result = blocking(&svc.node, move |n| {
+            for b in &blocks {
+                if let Err(e) = n.accept_block(b) {
+                    return Err((b.block_hash(), Box::new(e)));
+                }
+            }
+            Ok(())
+        })
+        .await?;
+        match result {
+            Ok(_) => {}
+            Err((hash, e)) => {
+                if let Some(r) = e.reject() {
+                    svc.misbehaved(from, r.code.as_str(), block_penalty(r.code));
+                    return Err(Error::Invalid { peer: from, what: "block", why: format!("block {hash}: {r}") });
+                }
+                return Err((*e).into());
+            }
+        }
+        if svc.node.is_stopping() {
+            return Ok(());
+        }
+        fill(&mut inflight, &mut next);
+    }
+    Ok(())
+}
+
+/// Blocks `hashes` from `peer`, all of them, in order (asking again for the rest of a
+/// capped answer); a block other than the one asked for costs the peer score.
+async fn fetch(svc: &Arc<Service>, peer: PeerId, hashes: &[BlockHash]) -> Result<Vec<Block>, Error> {
+    let mut out: Vec<Block> = Vec::with_capacity(hashes.len());
+    while out.len() < hashes.len() {
+        let ask = hashes[out.len()..].to_vec();
+        let answer: Blocks = svc
+            .request(peer, "get_blocks", Message::GetBlocks { hashes: ask.clone() })
+            .await
+            .map_err(|e| request_error(peer, "get_blocks", e))?;
+        if answer.blocks.is_empty() {
+            return Err(Error::Invalid {
+                peer,
+                what: "blocks",
+                why: format!("it has none of {} blocks asked", ask.len()),
+            });
+        }
+        let asked: HashSet<BlockHash> = ask.iter().copied().collect();
+        for (hex, want) in answer.blocks.iter().zip(&ask) {
+            let b: Block = match wire::decode("block", hex) {
+                Ok(b) => b,
+                Err(why) => {
+                    svc.misbehaved(peer, "malformed", MALFORMED);
+                    return Err(Error::Malformed { peer, what: "blocks", why });
+                }
+            };
+            let got = b.block_hash();
+            if got != *want {
+                svc.misbehaved(peer, "unasked block", INVALID_BLOCK);
+                let why = if asked.contains(&got) { "out of order" } else { "not asked for" };
+                return Err(Error::Invalid { peer, what: "blocks", why: format!("block {got} {why}") });
+            }
+            out.push(b);
+        }
+    }
+    Ok(out)
+}
