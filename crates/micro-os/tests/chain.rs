@@ -124,3 +124,67 @@ fn a_full_node_from_its_template_mines_pays_and_keeps_its_chain() {
     assert!(height > before, "the restarted node is at {height}, it had mined past {before}");
     d.ok(&["container", "rm", "--name", "eth-node-1", "--force"]);
 }
+
+/// `chain status` of `node`, or `None` while it does not answer.
+fn status_of(d: &Daemon, node: &str) -> Option<Value> {
+    let o = d.cli(&["chain", "status", "--container", node, "--format", "json"]);
+    o.status.success().then(|| serde_json::from_slice(&o.stdout).unwrap())
+}
+
+#[test]
+fn three_nodes_on_three_vms_converge_and_carry_a_payment() {
+    let test = "three_nodes_on_three_vms_converge_and_carry_a_payment";
+    if !require(test, common::VMS) {
+        return;
+    }
+    let d = Daemon::start();
+    let nodes = ["node-1", "node-2", "node-3"];
+    for (i, node) in nodes.iter().enumerate() {
+        let vm = format!("chain-vm-{}", i + 1);
+        d.ok(&["vm", "create", "--name", &vm, "--memory", "512", "--cpu", "1"]);
+        d.ok(&["vm", "start", "--name", &vm]);
+        d.ok(&["container", "create", "--name", node, "--template", "blockchain-full-node", "--vm", &vm]);
+    }
+    // node-1 mines; the others start after it and are given it as a seed by the daemon
+    d.ok(&["container", "config", "node-1", "--mine", "true"]);
+    for node in nodes {
+        d.ok(&["container", "start", "--name", node]);
+    }
+    // one tip everywhere, past the coinbase maturity of devnet
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let all: Vec<Option<Value>> = nodes.iter().map(|n| status_of(&d, n)).collect();
+        let tips: Vec<(u64, String)> = all
+            .iter()
+            .flatten()
+            .map(|s| (s["height"].as_u64().unwrap_or(0), s["tip"].as_str().unwrap_or("").to_string()))
+            .collect();
+        if tips.len() == 3 && tips[0].0 >= 12 && tips.iter().all(|t| *t == tips[0]) {
+            assert!(all.iter().flatten().all(|s| s["peers"].as_u64().unwrap_or(0) >= 1), "{all:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the nodes did not converge: {all:?}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    // a payment from the miner to node-3's wallet, sent on node-1, mined, seen by node-3
+    let w: Value =
+        serde_json::from_str(&d.ok(&["chain", "wallet", "--container", "node-3", "--format", "json"])).unwrap();
+    let to = w["address"].as_str().unwrap().to_string();
+    d.ok(&["chain", "send", "--container", "node-1", "--to", &to, "--amount", "2"]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let w: Value =
+            serde_json::from_str(&d.ok(&["chain", "wallet", "--container", "node-3", "--format", "json"])).unwrap();
+        // mined: out of every mempool, in node-3's balance
+        let pools: Vec<u64> =
+            nodes.iter().filter_map(|n| status_of(&d, n)).filter_map(|s| s["mempool_txs"].as_u64()).collect();
+        if w["balance"].as_f64().is_some_and(|b| b >= 2.0) && pools == [0, 0, 0] {
+            break;
+        }
+        assert!(Instant::now() < deadline, "node-3 never saw the payment mined: {w}, mempools {pools:?}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    for node in nodes {
+        d.ok(&["container", "rm", "--name", node, "--force"]);
+    }
+}

@@ -40,6 +40,27 @@ impl Engine {
         Ok(c)
     }
 
+    /// Where the other reference-chain nodes of `c`'s network listen, as multiaddrs: those
+    /// running on VMs (a VM's address is on the VM bridge, which every VM reaches) — the
+    /// seeds `c` dials when it starts, like Bitcoin Core's `-addnode`.
+    pub(super) fn chain_seeds(&self, c: &Container) -> Vec<String> {
+        let network = |x: &Container| x.spec.config.get("network").cloned().unwrap_or_else(|| "devnet".into());
+        let Ok(params) = micro_os_chain::params::Params::by_name(&network(c)) else { return Vec::new() };
+        self.containers
+            .filter(|x| {
+                x.id != c.id
+                    && x.spec.image == NODE_IMAGE
+                    && x.state == ContainerState::Running
+                    && x.spec.vm.is_some()
+                    && network(x) == network(c)
+            })
+            .into_iter()
+            .filter_map(|x| self.vms.get(x.spec.vm.as_deref()?))
+            .filter(|vm| Some(&vm.id) != c.spec.vm.as_ref())
+            .map(|vm| format!("/ip4/{}/tcp/{}", vm.address, params.p2p_port))
+            .collect()
+    }
+
     /// One JSON-RPC call to the node in container `c`: its result, or its error as ours.
     pub(super) async fn node_rpc(&self, c: &Container, method: &str, params: Value) -> Result<Value> {
         let name = c.spec.name.clone();

@@ -262,6 +262,13 @@ impl Engine {
         for (k, v) in &c.spec.config {
             env.push(format!("MICRO_OS_CONFIG_{}={v}", k.to_ascii_uppercase().replace('-', "_")));
         }
+        if c.spec.image == CHAIN_NODE_IMAGE && !c.spec.config.contains_key("connect") {
+            // the other nodes of its network on VMs, to dial first (the DHT finds the rest)
+            let seeds = self.chain_seeds(c);
+            if !seeds.is_empty() {
+                env.push(format!("MICRO_OS_CONFIG_CONNECT={}", seeds.join(",")));
+            }
+        }
         for (k, v) in &c.spec.env {
             env.push(format!("{k}={v}"));
         }
