@@ -856,19 +856,7 @@ impl ChainState {
             for (op, _) in &undo {
                 del.execute(params![op.txid.to_byte_array(), op.vout])?;
             }
-            let mut ins = dbtx.prepare_cached(
-                "INSERT INTO utxo (txid, vout, amount, script, height, coinbase) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            )?;
-            for (op, c) in &created {
-                ins.execute(params![
-                    op.txid.to_byte_array(),
-                    op.vout,
-                    c.output.value.to_sat() as i64,
-                    c.output.script_pubkey.as_bytes(),
-                    c.height,
-                    c.coinbase
-                ])?;
-            }
+            insert_coins(&dbtx, &created)?;
             let mut txi = dbtx.prepare_cached("INSERT OR REPLACE INTO tx_index (txid, block) VALUES (?1, ?2)")?;
             for txid in &txids {
                 txi.execute(params![txid.to_byte_array(), hash.to_byte_array()])?;
@@ -912,19 +900,7 @@ impl ChainState {
                 }
                 untx.execute(params![txid.to_byte_array(), hash.to_byte_array()])?;
             }
-            let mut ins = dbtx.prepare_cached(
-                "INSERT INTO utxo (txid, vout, amount, script, height, coinbase) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            )?;
-            for (op, c) in &undo {
-                ins.execute(params![
-                    op.txid.to_byte_array(),
-                    op.vout,
-                    c.output.value.to_sat() as i64,
-                    c.output.script_pubkey.as_bytes(),
-                    c.height,
-                    c.coinbase
-                ])?;
-            }
+            insert_coins(&dbtx, undo.iter().map(|(op, c)| (op, c)))?;
             dbtx.prepare_cached("DELETE FROM undo WHERE hash = ?1")?.execute([hash.to_byte_array()])?;
             dbtx.prepare_cached("DELETE FROM active_chain WHERE height = ?1")?.execute([height])?;
             dbtx.prepare_cached("UPDATE tip SET hash = ?1, height = ?2 WHERE id = 0")?
@@ -934,6 +910,28 @@ impl ChainState {
         self.tip = (height - 1, block.header.prev_blockhash);
         Ok(block)
     }
+}
+
+/// Puts coins into the UTXO set (a block's new outputs, or the spent ones a disconnect
+/// brings back), inside the caller's transaction.
+fn insert_coins<'a>(
+    dbtx: &rusqlite::Transaction<'_>,
+    coins: impl IntoIterator<Item = (&'a OutPoint, &'a Coin)>,
+) -> rusqlite::Result<()> {
+    let mut ins = dbtx.prepare_cached(
+        "INSERT INTO utxo (txid, vout, amount, script, height, coinbase) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?;
+    for (op, c) in coins {
+        ins.execute(params![
+            op.txid.to_byte_array(),
+            op.vout,
+            c.output.value.to_sat() as i64,
+            c.output.script_pubkey.as_bytes(),
+            c.height,
+            c.coinbase
+        ])?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
