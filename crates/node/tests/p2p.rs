@@ -362,9 +362,14 @@ async fn a_misbehaving_peer_is_refused_counted_and_banned() {
     // banned: refused on the open session, then disconnected and refused a new one
     let why = refusal(send(&magic, hello.clone()).await);
     assert!(why.contains("is banned"), "{why}");
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // it is disconnected half a second after the refusal that banned it (later on a
+    // loaded machine)
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while peer_info().is_some() {
+        assert!(std::time::Instant::now() < deadline, "the banned peer is never disconnected");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     assert!(send(&magic, hello).await.is_err(), "a banned peer is refused a new session");
-    assert!(peer_info().is_none(), "the banned peer is disconnected");
     assert_eq!(node.height(), 0);
 }
 
