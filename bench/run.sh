@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # micro-os benchmarks: each runs our code and its named peer in the same run and reports
-# the ratio. Usage (as root): bash bench/run.sh [lifecycle|api|rss|vm|verify|p2p|monitor|circuit|chain|all]
+# the ratio. Usage (as root): bash bench/run.sh [lifecycle|api|rss|vm|verify|p2p|monitor|circuit|chain|chain-sync|all]
+# (chain-sync takes minutes and has no named peer: it runs only when named, not in `all`)
 # Needs hyperfine, wrk and podman (installed here if missing); builds the release binary
 # unless BIN names one.
 set -euo pipefail
@@ -186,4 +187,11 @@ if [ "$what" = circuit ] || [ "$what" = all ]; then
     if [ -d /run/systemd/system ]; then systemctl disable --now etcd >/dev/null 2>&1 || true; fi
   fi
   BIN=$BIN WORK=$WORK python3 bench/circuit.py "${@:2}"
+fi
+
+if [ "$what" = chain-sync ]; then
+  # Issue 11: a full sync of a 10,000-block chain from a node on another VM, blocks/s and
+  # the syncing node's peak RSS (bench/chain_sync.sh; knobs SYNC_BLOCKS, SYNC_CHUNK,
+  # SYNC_TIMEOUT). Minutes long, so not part of `all`.
+  BIN=$BIN WORK=$WORK bash bench/chain_sync.sh
 fi
