@@ -63,6 +63,14 @@ impl Engine {
 
     /// One JSON-RPC call to the node in container `c`: its result, or its error as ours.
     pub(super) async fn node_rpc(&self, c: &Container, method: &str, params: Value) -> Result<Value> {
+        let mut out = self.node_batch(c, &[(method, params)]).await?;
+        out.pop().unwrap_or_else(|| Err(Error::internal(format!("node {:?} answered no {method}", c.spec.name))))
+    }
+
+    /// Several JSON-RPC calls to the node in container `c` in one request (a batch, as
+    /// Bitcoin Core takes them): one connection made in its netns, each call's result or
+    /// error in order.
+    pub(super) async fn node_batch(&self, c: &Container, calls: &[(&str, Value)]) -> Result<Vec<Result<Value>>> {
         let name = c.spec.name.clone();
         let network = c.spec.config.get("network").cloned().unwrap_or_else(|| "devnet".into());
         let port = micro_os_chain::params::Params::by_name(&network)
@@ -90,18 +98,22 @@ impl Engine {
         .map_err(|e| Error::internal(e.to_string()))?
         .map_err(|e| unreachable(e.to_string()))?;
         let stream = tokio::net::TcpStream::from_std(stream).map_err(|e| unreachable(e.to_string()))?;
+        let body: Vec<Value> = calls
+            .iter()
+            .enumerate()
+            .map(|(i, (method, params))| json!({"jsonrpc": "1.0", "id": i, "method": method, "params": params}))
+            .collect();
         let call = async {
             let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
                 .await
                 .map_err(|e| unreachable(e.to_string()))?;
             tokio::spawn(conn);
-            let body = json!({"jsonrpc": "1.0", "id": "micro-os", "method": method, "params": params}).to_string();
             let auth = base64::engine::general_purpose::STANDARD.encode(cookie.trim());
             let req = hyper::Request::post("/")
                 .header("host", format!("127.0.0.1:{port}"))
                 .header("content-type", "application/json")
                 .header("authorization", format!("Basic {auth}"))
-                .body(Full::new(Bytes::from(body)))
+                .body(Full::new(Bytes::from(Value::Array(body).to_string())))
                 .map_err(|e| Error::internal(e.to_string()))?;
             let resp = sender.send_request(req).await.map_err(|e| unreachable(e.to_string()))?;
             let status = resp.status();
@@ -111,21 +123,31 @@ impl Engine {
         let (status, bytes) = tokio::time::timeout(RPC_WAIT, call)
             .await
             .map_err(|_| unreachable(format!("no answer in {RPC_WAIT:?}")))??;
-        let reply: Value = serde_json::from_slice(&bytes).map_err(|_| {
-            Error::internal(format!("node {name:?} answered {method} with HTTP {status} and no JSON-RPC reply"))
-        })?;
-        match reply.get("error") {
-            Some(Value::Null) | None => Ok(reply.get("result").cloned().unwrap_or(Value::Null)),
-            Some(e) => Err(rpc_error(&name, method, e)),
-        }
+        let replies: Vec<Value> =
+            serde_json::from_slice(&bytes).ok().filter(|r: &Vec<Value>| r.len() == calls.len()).ok_or_else(|| {
+                Error::internal(format!("node {name:?} answered HTTP {status} and no JSON-RPC batch reply"))
+            })?;
+        Ok(replies
+            .into_iter()
+            .zip(calls)
+            .map(|(reply, (method, _))| match reply.get("error") {
+                Some(Value::Null) | None => Ok(reply.get("result").cloned().unwrap_or(Value::Null)),
+                Some(e) => Err(rpc_error(&name, method, e)),
+            })
+            .collect())
     }
 
     pub async fn chain_status(&self, key: &str) -> Result<ChainStatus> {
         let c = self.chain_node(key)?;
-        let info = self.node_rpc(&c, "getblockchaininfo", json!([])).await?;
-        let mining = self.node_rpc(&c, "getmininginfo", json!([])).await?;
-        let mempool = self.node_rpc(&c, "getmempoolinfo", json!([])).await?;
-        let network = self.node_rpc(&c, "getnetworkinfo", json!([])).await?;
+        let calls = [
+            ("getblockchaininfo", json!([])),
+            ("getmininginfo", json!([])),
+            ("getmempoolinfo", json!([])),
+            ("getnetworkinfo", json!([])),
+        ];
+        let mut r = self.node_batch(&c, &calls).await?.into_iter();
+        let mut next = || r.next().unwrap_or(Ok(Value::Null));
+        let (info, mining, mempool, network) = (next()?, next()?, next()?, next()?);
         let n = |v: &Value, k: &str| v.get(k).and_then(Value::as_u64).unwrap_or(0);
         let f = |v: &Value, k: &str| v.get(k).and_then(Value::as_f64).unwrap_or(0.0);
         let (height, headers) = (n(&info, "blocks"), n(&info, "headers"));
@@ -156,8 +178,9 @@ impl Engine {
 
     pub async fn chain_wallet(&self, key: &str) -> Result<ChainWallet> {
         let c = self.chain_node(key)?;
-        let balance = self.node_rpc(&c, "getbalance", json!([])).await?;
-        let address = self.node_rpc(&c, "getnewaddress", json!([])).await?;
+        let mut r = self.node_batch(&c, &[("getbalance", json!([])), ("getnewaddress", json!([]))]).await?.into_iter();
+        let mut next = || r.next().unwrap_or(Ok(Value::Null));
+        let (balance, address) = (next()?, next()?);
         Ok(ChainWallet {
             container: c.spec.name.clone(),
             balance: balance.as_f64().unwrap_or(0.0),
@@ -186,11 +209,17 @@ impl Engine {
     }
 
     async fn chain_sample(&self, c: &Container) -> Result<ChainSample> {
-        let info = self.node_rpc(c, "getblockchaininfo", json!([])).await?;
-        let mempool = self.node_rpc(c, "getmempoolinfo", json!([])).await?;
-        let mining = self.node_rpc(c, "getmininginfo", json!([])).await?;
-        let network = self.node_rpc(c, "getnetworkinfo", json!([])).await?;
-        let peers = self.node_rpc(c, "getpeerinfo", json!([])).await.unwrap_or(Value::Null);
+        let calls = [
+            ("getblockchaininfo", json!([])),
+            ("getmempoolinfo", json!([])),
+            ("getmininginfo", json!([])),
+            ("getnetworkinfo", json!([])),
+            ("getpeerinfo", json!([])),
+        ];
+        let mut r = self.node_batch(c, &calls).await?.into_iter();
+        let mut next = || r.next().unwrap_or(Ok(Value::Null));
+        let (info, mempool, mining, network) = (next()?, next()?, next()?, next()?);
+        let peers = next().unwrap_or(Value::Null);
         let n = |v: &Value, k: &str| v.get(k).and_then(Value::as_u64).unwrap_or(0);
         let (height, headers, tip_time) = (n(&info, "blocks"), n(&info, "headers"), n(&info, "time"));
         // the best height it knows of: its headers, or what its peers said they had
@@ -206,6 +235,7 @@ impl Engine {
         let interval = if back == 0 {
             0.0
         } else {
+            // getblockheader takes a height's hash: one more call after the hash
             let hash = self.node_rpc(c, "getblockhash", json!([height - back])).await?;
             let then = self.node_rpc(c, "getblockheader", json!([hash, true])).await?;
             tip_time.saturating_sub(n(&then, "time")) as f64 / back as f64
