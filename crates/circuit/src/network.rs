@@ -194,7 +194,8 @@ impl Client {
             return Err(SendError::Held);
         }
         let peer = self.peer.ok_or(SendError::NoPeer(self.target))?;
-        if let Some(addr) = &self.addr {
+        // a dial goes through the swarm's event loop: only when no session carries the RPC
+        if let Some(addr) = self.addr.as_ref().filter(|_| !self.p2p.has_session(peer, &protocol())) {
             self.p2p.connect(peer, addr.clone()).await;
         }
         send_state(&self.p2p, peer, state, option.hard_ttl()).await

@@ -187,6 +187,11 @@ impl Handle {
         Ok(())
     }
 
+    /// Whether a session of `protocol` with `to` is open (a request on it needs no dial).
+    pub fn has_session(&self, to: PeerId, protocol: &StreamProtocol) -> bool {
+        self.sessions.is_live(to, protocol)
+    }
+
     /// Sends a request on a registered protocol and waits for the receiver's handler to
     /// answer with bytes. On the session with `to` (see `registry`): the first request of
     /// a session is an envelope of type `kind` signed by this peer, later ones go as they

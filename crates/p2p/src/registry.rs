@@ -269,6 +269,10 @@ impl Sessions {
         map.get(&(to, protocol.clone())).filter(|s| s.alive.load(Ordering::SeqCst)).cloned()
     }
 
+    pub(crate) fn is_live(&self, to: PeerId, protocol: &StreamProtocol) -> bool {
+        self.live(to, protocol).is_some()
+    }
+
     fn forget(&self, to: PeerId, protocol: &StreamProtocol, s: &Arc<Session>) {
         let mut map = self.0.lock().unwrap();
         if map.get(&(to, protocol.clone())).is_some_and(|x| Arc::ptr_eq(x, s)) {
