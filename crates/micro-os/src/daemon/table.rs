@@ -77,14 +77,15 @@ impl<T: Object> Table<T> {
         }
         if key.len() >= MIN_PREFIX {
             let mut hits = map.values().filter(|o| o.id().starts_with(key));
-            if let (Some(o), None) = (hits.next(), hits.next()) {
-                return Ok(o.clone());
-            }
-            if map.values().filter(|o| o.id().starts_with(key)).count() > 1 {
-                return Err(Error::invalid(format!(
-                    "{} id prefix {key:?} names more than one (give more of the id, or the name)",
-                    T::KIND
-                )));
+            match (hits.next(), hits.next()) {
+                (Some(o), None) => return Ok(o.clone()),
+                (Some(_), Some(_)) => {
+                    return Err(Error::invalid(format!(
+                        "{} id prefix {key:?} names more than one (give more of the id, or the name)",
+                        T::KIND
+                    )))
+                }
+                _ => {}
             }
         }
         Err(Error::not_found(format!("{} {key:?} not found (see `micro-os {} list`)", T::KIND, T::KIND)))
