@@ -7,6 +7,9 @@
 //!
 //! `cargo run --release -p micro-os-chain --example miner_bench -- [--threads N] [--seconds S]`
 
+#[path = "common/mod.rs"]
+mod common;
+
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -43,7 +46,11 @@ fn main() {
         bits: CompactTarget::from_consensus(0x1d00ffff),
         nonce: 0,
     };
-    println!("backend {:?}, {threads} thread(s), {seconds} s per measurement, cpu: {}", Backend::best(), cpu_model());
+    println!(
+        "backend {:?}, {threads} thread(s), {seconds} s per measurement, cpu: {}",
+        Backend::best(),
+        common::cpu_model()
+    );
 
     let ours_1 = ours(&header, 1, duration);
     let ours_n = ours(&header, threads, duration);
@@ -113,15 +120,4 @@ fn openssl_nonce_limit(seconds: u64) -> Option<f64> {
     let bytes_per_s = number.parse::<f64>().ok()? * scale;
     println!("openssl speed: {line}");
     Some(bytes_per_s / 64.0 / 2.0)
-}
-
-fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown".into())
 }

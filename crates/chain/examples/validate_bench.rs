@@ -23,6 +23,9 @@
 //!
 //! `cargo run --release -p micro-os-chain --example validate_bench -- [--txs N] [--runs R]`
 
+#[path = "common/mod.rs"]
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -80,7 +83,7 @@ fn main() {
     println!(
         "{txs} P2WPKH spends in one block, {runs} rounds (median), {cores} available to this process \
          (signature verification on {threads} thread(s)), cpu: {}",
-        cpu_model()
+        common::cpu_model()
     );
 
     let dir = tempfile::tempdir().expect("a temporary directory");
@@ -326,15 +329,4 @@ fn remove_db(db: &Path) {
 fn median(samples: &mut [Duration]) -> Duration {
     samples.sort_unstable();
     samples[samples.len() / 2]
-}
-
-fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown".into())
 }
