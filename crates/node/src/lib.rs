@@ -10,6 +10,7 @@
 //! `accept_block`, `accept_tx`, `locator`, `headers_after`, `block` and `subscribe`.
 
 pub mod health;
+pub mod light;
 pub mod mining;
 pub mod node;
 pub mod p2p;

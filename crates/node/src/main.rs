@@ -67,7 +67,8 @@ struct Cli {
     /// Address mined blocks pay (default: the wallet's first address).
     #[arg(long, env = "MICRO_OS_CONFIG_MINE_TO", value_name = "ADDR")]
     mine_to: Option<String>,
-    /// How to catch up with the network: full (fast and light are not available yet).
+    /// How to catch up with the network: full, or light (headers only: the same as --kind
+    /// light); fast is not available yet.
     #[arg(long, env = "MICRO_OS_CONFIG_SYNC_MODE", default_value = "full", value_name = "MODE")]
     sync_mode: String,
     /// P2P listen multiaddr, repeatable (default /ip4/0.0.0.0/tcp/18444 on devnet,
@@ -80,8 +81,9 @@ struct Cli {
     /// Run without P2P: no peer, no sync (environment: MICRO_OS_CONFIG_NO_P2P=true|false).
     #[arg(long)]
     no_p2p: bool,
-    /// What this node is: full, light (not available yet) or validator (a full node with a
-    /// validator key kept in its data directory).
+    /// What this node is: full, light (headers only, its wallet's transactions proven by
+    /// merkle proofs from full nodes) or validator (a full node with a validator key kept in
+    /// its data directory).
     #[arg(long, value_enum, default_value = "full")]
     kind: Kind,
 }
@@ -117,16 +119,17 @@ fn bool_env(name: &str) -> Result<Option<bool>, ConfigError> {
 
 impl Config {
     fn from_cli(cli: Cli) -> Result<Config, ConfigError> {
-        match cli.sync_mode.as_str() {
-            "full" => {}
-            "fast" | "light" => {
-                return Err(ConfigError(format!("sync mode {} is not available yet (use full)", cli.sync_mode)))
+        let kind = match (cli.sync_mode.as_str(), cli.kind) {
+            ("full", kind) => kind,
+            ("light", Kind::Full | Kind::Light) => Kind::Light,
+            ("light", Kind::Validator) => {
+                return Err(ConfigError(
+                    "a validator keeps every block: sync mode light is for light nodes (use --sync-mode full)".into(),
+                ))
             }
-            other => return Err(ConfigError(format!("sync mode {other:?} is not known (use full)"))),
-        }
-        if cli.kind == Kind::Light {
-            return Err(ConfigError("light nodes are not available yet (use --kind full)".into()));
-        }
+            ("fast", _) => return Err(ConfigError("sync mode fast is not available yet (use full or light)".into())),
+            (other, _) => return Err(ConfigError(format!("sync mode {other:?} is not known (use full or light)"))),
+        };
         let params = Params::by_name(&cli.network)
             .map_err(|_| ConfigError(format!("network {:?} is not known (use devnet or mainnet)", cli.network)))?;
         let bind = cli.rpc_bind.clone().unwrap_or_else(|| default_rpc_bind(params));
@@ -151,6 +154,11 @@ impl Config {
                 ConfigError(format!("threads {:?} is not a number from 1 to 1024 (try 1)", cli.threads))
             })?;
         let mine = cli.mine || bool_env("MICRO_OS_CONFIG_MINE")?.unwrap_or(false);
+        if mine && kind == Kind::Light {
+            return Err(ConfigError(
+                "a light node does not mine: it has no blocks to build on (drop --mine, or run --kind full)".into(),
+            ));
+        }
         if let Some(a) = &cli.mine_to {
             parse_address(a, params)
                 .map_err(|e| ConfigError(format!("--mine-to: {e} (give a {} address)", params.name)))?;
@@ -171,17 +179,7 @@ impl Config {
         }
         let connect = cli.connect.iter().map(|a| multiaddr("--connect address", a)).collect::<Result<Vec<_>, _>>()?;
         let p2p = (!no_p2p).then_some(p2p::Config { listen, connect });
-        Ok(Config {
-            p2p,
-            datadir: cli.datadir,
-            params,
-            rpc_bind,
-            rpc_user,
-            mine,
-            threads,
-            mine_to: cli.mine_to,
-            kind: cli.kind,
-        })
+        Ok(Config { p2p, datadir: cli.datadir, params, rpc_bind, rpc_user, mine, threads, mine_to: cli.mine_to, kind })
     }
 }
 
@@ -216,10 +214,19 @@ async fn wait_for_shutdown(stop: Arc<Notify>) {
 
 async fn run(config: Config) -> anyhow::Result<()> {
     let _lock = lock_datadir(&config.datadir)?;
-    let node = Node::open(&config.datadir, config.params, Options { threads: config.threads })
-        .with_context(|| format!("opening the {} node in {}", config.params.name, config.datadir.display()))?;
+    let node = Node::open(
+        &config.datadir,
+        config.params,
+        Options { threads: config.threads, light: config.kind == Kind::Light },
+    )
+    .with_context(|| format!("opening the {} node in {}", config.params.name, config.datadir.display()))?;
     let node = Arc::new(node);
     let (height, hash) = node.tip();
+    if config.kind == Kind::Light {
+        tracing::info!(
+            "light node: headers only; the wallet's transactions are proven by merkle proofs from full nodes"
+        );
+    }
     if config.kind == Kind::Validator {
         let key = micro_os_node::health::validator_key(&config.datadir)?;
         tracing::info!("validator key {key} (sealing on a circuit comes with consensus circuit networks)");
@@ -325,8 +332,18 @@ mod tests {
             &["--connect", "127.0.0.1:18444"],
             Err("--connect address \"127.0.0.1:18444\" is not a multiaddr (try /ip4/0.0.0.0/tcp/18444 or /ip4/10.0.0.2/tcp/18444/p2p/<peer id>)"),
         );
-        check(&["--sync-mode", "fast"], Err("sync mode fast is not available yet (use full)"));
-        check(&["--sync-mode", "light"], Err("sync mode light is not available yet (use full)"));
+        check(&["--sync-mode", "fast"], Err("sync mode fast is not available yet (use full or light)"));
+        check(&["--sync-mode", "light"], Ok(()));
+        check(&["--kind", "light"], Ok(()));
+        check(&["--sync-mode", "warp"], Err("sync mode \"warp\" is not known (use full or light)"));
+        check(
+            &["--kind", "light", "--mine"],
+            Err("a light node does not mine: it has no blocks to build on (drop --mine, or run --kind full)"),
+        );
+        check(
+            &["--kind", "validator", "--sync-mode", "light"],
+            Err("a validator keeps every block: sync mode light is for light nodes (use --sync-mode full)"),
+        );
         check(&["--network", "moon"], Err("network \"moon\" is not known (use devnet or mainnet)"));
         check(&["--threads", "0"], Err("threads \"0\" is not a number from 1 to 1024 (try 1)"));
         check(

@@ -188,6 +188,18 @@ pub fn spawn_progress_log(node: Arc<Node>) -> JoinHandle<()> {
                 if last.0.elapsed() < LOG_EVERY {
                     continue;
                 }
+                if let Some(light) = node.light() {
+                    // a light node: its headers and how far its wallet is proven
+                    let (height, scanned) = (light.tip().0, light.scanned());
+                    let per_s = f64::from(height.saturating_sub(last.1)) / last.0.elapsed().as_secs_f64();
+                    if height != last.1 || scanned < height {
+                        tracing::info!(
+                            "light: headers at height {height} ({per_s:.1} headers/s), wallet proven to {scanned}"
+                        );
+                    }
+                    last = (Instant::now(), height);
+                    continue;
+                }
                 let info = match node.state().chain.info() {
                     Ok(i) => i,
                     Err(e) => {

@@ -26,6 +26,7 @@ use micro_os_chain::params::Params;
 use micro_os_chain::validation::{check_transaction, check_tx_inputs, Coin, CoinView, Reject, RejectCode};
 use tokio::sync::broadcast;
 
+use crate::light::{Light, LightError, Proof, ProofError};
 use crate::wallet::{Balance, Wallet, WalletCoin, WalletError, DEFAULT_FEE_RATE};
 
 /// The mempool's cap on the sum of virtual sizes (Core's `-maxmempool` default, 300 MB).
@@ -52,6 +53,11 @@ pub enum Error {
     Io { path: PathBuf, source: std::io::Error },
     #[error("the node is shutting down")]
     ShuttingDown,
+    #[error(transparent)]
+    Light(#[from] LightError),
+    /// Something only a full node does, asked of a light one.
+    #[error("a light node {0}")]
+    NotLight(&'static str),
 }
 
 impl Error {
@@ -154,11 +160,13 @@ pub struct Template {
 pub struct Options {
     /// Threads a miner hashes on (`--threads`).
     pub threads: usize,
+    /// A light node: headers only, its wallet's transactions proven by merkle proofs.
+    pub light: bool,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { threads: 1 }
+        Options { threads: 1, light: false }
     }
 }
 
@@ -168,6 +176,8 @@ pub struct Node {
     datadir: PathBuf,
     state: Mutex<State>,
     wallet: Mutex<Wallet>,
+    /// `Some` on a light node (locked after the wallet and the state).
+    light: Option<Light>,
     options: Options,
     tip_generation: AtomicU64,
     pool_generation: AtomicU64,
@@ -220,7 +230,9 @@ impl Node {
         std::fs::create_dir_all(&datadir).map_err(|source| Error::Io { path: datadir.clone(), source })?;
         let chain = ChainState::open(datadir.join("chain.sqlite"), params)?;
         let wallet = Wallet::open(datadir.join("wallet.sqlite"), params)?;
+        let light = options.light.then(|| Light::open(datadir.join("light.sqlite"), &chain)).transpose()?;
         Ok(Node {
+            light,
             params,
             datadir,
             state: Mutex::new(State { chain, mempool: Mempool::new(MEMPOOL_MAX_BYTES) }),
@@ -268,9 +280,29 @@ impl Node {
         self.events.subscribe()
     }
 
-    /// The active tip: (height, hash).
+    /// The active tip: (height, hash); a light node's best header.
     pub fn tip(&self) -> (u32, BlockHash) {
-        self.state().chain.tip()
+        match &self.light {
+            Some(l) => l.tip(),
+            None => self.state().chain.tip(),
+        }
+    }
+
+    /// The light part of a light node.
+    pub fn light(&self) -> Option<&Light> {
+        self.light.as_ref()
+    }
+
+    pub fn is_light(&self) -> bool {
+        self.light.is_some()
+    }
+
+    /// The hash at `height` on the active chain (a light node's best header chain).
+    pub fn hash_at(&self, height: u32) -> Result<Option<BlockHash>, Error> {
+        match &self.light {
+            Some(l) => Ok(l.hash_at(height)),
+            None => Ok(self.state().chain.hash_at(height)?),
+        }
     }
 
     /// Bumped whenever the active tip changes: a miner restarts when it moves.
@@ -316,16 +348,26 @@ impl Node {
 
     /// The active chain's block locator.
     pub fn locator(&self) -> Result<Vec<BlockHash>, Error> {
-        Ok(self.state().chain.locator()?)
+        match &self.light {
+            Some(l) => Ok(l.locator()),
+            None => Ok(self.state().chain.locator()?),
+        }
     }
 
     /// Up to `max` active-chain headers after the locator's fork point.
     pub fn headers_after(&self, locator: &[BlockHash], max: usize) -> Result<Vec<Header>, Error> {
-        Ok(self.state().chain.headers_after(locator, max)?)
+        let st = self.state();
+        match &self.light {
+            Some(l) => Ok(l.headers_after(&st.chain, locator, max)?),
+            None => Ok(st.chain.headers_after(locator, max)?),
+        }
     }
 
-    /// A stored block.
+    /// A stored block (a light node has none).
     pub fn block(&self, hash: &BlockHash) -> Result<Option<Block>, Error> {
+        if self.is_light() {
+            return Ok(None);
+        }
         Ok(self.state().chain.block(hash)?)
     }
 
@@ -335,13 +377,36 @@ impl Node {
 
     /// Headers-first sync: stores a header that passes its checks.
     pub fn accept_header(&self, header: &Header) -> Result<HeaderStatus, Error> {
-        Ok(self.state().chain.accept_header(header, now())?)
+        let mut st = self.state();
+        let status = st.chain.accept_header(header, now())?;
+        if let (Some(l), true) = (&self.light, status.new) {
+            if let Some((height, hash)) = l.follow(&st.chain)? {
+                self.tip_generation.fetch_add(1, Ordering::SeqCst);
+                let _ = self.events.send(Event::Tip { height, hash });
+            }
+        }
+        Ok(status)
     }
 
     /// Stores a block and activates the best chain, then brings the mempool up to date:
     /// transactions of connected blocks (and their conflicts) leave it, transactions of
     /// disconnected blocks come back (oldest block first), and it is trimmed to its cap.
     pub fn accept_block(&self, block: &Block) -> Result<chainstate::Accepted, Error> {
+        if self.is_light() {
+            // a light node takes the header of a block it is given
+            let s = self.accept_header(&block.header)?;
+            let tip = self.tip();
+            let connected = if s.new && tip.1 == s.hash { vec![s.hash] } else { Vec::new() };
+            return Ok(chainstate::Accepted {
+                hash: s.hash,
+                height: s.height,
+                new: s.new,
+                connected,
+                disconnected: Vec::new(),
+                invalid: Vec::new(),
+                tip,
+            });
+        }
         let mut st = self.state();
         let accepted = st.chain.accept_block(block, now())?;
         let State { chain, mempool } = &mut *st;
@@ -377,8 +442,25 @@ impl Node {
     /// with its fee; a transaction with unknown inputs is held as an orphan
     /// ([`TxError::Orphan`]). Orphans spending the admitted transaction are retried.
     pub fn accept_tx(&self, tx: Transaction) -> Result<Txid, TxError> {
+        if let Some(l) = &self.light {
+            // `sendrawtransaction` on a light node: kept and sent to full nodes, unchecked
+            // against a UTXO set it does not have
+            check_transaction(&tx).map_err(TxError::Invalid)?;
+            l.add_pending(&tx).map_err(|e| TxError::Chain(micro_os_chain::error::Error::Corrupt(e.to_string())))?;
+            let txid = tx.compute_txid();
+            let _ = self.events.send(Event::Tx(txid));
+            return Ok(txid);
+        }
         let mut st = self.state();
         self.accept_tx_locked(&mut st, tx)
+    }
+
+    /// A transaction to relay: from the mempool, or a light node's pending one.
+    pub fn relay_tx(&self, txid: &Txid) -> Option<Transaction> {
+        match &self.light {
+            Some(l) => l.pending().ok()?.into_iter().find(|t| t.compute_txid() == *txid),
+            None => self.state().mempool.get(txid).map(|e| e.tx.clone()),
+        }
     }
 
     fn accept_tx_locked(&self, st: &mut State, tx: Transaction) -> Result<Txid, TxError> {
@@ -442,6 +524,9 @@ impl Node {
     /// A block on the tip paying subsidy and fees to `payout`: transactions by ancestor fee
     /// rate from the mempool, time = max(now, median time past + 1), the difficulty's bits.
     pub fn block_template(&self, payout: ScriptBuf) -> Result<Template, Error> {
+        if self.is_light() {
+            return Err(Error::NotLight("does not mine (run a full node to mine)"));
+        }
         let extra = self.extra_nonce.fetch_add(1, Ordering::Relaxed);
         let st = self.state();
         let tip_generation = self.tip_generation();
@@ -485,6 +570,9 @@ impl Node {
     /// The wallet's balances.
     pub fn balance(&self) -> Result<Balance, Error> {
         let w = self.wallet();
+        if let Some(l) = &self.light {
+            return Ok(Balance::of(&l.coins(&w)?));
+        }
         let st = self.state();
         Ok(w.balance(&st.chain, &st.mempool)?)
     }
@@ -492,8 +580,13 @@ impl Node {
     /// The wallet's coins with their addresses.
     pub fn list_unspent(&self) -> Result<Vec<(WalletCoin, Option<Address>)>, Error> {
         let w = self.wallet();
-        let st = self.state();
-        let coins = w.coins(&st.chain, &st.mempool)?;
+        let coins = match &self.light {
+            Some(l) => l.coins(&w)?,
+            None => {
+                let st = self.state();
+                w.coins(&st.chain, &st.mempool)?
+            }
+        };
         Ok(coins
             .into_iter()
             .map(|c| {
@@ -507,10 +600,71 @@ impl Node {
     /// transaction to the mempool.
     pub fn send_to_address(&self, to: &Address, amount: Amount, fee_rate: Option<FeeRate>) -> Result<Txid, Error> {
         let mut w = self.wallet();
+        if let Some(l) = &self.light {
+            let coins = l.coins(&w)?;
+            let tx = w.create_send_from(coins, to.script_pubkey(), amount, fee_rate.unwrap_or(DEFAULT_FEE_RATE))?;
+            drop(w);
+            return Ok(self.accept_tx(tx)?);
+        }
         let mut st = self.state();
         let State { chain, mempool } = &*st;
         let tx = w.create_send(chain, mempool, to.script_pubkey(), amount, fee_rate.unwrap_or(DEFAULT_FEE_RATE))?;
         Ok(self.accept_tx_locked(&mut st, tx)?)
+    }
+}
+
+/// The last height a `GetProofs` answer covers, and the block there.
+pub type Scanned = (u32, BlockHash);
+
+impl Node {
+    // -----------------------------------------------------------------------------------------
+    // Light nodes: merkle proofs of wallet transactions.
+    // -----------------------------------------------------------------------------------------
+
+    /// A light node's filter for `GetProofs`: its wallet's scripts and unspent outpoints.
+    pub fn light_filter(&self) -> Result<(Vec<ScriptBuf>, Vec<OutPoint>), Error> {
+        let l = self.light.as_ref().ok_or(Error::NotLight("filter asked of a full node"))?;
+        let w = self.wallet();
+        Ok(l.filter(&w)?)
+    }
+
+    /// A light node takes proofs for heights `from..=to` (see [`Light::accept_proofs`]).
+    pub fn accept_proofs(&self, from: u32, to: u32, end: BlockHash, proofs: Vec<Proof>) -> Result<usize, ProofError> {
+        let Some(l) = &self.light else { return Ok(0) };
+        let w = self.wallet();
+        l.accept_proofs(&w, from, to, end, proofs)
+    }
+
+    /// A full node answers `GetProofs`: the blocks of heights `from..=to` on its active chain
+    /// (at most [`crate::light::MAX_PROOF_RANGE`], not past its tip) that hold a
+    /// transaction paying `scripts` or spending `outpoints`, proven; and the last height
+    /// scanned with its hash (`None` when `from` is past its tip).
+    pub fn proofs(
+        &self,
+        from: u32,
+        to: u32,
+        scripts: Vec<ScriptBuf>,
+        outpoints: Vec<OutPoint>,
+    ) -> Result<(Option<Scanned>, Vec<Proof>), Error> {
+        if self.is_light() {
+            return Err(Error::NotLight("keeps no blocks to prove transactions with"));
+        }
+        let to = to.min(from.saturating_add(crate::light::MAX_PROOF_RANGE - 1)).min(self.tip().0);
+        let scripts: std::collections::HashSet<ScriptBuf> = scripts.into_iter().collect();
+        let mut outpoints: std::collections::HashSet<OutPoint> = outpoints.into_iter().collect();
+        let mut out = Vec::new();
+        let mut end = None;
+        for height in from.max(1)..=to {
+            let block = {
+                let st = self.state();
+                let Some(hash) = st.chain.hash_at(height)? else { break };
+                end = Some((height, hash));
+                st.chain.block(&hash)?
+            };
+            let Some(block) = block else { break };
+            out.extend(crate::light::prove(&block, height, &scripts, &mut outpoints));
+        }
+        Ok((end, out))
     }
 }
 

@@ -87,6 +87,20 @@ pub struct Balance {
 }
 
 impl Balance {
+    /// The balances of a list of coins (a light wallet's).
+    pub fn of(coins: &[WalletCoin]) -> Balance {
+        let mut b = Balance::default();
+        for c in coins {
+            match (c.confirmations, c.spendable) {
+                (0, _) => b.unconfirmed += c.output.value,
+                (_, true) => b.confirmed += c.output.value,
+                (_, false) if c.coinbase => b.immature += c.output.value,
+                (_, false) => {}
+            }
+        }
+        b
+    }
+
     /// What `getbalance` reports: confirmed plus unconfirmed (Core's trusted balance, as the
     /// only unconfirmed outputs a node wallet sees paying it are usually its own change).
     pub fn trusted(&self) -> Amount {
@@ -181,6 +195,15 @@ impl Wallet {
         self.by_script.contains_key(script)
     }
 
+    /// Every script of the wallet (what a light node asks proofs for).
+    pub fn scripts(&self) -> Vec<ScriptBuf> {
+        self.by_script.keys().cloned().collect()
+    }
+
+    pub fn params(&self) -> &'static Params {
+        self.params
+    }
+
     /// Number of keys.
     pub fn key_count(&self) -> usize {
         self.keys.len()
@@ -253,10 +276,22 @@ impl Wallet {
         amount: Amount,
         fee_rate: FeeRate,
     ) -> Result<Transaction, WalletError> {
+        let coins = self.coins(chain, pool)?;
+        self.create_send_from(coins, to, amount, fee_rate)
+    }
+
+    /// [`Wallet::create_send`] from the given coins (a light node's, proven by merkle proofs).
+    pub fn create_send_from(
+        &mut self,
+        coins: Vec<WalletCoin>,
+        to: ScriptBuf,
+        amount: Amount,
+        fee_rate: FeeRate,
+    ) -> Result<Transaction, WalletError> {
         if amount < DUST {
             return Err(WalletError::Dust { amount });
         }
-        let coins: Vec<WalletCoin> = self.coins(chain, pool)?.into_iter().filter(|c| c.spendable).collect();
+        let coins: Vec<WalletCoin> = coins.into_iter().filter(|c| c.spendable).collect();
         let available = coins.iter().map(|c| c.output.value).sum::<Amount>();
         let pay = TxOut { value: amount, script_pubkey: to };
         // A change output's script has the same size whatever the key: estimate with a dummy.

@@ -190,6 +190,66 @@ fn a_node_syncs_and_transactions_and_blocks_are_relayed() {
     assert_eq!(b.rpc("getrawmempool", json!([])), json!([]));
 }
 
+/// A light node follows a full node's headers, proves a payment to its wallet with a
+/// merkle proof, pays back through the full node, and a full node never downloads blocks
+/// from it.
+#[test]
+fn a_light_node_follows_headers_and_proves_its_payments() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = Node::start(tmp.path(), "a", &[]);
+    a.mine(30);
+    let mut args = connect(&a);
+    args.extend(["--kind".into(), "light".into()]);
+    let l = Node::start(tmp.path(), "light", &args);
+    wait("the light node to follow a's 30 headers", Duration::from_secs(30), &[&a, &l], || l.height() == 30);
+    assert_eq!(l.tip(), a.tip());
+    let info = l.rpc("getblockchaininfo", json!([]));
+    assert_eq!(info["light"], true, "{info}");
+    assert_eq!(info["headers"], 30, "{info}");
+    let e = l.try_rpc("getblock", json!([a.tip()])).unwrap_err();
+    assert!(e.contains("Block not available"), "{e}");
+    let e = l.try_rpc("generatetoaddress", json!([1, l.rpc("getnewaddress", json!([]))])).unwrap_err();
+    assert!(e.contains("a light node does not mine"), "{e}");
+
+    // a pays the light wallet; once mined, the light node proves it and counts it
+    let to_light = l.rpc("getnewaddress", json!([]));
+    let paid = a.rpc("sendtoaddress", json!([to_light, 12.5]));
+    let a_addr = a.mine(1);
+    wait("the light wallet to prove the payment", Duration::from_secs(30), &[&a, &l], || {
+        l.rpc("getbalance", json!([])).as_f64() == Some(12.5)
+    });
+    let tx = l.rpc("getrawtransaction", json!([paid, true]));
+    assert_eq!(tx["blockhash"].as_str().unwrap(), a.tip(), "{tx}");
+    assert_eq!(tx["confirmations"], 1, "{tx}");
+    assert!(l.log().contains("wallet transaction(s) proven"), "{}", l.log());
+
+    // the light wallet pays back: a takes it into its mempool, mines it, and the light
+    // node proves the spend
+    let back = l.rpc("sendtoaddress", json!([a_addr, 5]));
+    wait("the light node's payment in a's mempool", Duration::from_secs(20), &[&a, &l], || {
+        a.rpc("getrawmempool", json!([])).as_array().unwrap().contains(&back)
+    });
+    a.mine(1);
+    wait("the light wallet to prove its spend", Duration::from_secs(30), &[&a, &l], || {
+        l.rpc("getrawtransaction", json!([back, true]))["confirmations"] == 1
+    });
+    let left = l.rpc("getbalance", json!([])).as_f64().unwrap();
+    assert!(left > 7.49 && left < 7.5, "12.5 - 5 - fee: {left}");
+
+    // a full node that meets the light node first syncs from a, not from it
+    let mut args = connect(&l);
+    args.extend(connect(&a));
+    let b = Node::start(tmp.path(), "b", &args);
+    wait("b to sync from a", Duration::from_secs(30), &[&a, &b, &l], || b.height() == 32);
+    wait("b to greet both", Duration::from_secs(30), &[&a, &b, &l], || {
+        b.rpc("getpeerinfo", json!([])).as_array().unwrap().len() == 2
+    });
+    let peers = b.rpc("getpeerinfo", json!([]));
+    let light = peers.as_array().unwrap().iter().find(|p| p["light"] == true);
+    assert!(light.is_some(), "b sees the light node as light: {peers}");
+    assert!(!b.log().contains("has none of"), "b asked the light node for blocks:\n{}", b.log());
+}
+
 /// (c) A and C mine apart, C longer; once connected both follow C's chain and A's wallet
 /// loses the coins of its orphaned blocks.
 #[test]
@@ -262,7 +322,9 @@ struct Greeter;
 impl ProtocolHandler for Greeter {
     fn handle(&self, _: Request) -> futures_util::future::BoxFuture<'_, Result<Vec<u8>, Refusal>> {
         let g = Params::devnet().genesis_hash;
-        Box::pin(async move { Ok(serde_json::to_vec(&wire::Hello { genesis: g, height: 0, tip: g }).unwrap()) })
+        Box::pin(async move {
+            Ok(serde_json::to_vec(&wire::Hello { genesis: g, height: 0, tip: g, light: false }).unwrap())
+        })
     }
 }
 
@@ -327,7 +389,7 @@ async fn a_misbehaving_peer_is_refused_counted_and_banned() {
         other => panic!("expected a refusal, got {other:?}"),
     };
     let g = Params::devnet().genesis_hash;
-    let hello = wire::Message::Hello(wire::Hello { genesis: g, height: 0, tip: g });
+    let hello = wire::Message::Hello(wire::Hello { genesis: g, height: 0, tip: g, light: false });
 
     let mainnet = wire::magic_hex(Params::mainnet().magic);
     let why = refusal(send(&mainnet, hello.clone()).await);

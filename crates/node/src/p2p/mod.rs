@@ -15,6 +15,7 @@
 //! connect asks for headers.
 
 pub mod peers;
+pub mod prove;
 pub mod relay;
 mod serve;
 pub mod sync;
@@ -160,6 +161,9 @@ pub async fn start(node: Arc<Node>, cfg: Config) -> Result<Arc<Service>, Error> 
     tokio::spawn(svc.clone().discover_loop());
     tokio::spawn(sync::run(svc.clone()));
     tokio::spawn(relay::run(svc.clone()));
+    if svc.node.is_light() {
+        tokio::spawn(prove::run(svc.clone()));
+    }
     Ok(svc)
 }
 
@@ -230,7 +234,7 @@ impl Service {
     /// Our own `Hello`.
     pub(crate) fn hello(&self) -> Hello {
         let (height, tip) = self.node.tip();
-        Hello { genesis: self.node.params().genesis_hash, height, tip }
+        Hello { genesis: self.node.params().genesis_hash, height, tip, light: self.node.is_light() }
     }
 
     /// Greets `peer` (or greets it again): learns whether it is of our chain and how far.
@@ -273,11 +277,14 @@ impl Service {
             p.connected = true;
             p.height = Some(h.height);
             p.tip = Some(h.tip);
+            p.light = h.light;
             p.starting_height.get_or_insert(h.height);
             first
         };
         let (height, tip) = self.node.tip();
-        if h.height > height || (h.height == height && h.tip != tip && first) {
+        // a full node downloads blocks, which a light node has none of
+        let can_serve = !h.light || self.node.is_light();
+        if can_serve && (h.height > height || (h.height == height && h.tip != tip && first)) {
             self.hint(peer);
         }
         first
@@ -428,6 +435,7 @@ impl Service {
                     "pingtime": p.rtt_ms.map(|ms| ms / 1000.0),
                     "subver": p.agent,
                     "startingheight": p.starting_height,
+                    "light": p.light,
                     "synced_headers": p.height,
                     "synced_blocks": p.height,
                     "tip": p.tip.map(|t| t.to_string()),

@@ -40,6 +40,8 @@ pub struct Peer {
     pub tip: Option<BlockHash>,
     /// Height of its first `Hello` (Core's `startingheight`).
     pub starting_height: Option<u32>,
+    /// A light node (from its `Hello`): no blocks to download from it.
+    pub light: bool,
     /// Falls with misbehaviour; below [`BAN_SCORE`] the peer is banned.
     pub score: i64,
     /// The p2p layer's counters and score for it.
@@ -67,6 +69,7 @@ impl Peer {
             height: None,
             tip: None,
             starting_height: None,
+            light: false,
             score: 0,
             p2p_score: 0,
             messages_in: 0,

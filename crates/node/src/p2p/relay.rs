@@ -1,6 +1,7 @@
 //! Relay: a new tip is pushed to the chain peers (the block itself, or a `Hello` when it is
 //! too large for one request), a transaction that entered the mempool is pushed as `Tx` —
-//! never back to the peer it came from, nor a block to a peer known to have it. While a
+//! never back to the peer it came from, nor a block to a peer known to have it, nor a
+//! transaction to a light node. While a
 //! sync runs nothing is relayed block by block: the sync announces its end with `Hello`s.
 
 use std::sync::atomic::Ordering;
@@ -93,12 +94,14 @@ fn block(svc: &Arc<Service>, height: u32, hash: BlockHash) {
     });
 }
 
-fn tx(svc: &Arc<Service>, txid: Txid) {
-    let peers: Vec<PeerId> = targets(svc, &txid.to_byte_array()).into_iter().map(|(id, _)| id).collect();
+pub(crate) fn tx(svc: &Arc<Service>, txid: Txid) {
+    // a light node keeps no mempool: transactions go to full nodes only
+    let peers: Vec<PeerId> =
+        targets(svc, &txid.to_byte_array()).into_iter().filter(|(_, p)| !p.light).map(|(id, _)| id).collect();
     if peers.is_empty() {
         return;
     }
-    let Some(hex) = svc.node.state().mempool.get(&txid).map(|e| wire::tx_hex(&e.tx)) else { return };
+    let Some(hex) = svc.node.relay_tx(&txid).map(|t| wire::tx_hex(&t)) else { return };
     for peer in peers {
         let (svc, hex) = (svc.clone(), hex.clone());
         tokio::spawn(async move {

@@ -6,12 +6,12 @@
 use std::sync::Arc;
 
 use bitcoin::hashes::Hash;
-use bitcoin::{Block, BlockHash, Transaction};
+use bitcoin::{Block, BlockHash, OutPoint, ScriptBuf, Transaction};
 use futures_util::future::BoxFuture;
 use micro_os_chain::validation::RejectCode;
 use micro_os_p2p::{PeerId, ProtocolHandler, Refusal, Request};
 
-use super::wire::{self, Ack, Blocks, Headers, Hello, Message};
+use super::wire::{self, Ack, Blocks, Headers, Hello, Message, Proofs, ProvenBlock};
 use super::Service;
 use crate::node::{Node, TxError};
 
@@ -103,9 +103,59 @@ impl Service {
                     .map_err(|e| Refusal(format!("blocks: {e}")))?;
                 Ok(to_value(Blocks { blocks }))
             }
+            Message::GetProofs { from, to, scripts, outpoints } => {
+                self.proofs(peer, from, to, scripts, outpoints).await.map(to_value)
+            }
+            Message::Tx { .. } if self.node.is_light() => {
+                Ok(to_value(Ack { note: Some("a light node keeps no mempool: not relayed".into()) }))
+            }
             Message::Tx { hex } => self.take_tx(peer, &hex).await.map(to_value),
             Message::Block { hex } => self.take_block(peer, &hex).await.map(to_value),
         }
+    }
+
+    async fn proofs(
+        &self,
+        peer: PeerId,
+        from: u32,
+        to: u32,
+        scripts: Vec<String>,
+        outpoints: Vec<String>,
+    ) -> Result<Proofs, Refusal> {
+        if self.node.is_light() {
+            return Err(Refusal("a light node keeps no blocks to prove transactions with".into()));
+        }
+        if scripts.len() + outpoints.len() > wire::MAX_FILTER {
+            let msg = format!("a filter of {} items (at most {})", scripts.len() + outpoints.len(), wire::MAX_FILTER);
+            return Err(self.refuse(peer, "oversized", msg, MALFORMED));
+        }
+        let scripts = scripts
+            .iter()
+            .map(|h| hex::decode(h).map(ScriptBuf::from_bytes))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| self.refuse(peer, "malformed", format!("a filter script is not hex: {e}"), MALFORMED))?;
+        let outpoints =
+            outpoints.iter().map(|o| o.parse::<OutPoint>()).collect::<Result<Vec<_>, _>>().map_err(|e| {
+                self.refuse(peer, "malformed", format!("a filter outpoint is not txid:vout: {e}"), MALFORMED)
+            })?;
+        let (end, proofs) = blocking(&self.node, move |n| n.proofs(from, to, scripts, outpoints))
+            .await
+            .map_err(|e| Refusal(format!("proofs: {e}")))?;
+        let mut answer = Proofs { to: end.map(|e| e.0), end: end.map(|e| e.1), blocks: Vec::new() };
+        let mut size = 0;
+        for p in proofs {
+            let txs: Vec<String> = p.txs.iter().map(wire::tx_hex).collect();
+            size += txs.iter().map(String::len).sum::<usize>();
+            if size > wire::MAX_PROOFS_HEX && !answer.blocks.is_empty() {
+                // stop before this block: the light node asks again from here
+                answer.to = Some(p.height - 1);
+                answer.end = Some(p.merkle_block.header.prev_blockhash);
+                break;
+            }
+            let merkle_block = bitcoin::consensus::encode::serialize_hex(&p.merkle_block);
+            answer.blocks.push(ProvenBlock { height: p.height, merkle_block, txs });
+        }
+        Ok(answer)
     }
 
     async fn take_tx(&self, peer: PeerId, hex: &str) -> Result<Ack, Refusal> {

@@ -91,10 +91,11 @@ fn next_peer(svc: &Service) -> Option<PeerId> {
         }
     }
     let height = svc.node.tip().0;
+    let light = svc.node.is_light();
     svc.book()
         .chain_peers()
         .into_iter()
-        .filter(|(id, p)| p.height.is_some_and(|h| h > height) && svc.bans.until(id).is_none())
+        .filter(|(id, p)| (light || !p.light) && p.height.is_some_and(|h| h > height) && svc.bans.until(id).is_none())
         .max_by_key(|(_, p)| p.height)
         .map(|(id, _)| id)
 }
@@ -168,7 +169,8 @@ pub async fn sync_with(svc: &Arc<Service>, peer: PeerId) -> Result<(), Error> {
         if let Some((height, hash)) = last {
             svc.book().has(peer, height, hash);
         }
-        if !need.is_empty() {
+        // a light node keeps the headers only
+        if !need.is_empty() && !svc.node.is_light() {
             download(svc, peer, need).await?;
         }
         // nothing moved: its branch has no more work than ours, or it sent nothing new
@@ -200,7 +202,9 @@ async fn download(svc: &Arc<Service>, peer: PeerId, need: Vec<(u32, BlockHash)>)
                 .book()
                 .chain_peers()
                 .into_iter()
-                .filter(|(id, p)| *id != peer && p.height.is_some_and(|h| h >= top) && svc.bans.until(id).is_none())
+                .filter(|(id, p)| {
+                    *id != peer && !p.light && p.height.is_some_and(|h| h >= top) && svc.bans.until(id).is_none()
+                })
                 .map(|(id, _)| id)
                 .collect();
             sources.sort();

@@ -51,6 +51,10 @@ pub enum Message {
     Tx { hex: String },
     /// A new block; answered with [`Ack`] or refused with the reason.
     Block { hex: String },
+    /// A light node asks for merkle proofs of the transactions in blocks `from..=to` of the
+    /// receiver's active chain that pay one of `scripts` (hex) or spend one of `outpoints`
+    /// (`txid:vout`); answered with [`Proofs`].
+    GetProofs { from: u32, to: u32, scripts: Vec<String>, outpoints: Vec<String> },
 }
 
 /// A node's chain: which network (genesis) and how far it is.
@@ -59,6 +63,9 @@ pub struct Hello {
     pub genesis: BlockHash,
     pub height: u32,
     pub tip: BlockHash,
+    /// A light node: headers only, no blocks to serve.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub light: bool,
 }
 
 /// The answer to `GetHeaders`: headers, 80 bytes each, as hex.
@@ -72,6 +79,32 @@ pub struct Headers {
 pub struct Blocks {
     pub blocks: Vec<String>,
 }
+
+/// The answer to `GetProofs`: the last height scanned and its hash (absent when the range
+/// starts past the receiver's tip), and per block with a match its height, its merkle block
+/// (BIP37, consensus hex) and the matched transactions.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Proofs {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end: Option<BlockHash>,
+    pub blocks: Vec<ProvenBlock>,
+}
+
+/// One block's proof in [`Proofs`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProvenBlock {
+    pub height: u32,
+    pub merkle_block: String,
+    pub txs: Vec<String>,
+}
+
+/// Scripts and outpoints in one `GetProofs` filter, at most.
+pub const MAX_FILTER: usize = 10_000;
+
+/// Hex characters of transactions in one `Proofs` answer before the scan stops early.
+pub const MAX_PROOFS_HEX: usize = 4 << 20;
 
 /// The answer to a push: taken, with a note when it is not plain (an orphan, a block
 /// whose parent is unknown).
@@ -110,9 +143,17 @@ mod tests {
         assert_eq!(json, r#"{"magic":"e36d6f64","type":"get_blocks","hashes":[]}"#);
         assert_eq!(serde_json::from_str::<Request>(&json).unwrap(), r);
         let genesis = micro_os_chain::params::Params::devnet().genesis_hash;
-        let h = Request { magic: "x".into(), message: Message::Hello(Hello { genesis, height: 3, tip: genesis }) };
-        let back: Request = serde_json::from_str(&serde_json::to_string(&h).unwrap()).unwrap();
+        let h = Request {
+            magic: "x".into(),
+            message: Message::Hello(Hello { genesis, height: 3, tip: genesis, light: false }),
+        };
+        let json = serde_json::to_string(&h).unwrap();
+        assert!(!json.contains("light"), "a full node's hello is the same as before light nodes: {json}");
+        let back: Request = serde_json::from_str(&json).unwrap();
         assert_eq!(back, h);
+        let light = Hello { genesis, height: 3, tip: genesis, light: true };
+        let json = serde_json::to_string(&light).unwrap();
+        assert_eq!(serde_json::from_str::<Hello>(&json).unwrap(), light);
         assert_eq!(magic_hex(micro_os_chain::params::Params::devnet().magic), "e36d6f64");
         assert!(decode::<Block>("block", "00").unwrap_err().starts_with("block is not valid consensus hex"));
     }

@@ -23,6 +23,16 @@ type RpcResult = Result<Value, RpcError>;
 pub fn dispatch(ctx: &Ctx, method: &str, params: &Value) -> RpcResult {
     let node = &*ctx.node;
     let a = |names: &'static [&'static str]| Args { params, names };
+    if node.is_light() {
+        match method {
+            "getblocktemplate" | "submitblock" | "generatetoaddress" | "getnetworkhashps" => {
+                return Err(misc("a light node does not mine: it keeps headers only (run a full node to mine)"))
+            }
+            "getblockchaininfo" => return light_blockchaininfo(node),
+            "getrawtransaction" => return light_rawtransaction(node, a(&["txid", "verbose", "blockhash"])),
+            _ => {}
+        }
+    }
     match method {
         "getblockchaininfo" => getblockchaininfo(node),
         "getblockcount" => Ok(json!(node.tip().0)),
@@ -416,11 +426,64 @@ fn getblockchaininfo(node: &Node) -> RpcResult {
     }))
 }
 
+/// A light node's `getblockchaininfo`: its height is its best header's, whose headers it has
+/// checked (proof of work, difficulty, time) without the blocks; `"light": true`.
+fn light_blockchaininfo(node: &Node) -> RpcResult {
+    let (height, hash) = node.tip();
+    let st = node.state();
+    let e = entry_or_not_found(&st.chain, &hash)?;
+    let size = ["chain.sqlite", "light.sqlite"]
+        .iter()
+        .map(|f| std::fs::metadata(node.datadir().join(f)).map_or(0, |m| m.len()))
+        .sum::<u64>();
+    Ok(json!({
+        "chain": node.params().name,
+        "blocks": height,
+        "headers": height,
+        "bestblockhash": hash.to_string(),
+        "bits": format!("{:08x}", chain_err(st.chain.next_bits(&hash))?.to_consensus()),
+        "difficulty": e.header.difficulty_float(),
+        "time": e.header.time,
+        "mediantime": chain_err(st.chain.median_time_past(&hash))?,
+        "verificationprogress": 1.0,
+        "initialblockdownload": false,
+        "chainwork": hex::encode(e.chainwork.to_be_bytes()),
+        "size_on_disk": size,
+        "pruned": true,
+        "light": true,
+        "walletscanned": node.light().map_or(0, |l| l.scanned()),
+        "warnings": "",
+    }))
+}
+
+/// A light node knows only its wallet's transactions (pending, or proven in a block).
+fn light_rawtransaction(node: &Node, a: Args) -> RpcResult {
+    let txid: Txid = a.hash(0)?;
+    let verbosity = a.verbosity(1, 0)?;
+    let found = node.light().map(|l| l.transaction(&txid)).transpose().map_err(misc)?.flatten();
+    let Some((tx, block)) = found else {
+        return Err(RpcError::new(
+            code::INVALID_ADDRESS_OR_KEY,
+            "No such wallet transaction: a light node knows only its wallet's transactions",
+        ));
+    };
+    if verbosity == 0 {
+        return Ok(json!(serialize_hex(&tx)));
+    }
+    let mut o = tx_json(&tx, node.params());
+    if let Some(bh) = block {
+        o["blockhash"] = json!(bh.to_string());
+        if let Some(h) = node.light().and_then(|l| l.height_of(&bh)) {
+            o["confirmations"] = json!(node.tip().0 + 1 - h);
+        }
+    }
+    Ok(o)
+}
+
 fn getblockhash(node: &Node, a: Args) -> RpcResult {
     let v = a.required(0)?;
     let height = v.as_i64().ok_or_else(|| type_error(v, "number"))?;
-    let st = node.state();
-    let hash = u32::try_from(height).ok().map(|h| chain_err(st.chain.hash_at(h))).transpose()?.flatten();
+    let hash = u32::try_from(height).ok().map(|h| node.hash_at(h).map_err(misc)).transpose()?.flatten();
     hash.map(|h| json!(h.to_string()))
         .ok_or_else(|| RpcError::new(code::INVALID_PARAMETER, "Block height out of range"))
 }
@@ -586,8 +649,12 @@ fn work_f64(w: bitcoin::Work) -> f64 {
 fn getmininginfo(node: &Node) -> RpcResult {
     let st = node.state();
     let info = chain_err(st.chain.info())?;
+    let blocks = match node.light() {
+        Some(l) => l.tip().0,
+        None => info.blocks,
+    };
     Ok(json!({
-        "blocks": info.blocks,
+        "blocks": blocks,
         "difficulty": info.difficulty,
         "networkhashps": network_hash_ps(&st.chain)?,
         "hashespersec": node.hash_rate(),
