@@ -145,11 +145,19 @@ fn three_nodes_on_three_vms_converge_and_carry_a_payment() {
         d.ok(&["vm", "start", "--name", &vm]);
         d.ok(&["container", "create", "--name", node, "--template", "blockchain-full-node", "--vm", &vm]);
     }
+    // and a light node, by the name the spec's examples use, on a VM of its own
+    d.ok(&["vm", "create", "--name", "chain-vm-4", "--memory", "256", "--cpu", "0.5"]);
+    d.ok(&["vm", "start", "--name", "chain-vm-4"]);
+    d.ok(&["container", "create", "--name", "light-1", "--template", "blockchain-light", "--vm", "chain-vm-4"]);
+    let e = d.fails(&["container", "config", "light-1", "--mine", "true"], 2);
+    assert!(e.contains("a light node does not mine"), "{e}");
     // node-1 mines; the others start after it and are given it as a seed by the daemon
     d.ok(&["container", "config", "node-1", "--mine", "true"]);
     for node in nodes {
         d.ok(&["container", "start", "--name", node]);
     }
+    d.ok(&["container", "start", "--name", "light-1"]);
+    let nodes = ["node-1", "node-2", "node-3", "light-1"];
     // one tip everywhere, past the coinbase maturity of devnet
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
@@ -159,18 +167,23 @@ fn three_nodes_on_three_vms_converge_and_carry_a_payment() {
             .flatten()
             .map(|s| (s["height"].as_u64().unwrap_or(0), s["tip"].as_str().unwrap_or("").to_string()))
             .collect();
-        if tips.len() == 3 && tips[0].0 >= 12 && tips.iter().all(|t| *t == tips[0]) {
+        if tips.len() == 4 && tips[0].0 >= 12 && tips.iter().all(|t| *t == tips[0]) {
             assert!(all.iter().flatten().all(|s| s["peers"].as_u64().unwrap_or(0) >= 1), "{all:?}");
             break;
         }
         assert!(Instant::now() < deadline, "the nodes did not converge: {all:?}");
         std::thread::sleep(Duration::from_millis(500));
     }
-    // a payment from the miner to node-3's wallet, sent on node-1, mined, seen by node-3
+    // a payment from the miner to node-3's wallet, sent on node-1, mined, seen by node-3;
+    // and one to the light node's wallet, which it proves with a merkle proof
     let w: Value =
         serde_json::from_str(&d.ok(&["chain", "wallet", "--container", "node-3", "--format", "json"])).unwrap();
     let to = w["address"].as_str().unwrap().to_string();
     d.ok(&["chain", "send", "--container", "node-1", "--to", &to, "--amount", "2"]);
+    let w: Value =
+        serde_json::from_str(&d.ok(&["chain", "wallet", "--container", "light-1", "--format", "json"])).unwrap();
+    let to_light = w["address"].as_str().unwrap().to_string();
+    d.ok(&["chain", "send", "--container", "node-1", "--to", &to_light, "--amount", "3"]);
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let w: Value =
@@ -178,10 +191,18 @@ fn three_nodes_on_three_vms_converge_and_carry_a_payment() {
         // mined: out of every mempool, in node-3's balance
         let pools: Vec<u64> =
             nodes.iter().filter_map(|n| status_of(&d, n)).filter_map(|s| s["mempool_txs"].as_u64()).collect();
-        if w["balance"].as_f64().is_some_and(|b| b >= 2.0) && pools == [0, 0, 0] {
+        let light: Value =
+            serde_json::from_str(&d.ok(&["chain", "wallet", "--container", "light-1", "--format", "json"])).unwrap();
+        if w["balance"].as_f64().is_some_and(|b| b >= 2.0)
+            && light["balance"].as_f64().is_some_and(|b| b >= 3.0)
+            && pools == [0, 0, 0, 0]
+        {
             break;
         }
-        assert!(Instant::now() < deadline, "node-3 never saw the payment mined: {w}, mempools {pools:?}");
+        assert!(
+            Instant::now() < deadline,
+            "node-3 and light-1 never saw the payments mined: {w}, {light}, mempools {pools:?}"
+        );
         std::thread::sleep(Duration::from_millis(500));
     }
     for node in nodes {

@@ -4,7 +4,8 @@ use micro_os_core::metrics::Sample;
 
 pub const CSV_HEADER: &str = "time,kind,id,name,cpu_percent,cpu_limit_percent,memory_bytes,memory_limit_bytes,\
 oom_kills,io_read_bytes,io_write_bytes,pids,net_rx_bytes,net_tx_bytes,net_rx_packets,net_tx_packets,restarts,\
-health_ms,health_error_rate,load1,disk_used_bytes,disk_total_bytes";
+health_ms,health_error_rate,load1,disk_used_bytes,disk_total_bytes,chain_height,chain_peers,chain_mempool_txs,\
+chain_mempool_bytes,chain_hashrate,chain_block_interval_s,chain_lag_blocks,chain_stall_intervals";
 
 fn opt<T: ToString>(v: Option<T>) -> String {
     v.map(|v| v.to_string()).unwrap_or_default()
@@ -46,6 +47,15 @@ pub fn csv_row(s: &Sample) -> String {
         opt(s.load1),
         opt(s.disk_used_bytes),
         opt(s.disk_total_bytes),
+        // a reference-chain node's columns, empty for everything else
+        opt(s.chain.as_ref().map(|c| c.chain_height)),
+        opt(s.chain.as_ref().map(|c| c.chain_peers)),
+        opt(s.chain.as_ref().map(|c| c.chain_mempool_txs)),
+        opt(s.chain.as_ref().map(|c| c.chain_mempool_bytes)),
+        opt(s.chain.as_ref().map(|c| c.chain_hashrate)),
+        opt(s.chain.as_ref().map(|c| c.chain_block_interval_s)),
+        opt(s.chain.as_ref().map(|c| c.chain_lag_blocks)),
+        opt(s.chain.as_ref().map(|c| c.chain_stall_intervals)),
     ]
     .join(",")
 }
@@ -88,5 +98,18 @@ mod tests {
         );
         let columns = CSV_HEADER.split(',').count();
         assert_eq!(lines[1].replace("\"web,1\"", "x").split(',').count(), columns);
+        assert!(lines[1].ends_with(",,,,,,,,"), "no chain columns for a plain container: {}", lines[1]);
+        let node = Sample {
+            chain: Some(micro_os_core::metrics::ChainSample {
+                chain_height: 42,
+                chain_peers: 3,
+                chain_lag_blocks: 1,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let row = csv_row(&node);
+        assert_eq!(row.split(',').count(), columns);
+        assert!(row.ends_with(",42,3,0,0,0,0,1,0"), "{row}");
     }
 }

@@ -102,6 +102,7 @@ impl Engine {
             for (k, v) in &spec.config {
                 check_node_setting(k, v)?;
             }
+            check_node_kind(&spec.command, &spec.config)?;
         }
         if let Some(circuit) = &req.circuit {
             self.resolve_replicated(&mut spec, circuit)?;
@@ -472,6 +473,9 @@ impl Engine {
             for (k, v) in &set {
                 check_node_setting(k, v)?;
             }
+            let mut merged = c.spec.config.clone();
+            merged.extend(set.clone());
+            check_node_kind(&c.spec.command, &merged)?;
         }
         let keys: Vec<_> = set.keys().cloned().collect();
         // a replicated container's settings are its replicas' (they take them at their next start)
@@ -563,8 +567,8 @@ fn check_node_setting(key: &str, value: &str) -> Result<()> {
             let known: Vec<&str> = Params::all().iter().map(|p| p.name).collect();
             format!("network {value:?} is unknown (known: {})", known.join(", "))
         }
-        "sync-mode" if value == "fast" || value == "light" => format!(
-            "sync mode {value:?} is not available yet (use --sync-mode full; fast sync comes with validators on circuits)"
+        "sync-mode" if value == "fast" => format!(
+            "sync mode {value:?} is not available yet (use --sync-mode full or light; fast sync comes with validators on circuits)"
         ),
         "sync-mode" if value != "full" => format!("sync mode {value:?} is unknown (use full, fast or light)"),
         "mine" if value != "true" && value != "false" => {
@@ -576,6 +580,24 @@ fn check_node_setting(key: &str, value: &str) -> Result<()> {
         _ => return Ok(()),
     };
     Err(Error::invalid(why))
+}
+
+/// The settings of a reference-chain node that go together: a light node (the light template's
+/// `--kind light`, or `--sync-mode light`) neither mines nor validates.
+fn check_node_kind(command: &[String], config: &BTreeMap<String, String>) -> Result<()> {
+    let kind = command.windows(2).find(|w| w[0] == "--kind").map_or("full", |w| w[1].as_str());
+    let light = kind == "light" || config.get("sync-mode").is_some_and(|m| m == "light");
+    if kind == "validator" && light {
+        return Err(Error::invalid(
+            "a validator keeps every block: sync mode light is for light nodes (use --sync-mode full)",
+        ));
+    }
+    if light && config.get("mine").is_some_and(|m| m == "true") {
+        return Err(Error::invalid(
+            "a light node does not mine: it keeps headers only (set --mine false, or use blockchain-full-node)",
+        ));
+    }
+    Ok(())
 }
 
 /// A stop timeout must be a number of seconds.
