@@ -12,4 +12,5 @@ pub mod mempool;
 pub mod miner;
 pub mod params;
 pub mod pow;
+pub mod seal;
 pub mod validation;

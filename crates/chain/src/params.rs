@@ -34,6 +34,8 @@ pub enum Difficulty {
     },
     /// Bitcoin's retarget every 2016 blocks, the timespan clamped to ×4 / ÷4.
     Retarget2016,
+    /// Always the pow limit: blocks of a validator-sealed network are not mined for.
+    Fixed,
 }
 
 /// Who may extend the chain.
@@ -41,7 +43,9 @@ pub enum Difficulty {
 pub enum Consensus {
     /// Proof of work: the most-work valid chain wins.
     Pow,
-    /// Validator-sealed blocks (circuit); recorded only, validation is proof of work for now.
+    /// Validator-sealed blocks: a circuit's Raft log orders them, a validator's seal
+    /// (`crate::seal`) signs each, a sealed block is final. The proof of work is at the pow
+    /// limit (`Difficulty::Fixed`).
     Circuit,
 }
 
@@ -85,7 +89,7 @@ pub struct Params {
 }
 
 /// Names of the built-in networks, in the order [`Params::all`] returns them.
-pub const NETWORK_NAMES: [&str; 2] = ["devnet", "mainnet"];
+pub const NETWORK_NAMES: [&str; 3] = ["devnet", "mainnet", "circuit"];
 
 const DEVNET_GENESIS_MESSAGE: &str = "micro-os reference chain devnet genesis";
 const DEVNET_GENESIS_TIME: u32 = 1_735_689_600; // 2025-01-01T00:00:00Z
@@ -96,6 +100,10 @@ const MAINNET_GENESIS_MESSAGE: &str = "micro-os reference chain mainnet genesis 
 const MAINNET_GENESIS_TIME: u32 = 1_767_225_600; // 2026-01-01T00:00:00Z
 const MAINNET_GENESIS_NONCE: u32 = 554_497;
 const MAINNET_POW_LIMIT: u32 = 0x1e0f_ffff;
+
+const CIRCUIT_GENESIS_MESSAGE: &str = "micro-os reference chain circuit genesis: sealed by validators";
+const CIRCUIT_GENESIS_TIME: u32 = 1_767_225_600; // 2026-01-01T00:00:00Z
+const CIRCUIT_GENESIS_NONCE: u32 = 1;
 
 static DEVNET: LazyLock<Params> = LazyLock::new(|| {
     let bits = CompactTarget::from_consensus(DEVNET_POW_LIMIT);
@@ -144,7 +152,42 @@ static MAINNET: LazyLock<Params> = LazyLock::new(|| {
     }
 });
 
+static CIRCUIT: LazyLock<Params> = LazyLock::new(|| {
+    let bits = CompactTarget::from_consensus(DEVNET_POW_LIMIT);
+    let genesis = genesis_block(CIRCUIT_GENESIS_MESSAGE, CIRCUIT_GENESIS_TIME, bits, CIRCUIT_GENESIS_NONCE);
+    Params {
+        name: "circuit",
+        magic: Magic::from_bytes([0xe3, 0x6d, 0x6f, 0x63]),
+        network: Network::Regtest,
+        genesis_hash: genesis.block_hash(),
+        genesis,
+        pow_limit: Target::from_compact(bits),
+        pow_limit_bits: bits,
+        target_spacing_s: 2,
+        difficulty: Difficulty::Fixed,
+        consensus: Consensus::Circuit,
+        initial_subsidy: Amount::from_int_btc(50),
+        halving_interval: 210_000,
+        coinbase_maturity: 10,
+        // a sealed block travels in one Raft entry, whose value holds at most 256 KiB: a
+        // block's bytes (at most its weight) stay under 100 KB
+        max_block_weight: Weight::from_wu(100_000),
+        rpc_port: 18453,
+        p2p_port: 18454,
+    }
+});
+
 impl Params {
+    /// The network sealed by validators on a circuit: 2 s blocks, regtest addresses.
+    pub fn circuit() -> &'static Params {
+        &CIRCUIT
+    }
+
+    /// Whether validators seal this network's blocks.
+    pub fn is_sealed(&self) -> bool {
+        self.consensus == Consensus::Circuit
+    }
+
     /// The development network: 2 s blocks, regtest-easy pow limit, ASERT half-life 60 s.
     pub fn devnet() -> &'static Params {
         &DEVNET
@@ -156,8 +199,8 @@ impl Params {
     }
 
     /// All built-in networks.
-    pub fn all() -> [&'static Params; 2] {
-        [Self::devnet(), Self::mainnet()]
+    pub fn all() -> [&'static Params; 3] {
+        [Self::devnet(), Self::mainnet(), Self::circuit()]
     }
 
     /// The built-in network called `name`.
@@ -225,6 +268,7 @@ mod tests {
         let pinned = [
             ("devnet", "0494fee6ea1c68699a3253b6a25641e9cebb3cb5acdb52325c7de50238f296af"),
             ("mainnet", "00000e9afc13b0ceb857b5eb662ccc1019a3d419b3e24e400d49dee682fb8ebd"),
+            ("circuit", "2417b344552de3bcb02f2e6ab2fc92f784d22c1551e10bc6a996794edc513aa2"),
         ];
         for (name, hash) in pinned {
             let p = Params::by_name(name).unwrap();
@@ -232,6 +276,7 @@ mod tests {
             let again = genesis_block(
                 match name {
                     "devnet" => DEVNET_GENESIS_MESSAGE,
+                    "circuit" => CIRCUIT_GENESIS_MESSAGE,
                     _ => MAINNET_GENESIS_MESSAGE,
                 },
                 p.genesis.header.time,
@@ -248,8 +293,11 @@ mod tests {
             // The compact pow limit round-trips, so "bits == pow limit" is well defined.
             assert_eq!(p.pow_limit.to_compact_lossy(), p.pow_limit_bits);
         }
-        assert_ne!(Params::devnet().magic, Params::mainnet().magic);
-        assert_ne!(Params::devnet().genesis_hash, Params::mainnet().genesis_hash);
+        let magics: std::collections::HashSet<_> = Params::all().iter().map(|p| p.magic).collect();
+        assert_eq!(magics.len(), 3);
+        let geneses: std::collections::HashSet<_> = Params::all().iter().map(|p| p.genesis_hash).collect();
+        assert_eq!(geneses.len(), 3);
+        assert!(Params::circuit().is_sealed() && !Params::devnet().is_sealed());
     }
 
     #[test]
@@ -257,7 +305,7 @@ mod tests {
         assert_eq!(Params::by_name("devnet").unwrap().name, "devnet");
         assert_eq!(Params::by_name("mainnet").unwrap().target_spacing_s, 60);
         let e = Params::by_name("moon").unwrap_err().to_string();
-        assert_eq!(e, "unknown network \"moon\" (known: devnet, mainnet)");
+        assert_eq!(e, "unknown network \"moon\" (known: devnet, mainnet, circuit)");
     }
 
     #[test]

@@ -139,6 +139,7 @@ pub fn next_bits(params: &Params, prev: PrevBlock, ancestor_time: impl FnOnce(u3
             )
             .to_compact_lossy()
         }
+        Difficulty::Fixed => params.pow_limit_bits,
         Difficulty::Retarget2016 => {
             #[allow(clippy::manual_is_multiple_of)] // is_multiple_of is newer than our MSRV 1.85
             if (prev.height + 1) % 2016 != 0 {
@@ -283,10 +284,13 @@ mod tests {
             let g = &p.genesis.header;
             let prev = PrevBlock { height: 0, time: g.time, bits: g.bits };
             assert_eq!(next_bits(p, prev, |_| unreachable!()), p.pow_limit_bits, "{}", p.name);
-            // Ten blocks far too fast: harder than the limit.
+            // Ten blocks far too fast: harder than the limit (a sealed network stays at it).
             let prev = PrevBlock { height: 10, time: g.time, bits: g.bits };
             let b = next_bits(p, prev, |_| unreachable!());
-            assert!(Target::from_compact(b) < p.pow_limit, "{}", p.name);
+            match p.difficulty {
+                Difficulty::Fixed => assert_eq!(b, p.pow_limit_bits, "{}", p.name),
+                _ => assert!(Target::from_compact(b) < p.pow_limit, "{}", p.name),
+            }
             // Far too slow: capped at the limit.
             let prev = PrevBlock { height: 10, time: g.time + 1_000_000, bits: g.bits };
             assert_eq!(next_bits(p, prev, |_| unreachable!()), p.pow_limit_bits);

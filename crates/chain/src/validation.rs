@@ -75,9 +75,13 @@ pub enum RejectCode {
     Duplicate,
     /// Spends a script type this chain does not verify.
     NonStandard,
+    /// A block of a validator-sealed network without a valid seal of a validator.
+    BadSeal,
+    /// A block of a validator-sealed network at a height already sealed: sealed blocks are final.
+    HeightSealed,
 }
 
-const CODES: [(RejectCode, &str); 17] = [
+const CODES: [(RejectCode, &str); 19] = [
     (RejectCode::BadPow, "bad-pow"),
     (RejectCode::BadBits, "bad-bits"),
     (RejectCode::BadMerkleRoot, "bad-merkle-root"),
@@ -95,6 +99,8 @@ const CODES: [(RejectCode, &str); 17] = [
     (RejectCode::WrongNetwork, "wrong-network"),
     (RejectCode::Duplicate, "duplicate"),
     (RejectCode::NonStandard, "non-standard"),
+    (RejectCode::BadSeal, "bad-seal"),
+    (RejectCode::HeightSealed, "height-already-sealed"),
 ];
 
 impl RejectCode {
