@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # micro-os benchmarks: each runs our code and its named peer in the same run and reports
-# the ratio. Usage (as root): bash bench/run.sh [lifecycle|api|rss|vm|verify|p2p|monitor|circuit|chain|chain-sync|all]
-# (chain-sync takes minutes and has no named peer: it runs only when named, not in `all`)
+# the ratio. Usage (as root): bash bench/run.sh [lifecycle|api|rss|vm|verify|p2p|monitor|circuit|chain|chain-sync|validators|all]
+# (chain-sync and validators take minutes: they run only when named, not in `all`)
 # Needs hyperfine, wrk and podman (installed here if missing); builds the release binary
 # unless BIN names one.
 set -euo pipefail
@@ -187,6 +187,14 @@ if [ "$what" = circuit ] || [ "$what" = all ]; then
     if [ -d /run/systemd/system ]; then systemctl disable --now etcd >/dev/null 2>&1 || true; fi
   fi
   BIN=$BIN WORK=$WORK python3 bench/circuit.py "${@:2}"
+fi
+
+if [ "$what" = validators ]; then
+  # Issue 12: payments sealed into final blocks by validators on a circuit of 3 VMs against
+  # the PoW devnet on the same VMs (bench/validators.sh; knob VAL_TXS). Minutes long.
+  cargo build --release --locked -p micro-os-node --example tx_load >/dev/null 2>&1 ||
+    cargo build --release --locked -p micro-os-node --example tx_load
+  BIN=$BIN WORK=$WORK bash bench/validators.sh
 fi
 
 if [ "$what" = chain-sync ]; then

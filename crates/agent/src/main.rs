@@ -12,6 +12,8 @@
 //!
 //! Usage: `micro-os-agent [--guest] [--control-dir DIR]` (`--version`, `--help`).
 
+mod local;
+
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -260,7 +262,7 @@ struct Peer {
 
 /// Starts the VM's libp2p peer on its own thread (a small single-threaded runtime), and
 /// the members of the circuits the VM is in (reopened from their stores).
-fn start_p2p(key: Keypair, policy: Arc<AgentPolicy>, transport: Transport) -> Option<Peer> {
+fn start_p2p(key: Keypair, policy: Arc<AgentPolicy>, transport: Transport, token: Option<PathBuf>) -> Option<Peer> {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
@@ -297,7 +299,12 @@ fn start_p2p(key: Keypair, policy: Arc<AgentPolicy>, transport: Transport) -> Op
             match p2p::spawn(key, cfg, Box::new(nonces), policy) {
                 Ok(h) => {
                     let circuits = match Replicas::start(h.clone(), PathBuf::from(CIRCUITS)).await {
-                        Ok(r) => Some(r),
+                        Ok(r) => {
+                            if let Some(token) = token {
+                                tokio::spawn(local::serve(r.clone(), token));
+                            }
+                            Some(r)
+                        }
                         Err(e) => {
                             eprintln!("micro-os-agent: circuits: {e}");
                             None
@@ -382,7 +389,9 @@ fn run(control_dir: Option<PathBuf>, guest: bool) -> i32 {
     };
     let policy = Arc::new(AgentPolicy::default());
     let transport = Transport::from_env();
-    let p2p = key.ok().and_then(|k| start_p2p(k, policy.clone(), transport));
+    // a sandbox VM's control directory holds the token of the local circuit endpoint
+    let token = (!guest).then(|| socket.with_file_name(micro_os_core::vm::AGENT_CIRCUIT_TOKEN_FILE));
+    let p2p = key.ok().and_then(|k| start_p2p(k, policy.clone(), transport, token));
     match &p2p {
         None => problems.push("p2p: the peer did not start".into()),
         Some(p) if p.circuits.is_none() => problems.push("circuits: the members did not start".into()),

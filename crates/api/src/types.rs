@@ -480,6 +480,15 @@ pub struct ChainStatus {
     pub sync_progress: f64,
     /// Whether it is still catching up with the headers it knows.
     pub syncing: bool,
+    /// `pow` (mined) or `circuit` (sealed by validators on a circuit).
+    #[serde(default)]
+    pub consensus: String,
+    /// On the circuit network: the validators' public keys after the tip.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub validators: Vec<String>,
+    /// A light node (headers only).
+    #[serde(default)]
+    pub light: bool,
 }
 
 /// `POST /api/v1/chain/{container}/send`: `chain send --to ADDR --amount X`.

@@ -340,6 +340,16 @@ impl RaftSettings {
     }
 }
 
+/// A request to an agent's local circuit endpoint (`vm::AGENT_CIRCUIT_PORT`) from a
+/// workload on its VM: the endpoint's token and a `Read`, `Write` or `Status` call. The
+/// answer is one JSON line: the call's `Result` (`{"Ok": …}` or `{"Err": …}`), or
+/// `{"refused": "why"}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LocalRequest {
+    pub token: String,
+    pub request: CircuitCall,
+}
+
 /// What the daemon asks a VM agent's Raft member. The agent answers with
 /// `AgentMessage::Answer` whose value is the JSON of `Result<T, CircuitError>`, `T` being
 /// the type each call names.

@@ -43,6 +43,14 @@ pub struct Template {
     pub command: Vec<String>,
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// Settings a container starts with (what `container config` changes), e.g. the
+    /// network of a chain node.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub config: BTreeMap<String, String>,
+    /// The settings its workload understands (`container config N --KEY VALUE`, passed as
+    /// `MICRO_OS_CONFIG_<KEY>`); absent: any key is passed on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settings: Option<Vec<String>>,
     /// Baseline resources before headroom.
     #[serde(default)]
     pub resources: Resources,

@@ -287,6 +287,13 @@ pub enum AgentMessage {
     Answer { id: u64, result: Result<serde_json::Value, String> },
 }
 
+/// The port of an agent's local circuit endpoint: on loopback inside the VM's network
+/// namespace, so only the VM's own workloads reach it (JSON lines of `LocalRequest`).
+pub const AGENT_CIRCUIT_PORT: u16 = 4002;
+/// The file in the VM's control directory holding the token of the local circuit endpoint;
+/// the daemon writes it before the VM starts and gives it to the circuit's replicas.
+pub const AGENT_CIRCUIT_TOKEN_FILE: &str = "circuit.token";
+
 /// The port an agent's libp2p peer listens on (TCP, and QUIC when asked) at the VM's address.
 pub const AGENT_P2P_PORT: u16 = 4001;
 /// How a VM's agent dials its sibling VMs: `auto` (the default: TLS 1.3 with AES-GCM over

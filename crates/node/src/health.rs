@@ -91,6 +91,11 @@ fn check(datadir: &Path) -> Result<String, String> {
 /// The validator key of the node in `datadir` (`validator.key`, mode 0600, made on first
 /// use): its public key, hex.
 pub fn validator_key(datadir: &Path) -> anyhow::Result<String> {
+    Ok(PublicKey::from_secret_key(&Secp256k1::new(), &validator_secret(datadir)?).to_string())
+}
+
+/// The validator's secret key, made on first use (see [`validator_key`]).
+pub fn validator_secret(datadir: &Path) -> anyhow::Result<SecretKey> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let path = datadir.join("validator.key");
@@ -107,7 +112,7 @@ pub fn validator_key(datadir: &Path) -> anyhow::Result<String> {
         }
         Err(e) => return Err(anyhow::anyhow!("{}: {e}", path.display())),
     };
-    Ok(PublicKey::from_secret_key(&Secp256k1::new(), &secret).to_string())
+    Ok(secret)
 }
 
 #[cfg(test)]

@@ -15,4 +15,6 @@ pub mod mining;
 pub mod node;
 pub mod p2p;
 pub mod rpc;
+pub mod sealed;
+pub mod sealer;
 pub mod wallet;

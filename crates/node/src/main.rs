@@ -81,6 +81,10 @@ struct Cli {
     /// Run without P2P: no peer, no sync (environment: MICRO_OS_CONFIG_NO_P2P=true|false).
     #[arg(long)]
     no_p2p: bool,
+    /// On the circuit network: the validators (public keys, hex, comma-separated) block 1's
+    /// sealer must be one of; by default the set block 1's own seal names is trusted.
+    #[arg(long, env = "MICRO_OS_CONFIG_VALIDATORS", value_delimiter = ',', value_name = "KEYS")]
+    validators: Vec<String>,
     /// What this node is: full, light (headers only, its wallet's transactions proven by
     /// merkle proofs from full nodes) or validator (a full node with a validator key kept in
     /// its data directory).
@@ -99,6 +103,9 @@ struct Config {
     threads: usize,
     mine_to: Option<String>,
     kind: Kind,
+    validators: Option<Vec<bitcoin::secp256k1::PublicKey>>,
+    /// A validator's circuit (on the circuit network).
+    circuit: Option<micro_os_node::sealer::CircuitConfig>,
     /// `None` with `--no-p2p`.
     p2p: Option<p2p::Config>,
 }
@@ -154,6 +161,12 @@ impl Config {
                 ConfigError(format!("threads {:?} is not a number from 1 to 1024 (try 1)", cli.threads))
             })?;
         let mine = cli.mine || bool_env("MICRO_OS_CONFIG_MINE")?.unwrap_or(false);
+        if mine && params.is_sealed() {
+            return Err(ConfigError(format!(
+                "the {} network is sealed by validators, not mined (drop --mine; run --kind validator on a circuit)",
+                params.name
+            )));
+        }
         if mine && kind == Kind::Light {
             return Err(ConfigError(
                 "a light node does not mine: it has no blocks to build on (drop --mine, or run --kind full)".into(),
@@ -179,8 +192,50 @@ impl Config {
         }
         let connect = cli.connect.iter().map(|a| multiaddr("--connect address", a)).collect::<Result<Vec<_>, _>>()?;
         let p2p = (!no_p2p).then_some(p2p::Config { listen, connect });
-        Ok(Config { p2p, datadir: cli.datadir, params, rpc_bind, rpc_user, mine, threads, mine_to: cli.mine_to, kind })
+        let validators = match cli.validators.iter().filter(|k| !k.trim().is_empty()).collect::<Vec<_>>() {
+            keys if keys.is_empty() => None,
+            keys => Some(keys.iter().map(|k| k.trim().parse()).collect::<Result<Vec<_>, _>>().map_err(|_| {
+                ConfigError("--validators: a key is not a hex public key (33 bytes, e.g. 02ab…)".into())
+            })?),
+        };
+        let circuit = match (kind, params.is_sealed()) {
+            (Kind::Validator, true) => Some(circuit_from_env()?),
+            _ => None,
+        };
+        Ok(Config {
+            p2p,
+            datadir: cli.datadir,
+            params,
+            rpc_bind,
+            rpc_user,
+            mine,
+            threads,
+            mine_to: cli.mine_to,
+            kind,
+            validators,
+            circuit,
+        })
     }
+}
+
+/// A validator's circuit, as micro-os gives it to the circuit's replicas.
+fn circuit_from_env() -> Result<micro_os_node::sealer::CircuitConfig, ConfigError> {
+    let missing = || {
+        ConfigError(
+            "a validator of the circuit network needs its circuit: MICRO_OS_CIRCUIT, MICRO_OS_CIRCUIT_ENDPOINT and \
+             MICRO_OS_CIRCUIT_TOKEN are not set (run it with `micro-os container create --template blockchain-validator \
+             --circuit NAME --replicate`)"
+                .into(),
+        )
+    };
+    let var = |n: &str| std::env::var(n).ok().filter(|v| !v.is_empty());
+    let circuit = var("MICRO_OS_CIRCUIT").ok_or_else(missing)?;
+    let endpoint = var("MICRO_OS_CIRCUIT_ENDPOINT").ok_or_else(missing)?;
+    let token = var("MICRO_OS_CIRCUIT_TOKEN").ok_or_else(missing)?;
+    let endpoint = endpoint.parse().map_err(|_| {
+        ConfigError(format!("MICRO_OS_CIRCUIT_ENDPOINT {endpoint:?} is not an ip:port (e.g. 127.0.0.1:4002)"))
+    })?;
+    Ok(micro_os_node::sealer::CircuitConfig { circuit, endpoint, token })
 }
 
 /// Holds `<datadir>/.lock` for the process's life, so two nodes never share a data directory.
@@ -217,7 +272,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let node = Node::open(
         &config.datadir,
         config.params,
-        Options { threads: config.threads, light: config.kind == Kind::Light },
+        Options { threads: config.threads, light: config.kind == Kind::Light, validators: config.validators.clone() },
     )
     .with_context(|| format!("opening the {} node in {}", config.params.name, config.datadir.display()))?;
     let node = Arc::new(node);
@@ -227,9 +282,23 @@ async fn run(config: Config) -> anyhow::Result<()> {
             "light node: headers only; the wallet's transactions are proven by merkle proofs from full nodes"
         );
     }
+    let mut sealer = None;
     if config.kind == Kind::Validator {
         let key = micro_os_node::health::validator_key(&config.datadir)?;
-        tracing::info!("validator key {key} (sealing on a circuit comes with consensus circuit networks)");
+        match &config.circuit {
+            Some(c) => {
+                let secret = micro_os_node::health::validator_secret(&config.datadir)?;
+                let payout = match &config.mine_to {
+                    Some(a) => parse_address(a, config.params)?,
+                    None => node.default_address()?,
+                };
+                sealer = Some((secret, micro_os_node::sealer::Client::new(c.clone()), payout.script_pubkey()));
+            }
+            None => tracing::info!(
+                "validator key {key}: the {} network is mined, so this validator is a full node (validators seal on the circuit network)",
+                config.params.name
+            ),
+        }
     }
 
     let cookie = http::write_cookie(&config.datadir)?;
@@ -263,6 +332,10 @@ async fn run(config: Config) -> anyhow::Result<()> {
             None
         }
     };
+
+    if let Some((secret, client, payout)) = sealer {
+        tokio::spawn(micro_os_node::sealer::run(node.clone(), secret, client, payout));
+    }
 
     let shutdown = Arc::new(Notify::new());
     let ctx = Arc::new(Ctx { node: node.clone(), shutdown: shutdown.clone(), p2p });

@@ -27,7 +27,10 @@ use micro_os_chain::validation::{check_transaction, check_tx_inputs, Coin, CoinV
 use tokio::sync::broadcast;
 
 use crate::light::{Light, LightError, Proof, ProofError};
+use crate::sealed::{CheckError, SealStoreError, Seals, Verdict};
 use crate::wallet::{Balance, Wallet, WalletCoin, WalletError, DEFAULT_FEE_RATE};
+use bitcoin::secp256k1::PublicKey;
+use micro_os_chain::seal::Seal;
 
 /// The mempool's cap on the sum of virtual sizes (Core's `-maxmempool` default, 300 MB).
 pub const MEMPOOL_MAX_BYTES: u64 = 300_000_000;
@@ -55,6 +58,8 @@ pub enum Error {
     ShuttingDown,
     #[error(transparent)]
     Light(#[from] LightError),
+    #[error(transparent)]
+    Seals(#[from] SealStoreError),
     /// Something only a full node does, asked of a light one.
     #[error("a light node {0}")]
     NotLight(&'static str),
@@ -162,11 +167,14 @@ pub struct Options {
     pub threads: usize,
     /// A light node: headers only, its wallet's transactions proven by merkle proofs.
     pub light: bool,
+    /// On a validator-sealed network: the set block 1's sealer must be in (`None`: the
+    /// set block 1's own seal names, trusted on first use).
+    pub validators: Option<Vec<PublicKey>>,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { threads: 1, light: false }
+        Options { threads: 1, light: false, validators: None }
     }
 }
 
@@ -178,6 +186,8 @@ pub struct Node {
     wallet: Mutex<Wallet>,
     /// `Some` on a light node (locked after the wallet and the state).
     light: Option<Light>,
+    /// `Some` on a validator-sealed network (locked after the state).
+    seals: Option<Mutex<Seals>>,
     options: Options,
     tip_generation: AtomicU64,
     pool_generation: AtomicU64,
@@ -231,8 +241,12 @@ impl Node {
         let chain = ChainState::open(datadir.join("chain.sqlite"), params)?;
         let wallet = Wallet::open(datadir.join("wallet.sqlite"), params)?;
         let light = options.light.then(|| Light::open(datadir.join("light.sqlite"), &chain)).transpose()?;
+        let seals = (params.is_sealed() && !options.light)
+            .then(|| Seals::open(datadir.join("seals.sqlite"), options.validators.clone()).map(Mutex::new))
+            .transpose()?;
         Ok(Node {
             light,
+            seals,
             params,
             datadir,
             state: Mutex::new(State { chain, mempool: Mempool::new(MEMPOOL_MAX_BYTES) }),
@@ -388,9 +402,71 @@ impl Node {
         Ok(status)
     }
 
+    /// Whether blocks of this node's network are sealed by validators.
+    pub fn is_sealed(&self) -> bool {
+        self.seals.is_some()
+    }
+
+    fn seals(&self) -> Option<MutexGuard<'_, Seals>> {
+        self.seals.as_ref().map(|s| s.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// The seal of block `hash`, on a validator-sealed network.
+    pub fn seal(&self, hash: &BlockHash) -> Result<Option<Seal>, Error> {
+        match self.seals() {
+            Some(s) => Ok(s.get(hash)?),
+            None => Ok(None),
+        }
+    }
+
+    /// The validator set after the tip, on a validator-sealed network.
+    pub fn validator_set(&self) -> Result<Option<Vec<PublicKey>>, Error> {
+        let st = self.state();
+        match self.seals() {
+            Some(s) => Ok(s.set_after(&st.chain)?),
+            None => Ok(None),
+        }
+    }
+
+    /// A block of a validator-sealed network with its seal: it must extend the tip (a
+    /// sealed height is final) and be sealed by a validator of the set; then it is stored
+    /// like any block. A block the node already holds is accepted again as a no-op.
+    pub fn accept_sealed(&self, block: &Block, seal: &Seal) -> Result<chainstate::Accepted, Error> {
+        if self.is_light() {
+            return self.accept_block(block);
+        }
+        let st = self.state();
+        let Some(seals) = self.seals() else {
+            return self.connect(st, block);
+        };
+        let hash = block.block_hash();
+        match seals.check(&st.chain, block, seal) {
+            Ok(Verdict::Known) => {
+                let e = st.chain.entry(&hash)?.expect("a known block has an entry");
+                let tip = st.chain.tip();
+                return Ok(chainstate::Accepted {
+                    hash,
+                    height: e.height,
+                    new: false,
+                    connected: Vec::new(),
+                    disconnected: Vec::new(),
+                    invalid: Vec::new(),
+                    tip,
+                });
+            }
+            Ok(Verdict::Extends) => seals.store(&hash, seal)?,
+            Err(CheckError::Reject(r)) => return Err(Error::Chain(r.into())),
+            Err(CheckError::Store(e)) => return Err(e.into()),
+            Err(CheckError::Chain(e)) => return Err(e.into()),
+        }
+        drop(seals);
+        self.connect(st, block)
+    }
+
     /// Stores a block and activates the best chain, then brings the mempool up to date:
     /// transactions of connected blocks (and their conflicts) leave it, transactions of
     /// disconnected blocks come back (oldest block first), and it is trimmed to its cap.
+    /// On a validator-sealed network a block needs its seal ([`Node::accept_sealed`]).
     pub fn accept_block(&self, block: &Block) -> Result<chainstate::Accepted, Error> {
         if self.is_light() {
             // a light node takes the header of a block it is given
@@ -407,7 +483,23 @@ impl Node {
                 tip,
             });
         }
-        let mut st = self.state();
+        if self.is_sealed() {
+            let hash = block.block_hash();
+            return Err(Error::Chain(
+                Reject::new(
+                    RejectCode::BadSeal,
+                    format!(
+                        "block {hash} comes without a seal: blocks of the {} network are sealed by validators",
+                        self.params.name
+                    ),
+                )
+                .into(),
+            ));
+        }
+        self.connect(self.state(), block)
+    }
+
+    fn connect(&self, mut st: MutexGuard<'_, State>, block: &Block) -> Result<chainstate::Accepted, Error> {
         let accepted = st.chain.accept_block(block, now())?;
         let State { chain, mempool } = &mut *st;
         for hash in &accepted.connected {

@@ -411,11 +411,11 @@ async fn a_misbehaving_peer_is_refused_counted_and_banned() {
     }
     assert_eq!(peer_info().unwrap()["score"], -20);
 
-    let why = refusal(send(&magic, wire::Message::Block { hex: bad_block(true) }).await);
+    let why = refusal(send(&magic, wire::Message::Block { hex: bad_block(true), seal: None }).await);
     assert!(why.contains("refused: bad-pow"), "{why}");
     assert_eq!(peer_info().unwrap()["score"], -70);
 
-    let why = refusal(send(&magic, wire::Message::Block { hex: bad_block(false) }).await);
+    let why = refusal(send(&magic, wire::Message::Block { hex: bad_block(false), seal: None }).await);
     assert!(why.contains("refused: bad-merkle-root"), "{why}");
 
     let info = tokio::task::block_in_place(|| node.rpc("getp2pinfo", json!([])));

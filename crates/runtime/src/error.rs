@@ -15,14 +15,13 @@ pub enum Error {
     #[error("oci spec: {0}")]
     Spec(#[from] oci_spec::OciSpecError),
     #[error(
-        "{what} is missing: neither {env} ({}) nor {} is a file (install {name} beside micro-os, or \
-         build it: cargo build -p {name})",
+        "{what} is missing: neither {env} ({}) nor {} is a file ({install}, or set {env} to its path)",
         from_env.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "not set".into()),
         beside.display()
     )]
     CompanionMissing {
         what: &'static str,
-        name: &'static str,
+        install: &'static str,
         env: &'static str,
         beside: PathBuf,
         from_env: Option<PathBuf>,

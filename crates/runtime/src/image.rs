@@ -358,17 +358,38 @@ pub struct Companion {
     pub env: &'static str,
     /// Where an image holds it.
     pub in_image: &'static str,
+    /// How to get it, for the message when it is missing.
+    pub install: &'static str,
+    /// The npm package that carries it (found in `npm root -g`), for binaries from npm.
+    pub npm: Option<&'static str>,
 }
 
 /// The VM agent (the first process of every VM).
-pub const AGENT: Companion =
-    Companion { what: "the VM agent", name: AGENT_NAME, env: "MICRO_OS_AGENT", in_image: AGENT_IN_IMAGE };
+pub const AGENT: Companion = Companion {
+    what: "the VM agent",
+    name: AGENT_NAME,
+    env: "MICRO_OS_AGENT",
+    in_image: AGENT_IN_IMAGE,
+    install: "install micro-os-agent beside micro-os, or build it: cargo build -p micro-os-agent",
+    npm: None,
+};
 /// The reference chain's node.
 pub const NODE: Companion = Companion {
     what: "the chain node",
     name: "micro-os-node",
     env: "MICRO_OS_NODE",
     in_image: "usr/bin/micro-os-node",
+    install: "install micro-os-node beside micro-os, or build it: cargo build -p micro-os-node",
+    npm: None,
+};
+/// anvil, the Ethereum development node of Foundry, from npm (the `ethereum-dev` template).
+pub const ANVIL: Companion = Companion {
+    what: "anvil (Foundry's Ethereum development node)",
+    name: "anvil",
+    env: "MICRO_OS_ANVIL",
+    in_image: "usr/bin/anvil",
+    install: "install it: npm install -g @foundry-rs/anvil-linux-amd64",
+    npm: Some("@foundry-rs/anvil-linux-amd64/bin/anvil"),
 };
 /// The agent's name, next to `micro-os`.
 pub const AGENT_NAME: &str = "micro-os-agent";
@@ -381,14 +402,24 @@ impl Companion {
         self.find(exe, std::env::var_os(self.env).map(PathBuf::from))
     }
 
-    /// Its binary: `from_env` when given, else next to `exe`.
+    /// Its binary: `from_env` when given, else next to `exe`, else (from npm) in the global
+    /// `node_modules`.
     pub fn find(&self, exe: &Path, from_env: Option<PathBuf>) -> Result<PathBuf> {
         let beside = exe.parent().unwrap_or(Path::new("/")).join(self.name);
         let path = from_env.clone().unwrap_or_else(|| beside.clone());
         if path.is_file() {
             return Ok(path);
         }
-        Err(Error::CompanionMissing { what: self.what, name: self.name, env: self.env, beside, from_env })
+        if let (Some(pkg), None) = (self.npm, &from_env) {
+            let root = std::process::Command::new("npm").args(["root", "-g"]).output();
+            if let Some(out) = root.ok().filter(|o| o.status.success()) {
+                let p = Path::new(String::from_utf8_lossy(&out.stdout).trim()).join(pkg);
+                if p.is_file() {
+                    return Ok(p);
+                }
+            }
+        }
+        Err(Error::CompanionMissing { what: self.what, install: self.install, env: self.env, beside, from_env })
     }
 }
 

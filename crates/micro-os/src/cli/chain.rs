@@ -24,6 +24,15 @@ fn status_table(s: &ChainStatus) -> String {
         vec!["hash rate".into(), hashrate(s.hashrate)],
         vec!["difficulty".into(), format!("{}", s.difficulty)],
     ];
+    let mut rows = rows;
+    if s.light {
+        rows.insert(2, vec!["kind".into(), "light (headers only)".into()]);
+    }
+    if s.consensus == "circuit" {
+        rows.retain(|r| r[0] != "hash rate" && r[0] != "difficulty");
+        rows.push(vec!["consensus".into(), "sealed by validators on a circuit".into()]);
+        rows.push(vec!["validators".into(), s.validators.len().to_string()]);
+    }
     table(&["FIELD", "VALUE"], rows)
 }
 

@@ -164,6 +164,13 @@ impl Engine {
             difficulty: f(&info, "difficulty"),
             sync_progress: if headers == 0 { 1.0 } else { (height as f64 / headers as f64).min(1.0) },
             syncing: info.get("initialblockdownload").and_then(Value::as_bool).unwrap_or(height < headers),
+            consensus: info.get("consensus").and_then(Value::as_str).unwrap_or("pow").to_string(),
+            validators: info
+                .get("validators")
+                .and_then(Value::as_array)
+                .map(|a| a.iter().filter_map(|v| v.as_str().map(String::from)).collect())
+                .unwrap_or_default(),
+            light: info.get("light").and_then(Value::as_bool).unwrap_or(false),
         })
     }
 

@@ -76,6 +76,21 @@ impl Engine {
             )));
         }
         let base = template.unwrap_or_else(|| Template { image: image.clone(), ..Template::default() });
+        let asked_cpu = req.resources.as_ref().and_then(|r| r.cpu);
+        let mut resources = req.resources.unwrap_or_default().or(&base.effective_resources());
+        // a container's CPU quota cannot exceed its VM's (the kernel refuses a child cgroup's
+        // larger cfs quota): a template's default is fitted to the VM, an explicit ask is refused
+        if let (Some(vm), Some(cpu)) = (&vm, resources.cpu) {
+            if cpu > vm.spec.cpus {
+                if let Some(asked) = asked_cpu {
+                    return Err(Error::invalid(format!(
+                        "cpu {asked} is more than vm {:?} has ({}): give --limits cpu={} or less, or a larger VM",
+                        vm.spec.name, vm.spec.cpus, vm.spec.cpus
+                    )));
+                }
+                resources.cpu = Some(vm.spec.cpus);
+            }
+        }
         let mut env = base.env.clone();
         env.extend(req.env);
         // replicas are reached at their VMs' addresses: a template's host ports stay unpublished
@@ -86,11 +101,15 @@ impl Engine {
             template: req.template,
             command: req.command.unwrap_or_else(|| base.command.clone()),
             env,
-            resources: req.resources.unwrap_or_default().or(&base.effective_resources()),
+            resources,
             ports,
             restart: req.restart.unwrap_or(base.restart),
             health_check: req.health_check.or(base.health_check.clone()),
-            config: req.config,
+            config: {
+                let mut config = base.config.clone();
+                config.extend(req.config);
+                config
+            },
             vm: vm.map(|v| v.id),
             network: req.network,
             data: base.data.clone(),
@@ -98,6 +117,7 @@ impl Engine {
             replica_of: None,
         };
         spec.validate().map_err(|e| Error::invalid(e.to_string()))?;
+        self.check_settings(spec.template.as_deref(), spec.config.keys())?;
         if spec.image == CHAIN_NODE_IMAGE {
             for (k, v) in &spec.config {
                 check_node_setting(k, v)?;
@@ -247,6 +267,44 @@ impl Engine {
         }
     }
 
+    /// A template that lists its workload's settings takes no others: `--network` of a node
+    /// that has no networks is an error, not a variable nobody reads.
+    fn check_settings<'a>(&self, template: Option<&str>, keys: impl Iterator<Item = &'a String>) -> Result<()> {
+        let Some(t) = template.and_then(|t| self.template(t).ok()) else { return Ok(()) };
+        let Some(known) = &t.settings else { return Ok(()) };
+        for k in keys {
+            if !known.contains(k) {
+                return Err(Error::invalid(format!(
+                    "template {}'s workload has no setting {k:?} (its settings: {})",
+                    t.name,
+                    if known.is_empty() { "none".to_string() } else { known.join(", ") }
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// A replica of a container replicated on a circuit reaches the circuit's member on its
+    /// VM through the agent's local endpoint: which circuit, where, and the VM's token.
+    fn circuit_env(&self, c: &Container) -> Vec<String> {
+        let (Some(parent), Some(vm)) = (&c.spec.replica_of, &c.spec.vm) else { return Vec::new() };
+        let Some(circuit) = self.containers.read(parent, |p| p.spec.circuit.clone()).flatten() else {
+            return Vec::new();
+        };
+        let Some(token) = self.circuit_token(vm) else {
+            tracing::warn!(
+                "container {}: VM {vm} has no circuit token; the replica cannot reach its circuit",
+                c.spec.name
+            );
+            return Vec::new();
+        };
+        vec![
+            format!("MICRO_OS_CIRCUIT={circuit}"),
+            format!("MICRO_OS_CIRCUIT_ENDPOINT=127.0.0.1:{}", micro_os_core::vm::AGENT_CIRCUIT_PORT),
+            format!("MICRO_OS_CIRCUIT_TOKEN={token}"),
+        ]
+    }
+
     fn spawn_shim(&self, c: &Container, image: &Image) -> Result<Running> {
         let dir = self.state_dir(&c.id);
         std::fs::create_dir_all(&dir).map_err(|e| Error::internal(format!("create {}: {e}", dir.display())))?;
@@ -270,6 +328,7 @@ impl Engine {
                 env.push(format!("MICRO_OS_CONFIG_CONNECT={}", seeds.join(",")));
             }
         }
+        env.extend(self.circuit_env(c));
         for (k, v) in &c.spec.env {
             env.push(format!("{k}={v}"));
         }
@@ -469,6 +528,7 @@ impl Engine {
                 )));
             }
         }
+        self.check_settings(c.spec.template.as_deref(), set.keys())?;
         if c.spec.image == CHAIN_NODE_IMAGE {
             for (k, v) in &set {
                 check_node_setting(k, v)?;
@@ -591,6 +651,13 @@ fn check_node_kind(command: &[String], config: &BTreeMap<String, String>) -> Res
         return Err(Error::invalid(
             "a validator keeps every block: sync mode light is for light nodes (use --sync-mode full)",
         ));
+    }
+    let network = config.get("network").map_or("devnet", String::as_str);
+    let sealed = micro_os_chain::params::Params::by_name(network).is_ok_and(|p| p.is_sealed());
+    if sealed && config.get("mine").is_some_and(|m| m == "true") {
+        return Err(Error::invalid(format!(
+            "the {network} network is sealed by validators on a circuit, not mined (set --mine false)"
+        )));
     }
     if light && config.get("mine").is_some_and(|m| m == "true") {
         return Err(Error::invalid(

@@ -77,10 +77,13 @@ pub fn image_info(i: Image) -> ImageInfo {
     }
 }
 
-/// Images built from busybox and a binary of micro-os on first use: the VMs' root (the
-/// agent) and the reference chain's node.
-pub(super) const BUILT_IN_IMAGES: &[(&str, &micro_os_runtime::image::Companion)] =
-    &[("blockchain-base", &micro_os_runtime::image::AGENT), ("blockchain-node", &micro_os_runtime::image::NODE)];
+/// Images built from busybox and one binary on first use: the VMs' root (the agent), the
+/// reference chain's node, and anvil from npm (the `ethereum-dev` template).
+pub(super) const BUILT_IN_IMAGES: &[(&str, &micro_os_runtime::image::Companion)] = &[
+    ("blockchain-base", &micro_os_runtime::image::AGENT),
+    ("blockchain-node", &micro_os_runtime::image::NODE),
+    ("ethereum-dev", &micro_os_runtime::image::ANVIL),
+];
 
 impl Engine {
     /// The engine with this build's VM drivers.

@@ -115,6 +115,13 @@ impl Engine {
         }
     }
 
+    /// After VM `vm` started: the circuits it is a member of.
+    pub(super) async fn reconcile_vm(self: &Arc<Self>, vm: &str) {
+        for c in self.circuits.filter(|c| c.member(vm).is_some()) {
+            self.reconcile_circuit(&c.id).await;
+        }
+    }
+
     /// At daemon start: every replicated container against its circuit as recorded.
     pub(super) async fn reconcile_all(self: &Arc<Self>) {
         let circuits: std::collections::BTreeSet<String> =
@@ -143,7 +150,19 @@ impl Engine {
             }
         }
         for m in &circuit.members {
-            if replicas.iter().any(|r| r.spec.vm.as_deref() == Some(&m.vm_id)) {
+            if let Some(r) = replicas.iter().find(|r| r.spec.vm.as_deref() == Some(&m.vm_id)) {
+                // a replica whose VM was stopped under it runs again once the VM does
+                let vm_running = self.vms.get(&m.vm_id).is_some_and(|v| v.state == VmState::Running);
+                let r_running = self
+                    .containers
+                    .get(&r.id)
+                    .is_some_and(|r| matches!(r.state, ContainerState::Running | ContainerState::Paused));
+                if p.state == ContainerState::Running && vm_running && !r_running {
+                    match self.start_one(&r.id).await {
+                        Ok(_) => tracing::info!("replica {} runs again on vm {}", r.spec.name, m.vm),
+                        Err(e) => tracing::warn!("replica {} on vm {}: {e}", r.spec.name, m.vm),
+                    }
+                }
                 continue;
             }
             match self.add_replica(&p, &circuit, &m.vm_id).await {
@@ -165,6 +184,10 @@ impl Engine {
         spec.vm = Some(vm.id.clone());
         spec.circuit = None;
         spec.replica_of = Some(p.id.clone());
+        // fitted to its VM: a child cgroup's CPU quota may not exceed the VM's
+        if spec.resources.cpu.is_some_and(|c| c > vm.spec.cpus) {
+            spec.resources.cpu = Some(vm.spec.cpus);
+        }
         spec.validate().map_err(|e| Error::invalid(e.to_string()))?;
         self.containers.check_name_free(&spec.name)?;
         let r = Container::new(micro_os_core::id::new_id(), spec, Utc::now());

@@ -41,13 +41,27 @@ const BUILT_IN: &[&str] = &[
 }"#,
     r#"{
     "name": "blockchain-validator",
-    "description": "A full node of micro-os's reference chain with a validator key of its own (kept in its data volume); it seals blocks on a circuit whose network's genesis says consensus circuit",
+    "description": "A validator of micro-os's reference chain on the circuit network: run it with --circuit N --replicate, and the validator on the circuit leader's VM seals blocks that the circuit's Raft log commits; a validator key of its own in its data volume",
     "workload": "blockchain",
     "image": "blockchain-node",
     "command": ["micro-os-node", "--datadir", "/data", "--kind", "validator"],
+    "config": {"network": "circuit"},
     "data": "/data",
     "resources": {"cpu": 1, "memory": "256M", "pids": 256},
     "health_check": {"type": "command", "command": ["micro-os-node", "health", "--datadir", "/data"], "interval_s": 10, "timeout_s": 5, "retries": 3},
+    "restart": "on-failure:5"
+}"#,
+    r#"{
+    "name": "ethereum-dev",
+    "description": "anvil, Foundry's Ethereum development node (npm @foundry-rs/anvil-linux-amd64, found through MICRO_OS_ANVIL or npm root -g), its JSON-RPC on port 8545 published on the host's loopback, its state in the data volume; settings chain-id, block-time (seconds; default: a block per transaction), accounts",
+    "workload": "blockchain",
+    "image": "ethereum-dev",
+    "command": ["sh", "-c", "exec anvil --host 0.0.0.0 --port 8545 --state /data/anvil-state.json ${MICRO_OS_CONFIG_CHAIN_ID:+--chain-id $MICRO_OS_CONFIG_CHAIN_ID} ${MICRO_OS_CONFIG_BLOCK_TIME:+--block-time $MICRO_OS_CONFIG_BLOCK_TIME} ${MICRO_OS_CONFIG_ACCOUNTS:+--accounts $MICRO_OS_CONFIG_ACCOUNTS}"],
+    "ports": ["8545:8545"],
+    "data": "/data",
+    "settings": ["chain-id", "block-time", "accounts"],
+    "resources": {"cpu": 1, "memory": "512M", "pids": 256},
+    "health_check": {"type": "tcp", "port": 8545, "interval_s": 5, "timeout_s": 2, "retries": 3},
     "restart": "on-failure:5"
 }"#,
 ];

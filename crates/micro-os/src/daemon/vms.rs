@@ -129,6 +129,10 @@ impl Engine {
         let ready = |v: &Vm| v.agent != AgentStatus::Starting || v.state != VmState::Running;
         let patience = self.driver(v.spec.driver)?.capabilities().boot;
         self.vms.wait_until(&v.id, ready, patience).await;
+        // the replicas of running replicated containers on it run again
+        let this = self.clone();
+        let id = v.id.clone();
+        tokio::spawn(async move { this.reconcile_vm(&id).await });
         self.find_vm(&v.id)
     }
 
@@ -332,7 +336,14 @@ impl Engine {
     async fn open_control(self: &Arc<Self>, id: &str) -> Result<()> {
         let ctl = self.vm_dir(id).join("ctl");
         std::fs::create_dir_all(&ctl).map_err(|e| Error::internal(format!("create {}: {e}", ctl.display())))?;
+        write_circuit_token(&ctl)?;
         self.serve_control(id, &ctl).await
+    }
+
+    /// The token of VM `id`'s local circuit endpoint, once its control directory has one.
+    pub(super) fn circuit_token(&self, id: &str) -> Option<String> {
+        let path = self.vm_dir(id).join("ctl").join(micro_os_core::vm::AGENT_CIRCUIT_TOKEN_FILE);
+        std::fs::read_to_string(path).ok().map(|t| t.trim().to_string()).filter(|t| !t.is_empty())
     }
 
     /// Listens on the VM's control socket; each connection is one agent session.
@@ -557,4 +568,29 @@ impl Engine {
             }
         }
     }
+}
+
+/// Makes the token of a VM's local circuit endpoint (`ctl/circuit.token`, 0600) unless it
+/// exists: the agent reads it there, the daemon gives it to the VM's circuit replicas.
+fn write_circuit_token(ctl: &Path) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = ctl.join(micro_os_core::vm::AGENT_CIRCUIT_TOKEN_FILE);
+    if path.exists() {
+        return Ok(());
+    }
+    let mut t = [0u8; 32];
+    getrandom::fill(&mut t).map_err(|e| Error::internal(format!("no randomness for {}: {e}", path.display())))?;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(|e| Error::internal(format!("create {}: {e}", tmp.display())))?;
+    f.write_all(hex::encode(t).as_bytes())
+        .and_then(|()| f.sync_all())
+        .and_then(|()| std::fs::rename(&tmp, &path))
+        .map_err(|e| Error::internal(format!("write {}: {e}", path.display())))
 }

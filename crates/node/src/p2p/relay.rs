@@ -68,20 +68,24 @@ fn block(svc: &Arc<Service>, height: u32, hash: BlockHash) {
     let svc = svc.clone();
     tokio::spawn(async move {
         let node = svc.node.clone();
-        let hex = tokio::task::spawn_blocking(move || node.block(&hash).ok().flatten().map(|b| wire::block_hex(&b)))
-            .await
-            .ok()
-            .flatten();
-        let Some(hex) = hex else { return };
+        let found = tokio::task::spawn_blocking(move || {
+            let block = node.block(&hash).ok().flatten()?;
+            let seal = node.seal(&hash).ok().flatten().map(|s| s.to_hex());
+            Some((wire::block_hex(&block), seal))
+        })
+        .await
+        .ok()
+        .flatten();
+        let Some((hex, seal)) = found else { return };
         for peer in peers {
             let svc = svc.clone();
             if hex.len() > wire::MAX_PUSH_HEX {
                 tokio::spawn(svc.greet(peer));
                 continue;
             }
-            let hex = hex.clone();
+            let (hex, seal) = (hex.clone(), seal.clone());
             tokio::spawn(async move {
-                match svc.request::<Ack>(peer, "block", Message::Block { hex }).await {
+                match svc.request::<Ack>(peer, "block", Message::Block { hex, seal }).await {
                     Ok(ack) => {
                         if ack.note.is_none() {
                             svc.book().has(peer, height, hash);

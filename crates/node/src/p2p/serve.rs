@@ -8,6 +8,7 @@ use std::sync::Arc;
 use bitcoin::hashes::Hash;
 use bitcoin::{Block, BlockHash, OutPoint, ScriptBuf, Transaction};
 use futures_util::future::BoxFuture;
+use micro_os_chain::seal::Seal;
 use micro_os_chain::validation::RejectCode;
 use micro_os_p2p::{PeerId, ProtocolHandler, Refusal, Request};
 
@@ -98,10 +99,10 @@ impl Service {
                     let msg = format!("{} blocks asked at once (at most {})", hashes.len(), wire::MAX_GET_BLOCKS);
                     return Err(self.refuse(peer, "oversized", msg, MALFORMED));
                 }
-                let blocks = blocking(&self.node, move |n| blocks_hex(n, &hashes))
+                let (blocks, seals) = blocking(&self.node, move |n| blocks_hex(n, &hashes))
                     .await
                     .map_err(|e| Refusal(format!("blocks: {e}")))?;
-                Ok(to_value(Blocks { blocks }))
+                Ok(to_value(Blocks { blocks, seals }))
             }
             Message::GetProofs { from, to, scripts, outpoints } => {
                 self.proofs(peer, from, to, scripts, outpoints).await.map(to_value)
@@ -110,7 +111,7 @@ impl Service {
                 Ok(to_value(Ack { note: Some("a light node keeps no mempool: not relayed".into()) }))
             }
             Message::Tx { hex } => self.take_tx(peer, &hex).await.map(to_value),
-            Message::Block { hex } => self.take_block(peer, &hex).await.map(to_value),
+            Message::Block { hex, seal } => self.take_block(peer, &hex, seal.as_deref()).await.map(to_value),
         }
     }
 
@@ -174,7 +175,7 @@ impl Service {
         }
     }
 
-    async fn take_block(&self, peer: PeerId, hex: &str) -> Result<Ack, Refusal> {
+    async fn take_block(&self, peer: PeerId, hex: &str, seal: Option<&str>) -> Result<Ack, Refusal> {
         if hex.len() > wire::MAX_PUSH_HEX * 2 {
             return Err(self.refuse(
                 peer,
@@ -184,6 +185,10 @@ impl Service {
             ));
         }
         let block: Block = wire::decode("block", hex).map_err(|why| self.refuse(peer, "malformed", why, MALFORMED))?;
+        let seal = seal
+            .map(Seal::from_hex)
+            .transpose()
+            .map_err(|r| self.refuse(peer, r.code.as_str(), format!("block {}: {r}", block.block_hash()), MALFORMED))?;
         let hash = block.block_hash();
         self.book().seen.insert(hash.to_byte_array(), peer);
         let prev = block.header.prev_blockhash;
@@ -195,7 +200,11 @@ impl Service {
             self.hint(peer);
             return Ok(Ack { note: Some(format!("block {hash}: parent {prev} is unknown, asking for headers")) });
         }
-        match blocking(&self.node, move |n| n.accept_block(&block)).await {
+        let accepted = blocking(&self.node, move |n| match &seal {
+            Some(seal) => n.accept_sealed(&block, seal),
+            None => n.accept_block(&block),
+        });
+        match accepted.await {
             Ok(acc) => {
                 self.book().has(peer, acc.height, hash);
                 Ok(Ack::default())
@@ -211,18 +220,28 @@ impl Service {
     }
 }
 
-/// The blocks asked for that we have, in order, until the answer's cap (at least one).
-fn blocks_hex(node: &Node, hashes: &[BlockHash]) -> Result<Vec<String>, crate::node::Error> {
+/// The blocks asked for that we have, in order, until the answer's cap (at least one),
+/// with their seals on a validator-sealed network.
+fn blocks_hex(node: &Node, hashes: &[BlockHash]) -> Result<(Vec<String>, Vec<String>), crate::node::Error> {
     let mut out = Vec::new();
+    let mut seals = Vec::new();
     let mut size = 0;
     for h in hashes {
         let Some(b) = node.block(h)? else { break };
+        let seal = match node.is_sealed() {
+            true => match node.seal(h)? {
+                Some(s) => Some(s.to_hex()),
+                None => break,
+            },
+            false => None,
+        };
         let hex = wire::block_hex(&b);
         if !out.is_empty() && size + hex.len() > wire::MAX_BLOCKS_HEX {
             break;
         }
         size += hex.len();
         out.push(hex);
+        seals.extend(seal);
     }
-    Ok(out)
+    Ok((out, seals))
 }

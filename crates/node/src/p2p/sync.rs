@@ -19,6 +19,7 @@ use bitcoin::{Block, BlockHash};
 use futures_util::future::BoxFuture;
 use futures_util::stream::{FuturesOrdered, StreamExt};
 use micro_os_chain::chainstate::BlockStatus;
+use micro_os_chain::seal::Seal;
 use micro_os_p2p::PeerId;
 
 use super::serve::{block_penalty, INVALID_BLOCK, MALFORMED};
@@ -183,8 +184,11 @@ pub async fn sync_with(svc: &Arc<Service>, peer: PeerId) -> Result<(), Error> {
     }
 }
 
+/// A block as fetched: with its seal on a validator-sealed network.
+type Fetched = (Block, Option<Seal>);
+
 /// A batch being fetched: the peer that answered, and the blocks.
-type Fetch = BoxFuture<'static, Result<(PeerId, Vec<Block>), Error>>;
+type Fetch = BoxFuture<'static, Result<(PeerId, Vec<Fetched>), Error>>;
 
 /// Downloads `need` (heights and hashes, in chain order) and connects the blocks in order:
 /// batches of [`BATCH`], [`IN_FLIGHT`] at once, each from a chain peer that has it (round
@@ -227,8 +231,12 @@ async fn download(svc: &Arc<Service>, peer: PeerId, need: Vec<(u32, BlockHash)>)
     while let Some(got) = inflight.next().await {
         let (from, blocks) = got?;
         let result = blocking(&svc.node, move |n| {
-            for b in &blocks {
-                if let Err(e) = n.accept_block(b) {
+            for (b, seal) in &blocks {
+                let accepted = match seal {
+                    Some(seal) => n.accept_sealed(b, seal),
+                    None => n.accept_block(b),
+                };
+                if let Err(e) = accepted {
                     return Err((b.block_hash(), Box::new(e)));
                 }
             }
@@ -255,8 +263,8 @@ async fn download(svc: &Arc<Service>, peer: PeerId, need: Vec<(u32, BlockHash)>)
 
 /// Blocks `hashes` from `peer`, all of them, in order (asking again for the rest of a
 /// capped answer); a block other than the one asked for costs the peer score.
-async fn fetch(svc: &Arc<Service>, peer: PeerId, hashes: &[BlockHash]) -> Result<Vec<Block>, Error> {
-    let mut out: Vec<Block> = Vec::with_capacity(hashes.len());
+async fn fetch(svc: &Arc<Service>, peer: PeerId, hashes: &[BlockHash]) -> Result<Vec<Fetched>, Error> {
+    let mut out: Vec<Fetched> = Vec::with_capacity(hashes.len());
     while out.len() < hashes.len() {
         let ask = hashes[out.len()..].to_vec();
         let answer: Blocks = svc
@@ -271,7 +279,13 @@ async fn fetch(svc: &Arc<Service>, peer: PeerId, hashes: &[BlockHash]) -> Result
             });
         }
         let asked: HashSet<BlockHash> = ask.iter().copied().collect();
-        for (hex, want) in answer.blocks.iter().zip(&ask) {
+        let sealed = svc.node.is_sealed();
+        if sealed && answer.seals.len() != answer.blocks.len() {
+            svc.misbehaved(peer, "bad-seal", MALFORMED);
+            let why = format!("{} blocks with {} seals", answer.blocks.len(), answer.seals.len());
+            return Err(Error::Invalid { peer, what: "blocks", why });
+        }
+        for (i, (hex, want)) in answer.blocks.iter().zip(&ask).enumerate() {
             let b: Block = match wire::decode("block", hex) {
                 Ok(b) => b,
                 Err(why) => {
@@ -285,7 +299,17 @@ async fn fetch(svc: &Arc<Service>, peer: PeerId, hashes: &[BlockHash]) -> Result
                 let why = if asked.contains(&got) { "out of order" } else { "not asked for" };
                 return Err(Error::Invalid { peer, what: "blocks", why: format!("block {got} {why}") });
             }
-            out.push(b);
+            let seal = match sealed {
+                true => match Seal::from_hex(&answer.seals[i]) {
+                    Ok(s) => Some(s),
+                    Err(r) => {
+                        svc.misbehaved(peer, "bad-seal", MALFORMED);
+                        return Err(Error::Invalid { peer, what: "blocks", why: r.to_string() });
+                    }
+                },
+                false => None,
+            };
+            out.push((b, seal));
         }
     }
     Ok(out)

@@ -49,8 +49,13 @@ pub enum Message {
     GetBlocks { hashes: Vec<BlockHash> },
     /// A transaction for the mempool; answered with [`Ack`] or refused with the reason.
     Tx { hex: String },
-    /// A new block; answered with [`Ack`] or refused with the reason.
-    Block { hex: String },
+    /// A new block (with its seal on a validator-sealed network, hex of
+    /// `Seal::to_bytes`); answered with [`Ack`] or refused with the reason.
+    Block {
+        hex: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        seal: Option<String>,
+    },
     /// A light node asks for merkle proofs of the transactions in blocks `from..=to` of the
     /// receiver's active chain that pay one of `scripts` (hex) or spend one of `outpoints`
     /// (`txid:vout`); answered with [`Proofs`].
@@ -78,6 +83,9 @@ pub struct Headers {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Blocks {
     pub blocks: Vec<String>,
+    /// On a validator-sealed network, each block's seal (hex), in the same order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub seals: Vec<String>,
 }
 
 /// The answer to `GetProofs`: the last height scanned and its hash (absent when the range

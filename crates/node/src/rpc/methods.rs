@@ -23,6 +23,12 @@ type RpcResult = Result<Value, RpcError>;
 pub fn dispatch(ctx: &Ctx, method: &str, params: &Value) -> RpcResult {
     let node = &*ctx.node;
     let a = |names: &'static [&'static str]| Args { params, names };
+    if node.is_sealed() && matches!(method, "getblocktemplate" | "submitblock" | "generatetoaddress") {
+        return Err(misc(format!(
+            "the {} network is sealed by validators on a circuit, not mined (send transactions; a validator seals them)",
+            node.params().name
+        )));
+    }
     if node.is_light() {
         match method {
             "getblocktemplate" | "submitblock" | "generatetoaddress" | "getnetworkhashps" => {
@@ -404,6 +410,7 @@ fn mempool_entry_json(e: &Entry, height: u32) -> Value {
 // ---------------------------------------------------------------------------------------------
 
 fn getblockchaininfo(node: &Node) -> RpcResult {
+    let validators = node.validator_set().map_err(misc)?.map(|v| v.iter().map(ToString::to_string).collect::<Vec<_>>());
     let st = node.state();
     let info = chain_err(st.chain.info())?;
     let tip = chain_err(st.chain.header(&info.best_block_hash))?.map_or(0, |h| h.time);
@@ -422,6 +429,8 @@ fn getblockchaininfo(node: &Node) -> RpcResult {
         "chainwork": hex::encode(info.chainwork.to_be_bytes()),
         "size_on_disk": size,
         "pruned": false,
+        "consensus": if node.is_sealed() { "circuit" } else { "pow" },
+        "validators": validators,
         "warnings": "",
     }))
 }
@@ -792,6 +801,8 @@ pub fn bip22_reason(r: &Reject) -> &'static str {
         RejectCode::BadCoinbase => "bad-cb",
         RejectCode::BadTransaction => "bad-txns",
         RejectCode::WrongNetwork => "wrong-network",
+        RejectCode::BadSeal => "bad-seal",
+        RejectCode::HeightSealed => "height-already-sealed",
     }
 }
 

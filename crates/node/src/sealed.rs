@@ -1,0 +1,208 @@
+//! A validator-sealed network's rules in the node (`Params::is_sealed`): every block comes
+//! with its seal (`micro_os_chain::seal`), whose sealer must be in the validator set the
+//! previous block's seal named, and a sealed block is final — a block at a height the node
+//! already holds is refused (`height-already-sealed`), so the chain never reorganises.
+//!
+//! Key design decision: seals live in their own file (`seals.sqlite`, keyed by block hash)
+//! and a seal is stored before its block is connected, so a `kill -9` between the two
+//! leaves a seal without its block (harmless: it is overwritten or unused), never a
+//! connected block without its seal.
+
+use std::path::{Path, PathBuf};
+
+use bitcoin::hashes::Hash;
+use bitcoin::secp256k1::PublicKey;
+use bitcoin::{Block, BlockHash};
+use micro_os_chain::chainstate::ChainState;
+use micro_os_chain::seal::Seal;
+use micro_os_chain::validation::{Reject, RejectCode};
+use rusqlite::{params, Connection, OptionalExtension};
+
+/// What went wrong in the seal store.
+#[derive(Debug, thiserror::Error)]
+#[error("seal store {path}: {source}")]
+pub struct SealStoreError {
+    path: PathBuf,
+    source: rusqlite::Error,
+}
+
+/// The seals of the node's chain and the validator set after its tip.
+pub struct Seals {
+    conn: Connection,
+    path: PathBuf,
+    /// The set block 1's sealer must be in; `None`: the set block 1's seal names.
+    pinned: Option<Vec<PublicKey>>,
+}
+
+impl std::fmt::Debug for Seals {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Seals").field("path", &self.path).finish()
+    }
+}
+
+/// Whether a sealed block is new to the node or one it already holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// It extends the tip and its seal checks: connect it.
+    Extends,
+    /// The node already holds this very block at its height.
+    Known,
+}
+
+impl Seals {
+    pub fn open(path: impl AsRef<Path>, pinned: Option<Vec<PublicKey>>) -> Result<Seals, SealStoreError> {
+        let path = path.as_ref().to_path_buf();
+        let err = |source| SealStoreError { path: path.clone(), source };
+        let conn = Connection::open(&path).map_err(err)?;
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(err)?;
+        conn.pragma_update(None, "synchronous", "FULL").map_err(err)?;
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS seals (hash BLOB PRIMARY KEY, seal BLOB NOT NULL) WITHOUT ROWID",
+        )
+        .map_err(err)?;
+        Ok(Seals { conn, path, pinned })
+    }
+
+    fn err(&self, source: rusqlite::Error) -> SealStoreError {
+        SealStoreError { path: self.path.clone(), source }
+    }
+
+    /// The seal of `hash`.
+    pub fn get(&self, hash: &BlockHash) -> Result<Option<Seal>, SealStoreError> {
+        let bytes: Option<Vec<u8>> = self
+            .conn
+            .prepare_cached("SELECT seal FROM seals WHERE hash = ?1")
+            .map_err(|e| self.err(e))?
+            .query_row([hash.to_byte_array()], |r| r.get(0))
+            .optional()
+            .map_err(|e| self.err(e))?;
+        // stored only after it was checked
+        Ok(bytes.and_then(|b| Seal::from_bytes(&b).ok()))
+    }
+
+    /// The validator set after the chain's tip: the one its seal names (`None` at genesis).
+    pub fn set_after(&self, chain: &ChainState) -> Result<Option<Vec<PublicKey>>, SealStoreError> {
+        let (height, tip) = chain.tip();
+        if height == 0 {
+            return Ok(self.pinned.clone());
+        }
+        Ok(self.get(&tip)?.map(|s| s.validators))
+    }
+
+    /// Checks a sealed block against the chain: it extends the tip (or is the block the
+    /// node holds at its height), and its seal is its own, by a validator of the set.
+    pub fn check(&self, chain: &ChainState, block: &Block, seal: &Seal) -> Result<Verdict, CheckError> {
+        let hash = block.block_hash();
+        let (height, tip) = chain.tip();
+        if block.header.prev_blockhash != tip {
+            if let Some(e) = chain.entry(&hash)? {
+                if chain.hash_at(e.height)? == Some(hash) {
+                    return Ok(Verdict::Known);
+                }
+            }
+            return match chain.entry(&block.header.prev_blockhash)? {
+                Some(prev) if prev.height < height => Err(Reject::new(
+                    RejectCode::HeightSealed,
+                    format!("block {hash} at height {}: that height is already sealed and final", prev.height + 1),
+                )
+                .into()),
+                _ => Err(Reject::new(
+                    RejectCode::BadPrevBlock,
+                    format!("block {hash}: previous block {} is unknown", block.header.prev_blockhash),
+                )
+                .into()),
+            };
+        }
+        let set = self.set_after(chain)?;
+        seal.verify(chain.params(), &hash, set.as_deref())?;
+        Ok(Verdict::Extends)
+    }
+
+    /// Keeps `seal` for `hash` (before the block is connected).
+    pub fn store(&self, hash: &BlockHash, seal: &Seal) -> Result<(), SealStoreError> {
+        self.conn
+            .prepare_cached("INSERT OR REPLACE INTO seals (hash, seal) VALUES (?1, ?2)")
+            .map_err(|e| self.err(e))?
+            .execute(params![hash.to_byte_array(), seal.to_bytes()])
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+}
+
+/// Why a sealed block was not taken.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    #[error("{0}")]
+    Reject(#[from] Reject),
+    #[error(transparent)]
+    Store(#[from] SealStoreError),
+    #[error("chain state: {0}")]
+    Chain(#[from] micro_os_chain::error::Error),
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicBool;
+
+    use bitcoin::secp256k1::{rand, Secp256k1, SecretKey};
+    use bitcoin::ScriptBuf;
+    use micro_os_chain::miner;
+    use micro_os_chain::params::Params;
+    use micro_os_chain::seal::normalize;
+
+    use super::*;
+    use crate::node::{Node, Options};
+
+    fn key() -> (SecretKey, PublicKey) {
+        let sk = SecretKey::new(&mut rand::thread_rng());
+        (sk, PublicKey::from_secret_key(&Secp256k1::signing_only(), &sk))
+    }
+
+    /// A block on `node`'s tip at the fixed pow limit, with extra nonce `extra`.
+    fn next_block(node: &Node, extra: u8) -> Block {
+        let mut t = node.block_template(ScriptBuf::new_op_return([extra; 4])).unwrap();
+        let m = miner::mine(&t.block.header, t.block.header.target(), 1, &AtomicBool::new(false), |_| {});
+        t.block.header = m.header.unwrap();
+        t.block
+    }
+
+    #[test]
+    fn sealed_blocks_need_a_validators_seal_and_are_final() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = Node::open(dir.path(), Params::circuit(), Options::default()).unwrap();
+        let p = node.params();
+        let (a, pa) = key();
+        let (b, pb) = key();
+        let (outsider, _) = key();
+        let b1 = next_block(&node, 1);
+        let code = |e: crate::node::Error| e.reject().map(|r| r.code);
+        // no seal, or a seal of another block: refused
+        assert_eq!(code(node.accept_block(&b1).unwrap_err()), Some(RejectCode::BadSeal));
+        let wrong = Seal::sign(p, &a, &BlockHash::all_zeros(), vec![pa, pb]);
+        assert_eq!(code(node.accept_sealed(&b1, &wrong).unwrap_err()), Some(RejectCode::BadSeal));
+        // block 1 names the set {a, b}
+        node.accept_sealed(&b1, &Seal::sign(p, &a, &b1.block_hash(), vec![pa, pb])).unwrap();
+        assert_eq!(node.tip().0, 1);
+        assert_eq!(node.validator_set().unwrap(), Some(normalize(vec![pa, pb])));
+        // block 2 sealed by someone outside the set: refused; by b: taken
+        let b2 = next_block(&node, 2);
+        let e = node.accept_sealed(&b2, &Seal::sign(p, &outsider, &b2.block_hash(), vec![pa, pb])).unwrap_err();
+        assert!(e.to_string().contains("not a validator"), "{e}");
+        let s2 = Seal::sign(p, &b, &b2.block_hash(), vec![pa, pb]);
+        node.accept_sealed(&b2, &s2).unwrap();
+        // the same block again is a no-op; another block at height 2 is refused: final
+        assert!(node.accept_sealed(&b2, &s2).unwrap().connected.is_empty());
+        let mut rival = b2.clone();
+        rival.header.time += 1;
+        let m = miner::mine(&rival.header, rival.header.target(), 1, &AtomicBool::new(false), |_| {});
+        rival.header = m.header.unwrap();
+        let e = node.accept_sealed(&rival, &Seal::sign(p, &a, &rival.block_hash(), vec![pa, pb])).unwrap_err();
+        assert_eq!(code(e), Some(RejectCode::HeightSealed));
+        assert_eq!(node.seal(&b2.block_hash()).unwrap(), Some(s2));
+        // the set and the seals survive a restart
+        drop(node);
+        let node = Node::open(dir.path(), Params::circuit(), Options::default()).unwrap();
+        assert_eq!(node.tip().0, 2);
+        assert_eq!(node.validator_set().unwrap(), Some(normalize(vec![pa, pb])));
+    }
+}
