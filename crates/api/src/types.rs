@@ -132,15 +132,25 @@ pub struct ImageInfo {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ImageBuild {
-    /// Which built-in image to build: `busybox`.
+    /// Which built-in image to build: `busybox`, `blockchain-base`, `blockchain-node` or
+    /// `ethereum-dev` (ignored with `from_dir`).
+    #[serde(default = "default_base")]
     pub base: String,
+    /// Build the image from this directory on the daemon's host instead (absolute path):
+    /// its tree becomes the image's root; `name` is required.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_dir: Option<String>,
     /// Name to store it under (default: the base's name).
     #[serde(default)]
     pub name: Option<String>,
 }
 
-/// `POST /api/v1/images/import`: import an OCI layout or `docker save` tarball from a
-/// path on the daemon's host.
+fn default_base() -> String {
+    "busybox".into()
+}
+
+/// `POST /api/v1/images/import`: import an OCI layout, a `docker save` tarball or a root
+/// filesystem tarball from a path on the daemon's host.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ImageImport {

@@ -94,3 +94,41 @@ fn import_run_and_remove_an_image() {
         assert!(boot.join("vmlinuz").exists() && boot.join("initramfs.img").exists(), "no qemu boot files");
     }
 }
+
+/// An image from a directory on the host (`image build --from-dir`) and from a root
+/// filesystem tarball (`image import`), each running a container; bad input is one line.
+#[test]
+fn images_from_a_directory_and_a_rootfs_tarball_run() {
+    let test = "images_from_a_directory_and_a_rootfs_tarball_run";
+    if !require(test, CONTAINERS) {
+        return;
+    }
+    let d = Daemon::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path().display();
+    sh(&format!(
+        "set -e; mkdir -p {t}/root/bin {t}/root/etc; cp /bin/busybox {t}/root/bin/busybox;
+         ln -s busybox {t}/root/bin/sh; ln -s busybox {t}/root/bin/cat;
+         echo from-a-directory > {t}/root/etc/motd; tar -C {t}/root -cf {t}/root.tar ."
+    ));
+    let out = d.ok(&["image", "build", "--from-dir", &format!("{t}/root"), "--name", "from-dir"]);
+    assert!(out.contains("built from-dir"), "{out}");
+    let o = d.cli(&["container", "run", "--rm", "--image", "from-dir", "--", "cat", "/etc/motd"]);
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "from-a-directory", "{o:?}");
+    let ls = d.ok(&["image", "ls"]);
+    assert!(ls.contains("directory "), "the source says where it came from: {ls}");
+
+    let out = d.ok(&["image", "import", &format!("{t}/root.tar"), "--name", "from-tar"]);
+    assert!(out.contains("imported from-tar"), "{out}");
+    let o = d.cli(&["container", "run", "--rm", "--image", "from-tar", "--", "cat", "/etc/motd"]);
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "from-a-directory", "{o:?}");
+
+    // bad input: one line, and nothing made
+    let e = d.fails(&["image", "build", "--from-dir", &format!("{t}/nowhere"), "--name", "x"], 3);
+    assert!(e.contains("nowhere") && e.contains("cannot be opened"), "{e}");
+    let e = d.fails(&["image", "import", &format!("{t}/root.tar")], 2);
+    assert!(e.contains("names no image (give one with --name)"), "{e}");
+    let e = d.fails(&["image", "build", "--from-dir", &format!("{t}/root"), "--name", "from-dir"], 4);
+    assert!(e.contains("from-dir"), "{e}");
+    assert!(!d.ok(&["image", "ls"]).contains("\nx "));
+}

@@ -296,12 +296,30 @@ impl ImageStore {
                 })?;
                 unpacked
             };
-            let plan = read_plan(&src).map_err(|msg| Error::BadImage { path: path.into(), msg })?;
+            // a tarball without an image manifest is a root filesystem: one layer
+            let rootfs_tar = !meta.is_dir() && !src.join("manifest.json").exists() && !src.join("index.json").exists();
+            let plan = match rootfs_tar {
+                true => Plan {
+                    layers: vec![path.to_path_buf()],
+                    config: ImageConfig {
+                        cmd: if src.join("bin/sh").exists() { vec!["sh".into()] } else { Vec::new() },
+                        env: vec!["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()],
+                        workdir: "/".into(),
+                        ..Default::default()
+                    },
+                    tag: None,
+                    id: hex::encode(Sha256::digest(path.display().to_string().as_bytes())),
+                },
+                false => read_plan(&src).map_err(|msg| Error::BadImage { path: path.into(), msg })?,
+            };
             let final_name = match name {
                 Some(n) => n.to_string(),
                 None => plan.tag.clone().ok_or_else(|| Error::BadImage {
                     path: path.into(),
-                    msg: "the archive names no image (give one with --name)".into(),
+                    msg: match rootfs_tar {
+                        true => "a root filesystem tarball names no image (give one with --name)".into(),
+                        false => "the archive names no image (give one with --name)".into(),
+                    },
                 })?,
             };
             validate_image_name(&final_name)?;
@@ -330,7 +348,10 @@ impl ImageStore {
                 created_at: Utc::now(),
                 size_bytes: 0,
                 layers: n,
-                source: format!("import {}", path.display()),
+                source: match rootfs_tar {
+                    true => format!("root filesystem {}", path.display()),
+                    false => format!("import {}", path.display()),
+                },
                 config: plan.config,
             })
         })();
@@ -342,6 +363,99 @@ impl ImageStore {
             }
         }
     }
+}
+
+impl ImageStore {
+    /// An image whose root is a copy of directory `dir` on this host: files with their
+    /// modes, directories, symlinks as they are (they resolve inside the container's
+    /// root); devices, sockets and fifos are skipped. Its command is `sh` when it has one.
+    pub fn import_dir(&self, dir: &Path, name: &str, progress: ProgressFn<'_>) -> Result<Image> {
+        validate_image_name(name)?;
+        if self.exists(name) {
+            return Err(Error::ImageExists(name.into()));
+        }
+        if !dir.is_dir() {
+            return Err(Error::Invalid(format!("{} is not a directory (give one with --from-dir)", dir.display())));
+        }
+        let scratch = self.scratch(name)?;
+        let result = (|| {
+            let rootfs = scratch.join("rootfs");
+            // first the sizes, for the progress; then the copy
+            let mut total = 0u64;
+            let mut id = Sha256::new();
+            walk(dir, &mut |rel, meta| {
+                total += meta.len();
+                id.update(rel.as_os_str().as_encoded_bytes());
+                id.update(meta.len().to_le_bytes());
+                Ok(())
+            })?;
+            let mut done = 0u64;
+            let stage = format!("copying {}", dir.display());
+            progress(Progress { stage: stage.clone(), current: 0, total });
+            fs::create_dir_all(&rootfs).context(|| format!("create {}", rootfs.display()))?;
+            walk(dir, &mut |rel, meta| {
+                let (src, dst) = (dir.join(rel), rootfs.join(rel));
+                let ft = meta.file_type();
+                if ft.is_dir() {
+                    fs::create_dir_all(&dst).context(|| format!("create {}", dst.display()))?;
+                    fs::set_permissions(&dst, meta.permissions()).context(|| format!("chmod {}", dst.display()))?;
+                } else if ft.is_symlink() {
+                    let target = fs::read_link(&src).context(|| format!("read link {}", src.display()))?;
+                    std::os::unix::fs::symlink(&target, &dst).context(|| format!("link {}", dst.display()))?;
+                } else if ft.is_file() {
+                    fs::copy(&src, &dst).context(|| format!("copy {}", src.display()))?;
+                    done += meta.len();
+                    progress(Progress { stage: stage.clone(), current: done, total });
+                }
+                Ok(())
+            })?;
+            progress(Progress { stage, current: total, total });
+            Ok(Image {
+                name: name.into(),
+                id: hex::encode(id.finalize()),
+                created_at: Utc::now(),
+                size_bytes: 0,
+                layers: 1,
+                source: format!("directory {}", dir.display()),
+                config: ImageConfig {
+                    cmd: if rootfs.join("bin/sh").exists() { vec!["sh".into()] } else { Vec::new() },
+                    env: vec!["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()],
+                    workdir: "/".into(),
+                    ..Default::default()
+                },
+            })
+        })();
+        match result {
+            Ok(img) => self.commit(&scratch, img),
+            Err(e) => {
+                let _ = fs::remove_dir_all(&scratch);
+                Err(e)
+            }
+        }
+    }
+}
+
+/// Visits every entry below `root` (parents before children, in name order) with its
+/// path relative to `root` and its own metadata (a symlink is not followed).
+fn walk(root: &Path, f: &mut dyn FnMut(&Path, &fs::Metadata) -> Result<()>) -> Result<()> {
+    fn go(root: &Path, rel: &Path, f: &mut dyn FnMut(&Path, &fs::Metadata) -> Result<()>) -> Result<()> {
+        let dir = root.join(rel);
+        let mut entries: Vec<_> = fs::read_dir(&dir)
+            .context(|| format!("read {}", dir.display()))?
+            .collect::<io::Result<_>>()
+            .context(|| format!("read {}", dir.display()))?;
+        entries.sort_by_key(|e| e.file_name());
+        for e in entries {
+            let rel = rel.join(e.file_name());
+            let meta = fs::symlink_metadata(root.join(&rel)).context(|| format!("stat {}", rel.display()))?;
+            f(&rel, &meta)?;
+            if meta.is_dir() {
+                go(root, &rel, f)?;
+            }
+        }
+        Ok(())
+    }
+    go(root, Path::new(""), f)
 }
 
 /// Copies a dynamically linked binary into `rootfs` at `dest` with every library `ldd`

@@ -564,20 +564,25 @@ pub enum ImageCmd {
         #[arg(long, value_enum, default_value_t)]
         format: Format,
     },
-    /// Build a built-in base image: busybox (from Debian's busybox-static),
-    /// blockchain-base (busybox + the micro-os agent; with a kernel + initramfs for qemu) or
-    /// blockchain-node (busybox + the reference chain's node, micro-os-node).
+    /// Build a built-in base image — busybox (from Debian's busybox-static),
+    /// blockchain-base (busybox + the micro-os agent; with a kernel + initramfs for qemu),
+    /// blockchain-node (busybox + the reference chain's node, micro-os-node) or ethereum-dev
+    /// (busybox + anvil from npm) — or an image from a directory whose tree is its root.
     #[command(
-        after_help = "Examples:\n  micro-os image build busybox\n  micro-os image build blockchain-base\n  micro-os image build blockchain-node\n  micro-os image build busybox --name base"
+        after_help = "Examples:\n  micro-os image build busybox\n  micro-os image build blockchain-base\n  micro-os image build blockchain-node\n  micro-os image build busybox --name base\n  micro-os image build --from-dir ./rootfs --name my-node"
     )]
     Build {
-        /// Which base: busybox, blockchain-base or blockchain-node.
-        #[arg(default_value = "busybox")]
+        /// Which base: busybox, blockchain-base, blockchain-node or ethereum-dev.
+        #[arg(default_value = "busybox", conflicts_with = "from_dir")]
         base: String,
+        /// A directory whose tree becomes the image's root (needs --name).
+        #[arg(long, value_name = "DIR", requires = "name")]
+        from_dir: Option<PathBuf>,
         #[arg(long)]
         name: Option<String>,
     },
-    /// Import an OCI image layout (dir or tar) or a `docker save` tarball.
+    /// Import an OCI image layout (dir or tar), a `docker save` tarball, or a root
+    /// filesystem tarball (needs --name).
     #[command(
         after_help = "Examples:\n  micro-os image import ./alpine.tar --name alpine\n  micro-os image import ./oci-layout/"
     )]

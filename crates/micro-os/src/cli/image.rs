@@ -82,8 +82,15 @@ pub fn run(client: &Client, cmd: ImageCmd) -> CliResult<i32> {
             let v: Vec<ImageInfo> = client.call("GET", "/images", None::<&()>)?;
             print(format, &v, |v| images_table(v))?;
         }
-        ImageCmd::Build { base, name } => {
-            let body = serde_json::to_value(ImageBuild { base, name }).expect("serialises");
+        ImageCmd::Build { base, from_dir, name } => {
+            let from_dir = from_dir
+                .map(|d| {
+                    std::fs::canonicalize(&d).map(|p| p.display().to_string()).map_err(|e| {
+                        CliError::new(exit::NOT_FOUND, format!("directory {} cannot be opened: {e}", d.display()))
+                    })
+                })
+                .transpose()?;
+            let body = serde_json::to_value(ImageBuild { base, from_dir, name }).expect("serialises");
             let img = follow(client.raw("POST", "/images/build", Some(&body))?)?;
             println!("built {} ({}, {})", img.name, &img.id[..12.min(img.id.len())], Size(img.size_bytes));
         }

@@ -127,9 +127,43 @@ impl Control for Daemon {
 
     fn build_image(&self, req: ImageBuild) -> BoxFuture<'_, Result<ByteStream, ApiError>> {
         Box::pin(async move {
+            if let Some(dir) = &req.from_dir {
+                let path = std::path::PathBuf::from(dir);
+                if !path.is_absolute() {
+                    return Err(ApiError::bad_request(format!(
+                        "directory {dir:?} must be absolute (the daemon resolves it)"
+                    )));
+                }
+                if !path.is_dir() {
+                    return Err(ApiError::not_found(format!(
+                        "directory {dir:?} not found on the daemon's host (give an existing directory with --from-dir)"
+                    )));
+                }
+                let Some(name) = req.name.clone() else {
+                    return Err(ApiError::bad_request("an image built from a directory needs --name NAME"));
+                };
+                micro_os_runtime::image::validate_image_name(&name).map_err(image_error)?;
+                if self.0.images.exists(&name) {
+                    return Err(image_error(micro_os_runtime::Error::ImageExists(name)));
+                }
+                let engine = self.0.clone();
+                return Ok(image_job(move |p| engine.images.import_dir(&path, &name, p)));
+            }
+            if req.base == "ethereum-dev" {
+                let name = req.name.unwrap_or_else(|| req.base.clone());
+                micro_os_runtime::image::validate_image_name(&name).map_err(image_error)?;
+                if self.0.images.exists(&name) {
+                    return Err(image_error(micro_os_runtime::Error::ImageExists(name)));
+                }
+                let engine = self.0.clone();
+                let anvil = micro_os_runtime::image::ANVIL;
+                return Ok(image_job(move |p| {
+                    engine.images.build_with(&name, &engine.cfg.busybox, &engine.exe, &anvil, p)
+                }));
+            }
             if !["busybox", "blockchain-base", "blockchain-node"].contains(&req.base.as_str()) {
                 return Err(ApiError::bad_request(format!(
-                    "base image {:?} is unknown (built-in bases: busybox, blockchain-base, blockchain-node)",
+                    "base image {:?} is unknown (built-in bases: busybox, blockchain-base, blockchain-node, ethereum-dev; or --from-dir DIR)",
                     req.base
                 )));
             }

@@ -27,6 +27,8 @@ pub struct Daemon {
     /// The uid and gid the daemon runs as, when not this process's.
     user: Option<(u32, u32)>,
     child: Option<Child>,
+    /// Variables the daemon gets besides this process's environment.
+    pub env: Vec<(String, String)>,
 }
 
 /// nobody:nogroup on Debian.
@@ -57,7 +59,7 @@ impl Daemon {
             "p2p_listen": ["/ip4/127.0.0.1/tcp/0", "/ip4/127.0.0.1/udp/0/quic-v1"],
         });
         std::fs::write(home.path().join("config.json"), config.to_string()).unwrap();
-        let d = Daemon { home, port, bind: bind.into(), user: None, child: None };
+        let d = Daemon { home, port, bind: bind.into(), user: None, child: None, env: Vec::new() };
         d.ok(&["init"]);
         d
     }
@@ -132,6 +134,7 @@ impl Daemon {
         cmd.args(["daemon", "--api-addr", &format!("{}:{}", self.bind, self.port)])
             .env("MICRO_OS_HOME", self.home.path())
             .env("MICRO_OS_LOG", "info")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log);
