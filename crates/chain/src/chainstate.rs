@@ -13,11 +13,15 @@
 //! (`synchronous=FULL` for that transaction): headers and stored block data commit without
 //! an fsync of their own, and since the WAL is written in order, the next connect's fsync
 //! makes them durable too — a power cut may lose a header or a block not yet connected
-//! (peers send them again), never a connected block, and never the state's consistency. The block index stays on disk (not in
+//! (peers send them again), never a connected block, and never the state's consistency. A
+//! connect takes each spent coin out of the UTXO set as it checks the input (one `DELETE ...
+//! RETURNING`) and writes the block's changes while its signatures are verified on the other
+//! cores (`validation::verify_while`); it commits only if they all pass, else the SQLite
+//! transaction is rolled back. The block index stays on disk (not in
 //! memory as in Core) so a long-lived fast devnet does not grow the process; every lookup is
 //! a primary-key read through a cached prepared statement.
 
-use std::cell::RefCell;
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
@@ -33,7 +37,7 @@ use crate::params::Params;
 use crate::pow::{self, PrevBlock};
 use crate::validation::{
     self, check_block_context, check_block_txids, check_header_context, check_header_pow, median_time, Coin, CoinView,
-    PrevEntry, Reject, RejectCode, MEDIAN_TIME_SPAN,
+    PrevEntry, Reject, RejectCode, SigQueue, TxSpends, MEDIAN_TIME_SPAN,
 };
 
 /// How far a block index entry has got.
@@ -173,8 +177,6 @@ pub struct ChainState {
     params: &'static Params,
     path: PathBuf,
     tip: (u32, BlockHash),
-    /// The block `accept_block` just stored, so connecting it does not read it back.
-    stored: Option<(BlockHash, Block)>,
 }
 
 impl std::fmt::Debug for ChainState {
@@ -240,39 +242,6 @@ fn tx_confirmed(conn: &Connection, txid: &Txid) -> rusqlite::Result<bool> {
         .map(|o| o.is_some())
 }
 
-/// The UTXO set as seen half-way through connecting a block: coins created earlier in the
-/// block, minus coins it spent, over the database. Coins read from the database are kept
-/// for the undo data; a database error is kept for the caller (CoinView cannot fail).
-struct BlockView<'a> {
-    conn: &'a Connection,
-    created: &'a HashMap<OutPoint, Coin>,
-    fetched: RefCell<HashMap<OutPoint, Coin>>,
-    error: RefCell<Option<rusqlite::Error>>,
-}
-
-impl CoinView for BlockView<'_> {
-    fn coin(&self, op: &OutPoint) -> Option<Coin> {
-        if let Some(c) = self.created.get(op) {
-            return Some(c.clone());
-        }
-        match read_coin(self.conn, op) {
-            Ok(Some(c)) => {
-                self.fetched.borrow_mut().insert(*op, c.clone());
-                Some(c)
-            }
-            Ok(None) => None,
-            Err(e) => {
-                self.error.borrow_mut().get_or_insert(e);
-                None
-            }
-        }
-    }
-
-    fn is_spent(&self, op: &OutPoint) -> bool {
-        tx_confirmed(self.conn, &op.txid).unwrap_or(false)
-    }
-}
-
 impl CoinView for ChainState {
     fn coin(&self, outpoint: &OutPoint) -> Option<Coin> {
         match read_coin(&self.conn, outpoint) {
@@ -300,7 +269,7 @@ impl ChainState {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.execute_batch(SCHEMA)?;
-        let mut cs = ChainState { conn, params, path, tip: (0, params.genesis_hash), stored: None };
+        let mut cs = ChainState { conn, params, path, tip: (0, params.genesis_hash) };
         let network: Option<String> =
             cs.conn.query_row("SELECT value FROM meta WHERE key = 'network'", [], |r| r.get(0)).optional()?;
         match network {
@@ -680,12 +649,15 @@ impl ChainState {
         if status.status >= BlockStatus::HaveData {
             return Ok(Accepted::nothing(hash, status.height, self.tip));
         }
-        if let Err(r) = check_block_txids(block, self.params) {
-            if !may_be_mutation(r.code) {
-                self.mark_invalid(&hash, &r)?;
+        let txids = match check_block_txids(block, self.params) {
+            Ok(txids) => txids,
+            Err(r) => {
+                if !may_be_mutation(r.code) {
+                    self.mark_invalid(&hash, &r)?;
+                }
+                return Err(r.into());
             }
-            return Err(r.into());
-        }
+        };
         let prev = self.entry_or_corrupt(&block.header.prev_blockhash)?;
         if let Err(r) = check_block_context(block, status.height, self.mtp_of(&prev)?) {
             self.mark_invalid(&hash, &r)?;
@@ -700,10 +672,7 @@ impl ChainState {
             tx.execute("UPDATE block_index SET status = 1 WHERE hash = ?1", [hash.to_byte_array()])?;
             tx.commit()?;
         }
-        self.stored = Some((hash, block.clone()));
-        let accepted = self.activate_best_chain();
-        self.stored = None;
-        let mut accepted = accepted?;
+        let mut accepted = self.activate(Some(Fresh { hash, block, txids: &txids }))?;
         accepted.hash = hash;
         accepted.height = status.height;
         accepted.new = true;
@@ -746,6 +715,12 @@ impl ChainState {
 
     /// Makes the most-work fully available valid chain active, returning the net changes.
     pub fn activate_best_chain(&mut self) -> Result<Accepted> {
+        self.activate(None)
+    }
+
+    /// [`activate_best_chain`](Self::activate_best_chain), connecting `fresh` (a block just
+    /// stored) from memory if it is on the way.
+    fn activate(&mut self, fresh: Option<Fresh<'_>>) -> Result<Accepted> {
         let mut out = Accepted::nothing(self.tip.1, self.tip.0, self.tip);
         while let Some((fork, path)) = self.find_best_candidate()? {
             while self.tip.1 != fork.hash {
@@ -758,7 +733,7 @@ impl ChainState {
                 }
             }
             for e in path {
-                match self.connect_block(&e)? {
+                match self.connect_block(&e, fresh)? {
                     Ok(()) => {
                         if let Some(i) = out.disconnected.iter().position(|b| b.block_hash() == e.hash) {
                             out.disconnected.remove(i);
@@ -782,101 +757,31 @@ impl ChainState {
     }
 
     /// Connects the block of `entry` on top of the tip (its parent), in one SQLite
-    /// transaction. The inner `Err` is a verdict; nothing is written then.
-    fn connect_block(&mut self, entry: &IndexEntry) -> Result<Result<(), Reject>> {
+    /// transaction; `fresh` is a block in hand with its txids (used when it is this one).
+    /// The inner `Err` is a verdict; nothing is written then.
+    fn connect_block(&mut self, entry: &IndexEntry, fresh: Option<Fresh<'_>>) -> Result<Result<(), Reject>> {
         let hash = entry.hash;
         let height = entry.height;
-        let block = match self.stored.take() {
-            Some((h, b)) if h == hash => b,
-            other => {
-                self.stored = other;
-                self.block(&hash)?.ok_or_else(|| Error::Corrupt(format!("block {hash} has no data")))?
+        let read;
+        let (block, txids) = match fresh {
+            Some(f) if f.hash == hash => (f.block, Cow::Borrowed(f.txids)),
+            _ => {
+                read = self.block(&hash)?.ok_or_else(|| Error::Corrupt(format!("block {hash} has no data")))?;
+                (&read, Cow::Owned(read.txdata.iter().map(Transaction::compute_txid).collect()))
             }
         };
         let params = self.params;
         self.conn.pragma_update(None, "synchronous", "FULL")?;
         let dbtx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let mut created: HashMap<OutPoint, Coin> = HashMap::new();
-        let mut spent_in_block: HashSet<OutPoint> = HashSet::new();
-        let mut undo: Vec<(OutPoint, Coin)> = Vec::new();
-        let mut jobs = Vec::new();
-        let mut fees = Amount::ZERO;
-        let txids: Vec<Txid> = block.txdata.iter().map(Transaction::compute_txid).collect();
-        for (i, (tx, txid)) in block.txdata.iter().zip(&txids).enumerate() {
-            if i > 0 {
-                for (n, txin) in tx.input.iter().enumerate() {
-                    if spent_in_block.contains(&txin.previous_output) {
-                        return Ok(Err(Reject::new(
-                            RejectCode::DoubleSpend,
-                            format!(
-                                "block {hash}: tx {txid} input {n} spends {}, already spent in this block",
-                                txin.previous_output
-                            ),
-                        )));
-                    }
-                }
-                let view = BlockView {
-                    conn: &dbtx,
-                    created: &created,
-                    fetched: RefCell::default(),
-                    error: RefCell::default(),
-                };
-                let verdict = validation::tx_input_checks(tx, *txid, &view, height, params, &mut jobs);
-                if let Some(e) = view.error.take() {
-                    return Err(e.into());
-                }
-                let fee = match verdict {
-                    Ok(f) => f,
-                    Err(mut r) => {
-                        r.reason = format!("block {hash}: {}", r.reason);
-                        return Ok(Err(r));
-                    }
-                };
-                fees = fees.checked_add(fee).unwrap_or(Amount::MAX_MONEY);
-                let mut fetched = view.fetched.into_inner();
-                for txin in &tx.input {
-                    let op = txin.previous_output;
-                    spent_in_block.insert(op);
-                    if created.remove(&op).is_none() {
-                        let coin = fetched.remove(&op).ok_or_else(|| Error::Corrupt(format!("coin {op} vanished")))?;
-                        undo.push((op, coin));
-                    }
-                }
+        let inputs = block.txdata.iter().skip(1).map(|t| t.input.len()).sum();
+        // The writes happen while the signatures are verified; a verdict rolls them back.
+        let connected = validation::verify_while(inputs, |queue| {
+            let undo = spend_and_create(&dbtx, block, &txids, height, params, queue)?;
+            if queue.failed() {
+                return Ok(()); // the verdict is waiting: no use writing
             }
-            for (vout, out) in tx.output.iter().enumerate() {
-                if out.script_pubkey.is_op_return() {
-                    continue; // provably unspendable: never enters the UTXO set
-                }
-                created.insert(
-                    OutPoint { txid: *txid, vout: vout as u32 },
-                    Coin { output: out.clone(), height, coinbase: i == 0 },
-                );
-            }
-        }
-        let paid: Amount = block.txdata[0].output.iter().map(|o| o.value).sum();
-        let allowed = params.block_subsidy(height) + fees;
-        if paid > allowed {
-            return Ok(Err(Reject::new(
-                RejectCode::BadCoinbase,
-                format!(
-                    "block {hash}: coinbase pays {} sat, subsidy and fees are {} sat",
-                    paid.to_sat(),
-                    allowed.to_sat()
-                ),
-            )));
-        }
-        if let Err(mut r) = validation::verify_sig_checks(&jobs) {
-            r.reason = format!("block {hash}: {}", r.reason);
-            return Ok(Err(r));
-        }
-        {
-            let mut del = dbtx.prepare_cached("DELETE FROM utxo WHERE txid = ?1 AND vout = ?2")?;
-            for (op, _) in &undo {
-                del.execute(params![op.txid.to_byte_array(), op.vout])?;
-            }
-            insert_coins(&dbtx, &created)?;
             let mut txi = dbtx.prepare_cached("INSERT OR REPLACE INTO tx_index (txid, block) VALUES (?1, ?2)")?;
-            for txid in &txids {
+            for txid in txids.iter() {
                 txi.execute(params![txid.to_byte_array(), hash.to_byte_array()])?;
             }
             dbtx.prepare_cached("INSERT OR REPLACE INTO undo (hash, data) VALUES (?1, ?2)")?
@@ -887,6 +792,16 @@ impl ChainState {
                 .execute(params![hash.to_byte_array(), height])?;
             dbtx.prepare_cached("UPDATE block_index SET status = 2 WHERE hash = ?1")?
                 .execute([hash.to_byte_array()])?;
+            Ok::<_, Error>(())
+        });
+        match connected {
+            Ok(()) => {}
+            Err(Error::Invalid(mut r)) => {
+                // dropping `dbtx` rolls back
+                r.reason = format!("block {hash}: {}", r.reason);
+                return Ok(Err(r));
+            }
+            Err(e) => return Err(e),
         }
         dbtx.commit()?;
         self.conn.pragma_update(None, "synchronous", "NORMAL")?;
@@ -920,7 +835,7 @@ impl ChainState {
                 }
                 untx.execute(params![txid.to_byte_array(), hash.to_byte_array()])?;
             }
-            insert_coins(&dbtx, undo.iter().map(|(op, c)| (op, c)))?;
+            insert_coins(&dbtx, undo.iter().map(|(op, c)| (*op, &c.output, c.height, c.coinbase)))?;
             dbtx.prepare_cached("DELETE FROM undo WHERE hash = ?1")?.execute([hash.to_byte_array()])?;
             dbtx.prepare_cached("DELETE FROM active_chain WHERE height = ?1")?.execute([height])?;
             dbtx.prepare_cached("UPDATE tip SET hash = ?1, height = ?2 WHERE id = 0")?
@@ -933,23 +848,117 @@ impl ChainState {
     }
 }
 
+/// A block in hand and its txids, so that connecting it neither reads it back nor hashes
+/// its transactions again.
+#[derive(Clone, Copy)]
+struct Fresh<'b> {
+    hash: BlockHash,
+    block: &'b Block,
+    txids: &'b [Txid],
+}
+
+/// The UTXO half of connecting `block` at `height`, inside the caller's transaction: checks
+/// every input that needs the UTXO set (in block order, each coin taken out of the set as
+/// it is spent) and queues its signature checks, checks the coinbase's value, and puts the
+/// block's unspent outputs in. Returns the spent coins (the undo data), in order.
+fn spend_and_create<'b>(
+    dbtx: &rusqlite::Transaction<'_>,
+    block: &'b Block,
+    txids: &[Txid],
+    height: u32,
+    params: &Params,
+    queue: &mut SigQueue<'_, 'b>,
+) -> Result<Vec<(OutPoint, Coin)>> {
+    let outputs = block.txdata.iter().map(|t| t.output.len()).sum();
+    // Outputs created by this block, not (yet) spent in it: (output, by the coinbase).
+    let mut created: HashMap<OutPoint, (&TxOut, bool)> = HashMap::with_capacity(outputs);
+    let mut spent_in_block: HashSet<OutPoint> = HashSet::new();
+    let mut undo = Vec::new();
+    let mut fees = Amount::ZERO;
+    let mut take = dbtx
+        .prepare_cached("DELETE FROM utxo WHERE txid = ?1 AND vout = ?2 RETURNING amount, script, height, coinbase")?;
+    for (i, (tx, txid)) in block.txdata.iter().zip(txids).enumerate() {
+        if i > 0 {
+            let mut spends = TxSpends::new(tx, *txid, height, params)?;
+            for (n, txin) in tx.input.iter().enumerate() {
+                let op = txin.previous_output;
+                if !spent_in_block.insert(op) {
+                    return Err(Reject::new(
+                        RejectCode::DoubleSpend,
+                        format!("tx {txid} input {n} spends {op}, already spent in this block"),
+                    )
+                    .into());
+                }
+                if let Some((output, coinbase)) = created.remove(&op) {
+                    spends.spend(n, output, height, coinbase)?;
+                    continue;
+                }
+                let coin = take
+                    .query_row(params![op.txid.to_byte_array(), op.vout], |r| {
+                        Ok(Coin {
+                            output: TxOut {
+                                value: Amount::from_sat(r.get::<_, i64>(0)? as u64),
+                                script_pubkey: ScriptBuf::from_bytes(r.get(1)?),
+                            },
+                            height: r.get(2)?,
+                            coinbase: r.get(3)?,
+                        })
+                    })
+                    .optional()?;
+                let Some(coin) = coin else {
+                    return Err(validation::missing_input(*txid, n, &op, tx_confirmed(dbtx, &op.txid)?).into());
+                };
+                spends.spend(n, &coin.output, coin.height, coin.coinbase)?;
+                undo.push((op, coin));
+            }
+            let (fee, checks) = spends.finish()?;
+            fees = fees.checked_add(fee).unwrap_or(Amount::MAX_MONEY);
+            queue.push(checks);
+        }
+        for (vout, out) in tx.output.iter().enumerate() {
+            if out.script_pubkey.is_op_return() {
+                continue; // provably unspendable: never enters the UTXO set
+            }
+            created.insert(OutPoint { txid: *txid, vout: vout as u32 }, (out, i == 0));
+        }
+    }
+    let paid: Amount = block.txdata[0].output.iter().map(|o| o.value).sum();
+    let allowed = params.block_subsidy(height) + fees;
+    if paid > allowed {
+        return Err(Reject::new(
+            RejectCode::BadCoinbase,
+            format!("coinbase pays {} sat, subsidy and fees are {} sat", paid.to_sat(), allowed.to_sat()),
+        )
+        .into());
+    }
+    // In block order, for locality in the B-tree pages of the outputs of one transaction.
+    let unspent = block.txdata.iter().zip(txids).enumerate().flat_map(|(i, (tx, txid))| {
+        tx.output.iter().enumerate().map(move |(vout, out)| (OutPoint { txid: *txid, vout: vout as u32 }, out, i == 0))
+    });
+    insert_coins(
+        dbtx,
+        unspent.filter(|(op, _, _)| created.contains_key(op)).map(|(op, out, cb)| (op, out, height, cb)),
+    )?;
+    Ok(undo)
+}
+
 /// Puts coins into the UTXO set (a block's new outputs, or the spent ones a disconnect
-/// brings back), inside the caller's transaction.
+/// brings back), inside the caller's transaction: (outpoint, output, height, coinbase).
 fn insert_coins<'a>(
     dbtx: &rusqlite::Transaction<'_>,
-    coins: impl IntoIterator<Item = (&'a OutPoint, &'a Coin)>,
+    coins: impl IntoIterator<Item = (OutPoint, &'a TxOut, u32, bool)>,
 ) -> rusqlite::Result<()> {
     let mut ins = dbtx.prepare_cached(
         "INSERT INTO utxo (txid, vout, amount, script, height, coinbase) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
     )?;
-    for (op, c) in coins {
+    for (op, out, height, coinbase) in coins {
         ins.execute(params![
             op.txid.to_byte_array(),
             op.vout,
-            c.output.value.to_sat() as i64,
-            c.output.script_pubkey.as_bytes(),
-            c.height,
-            c.coinbase
+            out.value.to_sat() as i64,
+            out.script_pubkey.as_bytes(),
+            height,
+            coinbase
         ])?;
     }
     Ok(())
@@ -1243,6 +1252,43 @@ mod tests {
         assert_eq!(acc.connected.len(), 4);
         assert_eq!(acc.disconnected.len(), 3);
         assert_eq!(utxo_set(cs).len(), utxo_a.len() + 2);
+    }
+
+    #[test]
+    fn a_bad_signature_among_many_rolls_back_the_writes_made_while_verifying() {
+        let mut n = node();
+        let cs = &mut n.cs;
+        let first = extend(cs, 1, 1)[0];
+        extend(cs, 10, 9);
+        // Fan the first coinbase out to 80 coins of key 2, then spend each in its own tx:
+        // enough signatures for the checks to run on worker threads.
+        let (op, out) = cb_out(cs, &first);
+        let each = out.value.to_sat() / 80 - 100;
+        let mut fan =
+            unsigned(&[op], vec![TxOut { value: Amount::from_sat(each), script_pubkey: p2wpkh(&key(2).1) }; 80]);
+        sign(&mut fan, std::slice::from_ref(&out), &[key(1).0]);
+        let fee = out.value.to_sat() - each * 80;
+        let b = build(cs, cs.tip().1, 9, Amount::from_sat(fee), vec![fan.clone()]);
+        cs.accept_block(&b, NOW).unwrap();
+        let spends: Vec<Transaction> = (0..80u32)
+            .map(|vout| {
+                let coin = (OutPoint { txid: fan.compute_txid(), vout }, fan.output[vout as usize].clone());
+                spend(&[coin], &[key(2).0], p2wpkh(&key(3).1), 10)
+            })
+            .collect();
+        let (tip, utxo) = (cs.tip(), utxo_set(cs));
+        let mut bad = spends.clone();
+        bad[61].input[0].witness = spends[60].input[0].witness.clone();
+        let b = build(cs, cs.tip().1, 9, Amount::from_sat(800), bad);
+        let e = cs.accept_block(&b, NOW).unwrap_err();
+        assert_eq!(code(e), RejectCode::BadSignature);
+        assert_eq!((cs.tip(), utxo_set(cs)), (tip, utxo), "nothing of the refused block stays");
+        assert!(cs.tx_block(&spends[0].compute_txid()).unwrap().is_none());
+        let b = build(cs, cs.tip().1, 9, Amount::from_sat(800), spends.clone());
+        assert_eq!(cs.accept_block(&b, NOW).unwrap().connected, vec![b.block_hash()]);
+        assert_eq!(cs.tx_block(&spends[79].compute_txid()).unwrap(), Some(b.block_hash()));
+        assert!(cs.coin(&OutPoint { txid: fan.compute_txid(), vout: 5 }).unwrap().is_none());
+        assert!(cs.coin(&OutPoint { txid: spends[5].compute_txid(), vout: 0 }).unwrap().is_some());
     }
 
     #[test]
