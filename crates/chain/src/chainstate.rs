@@ -14,12 +14,12 @@
 //! an fsync of their own, and since the WAL is written in order, the next connect's fsync
 //! makes them durable too — a power cut may lose a header or a block not yet connected
 //! (peers send them again), never a connected block, and never the state's consistency. A
-//! connect takes each spent coin out of the UTXO set as it checks the input (one `DELETE ...
-//! RETURNING`) and writes the block's changes while its signatures are verified on the other
-//! cores (`validation::verify_while`); it commits only if they all pass, else the SQLite
-//! transaction is rolled back. The block index stays on disk (not in
-//! memory as in Core) so a long-lived fast devnet does not grow the process; every lookup is
-//! a primary-key read through a cached prepared statement.
+//! connect reads each spent coin as it checks the input, and writes the block's UTXO, undo
+//! and tx-index changes while its signatures are verified on the other cores
+//! (`validation::verify_while`); it commits only if they all pass, else the SQLite
+//! transaction is rolled back. The block index stays on disk (not in memory as in Core) so
+//! a long-lived fast devnet does not grow the process; every lookup is a primary-key read
+//! through a cached prepared statement.
 
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
@@ -220,19 +220,21 @@ fn decode_undo(hash: &BlockHash, mut data: &[u8]) -> Result<Vec<(OutPoint, Coin)
     Ok(spent)
 }
 
+const READ_COIN: &str = "SELECT amount, script, height, coinbase FROM utxo WHERE txid = ?1 AND vout = ?2";
+
+fn coin_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Coin> {
+    Ok(Coin {
+        output: TxOut {
+            value: Amount::from_sat(r.get::<_, i64>(0)? as u64),
+            script_pubkey: ScriptBuf::from_bytes(r.get(1)?),
+        },
+        height: r.get(2)?,
+        coinbase: r.get(3)?,
+    })
+}
+
 fn read_coin(conn: &Connection, op: &OutPoint) -> rusqlite::Result<Option<Coin>> {
-    conn.prepare_cached("SELECT amount, script, height, coinbase FROM utxo WHERE txid = ?1 AND vout = ?2")?
-        .query_row(params![op.txid.to_byte_array(), op.vout], |r| {
-            Ok(Coin {
-                output: TxOut {
-                    value: Amount::from_sat(r.get::<_, i64>(0)? as u64),
-                    script_pubkey: ScriptBuf::from_bytes(r.get(1)?),
-                },
-                height: r.get(2)?,
-                coinbase: r.get(3)?,
-            })
-        })
-        .optional()
+    conn.prepare_cached(READ_COIN)?.query_row(params![op.txid.to_byte_array(), op.vout], coin_from_row).optional()
 }
 
 fn tx_confirmed(conn: &Connection, txid: &Txid) -> rusqlite::Result<bool> {
@@ -858,9 +860,9 @@ struct Fresh<'b> {
 }
 
 /// The UTXO half of connecting `block` at `height`, inside the caller's transaction: checks
-/// every input that needs the UTXO set (in block order, each coin taken out of the set as
-/// it is spent) and queues its signature checks, checks the coinbase's value, and puts the
-/// block's unspent outputs in. Returns the spent coins (the undo data), in order.
+/// every input that needs the UTXO set (in block order) and queues its signature checks,
+/// checks the coinbase's value, takes the spent coins out of the set and puts the block's
+/// unspent outputs in. Returns the spent coins (the undo data), in order.
 fn spend_and_create<'b>(
     dbtx: &rusqlite::Transaction<'_>,
     block: &'b Block,
@@ -875,8 +877,9 @@ fn spend_and_create<'b>(
     let mut spent_in_block: HashSet<OutPoint> = HashSet::new();
     let mut undo = Vec::new();
     let mut fees = Amount::ZERO;
-    let mut take = dbtx
-        .prepare_cached("DELETE FROM utxo WHERE txid = ?1 AND vout = ?2 RETURNING amount, script, height, coinbase")?;
+    // A SELECT now and a DELETE later cost less than one DELETE ... RETURNING (measured:
+    // RETURNING buffers its rows in an ephemeral table).
+    let mut read = dbtx.prepare_cached(READ_COIN)?;
     for (i, (tx, txid)) in block.txdata.iter().zip(txids).enumerate() {
         if i > 0 {
             let mut spends = TxSpends::new(tx, *txid, height, params)?;
@@ -893,18 +896,7 @@ fn spend_and_create<'b>(
                     spends.spend(n, output, height, coinbase)?;
                     continue;
                 }
-                let coin = take
-                    .query_row(params![op.txid.to_byte_array(), op.vout], |r| {
-                        Ok(Coin {
-                            output: TxOut {
-                                value: Amount::from_sat(r.get::<_, i64>(0)? as u64),
-                                script_pubkey: ScriptBuf::from_bytes(r.get(1)?),
-                            },
-                            height: r.get(2)?,
-                            coinbase: r.get(3)?,
-                        })
-                    })
-                    .optional()?;
+                let coin = read.query_row(params![op.txid.to_byte_array(), op.vout], coin_from_row).optional()?;
                 let Some(coin) = coin else {
                     return Err(validation::missing_input(*txid, n, &op, tx_confirmed(dbtx, &op.txid)?).into());
                 };
@@ -930,6 +922,10 @@ fn spend_and_create<'b>(
             format!("coinbase pays {} sat, subsidy and fees are {} sat", paid.to_sat(), allowed.to_sat()),
         )
         .into());
+    }
+    let mut del = dbtx.prepare_cached("DELETE FROM utxo WHERE txid = ?1 AND vout = ?2")?;
+    for (op, _) in &undo {
+        del.execute(params![op.txid.to_byte_array(), op.vout])?;
     }
     // In block order, for locality in the B-tree pages of the outputs of one transaction.
     let unspent = block.txdata.iter().zip(txids).enumerate().flat_map(|(i, (tx, txid))| {
