@@ -607,6 +607,14 @@ impl ChainState {
             }
             return Ok(HeaderStatus { hash, height: e.height, status: e.status, new: false });
         }
+        let (height, chainwork) = self.check_new_header(header, &hash, now)?;
+        insert_header(&self.conn, header, &hash, height, chainwork)?;
+        Ok(HeaderStatus { hash, height, status: BlockStatus::HeaderOnly, new: true })
+    }
+
+    /// The checks of a header not in the index yet: proof of work, a known parent not known
+    /// to be invalid, bits and time. Returns its height and chainwork.
+    fn check_new_header(&self, header: &Header, hash: &BlockHash, now: u64) -> Result<(u32, Work)> {
         check_header_pow(header, self.params)?;
         let Some(prev) = self.entry(&header.prev_blockhash)? else {
             return Err(Reject::new(
@@ -625,22 +633,7 @@ impl ChainState {
         let ctx = PrevEntry { hash: prev.hash, height: prev.height, median_time_past: self.mtp_of(&prev)? };
         let expected = self.next_bits_of(&prev)?;
         check_header_context(header, &ctx, self.params, expected, now)?;
-        let height = prev.height + 1;
-        self.conn
-            .prepare_cached(
-                "INSERT INTO block_index (hash, prev, height, chainwork, status, time, bits, header)
-             VALUES (?1, ?2, ?3, ?4, 0, ?5, ?6, ?7)",
-            )?
-            .execute(params![
-                hash.to_byte_array(),
-                prev.hash.to_byte_array(),
-                height,
-                (prev.chainwork + header.work()).to_be_bytes(),
-                header.time,
-                header.bits.to_consensus(),
-                serialize(header)
-            ])?;
-        Ok(HeaderStatus { hash, height, status: BlockStatus::HeaderOnly, new: true })
+        Ok((prev.height + 1, prev.chainwork + header.work()))
     }
 
     /// Stores a block (accepting its header first) and, when its chain has more work than
@@ -648,6 +641,13 @@ impl ChainState {
     /// found before storing it or while connecting it (the best valid chain then stays or
     /// becomes active).
     pub fn accept_block(&mut self, block: &Block, now: u64) -> Result<Accepted> {
+        let hash = block.block_hash();
+        let known = self.entry(&hash)?;
+        if block.header.prev_blockhash == self.tip.1
+            && known.as_ref().is_none_or(|e| e.status == BlockStatus::HeaderOnly)
+        {
+            return self.accept_tip_block(block, hash, known.is_some(), now);
+        }
         let status = self.accept_header(&block.header, now)?;
         let hash = status.hash;
         if status.status >= BlockStatus::HaveData {
@@ -667,15 +667,7 @@ impl ChainState {
             self.mark_invalid(&hash, &r)?;
             return Err(r.into());
         }
-        {
-            let tx = self.conn.transaction()?;
-            tx.execute(
-                "INSERT INTO block_data (hash, data) VALUES (?1, ?2)",
-                params![hash.to_byte_array(), serialize(block)],
-            )?;
-            tx.execute("UPDATE block_index SET status = 1 WHERE hash = ?1", [hash.to_byte_array()])?;
-            tx.commit()?;
-        }
+        store_block_data(&mut self.conn, &hash, block)?;
         let mut accepted = self.activate(Some(Fresh { hash, block, txids: &txids }))?;
         accepted.hash = hash;
         accepted.height = status.height;
@@ -687,6 +679,84 @@ impl ChainState {
             return Err(self.stored_reject(&hash)?.into());
         }
         Ok(accepted)
+    }
+
+    /// [`accept_block`](Self::accept_block) of a block on the tip whose data is new (the
+    /// usual case), in the same order of checks, but with its signatures verified while its
+    /// header and data are stored and its connect is written: the connect commits only if
+    /// they all pass. Nothing else can be activated before it (a block with a new header
+    /// has no descendants; one with a known header may: `activate_best_chain` runs after).
+    fn accept_tip_block(&mut self, block: &Block, hash: BlockHash, header_known: bool, now: u64) -> Result<Accepted> {
+        let tip = self.entry_or_corrupt(&self.tip.1)?;
+        let (height, chainwork) = (tip.height + 1, tip.chainwork + block.header.work());
+        if !header_known {
+            self.check_new_header(&block.header, &hash, now)?;
+        }
+        // A verdict before the connect: the header is kept (as `accept_header` would have),
+        // marked invalid unless the block may be a mutated copy of a good one.
+        let refuse = |cs: &mut Self, r: Reject, mark: bool| -> Result<Accepted> {
+            if !header_known {
+                insert_header(&cs.conn, &block.header, &hash, height, chainwork)?;
+            }
+            if mark {
+                cs.mark_invalid(&hash, &r)?;
+            }
+            Err(r.into())
+        };
+        let txids = match check_block_txids(block, self.params) {
+            Ok(txids) => txids,
+            Err(r) => return refuse(self, r.clone(), !may_be_mutation(r.code)),
+        };
+        if let Err(r) = check_block_context(block, height, self.mtp_of(&tip)?) {
+            return refuse(self, r, true);
+        }
+        let params = self.params;
+        let inputs = block.txdata.iter().skip(1).map(|t| t.input.len()).sum();
+        let conn = &mut self.conn;
+        let connected = validation::verify_while(inputs, |queue| {
+            let spent = spend_coins(conn, block, &txids, height, params, queue)?;
+            if !header_known {
+                insert_header(conn, &block.header, &hash, height, chainwork)?;
+            }
+            store_block_data(conn, &hash, block)?;
+            conn.pragma_update(None, "synchronous", "FULL")?;
+            let dbtx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            write_connect(&dbtx, block, &txids, &hash, height, &spent)?;
+            Ok::<_, Error>(dbtx)
+        });
+        let verdict = match connected.map(rusqlite::Transaction::commit) {
+            Ok(committed) => {
+                committed?;
+                None
+            }
+            Err(Error::Invalid(r)) => Some(r),
+            Err(e) => return Err(e),
+        };
+        if let Some(mut r) = verdict {
+            // the connect was rolled back (if it had begun)
+            self.conn.pragma_update(None, "synchronous", "NORMAL")?;
+            r.reason = format!("block {hash}: {}", r.reason);
+            tracing::warn!(block = %hash, height, reason = %r, "block failed to connect");
+            if self.entry(&hash)?.is_none() {
+                insert_header(&self.conn, &block.header, &hash, height, chainwork)?;
+            }
+            self.mark_invalid(&hash, &r)?;
+            return Err(r.into());
+        }
+        self.conn.pragma_update(None, "synchronous", "NORMAL")?;
+        self.tip = (height, hash);
+        let more = self.activate(None)?;
+        let mut connected = vec![hash];
+        connected.extend(more.connected);
+        Ok(Accepted {
+            hash,
+            height,
+            new: true,
+            connected,
+            disconnected: more.disconnected,
+            invalid: more.invalid,
+            tip: self.tip,
+        })
     }
 
     /// The most-work chain whose blocks all have data and none is invalid, if it has more
@@ -780,23 +850,11 @@ impl ChainState {
         let inputs = block.txdata.iter().skip(1).map(|t| t.input.len()).sum();
         // The writes happen while the signatures are verified; a verdict rolls them back.
         let connected = validation::verify_while(inputs, |queue| {
-            let undo = spend_and_create(&dbtx, block, &txids, height, params, queue)?;
+            let spent = spend_coins(&dbtx, block, &txids, height, params, queue)?;
             if queue.failed() {
                 return Ok(()); // the verdict is waiting: no use writing
             }
-            let mut txi = dbtx.prepare_cached("INSERT OR REPLACE INTO tx_index (txid, block) VALUES (?1, ?2)")?;
-            for txid in txids.iter() {
-                txi.execute(params![txid.to_byte_array(), hash.to_byte_array()])?;
-            }
-            dbtx.prepare_cached("INSERT OR REPLACE INTO undo (hash, data) VALUES (?1, ?2)")?
-                .execute(params![hash.to_byte_array(), encode_undo(&undo)])?;
-            dbtx.prepare_cached("INSERT OR REPLACE INTO active_chain (height, hash) VALUES (?1, ?2)")?
-                .execute(params![height, hash.to_byte_array()])?;
-            dbtx.prepare_cached("UPDATE tip SET hash = ?1, height = ?2 WHERE id = 0")?
-                .execute(params![hash.to_byte_array(), height])?;
-            dbtx.prepare_cached("UPDATE block_index SET status = 2 WHERE hash = ?1")?
-                .execute([hash.to_byte_array()])?;
-            Ok::<_, Error>(())
+            write_connect(&dbtx, block, &txids, &hash, height, &spent)
         });
         match connected {
             Ok(()) => {}
@@ -861,27 +919,33 @@ struct Fresh<'b> {
     txids: &'b [Txid],
 }
 
-/// The UTXO half of connecting `block` at `height`, inside the caller's transaction: checks
-/// every input that needs the UTXO set (in block order) and queues its signature checks,
-/// checks the coinbase's value, takes the spent coins out of the set and puts the block's
-/// unspent outputs in. Returns the spent coins (the undo data), in order.
-fn spend_and_create<'b>(
-    dbtx: &rusqlite::Transaction<'_>,
+/// What [`spend_coins`] found of a block: the coins it spends from the UTXO set (the undo
+/// data, in order), and its outputs still unspent at its end (output, by the coinbase).
+struct Spent<'b> {
+    undo: Vec<(OutPoint, Coin)>,
+    created: HashMap<OutPoint, (&'b TxOut, bool)>,
+}
+
+/// The checks of connecting `block` at `height` that need the UTXO set, in block order:
+/// every input's coin (from the set or earlier in the block), maturity and amounts, and the
+/// coinbase's value; the signature checks are pushed to `queue` as each transaction passes.
+/// Reads only.
+fn spend_coins<'b>(
+    conn: &Connection,
     block: &'b Block,
     txids: &[Txid],
     height: u32,
     params: &Params,
     queue: &mut SigQueue<'_, 'b>,
-) -> Result<Vec<(OutPoint, Coin)>> {
+) -> Result<Spent<'b>> {
     let outputs = block.txdata.iter().map(|t| t.output.len()).sum();
-    // Outputs created by this block, not (yet) spent in it: (output, by the coinbase).
     let mut created: HashMap<OutPoint, (&TxOut, bool)> = HashMap::with_capacity(outputs);
     let mut spent_in_block: HashSet<OutPoint> = HashSet::new();
     let mut undo = Vec::new();
     let mut fees = Amount::ZERO;
     // A SELECT now and a DELETE later cost less than one DELETE ... RETURNING (measured:
     // RETURNING buffers its rows in an ephemeral table).
-    let mut read = dbtx.prepare_cached(READ_COIN)?;
+    let mut read = conn.prepare_cached(READ_COIN)?;
     for (i, (tx, txid)) in block.txdata.iter().zip(txids).enumerate() {
         if i > 0 {
             let mut spends = TxSpends::new(tx, *txid, height, params)?;
@@ -900,7 +964,7 @@ fn spend_and_create<'b>(
                 }
                 let coin = read.query_row(params![op.txid.to_byte_array(), op.vout], coin_from_row).optional()?;
                 let Some(coin) = coin else {
-                    return Err(validation::missing_input(*txid, n, &op, tx_confirmed(dbtx, &op.txid)?).into());
+                    return Err(validation::missing_input(*txid, n, &op, tx_confirmed(conn, &op.txid)?).into());
                 };
                 spends.spend(n, &coin.output, coin.height, coin.coinbase)?;
                 undo.push((op, coin));
@@ -925,19 +989,71 @@ fn spend_and_create<'b>(
         )
         .into());
     }
+    Ok(Spent { undo, created })
+}
+
+/// The writes of connecting `block` (`hash`) at `height` after [`spend_coins`], inside the
+/// caller's transaction: spent coins out of the UTXO set, unspent outputs in, the tx index,
+/// the undo data, the active chain, the tip and the block's status.
+fn write_connect(
+    dbtx: &rusqlite::Transaction<'_>,
+    block: &Block,
+    txids: &[Txid],
+    hash: &BlockHash,
+    height: u32,
+    spent: &Spent<'_>,
+) -> Result<()> {
     let mut del = dbtx.prepare_cached("DELETE FROM utxo WHERE txid = ?1 AND vout = ?2")?;
-    for (op, _) in &undo {
+    for (op, _) in &spent.undo {
         del.execute(params![op.txid.to_byte_array(), op.vout])?;
     }
     // In block order, for locality in the B-tree pages of the outputs of one transaction.
-    let unspent = block.txdata.iter().zip(txids).enumerate().flat_map(|(i, (tx, txid))| {
+    let outputs = block.txdata.iter().zip(txids).enumerate().flat_map(|(i, (tx, txid))| {
         tx.output.iter().enumerate().map(move |(vout, out)| (OutPoint { txid: *txid, vout: vout as u32 }, out, i == 0))
     });
-    insert_coins(
-        dbtx,
-        unspent.filter(|(op, _, _)| created.contains_key(op)).map(|(op, out, cb)| (op, out, height, cb)),
-    )?;
-    Ok(undo)
+    let unspent = outputs.filter(|(op, _, _)| spent.created.contains_key(op));
+    insert_coins(dbtx, unspent.map(|(op, out, coinbase)| (op, out, height, coinbase)))?;
+    let mut txi = dbtx.prepare_cached("INSERT OR REPLACE INTO tx_index (txid, block) VALUES (?1, ?2)")?;
+    for txid in txids {
+        txi.execute(params![txid.to_byte_array(), hash.to_byte_array()])?;
+    }
+    dbtx.prepare_cached("INSERT OR REPLACE INTO undo (hash, data) VALUES (?1, ?2)")?
+        .execute(params![hash.to_byte_array(), encode_undo(&spent.undo)])?;
+    dbtx.prepare_cached("INSERT OR REPLACE INTO active_chain (height, hash) VALUES (?1, ?2)")?
+        .execute(params![height, hash.to_byte_array()])?;
+    dbtx.prepare_cached("UPDATE tip SET hash = ?1, height = ?2 WHERE id = 0")?
+        .execute(params![hash.to_byte_array(), height])?;
+    dbtx.prepare_cached("UPDATE block_index SET status = 2 WHERE hash = ?1")?.execute([hash.to_byte_array()])?;
+    Ok(())
+}
+
+/// Puts a checked header into the block index (status: header only).
+fn insert_header(conn: &Connection, header: &Header, hash: &BlockHash, height: u32, chainwork: Work) -> Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO block_index (hash, prev, height, chainwork, status, time, bits, header)
+         VALUES (?1, ?2, ?3, ?4, 0, ?5, ?6, ?7)",
+    )?
+    .execute(params![
+        hash.to_byte_array(),
+        header.prev_blockhash.to_byte_array(),
+        height,
+        chainwork.to_be_bytes(),
+        header.time,
+        header.bits.to_consensus(),
+        serialize(header)
+    ])?;
+    Ok(())
+}
+
+/// Stores a block's data (status: have data), in a transaction of its own (not fsynced:
+/// the next connect's fsync makes it durable).
+fn store_block_data(conn: &mut Connection, hash: &BlockHash, block: &Block) -> Result<()> {
+    let tx = conn.transaction()?;
+    tx.prepare_cached("INSERT INTO block_data (hash, data) VALUES (?1, ?2)")?
+        .execute(params![hash.to_byte_array(), serialize(block)])?;
+    tx.prepare_cached("UPDATE block_index SET status = 1 WHERE hash = ?1")?.execute([hash.to_byte_array()])?;
+    tx.commit()?;
+    Ok(())
 }
 
 /// Puts coins into the UTXO set (a block's new outputs, or the spent ones a disconnect
@@ -1281,12 +1397,34 @@ mod tests {
         let e = cs.accept_block(&b, NOW).unwrap_err();
         assert_eq!(code(e), RejectCode::BadSignature);
         assert_eq!((cs.tip(), utxo_set(cs)), (tip, utxo), "nothing of the refused block stays");
+        assert_eq!(cs.entry(&b.block_hash()).unwrap().unwrap().status, BlockStatus::Invalid);
         assert!(cs.tx_block(&spends[0].compute_txid()).unwrap().is_none());
         let b = build(cs, cs.tip().1, 9, Amount::from_sat(800), spends.clone());
         assert_eq!(cs.accept_block(&b, NOW).unwrap().connected, vec![b.block_hash()]);
         assert_eq!(cs.tx_block(&spends[79].compute_txid()).unwrap(), Some(b.block_hash()));
         assert!(cs.coin(&OutPoint { txid: fan.compute_txid(), vout: 5 }).unwrap().is_none());
         assert!(cs.coin(&OutPoint { txid: spends[5].compute_txid(), vout: 0 }).unwrap().is_some());
+    }
+
+    #[test]
+    fn a_tip_block_whose_child_came_first_connects_both() {
+        let mut n = node();
+        let cs = &mut n.cs;
+        extend(cs, 2, 1);
+        let b3 = build(cs, cs.tip().1, 2, Amount::ZERO, vec![]);
+        assert!(cs.accept_header(&b3.header, NOW).unwrap().new);
+        let b4 = build(cs, b3.block_hash(), 2, Amount::ZERO, vec![]);
+        // The child's data first: stored, not connectable without its parent's.
+        assert!(cs.accept_block(&b4, NOW).unwrap().connected.is_empty());
+        assert_eq!(cs.tip().0, 2);
+        let acc = cs.accept_block(&b3, NOW).unwrap();
+        assert_eq!(acc.connected, vec![b3.block_hash(), b4.block_hash()]);
+        assert_eq!((acc.hash, acc.height, acc.new), (b3.block_hash(), 3, true));
+        assert_eq!(cs.tip(), (4, b4.block_hash()));
+        assert_eq!(acc.tip, cs.tip());
+        // Known by now: nothing new.
+        let again = cs.accept_block(&b3, NOW).unwrap();
+        assert!(!again.new && again.connected.is_empty());
     }
 
     #[test]
