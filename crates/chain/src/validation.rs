@@ -345,28 +345,51 @@ const PARALLEL_MIN_JOBS: usize = 64;
 /// Inputs per queued job at most (a larger transaction is split).
 const JOB_INPUTS: usize = 32;
 
+/// Inputs handed to the workers at a time: few enough to start them early, enough that a
+/// worker on the producer's own core is not woken for every transaction.
+const BATCH_INPUTS: usize = 16;
+
+/// Signature checks with their positions (in the order they were pushed).
+type Batch<'a> = Vec<(usize, TxSigChecks<'a>)>;
+
 /// Where [`verify_while`]'s producer hands its signature checks.
 pub struct SigQueue<'q, 'a> {
     /// To the worker threads; `None` when the checks run on the calling thread.
-    send: Option<mpsc::Sender<(usize, TxSigChecks<'a>)>>,
-    /// Checks kept for the calling thread (no workers).
-    local: Vec<TxSigChecks<'a>>,
-    /// Jobs handed out so far (the position of the next one).
+    send: Option<mpsc::Sender<Batch<'a>>>,
+    /// Checks not handed out yet: the batch being filled, or all of them without workers.
+    local: Batch<'a>,
+    /// Inputs in `local`.
+    local_inputs: usize,
+    /// Jobs pushed so far (the position of the next one).
     pushed: usize,
     verdict: &'q Verdict,
 }
 
 impl<'a> SigQueue<'_, 'a> {
-    /// Queues `checks` (verified at once by a worker, if there are any).
+    /// Queues `checks` (handed to the workers, if there are any, in batches).
     pub fn push(&mut self, checks: TxSigChecks<'a>) {
-        match &self.send {
-            None => self.local.push(checks),
-            Some(send) => {
-                for part in checks.split(JOB_INPUTS) {
-                    // The receiver lives until the producer has returned.
-                    send.send((self.pushed, part)).expect("the job queue outlives the producer");
-                    self.pushed += 1;
-                }
+        if self.send.is_none() {
+            self.local.push((self.pushed, checks));
+            self.pushed += 1;
+            return;
+        }
+        for part in checks.split(JOB_INPUTS) {
+            self.local_inputs += part.len();
+            self.local.push((self.pushed, part));
+            self.pushed += 1;
+            if self.local_inputs >= BATCH_INPUTS {
+                self.flush();
+            }
+        }
+    }
+
+    /// Hands the checks not handed out yet to the workers.
+    fn flush(&mut self) {
+        if let Some(send) = &self.send {
+            if !self.local.is_empty() {
+                // The receiver lives until the producer has returned.
+                send.send(std::mem::take(&mut self.local)).expect("the job queue outlives the producer");
+                self.local_inputs = 0;
             }
         }
     }
@@ -402,51 +425,61 @@ impl Verdict {
 
     /// Verifies queued jobs until the queue is closed and empty; after a failure the rest
     /// are only taken off the queue.
-    fn drain(&self, jobs: &Mutex<mpsc::Receiver<(usize, TxSigChecks<'_>)>>) {
+    fn drain(&self, jobs: &Mutex<mpsc::Receiver<Batch<'_>>>) {
         loop {
             let next = jobs.lock().unwrap_or_else(|e| e.into_inner()).recv();
-            let Ok((at, checks)) = next else { return };
+            let Ok(batch) = next else { return };
+            self.verify(&batch);
+        }
+    }
+
+    fn verify(&self, batch: &Batch<'_>) {
+        for (at, checks) in batch {
             if self.stop.load(Ordering::Relaxed) {
-                continue;
+                return;
             }
             if let Err(r) = checks.verify() {
-                self.fail(at, r);
+                self.fail(*at, r);
             }
         }
     }
 }
 
 /// Runs `produce` on the calling thread while the signature checks it pushes are verified
-/// on the machine's other cores as they come (when `inputs`, the number of signatures to
-/// expect, makes that worth it); once it returns, the calling thread helps verify what is
-/// left. So a block's serial work — coin lookups, amounts, the store's writes — overlaps its
-/// signature verification. Returns `produce`'s error if it fails (the workers then stop),
-/// else the verdict of a failed check (the earliest pushed of those found), else
-/// `produce`'s value.
+/// on worker threads as they come (when `inputs`, the number of signatures to expect, makes
+/// that worth it): one per other core, and one on a single core too, which then verifies
+/// while the producer waits on the disk. Once `produce` returns, the calling thread helps
+/// verify what is left. So a block's serial work — coin lookups, amounts, the store's
+/// writes and their I/O — overlaps its signature verification. Returns `produce`'s error if
+/// it fails (the workers then stop), else the verdict of a failed check (the earliest pushed
+/// of those found), else `produce`'s value.
 pub fn verify_while<'a, T, E: From<Reject>>(
     inputs: usize,
     produce: impl FnOnce(&mut SigQueue<'_, 'a>) -> Result<T, E>,
 ) -> Result<T, E> {
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let verdict = Verdict::default();
-    if threads < 2 || inputs < PARALLEL_MIN_JOBS {
-        let mut queue = SigQueue { send: None, local: Vec::new(), pushed: 0, verdict: &verdict };
+    let mut queue = SigQueue { send: None, local: Vec::new(), local_inputs: 0, pushed: 0, verdict: &verdict };
+    if inputs < PARALLEL_MIN_JOBS {
         let out = produce(&mut queue)?;
-        queue.local.iter().try_for_each(TxSigChecks::verify)?;
+        queue.local.iter().try_for_each(|(_, checks)| checks.verify())?;
         return Ok(out);
     }
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).saturating_sub(1).max(1);
     let (send, recv) = mpsc::channel();
     let jobs = Mutex::new(recv);
+    queue.send = Some(send);
     let out = std::thread::scope(|s| {
-        for _ in 1..threads {
+        for _ in 0..workers {
             s.spawn(|| verdict.drain(&jobs));
         }
-        let mut queue = SigQueue { send: Some(send), local: Vec::new(), pushed: 0, verdict: &verdict };
         let out = produce(&mut queue);
-        drop(queue); // closes the queue: the workers return once it is empty
         if out.is_err() {
             verdict.stop.store(true, Ordering::Relaxed);
         } else {
+            queue.flush();
+        }
+        drop(queue); // closes the queue: the workers return once it is empty
+        if out.is_ok() {
             verdict.drain(&jobs);
         }
         out
