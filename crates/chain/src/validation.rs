@@ -373,13 +373,21 @@ impl<'a> SigQueue<'_, 'a> {
             self.pushed += 1;
             return;
         }
+        if checks.len() <= JOB_INPUTS {
+            return self.hand_out(checks);
+        }
         for part in checks.split(JOB_INPUTS) {
-            self.local_inputs += part.len();
-            self.local.push((self.pushed, part));
-            self.pushed += 1;
-            if self.local_inputs >= BATCH_INPUTS {
-                self.flush();
-            }
+            self.hand_out(part);
+        }
+    }
+
+    /// Adds a job to the batch, handing the batch out once it is full.
+    fn hand_out(&mut self, checks: TxSigChecks<'a>) {
+        self.local_inputs += checks.len();
+        self.local.push((self.pushed, checks));
+        self.pushed += 1;
+        if self.local_inputs >= BATCH_INPUTS {
+            self.flush();
         }
     }
 
