@@ -18,9 +18,8 @@
 //! `sign_ecdsa`. Every block is mined (devnet's pow limit: a few nonces) and accepted.
 //!
 //! Cores: from 64 signatures up, the library verifies on the calling thread and one worker per
-//! other core (`available_parallelism()`, which honours the CPU affinity); on a single core
-//! it keeps one worker, which verifies while the connect waits on the disk, so the work is
-//! still one core's. Run it under `taskset -c 0` for the per-core figures (`bash
+//! other core (`available_parallelism()`, which honours the CPU affinity); on a single core,
+//! on the calling thread alone. Run it under `taskset -c 0` for the per-core figures (`bash
 //! bench/run.sh chain` does both, pinned and not). The three measurements of a round
 //! are interleaved and the median of the rounds is reported.
 //!

@@ -346,7 +346,7 @@ const PARALLEL_MIN_JOBS: usize = 64;
 const JOB_INPUTS: usize = 32;
 
 /// Inputs handed to the workers at a time: few enough to start them early, enough that a
-/// worker on the producer's own core is not woken for every transaction.
+/// waiting worker is not woken for every transaction.
 const BATCH_INPUTS: usize = 16;
 
 /// Signature checks with their positions (in the order they were pushed).
@@ -454,10 +454,9 @@ impl Verdict {
 }
 
 /// Runs `produce` on the calling thread while the signature checks it pushes are verified
-/// on worker threads as they come (when `inputs`, the number of signatures to expect, makes
-/// that worth it): one per other core, and one on a single core too, which then verifies
-/// while the producer waits on the disk. Once `produce` returns, the calling thread helps
-/// verify what is left. So a block's serial work — coin lookups, amounts, the store's
+/// on the machine's other cores as they come (when `inputs`, the number of signatures to
+/// expect, makes that worth it; on a single core they are all verified after `produce`).
+/// Once `produce` returns, the calling thread helps verify what is left. So a block's serial work — coin lookups, amounts, the store's
 /// writes and their I/O — overlaps its signature verification. Returns `produce`'s error if
 /// it fails (the workers then stop), else the verdict of a failed check (the earliest pushed
 /// of those found), else `produce`'s value.
@@ -467,12 +466,12 @@ pub fn verify_while<'a, T, E: From<Reject>>(
 ) -> Result<T, E> {
     let verdict = Verdict::default();
     let mut queue = SigQueue { send: None, local: Vec::new(), local_inputs: 0, pushed: 0, verdict: &verdict };
-    if inputs < PARALLEL_MIN_JOBS {
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get()) - 1;
+    if inputs < PARALLEL_MIN_JOBS || workers == 0 {
         let out = produce(&mut queue)?;
         queue.local.iter().try_for_each(|(_, checks)| checks.verify())?;
         return Ok(out);
     }
-    let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).saturating_sub(1).max(1);
     let (send, recv) = mpsc::channel();
     let jobs = Mutex::new(recv);
     queue.send = Some(send);
