@@ -13,11 +13,15 @@
 //! (`synchronous=FULL` for that transaction): headers and stored block data commit without
 //! an fsync of their own, and since the WAL is written in order, the next connect's fsync
 //! makes them durable too — a power cut may lose a header or a block not yet connected
-//! (peers send them again), never a connected block, and never the state's consistency. The block index stays on disk (not in
-//! memory as in Core) so a long-lived fast devnet does not grow the process; every lookup is
-//! a primary-key read through a cached prepared statement.
+//! (peers send them again), never a connected block, and never the state's consistency. A
+//! connect reads each spent coin as it checks the input, and writes the block's UTXO, undo
+//! and tx-index changes while its signatures are verified on the other cores
+//! (`validation::verify_while`); it commits only if they all pass, else the SQLite
+//! transaction is rolled back. The block index stays on disk (not in memory as in Core) so
+//! a long-lived fast devnet does not grow the process; every lookup is a primary-key read
+//! through a cached prepared statement.
 
-use std::cell::RefCell;
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
@@ -33,7 +37,7 @@ use crate::params::Params;
 use crate::pow::{self, PrevBlock};
 use crate::validation::{
     self, check_block_context, check_block_txids, check_header_context, check_header_pow, median_time, Coin, CoinView,
-    PrevEntry, Reject, RejectCode, MEDIAN_TIME_SPAN,
+    PrevEntry, Reject, RejectCode, SigQueue, TxSpends, MEDIAN_TIME_SPAN,
 };
 
 /// How far a block index entry has got.
@@ -173,8 +177,6 @@ pub struct ChainState {
     params: &'static Params,
     path: PathBuf,
     tip: (u32, BlockHash),
-    /// The block `accept_block` just stored, so connecting it does not read it back.
-    stored: Option<(BlockHash, Block)>,
 }
 
 impl std::fmt::Debug for ChainState {
@@ -218,19 +220,21 @@ fn decode_undo(hash: &BlockHash, mut data: &[u8]) -> Result<Vec<(OutPoint, Coin)
     Ok(spent)
 }
 
+const READ_COIN: &str = "SELECT amount, script, height, coinbase FROM utxo WHERE txid = ?1 AND vout = ?2";
+
+fn coin_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Coin> {
+    Ok(Coin {
+        output: TxOut {
+            value: Amount::from_sat(r.get::<_, i64>(0)? as u64),
+            script_pubkey: ScriptBuf::from_bytes(r.get(1)?),
+        },
+        height: r.get(2)?,
+        coinbase: r.get(3)?,
+    })
+}
+
 fn read_coin(conn: &Connection, op: &OutPoint) -> rusqlite::Result<Option<Coin>> {
-    conn.prepare_cached("SELECT amount, script, height, coinbase FROM utxo WHERE txid = ?1 AND vout = ?2")?
-        .query_row(params![op.txid.to_byte_array(), op.vout], |r| {
-            Ok(Coin {
-                output: TxOut {
-                    value: Amount::from_sat(r.get::<_, i64>(0)? as u64),
-                    script_pubkey: ScriptBuf::from_bytes(r.get(1)?),
-                },
-                height: r.get(2)?,
-                coinbase: r.get(3)?,
-            })
-        })
-        .optional()
+    conn.prepare_cached(READ_COIN)?.query_row(params![op.txid.to_byte_array(), op.vout], coin_from_row).optional()
 }
 
 fn tx_confirmed(conn: &Connection, txid: &Txid) -> rusqlite::Result<bool> {
@@ -238,39 +242,6 @@ fn tx_confirmed(conn: &Connection, txid: &Txid) -> rusqlite::Result<bool> {
         .query_row([txid.to_byte_array()], |_| Ok(()))
         .optional()
         .map(|o| o.is_some())
-}
-
-/// The UTXO set as seen half-way through connecting a block: coins created earlier in the
-/// block, minus coins it spent, over the database. Coins read from the database are kept
-/// for the undo data; a database error is kept for the caller (CoinView cannot fail).
-struct BlockView<'a> {
-    conn: &'a Connection,
-    created: &'a HashMap<OutPoint, Coin>,
-    fetched: RefCell<HashMap<OutPoint, Coin>>,
-    error: RefCell<Option<rusqlite::Error>>,
-}
-
-impl CoinView for BlockView<'_> {
-    fn coin(&self, op: &OutPoint) -> Option<Coin> {
-        if let Some(c) = self.created.get(op) {
-            return Some(c.clone());
-        }
-        match read_coin(self.conn, op) {
-            Ok(Some(c)) => {
-                self.fetched.borrow_mut().insert(*op, c.clone());
-                Some(c)
-            }
-            Ok(None) => None,
-            Err(e) => {
-                self.error.borrow_mut().get_or_insert(e);
-                None
-            }
-        }
-    }
-
-    fn is_spent(&self, op: &OutPoint) -> bool {
-        tx_confirmed(self.conn, &op.txid).unwrap_or(false)
-    }
 }
 
 impl CoinView for ChainState {
@@ -297,10 +268,12 @@ impl ChainState {
             std::fs::create_dir_all(dir).map_err(|source| Error::Io { path: dir.to_path_buf(), source })?;
         }
         let conn = Connection::open(&path)?;
+        // The connect path alone uses about 15 statements; the default cache holds 16.
+        conn.set_prepared_statement_cache_capacity(64);
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.execute_batch(SCHEMA)?;
-        let mut cs = ChainState { conn, params, path, tip: (0, params.genesis_hash), stored: None };
+        let mut cs = ChainState { conn, params, path, tip: (0, params.genesis_hash) };
         let network: Option<String> =
             cs.conn.query_row("SELECT value FROM meta WHERE key = 'network'", [], |r| r.get(0)).optional()?;
         match network {
@@ -634,6 +607,14 @@ impl ChainState {
             }
             return Ok(HeaderStatus { hash, height: e.height, status: e.status, new: false });
         }
+        let (height, chainwork) = self.check_new_header(header, &hash, now)?;
+        insert_header(&self.conn, header, &hash, height, chainwork)?;
+        Ok(HeaderStatus { hash, height, status: BlockStatus::HeaderOnly, new: true })
+    }
+
+    /// The checks of a header not in the index yet: proof of work, a known parent not known
+    /// to be invalid, bits and time. Returns its height and chainwork.
+    fn check_new_header(&self, header: &Header, hash: &BlockHash, now: u64) -> Result<(u32, Work)> {
         check_header_pow(header, self.params)?;
         let Some(prev) = self.entry(&header.prev_blockhash)? else {
             return Err(Reject::new(
@@ -652,22 +633,7 @@ impl ChainState {
         let ctx = PrevEntry { hash: prev.hash, height: prev.height, median_time_past: self.mtp_of(&prev)? };
         let expected = self.next_bits_of(&prev)?;
         check_header_context(header, &ctx, self.params, expected, now)?;
-        let height = prev.height + 1;
-        self.conn
-            .prepare_cached(
-                "INSERT INTO block_index (hash, prev, height, chainwork, status, time, bits, header)
-             VALUES (?1, ?2, ?3, ?4, 0, ?5, ?6, ?7)",
-            )?
-            .execute(params![
-                hash.to_byte_array(),
-                prev.hash.to_byte_array(),
-                height,
-                (prev.chainwork + header.work()).to_be_bytes(),
-                header.time,
-                header.bits.to_consensus(),
-                serialize(header)
-            ])?;
-        Ok(HeaderStatus { hash, height, status: BlockStatus::HeaderOnly, new: true })
+        Ok((prev.height + 1, prev.chainwork + header.work()))
     }
 
     /// Stores a block (accepting its header first) and, when its chain has more work than
@@ -675,35 +641,34 @@ impl ChainState {
     /// found before storing it or while connecting it (the best valid chain then stays or
     /// becomes active).
     pub fn accept_block(&mut self, block: &Block, now: u64) -> Result<Accepted> {
+        let hash = block.block_hash();
+        let known = self.entry(&hash)?;
+        if block.header.prev_blockhash == self.tip.1
+            && known.as_ref().is_none_or(|e| e.status == BlockStatus::HeaderOnly)
+        {
+            return self.accept_tip_block(block, hash, known.is_some(), now);
+        }
         let status = self.accept_header(&block.header, now)?;
         let hash = status.hash;
         if status.status >= BlockStatus::HaveData {
             return Ok(Accepted::nothing(hash, status.height, self.tip));
         }
-        if let Err(r) = check_block_txids(block, self.params) {
-            if !may_be_mutation(r.code) {
-                self.mark_invalid(&hash, &r)?;
+        let txids = match check_block_txids(block, self.params) {
+            Ok(txids) => txids,
+            Err(r) => {
+                if !may_be_mutation(r.code) {
+                    self.mark_invalid(&hash, &r)?;
+                }
+                return Err(r.into());
             }
-            return Err(r.into());
-        }
+        };
         let prev = self.entry_or_corrupt(&block.header.prev_blockhash)?;
         if let Err(r) = check_block_context(block, status.height, self.mtp_of(&prev)?) {
             self.mark_invalid(&hash, &r)?;
             return Err(r.into());
         }
-        {
-            let tx = self.conn.transaction()?;
-            tx.execute(
-                "INSERT INTO block_data (hash, data) VALUES (?1, ?2)",
-                params![hash.to_byte_array(), serialize(block)],
-            )?;
-            tx.execute("UPDATE block_index SET status = 1 WHERE hash = ?1", [hash.to_byte_array()])?;
-            tx.commit()?;
-        }
-        self.stored = Some((hash, block.clone()));
-        let accepted = self.activate_best_chain();
-        self.stored = None;
-        let mut accepted = accepted?;
+        store_block_data(&mut self.conn, &hash, block)?;
+        let mut accepted = self.activate(Some(Fresh { hash, block, txids: &txids }))?;
         accepted.hash = hash;
         accepted.height = status.height;
         accepted.new = true;
@@ -714,6 +679,84 @@ impl ChainState {
             return Err(self.stored_reject(&hash)?.into());
         }
         Ok(accepted)
+    }
+
+    /// [`accept_block`](Self::accept_block) of a block on the tip whose data is new (the
+    /// usual case), in the same order of checks, but with its signatures verified while its
+    /// header and data are stored and its connect is written: the connect commits only if
+    /// they all pass. Nothing else can be activated before it (a block with a new header
+    /// has no descendants; one with a known header may: `activate_best_chain` runs after).
+    fn accept_tip_block(&mut self, block: &Block, hash: BlockHash, header_known: bool, now: u64) -> Result<Accepted> {
+        let tip = self.entry_or_corrupt(&self.tip.1)?;
+        let (height, chainwork) = (tip.height + 1, tip.chainwork + block.header.work());
+        if !header_known {
+            self.check_new_header(&block.header, &hash, now)?;
+        }
+        // A verdict before the connect: the header is kept (as `accept_header` would have),
+        // marked invalid unless the block may be a mutated copy of a good one.
+        let refuse = |cs: &mut Self, r: Reject, mark: bool| -> Result<Accepted> {
+            if !header_known {
+                insert_header(&cs.conn, &block.header, &hash, height, chainwork)?;
+            }
+            if mark {
+                cs.mark_invalid(&hash, &r)?;
+            }
+            Err(r.into())
+        };
+        let txids = match check_block_txids(block, self.params) {
+            Ok(txids) => txids,
+            Err(r) => return refuse(self, r.clone(), !may_be_mutation(r.code)),
+        };
+        if let Err(r) = check_block_context(block, height, self.mtp_of(&tip)?) {
+            return refuse(self, r, true);
+        }
+        let params = self.params;
+        let inputs = block.txdata.iter().skip(1).map(|t| t.input.len()).sum();
+        let conn = &mut self.conn;
+        let connected = validation::verify_while(inputs, |queue| {
+            let spent = spend_coins(conn, block, &txids, height, params, queue)?;
+            if !header_known {
+                insert_header(conn, &block.header, &hash, height, chainwork)?;
+            }
+            store_block_data(conn, &hash, block)?;
+            conn.pragma_update(None, "synchronous", "FULL")?;
+            let dbtx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            write_connect(&dbtx, block, &txids, &hash, height, &spent)?;
+            Ok::<_, Error>(dbtx)
+        });
+        let verdict = match connected.map(rusqlite::Transaction::commit) {
+            Ok(committed) => {
+                committed?;
+                None
+            }
+            Err(Error::Invalid(r)) => Some(r),
+            Err(e) => return Err(e),
+        };
+        if let Some(mut r) = verdict {
+            // the connect was rolled back (if it had begun)
+            self.conn.pragma_update(None, "synchronous", "NORMAL")?;
+            r.reason = format!("block {hash}: {}", r.reason);
+            tracing::warn!(block = %hash, height, reason = %r, "block failed to connect");
+            if self.entry(&hash)?.is_none() {
+                insert_header(&self.conn, &block.header, &hash, height, chainwork)?;
+            }
+            self.mark_invalid(&hash, &r)?;
+            return Err(r.into());
+        }
+        self.conn.pragma_update(None, "synchronous", "NORMAL")?;
+        self.tip = (height, hash);
+        let more = self.activate(None)?;
+        let mut connected = vec![hash];
+        connected.extend(more.connected);
+        Ok(Accepted {
+            hash,
+            height,
+            new: true,
+            connected,
+            disconnected: more.disconnected,
+            invalid: more.invalid,
+            tip: self.tip,
+        })
     }
 
     /// The most-work chain whose blocks all have data and none is invalid, if it has more
@@ -746,6 +789,12 @@ impl ChainState {
 
     /// Makes the most-work fully available valid chain active, returning the net changes.
     pub fn activate_best_chain(&mut self) -> Result<Accepted> {
+        self.activate(None)
+    }
+
+    /// [`activate_best_chain`](Self::activate_best_chain), connecting `fresh` (a block just
+    /// stored) from memory if it is on the way.
+    fn activate(&mut self, fresh: Option<Fresh<'_>>) -> Result<Accepted> {
         let mut out = Accepted::nothing(self.tip.1, self.tip.0, self.tip);
         while let Some((fork, path)) = self.find_best_candidate()? {
             while self.tip.1 != fork.hash {
@@ -758,7 +807,7 @@ impl ChainState {
                 }
             }
             for e in path {
-                match self.connect_block(&e)? {
+                match self.connect_block(&e, fresh)? {
                     Ok(()) => {
                         if let Some(i) = out.disconnected.iter().position(|b| b.block_hash() == e.hash) {
                             out.disconnected.remove(i);
@@ -782,111 +831,39 @@ impl ChainState {
     }
 
     /// Connects the block of `entry` on top of the tip (its parent), in one SQLite
-    /// transaction. The inner `Err` is a verdict; nothing is written then.
-    fn connect_block(&mut self, entry: &IndexEntry) -> Result<Result<(), Reject>> {
+    /// transaction; `fresh` is a block in hand with its txids (used when it is this one).
+    /// The inner `Err` is a verdict; nothing is written then.
+    fn connect_block(&mut self, entry: &IndexEntry, fresh: Option<Fresh<'_>>) -> Result<Result<(), Reject>> {
         let hash = entry.hash;
         let height = entry.height;
-        let block = match self.stored.take() {
-            Some((h, b)) if h == hash => b,
-            other => {
-                self.stored = other;
-                self.block(&hash)?.ok_or_else(|| Error::Corrupt(format!("block {hash} has no data")))?
+        let read;
+        let (block, txids) = match fresh {
+            Some(f) if f.hash == hash => (f.block, Cow::Borrowed(f.txids)),
+            _ => {
+                read = self.block(&hash)?.ok_or_else(|| Error::Corrupt(format!("block {hash} has no data")))?;
+                (&read, Cow::Owned(read.txdata.iter().map(Transaction::compute_txid).collect()))
             }
         };
         let params = self.params;
         self.conn.pragma_update(None, "synchronous", "FULL")?;
         let dbtx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let mut created: HashMap<OutPoint, Coin> = HashMap::new();
-        let mut spent_in_block: HashSet<OutPoint> = HashSet::new();
-        let mut undo: Vec<(OutPoint, Coin)> = Vec::new();
-        let mut jobs = Vec::new();
-        let mut fees = Amount::ZERO;
-        let txids: Vec<Txid> = block.txdata.iter().map(Transaction::compute_txid).collect();
-        for (i, (tx, txid)) in block.txdata.iter().zip(&txids).enumerate() {
-            if i > 0 {
-                for (n, txin) in tx.input.iter().enumerate() {
-                    if spent_in_block.contains(&txin.previous_output) {
-                        return Ok(Err(Reject::new(
-                            RejectCode::DoubleSpend,
-                            format!(
-                                "block {hash}: tx {txid} input {n} spends {}, already spent in this block",
-                                txin.previous_output
-                            ),
-                        )));
-                    }
-                }
-                let view = BlockView {
-                    conn: &dbtx,
-                    created: &created,
-                    fetched: RefCell::default(),
-                    error: RefCell::default(),
-                };
-                let verdict = validation::tx_input_checks(tx, *txid, &view, height, params, &mut jobs);
-                if let Some(e) = view.error.take() {
-                    return Err(e.into());
-                }
-                let fee = match verdict {
-                    Ok(f) => f,
-                    Err(mut r) => {
-                        r.reason = format!("block {hash}: {}", r.reason);
-                        return Ok(Err(r));
-                    }
-                };
-                fees = fees.checked_add(fee).unwrap_or(Amount::MAX_MONEY);
-                let mut fetched = view.fetched.into_inner();
-                for txin in &tx.input {
-                    let op = txin.previous_output;
-                    spent_in_block.insert(op);
-                    if created.remove(&op).is_none() {
-                        let coin = fetched.remove(&op).ok_or_else(|| Error::Corrupt(format!("coin {op} vanished")))?;
-                        undo.push((op, coin));
-                    }
-                }
+        let inputs = block.txdata.iter().skip(1).map(|t| t.input.len()).sum();
+        // The writes happen while the signatures are verified; a verdict rolls them back.
+        let connected = validation::verify_while(inputs, |queue| {
+            let spent = spend_coins(&dbtx, block, &txids, height, params, queue)?;
+            if queue.failed() {
+                return Ok(()); // the verdict is waiting: no use writing
             }
-            for (vout, out) in tx.output.iter().enumerate() {
-                if out.script_pubkey.is_op_return() {
-                    continue; // provably unspendable: never enters the UTXO set
-                }
-                created.insert(
-                    OutPoint { txid: *txid, vout: vout as u32 },
-                    Coin { output: out.clone(), height, coinbase: i == 0 },
-                );
+            write_connect(&dbtx, block, &txids, &hash, height, &spent)
+        });
+        match connected {
+            Ok(()) => {}
+            Err(Error::Invalid(mut r)) => {
+                // dropping `dbtx` rolls back
+                r.reason = format!("block {hash}: {}", r.reason);
+                return Ok(Err(r));
             }
-        }
-        let paid: Amount = block.txdata[0].output.iter().map(|o| o.value).sum();
-        let allowed = params.block_subsidy(height) + fees;
-        if paid > allowed {
-            return Ok(Err(Reject::new(
-                RejectCode::BadCoinbase,
-                format!(
-                    "block {hash}: coinbase pays {} sat, subsidy and fees are {} sat",
-                    paid.to_sat(),
-                    allowed.to_sat()
-                ),
-            )));
-        }
-        if let Err(mut r) = validation::verify_sig_checks(&jobs) {
-            r.reason = format!("block {hash}: {}", r.reason);
-            return Ok(Err(r));
-        }
-        {
-            let mut del = dbtx.prepare_cached("DELETE FROM utxo WHERE txid = ?1 AND vout = ?2")?;
-            for (op, _) in &undo {
-                del.execute(params![op.txid.to_byte_array(), op.vout])?;
-            }
-            insert_coins(&dbtx, &created)?;
-            let mut txi = dbtx.prepare_cached("INSERT OR REPLACE INTO tx_index (txid, block) VALUES (?1, ?2)")?;
-            for txid in &txids {
-                txi.execute(params![txid.to_byte_array(), hash.to_byte_array()])?;
-            }
-            dbtx.prepare_cached("INSERT OR REPLACE INTO undo (hash, data) VALUES (?1, ?2)")?
-                .execute(params![hash.to_byte_array(), encode_undo(&undo)])?;
-            dbtx.prepare_cached("INSERT OR REPLACE INTO active_chain (height, hash) VALUES (?1, ?2)")?
-                .execute(params![height, hash.to_byte_array()])?;
-            dbtx.prepare_cached("UPDATE tip SET hash = ?1, height = ?2 WHERE id = 0")?
-                .execute(params![hash.to_byte_array(), height])?;
-            dbtx.prepare_cached("UPDATE block_index SET status = 2 WHERE hash = ?1")?
-                .execute([hash.to_byte_array()])?;
+            Err(e) => return Err(e),
         }
         dbtx.commit()?;
         self.conn.pragma_update(None, "synchronous", "NORMAL")?;
@@ -920,7 +897,7 @@ impl ChainState {
                 }
                 untx.execute(params![txid.to_byte_array(), hash.to_byte_array()])?;
             }
-            insert_coins(&dbtx, undo.iter().map(|(op, c)| (op, c)))?;
+            insert_coins(&dbtx, undo.iter().map(|(op, c)| (*op, &c.output, c.height, c.coinbase)))?;
             dbtx.prepare_cached("DELETE FROM undo WHERE hash = ?1")?.execute([hash.to_byte_array()])?;
             dbtx.prepare_cached("DELETE FROM active_chain WHERE height = ?1")?.execute([height])?;
             dbtx.prepare_cached("UPDATE tip SET hash = ?1, height = ?2 WHERE id = 0")?
@@ -933,23 +910,169 @@ impl ChainState {
     }
 }
 
+/// A block in hand and its txids, so that connecting it neither reads it back nor hashes
+/// its transactions again.
+#[derive(Clone, Copy)]
+struct Fresh<'b> {
+    hash: BlockHash,
+    block: &'b Block,
+    txids: &'b [Txid],
+}
+
+/// What [`spend_coins`] found of a block: the coins it spends from the UTXO set (the undo
+/// data, in order), and its outputs still unspent at its end (output, by the coinbase).
+struct Spent<'b> {
+    undo: Vec<(OutPoint, Coin)>,
+    created: HashMap<OutPoint, (&'b TxOut, bool)>,
+}
+
+/// The checks of connecting `block` at `height` that need the UTXO set, in block order:
+/// every input's coin (from the set or earlier in the block), maturity and amounts, and the
+/// coinbase's value; the signature checks are pushed to `queue` as each transaction passes.
+/// Reads only.
+fn spend_coins<'b>(
+    conn: &Connection,
+    block: &'b Block,
+    txids: &[Txid],
+    height: u32,
+    params: &Params,
+    queue: &mut SigQueue<'_, 'b>,
+) -> Result<Spent<'b>> {
+    let outputs = block.txdata.iter().map(|t| t.output.len()).sum();
+    let mut created: HashMap<OutPoint, (&TxOut, bool)> = HashMap::with_capacity(outputs);
+    let mut spent_in_block: HashSet<OutPoint> = HashSet::new();
+    let mut undo = Vec::new();
+    let mut fees = Amount::ZERO;
+    // A SELECT now and a DELETE later cost less than one DELETE ... RETURNING (measured:
+    // RETURNING buffers its rows in an ephemeral table).
+    let mut read = conn.prepare_cached(READ_COIN)?;
+    for (i, (tx, txid)) in block.txdata.iter().zip(txids).enumerate() {
+        if i > 0 {
+            let mut spends = TxSpends::new(tx, *txid, height, params)?;
+            for (n, txin) in tx.input.iter().enumerate() {
+                let op = txin.previous_output;
+                if !spent_in_block.insert(op) {
+                    return Err(Reject::new(
+                        RejectCode::DoubleSpend,
+                        format!("tx {txid} input {n} spends {op}, already spent in this block"),
+                    )
+                    .into());
+                }
+                if let Some((output, coinbase)) = created.remove(&op) {
+                    spends.spend(n, output, height, coinbase)?;
+                    continue;
+                }
+                let coin = read.query_row(params![op.txid.to_byte_array(), op.vout], coin_from_row).optional()?;
+                let Some(coin) = coin else {
+                    return Err(validation::missing_input(*txid, n, &op, tx_confirmed(conn, &op.txid)?).into());
+                };
+                spends.spend(n, &coin.output, coin.height, coin.coinbase)?;
+                undo.push((op, coin));
+            }
+            let (fee, checks) = spends.finish()?;
+            fees = fees.checked_add(fee).unwrap_or(Amount::MAX_MONEY);
+            queue.push(checks);
+        }
+        for (vout, out) in tx.output.iter().enumerate() {
+            if out.script_pubkey.is_op_return() {
+                continue; // provably unspendable: never enters the UTXO set
+            }
+            created.insert(OutPoint { txid: *txid, vout: vout as u32 }, (out, i == 0));
+        }
+    }
+    let paid: Amount = block.txdata[0].output.iter().map(|o| o.value).sum();
+    let allowed = params.block_subsidy(height) + fees;
+    if paid > allowed {
+        return Err(Reject::new(
+            RejectCode::BadCoinbase,
+            format!("coinbase pays {} sat, subsidy and fees are {} sat", paid.to_sat(), allowed.to_sat()),
+        )
+        .into());
+    }
+    Ok(Spent { undo, created })
+}
+
+/// The writes of connecting `block` (`hash`) at `height` after [`spend_coins`], inside the
+/// caller's transaction: spent coins out of the UTXO set, unspent outputs in, the tx index,
+/// the undo data, the active chain, the tip and the block's status.
+fn write_connect(
+    dbtx: &rusqlite::Transaction<'_>,
+    block: &Block,
+    txids: &[Txid],
+    hash: &BlockHash,
+    height: u32,
+    spent: &Spent<'_>,
+) -> Result<()> {
+    let mut del = dbtx.prepare_cached("DELETE FROM utxo WHERE txid = ?1 AND vout = ?2")?;
+    for (op, _) in &spent.undo {
+        del.execute(params![op.txid.to_byte_array(), op.vout])?;
+    }
+    // In block order, for locality in the B-tree pages of the outputs of one transaction.
+    let outputs = block.txdata.iter().zip(txids).enumerate().flat_map(|(i, (tx, txid))| {
+        tx.output.iter().enumerate().map(move |(vout, out)| (OutPoint { txid: *txid, vout: vout as u32 }, out, i == 0))
+    });
+    let unspent = outputs.filter(|(op, _, _)| spent.created.contains_key(op));
+    insert_coins(dbtx, unspent.map(|(op, out, coinbase)| (op, out, height, coinbase)))?;
+    let mut txi = dbtx.prepare_cached("INSERT OR REPLACE INTO tx_index (txid, block) VALUES (?1, ?2)")?;
+    for txid in txids {
+        txi.execute(params![txid.to_byte_array(), hash.to_byte_array()])?;
+    }
+    dbtx.prepare_cached("INSERT OR REPLACE INTO undo (hash, data) VALUES (?1, ?2)")?
+        .execute(params![hash.to_byte_array(), encode_undo(&spent.undo)])?;
+    dbtx.prepare_cached("INSERT OR REPLACE INTO active_chain (height, hash) VALUES (?1, ?2)")?
+        .execute(params![height, hash.to_byte_array()])?;
+    dbtx.prepare_cached("UPDATE tip SET hash = ?1, height = ?2 WHERE id = 0")?
+        .execute(params![hash.to_byte_array(), height])?;
+    dbtx.prepare_cached("UPDATE block_index SET status = 2 WHERE hash = ?1")?.execute([hash.to_byte_array()])?;
+    Ok(())
+}
+
+/// Puts a checked header into the block index (status: header only).
+fn insert_header(conn: &Connection, header: &Header, hash: &BlockHash, height: u32, chainwork: Work) -> Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO block_index (hash, prev, height, chainwork, status, time, bits, header)
+         VALUES (?1, ?2, ?3, ?4, 0, ?5, ?6, ?7)",
+    )?
+    .execute(params![
+        hash.to_byte_array(),
+        header.prev_blockhash.to_byte_array(),
+        height,
+        chainwork.to_be_bytes(),
+        header.time,
+        header.bits.to_consensus(),
+        serialize(header)
+    ])?;
+    Ok(())
+}
+
+/// Stores a block's data (status: have data), in a transaction of its own (not fsynced:
+/// the next connect's fsync makes it durable).
+fn store_block_data(conn: &mut Connection, hash: &BlockHash, block: &Block) -> Result<()> {
+    let tx = conn.transaction()?;
+    tx.prepare_cached("INSERT INTO block_data (hash, data) VALUES (?1, ?2)")?
+        .execute(params![hash.to_byte_array(), serialize(block)])?;
+    tx.prepare_cached("UPDATE block_index SET status = 1 WHERE hash = ?1")?.execute([hash.to_byte_array()])?;
+    tx.commit()?;
+    Ok(())
+}
+
 /// Puts coins into the UTXO set (a block's new outputs, or the spent ones a disconnect
-/// brings back), inside the caller's transaction.
+/// brings back), inside the caller's transaction: (outpoint, output, height, coinbase).
 fn insert_coins<'a>(
     dbtx: &rusqlite::Transaction<'_>,
-    coins: impl IntoIterator<Item = (&'a OutPoint, &'a Coin)>,
+    coins: impl IntoIterator<Item = (OutPoint, &'a TxOut, u32, bool)>,
 ) -> rusqlite::Result<()> {
     let mut ins = dbtx.prepare_cached(
         "INSERT INTO utxo (txid, vout, amount, script, height, coinbase) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
     )?;
-    for (op, c) in coins {
+    for (op, out, height, coinbase) in coins {
         ins.execute(params![
             op.txid.to_byte_array(),
             op.vout,
-            c.output.value.to_sat() as i64,
-            c.output.script_pubkey.as_bytes(),
-            c.height,
-            c.coinbase
+            out.value.to_sat() as i64,
+            out.script_pubkey.as_bytes(),
+            height,
+            coinbase
         ])?;
     }
     Ok(())
@@ -1243,6 +1366,65 @@ mod tests {
         assert_eq!(acc.connected.len(), 4);
         assert_eq!(acc.disconnected.len(), 3);
         assert_eq!(utxo_set(cs).len(), utxo_a.len() + 2);
+    }
+
+    #[test]
+    fn a_bad_signature_among_many_rolls_back_the_writes_made_while_verifying() {
+        let mut n = node();
+        let cs = &mut n.cs;
+        let first = extend(cs, 1, 1)[0];
+        extend(cs, 10, 9);
+        // Fan the first coinbase out to 80 coins of key 2, then spend each in its own tx:
+        // enough signatures for the checks to run on worker threads.
+        let (op, out) = cb_out(cs, &first);
+        let each = out.value.to_sat() / 80 - 100;
+        let mut fan =
+            unsigned(&[op], vec![TxOut { value: Amount::from_sat(each), script_pubkey: p2wpkh(&key(2).1) }; 80]);
+        sign(&mut fan, std::slice::from_ref(&out), &[key(1).0]);
+        let fee = out.value.to_sat() - each * 80;
+        let b = build(cs, cs.tip().1, 9, Amount::from_sat(fee), vec![fan.clone()]);
+        cs.accept_block(&b, NOW).unwrap();
+        let spends: Vec<Transaction> = (0..80u32)
+            .map(|vout| {
+                let coin = (OutPoint { txid: fan.compute_txid(), vout }, fan.output[vout as usize].clone());
+                spend(&[coin], &[key(2).0], p2wpkh(&key(3).1), 10)
+            })
+            .collect();
+        let (tip, utxo) = (cs.tip(), utxo_set(cs));
+        let mut bad = spends.clone();
+        bad[61].input[0].witness = spends[60].input[0].witness.clone();
+        let b = build(cs, cs.tip().1, 9, Amount::from_sat(800), bad);
+        let e = cs.accept_block(&b, NOW).unwrap_err();
+        assert_eq!(code(e), RejectCode::BadSignature);
+        assert_eq!((cs.tip(), utxo_set(cs)), (tip, utxo), "nothing of the refused block stays");
+        assert_eq!(cs.entry(&b.block_hash()).unwrap().unwrap().status, BlockStatus::Invalid);
+        assert!(cs.tx_block(&spends[0].compute_txid()).unwrap().is_none());
+        let b = build(cs, cs.tip().1, 9, Amount::from_sat(800), spends.clone());
+        assert_eq!(cs.accept_block(&b, NOW).unwrap().connected, vec![b.block_hash()]);
+        assert_eq!(cs.tx_block(&spends[79].compute_txid()).unwrap(), Some(b.block_hash()));
+        assert!(cs.coin(&OutPoint { txid: fan.compute_txid(), vout: 5 }).unwrap().is_none());
+        assert!(cs.coin(&OutPoint { txid: spends[5].compute_txid(), vout: 0 }).unwrap().is_some());
+    }
+
+    #[test]
+    fn a_tip_block_whose_child_came_first_connects_both() {
+        let mut n = node();
+        let cs = &mut n.cs;
+        extend(cs, 2, 1);
+        let b3 = build(cs, cs.tip().1, 2, Amount::ZERO, vec![]);
+        assert!(cs.accept_header(&b3.header, NOW).unwrap().new);
+        let b4 = build(cs, b3.block_hash(), 2, Amount::ZERO, vec![]);
+        // The child's data first: stored, not connectable without its parent's.
+        assert!(cs.accept_block(&b4, NOW).unwrap().connected.is_empty());
+        assert_eq!(cs.tip().0, 2);
+        let acc = cs.accept_block(&b3, NOW).unwrap();
+        assert_eq!(acc.connected, vec![b3.block_hash(), b4.block_hash()]);
+        assert_eq!((acc.hash, acc.height, acc.new), (b3.block_hash(), 3, true));
+        assert_eq!(cs.tip(), (4, b4.block_hash()));
+        assert_eq!(acc.tip, cs.tip());
+        // Known by now: nothing new.
+        let again = cs.accept_block(&b3, NOW).unwrap();
+        assert!(!again.new && again.connected.is_empty());
     }
 
     #[test]

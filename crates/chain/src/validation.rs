@@ -9,22 +9,26 @@
 //!   signature; anything else is refused as `non-standard` with the script type named.
 //!   Signatures must be strict DER with a standard sighash type and low S (libsecp256k1's
 //!   verifier refuses high S, so low S is a consensus rule here), P2WPKH keys compressed.
-//! - Signature checks are collected as [`SigCheck`] jobs (message, signature, key), sighashes
-//!   computed through one `SighashCache` per transaction so BIP143 midstates are shared, and
-//!   verified afterwards by [`verify_sig_checks`] with one shared verification-only context —
-//!   in parallel over the machine's cores for blocks with many inputs.
+//! - A transaction's inputs are checked in two parts: what needs the UTXO set (coins exist,
+//!   maturity, amounts, the spent script's type), on the caller's thread in block order, and
+//!   the rest as [`TxSigChecks`] — unlocking data shape, key hash, key and signature parsing,
+//!   the sighash (one `SighashCache` per job, so BIP143 midstates are shared) and the ECDSA
+//!   verification with one shared verification-only context. [`verify_while`] runs those on
+//!   the machine's other cores while the caller goes on (the chain state looks up and writes
+//!   coins meanwhile), so only the first part is serial.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::str::FromStr;
-use std::sync::LazyLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, LazyLock, Mutex};
 
 use bitcoin::block::Header;
 use bitcoin::hashes::{hash160, Hash};
 use bitcoin::script::Instruction;
 use bitcoin::secp256k1::{self, Message, Secp256k1, VerifyOnly};
 use bitcoin::sighash::SighashCache;
-use bitcoin::{Amount, Block, BlockHash, CompactTarget, OutPoint, Transaction, TxOut, Txid, Weight};
+use bitcoin::{Amount, Block, BlockHash, CompactTarget, OutPoint, Script, Transaction, TxOut, Txid, Weight};
 
 use crate::params::Params;
 use crate::pow::target_from_bits;
@@ -183,7 +187,7 @@ impl<T: CoinView + ?Sized> CoinView for &T {
     }
 }
 
-/// One deferred ECDSA check: `sig` over `msg` by `pk`, for input `input` of `txid`.
+/// One parsed ECDSA check: `sig` over `msg` by `pk`, for input `input` of `txid`.
 #[derive(Debug, Clone, Copy)]
 pub struct SigCheck {
     /// The sighash.
@@ -209,22 +213,292 @@ impl SigCheck {
     }
 }
 
-/// Jobs below this count are verified on the calling thread.
+/// The kinds of output this chain can spend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SpendKind {
+    P2wpkh,
+    P2pkh,
+}
+
+/// What a signature check needs of a spent coin: its kind, value and committed key hash
+/// (the script is rebuilt from them: both kinds are one fixed template around the hash).
+#[derive(Debug, Clone, Copy)]
+struct Prevout {
+    kind: SpendKind,
+    value: Amount,
+    key_hash: [u8; 20],
+}
+
+/// The deferred signature checks of (some of) one transaction's inputs: everything about
+/// them that does not need the UTXO set — the unlocking data's shape, the key hash, key and
+/// signature parsing, the sighash and the ECDSA verification. [`tx_input_checks`] makes them
+/// after the checks that do; [`verify_while`] runs them on worker threads.
+#[derive(Debug, Clone)]
+pub struct TxSigChecks<'a> {
+    tx: &'a Transaction,
+    txid: Txid,
+    /// Index of the input `prevouts[0]` belongs to.
+    first: usize,
+    prevouts: Vec<Prevout>,
+}
+
+impl TxSigChecks<'_> {
+    /// The transaction.
+    pub fn txid(&self) -> Txid {
+        self.txid
+    }
+
+    /// How many signatures these checks verify.
+    pub fn len(&self) -> usize {
+        self.prevouts.len()
+    }
+
+    /// Whether there is nothing to verify.
+    pub fn is_empty(&self) -> bool {
+        self.prevouts.is_empty()
+    }
+
+    /// Parses the inputs' unlocking data and computes their sighashes: the (message,
+    /// signature, key) triples that [`verify`](Self::verify) checks.
+    pub fn parse(&self) -> Result<Vec<SigCheck>, Reject> {
+        let mut cache = SighashCache::new(self.tx);
+        (0..self.prevouts.len()).map(|k| self.sig_check(&mut cache, k)).collect()
+    }
+
+    /// Runs every check; the first failure in input order is returned.
+    pub fn verify(&self) -> Result<(), Reject> {
+        let mut cache = SighashCache::new(self.tx);
+        (0..self.prevouts.len()).try_for_each(|k| self.sig_check(&mut cache, k)?.verify())
+    }
+
+    /// Splits into checks of at most `n` inputs each (each recomputes the BIP143 midstates
+    /// on its own: `n` should be large enough that this does not matter).
+    fn split(self, n: usize) -> impl Iterator<Item = Self> {
+        let TxSigChecks { tx, txid, first, prevouts } = self;
+        let chunks: Vec<Vec<Prevout>> = prevouts.chunks(n.max(1)).map(<[Prevout]>::to_vec).collect();
+        chunks.into_iter().scan(first, move |at, prevouts| {
+            let part = TxSigChecks { tx, txid, first: *at, prevouts };
+            *at += part.prevouts.len();
+            Some(part)
+        })
+    }
+
+    /// Checks the unlocking data of input `first + k` and returns its signature check.
+    fn sig_check(&self, cache: &mut SighashCache<&Transaction>, k: usize) -> Result<SigCheck, Reject> {
+        let (tx, txid, i, spent) = (self.tx, self.txid, self.first + k, self.prevouts[k]);
+        let txin = &tx.input[i];
+        let bad = |what: &str| Reject::new(RejectCode::BadSignature, format!("tx {txid} input {i}: {what}"));
+        let (sig_bytes, pk_bytes): (&[u8], &[u8]) = match spent.kind {
+            SpendKind::P2wpkh => {
+                if !txin.script_sig.is_empty() {
+                    return Err(bad("p2wpkh spend with a non-empty script_sig"));
+                }
+                if txin.witness.len() != 2 {
+                    return Err(bad(&format!("p2wpkh witness has {} items, not 2", txin.witness.len())));
+                }
+                let pk = &txin.witness[1];
+                if pk.len() != 33 {
+                    return Err(bad("p2wpkh key is not compressed"));
+                }
+                (&txin.witness[0], pk)
+            }
+            SpendKind::P2pkh => {
+                if !txin.witness.is_empty() {
+                    return Err(bad("p2pkh spend with a witness"));
+                }
+                let mut pushes = txin.script_sig.instructions_minimal();
+                let (Some(Ok(Instruction::PushBytes(sig))), Some(Ok(Instruction::PushBytes(pk))), None) =
+                    (pushes.next(), pushes.next(), pushes.next())
+                else {
+                    return Err(bad("p2pkh script_sig is not two minimal pushes <sig> <pubkey>"));
+                };
+                (sig.as_bytes(), pk.as_bytes())
+            }
+        };
+        if *hash160::Hash::hash(pk_bytes).as_byte_array() != spent.key_hash {
+            return Err(bad("pubkey does not match the spent output's key hash"));
+        }
+        let pk = secp256k1::PublicKey::from_slice(pk_bytes).map_err(|_| bad("pubkey is not a valid point"))?;
+        let sig = bitcoin::ecdsa::Signature::from_slice(sig_bytes).map_err(|e| bad(&format!("signature: {e}")))?;
+        let digest = match spent.kind {
+            SpendKind::P2wpkh => {
+                let mut spk = [0u8; 22];
+                spk[..2].copy_from_slice(&[0x00, 0x14]);
+                spk[2..].copy_from_slice(&spent.key_hash);
+                cache
+                    .p2wpkh_signature_hash(i, Script::from_bytes(&spk), spent.value, sig.sighash_type)
+                    .map_err(|e| bad(&format!("sighash: {e}")))?
+                    .to_byte_array()
+            }
+            SpendKind::P2pkh => {
+                let mut spk = [0u8; 25];
+                spk[..3].copy_from_slice(&[0x76, 0xa9, 0x14]);
+                spk[3..23].copy_from_slice(&spent.key_hash);
+                spk[23..].copy_from_slice(&[0x88, 0xac]);
+                cache
+                    .legacy_signature_hash(i, Script::from_bytes(&spk), sig.sighash_type.to_u32())
+                    .map_err(|e| bad(&format!("sighash: {e}")))?
+                    .to_byte_array()
+            }
+        };
+        Ok(SigCheck { msg: Message::from_digest(digest), sig: sig.signature, pk, txid, input: i as u32 })
+    }
+}
+
+/// Signature checks below this many inputs are run on the calling thread.
 const PARALLEL_MIN_JOBS: usize = 64;
 
-/// Verifies signature jobs, on all cores when there are many; the first failure (lowest
-/// index within its thread's share) is returned.
-pub fn verify_sig_checks(checks: &[SigCheck]) -> Result<(), Reject> {
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    if checks.len() < PARALLEL_MIN_JOBS || threads < 2 {
-        return checks.iter().try_for_each(SigCheck::verify);
+/// Inputs per queued job at most (a larger transaction is split).
+const JOB_INPUTS: usize = 32;
+
+/// Inputs handed to the workers at a time: few enough to start them early, enough that a
+/// waiting worker is not woken for every transaction.
+const BATCH_INPUTS: usize = 16;
+
+/// Signature checks with their positions (in the order they were pushed).
+type Batch<'a> = Vec<(usize, TxSigChecks<'a>)>;
+
+/// Where [`verify_while`]'s producer hands its signature checks.
+pub struct SigQueue<'q, 'a> {
+    /// To the worker threads; `None` when the checks run on the calling thread.
+    send: Option<mpsc::Sender<Batch<'a>>>,
+    /// Checks not handed out yet: the batch being filled, or all of them without workers.
+    local: Batch<'a>,
+    /// Inputs in `local`.
+    local_inputs: usize,
+    /// Jobs pushed so far (the position of the next one).
+    pushed: usize,
+    verdict: &'q Verdict,
+}
+
+impl<'a> SigQueue<'_, 'a> {
+    /// Queues `checks` (handed to the workers, if there are any, in batches).
+    pub fn push(&mut self, checks: TxSigChecks<'a>) {
+        if self.send.is_none() {
+            self.local.push((self.pushed, checks));
+            self.pushed += 1;
+            return;
+        }
+        if checks.len() <= JOB_INPUTS {
+            return self.hand_out(checks);
+        }
+        for part in checks.split(JOB_INPUTS) {
+            self.hand_out(part);
+        }
     }
-    let chunk = checks.len().div_ceil(threads);
-    std::thread::scope(|s| {
-        let handles: Vec<_> =
-            checks.chunks(chunk).map(|part| s.spawn(move || part.iter().try_for_each(SigCheck::verify))).collect();
-        handles.into_iter().try_for_each(|h| h.join().expect("signature verification does not panic"))
-    })
+
+    /// Adds a job to the batch, handing the batch out once it is full.
+    fn hand_out(&mut self, checks: TxSigChecks<'a>) {
+        self.local_inputs += checks.len();
+        self.local.push((self.pushed, checks));
+        self.pushed += 1;
+        if self.local_inputs >= BATCH_INPUTS {
+            self.flush();
+        }
+    }
+
+    /// Hands the checks not handed out yet to the workers.
+    fn flush(&mut self) {
+        if let Some(send) = &self.send {
+            if !self.local.is_empty() {
+                // The receiver lives until the producer has returned.
+                send.send(std::mem::take(&mut self.local)).expect("the job queue outlives the producer");
+                self.local_inputs = 0;
+            }
+        }
+    }
+
+    /// Whether a check already failed (the producer may stop early).
+    pub fn failed(&self) -> bool {
+        self.verdict.stop.load(Ordering::Relaxed)
+    }
+}
+
+/// The first failure (by job position) of a [`verify_while`] run.
+#[derive(Default)]
+struct Verdict {
+    stop: AtomicBool,
+    first: Mutex<Option<(usize, Reject)>>,
+}
+
+impl Verdict {
+    fn fail(&self, at: usize, r: Reject) {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut first = self.first.lock().unwrap_or_else(|e| e.into_inner());
+        if first.as_ref().is_none_or(|(n, _)| at < *n) {
+            *first = Some((at, r));
+        }
+    }
+
+    fn into_result(self) -> Result<(), Reject> {
+        match self.first.into_inner().unwrap_or_else(|e| e.into_inner()) {
+            Some((_, r)) => Err(r),
+            None => Ok(()),
+        }
+    }
+
+    /// Verifies queued jobs until the queue is closed and empty; after a failure the rest
+    /// are only taken off the queue.
+    fn drain(&self, jobs: &Mutex<mpsc::Receiver<Batch<'_>>>) {
+        loop {
+            let next = jobs.lock().unwrap_or_else(|e| e.into_inner()).recv();
+            let Ok(batch) = next else { return };
+            self.verify(&batch);
+        }
+    }
+
+    fn verify(&self, batch: &Batch<'_>) {
+        for (at, checks) in batch {
+            if self.stop.load(Ordering::Relaxed) {
+                return;
+            }
+            if let Err(r) = checks.verify() {
+                self.fail(*at, r);
+            }
+        }
+    }
+}
+
+/// Runs `produce` on the calling thread while the signature checks it pushes are verified
+/// on the machine's other cores as they come (when `inputs`, the number of signatures to
+/// expect, makes that worth it; on a single core they are all verified after `produce`).
+/// Once `produce` returns, the calling thread helps verify what is left. So a block's serial work — coin lookups, amounts, the store's
+/// writes and their I/O — overlaps its signature verification. Returns `produce`'s error if
+/// it fails (the workers then stop), else the verdict of a failed check (the earliest pushed
+/// of those found), else `produce`'s value.
+pub fn verify_while<'a, T, E: From<Reject>>(
+    inputs: usize,
+    produce: impl FnOnce(&mut SigQueue<'_, 'a>) -> Result<T, E>,
+) -> Result<T, E> {
+    let verdict = Verdict::default();
+    let mut queue = SigQueue { send: None, local: Vec::new(), local_inputs: 0, pushed: 0, verdict: &verdict };
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get()) - 1;
+    if inputs < PARALLEL_MIN_JOBS || workers == 0 {
+        let out = produce(&mut queue)?;
+        queue.local.iter().try_for_each(|(_, checks)| checks.verify())?;
+        return Ok(out);
+    }
+    let (send, recv) = mpsc::channel();
+    let jobs = Mutex::new(recv);
+    queue.send = Some(send);
+    let out = std::thread::scope(|s| {
+        for _ in 0..workers {
+            s.spawn(|| verdict.drain(&jobs));
+        }
+        let out = produce(&mut queue);
+        if out.is_err() {
+            verdict.stop.store(true, Ordering::Relaxed);
+        } else {
+            queue.flush();
+        }
+        drop(queue); // closes the queue: the workers return once it is empty
+        if out.is_ok() {
+            verdict.drain(&jobs);
+        }
+        out
+    })?;
+    verdict.into_result()?;
+    Ok(out)
 }
 
 /// Context-free transaction checks (Core's `CheckTransaction`).
@@ -433,117 +707,113 @@ pub fn check_tx_inputs(
     spend_height: u32,
     params: &Params,
 ) -> Result<Amount, Reject> {
-    let mut jobs = Vec::with_capacity(tx.input.len());
-    let fee = tx_input_checks(tx, tx.compute_txid(), view, spend_height, params, &mut jobs)?;
-    verify_sig_checks(&jobs)?;
-    Ok(fee)
+    verify_while(tx.input.len(), |queue| {
+        let (fee, checks) = tx_input_checks(tx, tx.compute_txid(), view, spend_height, params)?;
+        queue.push(checks);
+        Ok(fee)
+    })
 }
 
-/// [`check_tx_inputs`] without the ECDSA verification: everything else is checked, and the
-/// signature checks are appended to `jobs` for [`verify_sig_checks`]. Returns the fee.
-pub fn tx_input_checks(
-    tx: &Transaction,
+/// [`check_tx_inputs`] without the signature checks: the coins, maturity and amounts are
+/// checked here, and the fee is returned with the [`TxSigChecks`] that check the rest.
+pub fn tx_input_checks<'a>(
+    tx: &'a Transaction,
     txid: Txid,
     view: &impl CoinView,
     spend_height: u32,
     params: &Params,
-    jobs: &mut Vec<SigCheck>,
-) -> Result<Amount, Reject> {
-    if tx.is_coinbase() {
-        return reject(RejectCode::BadCoinbase, format!("tx {txid} is a coinbase outside the first position"));
-    }
-    let mut cache = SighashCache::new(tx);
-    let mut value_in = Amount::ZERO;
+) -> Result<(Amount, TxSigChecks<'a>), Reject> {
+    let mut spends = TxSpends::new(tx, txid, spend_height, params)?;
     for (i, txin) in tx.input.iter().enumerate() {
         let op = &txin.previous_output;
-        let Some(coin) = view.coin(op) else {
-            if view.is_spent(op) {
-                return reject(RejectCode::DoubleSpend, format!("tx {txid} input {i} spends {op}, already spent"));
-            }
-            return reject(RejectCode::MissingInputs, format!("tx {txid} input {i} spends {op}, which does not exist"));
-        };
-        if coin.coinbase && spend_height.saturating_sub(coin.height) < params.coinbase_maturity {
+        let Some(coin) = view.coin(op) else { return Err(missing_input(txid, i, op, view.is_spent(op))) };
+        spends.spend(i, &coin.output, coin.height, coin.coinbase)?;
+    }
+    spends.finish()
+}
+
+/// The verdict on input `i` of `txid`, whose coin `op` is not in the UTXO set: a double
+/// spend when it is known to have been `spent`, else a missing input.
+pub fn missing_input(txid: Txid, i: usize, op: &OutPoint, spent: bool) -> Reject {
+    if spent {
+        Reject::new(RejectCode::DoubleSpend, format!("tx {txid} input {i} spends {op}, already spent"))
+    } else {
+        Reject::new(RejectCode::MissingInputs, format!("tx {txid} input {i} spends {op}, which does not exist"))
+    }
+}
+
+/// [`tx_input_checks`] one coin at a time, for callers that find the coins themselves (the
+/// chain state takes them out of its UTXO set as it connects a block): [`new`](Self::new),
+/// then [`spend`](Self::spend) for each input in order, then [`finish`](Self::finish).
+#[derive(Debug)]
+pub struct TxSpends<'a> {
+    checks: TxSigChecks<'a>,
+    spend_height: u32,
+    maturity: u32,
+    value_in: Amount,
+}
+
+impl<'a> TxSpends<'a> {
+    /// Starts on `tx` (refused if it is a coinbase), to be included at `spend_height`.
+    pub fn new(tx: &'a Transaction, txid: Txid, spend_height: u32, params: &Params) -> Result<Self, Reject> {
+        if tx.is_coinbase() {
+            return reject(RejectCode::BadCoinbase, format!("tx {txid} is a coinbase outside the first position"));
+        }
+        let checks = TxSigChecks { tx, txid, first: 0, prevouts: Vec::with_capacity(tx.input.len()) };
+        Ok(TxSpends { checks, spend_height, maturity: params.coinbase_maturity, value_in: Amount::ZERO })
+    }
+
+    /// Input `i` (the next one) spends `output`, created at `height` (by a coinbase or not).
+    pub fn spend(&mut self, i: usize, output: &TxOut, height: u32, coinbase: bool) -> Result<(), Reject> {
+        let txid = self.checks.txid;
+        debug_assert_eq!(i, self.checks.prevouts.len(), "inputs are spent in order");
+        if coinbase && self.spend_height.saturating_sub(height) < self.maturity {
+            let op = &self.checks.tx.input[i].previous_output;
             return reject(
                 RejectCode::Immature,
                 format!(
-                    "tx {txid} input {i} spends coinbase output {op} of height {} at height {spend_height} (maturity {})",
-                    coin.height, params.coinbase_maturity
+                    "tx {txid} input {i} spends coinbase output {op} of height {height} at height {} (maturity {})",
+                    self.spend_height, self.maturity
                 ),
             );
         }
-        value_in = match value_in.checked_add(coin.output.value) {
-            Some(v) if coin.output.value <= Amount::MAX_MONEY && v <= Amount::MAX_MONEY => v,
+        self.value_in = match self.value_in.checked_add(output.value) {
+            Some(v) if output.value <= Amount::MAX_MONEY && v <= Amount::MAX_MONEY => v,
             _ => return reject(RejectCode::BadAmount, format!("tx {txid} input {i}: input values out of range")),
         };
-        jobs.push(input_sig_check(tx, &mut cache, txid, i, &coin.output)?);
-    }
-    let value_out = tx.output.iter().map(|o| o.value).sum::<Amount>();
-    value_in.checked_sub(value_out).ok_or_else(|| {
-        Reject::new(
-            RejectCode::BadAmount,
-            format!("tx {txid} spends {} sat but creates {} sat", value_in.to_sat(), value_out.to_sat()),
-        )
-    })
-}
-
-/// Checks input `i`'s unlocking data against the spent output's script and returns its
-/// signature check.
-fn input_sig_check(
-    tx: &Transaction,
-    cache: &mut SighashCache<&Transaction>,
-    txid: Txid,
-    i: usize,
-    spent: &TxOut,
-) -> Result<SigCheck, Reject> {
-    let txin = &tx.input[i];
-    let spk = &spent.script_pubkey;
-    let bad = |what: &str| Reject::new(RejectCode::BadSignature, format!("tx {txid} input {i}: {what}"));
-    let (sig_bytes, pk_bytes, committed): (&[u8], &[u8], &[u8]) = if spk.is_p2wpkh() {
-        if !txin.script_sig.is_empty() {
-            return Err(bad("p2wpkh spend with a non-empty script_sig"));
-        }
-        if txin.witness.len() != 2 {
-            return Err(bad(&format!("p2wpkh witness has {} items, not 2", txin.witness.len())));
-        }
-        let pk = &txin.witness[1];
-        if pk.len() != 33 {
-            return Err(bad("p2wpkh key is not compressed"));
-        }
-        (&txin.witness[0], pk, &spk.as_bytes()[2..22])
-    } else if spk.is_p2pkh() {
-        if !txin.witness.is_empty() {
-            return Err(bad("p2pkh spend with a witness"));
-        }
-        let mut pushes = txin.script_sig.instructions_minimal();
-        let (Some(Ok(Instruction::PushBytes(sig))), Some(Ok(Instruction::PushBytes(pk))), None) =
-            (pushes.next(), pushes.next(), pushes.next())
-        else {
-            return Err(bad("p2pkh script_sig is not two minimal pushes <sig> <pubkey>"));
+        let spk = output.script_pubkey.as_bytes();
+        let (kind, hash) = if output.script_pubkey.is_p2wpkh() {
+            (SpendKind::P2wpkh, &spk[2..22])
+        } else if output.script_pubkey.is_p2pkh() {
+            (SpendKind::P2pkh, &spk[3..23])
+        } else {
+            return reject(
+                RejectCode::NonStandard,
+                format!(
+                    "tx {txid} input {i} spends a {} output; only p2wpkh and p2pkh are spendable",
+                    script_kind(&output.script_pubkey)
+                ),
+            );
         };
-        (sig.as_bytes(), pk.as_bytes(), &spk.as_bytes()[3..23])
-    } else {
-        return reject(
-            RejectCode::NonStandard,
-            format!("tx {txid} input {i} spends a {} output; only p2wpkh and p2pkh are spendable", script_kind(spk)),
-        );
-    };
-    if hash160::Hash::hash(pk_bytes).as_byte_array()[..] != *committed {
-        return Err(bad("pubkey does not match the spent output's key hash"));
+        let key_hash = hash.try_into().expect("a 20-byte key hash");
+        self.checks.prevouts.push(Prevout { kind, value: output.value, key_hash });
+        Ok(())
     }
-    let pk = secp256k1::PublicKey::from_slice(pk_bytes).map_err(|_| bad("pubkey is not a valid point"))?;
-    let sig = bitcoin::ecdsa::Signature::from_slice(sig_bytes).map_err(|e| bad(&format!("signature: {e}")))?;
-    let msg = if spk.is_p2wpkh() {
-        let h = cache
-            .p2wpkh_signature_hash(i, spk, spent.value, sig.sighash_type)
-            .map_err(|e| bad(&format!("sighash: {e}")))?;
-        Message::from_digest(h.to_byte_array())
-    } else {
-        let h = cache
-            .legacy_signature_hash(i, spk, sig.sighash_type.to_u32())
-            .map_err(|e| bad(&format!("sighash: {e}")))?;
-        Message::from_digest(h.to_byte_array())
-    };
-    Ok(SigCheck { msg, sig: sig.signature, pk, txid, input: i as u32 })
+
+    /// The fee (refused if the outputs are worth more than the inputs) and the signature
+    /// checks still to run.
+    pub fn finish(self) -> Result<(Amount, TxSigChecks<'a>), Reject> {
+        let TxSpends { checks, value_in, .. } = self;
+        debug_assert_eq!(checks.prevouts.len(), checks.tx.input.len(), "every input spent");
+        let value_out = checks.tx.output.iter().map(|o| o.value).sum::<Amount>();
+        let fee = value_in.checked_sub(value_out).ok_or_else(|| {
+            Reject::new(
+                RejectCode::BadAmount,
+                format!("tx {} spends {} sat but creates {} sat", checks.txid, value_in.to_sat(), value_out.to_sat()),
+            )
+        })?;
+        Ok((fee, checks))
+    }
 }
 
 /// A short lowercase name of a script's type, for reasons.
@@ -946,21 +1216,73 @@ mod tests {
         assert_eq!(median_time(&mut [5, 1, 4, 2, 3]), 3);
     }
 
+    /// A view of `n` mature P2WPKH coins of key 1, and their outpoints and outputs.
+    fn many_coins(n: u8) -> (HashMap<OutPoint, Coin>, Vec<OutPoint>, Vec<TxOut>) {
+        let out = TxOut { value: Amount::from_sat(10_000), script_pubkey: p2wpkh(&key(1).1) };
+        let ops: Vec<OutPoint> = (0..n).map(|k| OutPoint { txid: Txid::from_byte_array([k; 32]), vout: 1 }).collect();
+        let view = ops.iter().map(|op| (*op, Coin { output: out.clone(), height: 1, coinbase: false })).collect();
+        (view, ops, vec![out; n as usize])
+    }
+
     #[test]
     fn many_signatures_verify_in_parallel_and_one_bad_one_is_found() {
-        let (view, ops, outs) = fixture();
-        let mut jobs = Vec::new();
-        for n in 0..80u64 {
-            let mut tx = unsigned(&ops[..1], pay(1000 + n));
-            sign(&mut tx, &outs[..1], &[key(1).0]);
-            tx_input_checks(&tx, tx.compute_txid(), &view, 100, p(), &mut jobs).unwrap();
-        }
-        assert_eq!(verify_sig_checks(&jobs), Ok(()));
-        jobs[77].msg = Message::from_digest([7; 32]);
-        let e = verify_sig_checks(&jobs).unwrap_err();
+        let (view, ops, outs) = many_coins(80);
+        let txs: Vec<Transaction> = (0..80)
+            .map(|n| {
+                let mut tx = unsigned(&ops[n..n + 1], pay(1000 + n as u64));
+                sign(&mut tx, &outs[..1], &[key(1).0]);
+                tx
+            })
+            .collect();
+        let check = |txs: &[Transaction]| {
+            verify_while(txs.len(), |queue| {
+                for tx in txs {
+                    let (fee, checks) = tx_input_checks(tx, tx.compute_txid(), &view, 100, p())?;
+                    assert_eq!(checks.len(), 1);
+                    queue.push(checks);
+                    assert!(fee > Amount::ZERO);
+                }
+                Ok::<_, Reject>(txs.len())
+            })
+        };
+        assert_eq!(check(&txs), Ok(80));
+        let mut bad = txs.clone();
+        bad[77].output[0].value = Amount::from_sat(1); // signed over another amount
+        let e = check(&bad).unwrap_err();
         assert_eq!(e.code, RejectCode::BadSignature);
-        assert_eq!(jobs[77].input, 0);
-        assert!(e.reason.contains(&jobs[77].txid.to_string()), "{e}");
+        assert!(e.reason.contains(&bad[77].compute_txid().to_string()) && e.reason.contains("input 0"), "{e}");
+        // The producer's own verdict wins, and nothing it queued is reported instead.
+        let e = verify_while(txs.len(), |queue| {
+            for tx in &bad {
+                queue.push(tx_input_checks(tx, tx.compute_txid(), &view, 100, p())?.1);
+            }
+            Err::<(), _>(Reject::new(RejectCode::MissingInputs, "stop"))
+        })
+        .unwrap_err();
+        assert_eq!(e.code, RejectCode::MissingInputs);
+    }
+
+    #[test]
+    fn a_large_transaction_is_split_and_each_input_checked_at_its_index() {
+        let (view, ops, outs) = many_coins(70);
+        let mut tx = unsigned(&ops, pay(600_000));
+        sign(&mut tx, &outs, &vec![key(1).0; 70]);
+        assert_eq!(check_tx_inputs(&tx, &view, 100, p()), Ok(Amount::from_sat(100_000)));
+        let (_, checks) = tx_input_checks(&tx, tx.compute_txid(), &view, 100, p()).unwrap();
+        let parts: Vec<TxSigChecks> = checks.split(JOB_INPUTS).collect();
+        assert_eq!(parts.iter().map(TxSigChecks::len).collect::<Vec<_>>(), [32, 32, 6]);
+        assert!(parts.iter().all(|c| c.verify().is_ok()));
+        // A signature moved to another input fails there, whichever part holds it.
+        let mut bad = tx.clone();
+        bad.input[50].witness = tx.input[49].witness.clone();
+        let e = check_tx_inputs(&bad, &view, 100, p()).unwrap_err();
+        assert_eq!(e.code, RejectCode::BadSignature);
+        assert!(e.reason.contains("input 50:"), "{e}");
+        // The parsed triples are what the raw verifier would be given.
+        let triples = tx_input_checks(&tx, tx.compute_txid(), &view, 100, p()).unwrap().1.parse().unwrap();
+        assert_eq!(triples.len(), 70);
+        assert_eq!(triples[69].input, 69);
+        assert!(triples.iter().all(|c| c.verify().is_ok()));
     }
 
     #[test]
