@@ -182,12 +182,15 @@ pub fn spawn_progress_log(node: Arc<Node>) -> JoinHandle<()> {
         .name("progress".into())
         .spawn(move || {
             let mut last = (Instant::now(), node.tip().0);
+            // the first look a second in, so even a short sync shows its progress
+            let mut first = true;
             let mut last_tip_change = (Instant::now(), node.tip_generation());
             while !node.is_stopping() {
                 std::thread::sleep(Duration::from_millis(200));
-                if last.0.elapsed() < LOG_EVERY {
+                if last.0.elapsed() < LOG_EVERY && !(first && last.0.elapsed() >= Duration::from_secs(1)) {
                     continue;
                 }
+                first = false;
                 if let Some(light) = node.light() {
                     // a light node: its headers and how far its wallet is proven
                     let (height, scanned) = (light.tip().0, light.scanned());
