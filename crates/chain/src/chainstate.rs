@@ -543,6 +543,90 @@ impl ChainState {
         Ok(block.txdata.into_iter().find(|t| t.compute_txid() == *txid).map(|t| (t, hash)))
     }
 
+    /// The commitment hash of the UTXO set at the tip (`crate::utxo`): what the coinbase
+    /// of the next block commits to when that block's height requires it.
+    pub fn utxo_hash(&self) -> Result<[u8; 32]> {
+        utxo_hash_of(&self.conn)
+    }
+
+    /// The UTXO set at the tip, for a fast-syncing peer.
+    pub fn snapshot(&self) -> Result<crate::utxo::Snapshot> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT txid, vout, amount, script, height, coinbase FROM utxo ORDER BY txid, vout")?;
+        let coins = stmt
+            .query_map([], |r| {
+                Ok((OutPoint { txid: Txid::from_byte_array(r.get(0)?), vout: r.get(1)? }, coin_from_row_at(r, 2)?))
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(crate::utxo::Snapshot { base: self.tip.1, height: self.tip.0, coins })
+    }
+
+    /// The height of the snapshot this chain state was started from (fast sync), if any:
+    /// blocks at and below it have no data or undo here, and the chain never reorganises
+    /// below it.
+    pub fn snapshot_height(&self) -> Result<Option<u32>> {
+        let v: Option<String> =
+            self.conn.query_row("SELECT value FROM meta WHERE key = 'snapshot_height'", [], |r| r.get(0)).optional()?;
+        Ok(v.and_then(|v| v.parse().ok()))
+    }
+
+    /// Fast sync: makes `snap` the state after its base block, whose header (and its
+    /// ancestors') must be stored, on a chain state still at genesis. The base's ancestors
+    /// become the active chain without block data; the caller has checked the snapshot's
+    /// hash against the commitment in the coinbase of the block after the base.
+    pub fn load_snapshot(&mut self, snap: &crate::utxo::Snapshot) -> Result<()> {
+        if self.tip.0 != 0 {
+            return Err(Error::Corrupt(format!(
+                "a snapshot loads only on a chain at genesis; this one is at height {}",
+                self.tip.0
+            )));
+        }
+        let base = self.entry(&snap.base)?.ok_or_else(|| {
+            Error::Invalid(Reject::new(
+                RejectCode::BadPrevBlock,
+                format!("snapshot base {} has no header here", snap.base),
+            ))
+        })?;
+        if base.height != snap.height {
+            return Err(Error::Invalid(Reject::new(
+                RejectCode::BadPrevBlock,
+                format!(
+                    "snapshot says height {} for block {}, whose header is at {}",
+                    snap.height, snap.base, base.height
+                ),
+            )));
+        }
+        let mut chain = Vec::with_capacity(base.height as usize);
+        let mut cur = base.clone();
+        while cur.height > 0 {
+            chain.push((cur.height, cur.hash));
+            cur = self.entry_or_corrupt(&cur.header.prev_blockhash)?;
+        }
+        let dbtx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        {
+            let mut act = dbtx.prepare_cached("INSERT OR REPLACE INTO active_chain (height, hash) VALUES (?1, ?2)")?;
+            let mut status = dbtx.prepare_cached("UPDATE block_index SET status = 2 WHERE hash = ?1")?;
+            for (h, hash) in &chain {
+                act.execute(params![h, hash.to_byte_array()])?;
+                status.execute([hash.to_byte_array()])?;
+            }
+        }
+        dbtx.execute("DELETE FROM utxo", [])?;
+        insert_coins(&dbtx, snap.coins.iter().map(|(op, c)| (*op, &c.output, c.height, c.coinbase)))?;
+        dbtx.execute(
+            "UPDATE tip SET hash = ?1, height = ?2 WHERE id = 0",
+            params![snap.base.to_byte_array(), snap.height],
+        )?;
+        dbtx.execute(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES ('snapshot_height', ?1)",
+            [snap.height.to_string()],
+        )?;
+        dbtx.commit()?;
+        self.tip = (snap.height, snap.base);
+        Ok(())
+    }
+
     /// Numbers for `getblockchaininfo`.
     pub fn info(&self) -> Result<ChainInfo> {
         let tip = self.entry_or_corrupt(&self.tip.1)?;
@@ -877,6 +961,12 @@ impl ChainState {
         if height == 0 {
             return Err(Error::Corrupt("asked to disconnect the genesis block".into()));
         }
+        if self.snapshot_height()?.is_some_and(|s| height <= s) {
+            return Err(Error::Invalid(Reject::new(
+                RejectCode::BadPrevBlock,
+                format!("cannot reorganise below height {height}: this node started from a utxo snapshot there"),
+            )));
+        }
         let block = self.block(&hash)?.ok_or_else(|| Error::Corrupt(format!("active block {hash} has no data")))?;
         let undo_data: Vec<u8> = self
             .conn
@@ -938,6 +1028,30 @@ fn spend_coins<'b>(
     params: &Params,
     queue: &mut SigQueue<'_, 'b>,
 ) -> Result<Spent<'b>> {
+    if crate::utxo::required(params, height) {
+        // the coinbase commits to the UTXO set this block is connected to
+        let have = utxo_hash_of(conn)?;
+        match crate::utxo::find(&block.txdata[0]) {
+            Some(c) if c == have => {}
+            Some(c) => {
+                return Err(Reject::new(
+                    RejectCode::BadCoinbase,
+                    format!("utxo commitment {} is not the utxo set's {}", hex::encode(c), hex::encode(have)),
+                )
+                .into())
+            }
+            None => {
+                return Err(Reject::new(
+                    RejectCode::BadCoinbase,
+                    format!(
+                        "no utxo commitment in the coinbase at height {height} (every {})",
+                        params.utxo_commit_every
+                    ),
+                )
+                .into())
+            }
+        }
+    }
     let outputs = block.txdata.iter().map(|t| t.output.len()).sum();
     let mut created: HashMap<OutPoint, (&TxOut, bool)> = HashMap::with_capacity(outputs);
     let mut spent_in_block: HashSet<OutPoint> = HashSet::new();
@@ -1025,6 +1139,30 @@ fn write_connect(
         .execute(params![hash.to_byte_array(), height])?;
     dbtx.prepare_cached("UPDATE block_index SET status = 2 WHERE hash = ?1")?.execute([hash.to_byte_array()])?;
     Ok(())
+}
+
+/// The commitment hash of the UTXO set as `conn` holds it (`crate::utxo`).
+fn utxo_hash_of(conn: &Connection) -> Result<[u8; 32]> {
+    let mut h = crate::utxo::Hasher::default();
+    let mut stmt =
+        conn.prepare_cached("SELECT txid, vout, amount, script, height, coinbase FROM utxo ORDER BY txid, vout")?;
+    let mut rows = stmt.query([])?;
+    while let Some(r) = rows.next()? {
+        let op = OutPoint { txid: Txid::from_byte_array(r.get(0)?), vout: r.get(1)? };
+        h.add(&op, &coin_from_row_at(r, 2)?);
+    }
+    Ok(h.finish())
+}
+
+fn coin_from_row_at(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Coin> {
+    Ok(Coin {
+        output: TxOut {
+            value: Amount::from_sat(r.get::<_, i64>(at)? as u64),
+            script_pubkey: ScriptBuf::from_bytes(r.get(at + 1)?),
+        },
+        height: r.get(at + 2)?,
+        coinbase: r.get(at + 3)?,
+    })
 }
 
 /// Puts a checked header into the block index (status: header only).
@@ -1470,5 +1608,51 @@ mod tests {
         let e = ChainState::open(&path, Params::mainnet()).unwrap_err();
         assert!(matches!(e, Error::Corrupt(_)), "{e}");
         assert!(e.to_string().contains("devnet"), "{e}");
+    }
+
+    /// Block 100 must commit to the UTXO set it is connected to; a fresh chain state with
+    /// the headers loads the snapshot that commitment covers and connects block 100 on it.
+    #[test]
+    fn the_utxo_commitment_is_consensus_and_a_snapshot_loads_on_the_headers() {
+        let mut n = node();
+        extend(&mut n.cs, 99, 1);
+        let base = n.cs.tip().1;
+        let (time, bits) = (n.cs.entry(&base).unwrap().unwrap().header.time + 2, n.cs.next_bits(&base).unwrap());
+        let with = |commit: Option<[u8; 32]>| {
+            let mut cb = coinbase(100, p().block_subsidy(100), p2wpkh(&key(1).1));
+            cb.output.extend(commit.map(|c| crate::utxo::commitment_output(&c)));
+            block(base, time, bits, vec![cb])
+        };
+        let missing = with(None);
+        let e = n.cs.accept_block(&missing, NOW).unwrap_err();
+        assert!(e.to_string().contains("no utxo commitment"), "{e}");
+        let wrong = with(Some([7; 32]));
+        assert_eq!(code(n.cs.accept_block(&wrong, NOW).unwrap_err()), RejectCode::BadCoinbase);
+        let snap = n.cs.snapshot().unwrap();
+        assert_eq!((snap.height, snap.base, snap.coins.len()), (99, base, 99));
+        let good = with(Some(snap.hash()));
+        assert_eq!(n.cs.utxo_hash().unwrap(), snap.hash());
+        n.cs.accept_block(&good, NOW).unwrap();
+        assert_eq!(n.cs.tip().0, 100);
+
+        // another node: the headers, then the snapshot, then block 100 validated on it
+        let mut f = node();
+        for h in 1..=100 {
+            let hash = n.cs.hash_at(h).unwrap().unwrap();
+            f.cs.accept_header(&n.cs.header(&hash).unwrap().unwrap(), NOW).unwrap();
+        }
+        let mut tampered = snap.clone();
+        tampered.coins.pop();
+        assert_ne!(tampered.hash(), snap.hash());
+        f.cs.load_snapshot(&snap).unwrap();
+        assert_eq!(f.cs.tip(), (99, base));
+        assert_eq!(f.cs.snapshot_height().unwrap(), Some(99));
+        assert_eq!(f.cs.hash_at(50).unwrap(), n.cs.hash_at(50).unwrap());
+        assert!(f.cs.block(&n.cs.hash_at(50).unwrap().unwrap()).unwrap().is_none());
+        f.cs.accept_block(&good, NOW).unwrap();
+        assert_eq!(f.cs.tip(), n.cs.tip());
+        assert_eq!(f.cs.utxo_hash().unwrap(), n.cs.utxo_hash().unwrap());
+        // a snapshot loads only on a chain at genesis
+        assert!(f.cs.load_snapshot(&snap).is_err());
     }
 }

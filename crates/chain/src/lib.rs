@@ -13,4 +13,5 @@ pub mod miner;
 pub mod params;
 pub mod pow;
 pub mod seal;
+pub mod utxo;
 pub mod validation;

@@ -72,6 +72,24 @@ pub fn build_block(
     payout: ScriptBuf,
     extra_nonce: &[u8],
 ) -> Result<Block, BuildError> {
+    build_block_with(prev, height, time, bits, version, txs, coinbase_value, payout, extra_nonce, Vec::new())
+}
+
+/// [`build_block`] with more coinbase outputs after the payout (a UTXO commitment,
+/// `crate::utxo::commitment_output`).
+#[allow(clippy::too_many_arguments)]
+pub fn build_block_with(
+    prev: BlockHash,
+    height: u32,
+    time: u32,
+    bits: CompactTarget,
+    version: Version,
+    txs: Vec<Transaction>,
+    coinbase_value: Amount,
+    payout: ScriptBuf,
+    extra_nonce: &[u8],
+    extra_outputs: Vec<TxOut>,
+) -> Result<Block, BuildError> {
     let too_long = || BuildError::CoinbaseScriptTooLong { height, extra_nonce: extra_nonce.len() };
     if extra_nonce.len() > MAX_COINBASE_SCRIPT_SIG {
         return Err(too_long());
@@ -97,7 +115,7 @@ pub fn build_block(
             sequence: Sequence::MAX,
             witness: if segwit { Witness::from_slice(&[[0u8; 32]]) } else { Witness::new() },
         }],
-        output: vec![TxOut { value: coinbase_value, script_pubkey: payout }],
+        output: std::iter::once(TxOut { value: coinbase_value, script_pubkey: payout }).chain(extra_outputs).collect(),
     };
     let mut txdata = Vec::with_capacity(txs.len() + 1);
     txdata.push(coinbase);

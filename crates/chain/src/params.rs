@@ -80,6 +80,9 @@ pub struct Params {
     pub coinbase_maturity: u32,
     /// Maximum block weight (BIP141 weight units).
     pub max_block_weight: Weight,
+    /// Every this many blocks the coinbase commits to the UTXO set (`crate::utxo`), so a
+    /// node can fast-sync from a snapshot the chain vouches for.
+    pub utxo_commit_every: u32,
     /// The node's JSON-RPC port by default: Core's regtest port on devnet; on mainnet one
     /// next to Core's 8332 but not on it, so a Bitcoin node on the same host does not collide.
     pub rpc_port: u16,
@@ -123,6 +126,7 @@ static DEVNET: LazyLock<Params> = LazyLock::new(|| {
         halving_interval: 210_000,
         coinbase_maturity: 10,
         max_block_weight: Weight::MAX_BLOCK,
+        utxo_commit_every: 100,
         rpc_port: 18443,
         p2p_port: 18444,
     }
@@ -147,6 +151,7 @@ static MAINNET: LazyLock<Params> = LazyLock::new(|| {
         halving_interval: 2_100_000,
         coinbase_maturity: 100,
         max_block_weight: Weight::MAX_BLOCK,
+        utxo_commit_every: 1000,
         rpc_port: 8382,
         p2p_port: 8383,
     }
@@ -172,6 +177,7 @@ static CIRCUIT: LazyLock<Params> = LazyLock::new(|| {
         // a sealed block travels in one Raft entry, whose value holds at most 256 KiB: a
         // block's bytes (at most its weight) stay under 100 KB
         max_block_weight: Weight::from_wu(100_000),
+        utxo_commit_every: 100,
         rpc_port: 18453,
         p2p_port: 18454,
     }

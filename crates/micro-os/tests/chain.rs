@@ -49,13 +49,17 @@ fn a_full_node_from_its_template_mines_pays_and_keeps_its_chain() {
 
     // the spec's example: create from the template, configure, start
     d.ok(&["container", "create", "--name", "eth-node-1", "--template", "blockchain-full-node"]);
-    let e = d.fails(&["container", "config", "eth-node-1", "--network", "mainnet", "--sync-mode", "fast"], 2);
-    assert!(e.contains("sync mode \"fast\" is not available yet"), "{e}");
+    // the spec's `container config eth-node-1 --network mainnet --sync-mode fast`, verbatim
+    d.ok(&["container", "config", "eth-node-1", "--network", "mainnet", "--sync-mode", "fast"]);
+    let c = d.inspect("eth-node-1");
+    assert_eq!((c["config"]["network"].as_str(), c["config"]["sync-mode"].as_str()), (Some("mainnet"), Some("fast")));
+    let e = d.fails(&["container", "config", "eth-node-1", "--sync-mode", "warp"], 2);
+    assert!(e.contains("sync mode \"warp\" is unknown (use full, fast or light)"), "{e}");
     let e = d.fails(&["container", "config", "eth-node-1", "--network", "moon"], 2);
-    assert!(e.contains("known: devnet, mainnet"), "{e}");
+    assert!(e.contains("known: devnet, mainnet, circuit"), "{e}");
     let e = d.fails(&["chain", "status", "--container", "eth-node-1"], 4);
     assert!(e.contains("start it first"), "{e}");
-    d.ok(&["container", "config", "eth-node-1", "--network", "devnet", "--mine", "true"]);
+    d.ok(&["container", "config", "eth-node-1", "--network", "devnet", "--sync-mode", "full", "--mine", "true"]);
     d.ok(&["container", "start", "--name", "eth-node-1"]);
 
     // it mines; its logs say so; coinbase matures after 10 blocks on devnet

@@ -67,8 +67,8 @@ struct Cli {
     /// Address mined blocks pay (default: the wallet's first address).
     #[arg(long, env = "MICRO_OS_CONFIG_MINE_TO", value_name = "ADDR")]
     mine_to: Option<String>,
-    /// How to catch up with the network: full, or light (headers only: the same as --kind
-    /// light); fast is not available yet.
+    /// How to catch up with the network: full; fast (headers, then a UTXO snapshot the chain
+    /// commits to, then validation forward); or light (headers only: the same as --kind light).
     #[arg(long, env = "MICRO_OS_CONFIG_SYNC_MODE", default_value = "full", value_name = "MODE")]
     sync_mode: String,
     /// P2P listen multiaddr, repeatable (default /ip4/0.0.0.0/tcp/18444 on devnet,
@@ -104,6 +104,7 @@ struct Config {
     mine_to: Option<String>,
     kind: Kind,
     validators: Option<Vec<bitcoin::secp256k1::PublicKey>>,
+    fast: bool,
     /// A validator's circuit (on the circuit network).
     circuit: Option<micro_os_node::sealer::CircuitConfig>,
     /// `None` with `--no-p2p`.
@@ -134,8 +135,13 @@ impl Config {
                     "a validator keeps every block: sync mode light is for light nodes (use --sync-mode full)".into(),
                 ))
             }
-            ("fast", _) => return Err(ConfigError("sync mode fast is not available yet (use full or light)".into())),
-            (other, _) => return Err(ConfigError(format!("sync mode {other:?} is not known (use full or light)"))),
+            ("fast", Kind::Light) => {
+                return Err(ConfigError("a light node syncs headers only: sync mode fast is for full nodes".into()))
+            }
+            ("fast", kind) => kind,
+            (other, _) => {
+                return Err(ConfigError(format!("sync mode {other:?} is not known (use full, fast or light)")))
+            }
         };
         let params = Params::by_name(&cli.network)
             .map_err(|_| ConfigError(format!("network {:?} is not known (use devnet or mainnet)", cli.network)))?;
@@ -214,6 +220,7 @@ impl Config {
             kind,
             validators,
             circuit,
+            fast: cli.sync_mode == "fast",
         })
     }
 }
@@ -272,7 +279,12 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let node = Node::open(
         &config.datadir,
         config.params,
-        Options { threads: config.threads, light: config.kind == Kind::Light, validators: config.validators.clone() },
+        Options {
+            threads: config.threads,
+            light: config.kind == Kind::Light,
+            validators: config.validators.clone(),
+            fast: config.fast,
+        },
     )
     .with_context(|| format!("opening the {} node in {}", config.params.name, config.datadir.display()))?;
     let node = Arc::new(node);
@@ -405,10 +417,14 @@ mod tests {
             &["--connect", "127.0.0.1:18444"],
             Err("--connect address \"127.0.0.1:18444\" is not a multiaddr (try /ip4/0.0.0.0/tcp/18444 or /ip4/10.0.0.2/tcp/18444/p2p/<peer id>)"),
         );
-        check(&["--sync-mode", "fast"], Err("sync mode fast is not available yet (use full or light)"));
+        check(&["--sync-mode", "fast"], Ok(()));
+        check(
+            &["--sync-mode", "fast", "--kind", "light"],
+            Err("a light node syncs headers only: sync mode fast is for full nodes"),
+        );
         check(&["--sync-mode", "light"], Ok(()));
         check(&["--kind", "light"], Ok(()));
-        check(&["--sync-mode", "warp"], Err("sync mode \"warp\" is not known (use full or light)"));
+        check(&["--sync-mode", "warp"], Err("sync mode \"warp\" is not known (use full, fast or light)"));
         check(
             &["--kind", "light", "--mine"],
             Err("a light node does not mine: it has no blocks to build on (drop --mine, or run --kind full)"),

@@ -21,7 +21,7 @@ use bitcoin::block::{Header, Version as BlockVersion};
 use bitcoin::{Address, Amount, Block, BlockHash, FeeRate, OutPoint, ScriptBuf, Transaction, Txid, Weight};
 use micro_os_chain::chainstate::{self, ChainState, HeaderStatus};
 use micro_os_chain::mempool::{Mempool, Refused};
-use micro_os_chain::miner::{build_block, BuildError};
+use micro_os_chain::miner::BuildError;
 use micro_os_chain::params::Params;
 use micro_os_chain::validation::{check_transaction, check_tx_inputs, Coin, CoinView, Reject, RejectCode};
 use tokio::sync::broadcast;
@@ -170,11 +170,13 @@ pub struct Options {
     /// On a validator-sealed network: the set block 1's sealer must be in (`None`: the
     /// set block 1's own seal names, trusted on first use).
     pub validators: Option<Vec<PublicKey>>,
+    /// Fast sync: start from a UTXO snapshot the chain commits to (`--sync-mode fast`).
+    pub fast: bool,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { threads: 1, light: false, validators: None }
+        Options { threads: 1, light: false, validators: None, fast: false }
     }
 }
 
@@ -196,6 +198,7 @@ pub struct Node {
     hash_rate: AtomicU64,
     mining: AtomicBool,
     stopping: AtomicBool,
+    fast_given_up: AtomicBool,
     events: broadcast::Sender<Event>,
     started: Instant,
 }
@@ -258,6 +261,7 @@ impl Node {
             hash_rate: AtomicU64::new(0f64.to_bits()),
             mining: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
+            fast_given_up: AtomicBool::new(false),
             events: broadcast::channel(1024).0,
             started: Instant::now(),
         })
@@ -300,6 +304,80 @@ impl Node {
             Some(l) => l.tip(),
             None => self.state().chain.tip(),
         }
+    }
+
+    /// Whether this node still waits for a UTXO snapshot (fast sync, nothing connected yet).
+    pub fn wants_snapshot(&self) -> bool {
+        self.options.fast
+            && !self.fast_given_up.load(Ordering::SeqCst)
+            && self.state().chain.tip().0 == 0
+            && !self.is_sealed()
+            && !self.is_light()
+    }
+
+    /// Fast sync cannot be had (no commitment yet, or no peer gave a good snapshot): sync
+    /// in full from now on.
+    pub fn give_up_fast(&self) {
+        self.fast_given_up.store(true, Ordering::SeqCst);
+    }
+
+    /// A block locator of the best header chain (fast sync's header phase, before anything
+    /// is connected).
+    pub fn header_locator(&self) -> Result<Vec<BlockHash>, Error> {
+        let st = self.state();
+        let (height, best) = st.chain.best_header()?;
+        let mut hashes = Vec::with_capacity(height as usize + 1);
+        let mut cur = st.chain.entry(&best)?;
+        while let Some(e) = cur {
+            hashes.push(e.hash);
+            if e.height == 0 {
+                break;
+            }
+            cur = st.chain.entry(&e.header.prev_blockhash)?;
+        }
+        // hashes[i] is at height - i: the last ten, then exponentially sparser, genesis last
+        let mut out = Vec::new();
+        let (mut i, mut step) = (0usize, 1usize);
+        while i + 1 < hashes.len() {
+            out.push(hashes[i]);
+            if out.len() >= 10 {
+                step *= 2;
+            }
+            i += step;
+        }
+        out.push(self.params.genesis_hash);
+        Ok(out)
+    }
+
+    /// The best header: (height, hash).
+    pub fn best_header(&self) -> Result<(u32, BlockHash), Error> {
+        Ok(self.state().chain.best_header()?)
+    }
+
+    /// The hash at `height` on the best header chain.
+    pub fn header_hash_at(&self, height: u32) -> Result<Option<BlockHash>, Error> {
+        let st = self.state();
+        let (top, best) = st.chain.best_header()?;
+        if height > top {
+            return Ok(None);
+        }
+        let mut cur = st.chain.entry(&best)?;
+        while let Some(e) = cur {
+            if e.height == height {
+                return Ok(Some(e.hash));
+            }
+            cur = st.chain.entry(&e.header.prev_blockhash)?;
+        }
+        Ok(None)
+    }
+
+    /// Loads a checked UTXO snapshot (fast sync).
+    pub fn load_snapshot(&self, snap: &micro_os_chain::utxo::Snapshot) -> Result<(), Error> {
+        let mut st = self.state();
+        st.chain.load_snapshot(snap)?;
+        self.tip_generation.fetch_add(1, Ordering::SeqCst);
+        let _ = self.events.send(Event::Tip { height: snap.height, hash: snap.base });
+        Ok(())
     }
 
     /// The light part of a light node.
@@ -501,6 +579,11 @@ impl Node {
 
     fn connect(&self, mut st: MutexGuard<'_, State>, block: &Block) -> Result<chainstate::Accepted, Error> {
         let accepted = st.chain.accept_block(block, now())?;
+        // the state the next commitment covers: kept for fast-syncing peers
+        let k = self.params.utxo_commit_every;
+        let snapshot = (k > 0 && !accepted.connected.is_empty() && (accepted.tip.0 + 1) % k == 0)
+            .then(|| st.chain.snapshot())
+            .transpose()?;
         let State { chain, mempool } = &mut *st;
         for hash in &accepted.connected {
             if *hash == accepted.hash {
@@ -522,6 +605,12 @@ impl Node {
             self.tip_generation.fetch_add(1, Ordering::SeqCst);
             let (height, hash) = accepted.tip;
             let _ = self.events.send(Event::Tip { height, hash });
+        }
+        drop(st);
+        if let Some(snap) = snapshot {
+            if let Err(e) = crate::fast::keep_snapshot(&self.datadir, &snap) {
+                tracing::warn!("utxo snapshot at height {}: {e}", snap.height);
+            }
         }
         Ok(accepted)
     }
@@ -631,7 +720,12 @@ impl Node {
         let fees: Vec<Amount> =
             txs.iter().map(|t| st.mempool.get(&t.compute_txid()).map_or(Amount::ZERO, |e| e.fee)).collect();
         let value = self.params.block_subsidy(height) + fees.iter().copied().sum::<Amount>();
-        let block = build_block(
+        // every K blocks the coinbase commits to the UTXO set it is connected to
+        let commitment = match micro_os_chain::utxo::required(self.params, height) {
+            true => vec![micro_os_chain::utxo::commitment_output(&st.chain.utxo_hash()?)],
+            false => Vec::new(),
+        };
+        let block = micro_os_chain::miner::build_block_with(
             prev,
             height,
             time,
@@ -641,6 +735,7 @@ impl Node {
             value,
             payout,
             &extra.to_le_bytes(),
+            commitment,
         )?;
         Ok(Template { block, height, fees, min_time, tip_generation })
     }
@@ -799,7 +894,7 @@ fn readd(chain: &ChainState, mempool: &mut Mempool, tx: &Transaction, spend_heig
 pub(crate) mod tests {
     use super::*;
     use crate::wallet::unsigned;
-    use micro_os_chain::miner;
+    use micro_os_chain::miner::{self, build_block};
 
     /// A devnet node in a temp dir.
     pub fn node() -> (tempfile::TempDir, Node) {

@@ -250,6 +250,57 @@ fn a_light_node_follows_headers_and_proves_its_payments() {
     assert!(!b.log().contains("has none of"), "b asked the light node for blocks:\n{}", b.log());
 }
 
+/// Fast sync: B takes A's headers, the UTXO snapshot at 199 that block 200's coinbase
+/// commits to, and validates forward to A's tip; with A's snapshot tampered, C refuses it,
+/// scores A down and syncs in full.
+#[test]
+fn fast_sync_starts_from_a_committed_snapshot_and_refuses_a_tampered_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = Node::start(tmp.path(), "a", &[]);
+    a.mine(230);
+    let snapshot = micro_os_node::fast::snapshot_path(&a.dir, 199);
+    assert!(snapshot.exists(), "a keeps the state block 200 commits to");
+    let mut args = connect(&a);
+    args.extend(["--sync-mode".into(), "fast".into()]);
+    let b = Node::start(tmp.path(), "b", &args);
+    wait("b to fast-sync to a's tip", Duration::from_secs(60), &[&a, &b], || b.height() == 230);
+    assert_eq!(b.tip(), a.tip());
+    let log = b.log();
+    assert!(log.contains("fast sync: utxo snapshot at height 199"), "{log}");
+    assert!(log.contains("matches block 200's commitment"), "{log}");
+    // below the snapshot: the chain is known, its blocks are not here
+    let old = b.rpc("getblockhash", json!([10]));
+    assert_eq!(old, a.rpc("getblockhash", json!([10])));
+    let e = b.try_rpc("getblock", json!([old])).unwrap_err();
+    assert!(e.contains("Block not available"), "{e}");
+    // a payment after the snapshot is validated and seen
+    let to = b.rpc("getnewaddress", json!([]));
+    a.rpc("sendtoaddress", json!([to, 3]));
+    a.mine(1);
+    wait("b to see the payment", Duration::from_secs(30), &[&a, &b], || {
+        b.rpc("getbalance", json!([])).as_f64() == Some(3.0)
+    });
+
+    // a tampered snapshot: one byte of the first coin's amount
+    let mut bytes = std::fs::read(&snapshot).unwrap();
+    bytes[44 + 36] ^= 1;
+    std::fs::write(&snapshot, bytes).unwrap();
+    let mut args = connect(&a);
+    args.extend(["--sync-mode".into(), "fast".into()]);
+    let c = Node::start(tmp.path(), "c", &args);
+    wait("c to sync in full after refusing the snapshot", Duration::from_secs(60), &[&a, &c], || c.height() == 231);
+    let log = c.log();
+    assert!(log.contains("the utxo snapshot from") && log.contains("is refused"), "{log}");
+    let info = c.rpc("getp2pinfo", json!([]));
+    assert_eq!(info["refused"]["bad-snapshot"], 1, "{info}");
+    let peers = c.rpc("getpeerinfo", json!([]));
+    let a_id = a.rpc("getp2pinfo", json!([]))["peerid"].clone();
+    let a_seen = peers.as_array().unwrap().iter().find(|p| p["peerid"] == a_id).expect("c knows a");
+    assert!(a_seen["score"].as_i64().unwrap() < 0, "a's score dropped: {peers}");
+    // c validated everything: it has the old blocks
+    assert!(c.try_rpc("getblock", json!([old])).is_ok());
+}
+
 /// (c) A and C mine apart, C longer; once connected both follow C's chain and A's wallet
 /// loses the coins of its orphaned blocks.
 #[test]

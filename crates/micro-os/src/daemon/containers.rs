@@ -627,9 +627,6 @@ fn check_node_setting(key: &str, value: &str) -> Result<()> {
             let known: Vec<&str> = Params::all().iter().map(|p| p.name).collect();
             format!("network {value:?} is unknown (known: {})", known.join(", "))
         }
-        "sync-mode" if value == "fast" => format!(
-            "sync mode {value:?} is not available yet (use --sync-mode full or light; fast sync comes with validators on circuits)"
-        ),
         "sync-mode" if value != "full" => format!("sync mode {value:?} is unknown (use full, fast or light)"),
         "mine" if value != "true" && value != "false" => {
             format!("mine {value:?} is not true or false (try --mine true)")
@@ -658,6 +655,9 @@ fn check_node_kind(command: &[String], config: &BTreeMap<String, String>) -> Res
         return Err(Error::invalid(format!(
             "the {network} network is sealed by validators on a circuit, not mined (set --mine false)"
         )));
+    }
+    if kind == "light" && config.get("sync-mode").is_some_and(|m| m == "fast") {
+        return Err(Error::invalid("a light node syncs headers only: sync mode fast is for full nodes"));
     }
     if light && config.get("mine").is_some_and(|m| m == "true") {
         return Err(Error::invalid(

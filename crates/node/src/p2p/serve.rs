@@ -107,6 +107,16 @@ impl Service {
             Message::GetProofs { from, to, scripts, outpoints } => {
                 self.proofs(peer, from, to, scripts, outpoints).await.map(to_value)
             }
+            Message::GetSnapshot { height, offset } => {
+                let datadir = self.node.datadir().to_path_buf();
+                let bytes = tokio::task::spawn_blocking(move || crate::fast::snapshot_bytes(&datadir, height))
+                    .await
+                    .map_err(|e| Refusal(format!("snapshot: {e}")))?
+                    .ok_or_else(|| Refusal(format!("no utxo snapshot at height {height} here")))?;
+                let from = (offset.min(bytes.len() as u64)) as usize;
+                let to = (from + wire::SNAPSHOT_PART).min(bytes.len());
+                Ok(to_value(wire::SnapshotPart { total: bytes.len() as u64, data: hex::encode(&bytes[from..to]) }))
+            }
             Message::Tx { .. } if self.node.is_light() => {
                 Ok(to_value(Ack { note: Some("a light node keeps no mempool: not relayed".into()) }))
             }

@@ -23,7 +23,7 @@ use micro_os_chain::seal::Seal;
 use micro_os_p2p::PeerId;
 
 use super::serve::{block_penalty, INVALID_BLOCK, MALFORMED};
-use super::wire::{self, Blocks, Headers, Message};
+use super::wire::{self, Blocks, Headers, Message, SnapshotPart};
 use super::{Error, RequestError, Service};
 use crate::node::Node;
 
@@ -118,6 +118,9 @@ fn request_error(peer: PeerId, what: &'static str, e: RequestError) -> Error {
 
 /// Syncs with `peer` until it has no headers we lack.
 pub async fn sync_with(svc: &Arc<Service>, peer: PeerId) -> Result<(), Error> {
+    if svc.node.wants_snapshot() {
+        return fast_sync(svc, peer).await;
+    }
     loop {
         let tip = svc.node.tip();
         let locator = blocking(&svc.node, |n| n.locator()).await??;
@@ -182,6 +185,119 @@ pub async fn sync_with(svc: &Arc<Service>, peer: PeerId) -> Result<(), Error> {
             return Err(Error::Invalid { peer, what: "headers", why: "a full batch that moved nothing".into() });
         }
     }
+}
+
+/// Fast sync's first steps with `peer`: every header, then the UTXO snapshot at the last
+/// commitment (checked against the commitment in that block's coinbase), loaded. The
+/// blocks from the commitment on are then downloaded and connected by the ordinary sync.
+async fn fast_sync(svc: &Arc<Service>, peer: PeerId) -> Result<(), Error> {
+    let started = Instant::now();
+    loop {
+        let locator = blocking(&svc.node, |n| n.header_locator()).await??;
+        let answer: Headers = svc
+            .request(peer, "get_headers", Message::GetHeaders { locator })
+            .await
+            .map_err(|e| request_error(peer, "get_headers", e))?;
+        let n = answer.headers.len();
+        let mut headers = Vec::with_capacity(n);
+        for h in &answer.headers {
+            match wire::decode::<Header>("header", h) {
+                Ok(h) => headers.push(h),
+                Err(why) => {
+                    svc.misbehaved(peer, "malformed", MALFORMED);
+                    return Err(Error::Malformed { peer, what: "headers", why });
+                }
+            }
+        }
+        let stored =
+            blocking(&svc.node, move |node| headers.iter().try_for_each(|h| node.accept_header(h).map(drop))).await?;
+        if let Err(e) = stored {
+            if let Some(r) = e.reject() {
+                svc.misbehaved(peer, r.code.as_str(), block_penalty(r.code));
+                return Err(Error::Invalid { peer, what: "header", why: r.to_string() });
+            }
+            return Err(e.into());
+        }
+        if n < wire::MAX_HEADERS {
+            break;
+        }
+    }
+    let (best, _) = blocking(&svc.node, |n| n.best_header()).await??;
+    let k = svc.node.params().utxo_commit_every;
+    let commit_at = best.checked_div(k).map_or(0, |n| n * k);
+    if commit_at == 0 {
+        tracing::info!("fast sync: no utxo commitment below the best header ({best}); syncing in full");
+        svc.node.give_up_fast();
+        return Ok(());
+    }
+    let base_height = commit_at - 1;
+    let (commit_hash, base_hash) = blocking(&svc.node, move |n| {
+        Ok::<_, crate::node::Error>((n.header_hash_at(commit_at)?, n.header_hash_at(base_height)?))
+    })
+    .await??;
+    let (Some(commit_hash), Some(base_hash)) = (commit_hash, base_hash) else {
+        return Err(Error::Invalid { peer, what: "headers", why: format!("no header at {commit_at}") });
+    };
+    // the block carrying the commitment: its merkle root ties its coinbase to the header chain
+    let (block, _) = fetch(svc, peer, &[commit_hash]).await?.pop().expect("one block fetched");
+    if let Err(r) = micro_os_chain::validation::check_block(&block, svc.node.params()) {
+        svc.misbehaved(peer, r.code.as_str(), INVALID_BLOCK);
+        return Err(Error::Invalid { peer, what: "block", why: r.to_string() });
+    }
+    let Some(commitment) = micro_os_chain::utxo::find(&block.txdata[0]) else {
+        tracing::warn!("fast sync: block {commit_at} carries no utxo commitment; syncing in full");
+        svc.node.give_up_fast();
+        return Ok(());
+    };
+    // the snapshot, in parts
+    let mut bytes = Vec::new();
+    loop {
+        let part: SnapshotPart = svc
+            .request(peer, "get_snapshot", Message::GetSnapshot { height: base_height, offset: bytes.len() as u64 })
+            .await
+            .map_err(|e| request_error(peer, "get_snapshot", e))?;
+        let data = hex::decode(&part.data).map_err(|e| {
+            svc.misbehaved(peer, "malformed", MALFORMED);
+            Error::Malformed { peer, what: "snapshot", why: e.to_string() }
+        })?;
+        if data.is_empty() && (bytes.len() as u64) < part.total {
+            return Err(Error::Invalid { peer, what: "snapshot", why: "an empty part before the end".into() });
+        }
+        bytes.extend_from_slice(&data);
+        if bytes.len() as u64 >= part.total || bytes.len() > 1 << 30 {
+            break;
+        }
+    }
+    let checked = micro_os_chain::utxo::Snapshot::from_bytes(&bytes).map_err(|e| e.to_string()).and_then(|snap| {
+        if snap.base != base_hash || snap.height != base_height {
+            return Err(format!("it is of block {} at {}, not {base_hash} at {base_height}", snap.base, snap.height));
+        }
+        if snap.hash() != commitment {
+            return Err(format!(
+                "its hash {} is not the commitment {} in block {commit_at}",
+                hex::encode(snap.hash()),
+                hex::encode(commitment)
+            ));
+        }
+        Ok(snap)
+    });
+    let snap = match checked {
+        Ok(s) => s,
+        Err(why) => {
+            svc.misbehaved(peer, "bad-snapshot", INVALID_BLOCK);
+            tracing::warn!("fast sync: the utxo snapshot from {peer} is refused: {why}; syncing in full");
+            svc.node.give_up_fast();
+            return Err(Error::Invalid { peer, what: "snapshot", why });
+        }
+    };
+    let coins = snap.coins.len();
+    blocking(&svc.node, move |n| n.load_snapshot(&snap)).await??;
+    tracing::info!(
+        "fast sync: utxo snapshot at height {base_height} ({coins} coins, {} KiB) from {peer} matches block {commit_at}'s commitment; loaded in {:.1} s, validating from {commit_at}",
+        bytes.len() / 1024,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
 }
 
 /// A block as fetched: with its seal on a validator-sealed network.

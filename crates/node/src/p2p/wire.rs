@@ -60,7 +60,21 @@ pub enum Message {
     /// receiver's active chain that pay one of `scripts` (hex) or spend one of `outpoints`
     /// (`txid:vout`); answered with [`Proofs`].
     GetProofs { from: u32, to: u32, scripts: Vec<String>, outpoints: Vec<String> },
+    /// Part of the UTXO snapshot the receiver keeps at `height` (fast sync), from byte
+    /// `offset`; answered with [`SnapshotPart`].
+    GetSnapshot { height: u32, offset: u64 },
 }
+
+/// The answer to `GetSnapshot`: the snapshot's size and up to [`SNAPSHOT_PART`] bytes
+/// from the offset asked, as hex.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotPart {
+    pub total: u64,
+    pub data: String,
+}
+
+/// Bytes of a snapshot in one answer, at most.
+pub const SNAPSHOT_PART: usize = 512 << 10;
 
 /// A node's chain: which network (genesis) and how far it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
