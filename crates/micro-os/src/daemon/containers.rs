@@ -627,7 +627,9 @@ fn check_node_setting(key: &str, value: &str) -> Result<()> {
             let known: Vec<&str> = Params::all().iter().map(|p| p.name).collect();
             format!("network {value:?} is unknown (known: {})", known.join(", "))
         }
-        "sync-mode" if value != "full" => format!("sync mode {value:?} is unknown (use full, fast or light)"),
+        "sync-mode" if !["full", "fast", "light"].contains(&value) => {
+            format!("sync mode {value:?} is unknown (use full, fast or light)")
+        }
         "mine" if value != "true" && value != "false" => {
             format!("mine {value:?} is not true or false (try --mine true)")
         }
