@@ -627,6 +627,47 @@ impl ChainState {
         Ok(())
     }
 
+    /// Active-chain blocks below the fast-sync snapshot whose data is not here yet, the
+    /// lowest first, at most `limit`.
+    pub fn missing_below_snapshot(&self, limit: usize) -> Result<Vec<(u32, BlockHash)>> {
+        let Some(snap) = self.snapshot_height()? else { return Ok(Vec::new()) };
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT a.height, a.hash FROM active_chain a LEFT JOIN block_data d ON d.hash = a.hash
+             WHERE a.height BETWEEN 1 AND ?1 AND d.hash IS NULL ORDER BY a.height LIMIT ?2",
+        )?;
+        let rows =
+            stmt.query_map(params![snap, limit as i64], |r| Ok((r.get::<_, u32>(0)?, r.get::<_, [u8; 32]>(1)?)))?;
+        rows.map(|r| r.map(|(h, b)| (h, hash_from(b))).map_err(Error::from)).collect()
+    }
+
+    /// Stores the data of a block below the fast-sync snapshot, fetched after the fact: it
+    /// must be the active chain's block at its height (its hash, and the header's proof of
+    /// work, merkle root and the rest of the context-free checks); its transactions enter
+    /// the tx index. Its coins are the snapshot's business, not redone.
+    pub fn store_old_block(&mut self, block: &Block) -> Result<()> {
+        let txids = validation::check_block_txids(block, self.params)?;
+        let hash = block.block_hash();
+        let e = self.entry_or_corrupt(&hash)?;
+        let below = self.snapshot_height()?.is_some_and(|s| e.height <= s);
+        if !below || self.hash_at(e.height)? != Some(hash) {
+            return Err(Error::Invalid(Reject::new(
+                RejectCode::BadPrevBlock,
+                format!("block {hash} is not an active block below the snapshot"),
+            )));
+        }
+        let dbtx = self.conn.transaction()?;
+        dbtx.prepare_cached("INSERT OR IGNORE INTO block_data (hash, data) VALUES (?1, ?2)")?
+            .execute(params![hash.to_byte_array(), serialize(block)])?;
+        {
+            let mut txi = dbtx.prepare_cached("INSERT OR IGNORE INTO tx_index (txid, block) VALUES (?1, ?2)")?;
+            for txid in &txids {
+                txi.execute(params![txid.to_byte_array(), hash.to_byte_array()])?;
+            }
+        }
+        dbtx.commit()?;
+        Ok(())
+    }
+
     /// Numbers for `getblockchaininfo`.
     pub fn info(&self) -> Result<ChainInfo> {
         let tip = self.entry_or_corrupt(&self.tip.1)?;

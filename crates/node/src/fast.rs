@@ -1,8 +1,8 @@
 //! Fast sync (`--sync-mode fast`): a fresh node downloads the headers, then the UTXO set
 //! at a recent commitment from a peer, checks it against the commitment the chain carries
 //! (`micro_os_chain::utxo`: the coinbase of every K-th block), loads it and validates
-//! forward from there. Blocks below the snapshot are not fetched (see the notes):
-//! such a node serves the chain from the snapshot on.
+//! forward from there. The blocks below the snapshot are fetched afterwards, in the
+//! background (`p2p::sync::backfill`), checked against the headers and stored for serving.
 //!
 //! Every full node keeps the UTXO set each K-th commitment will cover — the state after
 //! each block at height K·n − 1 — in `<datadir>/snapshots/<height>.bin` (the two newest),

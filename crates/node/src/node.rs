@@ -371,6 +371,16 @@ impl Node {
         Ok(None)
     }
 
+    /// Blocks below the fast-sync snapshot not fetched yet (at most `limit`, lowest first).
+    pub fn missing_below_snapshot(&self, limit: usize) -> Result<Vec<(u32, BlockHash)>, Error> {
+        Ok(self.state().chain.missing_below_snapshot(limit)?)
+    }
+
+    /// Stores a block below the fast-sync snapshot, fetched in the background.
+    pub fn store_old_block(&self, block: &Block) -> Result<(), Error> {
+        Ok(self.state().chain.store_old_block(block)?)
+    }
+
     /// Loads a checked UTXO snapshot (fast sync).
     pub fn load_snapshot(&self, snap: &micro_os_chain::utxo::Snapshot) -> Result<(), Error> {
         let mut st = self.state();

@@ -161,6 +161,7 @@ pub async fn start(node: Arc<Node>, cfg: Config) -> Result<Arc<Service>, Error> 
     tokio::spawn(svc.clone().discover_loop());
     tokio::spawn(sync::run(svc.clone()));
     tokio::spawn(relay::run(svc.clone()));
+    tokio::spawn(sync::backfill(svc.clone()));
     if svc.node.is_light() {
         tokio::spawn(prove::run(svc.clone()));
     }

@@ -300,6 +300,67 @@ async fn fast_sync(svc: &Arc<Service>, peer: PeerId) -> Result<(), Error> {
     Ok(())
 }
 
+/// After a fast sync, the blocks below the snapshot in the background, a batch at a time
+/// from a full peer that has them, checked against the active chain's headers and stored
+/// (so the node can serve them and find their transactions). Runs for every node; one that
+/// never fast-synced has nothing to fetch.
+pub async fn backfill(svc: Arc<Service>) {
+    let mut fetched = 0usize;
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        if svc.node.is_stopping() {
+            return;
+        }
+        if svc.syncing.load(Ordering::Relaxed) {
+            continue;
+        }
+        let missing = match blocking(&svc.node, |n| n.missing_below_snapshot(BATCH * IN_FLIGHT)).await {
+            Ok(Ok(m)) => m,
+            _ => continue,
+        };
+        let Some(&(top, _)) = missing.last() else {
+            if fetched > 0 {
+                tracing::info!("fast sync: the {fetched} blocks below the snapshot are fetched");
+                fetched = 0;
+            }
+            tokio::time::sleep(Duration::from_secs(4)).await;
+            continue;
+        };
+        let peer = svc
+            .book()
+            .chain_peers()
+            .into_iter()
+            .filter(|(id, p)| !p.light && p.height.is_some_and(|h| h >= top) && svc.bans.until(id).is_none())
+            .map(|(id, _)| id)
+            .min();
+        let Some(peer) = peer else { continue };
+        for batch in missing.chunks(BATCH) {
+            let hashes: Vec<BlockHash> = batch.iter().map(|b| b.1).collect();
+            let blocks = match fetch(&svc, peer, &hashes).await {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::debug!("fast sync: old blocks from {peer}: {e}");
+                    break;
+                }
+            };
+            let n = blocks.len();
+            let stored =
+                blocking(&svc.node, move |node| blocks.iter().try_for_each(|(b, _)| node.store_old_block(b))).await;
+            match stored {
+                Ok(Ok(())) => fetched += n,
+                Ok(Err(e)) => {
+                    if let Some(r) = e.reject() {
+                        svc.misbehaved(peer, r.code.as_str(), INVALID_BLOCK);
+                    }
+                    tracing::warn!("fast sync: an old block from {peer}: {e}");
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+    }
+}
+
 /// A block as fetched: with its seal on a validator-sealed network.
 type Fetched = (Block, Option<Seal>);
 
