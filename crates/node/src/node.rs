@@ -244,7 +244,8 @@ impl Node {
         let chain = ChainState::open(datadir.join("chain.sqlite"), params)?;
         let wallet = Wallet::open(datadir.join("wallet.sqlite"), params)?;
         let light = options.light.then(|| Light::open(datadir.join("light.sqlite"), &chain)).transpose()?;
-        let seals = (params.is_sealed() && !options.light)
+        let seals = params
+            .is_sealed()
             .then(|| Seals::open(datadir.join("seals.sqlite"), options.validators.clone()).map(Mutex::new))
             .transpose()?;
         Ok(Node {
@@ -479,6 +480,17 @@ impl Node {
 
     /// Headers-first sync: stores a header that passes its checks.
     pub fn accept_header(&self, header: &Header) -> Result<HeaderStatus, Error> {
+        if self.is_light() && self.is_sealed() {
+            let hash = header.block_hash();
+            return Err(Error::Chain(
+                Reject::new(RejectCode::BadSeal, format!("header {hash} comes without its seal (a sealed network)"))
+                    .into(),
+            ));
+        }
+        self.store_header(header)
+    }
+
+    fn store_header(&self, header: &Header) -> Result<HeaderStatus, Error> {
         let mut st = self.state();
         let status = st.chain.accept_header(header, now())?;
         if let (Some(l), true) = (&self.light, status.new) {
@@ -509,11 +521,44 @@ impl Node {
 
     /// The validator set after the tip, on a validator-sealed network.
     pub fn validator_set(&self) -> Result<Option<Vec<PublicKey>>, Error> {
-        let st = self.state();
+        let tip = self.tip();
         match self.seals() {
-            Some(s) => Ok(s.set_after(&st.chain)?),
+            Some(s) => Ok(s.set_at(tip)?),
             None => Ok(None),
         }
+    }
+
+    /// A light node on a validator-sealed network takes a header with its seal: it must
+    /// extend the best header (a sealed height is final) and be sealed by a validator of
+    /// the set the previous seal named.
+    pub fn accept_sealed_header(&self, header: &Header, seal: &Seal) -> Result<HeaderStatus, Error> {
+        let (Some(l), Some(_)) = (&self.light, &self.seals) else { return self.accept_header(header) };
+        let hash = header.block_hash();
+        let tip = l.tip();
+        if header.prev_blockhash != tip.1 {
+            if let Some(height) = l.height_of(&hash) {
+                let status = self.state().chain.entry(&hash)?.map_or(chainstate::BlockStatus::HeaderOnly, |e| e.status);
+                return Ok(HeaderStatus { hash, height, status, new: false });
+            }
+            let reject = match l.height_of(&header.prev_blockhash) {
+                Some(h) => Reject::new(
+                    RejectCode::HeightSealed,
+                    format!("header {hash} at height {}: that height is already sealed and final", h + 1),
+                ),
+                None => Reject::new(
+                    RejectCode::BadPrevBlock,
+                    format!("header {hash}: previous block {} is unknown", header.prev_blockhash),
+                ),
+            };
+            return Err(Error::Chain(reject.into()));
+        }
+        {
+            let seals = self.seals().expect("sealed");
+            let set = seals.set_at(tip)?;
+            seal.verify(self.params, &hash, set.as_deref()).map_err(|r| Error::Chain(r.into()))?;
+            seals.store(&hash, seal)?;
+        }
+        self.store_header(header)
     }
 
     /// A block of a validator-sealed network with its seal: it must extend the tip (a
@@ -521,7 +566,18 @@ impl Node {
     /// like any block. A block the node already holds is accepted again as a no-op.
     pub fn accept_sealed(&self, block: &Block, seal: &Seal) -> Result<chainstate::Accepted, Error> {
         if self.is_light() {
-            return self.accept_block(block);
+            let s = self.accept_sealed_header(&block.header, seal)?;
+            let tip = self.tip();
+            let connected = if s.new && tip.1 == s.hash { vec![s.hash] } else { Vec::new() };
+            return Ok(chainstate::Accepted {
+                hash: s.hash,
+                height: s.height,
+                new: s.new,
+                connected,
+                disconnected: Vec::new(),
+                invalid: Vec::new(),
+                tip,
+            });
         }
         let st = self.state();
         let Some(seals) = self.seals() else {

@@ -82,7 +82,11 @@ impl Seals {
 
     /// The validator set after the chain's tip: the one its seal names (`None` at genesis).
     pub fn set_after(&self, chain: &ChainState) -> Result<Option<Vec<PublicKey>>, SealStoreError> {
-        let (height, tip) = chain.tip();
+        self.set_at(chain.tip())
+    }
+
+    /// The validator set after block `tip` (height, hash): the one its seal names.
+    pub fn set_at(&self, (height, tip): (u32, BlockHash)) -> Result<Option<Vec<PublicKey>>, SealStoreError> {
         if height == 0 {
             return Ok(self.pinned.clone());
         }
@@ -204,5 +208,42 @@ mod tests {
         let node = Node::open(dir.path(), Params::circuit(), Options::default()).unwrap();
         assert_eq!(node.tip().0, 2);
         assert_eq!(node.validator_set().unwrap(), Some(normalize(vec![pa, pb])));
+    }
+
+    #[test]
+    fn a_light_node_checks_each_headers_seal() {
+        let dir = tempfile::tempdir().unwrap();
+        let full = Node::open(dir.path(), Params::circuit(), Options::default()).unwrap();
+        let p = full.params();
+        let (a, pa) = key();
+        let (outsider, _) = key();
+        let mut sealed = Vec::new();
+        for i in 0..3u8 {
+            let b = next_block(&full, i);
+            let seal = Seal::sign(p, &a, &b.block_hash(), vec![pa]);
+            full.accept_sealed(&b, &seal).unwrap();
+            sealed.push((b, seal));
+        }
+        let ldir = tempfile::tempdir().unwrap();
+        let light = Node::open(ldir.path(), Params::circuit(), Options { light: true, ..Options::default() }).unwrap();
+        let code = |e: crate::node::Error| e.reject().map(|r| r.code);
+        // without its seal a header is refused; with a seal by no validator too
+        assert_eq!(code(light.accept_header(&sealed[0].0.header).unwrap_err()), Some(RejectCode::BadSeal));
+        light.accept_sealed_header(&sealed[0].0.header, &sealed[0].1).unwrap();
+        let forged = Seal::sign(p, &outsider, &sealed[1].0.block_hash(), vec![pa]);
+        let e = light.accept_sealed_header(&sealed[1].0.header, &forged).unwrap_err();
+        assert!(e.to_string().contains("not a validator"), "{e}");
+        for (b, seal) in &sealed[1..] {
+            light.accept_sealed_header(&b.header, seal).unwrap();
+        }
+        assert_eq!(light.tip(), full.tip());
+        assert_eq!(light.validator_set().unwrap(), Some(vec![pa]));
+        // a rival header at a sealed height is refused: final
+        let mut rival = sealed[2].0.header;
+        rival.time += 1;
+        let m = miner::mine(&rival, rival.target(), 1, &AtomicBool::new(false), |_| {});
+        let rival = m.header.unwrap();
+        let e = light.accept_sealed_header(&rival, &Seal::sign(p, &a, &rival.block_hash(), vec![pa])).unwrap_err();
+        assert_eq!(code(e), Some(RejectCode::HeightSealed));
     }
 }

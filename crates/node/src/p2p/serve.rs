@@ -88,11 +88,25 @@ impl Service {
             }
             Message::GetHeaders { mut locator } => {
                 locator.truncate(wire::MAX_LOCATOR);
-                let headers = blocking(&self.node, move |n| n.headers_after(&locator, wire::MAX_HEADERS))
-                    .await
-                    .map_err(|e| Refusal(format!("headers: {e}")))?;
-                let headers = headers.iter().map(bitcoin::consensus::encode::serialize_hex).collect();
-                Ok(to_value(Headers { headers }))
+                let (headers, seals) = blocking(&self.node, move |n| {
+                    let headers = n.headers_after(&locator, wire::MAX_HEADERS)?;
+                    let mut seals = Vec::new();
+                    if n.is_sealed() {
+                        // each header with its seal, up to the first this node lacks
+                        for h in &headers {
+                            match n.seal(&h.block_hash())? {
+                                Some(s) => seals.push(s.to_hex()),
+                                None => break,
+                            }
+                        }
+                    }
+                    Ok::<_, crate::node::Error>((headers, seals))
+                })
+                .await
+                .map_err(|e| Refusal(format!("headers: {e}")))?;
+                let n = if self.node.is_sealed() { seals.len() } else { headers.len() };
+                let headers = headers.iter().take(n).map(bitcoin::consensus::encode::serialize_hex).collect();
+                Ok(to_value(Headers { headers, seals }))
             }
             Message::GetBlocks { hashes } => {
                 if hashes.len() > wire::MAX_GET_BLOCKS {

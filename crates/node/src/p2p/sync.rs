@@ -147,11 +147,32 @@ pub async fn sync_with(svc: &Arc<Service>, peer: PeerId) -> Result<(), Error> {
             }
         }
         let full = headers.len() == wire::MAX_HEADERS;
+        // a light node of a sealed network checks each header's seal
+        let mut seals = Vec::new();
+        if svc.node.is_light() && svc.node.is_sealed() {
+            if answer.seals.len() != headers.len() {
+                svc.misbehaved(peer, "bad-seal", MALFORMED);
+                let why = format!("{} headers with {} seals", headers.len(), answer.seals.len());
+                return Err(Error::Invalid { peer, what: "headers", why });
+            }
+            for s in &answer.seals {
+                match Seal::from_hex(s) {
+                    Ok(s) => seals.push(s),
+                    Err(r) => {
+                        svc.misbehaved(peer, "bad-seal", MALFORMED);
+                        return Err(Error::Invalid { peer, what: "headers", why: r.to_string() });
+                    }
+                }
+            }
+        }
         let stored = blocking(&svc.node, move |n| {
             let mut need = Vec::new();
             let mut last = None;
-            for h in &headers {
-                let s = n.accept_header(h)?;
+            for (i, h) in headers.iter().enumerate() {
+                let s = match seals.get(i) {
+                    Some(seal) => n.accept_sealed_header(h, seal)?,
+                    None => n.accept_header(h)?,
+                };
                 last = Some((s.height, s.hash));
                 if s.status == BlockStatus::HeaderOnly {
                     need.push((s.height, s.hash));

@@ -91,6 +91,9 @@ pub struct Hello {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Headers {
     pub headers: Vec<String>,
+    /// On a validator-sealed network, each header's seal (hex), in the same order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub seals: Vec<String>,
 }
 
 /// The answer to `GetBlocks`: blocks as hex.
