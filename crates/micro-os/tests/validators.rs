@@ -129,10 +129,17 @@ fn validators_on_a_circuit_seal_one_final_chain_through_faults() {
     assert!(e.contains("sealed by validators"), "{e}");
     d.ok(&["container", "config", "follower", "--mine", "false"]);
     d.ok(&["container", "start", "--name", "follower"]);
+    // and a light node outside, which checks each header's seal
+    d.ok(&["vm", "create", "--name", "outside-light", "--memory", "256", "--cpu", "0.5"]);
+    d.ok(&["vm", "start", "--name", "outside-light"]);
+    d.ok(&["container", "create", "--name", "light", "--template", "blockchain-light", "--vm", "outside-light"]);
+    d.ok(&["container", "config", "light", "--network", "circuit"]);
+    d.ok(&["container", "start", "--name", "light"]);
 
     let replicas: Vec<String> = vms.iter().map(|vm| format!("validator.{vm}")).collect();
     let mut nodes = replicas.clone();
     nodes.push("follower".into());
+    nodes.push("light".into());
     // past the coinbase maturity (10) of the leader's first blocks
     let (height, _) = converge(&d, &nodes, 14, Duration::from_secs(150));
     let s = status_of(&d, "follower").unwrap();
@@ -165,7 +172,7 @@ fn validators_on_a_circuit_seal_one_final_chain_through_faults() {
     // cut a follower member off the bridge: the other two go on sealing; healed, it catches up
     let cut = vms.iter().find(|v| **v != leader).unwrap().to_string();
     ip(&["link", "set", &veth(&d, &cut), "down"]);
-    let live: Vec<String> = vec![format!("validator.{leader}"), "follower".into()];
+    let live: Vec<String> = vec![format!("validator.{leader}"), "follower".into(), "light".into()];
     let (cut_height, _) = converge(&d, &live, height + 5, Duration::from_secs(60));
     ip(&["link", "set", &veth(&d, &cut), "up"]);
     let (healed, _) = converge(&d, &nodes, cut_height + 3, Duration::from_secs(90));
@@ -194,6 +201,9 @@ fn validators_on_a_circuit_seal_one_final_chain_through_faults() {
         std::thread::sleep(Duration::from_millis(500));
     }
     let (end, _) = converge(&d, &all, after_kill + 5, Duration::from_secs(120));
+    let s = status_of(&d, "light").unwrap();
+    assert_eq!(s["light"], true, "{s}");
+    assert_eq!(s["validators"].as_array().map(Vec::len), Some(4), "the light node follows the set: {s}");
 
     // one chain, no height sealed twice, every payment in it exactly once
     let mut validators = replicas.clone();
@@ -203,7 +213,7 @@ fn validators_on_a_circuit_seal_one_final_chain_through_faults() {
     assert!(twice.is_empty(), "heights sealed twice: {twice:?}");
     assert!(sealed.len() as u64 >= end / 2, "the logs show the sealing: {} of {end}", sealed.len());
     assert_eq!(wallet(&d, "follower")["balance"].as_f64(), Some(sent));
-    for n in ["validator", "follower"] {
+    for n in ["validator", "follower", "light"] {
         d.ok(&["container", "rm", "--name", n, "--force"]);
     }
 }

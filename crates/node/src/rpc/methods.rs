@@ -438,6 +438,7 @@ fn getblockchaininfo(node: &Node) -> RpcResult {
 /// A light node's `getblockchaininfo`: its height is its best header's, whose headers it has
 /// checked (proof of work, difficulty, time) without the blocks; `"light": true`.
 fn light_blockchaininfo(node: &Node) -> RpcResult {
+    let validators = node.validator_set().map_err(misc)?.map(|v| v.iter().map(ToString::to_string).collect::<Vec<_>>());
     let (height, hash) = node.tip();
     let st = node.state();
     let e = entry_or_not_found(&st.chain, &hash)?;
@@ -460,6 +461,8 @@ fn light_blockchaininfo(node: &Node) -> RpcResult {
         "size_on_disk": size,
         "pruned": true,
         "light": true,
+        "consensus": if node.is_sealed() { "circuit" } else { "pow" },
+        "validators": validators,
         "walletscanned": node.light().map_or(0, |l| l.scanned()),
         "warnings": "",
     }))
