@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{require, Daemon, VMS};
+use common::{ip, require, Daemon, VMS};
 use micro_os_circuit::check::{Op, Outcome, Recorder};
 use serde_json::Value;
 
@@ -156,17 +156,6 @@ fn client(
     }
 }
 
-/// The host end of a sandbox VM's veth (`vh<id12>`).
-fn veth(d: &Daemon, vm: &str) -> String {
-    let id = d.vm(vm)["id"].as_str().unwrap().to_string();
-    format!("vh{}", &id[..12])
-}
-
-fn ip(args: &[&str]) {
-    let o = std::process::Command::new("ip").args(args).output().unwrap();
-    assert!(o.status.success(), "ip {}: {}", args.join(" "), String::from_utf8_lossy(&o.stderr));
-}
-
 #[test]
 fn a_circuit_stays_linearizable_through_kills_partitions_pauses_and_membership_changes() {
     let test = "a_circuit_stays_linearizable_through_kills_partitions_pauses_and_membership_changes";
@@ -292,7 +281,7 @@ fn a_circuit_stays_linearizable_through_kills_partitions_pauses_and_membership_c
     // 2. cut a follower off the bridge: the majority commits; the minority refuses
     let v = view(&d, "lin");
     let cut = ["m1", "m2", "m3"].into_iter().find(|m| *m != leader(&v)).unwrap().to_string();
-    let link = veth(&d, &cut);
+    let link = d.veth(&cut);
     ip(&["link", "set", &link, "down"]);
     d.ok(&["circuit", "state", "set", "--name", "lin", "partition/majority", "yes"]);
     acknowledged.push("partition/majority".into());

@@ -12,7 +12,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::{require, Daemon, VMS};
+use common::{ip, require, Daemon, VMS};
 use serde_json::Value;
 
 fn status_of(d: &Daemon, node: &str) -> Option<Value> {
@@ -72,17 +72,6 @@ fn sealed_heights(d: &Daemon, replicas: &[String]) -> BTreeMap<u64, Vec<String>>
         }
     }
     out
-}
-
-/// The host end of a sandbox VM's veth (`vh<id12>`).
-fn veth(d: &Daemon, vm: &str) -> String {
-    let id = d.vm(vm)["id"].as_str().unwrap().to_string();
-    format!("vh{}", &id[..12])
-}
-
-fn ip(args: &[&str]) {
-    let o = std::process::Command::new("ip").args(args).output().unwrap();
-    assert!(o.status.success(), "ip {}: {}", args.join(" "), String::from_utf8_lossy(&o.stderr));
 }
 
 #[test]
@@ -171,10 +160,10 @@ fn validators_on_a_circuit_seal_one_final_chain_through_faults() {
 
     // cut a follower member off the bridge: the other two go on sealing; healed, it catches up
     let cut = vms.iter().find(|v| **v != leader).unwrap().to_string();
-    ip(&["link", "set", &veth(&d, &cut), "down"]);
+    ip(&["link", "set", &d.veth(&cut), "down"]);
     let live: Vec<String> = vec![format!("validator.{leader}"), "follower".into(), "light".into()];
     let (cut_height, _) = converge(&d, &live, height + 5, Duration::from_secs(60));
-    ip(&["link", "set", &veth(&d, &cut), "up"]);
+    ip(&["link", "set", &d.veth(&cut), "up"]);
     let (healed, _) = converge(&d, &nodes, cut_height + 3, Duration::from_secs(90));
 
     // kill the leader's VM: the new leader's validator goes on sealing

@@ -567,17 +567,7 @@ impl Node {
     pub fn accept_sealed(&self, block: &Block, seal: &Seal) -> Result<chainstate::Accepted, Error> {
         if self.is_light() {
             let s = self.accept_sealed_header(&block.header, seal)?;
-            let tip = self.tip();
-            let connected = if s.new && tip.1 == s.hash { vec![s.hash] } else { Vec::new() };
-            return Ok(chainstate::Accepted {
-                hash: s.hash,
-                height: s.height,
-                new: s.new,
-                connected,
-                disconnected: Vec::new(),
-                invalid: Vec::new(),
-                tip,
-            });
+            return Ok(self.header_taken(s));
         }
         let st = self.state();
         let Some(seals) = self.seals() else {
@@ -615,17 +605,7 @@ impl Node {
         if self.is_light() {
             // a light node takes the header of a block it is given
             let s = self.accept_header(&block.header)?;
-            let tip = self.tip();
-            let connected = if s.new && tip.1 == s.hash { vec![s.hash] } else { Vec::new() };
-            return Ok(chainstate::Accepted {
-                hash: s.hash,
-                height: s.height,
-                new: s.new,
-                connected,
-                disconnected: Vec::new(),
-                invalid: Vec::new(),
-                tip,
-            });
+            return Ok(self.header_taken(s));
         }
         if self.is_sealed() {
             let hash = block.block_hash();
@@ -641,6 +621,21 @@ impl Node {
             ));
         }
         self.connect(self.state(), block)
+    }
+
+    /// What a light node's taking a block's header did, told as a block's acceptance.
+    fn header_taken(&self, s: HeaderStatus) -> chainstate::Accepted {
+        let tip = self.tip();
+        let connected = if s.new && tip.1 == s.hash { vec![s.hash] } else { Vec::new() };
+        chainstate::Accepted {
+            hash: s.hash,
+            height: s.height,
+            new: s.new,
+            connected,
+            disconnected: Vec::new(),
+            invalid: Vec::new(),
+            tip,
+        }
     }
 
     fn connect(&self, mut st: MutexGuard<'_, State>, block: &Block) -> Result<chainstate::Accepted, Error> {

@@ -220,6 +220,12 @@ impl Daemon {
         serde_json::from_str(&self.ok(&["vm", "inspect", "--name", name, "--format", "json"])).unwrap()
     }
 
+    /// The host end of a sandbox VM's veth (`vh<id12>`): set it down to cut the VM off.
+    pub fn veth(&self, vm: &str) -> String {
+        let id = self.vm(vm)["id"].as_str().unwrap().to_string();
+        format!("vh{}", &id[..12])
+    }
+
     pub fn names(&self) -> Vec<String> {
         let v: Vec<serde_json::Value> =
             serde_json::from_str(&self.ok(&["container", "list", "--format", "json"])).unwrap();
@@ -262,4 +268,10 @@ impl Drop for Daemon {
         self.kill9();
         let _ = Command::new("ip").args(["link", "del", &self.bridge()]).output();
     }
+}
+
+/// Runs `ip` (iproute2) with `args`, insisting on success.
+pub fn ip(args: &[&str]) {
+    let o = Command::new("ip").args(args).output().unwrap();
+    assert!(o.status.success(), "ip {}: {}", args.join(" "), String::from_utf8_lossy(&o.stderr));
 }

@@ -136,16 +136,7 @@ pub async fn sync_with(svc: &Arc<Service>, peer: PeerId) -> Result<(), Error> {
             let why = format!("{} headers (at most {})", answer.headers.len(), wire::MAX_HEADERS);
             return Err(Error::Invalid { peer, what: "headers", why });
         }
-        let mut headers = Vec::with_capacity(answer.headers.len());
-        for h in &answer.headers {
-            match wire::decode::<Header>("header", h) {
-                Ok(h) => headers.push(h),
-                Err(why) => {
-                    svc.misbehaved(peer, "malformed", MALFORMED);
-                    return Err(Error::Malformed { peer, what: "headers", why });
-                }
-            }
-        }
+        let headers = decode_headers(svc, peer, &answer)?;
         let full = headers.len() == wire::MAX_HEADERS;
         // a light node of a sealed network checks each header's seal
         let mut seals = Vec::new();
@@ -208,6 +199,14 @@ pub async fn sync_with(svc: &Arc<Service>, peer: PeerId) -> Result<(), Error> {
     }
 }
 
+/// The headers of a `Headers` answer; one that does not decode costs the peer score.
+fn decode_headers(svc: &Service, peer: PeerId, answer: &Headers) -> Result<Vec<Header>, Error> {
+    answer.headers.iter().map(|h| wire::decode::<Header>("header", h)).collect::<Result<_, _>>().map_err(|why| {
+        svc.misbehaved(peer, "malformed", MALFORMED);
+        Error::Malformed { peer, what: "headers", why }
+    })
+}
+
 /// Fast sync's first steps with `peer`: every header, then the UTXO snapshot at the last
 /// commitment (checked against the commitment in that block's coinbase), loaded. The
 /// blocks from the commitment on are then downloaded and connected by the ordinary sync.
@@ -220,16 +219,7 @@ async fn fast_sync(svc: &Arc<Service>, peer: PeerId) -> Result<(), Error> {
             .await
             .map_err(|e| request_error(peer, "get_headers", e))?;
         let n = answer.headers.len();
-        let mut headers = Vec::with_capacity(n);
-        for h in &answer.headers {
-            match wire::decode::<Header>("header", h) {
-                Ok(h) => headers.push(h),
-                Err(why) => {
-                    svc.misbehaved(peer, "malformed", MALFORMED);
-                    return Err(Error::Malformed { peer, what: "headers", why });
-                }
-            }
-        }
+        let headers = decode_headers(svc, peer, &answer)?;
         let stored =
             blocking(&svc.node, move |node| headers.iter().try_for_each(|h| node.accept_header(h).map(drop))).await?;
         if let Err(e) = stored {
