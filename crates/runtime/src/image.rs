@@ -251,12 +251,7 @@ impl ImageStore {
                     None => format!("built-in busybox ({})", busybox.display()),
                     Some((p, c)) => format!("built-in busybox + {} ({})", c.name, p.display()),
                 },
-                config: ImageConfig {
-                    cmd,
-                    env: vec!["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()],
-                    workdir: "/".into(),
-                    ..Default::default()
-                },
+                config: plain_config(cmd),
             })
         })();
         match result {
@@ -301,12 +296,7 @@ impl ImageStore {
             let plan = match rootfs_tar {
                 true => Plan {
                     layers: vec![path.to_path_buf()],
-                    config: ImageConfig {
-                        cmd: if src.join("bin/sh").exists() { vec!["sh".into()] } else { Vec::new() },
-                        env: vec!["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()],
-                        workdir: "/".into(),
-                        ..Default::default()
-                    },
+                    config: plain_config(shell_if_any(&src)),
                     tag: None,
                     id: hex::encode(Sha256::digest(path.display().to_string().as_bytes())),
                 },
@@ -417,12 +407,7 @@ impl ImageStore {
                 size_bytes: 0,
                 layers: 1,
                 source: format!("directory {}", dir.display()),
-                config: ImageConfig {
-                    cmd: if rootfs.join("bin/sh").exists() { vec!["sh".into()] } else { Vec::new() },
-                    env: vec!["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()],
-                    workdir: "/".into(),
-                    ..Default::default()
-                },
+                config: plain_config(shell_if_any(&rootfs)),
             })
         })();
         match result {
@@ -432,6 +417,25 @@ impl ImageStore {
                 Err(e)
             }
         }
+    }
+}
+
+/// The config of an image micro-os made itself: `cmd`, the usual PATH, `/` as workdir.
+fn plain_config(cmd: Vec<String>) -> ImageConfig {
+    ImageConfig {
+        cmd,
+        env: vec!["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()],
+        workdir: "/".into(),
+        ..Default::default()
+    }
+}
+
+/// `sh` when the root `root` has one, else no command.
+fn shell_if_any(root: &Path) -> Vec<String> {
+    if root.join("bin/sh").exists() {
+        vec!["sh".into()]
+    } else {
+        Vec::new()
     }
 }
 
