@@ -93,6 +93,9 @@ pub enum TxError {
     /// The chain state failed while checking it.
     #[error("chain state: {0}")]
     Chain(#[from] micro_os_chain::error::Error),
+    /// A light node could not keep it to send.
+    #[error(transparent)]
+    Light(#[from] LightError),
 }
 
 impl TxError {
@@ -126,7 +129,7 @@ impl TxError {
             },
             TxError::InChain { .. } => "txn-already-known",
             TxError::Orphan { .. } => "bad-txns-inputs-missingorspent",
-            TxError::Chain(_) => "error",
+            TxError::Chain(_) | TxError::Light(_) => "error",
         }
     }
 }
@@ -688,7 +691,7 @@ impl Node {
             // `sendrawtransaction` on a light node: kept and sent to full nodes, unchecked
             // against a UTXO set it does not have
             check_transaction(&tx).map_err(TxError::Invalid)?;
-            l.add_pending(&tx).map_err(|e| TxError::Chain(micro_os_chain::error::Error::Corrupt(e.to_string())))?;
+            l.add_pending(&tx)?;
             let txid = tx.compute_txid();
             let _ = self.events.send(Event::Tx(txid));
             return Ok(txid);

@@ -257,6 +257,7 @@ fn tx_error(e: TxError) -> RpcError {
         TxError::InChain { .. } => RpcError::new(code::VERIFY_ALREADY_IN_CHAIN, "Transaction already in block chain"),
         TxError::Orphan { .. } => RpcError::new(code::VERIFY_ERROR, message),
         TxError::Chain(e) => misc(e),
+        TxError::Light(e) => misc(e),
         TxError::Invalid(_) | TxError::Refused(_) => RpcError::new(code::VERIFY_REJECTED, message),
     }
 }
