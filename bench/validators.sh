@@ -7,7 +7,8 @@
 #
 # Run by `bash bench/run.sh validators` (as root), which builds the release binaries and
 # starts a daemon on a scratch home; this script gets BIN, WORK, MICRO_OS_HOME and
-# MICRO_OS_API from it. Knob: VAL_TXS (payments per run, 400).
+# MICRO_OS_API from it. Knobs: VAL_TXS (wallet payments per run, 400), VAL_PRESIGNED
+# (pre-signed payments per run, 2000), VAL_SENDERS (threads submitting them, 4).
 # The load is crates/node/examples/tx_load.rs, run inside the sending node's VM network
 # namespace (`ip netns exec`), where the node's RPC listens.
 set -euo pipefail
@@ -15,6 +16,8 @@ set -euo pipefail
 LOAD=$(dirname "$BIN")/examples/tx_load
 [ -x "$LOAD" ] || { echo "$LOAD is missing (cargo build --release -p micro-os-node --example tx_load)"; exit 1; }
 TXS=${VAL_TXS:-400}
+PRESIGNED=${VAL_PRESIGNED:-2000}
+SENDERS=${VAL_SENDERS:-4}
 VMS=(blockchain-node-1 blockchain-node-2 blockchain-node-3)
 MADE=0
 cleanup() {
@@ -38,13 +41,14 @@ wait_height() {
     sleep 1
   done
 }
-# runs the load against container $1 (on VM $2, RPC port $3), paying $4
+# runs the load against container $1 (on VM $2, RPC port $3), paying $4; then its own
+# arguments (--txs N, --presigned --senders K)
 run_load() {
   local cid vmid
   cid=$("$BIN" container inspect --name "$1" --format json | jq -r .id)
   vmid=$("$BIN" vm inspect --name "$2" --format json | jq -r .id)
   ip netns exec "mos-${vmid:0:12}" "$LOAD" --rpc "127.0.0.1:$3" \
-    --cookie "$MICRO_OS_HOME/containers/$cid/data/.cookie" --to "$4" --txs "$TXS"
+    --cookie "$MICRO_OS_HOME/containers/$cid/data/.cookie" --to "$4" "${@:5}"
 }
 
 MADE=1
@@ -64,8 +68,11 @@ OTHER=$(printf '%s\n' "${VMS[@]}" | grep -v "^$LEADER$" | head -1)
 TO=$("$BIN" chain wallet --container "validator.$OTHER" --format json | jq -r .address)
 LEADER=$("$BIN" circuit view --name validation-cluster --format json | jq -r .leader)
 echo "circuit: leader $LEADER, sending $TXS payments through validator.$LEADER"
-CIRCUIT=$(run_load "validator.$LEADER" "$LEADER" 18453 "$TO")
+CIRCUIT=$(run_load "validator.$LEADER" "$LEADER" 18453 "$TO" --txs "$TXS")
 echo "circuit: $CIRCUIT"
+echo "circuit: $PRESIGNED pre-signed payments from $SENDERS senders through validator.$LEADER"
+CIRCUIT_P=$(run_load "validator.$LEADER" "$LEADER" 18453 "$TO" --txs "$PRESIGNED" --presigned --senders "$SENDERS")
+echo "circuit: $CIRCUIT_P"
 "$BIN" container stop --name validator >/dev/null
 
 # --- 2. the PoW devnet, same VMs -----------------------------------------------------------
@@ -77,18 +84,26 @@ for i in 1 2 3; do "$BIN" container start --name "pow-$i" >/dev/null; done
 wait_height pow-1 40
 TO=$("$BIN" chain wallet --container pow-2 --format json | jq -r .address)
 echo "devnet: sending $TXS payments through pow-1 (the miner)"
-POW=$(run_load pow-1 "${VMS[0]}" 18443 "$TO")
+POW=$(run_load pow-1 "${VMS[0]}" 18443 "$TO" --txs "$TXS")
 echo "devnet: $POW"
+echo "devnet: $PRESIGNED pre-signed payments from $SENDERS senders through pow-1"
+POW_P=$(run_load pow-1 "${VMS[0]}" 18443 "$TO" --txs "$PRESIGNED" --presigned --senders "$SENDERS")
+echo "devnet: $POW_P"
 
 j() { jq -r ".$2" <<<"$1"; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN{ if (b > 0) printf "%.2f", a / b; else print "-" }'; }
 echo
-echo "validators on a circuit of 3 sandbox VMs (512 MiB, 1 vCPU each) vs the PoW devnet on the same VMs; $TXS payments each, sent as fast as the node takes them; load $(load)"
-echo
-echo "| measure | circuit | PoW devnet | circuit / devnet |"
-echo "|---|---|---|---|"
-echo "| payments in a block / s | $(j "$CIRCUIT" tps | xargs printf %.1f) | $(j "$POW" tps | xargs printf %.1f) | $(ratio "$(j "$CIRCUIT" tps)" "$(j "$POW" tps)") |"
-echo "| send → in a block, p50 ms | $(j "$CIRCUIT" p50_ms | xargs printf %.0f) | $(j "$POW" p50_ms | xargs printf %.0f) | $(ratio "$(j "$CIRCUIT" p50_ms)" "$(j "$POW" p50_ms)") |"
-echo "| send → in a block, p99 ms | $(j "$CIRCUIT" p99_ms | xargs printf %.0f) | $(j "$POW" p99_ms | xargs printf %.0f) | $(ratio "$(j "$CIRCUIT" p99_ms)" "$(j "$POW" p99_ms)") |"
-echo "| payments confirmed / sent | $(j "$CIRCUIT" confirmed) / $TXS | $(j "$POW" confirmed) / $TXS | |"
-echo "| finality | final when sealed | 1 confirmation, reorganisable | |"
+echo "validators on a circuit of 3 sandbox VMs (512 MiB, 1 vCPU each) vs the PoW devnet on the same VMs; load $(load)"
+row() { echo "| $1 | $(j "$2" "$3" | xargs printf "$4") | $(j "$5" "$3" | xargs printf "$4") | $(ratio "$(j "$2" "$3")" "$(j "$5" "$3")") |"; }
+for mode in wallet presigned; do
+  if [ "$mode" = wallet ]; then C=$CIRCUIT P=$POW N=$TXS; echo; echo "$TXS payments through the node's wallet (sendtoaddress, one at a time: bound by the sender)"; fi
+  if [ "$mode" = presigned ]; then C=$CIRCUIT_P P=$POW_P N=$PRESIGNED; echo; echo "$PRESIGNED payments signed beforehand, submitted by $SENDERS senders (sendrawtransaction): bound by the chain"; fi
+  echo
+  echo "| measure | circuit | PoW devnet | circuit / devnet |"
+  echo "|---|---|---|---|"
+  row "payments in a block / s" "$C" tps %.1f "$P"
+  row "send → in a block, p50 ms" "$C" p50_ms %.0f "$P"
+  row "send → in a block, p99 ms" "$C" p99_ms %.0f "$P"
+  echo "| payments confirmed / sent | $(j "$C" confirmed) / $N | $(j "$P" confirmed) / $N | |"
+  echo "| finality | final when sealed | 1 confirmation, reorganisable | |"
+done

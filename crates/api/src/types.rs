@@ -496,6 +496,10 @@ pub struct ChainStatus {
     /// On the circuit network: the validators' public keys after the tip.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub validators: Vec<String>,
+    /// On the circuit network: the highest block a majority of its validators attested
+    /// (final to this node without trusting any one validator).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finalized: Option<u64>,
     /// A light node (headers only).
     #[serde(default)]
     pub light: bool,

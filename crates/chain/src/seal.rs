@@ -128,6 +128,86 @@ impl Seal {
     }
 }
 
+/// A validator's signature on a block it applied from the circuit's log: "I hold this
+/// block as final". A seal is the sealer's word; a block attested by a majority of the set
+/// its seal names was committed by the circuit's quorum, which nodes outside the circuit
+/// can check without trusting any one validator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Attestation {
+    pub validator: PublicKey,
+    pub signature: ecdsa::Signature,
+}
+
+/// Bytes of an attestation: key (33) and compact signature (64).
+pub const ATTESTATION_LEN: usize = 97;
+
+/// What an attestation signs: the network's magic and the block hash, in another domain
+/// than a seal, so neither passes for the other.
+fn attest_message(params: &Params, block: &BlockHash) -> Message {
+    let mut e = sha256d::Hash::engine();
+    e.input(b"micro-os/attest/1");
+    e.input(&params.magic.to_bytes());
+    e.input(block.as_byte_array());
+    Message::from_digest(sha256d::Hash::from_engine(e).to_byte_array())
+}
+
+/// Attestations a block needs to be final to an outsider: a majority of its set.
+pub fn quorum(set: usize) -> usize {
+    set / 2 + 1
+}
+
+impl Attestation {
+    pub fn sign(params: &Params, key: &SecretKey, block: &BlockHash) -> Attestation {
+        let secp = Secp256k1::signing_only();
+        let signature = secp.sign_ecdsa(&attest_message(params, block), key);
+        Attestation { validator: PublicKey::from_secret_key(&secp, key), signature }
+    }
+
+    /// Checks that the attestation is `block`'s and by a validator of `set` (the set the
+    /// block's seal names).
+    pub fn verify(&self, params: &Params, block: &BlockHash, set: &[PublicKey]) -> Result<(), Reject> {
+        if !set.contains(&self.validator) {
+            return Err(bad(format!("block {block} is attested by {}, which is not a validator", self.validator)));
+        }
+        Secp256k1::verification_only()
+            .verify_ecdsa(&attest_message(params, block), &self.signature, &self.validator)
+            .map_err(|_| {
+                bad(format!("attestation of block {block} by {}: the signature does not verify", self.validator))
+            })
+    }
+
+    pub fn to_bytes(&self) -> [u8; ATTESTATION_LEN] {
+        let mut out = [0; ATTESTATION_LEN];
+        out[..33].copy_from_slice(&self.validator.serialize());
+        out[33..].copy_from_slice(&self.signature.serialize_compact());
+        out
+    }
+
+    pub fn from_bytes(b: &[u8]) -> Result<Attestation, Reject> {
+        let malformed = |why: &str| bad(format!("attestation is malformed: {why}"));
+        if b.len() != ATTESTATION_LEN {
+            return Err(malformed(&format!("{} bytes (an attestation is {ATTESTATION_LEN})", b.len())));
+        }
+        let validator = PublicKey::from_slice(&b[..33]).map_err(|_| malformed("validator is not a public key"))?;
+        let signature =
+            ecdsa::Signature::from_compact(&b[33..]).map_err(|_| malformed("signature is not compact ECDSA"))?;
+        Ok(Attestation { validator, signature })
+    }
+
+    /// Several attestations as they travel: their bytes one after the other, as hex.
+    pub fn list_to_hex(list: &[Attestation]) -> String {
+        hex::encode(list.iter().flat_map(|a| a.to_bytes()).collect::<Vec<u8>>())
+    }
+
+    pub fn list_from_hex(s: &str) -> Result<Vec<Attestation>, Reject> {
+        let b = hex::decode(s).map_err(|_| bad("attestations are not hex".into()))?;
+        if b.len() % ATTESTATION_LEN != 0 {
+            return Err(bad(format!("attestations are malformed: {} bytes", b.len())));
+        }
+        b.chunks(ATTESTATION_LEN).map(Attestation::from_bytes).collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -168,5 +248,26 @@ mod tests {
         let mut extra = seal.to_bytes();
         extra.push(0);
         assert!(Seal::from_bytes(&extra).unwrap_err().reason.contains("for 2 validators"));
+    }
+
+    #[test]
+    fn an_attestation_is_a_validators_word_on_one_block() {
+        let p = Params::circuit();
+        let (a, pa) = key();
+        let (b, pb) = key();
+        let block = BlockHash::from_byte_array([7; 32]);
+        let att = Attestation::sign(p, &a, &block);
+        att.verify(p, &block, &[pa, pb]).unwrap();
+        assert!(att.verify(p, &block, &[pb]).unwrap_err().reason.contains("not a validator"));
+        assert!(att.verify(p, &BlockHash::from_byte_array([8; 32]), &[pa]).is_err());
+        assert!(att.verify(Params::devnet(), &block, &[pa]).is_err());
+        // a seal's signature does not pass for an attestation
+        let seal = Seal::sign(p, &a, &block, vec![pa]);
+        let forged = Attestation { validator: pa, signature: seal.signature };
+        assert!(forged.verify(p, &block, &[pa]).unwrap_err().reason.contains("does not verify"));
+        let list = vec![att, Attestation::sign(p, &b, &block)];
+        assert_eq!(Attestation::list_from_hex(&Attestation::list_to_hex(&list)).unwrap(), list);
+        assert!(Attestation::list_from_hex(&Attestation::list_to_hex(&list)[2..]).is_err());
+        assert_eq!((quorum(1), quorum(2), quorum(3), quorum(4)), (1, 2, 2, 3));
     }
 }

@@ -2,10 +2,12 @@
 //! circuit of three VMs and `--template blockchain-validator --circuit … --replicate`), a
 //! full node outside the circuit that follows over gossip and checks the seals, payments
 //! sealed into final blocks, the leader's VM killed (the new leader's validator goes on
-//! sealing), a member cut off the bridge and healed, and a fourth member that becomes a
-//! validator. At the end every node holds one chain: the same tip, no height sealed twice
+//! sealing), a member cut off the bridge and healed, a fourth member that becomes a
+//! validator and stops being one when it is removed. At the end every node holds one chain: the same tip, no height sealed twice
 //! (each height appears in at most one validator's "sealed block" log line), and every
-//! acknowledged payment in it exactly once (the follower's balance is their exact sum).
+//! acknowledged payment in it exactly once (the follower's balance is their exact sum); and
+//! the full and the light node outside hold the chain as finalized: every block attested
+//! by a majority of its validators.
 
 mod common;
 
@@ -194,10 +196,43 @@ fn validators_on_a_circuit_seal_one_final_chain_through_faults() {
     assert_eq!(s["light"], true, "{s}");
     assert_eq!(s["validators"].as_array().map(Vec::len), Some(4), "the light node follows the set: {s}");
 
+    // a member removed from the circuit stops being a validator with the next block (its
+    // replica goes with it: its log is read first)
+    let sealed_by_4 = sealed_heights(&d, &["validator.blockchain-node-4".to_string()]);
+    d.ok(&["circuit", "remove-node", "--name", "validation-cluster", "--node", "blockchain-node-4"]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let s = status_of(&d, "follower");
+        if s.as_ref().is_some_and(|s| s["validators"].as_array().is_some_and(|v| v.len() == 3)) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the removed member is still a validator: {s:?}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    all.pop();
+    let (end, _) = converge(&d, &all, end + 2, Duration::from_secs(60));
+
+    // every validator attests what it applied: outside the circuit, the blocks up to the
+    // tip are attested by a majority of their set (final without trusting one validator)
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for n in ["follower", "light"] {
+        loop {
+            let s = status_of(&d, n).unwrap();
+            let finalized = s["finalized"].as_u64().unwrap_or(0);
+            assert!(finalized <= s["height"].as_u64().unwrap(), "finalized past the tip: {s}");
+            if finalized >= end {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{n}: blocks up to {end} were not attested by a majority: {s}");
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+
     // one chain, no height sealed twice, every payment in it exactly once
-    let mut validators = replicas.clone();
-    validators.push("validator.blockchain-node-4".into());
-    let sealed = sealed_heights(&d, &validators);
+    let mut sealed = sealed_heights(&d, &replicas);
+    for (h, by) in sealed_by_4 {
+        sealed.entry(h).or_default().extend(by);
+    }
     let twice: Vec<_> = sealed.iter().filter(|(_, by)| by.len() > 1).collect();
     assert!(twice.is_empty(), "heights sealed twice: {twice:?}");
     assert!(sealed.len() as u64 >= end / 2, "the logs show the sealing: {} of {end}", sealed.len());

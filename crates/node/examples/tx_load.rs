@@ -5,13 +5,30 @@
 //! a mined one. Prints one JSON line: payments, seconds, payments/s, p50/p99/max in ms.
 //!
 //! `tx_load --rpc 127.0.0.1:18453 --cookie DATADIR/.cookie --to ADDR [--txs 500]
-//! [--amount 0.001]`; run it where the node's RPC is reachable (`ip netns exec` of the VM).
+//! [--amount 0.001] [--presigned --senders 4]`; run it where the node's RPC is reachable
+//! (`ip netns exec` of the VM).
+//!
+//! With `--presigned` the node's wallet is out of the measured path: the load funds a key
+//! of its own (a few wallet payments, split into one coin per payment and confirmed), signs
+//! every payment beforehand, and then submits them with `sendrawtransaction` from
+//! `--senders` threads at once — so what is measured is how fast the chain takes and seals
+//! transactions, not how fast one wallet signs them.
 
 use std::collections::HashMap;
+use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bitcoin::consensus::encode::serialize_hex;
+use bitcoin::hashes::Hash;
+use bitcoin::secp256k1::{rand, Message, Secp256k1, SecretKey};
+use bitcoin::sighash::{EcdsaSighashType, SighashCache};
+use bitcoin::{
+    absolute::LockTime, transaction::Version, Address, Amount, CompressedPublicKey, OutPoint, ScriptBuf, Sequence,
+    Transaction, TxIn, TxOut, Txid, Witness,
+};
+use micro_os_chain::params::Params;
 use serde_json::{json, Value};
 
 struct Rpc {
@@ -34,6 +51,116 @@ impl Rpc {
             e => Err(e.to_string()),
         }
     }
+}
+
+/// A key of the load's own, and the coins it holds.
+struct Funds {
+    sk: SecretKey,
+    pk: CompressedPublicKey,
+    script: ScriptBuf,
+    secp: Secp256k1<bitcoin::secp256k1::All>,
+}
+
+impl Funds {
+    fn new() -> Funds {
+        let secp = Secp256k1::new();
+        let sk = SecretKey::new(&mut rand::thread_rng());
+        let pk = CompressedPublicKey::from_private_key(&secp, &bitcoin::PrivateKey::new(sk, bitcoin::Network::Regtest))
+            .expect("compressed key");
+        Funds { sk, pk, script: ScriptBuf::new_p2wpkh(&pk.wpubkey_hash()), secp }
+    }
+
+    /// One P2WPKH spend of `coin` (worth `value`, ours) into `outputs`.
+    fn spend(&self, coin: OutPoint, value: Amount, outputs: Vec<TxOut>) -> Transaction {
+        let mut tx = Transaction {
+            version: Version::TWO,
+            lock_time: LockTime::ZERO,
+            input: vec![TxIn {
+                previous_output: coin,
+                script_sig: ScriptBuf::new(),
+                sequence: Sequence::ENABLE_RBF_NO_LOCKTIME,
+                witness: Witness::new(),
+            }],
+            output: outputs,
+        };
+        let hash = SighashCache::new(&tx)
+            .p2wpkh_signature_hash(0, &self.script, value, EcdsaSighashType::All)
+            .expect("one p2wpkh input");
+        let sig = self.secp.sign_ecdsa(&Message::from_digest(hash.to_byte_array()), &self.sk);
+        let sig = bitcoin::ecdsa::Signature { signature: sig, sighash_type: EcdsaSighashType::All };
+        tx.input[0].witness = Witness::p2wpkh(&sig, &self.pk.0);
+        tx
+    }
+}
+
+/// Waits until every transaction of `txids` is in a block.
+fn wait_confirmed(node: &Rpc, txids: &[Txid], what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    for t in txids {
+        loop {
+            let v = node.call("getrawtransaction", json!([t.to_string(), 1])).unwrap_or(Value::Null);
+            if v["blockhash"].is_string() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "tx_load: {what} {t} not in a block after 300 s");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// Pre-signs `n` payments of `amount` to `to`, each spending a coin of the load's own key,
+/// funded by the node's wallet.
+fn presign(node: &Rpc, n: usize, to: &str, amount: f64) -> Vec<Transaction> {
+    const PER_SPLIT: usize = 100;
+    const FEE: Amount = Amount::from_sat(1_000);
+    let info = node.call("getblockchaininfo", json!([])).expect("getblockchaininfo");
+    let params = Params::by_name(info["chain"].as_str().unwrap_or("devnet")).expect("a known network");
+    let funds = Funds::new();
+    let mine = Address::p2wpkh(&funds.pk, params.hrp());
+    let to = Address::from_str(to).expect("--to is an address").assume_checked().script_pubkey();
+    let pay = Amount::from_btc(amount).expect("--amount is a number of coins");
+    let coin = pay + FEE;
+    let splits = n.div_ceil(PER_SPLIT);
+    let funding = coin * PER_SPLIT as u64 + FEE * 10;
+    eprintln!("tx_load: funding {splits} coins of {funding} from the wallet");
+    let mut funded = Vec::new();
+    for _ in 0..splits {
+        loop {
+            match node.call("sendtoaddress", json!([mine.to_string(), funding.to_btc()])) {
+                Ok(t) => {
+                    funded.push(t.as_str().expect("txid").parse::<Txid>().expect("txid"));
+                    break;
+                }
+                Err(e) => {
+                    eprintln!("tx_load: funding: {e}");
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+            }
+        }
+    }
+    wait_confirmed(node, &funded, "funding");
+    let mut split_txids = Vec::new();
+    for t in &funded {
+        let v = node.call("getrawtransaction", json!([t.to_string(), 1])).expect("funding tx");
+        let vout = v["vout"]
+            .as_array()
+            .and_then(|o| {
+                o.iter().position(|o| o["scriptPubKey"]["hex"].as_str() == Some(&funds.script.to_hex_string()))
+            })
+            .expect("the funding output");
+        let outputs = vec![TxOut { value: coin, script_pubkey: funds.script.clone() }; PER_SPLIT];
+        let tx = funds.spend(OutPoint::new(*t, vout as u32), funding, outputs);
+        node.call("sendrawtransaction", json!([serialize_hex(&tx)])).expect("split");
+        split_txids.push(tx.compute_txid());
+    }
+    wait_confirmed(node, &split_txids, "split");
+    eprintln!("tx_load: {n} payments signed beforehand");
+    split_txids
+        .iter()
+        .flat_map(|t| (0..PER_SPLIT as u32).map(move |i| OutPoint::new(*t, i)))
+        .take(n)
+        .map(|c| funds.spend(c, coin, vec![TxOut { value: pay, script_pubkey: to.clone() }]))
+        .collect()
 }
 
 fn arg(args: &[String], name: &str) -> Option<String> {
@@ -99,9 +226,31 @@ fn main() {
             last_confirmed
         })
     };
+    let presigned = args.iter().any(|a| a == "--presigned");
+    let senders: usize = arg(&args, "--senders").and_then(|n| n.parse().ok()).unwrap_or(4).max(1);
+    let signed = if presigned { presign(&node, txs, &to, amount) } else { Vec::new() };
     let start = Instant::now();
     let mut n = 0;
     let mut refused = 0;
+    if presigned {
+        let chunk = signed.len().div_ceil(senders);
+        std::thread::scope(|s| {
+            for part in signed.chunks(chunk) {
+                let (node, sent) = (&node, &sent);
+                s.spawn(move || {
+                    for tx in part {
+                        match node.call("sendrawtransaction", json!([serialize_hex(tx)])) {
+                            Ok(t) => {
+                                sent.lock().unwrap().insert(t.as_str().unwrap_or_default().to_string(), Instant::now());
+                            }
+                            Err(e) => eprintln!("tx_load: {e}"),
+                        }
+                    }
+                });
+            }
+        });
+        n = txs;
+    }
     while n < txs {
         match node.call("sendtoaddress", json!([to, amount])) {
             Ok(txid) => {
@@ -128,6 +277,7 @@ fn main() {
     l.sort_by(f64::total_cmp);
     let secs = last.duration_since(start).as_secs_f64();
     let out = json!({
+        "mode": if presigned { format!("presigned, {senders} senders") } else { "sendtoaddress".into() },
         "payments": txs,
         "confirmed": l.len(),
         "unconfirmed": sent.lock().unwrap().len(),

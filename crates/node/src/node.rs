@@ -27,10 +27,10 @@ use micro_os_chain::validation::{check_transaction, check_tx_inputs, Coin, CoinV
 use tokio::sync::broadcast;
 
 use crate::light::{Light, LightError, Proof, ProofError};
-use crate::sealed::{CheckError, SealStoreError, Seals, Verdict};
+use crate::sealed::{Attested, CheckError, SealStoreError, Seals, Verdict};
 use crate::wallet::{Balance, Wallet, WalletCoin, WalletError, DEFAULT_FEE_RATE};
 use bitcoin::secp256k1::PublicKey;
-use micro_os_chain::seal::Seal;
+use micro_os_chain::seal::{Attestation, Seal};
 
 /// The mempool's cap on the sum of virtual sizes (Core's `-maxmempool` default, 300 MB).
 pub const MEMPOOL_MAX_BYTES: u64 = 300_000_000;
@@ -63,6 +63,16 @@ pub enum Error {
     /// Something only a full node does, asked of a light one.
     #[error("a light node {0}")]
     NotLight(&'static str),
+}
+
+impl From<CheckError> for Error {
+    fn from(e: CheckError) -> Error {
+        match e {
+            CheckError::Reject(r) => Error::Chain(r.into()),
+            CheckError::Store(e) => e.into(),
+            CheckError::Chain(e) => e.into(),
+        }
+    }
 }
 
 impl Error {
@@ -141,6 +151,8 @@ pub enum Event {
     Tip { height: u32, hash: BlockHash },
     /// A transaction entered the mempool.
     Tx(Txid),
+    /// A validator's attestation of a block was kept (validator-sealed networks).
+    Attested { hash: BlockHash, attestation: Attestation },
 }
 
 /// The chain state and the mempool, under one lock.
@@ -561,7 +573,9 @@ impl Node {
             seal.verify(self.params, &hash, set.as_deref()).map_err(|r| Error::Chain(r.into()))?;
             seals.store(&hash, seal)?;
         }
-        self.store_header(header)
+        let status = self.store_header(header)?;
+        self.attest_waiting(&hash);
+        Ok(status)
     }
 
     /// A block of a validator-sealed network with its seal: it must extend the tip (a
@@ -592,12 +606,68 @@ impl Node {
                 });
             }
             Ok(Verdict::Extends) => seals.store(&hash, seal)?,
-            Err(CheckError::Reject(r)) => return Err(Error::Chain(r.into())),
-            Err(CheckError::Store(e)) => return Err(e.into()),
-            Err(CheckError::Chain(e)) => return Err(e.into()),
+            Err(e) => return Err(e.into()),
         }
         drop(seals);
-        self.connect(st, block)
+        let accepted = self.connect(st, block)?;
+        self.attest_waiting(&hash);
+        Ok(accepted)
+    }
+
+    /// Takes the attestations that waited for block `hash`.
+    fn attest_waiting(&self, hash: &BlockHash) {
+        let waiting = self.seals().map(|mut s| s.take_pending(hash)).unwrap_or_default();
+        for att in waiting {
+            if let Err(e) = self.attest(hash, att) {
+                tracing::debug!("attestation of block {hash} by {}: {e}", att.validator);
+            }
+        }
+    }
+
+    /// The height of block `hash` on the active chain (a light node's best header chain).
+    fn active_height(&self, hash: &BlockHash) -> Result<Option<u32>, Error> {
+        if let Some(l) = &self.light {
+            return Ok(l.height_of(hash));
+        }
+        let st = self.state();
+        Ok(match st.chain.entry(hash)? {
+            Some(e) if st.chain.hash_at(e.height)? == Some(*hash) => Some(e.height),
+            _ => None,
+        })
+    }
+
+    /// Takes a validator's attestation of block `hash` (validator-sealed networks): it
+    /// must be by a validator of the set the block's seal names. One that is new is told
+    /// to the relay; one for a block not here yet waits for it.
+    pub fn attest(&self, hash: &BlockHash, attestation: Attestation) -> Result<Attested, Error> {
+        if !self.is_sealed() {
+            let why =
+                format!("attestation of block {hash}: the {} network is not sealed by validators", self.params.name);
+            return Err(Error::Chain(Reject::new(RejectCode::BadSeal, why).into()));
+        }
+        let height = self.active_height(hash)?;
+        let done = self.seals().expect("sealed").attest(self.params, hash, height, attestation)?;
+        if let Attested::Taken { new: true, .. } = done {
+            let _ = self.events.send(Event::Attested { hash: *hash, attestation });
+        }
+        Ok(done)
+    }
+
+    /// The attestations kept for block `hash`.
+    pub fn attestations(&self, hash: &BlockHash) -> Result<Vec<Attestation>, Error> {
+        match self.seals() {
+            Some(s) => Ok(s.attestations(hash)?),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// The highest block attested by a majority of its validators (validator-sealed
+    /// networks).
+    pub fn finalized(&self) -> Result<Option<u32>, Error> {
+        match self.seals() {
+            Some(s) => Ok(Some(s.finalized()?)),
+            None => Ok(None),
+        }
     }
 
     /// Stores a block and activates the best chain, then brings the mempool up to date:

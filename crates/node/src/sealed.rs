@@ -7,14 +7,22 @@
 //! and a seal is stored before its block is connected, so a `kill -9` between the two
 //! leaves a seal without its block (harmless: it is overwritten or unused), never a
 //! connected block without its seal.
+//!
+//! Every validator attests each block it applied from the circuit's log
+//! (`micro_os_chain::seal::Attestation`); attestations are kept beside the seals, and a block
+//! attested by a majority of its set is *finalized* to a node outside the circuit. An
+//! attestation that arrives before its block waits in memory (a few hundred blocks' worth)
+//! until the block comes.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use bitcoin::hashes::Hash;
 use bitcoin::secp256k1::PublicKey;
 use bitcoin::{Block, BlockHash};
 use micro_os_chain::chainstate::ChainState;
-use micro_os_chain::seal::Seal;
+use micro_os_chain::params::Params;
+use micro_os_chain::seal::{quorum, Attestation, Seal};
 use micro_os_chain::validation::{Reject, RejectCode};
 use rusqlite::{params, Connection, OptionalExtension};
 
@@ -32,7 +40,12 @@ pub struct Seals {
     path: PathBuf,
     /// The set block 1's sealer must be in; `None`: the set block 1's seal names.
     pinned: Option<Vec<PublicKey>>,
+    /// Attestations of blocks not here yet.
+    pending: HashMap<BlockHash, Vec<Attestation>>,
 }
+
+/// Blocks whose attestations may wait for them, at most.
+const MAX_PENDING: usize = 256;
 
 impl std::fmt::Debug for Seals {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -57,10 +70,14 @@ impl Seals {
         conn.pragma_update(None, "journal_mode", "WAL").map_err(err)?;
         conn.pragma_update(None, "synchronous", "FULL").map_err(err)?;
         conn.execute_batch(
-            "CREATE TABLE IF NOT EXISTS seals (hash BLOB PRIMARY KEY, seal BLOB NOT NULL) WITHOUT ROWID",
+            "CREATE TABLE IF NOT EXISTS seals (hash BLOB PRIMARY KEY, seal BLOB NOT NULL) WITHOUT ROWID;
+             CREATE TABLE IF NOT EXISTS attestations (
+                 hash BLOB NOT NULL, validator BLOB NOT NULL, attestation BLOB NOT NULL,
+                 PRIMARY KEY (hash, validator)) WITHOUT ROWID;
+             CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);",
         )
         .map_err(err)?;
-        Ok(Seals { conn, path, pinned })
+        Ok(Seals { conn, path, pinned, pending: HashMap::new() })
     }
 
     fn err(&self, source: rusqlite::Error) -> SealStoreError {
@@ -130,6 +147,95 @@ impl Seals {
             .execute(params![hash.to_byte_array(), seal.to_bytes()])
             .map_err(|e| self.err(e))?;
         Ok(())
+    }
+}
+
+/// What an attestation did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attested {
+    /// Checked and kept; `new` when it was not here before; `count` of `quorum` needed.
+    Taken { new: bool, count: usize, quorum: usize },
+    /// Its block is not here yet: it waits in memory.
+    Pending,
+}
+
+impl Seals {
+    /// Takes `att` for block `hash` at `height` (`None`: not here yet): it must be by a
+    /// validator of the set the block's seal names.
+    pub fn attest(
+        &mut self,
+        params: &Params,
+        hash: &BlockHash,
+        height: Option<u32>,
+        att: Attestation,
+    ) -> Result<Attested, CheckError> {
+        let seal = match height {
+            Some(_) => self.get(hash)?,
+            None => None,
+        };
+        let (Some(height), Some(seal)) = (height, seal) else {
+            if self.pending.len() >= MAX_PENDING && !self.pending.contains_key(hash) {
+                return Err(Reject::new(
+                    RejectCode::BadPrevBlock,
+                    format!("attestation of block {hash}: the block is unknown"),
+                )
+                .into());
+            }
+            let waiting = self.pending.entry(*hash).or_default();
+            if !waiting.contains(&att) && waiting.len() < 2 * micro_os_chain::seal::MAX_VALIDATORS {
+                waiting.push(att);
+            }
+            return Ok(Attested::Pending);
+        };
+        att.verify(params, hash, &seal.validators)?;
+        let new = self
+            .conn
+            .prepare_cached("INSERT OR IGNORE INTO attestations (hash, validator, attestation) VALUES (?1, ?2, ?3)")
+            .map_err(|e| self.err(e))?
+            .execute(params![hash.to_byte_array(), att.validator.serialize(), att.to_bytes()])
+            .map_err(|e| self.err(e))?
+            == 1;
+        let count = self.attestations(hash)?.len();
+        let quorum = quorum(seal.validators.len());
+        if new && count >= quorum && height > self.finalized()? {
+            self.conn
+                .prepare_cached("INSERT OR REPLACE INTO meta (key, value) VALUES ('finalized', ?1)")
+                .map_err(|e| self.err(e))?
+                .execute([height])
+                .map_err(|e| self.err(e))?;
+        }
+        Ok(Attested::Taken { new, count, quorum })
+    }
+
+    /// The attestations that waited for block `hash`, which has just come.
+    pub fn take_pending(&mut self, hash: &BlockHash) -> Vec<Attestation> {
+        self.pending.remove(hash).unwrap_or_default()
+    }
+
+    /// The attestations kept for block `hash`.
+    pub fn attestations(&self, hash: &BlockHash) -> Result<Vec<Attestation>, SealStoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT attestation FROM attestations WHERE hash = ?1")
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([hash.to_byte_array()], |r| r.get::<_, Vec<u8>>(0))
+            .map_err(|e| self.err(e))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| self.err(e))?;
+        // stored only after it was checked
+        Ok(rows.iter().filter_map(|b| Attestation::from_bytes(b).ok()).collect())
+    }
+
+    /// The highest block attested by a majority of its set (0: none yet).
+    pub fn finalized(&self) -> Result<u32, SealStoreError> {
+        self.conn
+            .prepare_cached("SELECT value FROM meta WHERE key = 'finalized'")
+            .map_err(|e| self.err(e))?
+            .query_row([], |r| r.get(0))
+            .optional()
+            .map(Option::unwrap_or_default)
+            .map_err(|e| self.err(e))
     }
 }
 
@@ -245,5 +351,48 @@ mod tests {
         let rival = m.header.unwrap();
         let e = light.accept_sealed_header(&rival, &Seal::sign(p, &a, &rival.block_hash(), vec![pa])).unwrap_err();
         assert_eq!(code(e), Some(RejectCode::HeightSealed));
+    }
+
+    #[test]
+    fn a_majority_of_attestations_finalizes_a_block() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = Node::open(dir.path(), Params::circuit(), Options::default()).unwrap();
+        let p = node.params();
+        let (a, pa) = key();
+        let (b, pb) = key();
+        let (c, pc) = key();
+        let (outsider, _) = key();
+        let set = vec![pa, pb, pc];
+        let b1 = next_block(&node, 1);
+        let h1 = b1.block_hash();
+        // an attestation that comes before its block waits for it
+        assert_eq!(node.attest(&h1, Attestation::sign(p, &b, &h1)).unwrap(), Attested::Pending);
+        node.accept_sealed(&b1, &Seal::sign(p, &a, &h1, set.clone())).unwrap();
+        assert_eq!(node.attestations(&h1).unwrap().len(), 1, "the waiting attestation was taken");
+        assert_eq!(node.finalized().unwrap(), Some(0), "one of three is no majority");
+        // an outsider's attestation, or one of another block, is refused
+        let e = node.attest(&h1, Attestation::sign(p, &outsider, &h1)).unwrap_err();
+        assert_eq!(e.reject().map(|r| r.code), Some(RejectCode::BadSeal), "{e}");
+        let mut forged = Attestation::sign(p, &c, &BlockHash::all_zeros());
+        forged.validator = pc;
+        assert!(node.attest(&h1, forged).unwrap_err().to_string().contains("does not verify"));
+        // the second of three finalizes it; the same one again is not new
+        let taken = node.attest(&h1, Attestation::sign(p, &c, &h1)).unwrap();
+        assert_eq!(taken, Attested::Taken { new: true, count: 2, quorum: 2 });
+        assert_eq!(node.finalized().unwrap(), Some(1));
+        let again = node.attest(&h1, Attestation::sign(p, &c, &h1)).unwrap();
+        assert_eq!(again, Attested::Taken { new: false, count: 2, quorum: 2 });
+        // they survive a restart
+        drop(node);
+        let node = Node::open(dir.path(), Params::circuit(), Options::default()).unwrap();
+        assert_eq!(node.finalized().unwrap(), Some(1));
+        let mut by: Vec<_> = node.attestations(&h1).unwrap().iter().map(|a| a.validator).collect();
+        by.sort_by_key(|k| k.serialize());
+        assert_eq!(by, normalize(vec![pb, pc]));
+        // a pow network has none
+        let pow = tempfile::tempdir().unwrap();
+        let pow = Node::open(pow.path(), Params::devnet(), Options::default()).unwrap();
+        assert!(pow.attest(&h1, Attestation::sign(p, &a, &h1)).is_err());
+        assert_eq!(pow.finalized().unwrap(), None);
     }
 }

@@ -8,13 +8,20 @@
 //! sealed twice — a deposed leader's write finds `head` moved and fails — and a block is
 //! final once the write returns. A validator that fell more than one block behind catches
 //! up over the chain's P2P sync (the blocks carry their seals). The validators register
-//! their keys under `validators`; each seal names that set, so full nodes outside the
-//! circuit check the next seal against it.
+//! their keys under `validators`, by their member's Raft node id; each seal names the keys
+//! of the circuit's current voting members, so a member added becomes a validator and a
+//! member removed stops being one, and full nodes outside the circuit check the next seal
+//! against that set.
+//!
+//! Every validator then attests each block it holds up to the committed `head` (an
+//! `Attestation`, gossiped to the chain's peers): a block attested by a majority of its set
+//! is final to nodes outside the circuit without trusting any one validator.
 //!
 //! The validator reaches its VM's circuit member through the agent's local endpoint
 //! (JSON lines on loopback inside the VM, `MICRO_OS_CIRCUIT_ENDPOINT`, with the token
 //! micro-os gives the circuit's replicas, `MICRO_OS_CIRCUIT_TOKEN`).
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -24,7 +31,7 @@ use bitcoin::consensus::encode::{deserialize_hex, serialize_hex};
 use bitcoin::secp256k1::{PublicKey, Secp256k1, SecretKey};
 use bitcoin::{Block, BlockHash, ScriptBuf};
 use micro_os_chain::miner;
-use micro_os_chain::seal::{normalize, Seal};
+use micro_os_chain::seal::{normalize, Attestation, Seal};
 use micro_os_core::circuit::{
     CircuitCall, CircuitError, LocalRequest, MemberStatus, ReadResult, StateEntry, StateOp, WriteOutcome, WriteResult,
 };
@@ -35,7 +42,7 @@ use crate::node::Node;
 
 /// The key of the last sealed block.
 pub const HEAD: &str = "head";
-/// The key of the validators' public keys (a JSON list of hex).
+/// The key of the validators' public keys (a JSON object: Raft node id → key hex).
 pub const VALIDATORS: &str = "validators";
 /// How often a validator looks at the circuit.
 const POLL: Duration = Duration::from_millis(100);
@@ -140,13 +147,17 @@ pub async fn run(node: Arc<Node>, key: SecretKey, client: Client, payout: Script
     let mut last_sealed = Instant::now() - Duration::from_secs(3600);
     let mut last_error: Option<String> = None;
     let spacing = Duration::from_secs(node.params().target_spacing_s);
+    let mut attested = {
+        let n = node.clone();
+        tokio::task::spawn_blocking(move || last_attested(&n, me)).await.unwrap_or(0)
+    };
     while !node.is_stopping() {
         tokio::time::sleep(POLL).await;
         let step = async {
-            if !registered {
-                registered = register(&client, me).await?;
-            }
             let status = client.status().await?;
+            if !registered {
+                registered = register(&client, status.node_id, me).await?;
+            }
             let leading = status.state == "leader" && status.leader == Some(status.node_id);
             // the leader reads what the quorum committed; a follower its own applied copy
             let head = client.get(HEAD, !leading).await?;
@@ -156,6 +167,11 @@ pub async fn run(node: Arc<Node>, key: SecretKey, client: Client, payout: Script
             };
             let tip = node.tip();
             if let Some(h) = &committed {
+                let upto = tip.0.min(h.height);
+                if attested < upto {
+                    let (n, from) = (node.clone(), attested);
+                    attested = tokio::task::spawn_blocking(move || attest(&n, &key, from, upto)).await??;
+                }
                 if h.height == tip.0 + 1 {
                     apply(&node, h).await?;
                     return Ok::<_, anyhow::Error>(());
@@ -169,7 +185,7 @@ pub async fn run(node: Arc<Node>, key: SecretKey, client: Client, payout: Script
             let pending = !node.state().mempool.is_empty();
             let due = last_sealed.elapsed() >= spacing || (pending && last_sealed.elapsed() >= MIN_INTERVAL);
             if leading && at_tip && due {
-                let set = validator_set(&client, me).await?;
+                let set = validator_set(&client, &status, me).await?;
                 let (head, block, seal) = seal_block(&node, &key, set, payout.clone()).await?;
                 match client.cas(HEAD, version, serde_json::to_string(&head)?).await? {
                     WriteOutcome::Stored { .. } => {
@@ -199,6 +215,36 @@ pub async fn run(node: Arc<Node>, key: SecretKey, client: Client, payout: Script
     }
 }
 
+/// Blocks this validator attests in one step, at most.
+const ATTEST_BATCH: u32 = 500;
+
+/// The height of the newest block `me` attested (looking back a few thousand blocks).
+fn last_attested(node: &Node, me: PublicKey) -> u32 {
+    let tip = node.tip().0;
+    for h in (tip.saturating_sub(5000)..=tip).rev() {
+        let Ok(Some(hash)) = node.hash_at(h) else { return 0 };
+        if h == 0 || node.attestations(&hash).is_ok_and(|l| l.iter().any(|a| a.validator == me)) {
+            return h;
+        }
+    }
+    tip.saturating_sub(5000)
+}
+
+/// Attests the blocks after height `from` up to `upto` (committed, on this node's chain);
+/// the height it got to.
+fn attest(node: &Node, key: &SecretKey, from: u32, upto: u32) -> anyhow::Result<u32> {
+    let upto = upto.min(from + ATTEST_BATCH);
+    for h in from + 1..=upto {
+        let Some(hash) = node.hash_at(h)? else { return Ok(h - 1) };
+        let att = Attestation::sign(node.params(), key, &hash);
+        // a block sealed before this validator joined is not its to attest
+        if node.seal(&hash)?.is_some_and(|s| s.validators.contains(&att.validator)) {
+            node.attest(&hash, att)?;
+        }
+    }
+    Ok(upto)
+}
+
 fn block_txs(h: &Head) -> usize {
     deserialize_hex::<Block>(&h.block).map_or(0, |b| b.txdata.len() - 1)
 }
@@ -217,35 +263,41 @@ async fn apply(node: &Arc<Node>, h: &Head) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Adds `me` to the circuit's validator list; `true` once it is there.
-async fn register(client: &Client, me: PublicKey) -> anyhow::Result<bool> {
+/// The circuit's validators as `validators` holds them: each member's key by its Raft
+/// node id (a member that comes back with a new key replaces its old one).
+type Registry = BTreeMap<u64, String>;
+
+/// Adds `me` as member `id`'s validator key; `true` once it is there.
+async fn register(client: &Client, id: u64, me: PublicKey) -> anyhow::Result<bool> {
     let e = client.get(VALIDATORS, false).await?;
-    let (version, mut list): (u64, Vec<String>) = match &e {
+    let (version, mut registry): (u64, Registry) = match &e {
         Some(e) => (e.version, serde_json::from_str(&e.value)?),
-        None => (0, Vec::new()),
+        None => (0, Registry::new()),
     };
     let hex = me.to_string();
-    if list.contains(&hex) {
+    if registry.get(&id) == Some(&hex) {
         return Ok(true);
     }
-    list.push(hex);
-    list.sort();
-    match client.cas(VALIDATORS, version, serde_json::to_string(&list)?).await? {
+    registry.insert(id, hex);
+    match client.cas(VALIDATORS, version, serde_json::to_string(&registry)?).await? {
         WriteOutcome::Stored { .. } => {
-            tracing::info!("registered as a validator of the circuit ({} validators)", list.len());
+            tracing::info!("registered as the validator of member {id} ({} validators)", registry.len());
             Ok(true)
         }
         _ => Ok(false),
     }
 }
 
-/// The circuit's validators (with `me`).
-async fn validator_set(client: &Client, me: PublicKey) -> anyhow::Result<Vec<PublicKey>> {
+/// The circuit's validators: the keys of its current voting members (with `me`); a member
+/// removed from the circuit leaves the set with the next block.
+async fn validator_set(client: &Client, status: &MemberStatus, me: PublicKey) -> anyhow::Result<Vec<PublicKey>> {
     let mut set = vec![me];
     if let Some(e) = client.get(VALIDATORS, true).await? {
-        let list: Vec<String> = serde_json::from_str(&e.value)?;
-        for k in list {
-            set.push(k.parse()?);
+        let registry: Registry = serde_json::from_str(&e.value)?;
+        for (id, k) in registry {
+            if status.voters.contains(&id) {
+                set.push(k.parse()?);
+            }
         }
     }
     Ok(normalize(set))

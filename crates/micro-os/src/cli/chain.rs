@@ -32,6 +32,8 @@ fn status_table(s: &ChainStatus) -> String {
         rows.retain(|r| r[0] != "hash rate" && r[0] != "difficulty");
         rows.push(vec!["consensus".into(), "sealed by validators on a circuit".into()]);
         rows.push(vec!["validators".into(), s.validators.len().to_string()]);
+        let finalized = s.finalized.map_or("-".into(), |f| format!("{f} (attested by a majority)"));
+        rows.push(vec!["finalized".into(), finalized]);
     }
     table(&["FIELD", "VALUE"], rows)
 }

@@ -170,6 +170,7 @@ impl Engine {
                 .and_then(Value::as_array)
                 .map(|a| a.iter().filter_map(|v| v.as_str().map(String::from)).collect())
                 .unwrap_or_default(),
+            finalized: info.get("finalized").and_then(Value::as_u64),
             light: info.get("light").and_then(Value::as_bool).unwrap_or(false),
         })
     }

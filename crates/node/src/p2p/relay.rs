@@ -1,7 +1,8 @@
 //! Relay: a new tip is pushed to the chain peers (the block itself, or a `Hello` when it is
 //! too large for one request), a transaction that entered the mempool is pushed as `Tx` —
 //! never back to the peer it came from, nor a block to a peer known to have it, nor a
-//! transaction to a light node. While a
+//! transaction to a light node. A validator's attestation that was new here is pushed as
+//! `Attest` to every chain peer but its sender. While a
 //! sync runs nothing is relayed block by block: the sync announces its end with `Hello`s.
 
 use std::sync::atomic::Ordering;
@@ -9,6 +10,7 @@ use std::sync::Arc;
 
 use bitcoin::hashes::Hash;
 use bitcoin::{BlockHash, Txid};
+use micro_os_chain::seal::Attestation;
 use micro_os_p2p::PeerId;
 use tokio::sync::broadcast::error::RecvError;
 
@@ -39,6 +41,7 @@ pub async fn run(svc: Arc<Service>) {
                     match e {
                         Event::Tip { height, hash } => newest = (height, hash),
                         Event::Tx(txid) => tx(&svc, txid),
+                        Event::Attested { hash, attestation } => attested(&svc, hash, attestation),
                     }
                 }
                 if !svc.syncing.load(Ordering::Relaxed) {
@@ -46,7 +49,29 @@ pub async fn run(svc: Arc<Service>) {
                 }
             }
             Event::Tx(txid) => tx(&svc, txid),
+            Event::Attested { hash, attestation } => attested(&svc, hash, attestation),
         }
+    }
+}
+
+/// The seen-set's id of an attestation: its signature's `r`.
+pub(crate) fn attestation_id(a: &Attestation) -> [u8; 32] {
+    let mut id = [0; 32];
+    id.copy_from_slice(&a.signature.serialize_compact()[..32]);
+    id
+}
+
+fn attested(svc: &Arc<Service>, hash: BlockHash, attestation: Attestation) {
+    let peers = targets(svc, &attestation_id(&attestation));
+    let attestations = Attestation::list_to_hex(&[attestation]);
+    for (peer, _) in peers {
+        let svc = svc.clone();
+        let message = Message::Attest { block: hash, attestations: attestations.clone() };
+        tokio::spawn(async move {
+            if let Err(e) = svc.request::<Ack>(peer, "attest", message).await {
+                tracing::debug!("attestation of {hash} to {peer}: {e}");
+            }
+        });
     }
 }
 

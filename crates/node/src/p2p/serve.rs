@@ -1,5 +1,5 @@
 //! The chain protocol's handler: answers `Hello`, `GetHeaders` and `GetBlocks`, takes
-//! pushed transactions and blocks. A request of another network (its magic), a malformed
+//! pushed transactions, blocks and validators' attestations. A request of another network (its magic), a malformed
 //! one, or a block or transaction that breaks a rule is refused with the reason — the
 //! node's `Reject` for blocks — counted by reason, and costs the sender score.
 
@@ -8,13 +8,14 @@ use std::sync::Arc;
 use bitcoin::hashes::Hash;
 use bitcoin::{Block, BlockHash, OutPoint, ScriptBuf, Transaction};
 use futures_util::future::BoxFuture;
-use micro_os_chain::seal::Seal;
+use micro_os_chain::seal::{Attestation, Seal};
 use micro_os_chain::validation::RejectCode;
 use micro_os_p2p::{PeerId, ProtocolHandler, Refusal, Request};
 
 use super::wire::{self, Ack, Blocks, Headers, Hello, Message, Proofs, ProvenBlock};
 use super::Service;
 use crate::node::{Node, TxError};
+use crate::sealed::Attested;
 
 /// Score lost for a request of another network.
 pub const WRONG_MAGIC: i64 = 20;
@@ -88,9 +89,9 @@ impl Service {
             }
             Message::GetHeaders { mut locator } => {
                 locator.truncate(wire::MAX_LOCATOR);
-                let (headers, seals) = blocking(&self.node, move |n| {
+                let (headers, seals, attestations) = blocking(&self.node, move |n| {
                     let headers = n.headers_after(&locator, wire::MAX_HEADERS)?;
-                    let mut seals = Vec::new();
+                    let (mut seals, mut attestations) = (Vec::new(), Vec::new());
                     if n.is_sealed() {
                         // each header with its seal, up to the first this node lacks
                         for h in &headers {
@@ -98,25 +99,26 @@ impl Service {
                                 Some(s) => seals.push(s.to_hex()),
                                 None => break,
                             }
+                            attestations.push(Attestation::list_to_hex(&n.attestations(&h.block_hash())?));
                         }
                     }
-                    Ok::<_, crate::node::Error>((headers, seals))
+                    Ok::<_, crate::node::Error>((headers, seals, attestations))
                 })
                 .await
                 .map_err(|e| Refusal(format!("headers: {e}")))?;
                 let n = if self.node.is_sealed() { seals.len() } else { headers.len() };
                 let headers = headers.iter().take(n).map(bitcoin::consensus::encode::serialize_hex).collect();
-                Ok(to_value(Headers { headers, seals }))
+                Ok(to_value(Headers { headers, seals, attestations }))
             }
             Message::GetBlocks { hashes } => {
                 if hashes.len() > wire::MAX_GET_BLOCKS {
                     let msg = format!("{} blocks asked at once (at most {})", hashes.len(), wire::MAX_GET_BLOCKS);
                     return Err(self.refuse(peer, "oversized", msg, MALFORMED));
                 }
-                let (blocks, seals) = blocking(&self.node, move |n| blocks_hex(n, &hashes))
+                let answer = blocking(&self.node, move |n| blocks_hex(n, &hashes))
                     .await
                     .map_err(|e| Refusal(format!("blocks: {e}")))?;
-                Ok(to_value(Blocks { blocks, seals }))
+                Ok(to_value(answer))
             }
             Message::GetProofs { from, to, scripts, outpoints } => {
                 self.proofs(peer, from, to, scripts, outpoints).await.map(to_value)
@@ -136,6 +138,25 @@ impl Service {
             }
             Message::Tx { hex } => self.take_tx(peer, &hex).await.map(to_value),
             Message::Block { hex, seal } => self.take_block(peer, &hex, seal.as_deref()).await.map(to_value),
+            Message::Attest { block, attestations } => {
+                let list = Attestation::list_from_hex(&attestations)
+                    .map_err(|r| self.refuse(peer, r.code.as_str(), format!("block {block}: {r}"), MALFORMED))?;
+                if list.len() > 2 * micro_os_chain::seal::MAX_VALIDATORS {
+                    let msg = format!("{} attestations at once", list.len());
+                    return Err(self.refuse(peer, "oversized", msg, MALFORMED));
+                }
+                for a in &list {
+                    self.book().seen.insert(super::relay::attestation_id(a), peer);
+                }
+                let pending = blocking(&self.node, move |n| take_attestations(n, &block, list)).await.map_err(|e| {
+                    match e.reject() {
+                        Some(r) => self.refuse(peer, r.code.as_str(), r.to_string(), INVALID_BLOCK),
+                        None => Refusal(format!("attestations of block {block}: {e}")),
+                    }
+                })?;
+                let note = pending.then(|| format!("block {block} is not here yet: its attestations wait for it"));
+                Ok(to_value(Ack { note }))
+            }
         }
     }
 
@@ -244,11 +265,24 @@ impl Service {
     }
 }
 
+/// Takes validators' attestations of `block` (from a push or beside blocks and headers);
+/// `true` when the block is not here yet and they wait for it.
+pub(crate) fn take_attestations(
+    node: &Node,
+    block: &BlockHash,
+    list: Vec<Attestation>,
+) -> Result<bool, crate::node::Error> {
+    let mut pending = false;
+    for a in list {
+        pending |= node.attest(block, a)? == Attested::Pending;
+    }
+    Ok(pending)
+}
+
 /// The blocks asked for that we have, in order, until the answer's cap (at least one),
-/// with their seals on a validator-sealed network.
-fn blocks_hex(node: &Node, hashes: &[BlockHash]) -> Result<(Vec<String>, Vec<String>), crate::node::Error> {
-    let mut out = Vec::new();
-    let mut seals = Vec::new();
+/// with their seals and attestations on a validator-sealed network.
+fn blocks_hex(node: &Node, hashes: &[BlockHash]) -> Result<Blocks, crate::node::Error> {
+    let mut out = Blocks::default();
     let mut size = 0;
     for h in hashes {
         let Some(b) = node.block(h)? else { break };
@@ -260,12 +294,15 @@ fn blocks_hex(node: &Node, hashes: &[BlockHash]) -> Result<(Vec<String>, Vec<Str
             false => None,
         };
         let hex = wire::block_hex(&b);
-        if !out.is_empty() && size + hex.len() > wire::MAX_BLOCKS_HEX {
+        if !out.blocks.is_empty() && size + hex.len() > wire::MAX_BLOCKS_HEX {
             break;
         }
         size += hex.len();
-        out.push(hex);
-        seals.extend(seal);
+        out.blocks.push(hex);
+        if let Some(seal) = seal {
+            out.seals.push(seal);
+            out.attestations.push(Attestation::list_to_hex(&node.attestations(h)?));
+        }
     }
-    Ok((out, seals))
+    Ok(out)
 }

@@ -19,10 +19,10 @@ use bitcoin::{Block, BlockHash};
 use futures_util::future::BoxFuture;
 use futures_util::stream::{FuturesOrdered, StreamExt};
 use micro_os_chain::chainstate::BlockStatus;
-use micro_os_chain::seal::Seal;
+use micro_os_chain::seal::{Attestation, Seal};
 use micro_os_p2p::PeerId;
 
-use super::serve::{block_penalty, INVALID_BLOCK, MALFORMED};
+use super::serve::{block_penalty, take_attestations, INVALID_BLOCK, MALFORMED};
 use super::wire::{self, Blocks, Headers, Message, SnapshotPart};
 use super::{Error, RequestError, Service};
 use crate::node::Node;
@@ -156,6 +156,8 @@ pub async fn sync_with(svc: &Arc<Service>, peer: PeerId) -> Result<(), Error> {
                 }
             }
         }
+        let attestations =
+            if seals.is_empty() { Vec::new() } else { attestations_of(svc, peer, &answer.attestations)? };
         let stored = blocking(&svc.node, move |n| {
             let mut need = Vec::new();
             let mut last = None;
@@ -164,6 +166,9 @@ pub async fn sync_with(svc: &Arc<Service>, peer: PeerId) -> Result<(), Error> {
                     Some(seal) => n.accept_sealed_header(h, seal)?,
                     None => n.accept_header(h)?,
                 };
+                if let Some(list) = attestations.get(i) {
+                    take_attestations(n, &s.hash, list.clone())?;
+                }
                 last = Some((s.height, s.hash));
                 if s.status == BlockStatus::HeaderOnly {
                     need.push((s.height, s.hash));
@@ -250,7 +255,7 @@ async fn fast_sync(svc: &Arc<Service>, peer: PeerId) -> Result<(), Error> {
         return Err(Error::Invalid { peer, what: "headers", why: format!("no header at {commit_at}") });
     };
     // the block carrying the commitment: its merkle root ties its coinbase to the header chain
-    let (block, _) = fetch(svc, peer, &[commit_hash]).await?.pop().expect("one block fetched");
+    let (block, _, _) = fetch(svc, peer, &[commit_hash]).await?.pop().expect("one block fetched");
     if let Err(r) = micro_os_chain::validation::check_block(&block, svc.node.params()) {
         svc.misbehaved(peer, r.code.as_str(), INVALID_BLOCK);
         return Err(Error::Invalid { peer, what: "block", why: r.to_string() });
@@ -356,7 +361,7 @@ pub async fn backfill(svc: Arc<Service>) {
             };
             let n = blocks.len();
             let stored =
-                blocking(&svc.node, move |node| blocks.iter().try_for_each(|(b, _)| node.store_old_block(b))).await;
+                blocking(&svc.node, move |node| blocks.iter().try_for_each(|(b, _, _)| node.store_old_block(b))).await;
             match stored {
                 Ok(Ok(())) => fetched += n,
                 Ok(Err(e)) => {
@@ -372,8 +377,8 @@ pub async fn backfill(svc: Arc<Service>) {
     }
 }
 
-/// A block as fetched: with its seal on a validator-sealed network.
-type Fetched = (Block, Option<Seal>);
+/// A block as fetched: with its seal and attestations on a validator-sealed network.
+type Fetched = (Block, Option<Seal>, Vec<Attestation>);
 
 /// A batch being fetched: the peer that answered, and the blocks.
 type Fetch = BoxFuture<'static, Result<(PeerId, Vec<Fetched>), Error>>;
@@ -419,12 +424,13 @@ async fn download(svc: &Arc<Service>, peer: PeerId, need: Vec<(u32, BlockHash)>)
     while let Some(got) = inflight.next().await {
         let (from, blocks) = got?;
         let result = blocking(&svc.node, move |n| {
-            for (b, seal) in &blocks {
+            for (b, seal, attestations) in &blocks {
                 let accepted = match seal {
                     Some(seal) => n.accept_sealed(b, seal),
                     None => n.accept_block(b),
                 };
-                if let Err(e) = accepted {
+                let taken = accepted.and_then(|_| take_attestations(n, &b.block_hash(), attestations.clone()));
+                if let Err(e) = taken {
                     return Err((b.block_hash(), Box::new(e)));
                 }
             }
@@ -468,6 +474,7 @@ async fn fetch(svc: &Arc<Service>, peer: PeerId, hashes: &[BlockHash]) -> Result
         }
         let asked: HashSet<BlockHash> = ask.iter().copied().collect();
         let sealed = svc.node.is_sealed();
+        let attestations = if sealed { attestations_of(svc, peer, &answer.attestations)? } else { Vec::new() };
         if sealed && answer.seals.len() != answer.blocks.len() {
             svc.misbehaved(peer, "bad-seal", MALFORMED);
             let why = format!("{} blocks with {} seals", answer.blocks.len(), answer.seals.len());
@@ -497,8 +504,17 @@ async fn fetch(svc: &Arc<Service>, peer: PeerId, hashes: &[BlockHash]) -> Result
                 },
                 false => None,
             };
-            out.push((b, seal));
+            out.push((b, seal, attestations.get(i).cloned().unwrap_or_default()));
         }
     }
     Ok(out)
+}
+
+/// The attestations beside an answer's blocks or headers (a peer from before attestations
+/// sends none); a malformed list costs the peer score.
+fn attestations_of(svc: &Service, peer: PeerId, lists: &[String]) -> Result<Vec<Vec<Attestation>>, Error> {
+    lists.iter().map(|l| Attestation::list_from_hex(l)).collect::<Result<Vec<_>, _>>().map_err(|r| {
+        svc.misbehaved(peer, "bad-attestation", MALFORMED);
+        Error::Invalid { peer, what: "attestations", why: r.to_string() }
+    })
 }

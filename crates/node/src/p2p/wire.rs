@@ -63,6 +63,9 @@ pub enum Message {
     /// Part of the UTXO snapshot the receiver keeps at `height` (fast sync), from byte
     /// `offset`; answered with [`SnapshotPart`].
     GetSnapshot { height: u32, offset: u64 },
+    /// Validators' attestations of block `block` (hex of their bytes, one after the other;
+    /// validator-sealed networks); answered with [`Ack`] or refused with the reason.
+    Attest { block: BlockHash, attestations: String },
 }
 
 /// The answer to `GetSnapshot`: the snapshot's size and up to [`SNAPSHOT_PART`] bytes
@@ -94,6 +97,9 @@ pub struct Headers {
     /// On a validator-sealed network, each header's seal (hex), in the same order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub seals: Vec<String>,
+    /// On a validator-sealed network, each header's attestations (as in `Attest`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attestations: Vec<String>,
 }
 
 /// The answer to `GetBlocks`: blocks as hex.
@@ -103,6 +109,9 @@ pub struct Blocks {
     /// On a validator-sealed network, each block's seal (hex), in the same order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub seals: Vec<String>,
+    /// On a validator-sealed network, each block's attestations (as in `Attest`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attestations: Vec<String>,
 }
 
 /// The answer to `GetProofs`: the last height scanned and its hash (absent when the range

@@ -432,6 +432,7 @@ fn getblockchaininfo(node: &Node) -> RpcResult {
         "pruned": false,
         "consensus": if node.is_sealed() { "circuit" } else { "pow" },
         "validators": validators,
+        "finalized": node.finalized().map_err(misc)?,
         "warnings": "",
     }))
 }
@@ -464,6 +465,7 @@ fn light_blockchaininfo(node: &Node) -> RpcResult {
         "light": true,
         "consensus": if node.is_sealed() { "circuit" } else { "pow" },
         "validators": validators,
+        "finalized": node.finalized().map_err(misc)?,
         "walletscanned": node.light().map_or(0, |l| l.scanned()),
         "warnings": "",
     }))
@@ -521,7 +523,20 @@ fn getblock(node: &Node, a: Args) -> RpcResult {
     } else {
         json!(block.txdata.iter().map(|t| tx_json(t, node.params())).collect::<Vec<_>>())
     };
+    drop(st);
+    add_seal(node, &hash, &mut o)?;
     Ok(o)
+}
+
+/// On a validator-sealed network: who sealed the block, which validators attested it, and
+/// whether a majority of its set did (final to a node outside the circuit).
+fn add_seal(node: &Node, hash: &BlockHash, o: &mut Value) -> Result<(), RpcError> {
+    let Some(seal) = node.seal(hash).map_err(misc)? else { return Ok(()) };
+    let attested = node.attestations(hash).map_err(misc)?;
+    o["sealer"] = json!(seal.sealer.to_string());
+    o["attestations"] = json!(attested.iter().map(|a| a.validator.to_string()).collect::<Vec<_>>());
+    o["finalized"] = json!(attested.len() >= micro_os_chain::seal::quorum(seal.validators.len()));
+    Ok(())
 }
 
 fn getblockheader(node: &Node, a: Args) -> RpcResult {
@@ -533,7 +548,10 @@ fn getblockheader(node: &Node, a: Args) -> RpcResult {
         return Ok(json!(serialize_hex(&e.header)));
     }
     let n_tx = chain_err(st.chain.block(&hash))?.map_or(0, |b| b.txdata.len());
-    header_json(&st.chain, &e, n_tx)
+    let mut o = header_json(&st.chain, &e, n_tx)?;
+    drop(st);
+    add_seal(node, &hash, &mut o)?;
+    Ok(o)
 }
 
 fn getrawtransaction(node: &Node, a: Args) -> RpcResult {
