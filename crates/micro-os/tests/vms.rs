@@ -358,3 +358,54 @@ fn vms_cannot_use_an_api_that_listens_beyond_loopback() {
     // the host itself still can
     assert!(ureq::get(&format!("{}/api/v1/health", d.url())).call().is_ok());
 }
+
+#[test]
+fn a_second_home_may_not_take_a_bridge_or_subnet_another_home_holds() {
+    let test = "a_second_home_may_not_take_a_bridge_or_subnet_another_home_holds";
+    if !require(test, VMS) {
+        return;
+    }
+    let first = Daemon::start();
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(first.home_path().join("config.json")).unwrap()).unwrap();
+    // the daemon refuses to start: one line naming the holder and the settings to change
+    let refused = |key: &str, value: serde_json::Value| {
+        let second = Daemon::prepared("127.0.0.1");
+        let own: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(second.home_path().join("config.json")).unwrap()).unwrap();
+        second.set_config(key, value);
+        let mut child = std::process::Command::new(common::BIN)
+            .args(["daemon", "--api-addr", &format!("127.0.0.1:{}", second.port)])
+            .env("MICRO_OS_HOME", second.home_path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s;
+            }
+            if Instant::now() > deadline {
+                child.kill().unwrap();
+                panic!("the second daemon started on {key} = {}", cfg[key]);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let mut err = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+        assert!(!status.success());
+        assert!(err.contains(&first.home_path().display().to_string()) && err.contains("vm_bridge"), "{err}");
+        // its own settings back: dropping the harness starts it to clean up
+        second.set_config(key, own[key].clone());
+        err
+    };
+    let e = refused("vm_bridge", cfg["vm_bridge"].clone());
+    assert!(e.contains("is held by the micro-os home"), "{e}");
+    let e = refused("vm_subnet", cfg["vm_subnet"].clone());
+    assert!(e.contains("overlaps"), "{e}");
+    // the first goes on: a VM on its bridge starts
+    first.ok(&["vm", "create", "--name", "mine", "--memory", "128", "--cpu", "0.5"]);
+    first.ok(&["vm", "start", "--name", "mine"]);
+    first.ok(&["vm", "rm", "--name", "mine", "--force"]);
+}

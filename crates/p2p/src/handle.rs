@@ -55,6 +55,8 @@ pub(crate) enum Command {
         peer: PeerId,
         env: Box<Envelope>,
         counts: bool,
+        /// An open protocol's session: the sender need not be known to the `Policy`.
+        open: bool,
         reply: oneshot::Sender<Result<(), Rejection>>,
     },
     /// A data stream has been read (accepted or refused).
@@ -178,12 +180,23 @@ impl Handle {
     /// known to the `Policy`) before the handler sees it; the handler's answer goes back
     /// to the requester. Call it from inside the runtime, before peers use the protocol.
     pub fn register(&self, protocol: StreamProtocol, handler: Arc<dyn ProtocolHandler>) -> Result<(), Error> {
+        self.serve(protocol, handler, false)
+    }
+
+    /// Serves `protocol` like [`Handle::register`], but to any peer whose envelope passes
+    /// the verifier, known to the `Policy` or not: for a protocol that admits newcomers
+    /// (a host that joins with a token), whose handler authorises every request itself.
+    pub fn register_open(&self, protocol: StreamProtocol, handler: Arc<dyn ProtocolHandler>) -> Result<(), Error> {
+        self.serve(protocol, handler, true)
+    }
+
+    fn serve(&self, protocol: StreamProtocol, handler: Arc<dyn ProtocolHandler>, open: bool) -> Result<(), Error> {
         if registry::RESERVED.contains(&protocol.as_ref()) {
             return Err(Error::Reserved(protocol));
         }
         let incoming =
             self.control.clone().accept(protocol.clone()).map_err(|_| Error::AlreadyRegistered(protocol.clone()))?;
-        tokio::spawn(registry::serve(protocol, incoming, handler, self.tx.clone()));
+        tokio::spawn(registry::serve(protocol, incoming, handler, self.tx.clone(), open));
         Ok(())
     }
 

@@ -139,12 +139,19 @@ impl Node {
     /// An envelope that came on a stream: its sender must be the stream's peer, and it
     /// must pass the verifier (known sender, signature, window, nonce, delegation).
     /// `counts`: a whole message (a registered protocol's request), counted once accepted.
-    pub fn verify_on_stream(&mut self, peer: PeerId, env: &Envelope, counts: bool) -> Result<(), Rejection> {
+    /// `open`: an open protocol's session, whose sender need not be known.
+    pub fn verify_on_stream(
+        &mut self,
+        peer: PeerId,
+        env: &Envelope,
+        counts: bool,
+        open: bool,
+    ) -> Result<(), Rejection> {
         let verdict = if env.sender != peer.to_string() {
             Err(self.verifier.reject(&env.sender, Rejection::UnknownSender))
         } else {
             let (trusted, policy) = (&self.trusted, &self.policy);
-            self.verifier.verify(env, now_secs(), |p| Self::is_known(trusted, policy, p))
+            self.verifier.verify(env, now_secs(), |p| open || Self::is_known(trusted, policy, p))
         };
         match &verdict {
             Ok(()) if counts => self.count_received(peer, env),

@@ -217,8 +217,8 @@ impl Node {
             Command::Seal { kind, to, state, reply } => {
                 let _ = reply.send(self.signer.seal(kind, &to.to_string(), state, now_secs()));
             }
-            Command::Verify { peer, env, counts, reply } => {
-                let _ = reply.send(self.verify_on_stream(peer, &env, counts));
+            Command::Verify { peer, env, counts, open, reply } => {
+                let _ = reply.send(self.verify_on_stream(peer, &env, counts, open));
             }
             Command::Received(r) => self.received_stream(r),
             Command::Sent(peer, kind, bytes) => self.count_sent(peer, kind, bytes),

@@ -87,9 +87,10 @@ pub(crate) async fn serve(
     mut incoming: libp2p_stream::IncomingStreams,
     handler: Arc<dyn ProtocolHandler>,
     tx: mpsc::Sender<Command>,
+    open: bool,
 ) {
     while let Some((peer, stream)) = incoming.next().await {
-        tokio::spawn(answer(protocol.clone(), peer, stream, handler.clone(), tx.clone()));
+        tokio::spawn(answer(protocol.clone(), peer, stream, handler.clone(), tx.clone(), open));
     }
 }
 
@@ -101,6 +102,7 @@ async fn answer(
     s: libp2p::Stream,
     handler: Arc<dyn ProtocolHandler>,
     tx: mpsc::Sender<Command>,
+    open: bool,
 ) {
     let (mut rd, wr) = s.split();
     let (out, queue) = mpsc::channel::<(u64, u8, Vec<u8>)>(QUEUE);
@@ -115,7 +117,7 @@ async fn answer(
         }
     };
     let verified = match Envelope::decode(&first.1) {
-        Ok(env) => verify(peer, &env, &tx).await.map(|_| env),
+        Ok(env) => verify(peer, &env, &tx, open).await.map(|_| env),
         Err(_) => Err(Rejection::Malformed),
     };
     let env = match verified {
@@ -178,9 +180,9 @@ async fn write_answers(mut wr: WriteHalf<libp2p::Stream>, mut queue: mpsc::Recei
     let _ = wr.close().await;
 }
 
-async fn verify(peer: PeerId, env: &Envelope, tx: &mpsc::Sender<Command>) -> Result<(), Rejection> {
+async fn verify(peer: PeerId, env: &Envelope, tx: &mpsc::Sender<Command>, open: bool) -> Result<(), Rejection> {
     let (reply, verdict) = oneshot::channel();
-    let cmd = Command::Verify { peer, env: Box::new(env.clone()), counts: true, reply };
+    let cmd = Command::Verify { peer, env: Box::new(env.clone()), counts: true, open, reply };
     tx.send(cmd).await.map_err(|_| Rejection::Malformed)?;
     verdict.await.unwrap_or(Err(Rejection::Malformed))
 }

@@ -200,7 +200,7 @@ async fn take(
         .filter(|_| env.kind == MessageType::Data)
         .ok_or(header_refused(Rejection::Malformed))?;
     let (reply, verdict) = oneshot::channel();
-    tx.send(Command::Verify { peer, env: Box::new(env.clone()), counts: false, reply })
+    tx.send(Command::Verify { peer, env: Box::new(env.clone()), counts: false, open: false, reply })
         .await
         .map_err(|_| header_refused(Rejection::Malformed))?;
     verdict.await.unwrap_or(Err(Rejection::Malformed)).map_err(header_refused)?;

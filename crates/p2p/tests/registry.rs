@@ -139,3 +139,37 @@ async fn a_protocol_is_registered_once_and_the_built_in_ones_not_at_all() {
         assert!(matches!(e, Error::Reserved(_)), "{p}: {e}");
     }
 }
+
+const OPEN: StreamProtocol = StreamProtocol::new("/micro-os/test-open/1");
+
+/// Answers with the requester's peer id: the handler of an open protocol authorises.
+struct WhoAmI;
+
+impl ProtocolHandler for WhoAmI {
+    fn handle(&self, request: Request) -> BoxFuture<'_, Result<Vec<u8>, Refusal>> {
+        Box::pin(async move { Ok(request.peer.to_string().into_bytes()) })
+    }
+}
+
+#[tokio::test]
+async fn an_open_protocol_admits_strangers_but_still_verifies_their_envelopes() {
+    let (server, server_id) = peer(Arc::new(Members::default()));
+    let (stranger, stranger_id) = peer(Arc::new(Members::default()));
+    server.register_open(OPEN, Arc::new(WhoAmI)).unwrap();
+    server.register(TEST, Arc::new(Echo::default())).unwrap();
+    let addr = listening(&server).await;
+    stranger.add_address(server_id, addr).await;
+    // a stranger reaches the open protocol's handler, which sees who it is
+    let answer = stranger.send_request(server_id, OPEN, MessageType::Ctrl, "join".into()).await.unwrap();
+    assert_eq!(answer, stranger_id.to_string().into_bytes());
+    // but not a protocol for members
+    let r = stranger.send_request(server_id, TEST, MessageType::Sync, "hello".into()).await;
+    assert_eq!(refusal(r), "sender is not a known peer");
+    // a replayed envelope is refused on the open protocol too
+    let env = stranger.seal(server_id, MessageType::Ctrl, "once".into()).await.unwrap();
+    stranger.send_sealed(server_id, OPEN, &env).await.unwrap();
+    assert_eq!(refusal(stranger.send_sealed(server_id, OPEN, &env).await), "nonce already seen");
+    // an open protocol is registered once, and reserved names stay reserved
+    assert!(server.register_open(OPEN, Arc::new(WhoAmI)).is_err());
+    assert!(server.register_open(StreamProtocol::new("/micro-os/msg/1"), Arc::new(WhoAmI)).is_err());
+}

@@ -255,6 +255,10 @@ pub fn run(home: Home, cfg: Config) -> anyhow::Result<()> {
             "not running as root: containers and VMs cannot start (runc, cgroups, mounts and the VM bridge need root); \
              the API, the store, images, monitoring and the libp2p peer work"
         );
+    } else {
+        // two homes on one machine must not share the VM bridge or hand out the same addresses
+        let fabric = micro_os_runtime::fabric::Fabric::parse(&cfg.vm_bridge, &cfg.vm_subnet)?;
+        fabric.claim(std::path::Path::new(micro_os_runtime::fabric::CLAIMS), &home.root)?;
     }
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     rt.block_on(async move {
