@@ -125,6 +125,14 @@ pub enum Action {
     },
     /// A node wallet's balance and a new address.
     ChainWallet(String),
+    /// The hosts of this host's fabric.
+    ListHosts,
+    /// The fabric's join token and this host's join addresses.
+    HostToken,
+    /// Join the fabric of another host.
+    JoinHost(crate::types::HostJoin),
+    /// Leave the fabric; this host stands alone after.
+    LeaveHost,
 }
 
 #[derive(Debug, Clone)]
@@ -153,6 +161,8 @@ pub enum Reply {
     ChainStatus(Box<crate::types::ChainStatus>),
     ChainSent(crate::types::ChainSent),
     ChainWallet(crate::types::ChainWallet),
+    Hosts(Vec<crate::types::HostInfo>),
+    HostToken(crate::types::HostToken),
     Done,
 }
 

@@ -16,6 +16,7 @@ pub mod types;
 mod chain;
 mod circuits;
 mod containers;
+mod hosts;
 mod images;
 mod monitor;
 mod net;

@@ -11,7 +11,8 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::{
-    chain, circuits, containers, images, monitor, net, system, templates, vms, ApiError, Control, ErrorKind, Reply,
+    chain, circuits, containers, hosts, images, monitor, net, system, templates, vms, ApiError, Control, ErrorKind,
+    Reply,
 };
 
 /// Largest request body accepted, in bytes.
@@ -44,7 +45,7 @@ pub fn unexpected(r: Reply) -> ApiError {
 #[openapi(
     info(title = "micro-os", description = "Run VMs, OCI containers and consensus circuits for blockchain nodes."),
     modifiers(&BearerAuth),
-    tags((name = "vms"), (name = "net"), (name = "monitor"), (name = "containers"), (name = "images"), (name = "templates"), (name = "circuits"), (name = "chain"), (name = "system"))
+    tags((name = "vms"), (name = "net"), (name = "monitor"), (name = "containers"), (name = "images"), (name = "templates"), (name = "circuits"), (name = "chain"), (name = "hosts"), (name = "system"))
 )]
 struct ApiDoc;
 
@@ -108,6 +109,10 @@ pub fn api_parts() -> (Router<Arc<dyn Control>>, utoipa::openapi::OpenApi) {
         .routes(routes!(chain::status))
         .routes(routes!(chain::send))
         .routes(routes!(chain::wallet))
+        .routes(routes!(hosts::list_hosts))
+        .routes(routes!(hosts::token))
+        .routes(routes!(hosts::join))
+        .routes(routes!(hosts::leave))
         .split_for_parts();
     // OpenAPI has no catch-all segment: axum serves `{*key}`, the document says `{key}`
     let paths = std::mem::take(&mut doc.paths.paths);

@@ -530,3 +530,59 @@ pub struct ChainWallet {
     /// A new address of the wallet.
     pub address: String,
 }
+
+/// A host's capacity and load, as its heartbeat carries them.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct HostStatus {
+    /// Where its libp2p peer listens.
+    pub addrs: Vec<String>,
+    pub cpus: u32,
+    pub memory_bytes: u64,
+    pub memory_free_bytes: u64,
+    /// The disk of its home.
+    pub disk_bytes: u64,
+    pub disk_free_bytes: u64,
+    pub vms: u32,
+    pub vms_running: u32,
+    /// The one-minute load average.
+    pub load: f64,
+    /// `ok`, or `critical: ` and the components that are.
+    pub health: String,
+}
+
+/// `GET /api/v1/hosts`: a host of the fabric as `host list` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct HostInfo {
+    /// Its libp2p peer id.
+    pub peer_id: String,
+    /// `this host`, `up`, or `unreachable` (no heartbeat for 8 s).
+    pub state: String,
+    pub joined: chrono::DateTime<chrono::Utc>,
+    /// The member that admitted it (itself for the host that founded the fabric).
+    pub admitted_by: String,
+    /// Seconds since its last heartbeat.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_seen_s: Option<u64>,
+    /// What its last heartbeat said (none before the first).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<HostStatus>,
+}
+
+/// `POST /api/v1/hosts/join`: `host join MULTIADDR --token T`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HostJoin {
+    /// The address of a host of the fabric, ending in `/p2p/<peer id>`.
+    pub addr: String,
+    /// The fabric's join token (`micro-os host token` on one of its hosts).
+    pub token: String,
+}
+
+/// `GET /api/v1/hosts/token`: the fabric's join token and where to join this host.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct HostToken {
+    pub token: String,
+    pub peer_id: String,
+    /// Addresses another host gives `host join`.
+    pub join: Vec<String>,
+}

@@ -84,6 +84,9 @@ pub enum Command {
     /// Nodes of the reference chain: status, sending coins, the node wallet.
     #[command(subcommand)]
     Chain(ChainCmd),
+    /// Hosts that join into one fabric: a join token, join, list, leave.
+    #[command(subcommand)]
+    Host(HostCmd),
     /// The libp2p layer: peers, resources in the DHT, signed messages and DATA streams.
     #[command(subcommand)]
     Net(NetCmd),
@@ -852,4 +855,34 @@ pub enum ChainCmd {
         #[arg(long, value_enum, default_value_t)]
         format: Format,
     },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum HostCmd {
+    /// Every host of this host's fabric: peer id, state, capacity, VMs, load and health.
+    #[command(alias = "ls", after_help = "Examples:\n  micro-os host list\n  micro-os host list --format json")]
+    List {
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// The fabric's join token, and the command another host runs to join this one.
+    #[command(after_help = "Examples:\n  micro-os host token")]
+    Token {
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// Join the fabric of another host (its address and token from `micro-os host token`
+    /// there).
+    #[command(after_help = "Examples:\n  micro-os host join /ip4/10.0.0.2/tcp/4001/p2p/12D3KooW... --token 3f9c...")]
+    Join {
+        /// The other host's libp2p address, ending in /p2p/<peer id>.
+        #[arg(value_name = "MULTIADDR")]
+        addr: String,
+        /// The fabric's join token.
+        #[arg(long, value_name = "TOKEN")]
+        token: String,
+    },
+    /// Leave the fabric: its hosts are told, and this host stands alone with a new token.
+    #[command(after_help = "Examples:\n  micro-os host leave")]
+    Leave,
 }

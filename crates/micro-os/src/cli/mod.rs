@@ -6,6 +6,7 @@ mod chain;
 mod circuit;
 pub mod client;
 mod container;
+mod host;
 mod image;
 mod monitor;
 mod net;
@@ -37,6 +38,7 @@ pub fn run(api: Option<String>, cmd: Command) -> CliResult<i32> {
         Command::Container(c) => container::run(&client, *c),
         Command::Circuit(c) => circuit::run(&client, c),
         Command::Chain(c) => chain::run(&client, c),
+        Command::Host(c) => host::run(&client, c),
         Command::Image(c) => image::run(&client, c),
         Command::Template(c) => image::run_template(&client, c),
         Command::Test(args::TestCmd::Integration { components }) => selftest::integration(&client, &components),

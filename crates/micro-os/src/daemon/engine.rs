@@ -56,6 +56,8 @@ pub struct Engine {
     pub host_peer: std::sync::OnceLock<String>,
     /// The collector's state: the last round of samples, rates, alert rules.
     pub monitor: super::monitor::Monitor,
+    /// The hosts of this host's fabric.
+    pub hosts: super::hosts::Hosts,
 }
 
 impl super::supervisor::Locks for Engine {
@@ -114,6 +116,7 @@ impl Engine {
             shim_exe: exe.clone(),
         };
         let drivers = drivers(&host).into_iter().map(|d| (d.kind(), d)).collect();
+        let hosts = super::hosts::Hosts::load(store.clone(), &home.root)?;
         Ok(Arc::new(Engine {
             home,
             cfg,
@@ -135,6 +138,7 @@ impl Engine {
             p2p: std::sync::OnceLock::new(),
             host_peer: std::sync::OnceLock::new(),
             monitor: Default::default(),
+            hosts,
         }))
     }
 
@@ -331,6 +335,10 @@ impl Engine {
             Action::CircuitRead { id, key, stale, via } => {
                 self.circuit_read(&id, key, stale, via.as_deref()).await.map(Reply::Read)
             }
+            Action::ListHosts => self.host_list().await.map(Reply::Hosts),
+            Action::HostToken => self.host_token().await.map(Reply::HostToken),
+            Action::JoinHost(req) => self.host_join(&req.addr, &req.token).await.map(Reply::Hosts),
+            Action::LeaveHost => self.host_leave().await.map(|_| Reply::Done),
             Action::ChainStatus(k) => self.chain_status(&k).await.map(|s| Reply::ChainStatus(Box::new(s))),
             Action::ChainSend { container, req } => self.chain_send(&container, req).await.map(Reply::ChainSent),
             Action::ChainWallet(k) => self.chain_wallet(&k).await.map(Reply::ChainWallet),

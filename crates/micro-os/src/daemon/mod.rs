@@ -8,6 +8,7 @@ mod containers;
 mod engine;
 mod error;
 mod health;
+mod hosts;
 mod journal;
 mod logs;
 mod monitor;
@@ -45,12 +46,14 @@ impl AsRef<micro_os_store::Store> for EngineStore {
     }
 }
 
-/// The host accepts messages from its own VMs' agents (besides trusted peers).
+/// The host accepts messages from its own VMs' agents and from the hosts of its fabric
+/// (besides trusted peers).
 struct HostPolicy(Arc<Engine>);
 
 impl crate::p2p::Policy for HostPolicy {
     fn known(&self, peer: &libp2p::PeerId) -> bool {
-        self.0.is_vm_peer(&peer.to_string())
+        let peer = peer.to_string();
+        self.0.is_vm_peer(&peer) || self.0.hosts.is_member(&peer)
     }
 }
 
@@ -289,6 +292,7 @@ pub fn run(home: Home, cfg: Config) -> anyhow::Result<()> {
         };
         let key = home.libp2p_key()?;
         let _ = engine.host_peer.set(key.public().to_peer_id().to_string());
+        let host_key = key.clone();
         let handle = crate::p2p::spawn(
             key,
             p2p_cfg,
@@ -296,6 +300,7 @@ pub fn run(home: Home, cfg: Config) -> anyhow::Result<()> {
             Arc::new(HostPolicy(engine.clone())),
         )?;
         let _ = engine.p2p.set(handle);
+        engine.start_hosts(host_key)?;
         engine.recover_vms().await;
         engine.recover().await;
         // replicas follow their circuits' members as recorded (and a create cut short is finished)

@@ -1,0 +1,586 @@
+//! Hosts that join into one fabric: `host token`, `host join`, `host list`, `host leave`.
+//!
+//! Key design decision: the membership is a signed list that every host checks, not a
+//! Raft group of its own. Each host's record (peer id, addresses, when it joined or left)
+//! is signed by the member that admitted it — a host's leave by itself — with the ed25519
+//! key its peer id carries. A host takes a record from a peer only if the signature
+//! verifies and its signer is a member it already holds (a leave only from the host
+//! itself), and records merge by time (the newer of join and leave wins), so hosts that
+//! heard of changes in different orders agree once they have exchanged lists: every
+//! heartbeat carries the list. The records are objects of the store (kind `host`), so the
+//! membership survives restarts.
+//!
+//! A newcomer proves it holds the fabric's join token with an HMAC of both peer ids,
+//! sent over the authenticated libp2p connection on the open protocol
+//! `/micro-os/host-join/1`; the token itself never travels from the newcomer, and a proof
+//! seen by a third party is useless to it (it names the newcomer's peer id, which the
+//! connection authenticates). Members talk on `/micro-os/host/1`, which the host's
+//! `Policy` admits only from members.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::time::{Duration, Instant};
+
+use futures_util::future::BoxFuture;
+use hmac::{Hmac, Mac};
+use libp2p::identity::{Keypair, PublicKey};
+use libp2p::multiaddr::Protocol;
+use micro_os_api::types::{HostInfo, HostStatus, HostToken};
+use micro_os_p2p::net::MessageType;
+use micro_os_p2p::{Multiaddr, PeerId, ProtocolHandler, Refusal, Request, StreamProtocol};
+use micro_os_store::{Event, Store};
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+
+use super::engine::Engine;
+use super::error::{Error, Result};
+
+/// Where a newcomer asks to join (open to any verified peer; the token decides).
+pub const JOIN: StreamProtocol = StreamProtocol::new("/micro-os/host-join/1");
+/// Where members exchange heartbeats and the membership list.
+pub const HOST: StreamProtocol = StreamProtocol::new("/micro-os/host/1");
+/// How often a host sends each member its heartbeat.
+const HEARTBEAT: Duration = Duration::from_secs(2);
+/// A member not heard from for this long is shown unreachable.
+const UNREACHABLE_AFTER: Duration = Duration::from_secs(8);
+const KIND: &str = "host";
+/// How often a host checks its own components' health for its heartbeat.
+const HEALTH_EVERY: Duration = Duration::from_secs(10);
+
+/// One host of the fabric, as every host keeps it. See the module documentation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    pub peer: String,
+    /// Where it listens (libp2p multiaddrs without the peer id), as it said when it joined.
+    pub addrs: Vec<String>,
+    /// Milliseconds since the epoch.
+    pub joined: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub left: Option<u64>,
+    /// The member that signed the record.
+    pub by: String,
+    /// Hex of the ed25519 signature of [`Record::message`].
+    pub sig: String,
+}
+
+impl Record {
+    fn message(&self) -> Vec<u8> {
+        serde_json::to_vec(&("micro-os/host-record/1", &self.peer, &self.addrs, self.joined, self.left, &self.by))
+            .expect("a record serialises")
+    }
+
+    fn signed(key: &Keypair, peer: &str, addrs: Vec<String>, joined: u64, left: Option<u64>) -> Record {
+        let by = key.public().to_peer_id().to_string();
+        let mut r = Record { peer: peer.into(), addrs, joined, left, by, sig: String::new() };
+        r.sig = hex::encode(key.sign(&r.message()).expect("ed25519 signs"));
+        r
+    }
+
+    /// The signature is its signer's.
+    fn verifies(&self) -> bool {
+        let Ok(sig) = hex::decode(&self.sig) else { return false };
+        key_of(&self.by).is_some_and(|k| k.verify(&self.message(), &sig))
+    }
+
+    /// When it last changed: a leave counts after the join it ends.
+    fn stamp(&self) -> u64 {
+        self.left.map_or(self.joined, |l| l.max(self.joined))
+    }
+
+    fn is_member(&self) -> bool {
+        self.left.is_none()
+    }
+}
+
+/// The public key a peer id carries (ed25519 ids inline their key).
+fn key_of(peer: &str) -> Option<PublicKey> {
+    let id: PeerId = peer.parse().ok()?;
+    // an identity multihash: code 0, a one-byte length, the key's protobuf encoding
+    let b = id.to_bytes();
+    match b.as_slice() {
+        [0, len, key @ ..] if usize::from(*len) == key.len() => PublicKey::try_decode_protobuf(key).ok(),
+        _ => None,
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The proof a newcomer sends: HMAC-SHA256 under the token of both peer ids.
+fn proof(token: &str, newcomer: &str, member: &str) -> Hmac<Sha256> {
+    let mut mac = Hmac::<Sha256>::new_from_slice(token.as_bytes()).expect("hmac takes any key");
+    mac.update(b"micro-os/host-join/1\0");
+    mac.update(newcomer.as_bytes());
+    mac.update(b"\0");
+    mac.update(member.as_bytes());
+    mac
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct JoinRequest {
+    proof: String,
+    addrs: Vec<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct JoinAnswer {
+    token: String,
+    records: Vec<Record>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Heartbeat {
+    status: HostStatus,
+    records: Vec<Record>,
+}
+
+/// The fabric as this host holds it.
+pub struct Hosts {
+    store: Arc<Store>,
+    token_path: PathBuf,
+    key: OnceLock<Keypair>,
+    records: RwLock<HashMap<String, Record>>,
+    /// The last heartbeat of each member, and when it came.
+    seen: Mutex<HashMap<String, (Instant, HostStatus)>>,
+    /// This host's health as its components last said (checked at most every
+    /// [`HEALTH_EVERY`]).
+    health: Mutex<Option<(Instant, String)>>,
+}
+
+impl Hosts {
+    pub fn load(store: Arc<Store>, home: &std::path::Path) -> Result<Hosts> {
+        let records: Vec<Record> = store.list(KIND)?;
+        Ok(Hosts {
+            store,
+            token_path: home.join("host.token"),
+            key: OnceLock::new(),
+            records: RwLock::new(records.into_iter().map(|r| (r.peer.clone(), r)).collect()),
+            seen: Mutex::default(),
+            health: Mutex::default(),
+        })
+    }
+
+    fn me(&self) -> String {
+        self.key.get().map(|k| k.public().to_peer_id().to_string()).unwrap_or_default()
+    }
+
+    /// Whether `peer` is a member of this host's fabric (not this host).
+    pub fn is_member(&self, peer: &str) -> bool {
+        peer != self.me() && self.records.read().expect("records").get(peer).is_some_and(Record::is_member)
+    }
+
+    fn members(&self) -> Vec<Record> {
+        let mut v: Vec<Record> =
+            self.records.read().expect("records").values().filter(|r| r.is_member()).cloned().collect();
+        v.sort_by_key(|r| r.joined);
+        v
+    }
+
+    fn all(&self) -> Vec<Record> {
+        self.records.read().expect("records").values().cloned().collect()
+    }
+
+    /// Keeps `r` (in the store first: nothing acknowledged is lost).
+    fn keep(&self, r: Record, action: &str) -> Result<()> {
+        let detail = match action {
+            "left" => format!("host {} left the fabric", r.peer),
+            _ => format!("host {} joined the fabric (admitted by {})", r.peer, r.by),
+        };
+        let event = Event::new(KIND, &r.peer, &r.peer, action, detail);
+        tokio::task::block_in_place(|| self.store.update(KIND, &r.peer, &r.peer, &r, Some(&event)))?;
+        self.records.write().expect("records").insert(r.peer.clone(), r);
+        Ok(())
+    }
+
+    /// Starts with this host's key: a host that holds no record of itself founds a fabric
+    /// of one.
+    pub fn start(&self, key: Keypair) -> Result<()> {
+        let me = key.public().to_peer_id().to_string();
+        let _ = self.key.set(key);
+        let mine = self.records.read().expect("records").get(&me).cloned();
+        if mine.is_none_or(|r| !r.is_member()) {
+            let key = self.key.get().expect("set");
+            self.keep(Record::signed(key, &me, Vec::new(), now_ms(), None), "joined")?;
+        }
+        Ok(())
+    }
+
+    /// The fabric's join token (made on first use, mode 0600).
+    pub fn token(&self) -> Result<String> {
+        if let Ok(t) = std::fs::read_to_string(&self.token_path) {
+            if !t.trim().is_empty() {
+                return Ok(t.trim().to_string());
+            }
+        }
+        let mut bytes = [0u8; 32];
+        getrandom::fill(&mut bytes).map_err(|e| Error::internal(format!("no randomness for a join token: {e}")))?;
+        let token = hex::encode(bytes);
+        self.save_token(&token)?;
+        Ok(token)
+    }
+
+    fn save_token(&self, token: &str) -> Result<()> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let tmp = self.token_path.with_extension("tmp");
+        let write = || -> std::io::Result<()> {
+            let mut f = std::fs::OpenOptions::new().create(true).truncate(true).write(true).mode(0o600).open(&tmp)?;
+            f.write_all(token.as_bytes())?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &self.token_path)
+        };
+        write().map_err(|e| Error::internal(format!("{}: {e}", self.token_path.display())))
+    }
+
+    /// Takes the records a member sent: each must verify, and be signed by a member this
+    /// host holds (a leave by the host itself), and be newer than the one held.
+    fn merge(&self, records: Vec<Record>) -> Result<()> {
+        for r in records {
+            if !r.verifies() {
+                tracing::warn!("host record of {} signed by {}: the signature does not verify", r.peer, r.by);
+                continue;
+            }
+            let (newer, authorised) = {
+                let held = self.records.read().expect("records");
+                let newer = held.get(&r.peer).is_none_or(|h| r.stamp() > h.stamp());
+                let by_member = held.get(&r.by).is_some_and(Record::is_member);
+                (newer, by_member || (r.by == r.peer && r.left.is_some()))
+            };
+            if newer && authorised {
+                // a record that says this host left, signed by another: not this host's word
+                if r.peer == self.me() && r.by != r.peer {
+                    continue;
+                }
+                let action = if r.is_member() { "joined" } else { "left" };
+                self.keep(r, action)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn note(&self, peer: &str, status: HostStatus) {
+        self.seen.lock().expect("seen").insert(peer.to_string(), (Instant::now(), status));
+    }
+}
+
+impl Engine {
+    fn hosts_p2p(&self) -> Result<(&crate::p2p::Handle, &Keypair)> {
+        let key = self.hosts.key.get().ok_or_else(|| Error::internal("the host's fabric is not started"))?;
+        Ok((self.host_p2p()?, key))
+    }
+
+    /// This host's capacity and load, as its heartbeat carries them.
+    pub(super) async fn host_status(self: &Arc<Self>) -> HostStatus {
+        let listen = match self.p2p.get() {
+            Some(h) => h.status().await.map(|s| s.listen).unwrap_or_default(),
+            None => Vec::new(),
+        };
+        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+        let mem_kib = |key: &str| {
+            meminfo
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        let disk = nix::sys::statvfs::statvfs(&self.home.root).ok();
+        let loadavg = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+        let vms = self.vms.list();
+        let running = vms.iter().filter(|v| v.state == micro_os_core::vm::VmState::Running).count();
+        let health = {
+            let cached = self.hosts.health.lock().expect("health").clone();
+            match cached {
+                Some((at, h)) if at.elapsed() < HEALTH_EVERY => h,
+                _ => {
+                    let failing: Vec<String> = self
+                        .health()
+                        .await
+                        .into_iter()
+                        .filter(|c| c.status == micro_os_api::types::Severity::Critical)
+                        .map(|c| c.component)
+                        .collect();
+                    let h = if failing.is_empty() { "ok".into() } else { format!("critical: {}", failing.join(", ")) };
+                    *self.hosts.health.lock().expect("health") = Some((Instant::now(), h.clone()));
+                    h
+                }
+            }
+        };
+        HostStatus {
+            addrs: listen,
+            cpus: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
+            memory_bytes: mem_kib("MemTotal:") * 1024,
+            memory_free_bytes: mem_kib("MemAvailable:") * 1024,
+            disk_bytes: disk.as_ref().map_or(0, |d| d.blocks() * d.fragment_size()),
+            disk_free_bytes: disk.as_ref().map_or(0, |d| d.blocks_available() * d.fragment_size()),
+            vms: vms.len() as u32,
+            vms_running: running as u32,
+            load: loadavg.split_whitespace().next().and_then(|l| l.parse().ok()).unwrap_or(0.0),
+            health,
+        }
+    }
+
+    /// `host token`: the token, and the command another host runs to join this one.
+    pub(super) async fn host_token(self: &Arc<Self>) -> Result<HostToken> {
+        let token = self.hosts.token()?;
+        let me = self.hosts.me();
+        let listen = self.host_status().await.addrs;
+        let join = listen.iter().map(|a| format!("{a}/p2p/{me}")).collect();
+        Ok(HostToken { token, peer_id: me, join })
+    }
+
+    /// `host list`: every member, this host first.
+    pub(super) async fn host_list(self: &Arc<Self>) -> Result<Vec<HostInfo>> {
+        let me = self.hosts.me();
+        let mine = self.host_status().await;
+        let seen = self.hosts.seen.lock().expect("seen").clone();
+        let mut out = Vec::new();
+        for r in self.hosts.members() {
+            let joined = chrono::DateTime::from_timestamp_millis(r.joined as i64).unwrap_or_default();
+            let (state, status, last_seen_s) = if r.peer == me {
+                ("this host".to_string(), Some(mine.clone()), Some(0))
+            } else {
+                match seen.get(&r.peer) {
+                    Some((at, s)) => {
+                        let state = if at.elapsed() < UNREACHABLE_AFTER { "up" } else { "unreachable" };
+                        (state.to_string(), Some(s.clone()), Some(at.elapsed().as_secs()))
+                    }
+                    None => ("unreachable".to_string(), None, None),
+                }
+            };
+            out.push(HostInfo {
+                peer_id: r.peer.clone(),
+                state,
+                joined,
+                admitted_by: r.by.clone(),
+                last_seen_s,
+                status,
+            });
+        }
+        out.sort_by_key(|h| h.peer_id != me);
+        Ok(out)
+    }
+
+    /// `host join ADDR --token T`: asks the host at `addr` to admit this one, then takes
+    /// its fabric's list and token.
+    pub(super) async fn host_join(self: &Arc<Self>, addr: &str, token: &str) -> Result<Vec<HostInfo>> {
+        let (p2p, _) = self.hosts_p2p()?;
+        let fix = "copy it from `micro-os host token` on that host";
+        let mut addr: Multiaddr =
+            addr.parse().map_err(|_| Error::invalid(format!("host address {addr:?} is not a multiaddr ({fix})")))?;
+        let Some(Protocol::P2p(peer)) = addr.pop() else {
+            return Err(Error::invalid(format!("host address {addr} does not end in /p2p/<peer id> ({fix})")));
+        };
+        if token.trim().is_empty() {
+            return Err(Error::invalid(format!("the join token is empty ({fix})")));
+        }
+        let me = self.hosts.me();
+        if peer.to_string() == me {
+            return Err(Error::invalid(format!("host address {addr}/p2p/{peer} is this host")));
+        }
+        let others = self.hosts.members().len().saturating_sub(1);
+        if others > 0 {
+            return Err(Error::conflict(format!(
+                "this host is in a fabric of {} hosts already (run `micro-os host leave` first)",
+                others + 1
+            )));
+        }
+        p2p.add_address(peer, addr.clone()).await;
+        let addrs = self.host_status().await.addrs;
+        let proof = hex::encode(proof(token.trim(), &me, &peer.to_string()).finalize().into_bytes());
+        let req = serde_json::to_string(&JoinRequest { proof, addrs }).expect("serialises");
+        let answer = p2p.send_request(peer, JOIN, MessageType::Ctrl, req).await.map_err(|e| match e {
+            micro_os_p2p::Error::Stream(micro_os_p2p::StreamError::Refused(why)) => {
+                Error::invalid(format!("host {peer} refused to admit this host: {why}"))
+            }
+            e => Error::Unavailable(format!("host {peer} at {addr}: {e}")),
+        })?;
+        let answer: JoinAnswer = serde_json::from_slice(&answer)
+            .map_err(|e| Error::internal(format!("host {peer} answered the join with something malformed: {e}")))?;
+        // the list of the host chosen to join: every record signed by one of its members
+        let peers: Vec<&str> = answer.records.iter().map(|r| r.peer.as_str()).collect();
+        if let Some(bad) = answer.records.iter().find(|r| !r.verifies() || !peers.contains(&r.by.as_str())) {
+            return Err(Error::internal(format!("host {peer} sent a record of {} that does not verify", bad.peer)));
+        }
+        if !answer.records.iter().any(|r| r.peer == me && r.is_member()) {
+            return Err(Error::internal(format!("host {peer} answered the join without admitting this host")));
+        }
+        self.hosts.save_token(&answer.token)?;
+        for r in answer.records {
+            let action = if r.is_member() { "joined" } else { "left" };
+            self.hosts.keep(r, action)?;
+        }
+        for r in self.hosts.members() {
+            self.dial_member(&r).await;
+        }
+        self.heartbeat_all().await;
+        self.host_list().await
+    }
+
+    /// `host leave`: tells the members, then stands alone with a new token.
+    pub(super) async fn host_leave(self: &Arc<Self>) -> Result<()> {
+        let (_, key) = self.hosts_p2p()?;
+        let me = self.hosts.me();
+        let others: Vec<Record> = self.hosts.members().into_iter().filter(|r| r.peer != me).collect();
+        if others.is_empty() {
+            return Err(Error::conflict("this host is in no fabric but its own (nothing to leave)"));
+        }
+        let now = now_ms();
+        let joined = self.hosts.records.read().expect("records").get(&me).map_or(now, |r| r.joined);
+        self.hosts.keep(Record::signed(key, &me, Vec::new(), joined, Some(now)), "left")?;
+        self.heartbeat_all().await;
+        // alone from now on: the old fabric's records go, its token too
+        for r in self.hosts.all() {
+            if r.peer != me {
+                let event = Event::new(KIND, &r.peer, &r.peer, "forgotten", "this host left the fabric");
+                tokio::task::block_in_place(|| self.store.delete(KIND, &r.peer, &event))?;
+                self.hosts.records.write().expect("records").remove(&r.peer);
+            }
+        }
+        self.hosts.seen.lock().expect("seen").clear();
+        let _ = std::fs::remove_file(&self.hosts.token_path);
+        self.hosts.keep(Record::signed(key, &me, Vec::new(), now + 1, None), "joined")?;
+        Ok(())
+    }
+
+    async fn dial_member(&self, r: &Record) {
+        let (Some(p2p), Ok(peer)) = (self.p2p.get(), r.peer.parse::<PeerId>()) else { return };
+        let status_addrs = self.hosts.seen.lock().expect("seen").get(&r.peer).map(|s| s.1.addrs.clone());
+        for a in r.addrs.iter().chain(status_addrs.iter().flatten()) {
+            if let Ok(a) = a.parse::<Multiaddr>() {
+                p2p.add_address(peer, a).await;
+            }
+        }
+    }
+
+    /// One heartbeat to every member; their answers merged.
+    async fn heartbeat_all(self: &Arc<Self>) {
+        let me = self.hosts.me();
+        let status = self.host_status().await;
+        let body = serde_json::to_string(&Heartbeat { status, records: self.hosts.all() }).expect("serialises");
+        let Some(p2p) = self.p2p.get() else { return };
+        let mut calls = Vec::new();
+        for r in self.hosts.all().into_iter().filter(|r| r.peer != me) {
+            // a member that left hears of it once more, with this beat
+            let Ok(peer) = r.peer.parse::<PeerId>() else { continue };
+            self.dial_member(&r).await;
+            let body = body.clone();
+            calls.push(async move {
+                let answer = tokio::time::timeout(HEARTBEAT * 2, p2p.send_request(peer, HOST, MessageType::Sync, body));
+                (r.peer, answer.await)
+            });
+        }
+        for (peer, answer) in futures_util::future::join_all(calls).await {
+            match answer {
+                Ok(Ok(bytes)) => match serde_json::from_slice::<Heartbeat>(&bytes) {
+                    Ok(h) => {
+                        self.hosts.note(&peer, h.status);
+                        if let Err(e) = self.hosts.merge(h.records) {
+                            tracing::warn!("host list from {peer}: {e}");
+                        }
+                    }
+                    Err(e) => tracing::warn!("heartbeat answer from {peer} is malformed: {e}"),
+                },
+                Ok(Err(e)) => tracing::debug!("heartbeat to {peer}: {e}"),
+                Err(_) => tracing::debug!("heartbeat to {peer}: no answer"),
+            }
+        }
+    }
+
+    /// Registers the host protocols and beats until the daemon stops.
+    pub(super) fn start_hosts(self: &Arc<Self>, key: Keypair) -> Result<()> {
+        self.hosts.start(key)?;
+        let p2p = self.host_p2p()?;
+        let handler = Arc::new(HostHandler(Arc::downgrade(self)));
+        p2p.register_open(JOIN, handler.clone()).map_err(|e| Error::internal(format!("{JOIN}: {e}")))?;
+        p2p.register(HOST, handler).map_err(|e| Error::internal(format!("{HOST}: {e}")))?;
+        let engine = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(HEARTBEAT).await;
+                let Some(engine) = engine.upgrade() else { return };
+                engine.heartbeat_all().await;
+            }
+        });
+        Ok(())
+    }
+}
+
+/// Answers joins (anyone with a proof of the token) and members' heartbeats.
+struct HostHandler(std::sync::Weak<Engine>);
+
+impl ProtocolHandler for HostHandler {
+    fn handle(&self, request: Request) -> BoxFuture<'_, std::result::Result<Vec<u8>, Refusal>> {
+        Box::pin(async move {
+            let engine = self.0.upgrade().ok_or_else(|| Refusal("the daemon is stopping".into()))?;
+            let peer = request.peer.to_string();
+            if request.protocol == JOIN {
+                return engine.admit(&peer, &request.state).await;
+            }
+            // the policy admits members only; a heartbeat from one that left is still taken,
+            // so it hears of its own leave
+            let beat: Heartbeat =
+                serde_json::from_str(&request.state).map_err(|e| Refusal(format!("malformed heartbeat: {e}")))?;
+            engine.hosts.note(&peer, beat.status);
+            engine.hosts.merge(beat.records).map_err(|e| Refusal(format!("host list: {e}")))?;
+            let status = engine.host_status().await;
+            Ok(serde_json::to_vec(&Heartbeat { status, records: engine.hosts.all() }).expect("serialises"))
+        })
+    }
+}
+
+impl Engine {
+    /// A newcomer's join: its proof must be of this fabric's token.
+    async fn admit(self: &Arc<Self>, peer: &str, state: &str) -> std::result::Result<Vec<u8>, Refusal> {
+        let req: JoinRequest = serde_json::from_str(state).map_err(|e| Refusal(format!("malformed join: {e}")))?;
+        let token = self.hosts.token().map_err(|e| Refusal(e.to_string()))?;
+        let me = self.hosts.me();
+        let given = hex::decode(&req.proof).map_err(|_| Refusal("the join proof is not hex".into()))?;
+        if proof(&token, peer, &me).verify_slice(&given).is_err() {
+            tracing::warn!("host {peer} asked to join with a wrong token");
+            return Err(Refusal(
+                "the join token is not this fabric's (ask its hosts for `micro-os host token`)".into(),
+            ));
+        }
+        let key = self.hosts.key.get().ok_or_else(|| Refusal("the host's fabric is not started".into()))?;
+        let addrs: Vec<String> = req.addrs.into_iter().take(16).collect();
+        let record = Record::signed(key, peer, addrs, now_ms(), None);
+        self.hosts.keep(record, "joined").map_err(|e| Refusal(e.to_string()))?;
+        tracing::info!("host {peer} joined the fabric");
+        Ok(serde_json::to_vec(&JoinAnswer { token, records: self.hosts.all() }).expect("serialises"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_verify_only_as_their_signer_signed_them() {
+        let a = Keypair::generate_ed25519();
+        let b = Keypair::generate_ed25519();
+        let b_id = b.public().to_peer_id().to_string();
+        let r = Record::signed(&a, &b_id, vec!["/ip4/127.0.0.1/tcp/1".into()], 5, None);
+        assert!(r.verifies());
+        assert_eq!(r.by, a.public().to_peer_id().to_string());
+        let mut changed = r.clone();
+        changed.addrs.push("/ip4/10.0.0.1/tcp/1".into());
+        assert!(!changed.verifies(), "the addresses are signed");
+        let mut claimed = r.clone();
+        claimed.by = b_id.clone();
+        assert!(!claimed.verifies(), "the signer is who signed it");
+        let left = Record::signed(&b, &b_id, vec![], 5, Some(9));
+        assert!(left.verifies() && !left.is_member() && left.stamp() > r.stamp());
+    }
+
+    #[test]
+    fn a_proof_is_bound_to_the_token_and_both_peers() {
+        let p = |t: &str, n: &str, m: &str| proof(t, n, m).finalize().into_bytes().to_vec();
+        assert_eq!(p("t", "a", "b"), p("t", "a", "b"));
+        assert_ne!(p("t", "a", "b"), p("u", "a", "b"));
+        assert_ne!(p("t", "a", "b"), p("t", "c", "b"));
+        assert_ne!(p("t", "a", "b"), p("t", "a", "c"));
+        assert!(proof("t", "a", "b").verify_slice(&p("t", "a", "b")).is_ok());
+    }
+}

@@ -1,0 +1,106 @@
+//! Hosts that join into one fabric, end to end: three daemons with homes of their own on
+//! one machine (libp2p on loopback), `host token`, `host join` refused without the token
+//! and accepted with it (at the founder, and at a host that joined — any member admits),
+//! `host list` from each host showing all three up with their capacity, the membership
+//! kept across a `kill -9` of a daemon, and `host leave`.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::Daemon;
+use serde_json::Value;
+
+fn hosts(d: &Daemon) -> Vec<Value> {
+    serde_json::from_str(&d.ok(&["host", "list", "--format", "json"])).unwrap()
+}
+
+/// Waits until `d` lists exactly `peers`, every one up (or this host) with a heartbeat's
+/// capacity.
+fn sees(d: &Daemon, peers: &[String]) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let list = hosts(d);
+        let mut ids: Vec<String> = list.iter().map(|h| h["peer_id"].as_str().unwrap().to_string()).collect();
+        ids.sort();
+        let mut want = peers.to_vec();
+        want.sort();
+        let all_up = list.iter().all(|h| {
+            ["up", "this host"].contains(&h["state"].as_str().unwrap()) && h["status"]["cpus"].as_u64() > Some(0)
+        });
+        if ids == want && all_up {
+            assert_eq!(list[0]["peer_id"], d.peer_id(), "this host comes first");
+            assert_eq!(list[0]["state"], "this host");
+            assert!(list.iter().all(|h| h["status"]["memory_bytes"].as_u64() > Some(0)), "{list:#?}");
+            return;
+        }
+        assert!(Instant::now() < deadline, "{} should see {peers:?}: {list:#?}", d.peer_id());
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+fn token(d: &Daemon) -> (String, String) {
+    let t: Value = serde_json::from_str(&d.ok(&["host", "token", "--format", "json"])).unwrap();
+    (t["token"].as_str().unwrap().to_string(), t["join"][0].as_str().unwrap().to_string())
+}
+
+#[test]
+fn hosts_join_with_the_token_list_each_other_and_leave() {
+    let a = Daemon::start();
+    let mut b = Daemon::start();
+    let c = Daemon::start();
+    let (pa, pb, pc) = (a.peer_id(), b.peer_id(), c.peer_id());
+    // alone, each host is a fabric of one
+    sees(&a, std::slice::from_ref(&pa));
+    let (tok, at_a) = token(&a);
+    assert_eq!(tok.len(), 64);
+    assert!(at_a.ends_with(&format!("/p2p/{pa}")), "{at_a}");
+    let mode = std::fs::metadata(a.home_path().join("host.token")).unwrap();
+    assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o777, 0o600);
+
+    // bad input and a wrong token are refused, and change nothing
+    let e = b.fails(&["host", "join", &at_a, "--token", &"0".repeat(64)], 2);
+    assert!(e.contains("refused to admit this host") && e.contains("not this fabric's"), "{e}");
+    let e = b.fails(&["host", "join", "/ip4/127.0.0.1/tcp/1", "--token", &tok], 2);
+    assert!(e.contains("/p2p/<peer id>"), "{e}");
+    let e = b.fails(&["host", "join", "nonsense", "--token", &tok], 2);
+    assert!(e.contains("is not a multiaddr"), "{e}");
+    sees(&b, std::slice::from_ref(&pb));
+    sees(&a, std::slice::from_ref(&pa));
+
+    // b joins a with the token; c joins through b, which holds the fabric's token now
+    let out = b.ok(&["host", "join", &at_a, "--token", &tok]);
+    assert!(out.contains("joined a fabric of 2 hosts"), "{out}");
+    let (tok_b, at_b) = token(&b);
+    assert_eq!(tok_b, tok, "one fabric, one token");
+    c.ok(&["host", "join", &at_b, "--token", &tok]);
+    let all = vec![pa.clone(), pb.clone(), pc.clone()];
+    for d in [&a, &b, &c] {
+        sees(d, &all);
+    }
+    // a host in a fabric joins no other before it leaves
+    let e = c.fails(&["host", "join", &at_a, "--token", &tok], 4);
+    assert!(e.contains("host leave"), "{e}");
+
+    // the membership survives a kill -9 of a daemon
+    b.kill9();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !hosts(&a).iter().any(|h| h["peer_id"] == pb.as_str() && h["state"] == "unreachable") {
+        assert!(Instant::now() < deadline, "a never saw b unreachable: {:#?}", hosts(&a));
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    b.spawn();
+    for d in [&a, &b, &c] {
+        sees(d, &all);
+    }
+
+    // c leaves: a and b forget it, and c stands alone with a token of its own
+    c.ok(&["host", "leave"]);
+    sees(&c, std::slice::from_ref(&pc));
+    let two = vec![pa.clone(), pb.clone()];
+    sees(&a, &two);
+    sees(&b, &two);
+    assert_ne!(token(&c).0, tok);
+    let e = c.fails(&["host", "leave"], 4);
+    assert!(e.contains("no fabric but its own"), "{e}");
+}
