@@ -308,7 +308,7 @@ mod tests {
     /// Sends one request; returns the status, the body and the actions it dispatched.
     async fn send(method: &str, uri: &str, body: Option<serde_json::Value>) -> (u16, serde_json::Value, Vec<String>) {
         let fake = Arc::new(Fake { seen: Mutex::new(vec![]), reply: daemon });
-        let app = crate::router(fake.clone(), crate::ServerConfig { token: "t".into(), deny: vec![] });
+        let app = crate::router(fake.clone(), crate::ServerConfig { token: "t".into(), deny: vec![], forward: None });
         let req = Request::builder().method(method).uri(uri).header("Authorization", "Bearer t");
         let req = match body {
             Some(b) => req.header("Content-Type", "application/json").body(Body::from(b.to_string())),

@@ -26,4 +26,4 @@ mod vms;
 
 pub use action::{Action, ByteStream, Control, Reply};
 pub use error::{ApiError, ErrorKind, Problem};
-pub use server::{router, ServerConfig};
+pub use server::{router, Forwarder, ServerConfig};

@@ -25,6 +25,28 @@ pub struct ServerConfig {
     /// subnet, unless VMs are allowed to reach the API. Needs the router served with
     /// `ConnectInfo<SocketAddr>`.
     pub deny: Vec<(std::net::Ipv4Addr, u8)>,
+    /// Serves requests that belong to another host of the fabric there (after auth).
+    pub forward: Option<Arc<dyn Forwarder>>,
+}
+
+/// The header that names the host a request is for (a peer id or a unique prefix of one).
+pub const HOST_HEADER: &str = "micro-os-host";
+/// The header a forwarded request carries, so that it is not forwarded again.
+pub const FORWARDED_HEADER: &str = "micro-os-forwarded";
+
+/// Serves a request on another host of the fabric when it belongs there: one named in
+/// [`HOST_HEADER`], or about an object another host holds.
+pub trait Forwarder: Send + Sync + 'static {
+    /// `Ok` with the other host's answer; `Err` gives the request back to be served here.
+    fn forward(&self, req: Request) -> crate::action::BoxFuture<'_, Result<Response, Request>>;
+}
+
+async fn forward(State(f): State<Option<Arc<dyn Forwarder>>>, req: Request, next: Next) -> Response {
+    let Some(f) = f else { return next.run(req).await };
+    match f.forward(req).await {
+        Ok(answer) => answer,
+        Err(req) => next.run(req).await,
+    }
 }
 
 /// JSON body extractor whose rejections are problem+json.
@@ -135,6 +157,7 @@ pub fn router(control: Arc<dyn Control>, cfg: ServerConfig) -> Router {
                 req.uri().path()
             ))
         })
+        .layer(middleware::from_fn_with_state(cfg.forward, forward))
         .layer(middleware::from_fn_with_state(token, auth))
         .layer(middleware::from_fn_with_state(Arc::new(cfg.deny), refuse_networks))
         .layer(middleware::from_fn(refuse_declared_oversize))

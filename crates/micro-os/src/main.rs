@@ -116,7 +116,7 @@ fn run(cli: cli::Cli) -> Result<i32, CliError> {
             }
         }
         Command::Shim { .. } => Err(CliError::usage("the shim is started by the daemon, not by hand")),
-        other => cli::run(cli.api, other),
+        other => cli::run(cli.api, cli.host, other),
     }
 }
 

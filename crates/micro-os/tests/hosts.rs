@@ -104,3 +104,44 @@ fn hosts_join_with_the_token_list_each_other_and_leave() {
     let e = c.fails(&["host", "leave"], 4);
     assert!(e.contains("no fabric but its own"), "{e}");
 }
+
+#[test]
+fn a_vm_is_made_and_driven_on_another_host_from_this_one() {
+    let test = "a_vm_is_made_and_driven_on_another_host_from_this_one";
+    if !common::require(test, common::VMS) {
+        return;
+    }
+    let a = Daemon::start();
+    let b = Daemon::start();
+    let (pa, pb) = (a.peer_id(), b.peer_id());
+    let (tok, at_a) = token(&a);
+    b.ok(&["host", "join", &at_a, "--token", &tok]);
+    sees(&a, &[pa.clone(), pb.clone()]);
+    // a host the fabric does not have
+    let e = a.fails(&["vm", "create", "--host", "12D3KooWnope", "--name", "far", "--memory", "128", "--cpu", "0.5"], 3);
+    assert!(e.contains("is not in this fabric"), "{e}");
+    // made on b from a (a unique prefix of b's peer id will do), started and inspected by name
+    let prefix = &pb[..16];
+    a.ok(&["vm", "create", "--host", prefix, "--name", "far", "--memory", "128", "--cpu", "0.5"]);
+    let on_b: Vec<Value> = serde_json::from_str(&b.ok(&["vm", "list", "--format", "json"])).unwrap();
+    assert_eq!(on_b.len(), 1, "{on_b:#?}");
+    assert_eq!(on_b[0]["name"], "far");
+    let on_a: Vec<Value> = serde_json::from_str(&a.ok(&["vm", "list", "--format", "json"])).unwrap();
+    assert!(on_a.is_empty(), "the VM is b's, not a's: {on_a:#?}");
+    // a learns from b's heartbeat where "far" is, and forwards what names it
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !a.cli(&["vm", "start", "--name", "far"]).status.success() {
+        assert!(Instant::now() < deadline, "a never forwarded `vm start far` to b");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let far: Value = serde_json::from_str(&a.ok(&["vm", "inspect", "far", "--format", "json"])).unwrap();
+    assert_eq!(far["state"], "running", "{far:#?}");
+    let local: Value = serde_json::from_str(&b.ok(&["vm", "inspect", "far", "--format", "json"])).unwrap();
+    assert_eq!(far["id"], local["id"], "the same VM, asked at a and at b");
+    // a request for this host itself is served here
+    let own: Vec<Value> = serde_json::from_str(&a.ok(&["vm", "list", "--host", &pa, "--format", "json"])).unwrap();
+    assert!(own.is_empty());
+    a.ok(&["vm", "rm", "far", "--force"]);
+    let on_b: Vec<Value> = serde_json::from_str(&b.ok(&["vm", "list", "--format", "json"])).unwrap();
+    assert!(on_b.is_empty(), "{on_b:#?}");
+}

@@ -24,6 +24,11 @@ pub struct Cli {
     /// The daemon's API (default http://127.0.0.1:8080).
     #[arg(long, global = true, env = "MICRO_OS_API", value_name = "URL")]
     pub api: Option<String>,
+    /// The host of the fabric the command is for (its peer id or a unique prefix; see
+    /// `micro-os host list`): the daemon forwards the request there. Without it, objects
+    /// are found wherever they are and new ones are made on this host.
+    #[arg(long, global = true, value_name = "PEER")]
+    pub host: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }

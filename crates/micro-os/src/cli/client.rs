@@ -51,21 +51,26 @@ pub type CliResult<T> = Result<T, CliError>;
 pub struct Client {
     base: String,
     token: Option<String>,
+    /// The host of the fabric requests are for (`--host`).
+    host: Option<String>,
     agent: ureq::Agent,
 }
 
 impl Client {
-    pub fn new(api: Option<String>) -> Client {
+    pub fn new(api: Option<String>, host: Option<String>) -> Client {
         let base = api.unwrap_or_else(|| "http://127.0.0.1:8080".into()).trim_end_matches('/').to_string();
         let token =
             std::env::var("MICRO_OS_TOKEN").ok().filter(|t| !t.is_empty()).or_else(|| Home::locate().token().ok());
-        Client { base, token, agent: ureq::AgentBuilder::new().build() }
+        Client { base, token, host, agent: ureq::AgentBuilder::new().build() }
     }
 
     fn request(&self, method: &str, path: &str) -> ureq::Request {
         let mut r = self.agent.request(method, &format!("{}/api/v1{path}", self.base));
         if let Some(t) = &self.token {
             r = r.set("Authorization", &format!("Bearer {t}"));
+        }
+        if let Some(h) = &self.host {
+            r = r.set(micro_os_api::server::HOST_HEADER, h);
         }
         r
     }

@@ -29,8 +29,8 @@ pub fn pick_name(positional: &Option<String>, flag: &Option<String>, what: &str)
     }
 }
 
-pub fn run(api: Option<String>, cmd: Command) -> CliResult<i32> {
-    let client = Client::new(api);
+pub fn run(api: Option<String>, host: Option<String>, cmd: Command) -> CliResult<i32> {
+    let client = Client::new(api, host);
     match cmd {
         Command::Vm(c) => vm::run(&client, c),
         Command::Net(c) => net::run(&client, c),

@@ -58,6 +58,8 @@ pub struct Engine {
     pub monitor: super::monitor::Monitor,
     /// The hosts of this host's fabric.
     pub hosts: super::hosts::Hosts,
+    /// The API's router, which serves the requests members forward here.
+    pub api: std::sync::OnceLock<axum::Router>,
 }
 
 impl super::supervisor::Locks for Engine {
@@ -139,6 +141,7 @@ impl Engine {
             host_peer: std::sync::OnceLock::new(),
             monitor: Default::default(),
             hosts,
+            api: std::sync::OnceLock::new(),
         }))
     }
 

@@ -33,6 +33,8 @@ use micro_os_store::{Event, Store};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
+use micro_os_api::server::{FORWARDED_HEADER, HOST_HEADER};
+
 use super::engine::Engine;
 use super::error::{Error, Result};
 
@@ -40,6 +42,8 @@ use super::error::{Error, Result};
 pub const JOIN: StreamProtocol = StreamProtocol::new("/micro-os/host-join/1");
 /// Where members exchange heartbeats and the membership list.
 pub const HOST: StreamProtocol = StreamProtocol::new("/micro-os/host/1");
+/// Where a member sends an API request that belongs to this host (members only).
+pub const HOST_API: StreamProtocol = StreamProtocol::new("/micro-os/host-api/1");
 /// How often a host sends each member its heartbeat.
 const HEARTBEAT: Duration = Duration::from_secs(2);
 /// A member not heard from for this long is shown unreachable.
@@ -134,6 +138,36 @@ struct JoinAnswer {
 struct Heartbeat {
     status: HostStatus,
     records: Vec<Record>,
+    /// The names of the objects the host holds, so that others forward requests about them.
+    #[serde(default)]
+    names: Names,
+}
+
+/// The VMs, containers and circuits a host holds, by name.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Names {
+    pub vms: Vec<String>,
+    pub containers: Vec<String>,
+    pub circuits: Vec<String>,
+}
+
+/// An API request forwarded to the host it belongs to.
+#[derive(Debug, Serialize, Deserialize)]
+struct Forwarded {
+    method: String,
+    /// Path and query.
+    uri: String,
+    content_type: Option<String>,
+    /// Base64 of the body.
+    body: String,
+}
+
+/// The answer to a [`Forwarded`] request.
+#[derive(Debug, Serialize, Deserialize)]
+struct Answered {
+    status: u16,
+    content_type: Option<String>,
+    body: String,
 }
 
 /// The fabric as this host holds it.
@@ -143,7 +177,7 @@ pub struct Hosts {
     key: OnceLock<Keypair>,
     records: RwLock<HashMap<String, Record>>,
     /// The last heartbeat of each member, and when it came.
-    seen: Mutex<HashMap<String, (Instant, HostStatus)>>,
+    seen: Mutex<HashMap<String, (Instant, HostStatus, Names)>>,
     /// This host's health as its components last said (checked at most every
     /// [`HEALTH_EVERY`]).
     health: Mutex<Option<(Instant, String)>>,
@@ -260,8 +294,36 @@ impl Hosts {
         Ok(())
     }
 
-    fn note(&self, peer: &str, status: HostStatus) {
-        self.seen.lock().expect("seen").insert(peer.to_string(), (Instant::now(), status));
+    fn note(&self, peer: &str, status: HostStatus, names: Names) {
+        self.seen.lock().expect("seen").insert(peer.to_string(), (Instant::now(), status, names));
+    }
+
+    /// The member that holds object `name` of `kind` (`vms`, `containers`, `circuits`), by
+    /// its last heartbeat.
+    fn holder(&self, kind: &str, name: &str) -> Option<String> {
+        let seen = self.seen.lock().expect("seen");
+        let holds = |n: &Names| match kind {
+            "vms" => n.vms.iter().any(|v| v == name),
+            "containers" => n.containers.iter().any(|c| c == name),
+            "circuits" => n.circuits.iter().any(|c| c == name),
+            _ => false,
+        };
+        seen.iter().find(|(p, (_, _, n))| self.is_member(p) && holds(n)).map(|(p, _)| p.clone())
+    }
+
+    /// The member a `--host` names: its peer id or a unique prefix of it (`None`: this host).
+    fn resolve(&self, given: &str) -> Result<Option<PeerId>> {
+        let me = self.me();
+        let found: Vec<Record> = self.members().into_iter().filter(|r| r.peer.starts_with(given)).collect();
+        match found.as_slice() {
+            [r] if r.peer == me => Ok(None),
+            [r] => r.peer.parse().map(Some).map_err(|_| Error::internal(format!("peer id {} is malformed", r.peer))),
+            [] => Err(Error::not_found(format!("host {given:?} is not in this fabric (see `micro-os host list`)"))),
+            _ => Err(Error::invalid(format!(
+                "host {given:?} names {} hosts (give more of the peer id; see `micro-os host list`)",
+                found.len()
+            ))),
+        }
     }
 }
 
@@ -342,7 +404,7 @@ impl Engine {
                 ("this host".to_string(), Some(mine.clone()), Some(0))
             } else {
                 match seen.get(&r.peer) {
-                    Some((at, s)) => {
+                    Some((at, s, _)) => {
                         let state = if at.elapsed() < UNREACHABLE_AFTER { "up" } else { "unreachable" };
                         (state.to_string(), Some(s.clone()), Some(at.elapsed().as_secs()))
                     }
@@ -458,7 +520,8 @@ impl Engine {
     async fn heartbeat_all(self: &Arc<Self>) {
         let me = self.hosts.me();
         let status = self.host_status().await;
-        let body = serde_json::to_string(&Heartbeat { status, records: self.hosts.all() }).expect("serialises");
+        let body = serde_json::to_string(&Heartbeat { status, records: self.hosts.all(), names: self.names() })
+            .expect("serialises");
         let Some(p2p) = self.p2p.get() else { return };
         let mut calls = Vec::new();
         for r in self.hosts.all().into_iter().filter(|r| r.peer != me) {
@@ -475,7 +538,7 @@ impl Engine {
             match answer {
                 Ok(Ok(bytes)) => match serde_json::from_slice::<Heartbeat>(&bytes) {
                     Ok(h) => {
-                        self.hosts.note(&peer, h.status);
+                        self.hosts.note(&peer, h.status, h.names);
                         if let Err(e) = self.hosts.merge(h.records) {
                             tracing::warn!("host list from {peer}: {e}");
                         }
@@ -494,7 +557,8 @@ impl Engine {
         let p2p = self.host_p2p()?;
         let handler = Arc::new(HostHandler(Arc::downgrade(self)));
         p2p.register_open(JOIN, handler.clone()).map_err(|e| Error::internal(format!("{JOIN}: {e}")))?;
-        p2p.register(HOST, handler).map_err(|e| Error::internal(format!("{HOST}: {e}")))?;
+        p2p.register(HOST, handler.clone()).map_err(|e| Error::internal(format!("{HOST}: {e}")))?;
+        p2p.register(HOST_API, handler).map_err(|e| Error::internal(format!("{HOST_API}: {e}")))?;
         let engine = Arc::downgrade(self);
         tokio::spawn(async move {
             loop {
@@ -507,7 +571,8 @@ impl Engine {
     }
 }
 
-/// Answers joins (anyone with a proof of the token) and members' heartbeats.
+/// Answers joins (anyone with a proof of the token), members' heartbeats and the API
+/// requests members forward here.
 struct HostHandler(std::sync::Weak<Engine>);
 
 impl ProtocolHandler for HostHandler {
@@ -518,14 +583,17 @@ impl ProtocolHandler for HostHandler {
             if request.protocol == JOIN {
                 return engine.admit(&peer, &request.state).await;
             }
-            // the policy admits members only; a heartbeat from one that left is still taken,
-            // so it hears of its own leave
+            if request.protocol == HOST_API {
+                return engine.serve_forwarded(&request.state).await;
+            }
+            // the policy admits members only
             let beat: Heartbeat =
                 serde_json::from_str(&request.state).map_err(|e| Refusal(format!("malformed heartbeat: {e}")))?;
-            engine.hosts.note(&peer, beat.status);
+            engine.hosts.note(&peer, beat.status, beat.names);
             engine.hosts.merge(beat.records).map_err(|e| Refusal(format!("host list: {e}")))?;
             let status = engine.host_status().await;
-            Ok(serde_json::to_vec(&Heartbeat { status, records: engine.hosts.all() }).expect("serialises"))
+            let answer = Heartbeat { status, records: engine.hosts.all(), names: engine.names() };
+            Ok(serde_json::to_vec(&answer).expect("serialises"))
         })
     }
 }
@@ -549,6 +617,156 @@ impl Engine {
         self.hosts.keep(record, "joined").map_err(|e| Refusal(e.to_string()))?;
         tracing::info!("host {peer} joined the fabric");
         Ok(serde_json::to_vec(&JoinAnswer { token, records: self.hosts.all() }).expect("serialises"))
+    }
+}
+
+impl Engine {
+    /// The names of what this host holds, for its heartbeat.
+    fn names(&self) -> Names {
+        Names {
+            vms: self.vms.list().into_iter().map(|v| v.spec.name).collect(),
+            containers: self.containers.list().into_iter().map(|c| c.spec.name).collect(),
+            circuits: self.circuits.list().into_iter().map(|c| c.name).collect(),
+        }
+    }
+
+    /// Where a request belongs: the host its [`HOST_HEADER`] names, or the member that
+    /// holds the object its path names when this host does not; `None`: here.
+    fn destination(&self, req: &axum::extract::Request) -> Result<Option<PeerId>> {
+        if req.headers().contains_key(FORWARDED_HEADER) {
+            return Ok(None);
+        }
+        if let Some(h) = req.headers().get(HOST_HEADER) {
+            let h = h.to_str().map_err(|_| Error::invalid("the micro-os-host header is not text"))?;
+            return self.hosts.resolve(h.trim());
+        }
+        // /api/v1/{vms,containers,circuits}/{name}[/...]
+        let mut parts = req.uri().path().trim_start_matches("/api/v1/").splitn(3, '/');
+        let (Some(kind), Some(name)) = (parts.next(), parts.next()) else { return Ok(None) };
+        let name = percent_decode(name);
+        let here = match kind {
+            "vms" => self.vms.find(&name).is_ok(),
+            "containers" => self.containers.find(&name).is_ok(),
+            "circuits" => self.circuits.find(&name).is_ok(),
+            _ => return Ok(None),
+        };
+        if here || name.is_empty() {
+            return Ok(None);
+        }
+        Ok(self.hosts.holder(kind, &name).and_then(|p| p.parse().ok()))
+    }
+
+    /// Sends `req` to `peer` and gives back its answer.
+    async fn forward_to(&self, peer: PeerId, req: axum::extract::Request) -> Result<axum::response::Response> {
+        use base64::Engine as _;
+        let (parts, body) = req.into_parts();
+        let body = axum::body::to_bytes(body, micro_os_api::server::BODY_LIMIT)
+            .await
+            .map_err(|e| Error::invalid(format!("request body: {e}")))?;
+        let content_type =
+            parts.headers.get(axum::http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(String::from);
+        let f = Forwarded {
+            method: parts.method.to_string(),
+            uri: parts.uri.path_and_query().map_or_else(|| parts.uri.path().to_string(), |p| p.to_string()),
+            content_type,
+            body: base64::engine::general_purpose::STANDARD.encode(&body),
+        };
+        let p2p = self.host_p2p()?;
+        let r = self.hosts.records.read().expect("records").get(&peer.to_string()).cloned();
+        if let Some(r) = r {
+            self.dial_member(&r).await;
+        }
+        let answer = p2p
+            .send_request(peer, HOST_API, MessageType::Ctrl, serde_json::to_string(&f).expect("serialises"))
+            .await
+            .map_err(|e| Error::Unavailable(format!("host {peer}: {e}")))?;
+        let a: Answered = serde_json::from_slice(&answer)
+            .map_err(|e| Error::internal(format!("host {peer} answered something malformed: {e}")))?;
+        let body = base64::engine::general_purpose::STANDARD
+            .decode(&a.body)
+            .map_err(|e| Error::internal(format!("host {peer} answered a body that is not base64: {e}")))?;
+        let mut out = axum::response::Response::new(axum::body::Body::from(body));
+        *out.status_mut() = axum::http::StatusCode::from_u16(a.status)
+            .map_err(|_| Error::internal(format!("host {peer} answered status {}", a.status)))?;
+        if let Some(ct) = a.content_type.and_then(|c| axum::http::HeaderValue::from_str(&c).ok()) {
+            out.headers_mut().insert(axum::http::header::CONTENT_TYPE, ct);
+        }
+        Ok(out)
+    }
+
+    /// Serves a request a member forwarded, through this host's own API (its own token).
+    async fn serve_forwarded(&self, state: &str) -> std::result::Result<Vec<u8>, Refusal> {
+        use base64::Engine as _;
+        use tower::ServiceExt;
+        let f: Forwarded = serde_json::from_str(state).map_err(|e| Refusal(format!("malformed request: {e}")))?;
+        let router = self.api.get().cloned().ok_or_else(|| Refusal("the API is not serving yet".into()))?;
+        let body = base64::engine::general_purpose::STANDARD
+            .decode(&f.body)
+            .map_err(|_| Refusal("the request body is not base64".into()))?;
+        let token = self.home.token().map_err(|e| Refusal(e.to_string()))?;
+        let mut req = axum::http::Request::builder()
+            .method(f.method.as_str())
+            .uri(&f.uri)
+            .header(axum::http::header::AUTHORIZATION, format!("Bearer {token}"))
+            .header(FORWARDED_HEADER, "1");
+        if let Some(ct) = &f.content_type {
+            req = req.header(axum::http::header::CONTENT_TYPE, ct);
+        }
+        let req = req.body(axum::body::Body::from(body)).map_err(|e| Refusal(format!("malformed request: {e}")))?;
+        let answer = router.oneshot(req).await.map_err(|e| Refusal(format!("serving it: {e}")))?;
+        let status = answer.status().as_u16();
+        let content_type =
+            answer.headers().get(axum::http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(String::from);
+        // streams that follow (logs --follow) end here at the answer's limit; the CLI asks
+        // the host itself for those
+        let body = axum::body::to_bytes(answer.into_body(), 8 << 20)
+            .await
+            .map_err(|e| Refusal(format!("reading the answer: {e}")))?;
+        let a = Answered { status, content_type, body: base64::engine::general_purpose::STANDARD.encode(&body) };
+        Ok(serde_json::to_vec(&a).expect("serialises"))
+    }
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match (b[i], b.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok())) {
+            (b'%', Some(h)) if u8::from_str_radix(h, 16).is_ok() => {
+                out.push(u8::from_str_radix(h, 16).expect("checked"));
+                i += 3;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Sends requests that belong to another host of the fabric there.
+pub struct Forward(pub std::sync::Weak<Engine>);
+
+impl micro_os_api::Forwarder for Forward {
+    fn forward(
+        &self,
+        req: axum::extract::Request,
+    ) -> micro_os_api::action::BoxFuture<'_, std::result::Result<axum::response::Response, axum::extract::Request>>
+    {
+        Box::pin(async move {
+            use axum::response::IntoResponse;
+            let Some(engine) = self.0.upgrade() else { return Err(req) };
+            match engine.destination(&req) {
+                Ok(None) => Err(req),
+                Ok(Some(peer)) => Ok(match engine.forward_to(peer, req).await {
+                    Ok(answer) => answer,
+                    Err(e) => micro_os_api::ApiError::from(e).into_response(),
+                }),
+                Err(e) => Ok(micro_os_api::ApiError::from(e).into_response()),
+            }
+        })
     }
 }
 

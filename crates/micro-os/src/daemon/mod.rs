@@ -316,7 +316,12 @@ pub fn run(home: Home, cfg: Config) -> anyhow::Result<()> {
             engine.container_count()
         );
         let deny = if cfg.vm_api_access { vec![] } else { vec![(engine.fabric().network, engine.fabric().prefix)] };
-        let app = micro_os_api::router(Arc::new(Daemon(engine)), ServerConfig { token, deny });
+        let forward: Arc<dyn micro_os_api::Forwarder> = Arc::new(hosts::Forward(Arc::downgrade(&engine)));
+        let app = micro_os_api::router(
+            Arc::new(Daemon(engine.clone())),
+            ServerConfig { token, deny, forward: Some(forward) },
+        );
+        let _ = engine.api.set(app.clone());
         // small responses (a stream's last chunk) must not wait for a delayed ACK
         let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
             let _ = tcp.set_nodelay(true);
