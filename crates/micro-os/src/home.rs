@@ -54,6 +54,9 @@ pub struct Config {
     /// Addresses peers reach this host at (a public address, a forwarded port), as
     /// multiaddrs. A relay server needs one; without any, its listen addresses are used.
     pub p2p_external: Vec<String>,
+    /// The fabric's join token (`micro-os host token` on one of its hosts): a host alone
+    /// at start joins the fabric through the `p2p_bootstrap` addresses with it.
+    pub host_token: String,
     /// Seconds between samples of every container, VM and the host.
     pub monitor_interval_s: f64,
     /// Hours raw samples are kept; older ones live on as one-minute averages.
@@ -101,6 +104,7 @@ impl Default for Config {
             p2p_mdns: true,
             p2p_nat: crate::p2p::Nat { autonat: true, relay_server: false, relay_client: false },
             p2p_external: vec![],
+            host_token: String::new(),
             monitor_interval_s: 5.0,
             monitor_raw_hours: 24,
             monitor_minute_days: 30,

@@ -145,3 +145,24 @@ fn a_vm_is_made_and_driven_on_another_host_from_this_one() {
     let on_b: Vec<Value> = serde_json::from_str(&b.ok(&["vm", "list", "--format", "json"])).unwrap();
     assert!(on_b.is_empty(), "{on_b:#?}");
 }
+
+#[test]
+fn a_host_with_the_token_in_its_config_joins_at_start() {
+    let a = Daemon::start();
+    let (tok, at_a) = token(&a);
+    let mut d = Daemon::prepared("127.0.0.1");
+    d.set_config("host_token", Value::String(tok));
+    d.set_config("p2p_bootstrap", serde_json::json!([at_a]));
+    d.spawn();
+    let both = vec![a.peer_id(), d.peer_id()];
+    sees(&a, &both);
+    sees(&d, &both);
+    // a wrong token in the config joins nothing
+    let mut e = Daemon::prepared("127.0.0.1");
+    e.set_config("host_token", Value::String("0".repeat(64)));
+    e.set_config("p2p_bootstrap", serde_json::json!([at_a]));
+    e.spawn();
+    std::thread::sleep(Duration::from_secs(5));
+    sees(&e, &[e.peer_id()]);
+    sees(&a, &both);
+}

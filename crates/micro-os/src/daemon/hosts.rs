@@ -181,6 +181,8 @@ pub struct Hosts {
     /// This host's health as its components last said (checked at most every
     /// [`HEALTH_EVERY`]).
     health: Mutex<Option<(Instant, String)>>,
+    /// Still to join through the config's `host_token` (not after a join or a leave).
+    auto_join: std::sync::atomic::AtomicBool,
 }
 
 impl Hosts {
@@ -193,6 +195,7 @@ impl Hosts {
             records: RwLock::new(records.into_iter().map(|r| (r.peer.clone(), r)).collect()),
             seen: Mutex::default(),
             health: Mutex::default(),
+            auto_join: std::sync::atomic::AtomicBool::new(true),
         })
     }
 
@@ -483,6 +486,7 @@ impl Engine {
     /// `host leave`: tells the members, then stands alone with a new token.
     pub(super) async fn host_leave(self: &Arc<Self>) -> Result<()> {
         let (_, key) = self.hosts_p2p()?;
+        self.hosts.auto_join.store(false, std::sync::atomic::Ordering::Relaxed);
         let me = self.hosts.me();
         let others: Vec<Record> = self.hosts.members().into_iter().filter(|r| r.peer != me).collect();
         if others.is_empty() {
@@ -564,10 +568,34 @@ impl Engine {
             loop {
                 tokio::time::sleep(HEARTBEAT).await;
                 let Some(engine) = engine.upgrade() else { return };
+                engine.join_from_config().await;
                 engine.heartbeat_all().await;
             }
         });
         Ok(())
+    }
+
+    /// With `host_token` in the config, a host alone joins the fabric through the first
+    /// `p2p_bootstrap` address that admits it (tried again at each heartbeat until then).
+    async fn join_from_config(self: &Arc<Self>) {
+        use std::sync::atomic::Ordering;
+        let token = self.cfg.host_token.trim();
+        if token.is_empty() || !self.hosts.auto_join.load(Ordering::Relaxed) {
+            return;
+        }
+        if self.hosts.members().len() > 1 {
+            self.hosts.auto_join.store(false, Ordering::Relaxed);
+            return;
+        }
+        for addr in self.cfg.p2p_bootstrap.iter().filter(|a| a.contains("/p2p/")) {
+            match self.host_join(addr, token).await {
+                Ok(hosts) => {
+                    tracing::info!("joined the fabric of {} hosts through {addr} (host_token)", hosts.len());
+                    return;
+                }
+                Err(e) => tracing::debug!("joining through {addr}: {e}"),
+            }
+        }
     }
 }
 
