@@ -35,6 +35,8 @@ for n in "${names[@]}"; do
       has curl || missing+=("curl (Debian package curl)") ;;
     npm)
       { has npm && has node; } || missing+=("npm (Debian package npm)") ;;
+    tun)
+      [ -e /dev/net/tun ] || missing+=("tun (/dev/net/tun: modprobe tun)") ;;
     promtool)
       has promtool || missing+=("promtool (Debian package prometheus)") ;;
     script)

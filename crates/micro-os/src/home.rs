@@ -57,6 +57,9 @@ pub struct Config {
     /// The fabric's join token (`micro-os host token` on one of its hosts): a host alone
     /// at start joins the fabric through the `p2p_bootstrap` addresses with it.
     pub host_token: String,
+    /// The UDP port of the encrypted overlay between the fabric's hosts (WireGuard in
+    /// userspace); 0 turns the overlay off.
+    pub overlay_port: u16,
     /// Seconds between samples of every container, VM and the host.
     pub monitor_interval_s: f64,
     /// Hours raw samples are kept; older ones live on as one-minute averages.
@@ -105,6 +108,7 @@ impl Default for Config {
             p2p_nat: crate::p2p::Nat { autonat: true, relay_server: false, relay_client: false },
             p2p_external: vec![],
             host_token: String::new(),
+            overlay_port: 51820,
             monitor_interval_s: 5.0,
             monitor_raw_hours: 24,
             monitor_minute_days: 30,

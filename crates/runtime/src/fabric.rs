@@ -74,7 +74,14 @@ impl Fabric {
 
     /// Creates the bridge with the gateway address, if it is not there.
     pub fn ensure_bridge(&self) -> Result<()> {
-        let exists = std::path::Path::new("/sys/class/net").join(&self.bridge).exists();
+        // asked of `ip`, not sysfs: /sys shows the namespace it was mounted in, which need
+        // not be the daemon's
+        let exists = Command::new("ip")
+            .args(["link", "show", "dev", &self.bridge])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
         if !exists {
             ip_batch(
                 None,
@@ -166,7 +173,7 @@ impl Fabric {
         format!("{}/{}", self.network, self.prefix)
     }
 
-    fn overlaps(&self, other: &Fabric) -> bool {
+    pub fn overlaps(&self, other: &Fabric) -> bool {
         let prefix = self.prefix.min(other.prefix);
         let mask = u32::MAX << (32 - prefix);
         u32::from(self.network) & mask == u32::from(other.network) & mask

@@ -151,6 +151,7 @@ pub const REGISTRY: &[Component] = &[
             "p2p_nat",
             "p2p_external",
             "host_token",
+            "overlay_port",
         ],
         validate: |c| c.validate_p2p().map_err(|e| e.to_string()),
         health: |e| {

@@ -60,6 +60,8 @@ pub struct Engine {
     pub hosts: super::hosts::Hosts,
     /// The API's router, which serves the requests members forward here.
     pub api: std::sync::OnceLock<axum::Router>,
+    /// This host's end of the encrypted overlay between the fabric's hosts.
+    pub(super) overlay: super::overlay::Overlay,
 }
 
 impl super::supervisor::Locks for Engine {
@@ -142,6 +144,7 @@ impl Engine {
             monitor: Default::default(),
             hosts,
             api: std::sync::OnceLock::new(),
+            overlay: Default::default(),
         }))
     }
 

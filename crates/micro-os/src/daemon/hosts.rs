@@ -141,6 +141,9 @@ struct Heartbeat {
     /// The names of the objects the host holds, so that others forward requests about them.
     #[serde(default)]
     names: Names,
+    /// Its end of the encrypted overlay (none where the overlay is off).
+    #[serde(default)]
+    overlay: Option<super::overlay::OverlayInfo>,
 }
 
 /// The VMs, containers and circuits a host holds, by name.
@@ -170,6 +173,15 @@ struct Answered {
     body: String,
 }
 
+/// A member's last heartbeat, and when it came.
+#[derive(Debug, Clone)]
+struct Seen {
+    at: Instant,
+    status: HostStatus,
+    names: Names,
+    overlay: Option<super::overlay::OverlayInfo>,
+}
+
 /// The fabric as this host holds it.
 pub struct Hosts {
     store: Arc<Store>,
@@ -177,7 +189,7 @@ pub struct Hosts {
     key: OnceLock<Keypair>,
     records: RwLock<HashMap<String, Record>>,
     /// The last heartbeat of each member, and when it came.
-    seen: Mutex<HashMap<String, (Instant, HostStatus, Names)>>,
+    seen: Mutex<HashMap<String, Seen>>,
     /// This host's health as its components last said (checked at most every
     /// [`HEALTH_EVERY`]).
     health: Mutex<Option<(Instant, String)>>,
@@ -297,8 +309,18 @@ impl Hosts {
         Ok(())
     }
 
-    fn note(&self, peer: &str, status: HostStatus, names: Names) {
-        self.seen.lock().expect("seen").insert(peer.to_string(), (Instant::now(), status, names));
+    fn note(&self, peer: &str, beat: Heartbeat) {
+        let seen = Seen { at: Instant::now(), status: beat.status, names: beat.names, overlay: beat.overlay };
+        self.seen.lock().expect("seen").insert(peer.to_string(), seen);
+    }
+
+    /// The members' ends of the overlay, with their listen addresses.
+    fn overlay_peers(&self) -> Vec<(String, super::overlay::OverlayInfo, Vec<String>)> {
+        let seen = self.seen.lock().expect("seen");
+        seen.iter()
+            .filter(|(p, _)| self.is_member(p))
+            .filter_map(|(p, s)| Some((p.clone(), s.overlay.clone()?, s.status.addrs.clone())))
+            .collect()
     }
 
     /// The member that holds object `name` of `kind` (`vms`, `containers`, `circuits`), by
@@ -311,7 +333,7 @@ impl Hosts {
             "circuits" => n.circuits.iter().any(|c| c == name),
             _ => false,
         };
-        seen.iter().find(|(p, (_, _, n))| self.is_member(p) && holds(n)).map(|(p, _)| p.clone())
+        seen.iter().find(|(p, s)| self.is_member(p) && holds(&s.names)).map(|(p, _)| p.clone())
     }
 
     /// The member a `--host` names: its peer id or a unique prefix of it (`None`: this host).
@@ -407,9 +429,9 @@ impl Engine {
                 ("this host".to_string(), Some(mine.clone()), Some(0))
             } else {
                 match seen.get(&r.peer) {
-                    Some((at, s, _)) => {
-                        let state = if at.elapsed() < UNREACHABLE_AFTER { "up" } else { "unreachable" };
-                        (state.to_string(), Some(s.clone()), Some(at.elapsed().as_secs()))
+                    Some(s) => {
+                        let state = if s.at.elapsed() < UNREACHABLE_AFTER { "up" } else { "unreachable" };
+                        (state.to_string(), Some(s.status.clone()), Some(s.at.elapsed().as_secs()))
                     }
                     None => ("unreachable".to_string(), None, None),
                 }
@@ -512,7 +534,7 @@ impl Engine {
 
     async fn dial_member(&self, r: &Record) {
         let (Some(p2p), Ok(peer)) = (self.p2p.get(), r.peer.parse::<PeerId>()) else { return };
-        let status_addrs = self.hosts.seen.lock().expect("seen").get(&r.peer).map(|s| s.1.addrs.clone());
+        let status_addrs = self.hosts.seen.lock().expect("seen").get(&r.peer).map(|s| s.status.addrs.clone());
         for a in r.addrs.iter().chain(status_addrs.iter().flatten()) {
             if let Ok(a) = a.parse::<Multiaddr>() {
                 p2p.add_address(peer, a).await;
@@ -524,8 +546,8 @@ impl Engine {
     async fn heartbeat_all(self: &Arc<Self>) {
         let me = self.hosts.me();
         let status = self.host_status().await;
-        let body = serde_json::to_string(&Heartbeat { status, records: self.hosts.all(), names: self.names() })
-            .expect("serialises");
+        let beat = Heartbeat { status, records: self.hosts.all(), names: self.names(), overlay: self.overlay_info() };
+        let body = serde_json::to_string(&beat).expect("serialises");
         let Some(p2p) = self.p2p.get() else { return };
         let mut calls = Vec::new();
         for r in self.hosts.all().into_iter().filter(|r| r.peer != me) {
@@ -541,9 +563,10 @@ impl Engine {
         for (peer, answer) in futures_util::future::join_all(calls).await {
             match answer {
                 Ok(Ok(bytes)) => match serde_json::from_slice::<Heartbeat>(&bytes) {
-                    Ok(h) => {
-                        self.hosts.note(&peer, h.status, h.names);
-                        if let Err(e) = self.hosts.merge(h.records) {
+                    Ok(mut h) => {
+                        let records = std::mem::take(&mut h.records);
+                        self.hosts.note(&peer, h);
+                        if let Err(e) = self.hosts.merge(records) {
                             tracing::warn!("host list from {peer}: {e}");
                         }
                     }
@@ -570,6 +593,8 @@ impl Engine {
                 let Some(engine) = engine.upgrade() else { return };
                 engine.join_from_config().await;
                 engine.heartbeat_all().await;
+                let peers = engine.hosts.overlay_peers();
+                tokio::task::block_in_place(|| engine.overlay_sync(&peers));
             }
         });
         Ok(())
@@ -615,12 +640,18 @@ impl ProtocolHandler for HostHandler {
                 return engine.serve_forwarded(&request.state).await;
             }
             // the policy admits members only
-            let beat: Heartbeat =
+            let mut beat: Heartbeat =
                 serde_json::from_str(&request.state).map_err(|e| Refusal(format!("malformed heartbeat: {e}")))?;
-            engine.hosts.note(&peer, beat.status, beat.names);
-            engine.hosts.merge(beat.records).map_err(|e| Refusal(format!("host list: {e}")))?;
+            let records = std::mem::take(&mut beat.records);
+            engine.hosts.note(&peer, beat);
+            engine.hosts.merge(records).map_err(|e| Refusal(format!("host list: {e}")))?;
             let status = engine.host_status().await;
-            let answer = Heartbeat { status, records: engine.hosts.all(), names: engine.names() };
+            let answer = Heartbeat {
+                status,
+                records: engine.hosts.all(),
+                names: engine.names(),
+                overlay: engine.overlay_info(),
+            };
             Ok(serde_json::to_vec(&answer).expect("serialises"))
         })
     }

@@ -13,6 +13,7 @@ mod journal;
 mod logs;
 mod monitor;
 mod nonces;
+mod overlay;
 mod replicas;
 mod supervisor;
 mod table;

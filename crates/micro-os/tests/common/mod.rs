@@ -29,6 +29,8 @@ pub struct Daemon {
     child: Option<Child>,
     /// Variables the daemon gets besides this process's environment.
     pub env: Vec<(String, String)>,
+    /// The network namespace the daemon and its CLI run in (a host of a [`TestNet`]).
+    pub netns: Option<String>,
 }
 
 /// nobody:nogroup on Debian.
@@ -59,7 +61,7 @@ impl Daemon {
             "p2p_listen": ["/ip4/127.0.0.1/tcp/0", "/ip4/127.0.0.1/udp/0/quic-v1"],
         });
         std::fs::write(home.path().join("config.json"), config.to_string()).unwrap();
-        let d = Daemon { home, port, bind: bind.into(), user: None, child: None, env: Vec::new() };
+        let d = Daemon { home, port, bind: bind.into(), user: None, child: None, env: Vec::new(), netns: None };
         d.ok(&["init"]);
         d
     }
@@ -130,7 +132,7 @@ impl Daemon {
         use std::os::unix::process::CommandExt;
         let log =
             std::fs::OpenOptions::new().create(true).append(true).open(self.home.path().join("daemon.log")).unwrap();
-        let mut cmd = Command::new(BIN);
+        let mut cmd = self.command();
         cmd.args(["daemon", "--api-addr", &format!("{}:{}", self.bind, self.port)])
             .env("MICRO_OS_HOME", self.home.path())
             .env("MICRO_OS_LOG", "info")
@@ -146,12 +148,40 @@ impl Daemon {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
-            if ureq::get(&format!("{}/api/v1/health", self.url())).call().is_ok() {
+            let up = match &self.netns {
+                // the API listens in the host's namespace: ask through the CLI there
+                Some(_) => self.cli(&["host", "list"]).status.success(),
+                None => ureq::get(&format!("{}/api/v1/health", self.url())).call().is_ok(),
+            };
+            if up {
                 return;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
         panic!("daemon did not come up: {}", self.log());
+    }
+
+    /// The binary, run in the daemon's network namespace when it has one.
+    fn command(&self) -> Command {
+        match &self.netns {
+            // nsenter, not `ip netns exec`: that remounts /sys, and the cgroup hierarchies
+            // under it with it
+            Some(ns) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net=/run/netns/{ns}")).arg(BIN);
+                c
+            }
+            None => Command::new(BIN),
+        }
+    }
+
+    /// A daemon that runs in host `ns` of a [`TestNet`] at `addr`, its libp2p peer on that
+    /// address (not yet running).
+    pub fn prepared_in(ns: &str, addr: &str) -> Daemon {
+        let mut d = Self::prepared("127.0.0.1");
+        d.netns = Some(ns.to_string());
+        d.set_config("p2p_listen", serde_json::json!([format!("/ip4/{addr}/tcp/0")]));
+        d
     }
 
     pub fn log(&self) -> String {
@@ -180,7 +210,7 @@ impl Daemon {
     }
 
     pub fn cli(&self, args: &[&str]) -> Output {
-        Command::new(BIN)
+        self.command()
             .args(args)
             .env("MICRO_OS_HOME", self.home.path())
             .env("MICRO_OS_API", self.url())
@@ -267,6 +297,8 @@ impl Drop for Daemon {
         std::thread::sleep(Duration::from_millis(200));
         self.kill9();
         let _ = Command::new("ip").args(["link", "del", &self.bridge()]).output();
+        // a killed daemon leaves its overlay device's control socket behind
+        let _ = std::fs::remove_file(format!("/var/run/wireguard/{}w.sock", self.bridge()));
     }
 }
 
@@ -274,4 +306,46 @@ impl Drop for Daemon {
 pub fn ip(args: &[&str]) {
     let o = Command::new("ip").args(args).output().unwrap();
     assert!(o.status.success(), "ip {}: {}", args.join(" "), String::from_utf8_lossy(&o.stderr));
+}
+
+/// Hosts on one machine, each a network namespace joined by a veth to a test bridge that
+/// lives in a namespace of its own: nothing touches the machine's own interfaces, and
+/// nothing is routed off it. Dropped, the namespaces go with everything in them.
+pub struct TestNet {
+    pub bridge_ns: String,
+    pub hosts: Vec<(String, String)>,
+}
+
+impl TestNet {
+    /// `n` hosts at 10.250.0.1, .2, …
+    pub fn new(n: usize) -> TestNet {
+        let tag = free_port();
+        let bridge_ns = format!("mtb{tag}");
+        ip(&["netns", "add", &bridge_ns]);
+        ip(&["-n", &bridge_ns, "link", "add", "br0", "type", "bridge"]);
+        ip(&["-n", &bridge_ns, "link", "set", "br0", "up"]);
+        let mut hosts = Vec::new();
+        for i in 1..=n {
+            let ns = format!("mth{tag}-{i}");
+            let port = format!("p{i}");
+            let addr = format!("10.250.0.{i}");
+            ip(&["netns", "add", &ns]);
+            ip(&["-n", &ns, "link", "add", "eth0", "type", "veth", "peer", "name", &port, "netns", &bridge_ns]);
+            ip(&["-n", &bridge_ns, "link", "set", &port, "master", "br0", "up"]);
+            ip(&["-n", &ns, "addr", "add", &format!("{addr}/24"), "dev", "eth0"]);
+            ip(&["-n", &ns, "link", "set", "eth0", "up"]);
+            ip(&["-n", &ns, "link", "set", "lo", "up"]);
+            hosts.push((ns, addr));
+        }
+        TestNet { bridge_ns, hosts }
+    }
+}
+
+impl Drop for TestNet {
+    fn drop(&mut self) {
+        for (ns, _) in &self.hosts {
+            let _ = Command::new("ip").args(["netns", "del", ns]).output();
+        }
+        let _ = Command::new("ip").args(["netns", "del", &self.bridge_ns]).output();
+    }
 }

@@ -32,6 +32,7 @@ pub enum Need {
     Npm,
     Promtool,
     Script,
+    Tun,
 }
 
 /// What every container test needs: runc makes namespaces, mounts and cgroups.
@@ -56,6 +57,7 @@ impl Need {
         Need::Npm,
         Need::Promtool,
         Need::Script,
+        Need::Tun,
     ];
 
     /// The name in `MICRO_OS_TEST_REQUIRE` and in messages.
@@ -74,6 +76,7 @@ impl Need {
             Need::Npm => "npm",
             Need::Promtool => "promtool",
             Need::Script => "script",
+            Need::Tun => "tun",
         }
     }
 
@@ -93,6 +96,7 @@ impl Need {
             Need::Npm => "node from Debian package npm, then `npm ci` in tests/interop/js (scripts/test.sh does it)",
             Need::Promtool => "Debian package prometheus",
             Need::Script => "Debian package bsdutils",
+            Need::Tun => "the kernel's TUN device, /dev/net/tun (modprobe tun)",
         }
     }
 
@@ -112,6 +116,7 @@ impl Need {
                 .is_ok_and(|s| s.success())
         };
         match self {
+            Need::Tun => Path::new("/dev/net/tun").exists(),
             Need::Root => nix::unistd::geteuid().is_root(),
             Need::Runc => runs("runc", "--version"),
             Need::Busybox => Path::new("/bin/busybox").is_file(),

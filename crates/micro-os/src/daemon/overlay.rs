@@ -1,0 +1,248 @@
+//! The encrypted overlay between the hosts of a fabric: VMs (and the containers on them)
+//! on different hosts reach each other by address through userspace WireGuard.
+//!
+//! Key design decision: each host runs one boringtun device (a TUN interface named after
+//! its VM bridge, so homes on one machine never meet) configured over WireGuard's own
+//! userspace API, like `wg` configures a kernel device. A host's WireGuard public key,
+//! UDP port and VM subnet travel in its heartbeats — the signed, members-only libp2p
+//! channel — so a key is only ever taken from a member. Each member becomes a WireGuard
+//! peer whose allowed IPs are its VM subnet, with a route to that subnet through the
+//! device; each running sandbox VM gets routes to the other hosts' subnets through its
+//! bridge's gateway. There is no unencrypted path between hosts: the host forwards between
+//! its bridge and the device only (`ip_forward` in the daemon's network namespace), and
+//! nothing is masqueraded.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Mutex;
+
+use boringtun::device::{DeviceConfig, DeviceHandle};
+use boringtun::x25519::{PublicKey, StaticSecret};
+use serde::{Deserialize, Serialize};
+
+use super::engine::Engine;
+use super::error::{Error, Result};
+
+/// What a host tells the members about its end of the overlay.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OverlayInfo {
+    /// Hex of its WireGuard public key.
+    pub public_key: String,
+    pub port: u16,
+    /// Its VM subnet (CIDR).
+    pub subnet: String,
+}
+
+/// A member as a WireGuard peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Peer {
+    endpoint: SocketAddr,
+    subnet: String,
+}
+
+/// This host's end of the overlay.
+#[derive(Default)]
+pub struct Overlay {
+    device: Mutex<Option<DeviceHandle>>,
+    /// The peers configured now, by public key.
+    applied: Mutex<BTreeMap<String, Peer>>,
+    /// The other hosts' subnets each VM has a route to, by VM id.
+    routed: Mutex<HashMap<String, Vec<String>>>,
+}
+
+impl Engine {
+    /// The TUN device's name: the bridge's, with a `w` (at most 15 characters).
+    fn overlay_if(&self) -> String {
+        let b: String = self.cfg.vm_bridge.chars().take(14).collect();
+        format!("{b}w")
+    }
+
+    fn overlay_key(&self) -> Result<StaticSecret> {
+        let path = self.home.root.join("overlay.key");
+        if let Ok(hex) = std::fs::read_to_string(&path) {
+            if let Ok(b) = <[u8; 32]>::try_from(hex::decode(hex.trim()).unwrap_or_default().as_slice()) {
+                return Ok(StaticSecret::from(b));
+            }
+        }
+        let mut b = [0u8; 32];
+        getrandom::fill(&mut b).map_err(|e| Error::internal(format!("no randomness for the overlay key: {e}")))?;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| Error::internal(format!("{}: {e}", path.display())))?;
+        f.write_all(hex::encode(b).as_bytes()).map_err(|e| Error::internal(format!("{}: {e}", path.display())))?;
+        Ok(StaticSecret::from(b))
+    }
+
+    /// This host's end, as its heartbeat carries it (`None`: the overlay is off here).
+    pub(super) fn overlay_info(&self) -> Option<OverlayInfo> {
+        if self.cfg.overlay_port == 0 || !nix::unistd::geteuid().is_root() {
+            return None;
+        }
+        let key = self.overlay_key().ok()?;
+        let f = self.fabric();
+        Some(OverlayInfo {
+            public_key: hex::encode(PublicKey::from(&key).as_bytes()),
+            port: self.cfg.overlay_port,
+            subnet: format!("{}/{}", f.network, f.prefix),
+        })
+    }
+
+    /// Talks WireGuard's userspace API to the device: `set=1` and `lines`.
+    fn overlay_set(&self, lines: &str) -> Result<()> {
+        let path = format!("/var/run/wireguard/{}.sock", self.overlay_if());
+        let fail = |e: String| Error::internal(format!("overlay device {}: {e}", self.overlay_if()));
+        let mut s = std::os::unix::net::UnixStream::connect(&path).map_err(|e| fail(format!("{path}: {e}")))?;
+        s.write_all(format!("set=1\n{lines}\n").as_bytes()).map_err(|e| fail(e.to_string()))?;
+        s.shutdown(std::net::Shutdown::Write).map_err(|e| fail(e.to_string()))?;
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).map_err(|e| fail(e.to_string()))?;
+        if answer.trim() != "errno=0" {
+            return Err(fail(format!("the device answered {:?}", answer.trim())));
+        }
+        Ok(())
+    }
+
+    /// Starts the device with this host's key and port, up, and forwarding on.
+    fn overlay_start(&self) -> Result<()> {
+        let name = self.overlay_if();
+        let cfg = DeviceConfig { n_threads: 2, ..DeviceConfig::default() };
+        let handle =
+            DeviceHandle::new(&name, cfg).map_err(|e| Error::internal(format!("overlay device {name}: {e}")))?;
+        *self.overlay.device.lock().expect("overlay") = Some(handle);
+        let key = self.overlay_key()?;
+        self.overlay_set(&format!(
+            "private_key={}\nlisten_port={}\n",
+            hex::encode(key.to_bytes()),
+            self.cfg.overlay_port
+        ))?;
+        ip(&["link", "set", &name, "up"])?;
+        std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
+            .map_err(|e| Error::internal(format!("turning ip_forward on for the overlay: {e}")))?;
+        tracing::info!("overlay device {name} up on udp port {}", self.cfg.overlay_port);
+        Ok(())
+    }
+
+    /// Brings the device, its peers and routes, and the VMs' routes in line with the
+    /// members' last heartbeats.
+    pub(super) fn overlay_sync(&self, members: &[(String, OverlayInfo, Vec<String>)]) {
+        if let Err(e) = self.overlay_sync_inner(members) {
+            tracing::warn!("overlay: {e}");
+        }
+    }
+
+    fn overlay_sync_inner(&self, members: &[(String, OverlayInfo, Vec<String>)]) -> Result<()> {
+        let Some(mine) = self.overlay_info() else { return Ok(()) };
+        let own = micro_os_runtime::fabric::Fabric::parse("x", &mine.subnet)?;
+        let mut want: BTreeMap<String, Peer> = BTreeMap::new();
+        for (peer, info, addrs) in members {
+            let Some(ip) = endpoint_ip(addrs) else { continue };
+            let Ok(theirs) = micro_os_runtime::fabric::Fabric::parse("x", &info.subnet) else { continue };
+            if theirs.overlaps(&own) {
+                tracing::warn!(
+                    "overlay: host {peer}'s vm subnet {} overlaps this host's {}: give each host its own vm_subnet",
+                    info.subnet,
+                    mine.subnet
+                );
+                continue;
+            }
+            want.insert(
+                info.public_key.clone(),
+                Peer { endpoint: SocketAddr::new(ip, info.port), subnet: info.subnet.clone() },
+            );
+        }
+        let started = self.overlay.device.lock().expect("overlay").is_some();
+        if !started {
+            if want.is_empty() {
+                return Ok(());
+            }
+            self.overlay_start()?;
+        }
+        let name = self.overlay_if();
+        let applied = self.overlay.applied.lock().expect("overlay").clone();
+        if applied != want {
+            let mut lines = String::new();
+            for (key, p) in &applied {
+                if !want.contains_key(key) {
+                    lines += &format!("public_key={key}\nremove=true\n");
+                    let _ = ip(&["route", "del", &p.subnet, "dev", &name]);
+                }
+            }
+            for (key, p) in &want {
+                lines += &format!(
+                    "public_key={key}\nendpoint={}\nreplace_allowed_ips=true\nallowed_ip={}\npersistent_keepalive_interval=25\n",
+                    p.endpoint, p.subnet
+                );
+            }
+            self.overlay_set(&lines)?;
+            for p in want.values() {
+                ip(&["route", "replace", &p.subnet, "dev", &name])?;
+            }
+            tracing::info!(
+                "overlay: {} peers ({})",
+                want.len(),
+                want.values().map(|p| p.subnet.as_str()).collect::<Vec<_>>().join(", ")
+            );
+            *self.overlay.applied.lock().expect("overlay") = want.clone();
+        }
+        // each running sandbox VM reaches the other hosts' subnets through its gateway
+        let subnets: Vec<String> = want.values().map(|p| p.subnet.clone()).collect();
+        let gateway = self.fabric().gateway().to_string();
+        let mut routed = self.overlay.routed.lock().expect("overlay");
+        for vm in self.vms.list() {
+            if vm.state != micro_os_core::vm::VmState::Running || vm.spec.driver != micro_os_core::vm::Driver::Sandbox {
+                routed.remove(&vm.id);
+                continue;
+            }
+            if routed.get(&vm.id) == Some(&subnets) {
+                continue;
+            }
+            let ns = micro_os_vmm::netns_name(&vm.id);
+            let mut ok = true;
+            for s in &subnets {
+                ok &= ip(&["-n", &ns, "route", "replace", s, "via", &gateway]).is_ok();
+            }
+            if ok {
+                routed.insert(vm.id.clone(), subnets.clone());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The first routable IPv4 address among a host's libp2p listen addresses.
+fn endpoint_ip(addrs: &[String]) -> Option<IpAddr> {
+    addrs.iter().find_map(|a| {
+        let ip: std::net::Ipv4Addr = a.strip_prefix("/ip4/")?.split('/').next()?.parse().ok()?;
+        (!ip.is_loopback() && !ip.is_unspecified()).then_some(IpAddr::V4(ip))
+    })
+}
+
+fn ip(args: &[&str]) -> Result<()> {
+    let out = std::process::Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| Error::internal(format!("run ip (install iproute2): {e}")))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(Error::internal(format!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_endpoint_is_a_routable_ipv4_listen_address() {
+        let a = |v: &[&str]| endpoint_ip(&v.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        assert_eq!(a(&["/ip4/127.0.0.1/tcp/1", "/ip4/10.250.0.2/tcp/4001"]), Some("10.250.0.2".parse().unwrap()));
+        assert_eq!(a(&["/ip4/0.0.0.0/tcp/1", "/ip6/::1/tcp/1"]), None);
+    }
+}

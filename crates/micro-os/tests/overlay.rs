@@ -1,0 +1,121 @@
+//! The encrypted overlay between hosts, end to end: two hosts, each a daemon with a home of
+//! its own in a network namespace of its own, joined by veth to a test bridge (in a
+//! namespace of its own too: nothing touches the machine's interfaces). After `host join`,
+//! a container on a VM of host A reaches a web server in a container on a VM of host B by
+//! B's VM address, and a capture on the test bridge (host A's port) meanwhile sees
+//! WireGuard's UDP between the hosts and not one packet with a VM's address in the clear.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{require, Daemon, Need, TestNet, VMS};
+use serde_json::Value;
+
+/// Captures on a port of the test bridge (host A's, `p1`: forwarded frames do not pass
+/// the bridge device itself) for a few seconds (AF_PACKET, Python's standard library):
+/// prints one JSON line of what crossed it.
+const CAPTURE: &str = r#"
+import json, socket, struct, sys, time
+nets = [tuple(int(x) for x in n.split('.')[:3]) for n in sys.argv[2].split(',')]
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.ntohs(3))
+s.bind((sys.argv[3], 0))
+s.settimeout(0.2)
+end = time.time() + float(sys.argv[1])
+out = {'frames': 0, 'clear_vm': 0, 'wireguard': 0, 'wireguard_data': 0}
+while time.time() < end:
+    try:
+        f = s.recv(65535)
+    except socket.timeout:
+        continue
+    out['frames'] += 1
+    if len(f) < 34 or f[12:14] != b'\x08\x00':
+        continue
+    ip = f[14:]
+    hl = (ip[0] & 15) * 4
+    src, dst = tuple(ip[12:15]), tuple(ip[16:19])
+    if src in nets or dst in nets:
+        out['clear_vm'] += 1
+    if ip[9] == 17:
+        sport, dport = struct.unpack('!HH', ip[hl:hl + 4])
+        if 51820 in (sport, dport):
+            out['wireguard'] += 1
+            if ip[hl + 8] == 4:
+                out['wireguard_data'] += 1
+print(json.dumps(out))
+"#;
+
+fn subnet_prefix(d: &Daemon) -> String {
+    let cfg: Value =
+        serde_json::from_str(&std::fs::read_to_string(d.home_path().join("config.json")).unwrap()).unwrap();
+    let s = cfg["vm_subnet"].as_str().unwrap();
+    s[..s.rfind('.').unwrap()].to_string()
+}
+
+#[test]
+fn containers_on_two_hosts_reach_each_other_over_the_encrypted_overlay() {
+    let test = "containers_on_two_hosts_reach_each_other_over_the_encrypted_overlay";
+    if !require(test, VMS) || !require(test, &[Need::Tun]) {
+        return;
+    }
+    let net = TestNet::new(2);
+    let mut a = Daemon::prepared_in(&net.hosts[0].0, &net.hosts[0].1);
+    let mut b = Daemon::prepared_in(&net.hosts[1].0, &net.hosts[1].1);
+    a.spawn();
+    b.spawn();
+    let t: Value = serde_json::from_str(&a.ok(&["host", "token", "--format", "json"])).unwrap();
+    let at_a = t["join"][0].as_str().unwrap();
+    assert!(at_a.starts_with("/ip4/10.250.0.1/"), "{at_a}");
+    b.ok(&["host", "join", at_a, "--token", t["token"].as_str().unwrap()]);
+
+    for (d, vm) in [(&a, "va"), (&b, "vb")] {
+        d.ok(&["vm", "create", "--name", vm, "--memory", "128", "--cpu", "0.5"]);
+        d.ok(&["vm", "start", "--name", vm]);
+    }
+    let vb = b.vm("vb")["address"].as_str().unwrap().to_string();
+    b.ok(&[
+        "container",
+        "create",
+        "--name",
+        "srv",
+        "--vm",
+        "vb",
+        "--image",
+        "busybox",
+        "--",
+        "httpd",
+        "-f",
+        "-p",
+        "80",
+        "-h",
+        "/etc",
+    ]);
+    b.ok(&["container", "start", "srv"]);
+
+    // the overlay comes up with the heartbeats: a client on va reaches vb's web server
+    let fetch = format!("printf 'GET /group HTTP/1.0\\r\\n\\r\\n' | nc -w 3 {vb} 80 | tail -1");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let o = a.cli(&["container", "run", "--rm", "--vm", "va", "--image", "busybox", "--", "sh", "-c", &fetch]);
+        if String::from_utf8_lossy(&o.stdout).contains("nogroup:x:65534:") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "va never reached vb over the overlay:\n{}\n{}", a.log(), b.log());
+        std::thread::sleep(Duration::from_secs(1));
+    }
+
+    // the same again with a capture on the test bridge: only WireGuard crosses it
+    let nets = format!("{},{}", subnet_prefix(&a), subnet_prefix(&b));
+    let capture = Command::new("ip")
+        .args(["netns", "exec", &net.bridge_ns, "python3", "-c", CAPTURE, "6", &nets, "p1"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let o = a.cli(&["container", "run", "--rm", "--vm", "va", "--image", "busybox", "--", "sh", "-c", &fetch]);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("nogroup:x:65534:"));
+    let seen: Value = serde_json::from_slice(&capture.wait_with_output().unwrap().stdout).unwrap();
+    assert_eq!(seen["clear_vm"], 0, "VM traffic crossed the hosts' bridge in the clear: {seen}");
+    assert!(seen["wireguard_data"].as_u64() > Some(0), "no WireGuard data packets on the bridge: {seen}");
+}
