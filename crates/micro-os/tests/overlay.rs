@@ -4,6 +4,8 @@
 //! a container on a VM of host A reaches a web server in a container on a VM of host B by
 //! B's VM address, and a capture on the test bridge (host A's port) meanwhile sees
 //! WireGuard's UDP between the hosts and not one packet with a VM's address in the clear.
+//! And reference-chain nodes on VMs of two hosts find each other (the daemons' heartbeats
+//! name them; a node starting is seeded with the others) and converge over the overlay.
 
 mod common;
 
@@ -118,4 +120,48 @@ fn containers_on_two_hosts_reach_each_other_over_the_encrypted_overlay() {
     let seen: Value = serde_json::from_slice(&capture.wait_with_output().unwrap().stdout).unwrap();
     assert_eq!(seen["clear_vm"], 0, "VM traffic crossed the hosts' bridge in the clear: {seen}");
     assert!(seen["wireguard_data"].as_u64() > Some(0), "no WireGuard data packets on the bridge: {seen}");
+}
+
+#[test]
+fn chain_nodes_on_two_hosts_find_each_other_and_converge() {
+    let test = "chain_nodes_on_two_hosts_find_each_other_and_converge";
+    if !require(test, VMS) || !require(test, &[Need::Tun]) {
+        return;
+    }
+    let net = TestNet::new(2);
+    let mut a = Daemon::prepared_in(&net.hosts[0].0, &net.hosts[0].1);
+    let mut b = Daemon::prepared_in(&net.hosts[1].0, &net.hosts[1].1);
+    a.spawn();
+    b.spawn();
+    let t: Value = serde_json::from_str(&a.ok(&["host", "token", "--format", "json"])).unwrap();
+    b.ok(&["host", "join", t["join"][0].as_str().unwrap(), "--token", t["token"].as_str().unwrap()]);
+    // a mining node on host A; a full node on host B, started once A's heartbeat named
+    // A's node, is seeded with it and syncs over the overlay
+    a.ok(&["vm", "create", "--name", "chain-a", "--memory", "384", "--cpu", "1"]);
+    a.ok(&["vm", "start", "--name", "chain-a"]);
+    a.ok(&["container", "create", "--name", "node-a", "--template", "blockchain-full-node", "--vm", "chain-a"]);
+    a.ok(&["container", "config", "node-a", "--mine", "true"]);
+    a.ok(&["container", "start", "--name", "node-a"]);
+    b.ok(&["vm", "create", "--name", "chain-b", "--memory", "384", "--cpu", "1"]);
+    b.ok(&["vm", "start", "--name", "chain-b"]);
+    b.ok(&["container", "create", "--name", "node-b", "--template", "blockchain-full-node", "--vm", "chain-b"]);
+    std::thread::sleep(Duration::from_secs(5));
+    b.ok(&["container", "start", "--name", "node-b"]);
+    let status = |d: &Daemon, n: &str| -> Option<Value> {
+        let o = d.cli(&["chain", "status", "--container", n, "--format", "json"]);
+        o.status.success().then(|| serde_json::from_slice(&o.stdout).unwrap())
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let (sa, sb) = (status(&a, "node-a"), status(&b, "node-b"));
+        let tip = |s: &Option<Value>| s.as_ref().map(|s| (s["height"].as_u64().unwrap_or(0), s["tip"].clone()));
+        if let (Some((ha, ta)), Some((hb, tb))) = (tip(&sa), tip(&sb)) {
+            if ha >= 5 && ha == hb && ta == tb {
+                assert!(sb.unwrap()["peers"].as_u64() >= Some(1));
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "the nodes on two hosts did not converge: {sa:?} {sb:?}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
 }

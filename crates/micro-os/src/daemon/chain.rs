@@ -41,23 +41,44 @@ impl Engine {
     }
 
     /// Where the other reference-chain nodes of `c`'s network listen, as multiaddrs: those
-    /// running on VMs (a VM's address is on the VM bridge, which every VM reaches) — the
-    /// seeds `c` dials when it starts, like Bitcoin Core's `-addnode`.
+    /// running on VMs of this host (a VM's address is on the VM bridge, which every VM
+    /// reaches) and of the fabric's other hosts (reached over the overlay) — the seeds `c`
+    /// dials when it starts, like Bitcoin Core's `-addnode`.
     pub(super) fn chain_seeds(&self, c: &Container) -> Vec<String> {
+        let network = c.spec.config.get("network").cloned().unwrap_or_else(|| "devnet".into());
+        let mut seeds: Vec<String> = self
+            .chain_nodes_except(Some(&c.id), c.spec.vm.as_deref())
+            .into_iter()
+            .chain(self.fabric_chain_nodes())
+            .filter(|(n, _)| *n == network)
+            .map(|(_, a)| a)
+            .collect();
+        seeds.dedup();
+        seeds
+    }
+
+    /// This host's running reference-chain nodes on VMs: (network, multiaddr of their P2P
+    /// port on the VM's address).
+    pub(super) fn local_chain_nodes(&self) -> Vec<(String, String)> {
+        self.chain_nodes_except(None, None)
+    }
+
+    fn chain_nodes_except(&self, container: Option<&str>, vm: Option<&str>) -> Vec<(String, String)> {
         let network = |x: &Container| x.spec.config.get("network").cloned().unwrap_or_else(|| "devnet".into());
-        let Ok(params) = micro_os_chain::params::Params::by_name(&network(c)) else { return Vec::new() };
         self.containers
             .filter(|x| {
-                x.id != c.id
+                Some(x.id.as_str()) != container
                     && x.spec.image == NODE_IMAGE
                     && x.state == ContainerState::Running
                     && x.spec.vm.is_some()
-                    && network(x) == network(c)
             })
             .into_iter()
-            .filter_map(|x| self.vms.get(x.spec.vm.as_deref()?))
-            .filter(|vm| Some(&vm.id) != c.spec.vm.as_ref())
-            .map(|vm| format!("/ip4/{}/tcp/{}", vm.address, params.p2p_port))
+            .filter_map(|x| {
+                let vm_of = self.vms.get(x.spec.vm.as_deref()?)?;
+                let params = micro_os_chain::params::Params::by_name(&network(&x)).ok()?;
+                (Some(vm_of.id.as_str()) != vm)
+                    .then(|| (network(&x), format!("/ip4/{}/tcp/{}", vm_of.address, params.p2p_port)))
+            })
             .collect()
     }
 

@@ -152,6 +152,10 @@ pub struct Names {
     pub vms: Vec<String>,
     pub containers: Vec<String>,
     pub circuits: Vec<String>,
+    /// Its running reference-chain nodes on VMs: (network, multiaddr), for the nodes of
+    /// other hosts to dial over the overlay.
+    #[serde(default)]
+    pub chain_nodes: Vec<(String, String)>,
 }
 
 /// An API request forwarded to the host it belongs to.
@@ -686,7 +690,18 @@ impl Engine {
             vms: self.vms.list().into_iter().map(|v| v.spec.name).collect(),
             containers: self.containers.list().into_iter().map(|c| c.spec.name).collect(),
             circuits: self.circuits.list().into_iter().map(|c| c.name).collect(),
+            chain_nodes: self.local_chain_nodes(),
         }
+    }
+
+    /// The reference-chain nodes the other hosts of the fabric run on VMs: (network,
+    /// multiaddr), by their last heartbeats.
+    pub(super) fn fabric_chain_nodes(&self) -> Vec<(String, String)> {
+        let seen = self.hosts.seen.lock().expect("seen");
+        seen.iter()
+            .filter(|(p, _)| self.hosts.is_member(p))
+            .flat_map(|(_, s)| s.names.chain_nodes.iter().cloned())
+            .collect()
     }
 
     /// Where a request belongs: the host its [`HOST_HEADER`] names, or the member that
