@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # micro-os benchmarks: each runs our code and its named peer in the same run and reports
-# the ratio. Usage (as root): bash bench/run.sh [lifecycle|api|rss|vm|verify|p2p|monitor|circuit|chain|chain-sync|validators|hosts|all]
+# the ratio. Usage (as root): bash bench/run.sh [lifecycle|api|rss|vm|verify|p2p|monitor|circuit|chain|chain-sync|validators|hosts|overlay|all]
 # (chain-sync and validators take minutes: they run only when named, not in `all`)
 # Needs hyperfine, wrk and podman (installed here if missing); builds the release binary
 # unless BIN names one.
@@ -201,6 +201,12 @@ if [ "$what" = hosts ] || [ "$what" = all ]; then
   # Issue 13: `vm inspect` of a VM on another host, forwarded over libp2p, against the same
   # request at that host itself (bench/hosts.py; knob HOSTS_RUNS)
   BIN=$BIN WORK=$WORK python3 bench/hosts.py
+fi
+
+if [ "$what" = overlay ]; then
+  # Issue 13: the encrypted overlay between two hosts against the bare veth path
+  # (bench/overlay.sh; knob OVERLAY_SECS)
+  BIN=$BIN WORK=$WORK bash bench/overlay.sh
 fi
 
 if [ "$what" = chain-sync ]; then

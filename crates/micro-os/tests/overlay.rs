@@ -120,6 +120,10 @@ fn containers_on_two_hosts_reach_each_other_over_the_encrypted_overlay() {
     let seen: Value = serde_json::from_slice(&capture.wait_with_output().unwrap().stdout).unwrap();
     assert_eq!(seen["clear_vm"], 0, "VM traffic crossed the hosts' bridge in the clear: {seen}");
     assert!(seen["wireguard_data"].as_u64() > Some(0), "no WireGuard data packets on the bridge: {seen}");
+    // the overlay's device leaves the daemon's signals alone: SIGTERM still stops it
+    let (status, took) = a.terminate();
+    assert!(status.success() && took < Duration::from_secs(10), "{status:?} after {took:?}");
+    a.spawn();
 }
 
 #[test]

@@ -3,7 +3,7 @@
 //!
 //! Key design decision: each host runs one boringtun device (a TUN interface named after
 //! its VM bridge, so homes on one machine never meet) configured over WireGuard's own
-//! userspace API, like `wg` configures a kernel device. A host's WireGuard public key,
+//! userspace API (on a socket pair), like `wg` configures a kernel device. A host's WireGuard public key,
 //! UDP port and VM subnet travel in its heartbeats — the signed, members-only libp2p
 //! channel — so a key is only ever taken from a member. Each member becomes a WireGuard
 //! peer whose allowed IPs are its VM subnet, with a route to that subnet through the
@@ -45,6 +45,8 @@ struct Peer {
 #[derive(Default)]
 pub struct Overlay {
     device: Mutex<Option<DeviceHandle>>,
+    /// This end of the device's control connection (WireGuard's userspace API).
+    control: Mutex<Option<std::os::unix::net::UnixStream>>,
     /// The peers configured now, by public key.
     applied: Mutex<BTreeMap<String, Peer>>,
     /// The other hosts' subnets each VM has a route to, by VM id.
@@ -93,15 +95,24 @@ impl Engine {
         })
     }
 
-    /// Talks WireGuard's userspace API to the device: `set=1` and `lines`.
+    /// Talks WireGuard's userspace API to the device: `set=1` and `lines`, then its
+    /// `errno=…` and a blank line.
     fn overlay_set(&self, lines: &str) -> Result<()> {
-        let path = format!("/var/run/wireguard/{}.sock", self.overlay_if());
         let fail = |e: String| Error::internal(format!("overlay device {}: {e}", self.overlay_if()));
-        let mut s = std::os::unix::net::UnixStream::connect(&path).map_err(|e| fail(format!("{path}: {e}")))?;
+        let mut control = self.overlay.control.lock().expect("overlay");
+        let s = control.as_mut().ok_or_else(|| fail("not started".into()))?;
+        s.set_read_timeout(Some(std::time::Duration::from_secs(5))).map_err(|e| fail(e.to_string()))?;
         s.write_all(format!("set=1\n{lines}\n").as_bytes()).map_err(|e| fail(e.to_string()))?;
-        s.shutdown(std::net::Shutdown::Write).map_err(|e| fail(e.to_string()))?;
-        let mut answer = String::new();
-        s.read_to_string(&mut answer).map_err(|e| fail(e.to_string()))?;
+        let mut answer = Vec::new();
+        let mut byte = [0u8; 1];
+        while !answer.ends_with(b"\n\n") {
+            match s.read(&mut byte) {
+                Ok(1) => answer.push(byte[0]),
+                Ok(_) => return Err(fail("the device closed its control connection".into())),
+                Err(e) => return Err(fail(e.to_string())),
+            }
+        }
+        let answer = String::from_utf8_lossy(&answer);
         if answer.trim() != "errno=0" {
             return Err(fail(format!("the device answered {:?}", answer.trim())));
         }
@@ -110,11 +121,17 @@ impl Engine {
 
     /// Starts the device with this host's key and port, up, and forwarding on.
     fn overlay_start(&self) -> Result<()> {
+        use std::os::fd::IntoRawFd;
         let name = self.overlay_if();
-        let cfg = DeviceConfig { n_threads: 2, ..DeviceConfig::default() };
+        // the control connection is a socket pair, not boringtun's socket file: that one
+        // comes with SIGINT and SIGTERM handlers of its own, which would take the daemon's
+        let (mine, theirs) = std::os::unix::net::UnixStream::pair()
+            .map_err(|e| Error::internal(format!("overlay device {name}: a control socket: {e}")))?;
+        let cfg = DeviceConfig { n_threads: 2, uapi_fd: theirs.into_raw_fd(), ..DeviceConfig::default() };
         let handle =
             DeviceHandle::new(&name, cfg).map_err(|e| Error::internal(format!("overlay device {name}: {e}")))?;
         *self.overlay.device.lock().expect("overlay") = Some(handle);
+        *self.overlay.control.lock().expect("overlay") = Some(mine);
         let key = self.overlay_key()?;
         self.overlay_set(&format!(
             "private_key={}\nlisten_port={}\n",

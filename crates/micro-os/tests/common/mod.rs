@@ -297,8 +297,6 @@ impl Drop for Daemon {
         std::thread::sleep(Duration::from_millis(200));
         self.kill9();
         let _ = Command::new("ip").args(["link", "del", &self.bridge()]).output();
-        // a killed daemon leaves its overlay device's control socket behind
-        let _ = std::fs::remove_file(format!("/var/run/wireguard/{}w.sock", self.bridge()));
     }
 }
 
