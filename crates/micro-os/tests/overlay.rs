@@ -2,7 +2,7 @@
 //! its own in a network namespace of its own, joined by veth to a test bridge (in a
 //! namespace of its own too: nothing touches the machine's interfaces). After `host join`,
 //! a container on a VM of host A reaches a web server in a container on a VM of host B by
-//! B's VM address, and a capture on the test bridge (host A's port) meanwhile sees
+//! B's VM address (TCP; and a UDP datagram crosses too), and a capture on the test bridge (host A's port) meanwhile sees
 //! WireGuard's UDP between the hosts and not one packet with a VM's address in the clear.
 //! And reference-chain nodes on VMs of two hosts find each other (the daemons' heartbeats
 //! name them; a node starting is seeded with the others) and converge over the overlay.
@@ -120,6 +120,26 @@ fn containers_on_two_hosts_reach_each_other_over_the_encrypted_overlay() {
     let seen: Value = serde_json::from_slice(&capture.wait_with_output().unwrap().stdout).unwrap();
     assert_eq!(seen["clear_vm"], 0, "VM traffic crossed the hosts' bridge in the clear: {seen}");
     assert!(seen["wireguard_data"].as_u64() > Some(0), "no WireGuard data packets on the bridge: {seen}");
+    // UDP too, between the VMs' network namespaces (where their containers run): a
+    // datagram from va reaches a listener on vb
+    let ns_of = |d: &Daemon, vm: &str| format!("mos-{}", &d.vm(vm)["id"].as_str().unwrap()[..12]);
+    let listener = Command::new("ip")
+        .args(["netns", "exec", &ns_of(&b, "vb"), "python3", "-c"])
+        .arg(
+            "import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(('0.0.0.0', 9000)); \
+             s.settimeout(20); print(s.recvfrom(100)[0].decode())",
+        )
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let send = format!(
+        "import socket; socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b'hello over udp', ('{vb}', 9000))"
+    );
+    let sent = Command::new("ip").args(["netns", "exec", &ns_of(&a, "va"), "python3", "-c", &send]).status().unwrap();
+    assert!(sent.success());
+    let got = listener.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&got.stdout).trim(), "hello over udp");
     // the overlay's device leaves the daemon's signals alone: SIGTERM still stops it
     let (status, took) = a.terminate();
     assert!(status.success() && took < Duration::from_secs(10), "{status:?} after {took:?}");
