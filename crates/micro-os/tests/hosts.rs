@@ -138,6 +138,17 @@ fn a_vm_is_made_and_driven_on_another_host_from_this_one() {
     assert_eq!(far["state"], "running", "{far:#?}");
     let local: Value = serde_json::from_str(&b.ok(&["vm", "inspect", "far", "--format", "json"])).unwrap();
     assert_eq!(far["id"], local["id"], "the same VM, asked at a and at b");
+    // so does a monitor query that names it (once b's collector sampled it)
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let o = a.cli(&["monitor", "resources", "--vm", "far", "--format", "json"]);
+        let rows: Vec<Value> = serde_json::from_slice(&o.stdout).unwrap_or_default();
+        if o.status.success() && rows.iter().any(|r| r.to_string().contains(far["id"].as_str().unwrap())) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "a never showed far's resources: {}", String::from_utf8_lossy(&o.stderr));
+        std::thread::sleep(Duration::from_millis(500));
+    }
     // a request for this host itself is served here
     let own: Vec<Value> = serde_json::from_str(&a.ok(&["vm", "list", "--host", &pa, "--format", "json"])).unwrap();
     assert!(own.is_empty());

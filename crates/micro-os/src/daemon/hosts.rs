@@ -714,10 +714,23 @@ impl Engine {
             let h = h.to_str().map_err(|_| Error::invalid("the micro-os-host header is not text"))?;
             return self.hosts.resolve(h.trim());
         }
-        // /api/v1/{vms,containers,circuits}/{name}[/...]
-        let mut parts = req.uri().path().trim_start_matches("/api/v1/").splitn(3, '/');
-        let (Some(kind), Some(name)) = (parts.next(), parts.next()) else { return Ok(None) };
-        let name = percent_decode(name);
+        // /api/v1/{vms,containers,circuits}/{name}[/...], or a monitor query naming a
+        // container or a VM (?container=N, ?vm=N)
+        let path = req.uri().path().trim_start_matches("/api/v1/");
+        let (kind, name) = if path.starts_with("monitor/") {
+            let query = req.uri().query().unwrap_or_default();
+            let param =
+                |key: &str| query.split('&').find_map(|kv| kv.strip_prefix(key)?.strip_prefix('=').map(percent_decode));
+            match (param("container"), param("vm")) {
+                (Some(c), _) => ("containers", c),
+                (None, Some(v)) => ("vms", v),
+                _ => return Ok(None),
+            }
+        } else {
+            let mut parts = path.splitn(3, '/');
+            let (Some(kind), Some(name)) = (parts.next(), parts.next()) else { return Ok(None) };
+            (kind, percent_decode(name))
+        };
         let here = match kind {
             "vms" => self.vms.find(&name).is_ok(),
             "containers" => self.containers.find(&name).is_ok(),
