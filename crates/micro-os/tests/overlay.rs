@@ -55,11 +55,11 @@ fn subnet_prefix(d: &Daemon) -> String {
     s[..s.rfind('.').unwrap()].to_string()
 }
 
-#[test]
-fn containers_on_two_hosts_reach_each_other_over_the_encrypted_overlay() {
-    let test = "containers_on_two_hosts_reach_each_other_over_the_encrypted_overlay";
+/// Two hosts of a [`TestNet`], each a daemon in its namespace, B joined to A's fabric;
+/// `None` when the machine lacks what they need (the test then says it skips).
+fn two_joined_hosts(test: &str) -> Option<(TestNet, Daemon, Daemon)> {
     if !require(test, VMS) || !require(test, &[Need::Tun]) {
-        return;
+        return None;
     }
     let net = TestNet::new(2);
     let mut a = Daemon::prepared_in(&net.hosts[0].0, &net.hosts[0].1);
@@ -70,6 +70,15 @@ fn containers_on_two_hosts_reach_each_other_over_the_encrypted_overlay() {
     let at_a = t["join"][0].as_str().unwrap();
     assert!(at_a.starts_with("/ip4/10.250.0.1/"), "{at_a}");
     b.ok(&["host", "join", at_a, "--token", t["token"].as_str().unwrap()]);
+    Some((net, a, b))
+}
+
+#[test]
+fn containers_on_two_hosts_reach_each_other_over_the_encrypted_overlay() {
+    let Some((net, mut a, b)) = two_joined_hosts("containers_on_two_hosts_reach_each_other_over_the_encrypted_overlay")
+    else {
+        return;
+    };
 
     for (d, vm) in [(&a, "va"), (&b, "vb")] {
         d.ok(&["vm", "create", "--name", vm, "--memory", "128", "--cpu", "0.5"]);
@@ -148,17 +157,9 @@ fn containers_on_two_hosts_reach_each_other_over_the_encrypted_overlay() {
 
 #[test]
 fn chain_nodes_on_two_hosts_find_each_other_and_converge() {
-    let test = "chain_nodes_on_two_hosts_find_each_other_and_converge";
-    if !require(test, VMS) || !require(test, &[Need::Tun]) {
+    let Some((_net, a, b)) = two_joined_hosts("chain_nodes_on_two_hosts_find_each_other_and_converge") else {
         return;
-    }
-    let net = TestNet::new(2);
-    let mut a = Daemon::prepared_in(&net.hosts[0].0, &net.hosts[0].1);
-    let mut b = Daemon::prepared_in(&net.hosts[1].0, &net.hosts[1].1);
-    a.spawn();
-    b.spawn();
-    let t: Value = serde_json::from_str(&a.ok(&["host", "token", "--format", "json"])).unwrap();
-    b.ok(&["host", "join", t["join"][0].as_str().unwrap(), "--token", t["token"].as_str().unwrap()]);
+    };
     // a mining node on host A; a full node on host B, started once A's heartbeat named
     // A's node, is seeded with it and syncs over the overlay
     a.ok(&["vm", "create", "--name", "chain-a", "--memory", "384", "--cpu", "1"]);
