@@ -106,15 +106,18 @@ fn containers_on_two_hosts_reach_each_other_over_the_encrypted_overlay() {
 
     // the overlay comes up with the heartbeats: a client on va reaches vb's web server
     let fetch = format!("printf 'GET /group HTTP/1.0\\r\\n\\r\\n' | nc -w 3 {vb} 80 | tail -1");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let o = a.cli(&["container", "run", "--rm", "--vm", "va", "--image", "busybox", "--", "sh", "-c", &fetch]);
-        if String::from_utf8_lossy(&o.stdout).contains("nogroup:x:65534:") {
-            break;
+    let reaches = |a: &Daemon, b: &Daemon, when: &str| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let o = a.cli(&["container", "run", "--rm", "--vm", "va", "--image", "busybox", "--", "sh", "-c", &fetch]);
+            if String::from_utf8_lossy(&o.stdout).contains("nogroup:x:65534:") {
+                return;
+            }
+            assert!(Instant::now() < deadline, "va never reached vb {when}:\n{}\n{}", a.log(), b.log());
+            std::thread::sleep(Duration::from_secs(1));
         }
-        assert!(Instant::now() < deadline, "va never reached vb over the overlay:\n{}\n{}", a.log(), b.log());
-        std::thread::sleep(Duration::from_secs(1));
-    }
+    };
+    reaches(&a, &b, "over the overlay");
 
     // the same again with a capture on the test bridge: only WireGuard crosses it
     let nets = format!("{},{}", subnet_prefix(&a), subnet_prefix(&b));
@@ -153,6 +156,10 @@ fn containers_on_two_hosts_reach_each_other_over_the_encrypted_overlay() {
     let (status, took) = a.terminate();
     assert!(status.success() && took < Duration::from_secs(10), "{status:?} after {took:?}");
     a.spawn();
+    // a host's daemon killed and restarted: its VMs ran on, the overlay comes back with it
+    a.kill9();
+    a.spawn();
+    reaches(&a, &b, "after host A's daemon was killed and restarted");
 }
 
 #[test]
