@@ -1,9 +1,11 @@
-//! The encrypted overlay between hosts, end to end: two hosts, each a daemon with a home of
-//! its own in a network namespace of its own, joined by veth to a test bridge (in a
-//! namespace of its own too: nothing touches the machine's interfaces). After `host join`,
-//! a container on a VM of host A reaches a web server in a container on a VM of host B by
-//! B's VM address (TCP; and a UDP datagram crosses too), and a capture on the test bridge (host A's port) meanwhile sees
-//! WireGuard's UDP between the hosts and not one packet with a VM's address in the clear.
+//! The encrypted overlay between hosts, end to end: three hosts, each a daemon with a home
+//! of its own in a network namespace of its own, joined by veth to a test bridge (in a
+//! namespace of its own too: nothing touches the machine's interfaces), each joined to the
+//! fabric through the host before it. Each lists the three; a container on a VM of host A
+//! (and of host C) reaches a web server in a container on a VM of host B by B's VM address
+//! (TCP; and a UDP datagram crosses too), and a capture on the test bridge (host A's port)
+//! meanwhile sees WireGuard's UDP between the hosts and not one packet with a VM's address
+//! in the clear. Host A's daemon is stopped, killed and restarted: the overlay comes back.
 //! And reference-chain nodes on VMs of two hosts find each other (the daemons' heartbeats
 //! name them; a node starting is seeded with the others) and converge over the overlay.
 
@@ -55,32 +57,48 @@ fn subnet_prefix(d: &Daemon) -> String {
     s[..s.rfind('.').unwrap()].to_string()
 }
 
-/// Two hosts of a [`TestNet`], each a daemon in its namespace, B joined to A's fabric;
-/// `None` when the machine lacks what they need (the test then says it skips).
-fn two_joined_hosts(test: &str) -> Option<(TestNet, Daemon, Daemon)> {
+/// `n` hosts of a [`TestNet`], each a daemon in its namespace, each joined to the fabric
+/// through the host before it; `None` when the machine lacks what they need (the test
+/// then says it skips).
+fn joined_hosts(test: &str, n: usize) -> Option<(TestNet, Vec<Daemon>)> {
     if !require(test, VMS) || !require(test, &[Need::Tun]) {
         return None;
     }
-    let net = TestNet::new(2);
-    let mut a = Daemon::prepared_in(&net.hosts[0].0, &net.hosts[0].1);
-    let mut b = Daemon::prepared_in(&net.hosts[1].0, &net.hosts[1].1);
-    a.spawn();
-    b.spawn();
-    let t: Value = serde_json::from_str(&a.ok(&["host", "token", "--format", "json"])).unwrap();
-    let at_a = t["join"][0].as_str().unwrap();
-    assert!(at_a.starts_with("/ip4/10.250.0.1/"), "{at_a}");
-    b.ok(&["host", "join", at_a, "--token", t["token"].as_str().unwrap()]);
-    Some((net, a, b))
+    let net = TestNet::new(n);
+    let mut hosts: Vec<Daemon> = net.hosts.iter().map(|(ns, addr)| Daemon::prepared_in(ns, addr)).collect();
+    for d in &mut hosts {
+        d.spawn();
+    }
+    for i in 1..n {
+        let t: Value = serde_json::from_str(&hosts[i - 1].ok(&["host", "token", "--format", "json"])).unwrap();
+        let at = t["join"][0].as_str().unwrap();
+        assert!(at.starts_with(&format!("/ip4/10.250.0.{i}/")), "{at}");
+        hosts[i].ok(&["host", "join", at, "--token", t["token"].as_str().unwrap()]);
+    }
+    Some((net, hosts))
 }
 
 #[test]
-fn containers_on_two_hosts_reach_each_other_over_the_encrypted_overlay() {
-    let Some((net, mut a, b)) = two_joined_hosts("containers_on_two_hosts_reach_each_other_over_the_encrypted_overlay")
-    else {
+fn containers_on_three_hosts_reach_each_other_over_the_encrypted_overlay() {
+    let test = "containers_on_three_hosts_reach_each_other_over_the_encrypted_overlay";
+    let Some((net, hosts)) = joined_hosts(test, 3) else {
         return;
     };
+    let [mut a, b, c]: [Daemon; 3] = hosts.try_into().ok().unwrap();
+    // every host lists the three, up
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for d in [&a, &b, &c] {
+        loop {
+            let list: Vec<Value> = serde_json::from_str(&d.ok(&["host", "list", "--format", "json"])).unwrap();
+            if list.len() == 3 && list.iter().all(|h| h["state"] != "unreachable") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{list:#?}");
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
 
-    for (d, vm) in [(&a, "va"), (&b, "vb")] {
+    for (d, vm) in [(&a, "va"), (&b, "vb"), (&c, "vc")] {
         d.ok(&["vm", "create", "--name", vm, "--memory", "128", "--cpu", "0.5"]);
         d.ok(&["vm", "start", "--name", vm]);
     }
@@ -106,21 +124,22 @@ fn containers_on_two_hosts_reach_each_other_over_the_encrypted_overlay() {
 
     // the overlay comes up with the heartbeats: a client on va reaches vb's web server
     let fetch = format!("printf 'GET /group HTTP/1.0\\r\\n\\r\\n' | nc -w 3 {vb} 80 | tail -1");
-    let reaches = |a: &Daemon, b: &Daemon, when: &str| {
+    let reaches = |a: &Daemon, vm: &str, b: &Daemon, when: &str| {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let o = a.cli(&["container", "run", "--rm", "--vm", "va", "--image", "busybox", "--", "sh", "-c", &fetch]);
+            let o = a.cli(&["container", "run", "--rm", "--vm", vm, "--image", "busybox", "--", "sh", "-c", &fetch]);
             if String::from_utf8_lossy(&o.stdout).contains("nogroup:x:65534:") {
                 return;
             }
-            assert!(Instant::now() < deadline, "va never reached vb {when}:\n{}\n{}", a.log(), b.log());
+            assert!(Instant::now() < deadline, "{vm} never reached vb {when}:\n{}\n{}", a.log(), b.log());
             std::thread::sleep(Duration::from_secs(1));
         }
     };
-    reaches(&a, &b, "over the overlay");
+    reaches(&a, "va", &b, "over the overlay");
+    reaches(&c, "vc", &b, "over the overlay, from the third host");
 
     // the same again with a capture on the test bridge: only WireGuard crosses it
-    let nets = format!("{},{}", subnet_prefix(&a), subnet_prefix(&b));
+    let nets = format!("{},{},{}", subnet_prefix(&a), subnet_prefix(&b), subnet_prefix(&c));
     let capture = Command::new("ip")
         .args(["netns", "exec", &net.bridge_ns, "python3", "-c", CAPTURE, "6", &nets, "p1"])
         .stdout(Stdio::piped())
@@ -159,14 +178,15 @@ fn containers_on_two_hosts_reach_each_other_over_the_encrypted_overlay() {
     // a host's daemon killed and restarted: its VMs ran on, the overlay comes back with it
     a.kill9();
     a.spawn();
-    reaches(&a, &b, "after host A's daemon was killed and restarted");
+    reaches(&a, "va", &b, "after host A's daemon was killed and restarted");
 }
 
 #[test]
 fn chain_nodes_on_two_hosts_find_each_other_and_converge() {
-    let Some((_net, a, b)) = two_joined_hosts("chain_nodes_on_two_hosts_find_each_other_and_converge") else {
+    let Some((_net, hosts)) = joined_hosts("chain_nodes_on_two_hosts_find_each_other_and_converge", 2) else {
         return;
     };
+    let [a, b]: [Daemon; 2] = hosts.try_into().ok().unwrap();
     // a mining node on host A; a full node on host B, started once A's heartbeat named
     // A's node, is seeded with it and syncs over the overlay
     a.ok(&["vm", "create", "--name", "chain-a", "--memory", "384", "--cpu", "1"]);

@@ -183,20 +183,29 @@ impl Engine {
         let name = self.overlay_if();
         let applied = self.overlay.applied.lock().expect("overlay").clone();
         if applied != want {
-            let mut lines = String::new();
-            for (key, p) in &applied {
-                if !want.contains_key(key) {
-                    lines += &format!("public_key={key}\nremove=true\n");
+            let (removals, additions) = peer_changes(&applied, &want);
+            for (_, p) in &removals {
+                if !want.values().any(|w| w.subnet == p.subnet) {
                     let _ = ip(&["route", "del", &p.subnet, "dev", &name]);
                 }
             }
-            for (key, p) in &want {
-                lines += &format!(
-                    "public_key={key}\nendpoint={}\nreplace_allowed_ips=true\nallowed_ip={}\npersistent_keepalive_interval=25\n",
-                    p.endpoint, p.subnet
-                );
+            if !removals.is_empty() {
+                let lines: String =
+                    removals.iter().map(|(key, _)| format!("public_key={key}\nremove=true\n")).collect();
+                self.overlay_set(&lines)?;
             }
-            self.overlay_set(&lines)?;
+            if !additions.is_empty() {
+                let lines: String = additions
+                    .iter()
+                    .map(|(key, p)| {
+                        format!(
+                            "public_key={key}\nendpoint={}\nallowed_ip={}\npersistent_keepalive_interval=25\n",
+                            p.endpoint, p.subnet
+                        )
+                    })
+                    .collect();
+                self.overlay_set(&lines)?;
+            }
             for p in want.values() {
                 ip(&["route", "replace", &p.subnet, "dev", &name])?;
             }
@@ -232,6 +241,20 @@ impl Engine {
     }
 }
 
+/// Peers by public key, as a change names them.
+type Changes<'a> = Vec<(&'a String, &'a Peer)>;
+
+/// What turns the peers `applied` into `want`: the peers to remove and those to add.
+/// boringtun cannot change a peer in place, so a changed one is in both.
+fn peer_changes<'a>(
+    applied: &'a BTreeMap<String, Peer>,
+    want: &'a BTreeMap<String, Peer>,
+) -> (Changes<'a>, Changes<'a>) {
+    let removals = applied.iter().filter(|(k, p)| want.get(*k) != Some(p)).collect();
+    let additions = want.iter().filter(|(k, p)| applied.get(*k) != Some(p)).collect();
+    (removals, additions)
+}
+
 /// The first routable IPv4 address among a host's libp2p listen addresses.
 fn endpoint_ip(addrs: &[String]) -> Option<IpAddr> {
     addrs.iter().find_map(|a| {
@@ -255,6 +278,25 @@ fn ip(args: &[&str]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_changed_peer_is_removed_and_added_an_unchanged_one_left_alone() {
+        let peer = |port: u16, subnet: &str| Peer { endpoint: ([10, 250, 0, 2], port).into(), subnet: subnet.into() };
+        let applied: BTreeMap<String, Peer> =
+            [("b".into(), peer(51820, "10.62.0.0/24")), ("gone".into(), peer(51820, "10.63.0.0/24"))].into();
+        let want: BTreeMap<String, Peer> = [
+            ("b".into(), peer(51820, "10.62.0.0/24")),
+            ("c".into(), peer(51820, "10.64.0.0/24")),
+            ("gone".into(), peer(51821, "10.63.0.0/24")),
+        ]
+        .into();
+        let (removed, added) = peer_changes(&applied, &want);
+        let keys = |v: Vec<(&String, &Peer)>| v.into_iter().map(|(k, _)| k.clone()).collect::<Vec<_>>();
+        assert_eq!(keys(removed), ["gone"]);
+        assert_eq!(keys(added), ["c", "gone"]);
+        let (removed, added) = peer_changes(&want, &want);
+        assert!(removed.is_empty() && added.is_empty());
+    }
 
     #[test]
     fn the_endpoint_is_a_routable_ipv4_listen_address() {
