@@ -149,7 +149,12 @@ impl Engine {
     /// members' last heartbeats.
     pub(super) fn overlay_sync(&self, members: &[(String, OverlayInfo, Vec<String>)]) {
         if let Err(e) = self.overlay_sync_inner(members) {
-            tracing::warn!("overlay: {e}");
+            // start over at the next heartbeat: a device that failed once (its thread
+            // died, its control connection closed) is not trusted with the next change
+            tracing::warn!("overlay: {e}; the device starts again");
+            *self.overlay.control.lock().expect("overlay") = None;
+            *self.overlay.device.lock().expect("overlay") = None;
+            self.overlay.applied.lock().expect("overlay").clear();
         }
     }
 
