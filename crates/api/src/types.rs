@@ -566,6 +566,19 @@ pub struct HostInfo {
     /// What its last heartbeat said (none before the first).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<HostStatus>,
+    /// This host's encrypted overlay link to it (none while the overlay has no peer there).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overlay: Option<OverlayLink>,
+}
+
+/// An overlay link to another host, as this host's WireGuard device reports it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct OverlayLink {
+    /// Seconds since the last handshake (none: no handshake yet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handshake_s_ago: Option<u64>,
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
 }
 
 /// `POST /api/v1/hosts/join`: `host join MULTIADDR --token T`.

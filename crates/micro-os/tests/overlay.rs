@@ -151,6 +151,12 @@ fn containers_on_three_hosts_reach_each_other_over_the_encrypted_overlay() {
     let seen: Value = serde_json::from_slice(&capture.wait_with_output().unwrap().stdout).unwrap();
     assert_eq!(seen["clear_vm"], 0, "VM traffic crossed the hosts' bridge in the clear: {seen}");
     assert!(seen["wireguard_data"].as_u64() > Some(0), "no WireGuard data packets on the bridge: {seen}");
+    // host A's `host list` shows its overlay link to B: a handshake, bytes both ways
+    let list: Vec<Value> = serde_json::from_str(&a.ok(&["host", "list", "--format", "json"])).unwrap();
+    let to_b = list.iter().find(|h| h["peer_id"] == b.peer_id().as_str()).unwrap();
+    assert!(to_b["overlay"]["handshake_s_ago"].as_u64().is_some(), "{to_b:#}");
+    assert!(to_b["overlay"]["rx_bytes"].as_u64() > Some(0) && to_b["overlay"]["tx_bytes"].as_u64() > Some(0));
+    assert!(list[0].get("overlay").is_none(), "no link to itself: {:#}", list[0]);
     // UDP too, between the VMs' network namespaces (where their containers run): a
     // datagram from va reaches a listener on vb
     let ns_of = |d: &Daemon, vm: &str| format!("mos-{}", &d.vm(vm)["id"].as_str().unwrap()[..12]);

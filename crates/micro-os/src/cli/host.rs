@@ -9,7 +9,8 @@ use super::output::{print, table};
 fn bytes(b: u64) -> String {
     match b {
         b if b >= 1 << 30 => format!("{:.1}G", b as f64 / (1u64 << 30) as f64),
-        b => format!("{}M", b >> 20),
+        b if b >= 1 << 20 => format!("{}M", b >> 20),
+        b => format!("{}K", b >> 10),
     }
 }
 
@@ -33,10 +34,17 @@ fn hosts_table(hosts: &[HostInfo]) -> String {
                 or_dash(format!("{}/{}", s.vms_running, s.vms)),
                 or_dash(format!("{:.2}", s.load)),
                 or_dash(s.health.clone()),
+                match &h.overlay {
+                    Some(l) => match l.handshake_s_ago {
+                        Some(ago) => format!("handshake {ago}s ago, rx {} tx {}", bytes(l.rx_bytes), bytes(l.tx_bytes)),
+                        None => "no handshake yet".into(),
+                    },
+                    None => "-".into(),
+                },
             ]
         })
         .collect();
-    table(&["PEER ID", "STATE", "ADDRESS", "CAPACITY", "VMS (RUNNING/ALL)", "LOAD", "HEALTH"], rows)
+    table(&["PEER ID", "STATE", "ADDRESS", "CAPACITY", "VMS (RUNNING/ALL)", "LOAD", "HEALTH", "OVERLAY"], rows)
 }
 
 pub fn run(client: &Client, cmd: HostCmd) -> CliResult<i32> {

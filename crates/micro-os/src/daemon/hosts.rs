@@ -426,6 +426,7 @@ impl Engine {
         let me = self.hosts.me();
         let mine = self.host_status().await;
         let seen = self.hosts.seen.lock().expect("seen").clone();
+        let links = tokio::task::block_in_place(|| self.overlay_links());
         let mut out = Vec::new();
         for r in self.hosts.members() {
             let joined = chrono::DateTime::from_timestamp_millis(r.joined as i64).unwrap_or_default();
@@ -440,6 +441,8 @@ impl Engine {
                     None => ("unreachable".to_string(), None, None),
                 }
             };
+            let overlay =
+                seen.get(&r.peer).and_then(|s| s.overlay.as_ref()).and_then(|o| links.get(&o.public_key)).cloned();
             out.push(HostInfo {
                 peer_id: r.peer.clone(),
                 state,
@@ -447,6 +450,7 @@ impl Engine {
                 admitted_by: r.by.clone(),
                 last_seen_s,
                 status,
+                overlay,
             });
         }
         out.sort_by_key(|h| h.peer_id != me);

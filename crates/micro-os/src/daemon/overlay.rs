@@ -98,11 +98,32 @@ impl Engine {
     /// Talks WireGuard's userspace API to the device: `set=1` and `lines`, then its
     /// `errno=…` and a blank line.
     fn overlay_set(&self, lines: &str) -> Result<()> {
+        self.overlay_call(&format!("set=1\n{lines}\n")).map(drop)
+    }
+
+    /// What the device says of its peers (`get=1`), by public key; empty while it is not
+    /// running.
+    pub(super) fn overlay_links(&self) -> HashMap<String, micro_os_api::types::OverlayLink> {
+        if self.overlay.control.lock().expect("overlay").is_none() {
+            return HashMap::new();
+        }
+        match self.overlay_call("get=1\n\n") {
+            Ok(answer) => parse_links(&answer),
+            Err(e) => {
+                tracing::debug!("overlay: {e}");
+                HashMap::new()
+            }
+        }
+    }
+
+    /// One request on the control connection; the answer up to its blank line, which
+    /// must end in `errno=0`.
+    fn overlay_call(&self, request: &str) -> Result<String> {
         let fail = |e: String| Error::internal(format!("overlay device {}: {e}", self.overlay_if()));
         let mut control = self.overlay.control.lock().expect("overlay");
         let s = control.as_mut().ok_or_else(|| fail("not started".into()))?;
         s.set_read_timeout(Some(std::time::Duration::from_secs(5))).map_err(|e| fail(e.to_string()))?;
-        s.write_all(format!("set=1\n{lines}\n").as_bytes()).map_err(|e| fail(e.to_string()))?;
+        s.write_all(request.as_bytes()).map_err(|e| fail(e.to_string()))?;
         let mut answer = Vec::new();
         let mut byte = [0u8; 1];
         while !answer.ends_with(b"\n\n") {
@@ -112,11 +133,11 @@ impl Engine {
                 Err(e) => return Err(fail(e.to_string())),
             }
         }
-        let answer = String::from_utf8_lossy(&answer);
-        if answer.trim() != "errno=0" {
+        let answer = String::from_utf8_lossy(&answer).into_owned();
+        if answer.trim().lines().last() != Some("errno=0") {
             return Err(fail(format!("the device answered {:?}", answer.trim())));
         }
-        Ok(())
+        Ok(answer)
     }
 
     /// Starts the device with this host's key and port, up, and forwarding on.
@@ -246,6 +267,40 @@ impl Engine {
     }
 }
 
+/// The peers in a `get=1` answer, by public key. boringtun gives the time since the last
+/// handshake (not since the epoch, as the protocol's text says).
+fn parse_links(answer: &str) -> HashMap<String, micro_os_api::types::OverlayLink> {
+    let mut out = HashMap::new();
+    let mut current: Option<(String, micro_os_api::types::OverlayLink)> = None;
+    for line in answer.lines() {
+        let Some((k, v)) = line.split_once('=') else { continue };
+        match k {
+            "public_key" => {
+                out.extend(current.take());
+                current = Some((v.to_string(), Default::default()));
+            }
+            "last_handshake_time_sec" => {
+                if let Some((_, l)) = &mut current {
+                    l.handshake_s_ago = v.parse().ok();
+                }
+            }
+            "rx_bytes" | "tx_bytes" => {
+                if let Some((_, l)) = &mut current {
+                    let n = v.parse().unwrap_or(0);
+                    if k == "rx_bytes" {
+                        l.rx_bytes = n;
+                    } else {
+                        l.tx_bytes = n;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    out.extend(current);
+    out
+}
+
 /// Peers by public key, as a change names them.
 type Changes<'a> = Vec<(&'a String, &'a Peer)>;
 
@@ -301,6 +356,17 @@ mod tests {
         assert_eq!(keys(added), ["c", "gone"]);
         let (removed, added) = peer_changes(&want, &want);
         assert!(removed.is_empty() && added.is_empty());
+    }
+
+    #[test]
+    fn a_get_answer_gives_each_peers_handshake_and_bytes() {
+        let answer = "own_public_key=aa\nlisten_port=51820\npublic_key=bb\nendpoint=10.250.0.2:51820\n\
+                      allowed_ip=10.62.0.0/24\nlast_handshake_time_sec=3\nlast_handshake_time_nsec=5\n\
+                      rx_bytes=100\ntx_bytes=200\npublic_key=cc\nrx_bytes=0\ntx_bytes=148\nerrno=0\n\n";
+        let links = parse_links(answer);
+        assert_eq!(links.len(), 2);
+        assert_eq!((links["bb"].handshake_s_ago, links["bb"].rx_bytes, links["bb"].tx_bytes), (Some(3), 100, 200));
+        assert_eq!((links["cc"].handshake_s_ago, links["cc"].tx_bytes), (None, 148));
     }
 
     #[test]
