@@ -304,6 +304,24 @@ fn write_secret(path: &Path, data: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// Replaces a file readable by its owner only, atomically (a temporary file, fsynced,
+/// renamed over it): tokens and keys the daemon makes or is handed.
+pub fn write_secret_atomic(path: &Path, data: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .with_context(|| format!("cannot create {}", tmp.display()))?;
+        f.write_all(data)?;
+        f.sync_all()?;
+    }
+    fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
+}
+
 pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
     let tmp = path.with_extension("tmp");
     {

@@ -275,16 +275,8 @@ impl Hosts {
     }
 
     fn save_token(&self, token: &str) -> Result<()> {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
-        let tmp = self.token_path.with_extension("tmp");
-        let write = || -> std::io::Result<()> {
-            let mut f = std::fs::OpenOptions::new().create(true).truncate(true).write(true).mode(0o600).open(&tmp)?;
-            f.write_all(token.as_bytes())?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, &self.token_path)
-        };
-        write().map_err(|e| Error::internal(format!("{}: {e}", self.token_path.display())))
+        crate::home::write_secret_atomic(&self.token_path, token.as_bytes())
+            .map_err(|e| Error::internal(format!("{e:#}")))
     }
 
     /// Takes the records a member sent: each must verify, and be signed by a member this
@@ -362,12 +354,17 @@ impl Engine {
         Ok((self.host_p2p()?, key))
     }
 
-    /// This host's capacity and load, as its heartbeat carries them.
-    pub(super) async fn host_status(self: &Arc<Self>) -> HostStatus {
-        let listen = match self.p2p.get() {
+    /// Where this host's libp2p peer listens.
+    async fn listen_addrs(&self) -> Vec<String> {
+        match self.p2p.get() {
             Some(h) => h.status().await.map(|s| s.listen).unwrap_or_default(),
             None => Vec::new(),
-        };
+        }
+    }
+
+    /// This host's capacity and load, as its heartbeat carries them.
+    pub(super) async fn host_status(self: &Arc<Self>) -> HostStatus {
+        let listen = self.listen_addrs().await;
         let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
         let mem_kib = |key: &str| {
             meminfo
@@ -416,7 +413,7 @@ impl Engine {
     pub(super) async fn host_token(self: &Arc<Self>) -> Result<HostToken> {
         let token = self.hosts.token()?;
         let me = self.hosts.me();
-        let listen = self.host_status().await.addrs;
+        let listen = self.listen_addrs().await;
         let join = listen.iter().map(|a| format!("{a}/p2p/{me}")).collect();
         Ok(HostToken { token, peer_id: me, join })
     }
@@ -482,7 +479,7 @@ impl Engine {
             )));
         }
         p2p.add_address(peer, addr.clone()).await;
-        let addrs = self.host_status().await.addrs;
+        let addrs = self.listen_addrs().await;
         let proof = hex::encode(proof(token.trim(), &me, &peer.to_string()).finalize().into_bytes());
         let req = serde_json::to_string(&JoinRequest { proof, addrs }).expect("serialises");
         let answer = p2p.send_request(peer, JOIN, MessageType::Ctrl, req).await.map_err(|e| match e {

@@ -44,6 +44,8 @@ struct Peer {
 /// This host's end of the overlay.
 #[derive(Default)]
 pub struct Overlay {
+    /// This host's WireGuard private key, once read.
+    key: std::sync::OnceLock<[u8; 32]>,
     device: Mutex<Option<DeviceHandle>>,
     /// This end of the device's control connection (WireGuard's userspace API).
     control: Mutex<Option<std::os::unix::net::UnixStream>>,
@@ -60,25 +62,26 @@ impl Engine {
         format!("{b}w")
     }
 
+    /// This host's WireGuard key (`overlay.key`, 0600, made on first use), read once.
     fn overlay_key(&self) -> Result<StaticSecret> {
-        let path = self.home.root.join("overlay.key");
-        if let Ok(hex) = std::fs::read_to_string(&path) {
-            if let Ok(b) = <[u8; 32]>::try_from(hex::decode(hex.trim()).unwrap_or_default().as_slice()) {
-                return Ok(StaticSecret::from(b));
-            }
+        if let Some(b) = self.overlay.key.get() {
+            return Ok(StaticSecret::from(*b));
         }
-        let mut b = [0u8; 32];
-        getrandom::fill(&mut b).map_err(|e| Error::internal(format!("no randomness for the overlay key: {e}")))?;
-        use std::os::unix::fs::OpenOptionsExt;
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .write(true)
-            .mode(0o600)
-            .open(&path)
-            .map_err(|e| Error::internal(format!("{}: {e}", path.display())))?;
-        f.write_all(hex::encode(b).as_bytes()).map_err(|e| Error::internal(format!("{}: {e}", path.display())))?;
-        Ok(StaticSecret::from(b))
+        let path = self.home.root.join("overlay.key");
+        let saved =
+            std::fs::read_to_string(&path).ok().and_then(|h| <[u8; 32]>::try_from(hex::decode(h.trim()).ok()?).ok());
+        let b = match saved {
+            Some(b) => b,
+            None => {
+                let mut b = [0u8; 32];
+                getrandom::fill(&mut b)
+                    .map_err(|e| Error::internal(format!("no randomness for the overlay key: {e}")))?;
+                crate::home::write_secret_atomic(&path, hex::encode(b).as_bytes())
+                    .map_err(|e| Error::internal(format!("{e:#}")))?;
+                b
+            }
+        };
+        Ok(StaticSecret::from(*self.overlay.key.get_or_init(|| b)))
     }
 
     /// This host's end, as its heartbeat carries it (`None`: the overlay is off here).

@@ -573,24 +573,11 @@ impl Engine {
 /// Makes the token of a VM's local circuit endpoint (`ctl/circuit.token`, 0600) unless it
 /// exists: the agent reads it there, the daemon gives it to the VM's circuit replicas.
 fn write_circuit_token(ctl: &Path) -> Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     let path = ctl.join(micro_os_core::vm::AGENT_CIRCUIT_TOKEN_FILE);
     if path.exists() {
         return Ok(());
     }
     let mut t = [0u8; 32];
     getrandom::fill(&mut t).map_err(|e| Error::internal(format!("no randomness for {}: {e}", path.display())))?;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .write(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(|e| Error::internal(format!("create {}: {e}", tmp.display())))?;
-    f.write_all(hex::encode(t).as_bytes())
-        .and_then(|()| f.sync_all())
-        .and_then(|()| std::fs::rename(&tmp, &path))
-        .map_err(|e| Error::internal(format!("write {}: {e}", path.display())))
+    crate::home::write_secret_atomic(&path, hex::encode(t).as_bytes()).map_err(|e| Error::internal(format!("{e:#}")))
 }
