@@ -208,13 +208,14 @@ fn power_off() -> ! {
 
 type Channel = (Box<dyn Write + Send>, Box<dyn std::io::Read + Send>);
 
-/// The VM's libp2p peer accepts messages from the peers the daemon names.
+/// The VM's libp2p peer accepts messages from the peers the daemon names, and from the
+/// members of its circuits, which may be VMs of other hosts.
 #[derive(Default)]
-struct AgentPolicy(std::sync::RwLock<std::collections::HashSet<PeerId>>);
+struct AgentPolicy(std::sync::RwLock<std::collections::HashSet<PeerId>>, std::sync::OnceLock<Arc<Replicas>>);
 
 impl p2p::Policy for AgentPolicy {
     fn known(&self, peer: &PeerId) -> bool {
-        self.0.read().unwrap().contains(peer)
+        self.0.read().unwrap().contains(peer) || self.1.get().is_some_and(|r| r.admits(peer))
     }
 }
 
@@ -296,10 +297,11 @@ fn start_p2p(key: Keypair, policy: Arc<AgentPolicy>, transport: Transport, token
             };
             // nonces journaled in the VM's root, so a restarted VM still refuses replays
             let nonces = p2p::net::FileNonces::open(Path::new(KEY_PATH).with_file_name("nonces"));
-            match p2p::spawn(key, cfg, Box::new(nonces), policy) {
+            match p2p::spawn(key, cfg, Box::new(nonces), policy.clone()) {
                 Ok(h) => {
                     let circuits = match Replicas::start(h.clone(), PathBuf::from(CIRCUITS)).await {
                         Ok(r) => {
+                            let _ = policy.1.set(r.clone());
                             if let Some(token) = token {
                                 tokio::spawn(local::serve(r.clone(), token));
                             }

@@ -513,6 +513,12 @@ impl Replicas {
         self.map.read().unwrap().get(circuit).cloned().ok_or_else(|| CircuitError::NoCircuit(circuit.to_string()))
     }
 
+    /// Whether `peer` is a member of one of the circuits here (or was named at a join):
+    /// the VM's peer accepts it though its host does not know it (a VM of another host).
+    pub fn admits(&self, peer: &PeerId) -> bool {
+        self.map.read().unwrap().values().any(|r| r.admits(peer))
+    }
+
     /// The circuits this VM is a member of.
     pub fn circuits(&self) -> Vec<String> {
         self.map.read().unwrap().keys().cloned().collect()

@@ -71,6 +71,9 @@ pub struct CircuitMember {
     pub addr: String,
     #[serde(default)]
     pub role: Role,
+    /// The peer id of the host the VM is on, where that is not the circuit's own host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
 }
 
 /// A circuit as the daemon records it.
@@ -273,6 +276,9 @@ pub struct MemberView {
     pub vm_id: String,
     pub node_id: u64,
     pub peer_id: String,
+    /// The peer id of the host the VM is on, where that is not the circuit's own host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
     pub role: Role,
     /// leader, follower, candidate, learner, or unreachable when its agent did not answer.
     pub state: String,

@@ -35,8 +35,8 @@ pub struct ContainerSpec {
     /// sits under the VM's cgroup.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vm: Option<String>,
-    /// Free-form network settings from a deploy file (`{"mode": "overlay", ...}`), kept
-    /// as given until the overlay network exists.
+    /// The container network as the spec writes it (`{"mode": "overlay", ...}`; read by
+    /// [`crate::ContainerNetwork::parse`], which `validate` checks it with).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<serde_json::Value>,
     /// A directory in the container on which its own volume is mounted (from the
@@ -212,12 +212,11 @@ impl ContainerSpec {
                 return Err(ValidationError::new(format!("env {k:?} is not a variable name (use KEY=VALUE)")));
             }
         }
+        if let Some(n) = &self.network {
+            crate::ContainerNetwork::parse(n)?;
+        }
         let mut seen = std::collections::HashSet::new();
         for p in &self.ports {
-            // the shim forwards TCP only; refused here, before anything is made
-            if p.protocol == crate::port::Protocol::Udp {
-                return Err(ValidationError::new(format!("port {p}: udp forwarding is not supported yet (use tcp)")));
-            }
             if !seen.insert((p.host, p.protocol)) {
                 return Err(ValidationError::new(format!(
                     "port {p} maps host port {} twice (give each host port once)",
@@ -323,11 +322,19 @@ mod tests {
     }
 
     #[test]
-    fn udp_ports_are_refused_at_create() {
+    fn a_host_port_is_published_once_per_protocol() {
         let spec: ContainerSpec =
-            serde_json::from_str(r#"{"name":"n","image":"busybox","ports":["9000:9000/udp"]}"#).unwrap();
+            serde_json::from_str(r#"{"name":"n","image":"busybox","ports":["9000:9000/udp","9000:80/tcp"]}"#).unwrap();
+        spec.validate().unwrap();
+        let spec: ContainerSpec =
+            serde_json::from_str(r#"{"name":"n","image":"busybox","ports":["9000:9000/udp","9000:53/udp"]}"#).unwrap();
         let e = spec.validate().unwrap_err().to_string();
-        assert_eq!(e, "port 9000:9000/udp: udp forwarding is not supported yet (use tcp)");
+        assert!(e.contains("maps host port 9000 twice"), "{e}");
+        // the spec's network: its ports are checked too
+        let spec: ContainerSpec =
+            serde_json::from_str(r#"{"name":"n","image":"busybox","network":{"mode":"overlay","ports":{"x":{}}}}"#)
+                .unwrap();
+        assert!(spec.validate().unwrap_err().to_string().contains("network port \"x\""));
     }
 
     #[test]

@@ -23,7 +23,7 @@ pub use circuit::{Circuit, CircuitMember, CircuitType};
 pub use container::{Container, ContainerSpec, ContainerState, ReplicaView, Transition};
 pub use error::ValidationError;
 pub use health::{HealthCheck, HealthProbe, HealthState, HealthStatus};
-pub use port::{PortMapping, Protocol};
+pub use port::{ContainerNetwork, PortMapping, Protocol, PublishMode};
 pub use resources::Resources;
 pub use restart::RestartPolicy;
 pub use size::Size;

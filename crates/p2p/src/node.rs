@@ -292,7 +292,16 @@ impl Node {
         match event {
             BehaviourEvent::Gossip(gossipsub::Event::Message { message, .. }) => self.on_broadcast(message),
             BehaviourEvent::Msg(e) => self.on_msg(e),
-            BehaviourEvent::Ping(e) => self.on_ping(e),
+            BehaviourEvent::Ping(e) => {
+                // a connection whose ping fails is dead (a cut link, a frozen peer): closed,
+                // so that the next request dials afresh instead of queueing on it until
+                // TCP gives up
+                if let Err(err) = &e.result {
+                    tracing::info!("ping {}: {err}: closing that connection", e.peer);
+                    self.swarm.close_connection(e.connection);
+                }
+                self.on_ping(e)
+            }
             BehaviourEvent::Identify(e) => self.on_identify(e),
             BehaviourEvent::Mdns(e) => self.on_mdns(e),
             BehaviourEvent::Kad(e) => self.on_kad(e),

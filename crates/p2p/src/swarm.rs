@@ -95,7 +95,9 @@ pub(crate) fn build(keypair: libp2p::identity::Keypair, cfg: &Config) -> Result<
                     identify::Config::new("/micro-os/id/1".into(), key.public())
                         .with_agent_version(format!("micro-os/{}", env!("CARGO_PKG_VERSION"))),
                 ),
-                ping: ping::Behaviour::new(ping::Config::new().with_interval(Duration::from_secs(5))),
+                ping: ping::Behaviour::new(
+                    ping::Config::new().with_interval(Duration::from_secs(5)).with_timeout(Duration::from_secs(10)),
+                ),
                 msg: request_response::json::Behaviour::new(
                     [(MSG_PROTOCOL, ProtocolSupport::Full)],
                     request_response::Config::default().with_request_timeout(Duration::from_secs(10)),

@@ -32,6 +32,15 @@ pub fn connect_tcp(ns: &Path, port: u16, timeout: Duration) -> io::Result<TcpStr
     in_netns(ns, move || TcpStream::connect_timeout(&SocketAddr::from((Ipv4Addr::LOCALHOST, port)), timeout))
 }
 
+/// A UDP socket made inside the namespace at `ns`, connected to `127.0.0.1:port` there.
+pub fn udp_to(ns: &Path, port: u16) -> io::Result<std::net::UdpSocket> {
+    in_netns(ns, move || {
+        let s = std::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))?;
+        s.connect((Ipv4Addr::LOCALHOST, port))?;
+        Ok(s)
+    })
+}
+
 /// Brings the loopback interface up in the calling thread's network namespace.
 fn loopback_up_here() -> io::Result<()> {
     let sock = nix::sys::socket::socket(

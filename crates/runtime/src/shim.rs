@@ -19,7 +19,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -337,14 +337,19 @@ fn start(cfg: &ShimConfig, runc: &Runc, state_dir: &Path) -> Result<Started> {
     let ns = cfg.netns.clone().unwrap_or_else(|| netns::ns_path(pid));
     let published = (|| {
         for p in &cfg.ports {
-            if p.protocol == Protocol::Udp {
-                return Err(Error::Invalid(format!("port {p}: udp forwarding is not supported yet (use tcp)")));
+            let (ns, port) = (ns.clone(), p.container);
+            let at = SocketAddr::from((Ipv4Addr::LOCALHOST, p.host));
+            let busy = || format!("publish port {p}: host port {} is not free", p.host);
+            match p.protocol {
+                Protocol::Tcp => {
+                    let listener = TcpListener::bind(at).context(busy)?;
+                    std::thread::spawn(move || proxy_tcp(listener, ns, port));
+                }
+                Protocol::Udp => {
+                    let socket = UdpSocket::bind(at).context(busy)?;
+                    std::thread::spawn(move || proxy_udp(socket, ns, port));
+                }
             }
-            let listener = TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, p.host)))
-                .context(|| format!("publish port {p}: host port {} is not free", p.host))?;
-            let ns = ns.clone();
-            let port = p.container;
-            std::thread::spawn(move || proxy_tcp(listener, ns, port));
         }
         Ok(())
     })();
@@ -451,6 +456,41 @@ fn proxy_tcp(listener: TcpListener, ns: PathBuf, port: u16) {
         });
     }
 }
+
+/// A published UDP port: each client (host address and port) gets a socket of its own
+/// in the container's namespace, connected to the container's port, so answers go back
+/// to the client they answer; a client silent for [`UDP_IDLE`] is forgotten.
+fn proxy_udp(socket: UdpSocket, ns: PathBuf, port: u16) {
+    let socket = Arc::new(socket);
+    let flows: Arc<Mutex<std::collections::HashMap<SocketAddr, UdpSocket>>> = Arc::default();
+    let mut buf = vec![0u8; 65536];
+    loop {
+        let Ok((n, from)) = socket.recv_from(&mut buf) else { continue };
+        let existing = flows.lock().unwrap().get(&from).and_then(|u| u.try_clone().ok());
+        let upstream = match existing {
+            Some(u) => u,
+            None => {
+                let Ok(u) = netns::udp_to(&ns, port) else { continue };
+                let Ok(answers) = u.try_clone() else { continue };
+                flows.lock().unwrap().insert(from, u.try_clone().expect("cloned once already"));
+                let (socket, flows) = (socket.clone(), flows.clone());
+                std::thread::spawn(move || {
+                    let _ = answers.set_read_timeout(Some(UDP_IDLE));
+                    let mut buf = vec![0u8; 65536];
+                    while let Ok(n) = answers.recv(&mut buf) {
+                        let _ = socket.send_to(&buf[..n], from);
+                    }
+                    flows.lock().unwrap().remove(&from);
+                });
+                u
+            }
+        };
+        let _ = upstream.send(&buf[..n]);
+    }
+}
+
+/// How long a UDP client may stay silent before its flow is forgotten.
+const UDP_IDLE: Duration = Duration::from_secs(120);
 
 fn splice_both(a: TcpStream, b: TcpStream) {
     let (Ok(mut a2), Ok(mut b2)) = (a.try_clone(), b.try_clone()) else { return };

@@ -70,12 +70,14 @@ fn view_table(v: &CircuitView) -> String {
     }
     out.push('\n');
     out.push_str(&table(
-        &["VM", "NODE", "ROLE", "STATE", "MATCHED", "LAG", "APPLIED", "HEALTH"],
+        &["VM", "HOST", "NODE", "ROLE", "STATE", "MATCHED", "LAG", "APPLIED", "HEALTH"],
         v.members
             .iter()
             .map(|m| {
                 vec![
                     m.vm.clone(),
+                    // a peer id's first 16 characters: enough for `--host`
+                    m.host.as_deref().map_or_else(|| "here".to_string(), |h| h.get(..16).unwrap_or(h).to_string()),
                     m.node_id.to_string(),
                     format!("{:?}", m.role).to_lowercase(),
                     m.state.clone(),
@@ -336,6 +338,7 @@ mod tests {
             vm_id: format!("{vm}-id"),
             node_id: node,
             peer_id: "12D3KooW".into(),
+            host: None,
             role: Role::Voter,
             state: state.into(),
             matched: lag.map(|l| 42 - l),
@@ -364,7 +367,10 @@ mod tests {
             members: vec![
                 member("blockchain-node-1", 1, "leader", Some(0)),
                 member("blockchain-node-2", 2, "follower", Some(5)),
-                member("blockchain-node-3", 3, "unreachable", None),
+                MemberView {
+                    host: Some("12D3KooWabcdefghijklmnop".into()),
+                    ..member("blockchain-node-3", 3, "unreachable", None)
+                },
             ],
             created_at: Utc::now(),
         }
@@ -458,14 +464,14 @@ mod tests {
         assert_eq!(row(&out, "applied"), ["applied", "41"]);
         assert_eq!(row(&out, "health"), ["health", "degraded"]);
         assert!(out.contains("problem  blockchain-node-3 is unreachable"), "{out}");
-        assert_eq!(row(&out, "VM"), ["VM", "NODE", "ROLE", "STATE", "MATCHED", "LAG", "APPLIED", "HEALTH"]);
+        assert_eq!(row(&out, "VM"), ["VM", "HOST", "NODE", "ROLE", "STATE", "MATCHED", "LAG", "APPLIED", "HEALTH"]);
         assert_eq!(
             row(&out, "blockchain-node-2"),
-            ["blockchain-node-2", "2", "voter", "follower", "37", "5", "37", "ok"]
+            ["blockchain-node-2", "here", "2", "voter", "follower", "37", "5", "37", "ok"]
         );
         assert_eq!(
             row(&out, "blockchain-node-3"),
-            ["blockchain-node-3", "3", "voter", "unreachable", "-", "-", "-", "unreachable"]
+            ["blockchain-node-3", "12D3KooWabcdefgh", "3", "voter", "unreachable", "-", "-", "-", "unreachable"]
         );
         assert!(out.ends_with("blockchain-node-3: agent did not answer in 2s"), "{out}");
         let mut leaderless = sample();

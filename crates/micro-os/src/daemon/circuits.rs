@@ -4,7 +4,9 @@
 //! The daemon is not a Raft member: it keeps who is in which circuit (the record, with
 //! Raft ids that are never reused) and talks to the members over the agents' control
 //! channels. Any member takes a write or a read and sends it to the leader itself; the
-//! daemon only remembers which member led last, to skip that hop.
+//! daemon only remembers which member led last, to skip that hop. A member may be a VM
+//! of another host of the fabric: then its calls go through that host (`remote.rs`), and
+//! the members reach each other over the overlay.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,8 +18,9 @@ use micro_os_core::circuit::{
     MemberStatus, MemberView, ReadResult, Role, StateOp, WriteResult,
 };
 use micro_os_core::metrics::Severity;
-use micro_os_core::vm::{AgentMessage, DaemonMessage, AGENT_P2P_PORT};
+use micro_os_core::vm::AGENT_P2P_PORT;
 use micro_os_core::{AgentStatus, Driver, Vm, VmState};
+use micro_os_p2p::PeerId;
 use serde::de::DeserializeOwned;
 
 use super::components::Health;
@@ -49,47 +52,80 @@ fn member_addr(m: &CircuitMember) -> MemberAddr {
     MemberAddr { peer: m.peer_id.clone(), addr: m.addr.clone() }
 }
 
+/// A member's VM and where it is: `host` is `None` for this host.
+#[derive(Debug, Clone)]
+struct Site {
+    vm_id: String,
+    name: String,
+    host: Option<PeerId>,
+}
+
+impl Site {
+    fn of(vm: &Vm, host: Option<PeerId>) -> Site {
+        Site { vm_id: vm.id.clone(), name: vm.spec.name.clone(), host }
+    }
+
+    fn member(m: &CircuitMember) -> Site {
+        Site { vm_id: m.vm_id.clone(), name: m.vm.clone(), host: m.host.as_deref().and_then(|h| h.parse().ok()) }
+    }
+}
+
 impl Engine {
-    /// Asks a VM's member of a circuit something and decodes its answer.
+    /// Asks a VM's member of a circuit something, here or through the VM's host, and
+    /// decodes its answer.
     async fn member_call<T: DeserializeOwned>(
         &self,
         c: &Circuit,
-        vm: &Vm,
+        site: &Site,
         call: CircuitCall,
         wait: Duration,
     ) -> Result<T> {
-        let answer = self.call_agent(vm, |id| DaemonMessage::Circuit { id, call }, wait).await?;
-        let AgentMessage::Answer { result, .. } = answer else {
-            return Err(Error::internal(format!("vm {:?} answered {answer:?}", vm.spec.name)));
+        let value = match site.host {
+            None => self.local_circuit_call(&site.vm_id, call, wait).await?,
+            Some(host) => self.remote_circuit_call(host, &site.vm_id, call, wait).await?,
         };
-        let value = result.map_err(|e| Error::internal(format!("vm {:?}: {e}", vm.spec.name)))?;
         let decoded: std::result::Result<T, CircuitError> = serde_json::from_value(value)
-            .map_err(|e| Error::internal(format!("vm {:?} gave an answer that is not valid: {e}", vm.spec.name)))?;
-        decoded.map_err(|e| circuit_error(c, vm, e))
+            .map_err(|e| Error::internal(format!("vm {:?} gave an answer that is not valid: {e}", site.name)))?;
+        decoded.map_err(|e| circuit_error(c, site, e))
     }
 
-    /// The member VMs that are running with their agent connected, leader first if known.
-    fn reachable_members(&self, c: &Circuit) -> Vec<Vm> {
+    /// The members whose VMs run with their agent connected (another host's, by its last
+    /// heartbeat), leader first if known.
+    fn reachable_members(&self, c: &Circuit) -> Vec<Site> {
         let hint = self.leader_hint.lock().unwrap().get(&c.id).cloned();
-        let mut vms: Vec<Vm> = c
-            .members
-            .iter()
-            .filter_map(|m| self.vms.get(&m.vm_id))
-            .filter(|v| v.state == VmState::Running && self.agents.lock().unwrap().contains_key(&v.id))
-            .collect();
-        vms.sort_by_key(|v| Some(&v.id) != hint.as_ref());
-        vms
+        let mut sites: Vec<Site> =
+            c.members
+                .iter()
+                .map(Site::member)
+                .filter(|s| match s.host {
+                    None => self.vms.get(&s.vm_id).is_some_and(|v| {
+                        v.state == VmState::Running && self.agents.lock().unwrap().contains_key(&v.id)
+                    }),
+                    Some(host) => self.hosts.vm_ready(&host.to_string(), &s.name),
+                })
+                .collect();
+        sites.sort_by_key(|s| Some(&s.vm_id) != hint.as_ref());
+        sites
+    }
+
+    /// The member VM `key` names (a name or id, of this host's VMs or another's).
+    async fn member_named(&self, c: &Circuit, key: &str) -> Result<CircuitMember> {
+        let named =
+            |m: &&CircuitMember| m.vm_id == key || self.vms.get(&m.vm_id).map_or(m.vm == key, |v| v.spec.name == key);
+        if let Some(m) = c.members.iter().find(named) {
+            return Ok(m.clone());
+        }
+        let (vm, _) = self.locate_vm(key).await?;
+        c.member(&vm.id)
+            .cloned()
+            .ok_or_else(|| Error::invalid(format!("vm {:?} is not a member of circuit {:?}", vm.spec.name, c.name)))
     }
 
     /// The member to send a request through: `via` if given (it must be a member), else
     /// the last known leader, else any reachable member.
-    fn entry_member(&self, c: &Circuit, via: Option<&str>) -> Result<Vm> {
+    async fn entry_member(&self, c: &Circuit, via: Option<&str>) -> Result<Site> {
         if let Some(via) = via {
-            let vm = self.find_vm(via)?;
-            if c.member(&vm.id).is_none() {
-                return Err(Error::invalid(format!("vm {:?} is not a member of circuit {:?}", vm.spec.name, c.name)));
-            }
-            return Ok(vm);
+            return Ok(Site::member(&self.member_named(c, via).await?));
         }
         self.reachable_members(c)
             .into_iter()
@@ -103,10 +139,18 @@ impl Engine {
         }
     }
 
-    /// A VM that may join a circuit: running, reporting, on a driver that keeps its disk.
-    fn joinable(&self, key: &str) -> Result<Vm> {
-        let vm = self.find_vm(key)?;
+    /// A VM that may join a circuit: running, reporting, on a driver that keeps its disk;
+    /// on this host or on another (`Some(host)`) whose overlay is up, as this host's is.
+    async fn joinable(&self, key: &str) -> Result<(Vm, Option<PeerId>)> {
+        let (vm, host) = self.locate_vm(key).await?;
         let name = &vm.spec.name;
+        if let Some(host) = host {
+            if self.overlay_info().is_none() || !self.hosts.has_overlay(&host.to_string()) {
+                return Err(Error::conflict(format!(
+                    "vm {name:?} is on host {host}: a circuit across hosts needs the overlay up on both (overlay_port in each host's config)"
+                )));
+            }
+        }
         if vm.state != VmState::Running {
             return Err(Error::conflict(format!("vm {name:?} is {} (start it first)", vm.state)));
         }
@@ -126,10 +170,10 @@ impl Engine {
                 other.name
             )));
         }
-        Ok(vm)
+        Ok((vm, host))
     }
 
-    fn new_member(vm: &Vm, node_id: u64, role: Role) -> CircuitMember {
+    fn new_member(vm: &Vm, host: Option<PeerId>, node_id: u64, role: Role) -> CircuitMember {
         CircuitMember {
             vm_id: vm.id.clone(),
             vm: vm.spec.name.clone(),
@@ -137,6 +181,7 @@ impl Engine {
             peer_id: vm.peer_id.clone().unwrap_or_default(),
             addr: format!("/ip4/{}/tcp/{AGENT_P2P_PORT}", vm.address),
             role,
+            host: host.map(|h| h.to_string()),
         }
     }
 
@@ -149,16 +194,16 @@ impl Engine {
             return Err(Error::invalid("a circuit needs at least one member (give --nodes vm1,vm2,vm3)"));
         }
         self.circuits.check_name_free(&req.name)?;
-        let mut vms: Vec<Vm> = Vec::new();
+        let mut vms: Vec<(Vm, Option<PeerId>)> = Vec::new();
         for n in &nodes {
-            let vm = self.joinable(n)?;
-            if vms.iter().any(|v| v.id == vm.id) {
+            let (vm, host) = self.joinable(n).await?;
+            if vms.iter().any(|(v, _)| v.id == vm.id) {
                 return Err(Error::invalid(format!("node {n:?} appears twice in --nodes")));
             }
-            vms.push(vm);
+            vms.push((vm, host));
         }
         let members: Vec<CircuitMember> =
-            vms.iter().enumerate().map(|(i, v)| Self::new_member(v, i as u64 + 1, Role::Voter)).collect();
+            vms.iter().enumerate().map(|(i, (v, h))| Self::new_member(v, *h, i as u64 + 1, Role::Voter)).collect();
         let c = Circuit {
             id: micro_os_core::id::new_id(),
             name: req.name.clone(),
@@ -170,7 +215,8 @@ impl Engine {
         let addrs: Vec<(u64, MemberAddr)> = c.members.iter().map(|m| (m.node_id, member_addr(m))).collect();
         // the others first, so the first member's election finds them listening
         let mut joined = Vec::new();
-        for (vm, m) in vms.iter().zip(&c.members).rev() {
+        for m in c.members.iter().rev() {
+            let site = Site::member(m);
             let call = CircuitCall::Join {
                 circuit: c.id.clone(),
                 node_id: m.node_id,
@@ -178,14 +224,14 @@ impl Engine {
                 initialize: m.node_id == 1,
                 settings: self.cfg.raft_settings(),
             };
-            match self.member_call::<MemberStatus>(&c, vm, call, CALL_WAIT).await {
-                Ok(_) => joined.push(vm.clone()),
+            match self.member_call::<MemberStatus>(&c, &site, call, CALL_WAIT).await {
+                Ok(_) => joined.push(site),
                 Err(e) => {
-                    for vm in &joined {
+                    for s in &joined {
                         let leave = CircuitCall::Leave { circuit: c.id.clone() };
-                        let _ = self.member_call::<()>(&c, vm, leave, CALL_WAIT).await;
+                        let _ = self.member_call::<()>(&c, s, leave, CALL_WAIT).await;
                     }
-                    return Err(e.within(format!("vm {:?} could not join", vm.spec.name)));
+                    return Err(e.within(format!("vm {:?} could not join", site.name)));
                 }
             }
         }
@@ -219,12 +265,16 @@ impl Engine {
     /// Every member's status, asked at once; `Err` says why a member did not answer.
     async fn statuses(&self, c: &Circuit) -> Vec<(CircuitMember, std::result::Result<MemberStatus, String>)> {
         let asks = c.members.iter().map(|m| async move {
-            let status = match self.vms.get(&m.vm_id) {
-                None => Err("its VM was removed".to_string()),
-                Some(vm) if vm.state != VmState::Running => Err(format!("its VM is {}", vm.state)),
-                Some(vm) => {
-                    let call = CircuitCall::Status { circuit: c.id.clone() };
-                    self.member_call::<MemberStatus>(c, &vm, call, STATUS_WAIT).await.map_err(|e| e.to_string())
+            let site = Site::member(m);
+            let call = CircuitCall::Status { circuit: c.id.clone() };
+            let status = match (&site.host, self.vms.get(&m.vm_id)) {
+                (Some(_), _) => {
+                    self.member_call::<MemberStatus>(c, &site, call, STATUS_WAIT).await.map_err(|e| e.to_string())
+                }
+                (None, None) => Err("its VM was removed".to_string()),
+                (None, Some(vm)) if vm.state != VmState::Running => Err(format!("its VM is {}", vm.state)),
+                (None, Some(_)) => {
+                    self.member_call::<MemberStatus>(c, &site, call, STATUS_WAIT).await.map_err(|e| e.to_string())
                 }
             };
             (m.clone(), status)
@@ -284,6 +334,7 @@ impl Engine {
                     vm_id: m.vm_id.clone(),
                     node_id: m.node_id,
                     peer_id: m.peer_id.clone(),
+                    host: m.host.clone(),
                     role: m.role,
                     state: s.as_ref().map_or_else(|_| "unreachable".to_string(), |s| s.state.clone()),
                     matched,
@@ -334,9 +385,10 @@ impl Engine {
         let lock = self.ops.of(&c.id);
         let _g = lock.lock().await;
         for m in &c.members {
-            if let Some(vm) = self.vms.get(&m.vm_id).filter(|v| v.state == VmState::Running) {
+            let here_stopped = m.host.is_none() && !self.vms.get(&m.vm_id).is_some_and(|v| v.state == VmState::Running);
+            if !here_stopped {
                 let leave = CircuitCall::Leave { circuit: c.id.clone() };
-                if let Err(e) = self.member_call::<()>(&c, &vm, leave, CALL_WAIT).await {
+                if let Err(e) = self.member_call::<()>(&c, &Site::member(m), leave, CALL_WAIT).await {
                     tracing::warn!("circuit {:?}: member {:?} did not leave: {e}", c.name, m.vm);
                 }
             }
@@ -355,10 +407,11 @@ impl Engine {
         let lock = self.ops.of(&c.id);
         let _g = lock.lock().await;
         let c = self.circuits.find(&c.id)?;
-        let vm = self.joinable(vm_key)?;
-        let entry = self.entry_member(&c, None)?;
+        let (vm, host) = self.joinable(vm_key).await?;
+        let entry = self.entry_member(&c, None).await?;
+        let site = Site::of(&vm, host);
         let node_id = c.next_node_id;
-        let m = Self::new_member(&vm, node_id, Role::Learner);
+        let m = Self::new_member(&vm, host, node_id, Role::Learner);
         self.circuits.update(&c.id, |c| {
             c.next_node_id += 1;
             c.members.push(m.clone());
@@ -374,7 +427,7 @@ impl Engine {
             settings: self.cfg.raft_settings(),
         };
         let added = async {
-            self.member_call::<MemberStatus>(&c, &vm, join, CALL_WAIT).await?;
+            self.member_call::<MemberStatus>(&c, &site, join, CALL_WAIT).await?;
             let add = CircuitCall::AddMember { circuit: c.id.clone(), node_id, member: member_addr(&m) };
             self.member_call::<MemberStatus>(&c, &entry, add, ADD_WAIT).await
         }
@@ -392,7 +445,7 @@ impl Engine {
             }
             Err(e) => {
                 let leave = CircuitCall::Leave { circuit: c.id.clone() };
-                let _ = self.member_call::<()>(&c, &vm, leave, CALL_WAIT).await;
+                let _ = self.member_call::<()>(&c, &site, leave, CALL_WAIT).await;
                 self.circuits.update(&c.id, |c| c.members.retain(|x| x.node_id != node_id));
                 self.circuits.persist(&c.id, "member-add-failed", format!("{}: {e}", vm.spec.name))?;
                 return Err(e.within(format!("vm {:?} could not join circuit {:?}", vm.spec.name, c.name)));
@@ -408,31 +461,27 @@ impl Engine {
         let lock = self.ops.of(&c.id);
         let _g = lock.lock().await;
         let c = self.circuits.find(&c.id)?;
-        let vm = self.find_vm(vm_key)?;
-        let Some(m) = c.member(&vm.id).cloned() else {
-            return Err(Error::invalid(format!("vm {:?} is not a member of circuit {:?}", vm.spec.name, c.name)));
-        };
+        let m = self.member_named(&c, vm_key).await?;
+        let site = Site::member(&m);
         if c.members.len() == 1 {
             return Err(Error::conflict(format!(
                 "vm {:?} is the last member of circuit {:?} (remove the circuit instead: circuit rm --name {})",
-                vm.spec.name, c.name, c.name
+                site.name, c.name, c.name
             )));
         }
         // through another member where possible: the removed one may be the leader
-        let others: Vec<Vm> = self.reachable_members(&c).into_iter().filter(|v| v.id != vm.id).collect();
+        let others: Vec<Site> = self.reachable_members(&c).into_iter().filter(|s| s.vm_id != m.vm_id).collect();
         let entry = match others.into_iter().next() {
-            Some(v) => v,
-            None => self.entry_member(&c, None)?,
+            Some(s) => s,
+            None => self.entry_member(&c, None).await?,
         };
         let remove = CircuitCall::RemoveMember { circuit: c.id.clone(), node_id: m.node_id };
         self.member_call::<MemberStatus>(&c, &entry, remove, CALL_WAIT).await?;
         self.circuits.update(&c.id, |c| c.members.retain(|x| x.node_id != m.node_id));
         self.circuits.persist(&c.id, "member-removed", format!("{} (node {})", m.vm, m.node_id))?;
-        if vm.state == VmState::Running {
-            let leave = CircuitCall::Leave { circuit: c.id.clone() };
-            if let Err(e) = self.member_call::<()>(&c, &vm, leave, CALL_WAIT).await {
-                tracing::warn!("circuit {:?}: removed member {:?} did not stop: {e}", c.name, m.vm);
-            }
+        let leave = CircuitCall::Leave { circuit: c.id.clone() };
+        if let Err(e) = self.member_call::<()>(&c, &site, leave, CALL_WAIT).await {
+            tracing::warn!("circuit {:?}: removed member {:?} did not stop: {e}", c.name, m.vm);
         }
         self.leader_hint.lock().unwrap().remove(&c.id);
         drop(_g);
@@ -451,15 +500,10 @@ impl Engine {
         let c = self.circuits.find(key)?;
         let lock = self.ops.of(&c.id);
         let _g = lock.lock().await;
-        let vm = self.find_vm(vm_key)?;
-        let Some(target) = c.member(&vm.id).cloned() else {
-            return Err(Error::invalid(format!("vm {:?} is not a member of circuit {:?}", vm.spec.name, c.name)));
-        };
+        let target = self.member_named(&c, vm_key).await?;
+        let vm = Site::member(&target);
         if target.role != Role::Voter {
-            return Err(Error::conflict(format!(
-                "vm {:?} is a learner of circuit {:?}, not a voter",
-                vm.spec.name, c.name
-            )));
+            return Err(Error::conflict(format!("vm {:?} is a learner of circuit {:?}, not a voter", vm.name, c.name)));
         }
         let view = self.view_of(&c).await;
         let Some(leader_node) = view.leader_node else {
@@ -480,17 +524,17 @@ impl Engine {
             if tokio::time::Instant::now() > deadline {
                 return Err(Error::Unavailable(format!(
                     "vm {:?} did not catch up with the leader within 5 s",
-                    vm.spec.name
+                    vm.name
                 )));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let hold_for = election * 8;
-        let voters: Vec<(CircuitMember, Vm)> = c
+        let voters: Vec<(CircuitMember, Site)> = c
             .members
             .iter()
             .filter(|m| m.role == Role::Voter && m.node_id != target.node_id)
-            .filter_map(|m| self.vms.get(&m.vm_id).map(|v| (m.clone(), v)))
+            .map(|m| (m.clone(), Site::member(m)))
             .collect();
         // the leader stops replicating (its writes wait) and no one else may stand
         for (m, v) in &voters {
@@ -525,7 +569,7 @@ impl Engine {
             return Err(Error::Unavailable(format!(
                 "leadership of circuit {:?} did not move to {:?} (the leader is now {:?}); try again",
                 c.name,
-                vm.spec.name,
+                vm.name,
                 view.leader.unwrap_or_else(|| "none".into())
             )));
         }
@@ -538,7 +582,7 @@ impl Engine {
             check_value(value).map_err(|e| Error::invalid(e.to_string()))?;
         }
         let c = self.circuits.find(key)?;
-        let vm = self.entry_member(&c, via)?;
+        let vm = self.entry_member(&c, via).await?;
         let call = CircuitCall::Write { circuit: c.id.clone(), op };
         let r: WriteResult = self.member_call(&c, &vm, call, CALL_WAIT).await?;
         self.note_leader(&c, r.leader);
@@ -556,7 +600,7 @@ impl Engine {
             validate_key(k).map_err(|e| Error::invalid(e.to_string()))?;
         }
         let c = self.circuits.find(key)?;
-        let vm = self.entry_member(&c, via)?;
+        let vm = self.entry_member(&c, via).await?;
         let call = CircuitCall::Read { circuit: c.id.clone(), key: state_key.clone(), stale };
         let r: ReadResult = self.member_call(&c, &vm, call, CALL_WAIT).await?;
         if let Some(k) = state_key {
@@ -680,15 +724,15 @@ impl Engine {
 }
 
 /// A member's refusal as the daemon reports it.
-fn circuit_error(c: &Circuit, vm: &Vm, e: CircuitError) -> Error {
-    let m = format!("circuit {:?} (through {:?}): {e}", c.name, vm.spec.name);
+fn circuit_error(c: &Circuit, vm: &Site, e: CircuitError) -> Error {
+    let m = format!("circuit {:?} (through {:?}): {e}", c.name, vm.name);
     match e {
         CircuitError::NoLeader(_) | CircuitError::NoQuorum(_) | CircuitError::Unknown(_) | CircuitError::NotLeader => {
             Error::Unavailable(m)
         }
         CircuitError::NoCircuit(_) => Error::conflict(format!(
             "vm {:?} holds no member of circuit {:?} (its store is gone: remove it from the circuit and add it again)",
-            vm.spec.name, c.name
+            vm.name, c.name
         )),
         CircuitError::Invalid(_) => Error::Invalid(m),
         CircuitError::Failed(_) => Error::Internal(m),

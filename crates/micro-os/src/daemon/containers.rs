@@ -117,6 +117,7 @@ impl Engine {
             replica_of: None,
         };
         spec.validate().map_err(|e| Error::invalid(e.to_string()))?;
+        self.network_ports(&mut spec, req.circuit.is_some())?;
         self.check_settings(spec.template.as_deref(), spec.config.keys())?;
         if spec.image == CHAIN_NODE_IMAGE {
             for (k, v) in &spec.config {
@@ -342,6 +343,14 @@ impl Engine {
                 .map_err(|e| Error::internal(format!("create {}: {e}", volume.display())))?;
             binds.push((volume, data.clone(), false));
         }
+        if c.spec.vm.is_some() {
+            // the VM bridge's resolver answers the fabric's container names (dns.rs)
+            let network = super::dns::network_of(&c.spec);
+            let resolv = dir.join("resolv.conf");
+            std::fs::write(&resolv, super::dns::resolv_conf(self.fabric().gateway(), &network))
+                .map_err(|e| Error::internal(format!("write {}: {e}", resolv.display())))?;
+            binds.push((resolv, "/etc/resolv.conf".to_string(), true));
+        }
         // on a VM: the VM's network namespace and a cgroup below the VM's
         let (netns, own_netns, cgroups_path) = match &c.spec.vm {
             Some(vm_id) => (self.host.netns_path(vm_id), false, cgroup::placed_path(Some(vm_id), &c.id)),
@@ -363,6 +372,36 @@ impl Engine {
             log_name: "container.log",
         };
         Ok(workload::launch(&self.runc, &self.images, &self.exe, w)?)
+    }
+
+    /// The ports of the spec's container network: `host` ones become published ports of
+    /// the container (its shim's, on this host), `ingress` ones are the fabric's
+    /// (`ingress.rs`) and need the container on a VM, whose address every host forwards to.
+    fn network_ports(&self, spec: &mut ContainerSpec, replicated: bool) -> Result<()> {
+        let Some(net) = spec.network.as_ref() else { return Ok(()) };
+        let net = micro_os_core::ContainerNetwork::parse(net).map_err(|e| Error::invalid(e.to_string()))?;
+        for (port, protocol, mode) in net.published() {
+            match mode {
+                micro_os_core::PublishMode::Ingress if spec.vm.is_none() && !replicated => {
+                    return Err(Error::invalid(format!(
+                        "network port {port} in ingress mode: the container must run on a VM (give --vm), whose address the hosts forward to"
+                    )));
+                }
+                micro_os_core::PublishMode::Ingress => {}
+                micro_os_core::PublishMode::Host if replicated => {
+                    return Err(Error::invalid(format!(
+                        "network port {port} in host mode: a replicated container cannot publish host ports (use ingress mode)"
+                    )));
+                }
+                micro_os_core::PublishMode::Host => {
+                    let mapping = micro_os_core::PortMapping { host: port, container: port, protocol };
+                    if !spec.ports.contains(&mapping) {
+                        spec.ports.push(mapping);
+                    }
+                }
+            }
+        }
+        spec.validate().map_err(|e| Error::invalid(e.to_string()))
     }
 
     /// Watches the container until it exits and records the exit as soon as the shim

@@ -62,6 +62,8 @@ pub struct Engine {
     pub api: std::sync::OnceLock<axum::Router>,
     /// This host's end of the encrypted overlay between the fabric's hosts.
     pub(super) overlay: super::overlay::Overlay,
+    /// The fabric's ingress ports this host listens on.
+    pub(super) ingress: super::ingress::Ingress,
 }
 
 impl super::supervisor::Locks for Engine {
@@ -145,6 +147,7 @@ impl Engine {
             hosts,
             api: std::sync::OnceLock::new(),
             overlay: Default::default(),
+            ingress: Default::default(),
         }))
     }
 

@@ -156,6 +156,17 @@ pub struct Names {
     /// other hosts to dial over the overlay.
     #[serde(default)]
     pub chain_nodes: Vec<(String, String)>,
+    /// Its VMs that run with their agent connected, by name: the circuit members other
+    /// hosts may call through it.
+    #[serde(default)]
+    pub ready: Vec<String>,
+    /// The names its containers on VMs answer to, with their VMs' addresses
+    /// (`<container>.<network>`, for the fabric's resolvers: `dns.rs`).
+    #[serde(default)]
+    pub addresses: Vec<(String, std::net::Ipv4Addr)>,
+    /// The ports its running containers publish in ingress mode (`ingress.rs`).
+    #[serde(default)]
+    pub ingress: Vec<super::ingress::Published>,
 }
 
 /// An API request forwarded to the host it belongs to.
@@ -330,6 +341,46 @@ impl Hosts {
             _ => false,
         };
         seen.iter().find(|(p, s)| self.is_member(p) && holds(&s.names)).map(|(p, _)| p.clone())
+    }
+
+    /// The member that holds VM `key` (a name), by its last heartbeat.
+    pub(super) fn vm_holder(&self, key: &str) -> Option<PeerId> {
+        self.holder("vms", key).and_then(|p| p.parse().ok())
+    }
+
+    /// Whether member `peer` beat lately and then ran VM `vm` with its agent connected.
+    pub(super) fn vm_ready(&self, peer: &str, vm: &str) -> bool {
+        let seen = self.seen.lock().expect("seen");
+        self.is_member(peer)
+            && seen
+                .get(peer)
+                .is_some_and(|s| s.at.elapsed() < UNREACHABLE_AFTER && s.names.ready.iter().any(|v| v == vm))
+    }
+
+    /// The container names the other members' last heartbeats gave, with their addresses.
+    pub(super) fn fabric_names(&self) -> Vec<(String, std::net::Ipv4Addr)> {
+        let me = self.me();
+        let seen = self.seen.lock().expect("seen");
+        seen.iter()
+            .filter(|(p, _)| **p != me && self.is_member(p))
+            .flat_map(|(_, s)| s.names.addresses.iter().cloned())
+            .collect()
+    }
+
+    /// The ingress ports the other members' containers publish, by their last heartbeats
+    /// (members not heard from lately are left out: their containers are out of reach).
+    pub(super) fn fabric_ingress(&self) -> Vec<super::ingress::Published> {
+        let me = self.me();
+        let seen = self.seen.lock().expect("seen");
+        seen.iter()
+            .filter(|(p, s)| **p != me && self.is_member(p) && s.at.elapsed() < UNREACHABLE_AFTER)
+            .flat_map(|(_, s)| s.names.ingress.iter().cloned())
+            .collect()
+    }
+
+    /// Whether member `peer` has its end of the overlay up, by its last heartbeat.
+    pub(super) fn has_overlay(&self, peer: &str) -> bool {
+        self.seen.lock().expect("seen").get(peer).is_some_and(|s| s.overlay.is_some())
     }
 
     /// The member a `--host` names: its peer id or a unique prefix of it (`None`: this host).
@@ -590,7 +641,9 @@ impl Engine {
         let handler = Arc::new(HostHandler(Arc::downgrade(self)));
         p2p.register_open(JOIN, handler.clone()).map_err(|e| Error::internal(format!("{JOIN}: {e}")))?;
         p2p.register(HOST, handler.clone()).map_err(|e| Error::internal(format!("{HOST}: {e}")))?;
-        p2p.register(HOST_API, handler).map_err(|e| Error::internal(format!("{HOST_API}: {e}")))?;
+        p2p.register(HOST_API, handler.clone()).map_err(|e| Error::internal(format!("{HOST_API}: {e}")))?;
+        let vm = super::remote::HOST_VM;
+        p2p.register(vm.clone(), handler).map_err(|e| Error::internal(format!("{vm}: {e}")))?;
         let engine = Arc::downgrade(self);
         tokio::spawn(async move {
             loop {
@@ -600,6 +653,7 @@ impl Engine {
                 engine.heartbeat_all().await;
                 let peers = engine.hosts.overlay_peers();
                 tokio::task::block_in_place(|| engine.overlay_sync(&peers));
+                engine.ingress_sync();
             }
         });
         Ok(())
@@ -643,6 +697,9 @@ impl ProtocolHandler for HostHandler {
             }
             if request.protocol == HOST_API {
                 return engine.serve_forwarded(&request.state).await;
+            }
+            if request.protocol == super::remote::HOST_VM {
+                return engine.serve_vm_request(&request.state).await;
             }
             // the policy admits members only
             let mut beat: Heartbeat =
@@ -692,6 +749,17 @@ impl Engine {
             containers: self.containers.list().into_iter().map(|c| c.spec.name).collect(),
             circuits: self.circuits.list().into_iter().map(|c| c.name).collect(),
             chain_nodes: self.local_chain_nodes(),
+            ready: self
+                .vms
+                .list()
+                .into_iter()
+                .filter(|v| {
+                    v.state == micro_os_core::VmState::Running && self.agents.lock().unwrap().contains_key(&v.id)
+                })
+                .map(|v| v.spec.name)
+                .collect(),
+            addresses: self.local_names(),
+            ingress: self.local_ingress(),
         }
     }
 
@@ -759,15 +827,8 @@ impl Engine {
             content_type,
             body: base64::engine::general_purpose::STANDARD.encode(&body),
         };
-        let p2p = self.host_p2p()?;
-        let r = self.hosts.records.read().expect("records").get(&peer.to_string()).cloned();
-        if let Some(r) = r {
-            self.dial_member(&r).await;
-        }
-        let answer = p2p
-            .send_request(peer, HOST_API, MessageType::Ctrl, serde_json::to_string(&f).expect("serialises"))
-            .await
-            .map_err(|e| Error::Unavailable(format!("host {peer}: {e}")))?;
+        let answer =
+            self.ask_host(peer, HOST_API, MessageType::Ctrl, serde_json::to_string(&f).expect("serialises")).await?;
         let a: Answered = serde_json::from_slice(&answer)
             .map_err(|e| Error::internal(format!("host {peer} answered something malformed: {e}")))?;
         let body = base64::engine::general_purpose::STANDARD
@@ -780,6 +841,23 @@ impl Engine {
             out.headers_mut().insert(axum::http::header::CONTENT_TYPE, ct);
         }
         Ok(out)
+    }
+
+    /// One request to member `peer` on a host protocol, dialled first at the addresses
+    /// its record and its last heartbeat give.
+    pub(super) async fn ask_host(
+        &self,
+        peer: PeerId,
+        protocol: StreamProtocol,
+        kind: MessageType,
+        body: String,
+    ) -> Result<Vec<u8>> {
+        let p2p = self.host_p2p()?;
+        let r = self.hosts.records.read().expect("records").get(&peer.to_string()).cloned();
+        if let Some(r) = r {
+            self.dial_member(&r).await;
+        }
+        p2p.send_request(peer, protocol, kind, body).await.map_err(|e| Error::Unavailable(format!("host {peer}: {e}")))
     }
 
     /// Serves a request a member forwarded, through this host's own API (its own token).

@@ -5,15 +5,18 @@ mod chain;
 mod circuits;
 pub mod components;
 mod containers;
+mod dns;
 mod engine;
 mod error;
 mod health;
 mod hosts;
+mod ingress;
 mod journal;
 mod logs;
 mod monitor;
 mod nonces;
 mod overlay;
+mod remote;
 mod replicas;
 mod supervisor;
 mod table;
@@ -302,6 +305,7 @@ pub fn run(home: Home, cfg: Config) -> anyhow::Result<()> {
         )?;
         let _ = engine.p2p.set(handle);
         engine.start_hosts(host_key)?;
+        engine.start_dns();
         engine.recover_vms().await;
         engine.recover().await;
         // replicas follow their circuits' members as recorded (and a create cut short is finished)

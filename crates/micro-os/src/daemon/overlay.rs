@@ -53,6 +53,9 @@ pub struct Overlay {
     applied: Mutex<BTreeMap<String, Peer>>,
     /// The other hosts' subnets each VM has a route to, by VM id.
     routed: Mutex<HashMap<String, Vec<String>>>,
+    /// The subnets this host routes through the device, and whether from the gateway's
+    /// address.
+    routes: Mutex<(Vec<String>, bool)>,
 }
 
 impl Engine {
@@ -179,6 +182,7 @@ impl Engine {
             *self.overlay.control.lock().expect("overlay") = None;
             *self.overlay.device.lock().expect("overlay") = None;
             self.overlay.applied.lock().expect("overlay").clear();
+            *self.overlay.routes.lock().expect("overlay") = Default::default();
         }
     }
 
@@ -235,9 +239,6 @@ impl Engine {
                     .collect();
                 self.overlay_set(&lines)?;
             }
-            for p in want.values() {
-                ip(&["route", "replace", &p.subnet, "dev", &name])?;
-            }
             tracing::info!(
                 "overlay: {} peers ({})",
                 want.len(),
@@ -245,9 +246,24 @@ impl Engine {
             );
             *self.overlay.applied.lock().expect("overlay") = want.clone();
         }
-        // each running sandbox VM reaches the other hosts' subnets through its gateway
+        // this host reaches the other hosts' subnets through the device, from the gateway's
+        // address once the bridge has it: traffic the host itself sends (an ingress
+        // port's) then comes from this host's subnet, which the peers allow
         let subnets: Vec<String> = want.values().map(|p| p.subnet.clone()).collect();
         let gateway = self.fabric().gateway().to_string();
+        let bridge_up = std::net::UdpSocket::bind((self.fabric().gateway(), 0)).is_ok();
+        let routes = (subnets.clone(), bridge_up);
+        if *self.overlay.routes.lock().expect("overlay") != routes {
+            for s in &subnets {
+                let mut args = vec!["route", "replace", s.as_str(), "dev", name.as_str()];
+                if bridge_up {
+                    args.extend(["src", gateway.as_str()]);
+                }
+                ip(&args)?;
+            }
+            *self.overlay.routes.lock().expect("overlay") = routes;
+        }
+        // each running sandbox VM reaches the other hosts' subnets through its gateway
         let mut routed = self.overlay.routed.lock().expect("overlay");
         for vm in self.vms.list() {
             if vm.state != micro_os_core::vm::VmState::Running || vm.spec.driver != micro_os_core::vm::Driver::Sandbox {

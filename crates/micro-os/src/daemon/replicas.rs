@@ -77,6 +77,12 @@ impl Engine {
     /// in the spec), and the replicas' names are free.
     pub(super) fn resolve_replicated(&self, spec: &mut ContainerSpec, circuit: &str) -> Result<()> {
         let c = self.circuits.find(circuit)?;
+        if let Some(m) = c.members.iter().find(|m| m.host.is_some()) {
+            return Err(Error::invalid(format!(
+                "circuit {:?} has members on other hosts (vm {:?}): replicated containers need every member on this host (not supported across hosts yet)",
+                c.name, m.vm
+            )));
+        }
         for m in &c.members {
             let name = replica_name(&spec.name, &m.vm, m.node_id);
             micro_os_core::validate_name("container", &name).map_err(|e| Error::invalid(e.to_string()))?;
@@ -149,7 +155,9 @@ impl Engine {
                 }
             }
         }
-        for m in &circuit.members {
+        // replicas are made on this host's members only (a replicated create refuses a
+        // circuit that spans hosts; one that came to span them later keeps its local ones)
+        for m in circuit.members.iter().filter(|m| m.host.is_none()) {
             if let Some(r) = replicas.iter().find(|r| r.spec.vm.as_deref() == Some(&m.vm_id)) {
                 // a replica whose VM was stopped under it runs again once the VM does
                 let vm_running = self.vms.get(&m.vm_id).is_some_and(|v| v.state == VmState::Running);

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod circuit;
 mod require;
 // not every test file needs it (health.rs does not)
 #[allow(unused_imports)]
@@ -298,6 +299,13 @@ impl Drop for Daemon {
         self.kill9();
         let _ = Command::new("ip").args(["link", "del", &self.bridge()]).output();
     }
+}
+
+/// Moves the calling thread into network namespace `ns` (`/run/netns/ns`): a client
+/// thread then reaches a daemon of a [`TestNet`] host at its loopback address.
+pub fn enter_netns(ns: &str) {
+    let f = std::fs::File::open(format!("/run/netns/{ns}")).unwrap();
+    nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
 }
 
 /// Runs `ip` (iproute2) with `args`, insisting on success.
