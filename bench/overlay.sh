@@ -7,10 +7,12 @@
 # each a network namespace with a daemon of its own (a scratch home), joined by veth to a
 # test bridge in a namespace of its own; host B joins host A's fabric; a sandbox VM on
 # each. iperf3 runs in the VMs' network namespaces (where their containers run), then
-# between the hosts' namespaces over the bare veth path. Knob: OVERLAY_SECS (10).
+# between the hosts' namespaces over the bare veth path. Knobs: OVERLAY_SECS (10),
+# OVERLAY_MTU (the overlay's TUN MTU, 1420).
 set -euo pipefail
 : "${BIN:?run through bench/run.sh overlay}" "${WORK:?}"
 SECS=${OVERLAY_SECS:-10}
+MTU=${OVERLAY_MTU:-1420}
 TAG=$$
 BR=mob$TAG; HA=moa$TAG; HB=mobb$TAG
 cleanup() {
@@ -40,7 +42,7 @@ start() { # $1 host letter, $2 netns, $3 address, $4 subnet
   local home=$WORK/host-$1 port
   port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
   mkdir -p "$home"
-  echo "{\"vm_bridge\": \"mo$1$TAG\", \"vm_subnet\": \"$4\", \"p2p_mdns\": false, \"p2p_listen\": [\"/ip4/$3/tcp/0\"]}" >"$home/config.json"
+  echo "{\"vm_bridge\": \"mo$1$TAG\", \"vm_subnet\": \"$4\", \"overlay_mtu\": $MTU, \"p2p_mdns\": false, \"p2p_listen\": [\"/ip4/$3/tcp/0\"]}" >"$home/config.json"
   MICRO_OS_HOME=$home "$BIN" init >/dev/null
   MICRO_OS_HOME=$home nsenter --net=/run/netns/"$2" "$BIN" daemon --api-addr "127.0.0.1:$port" >"$home/daemon.log" 2>&1 &
   echo $! >"$home/pid"
@@ -69,7 +71,7 @@ PING=(busybox ping)
 for _ in $(seq 60); do ip netns exec "$VA" "${PING[@]}" -c1 -W1 "$ADDR_B" >/dev/null 2>&1 && break; sleep 1; done
 ip netns exec "$VA" "${PING[@]}" -c1 -W1 "$ADDR_B" >/dev/null || { echo "the overlay did not come up"; tail -n 5 "$WORK"/host-*/daemon.log; exit 1; }
 load() { cut -d' ' -f1-3 /proc/loadavg; }
-echo "# overlay $(date -u +%FT%TZ), ${SECS}s per run, load $(load)"
+echo "# overlay $(date -u +%FT%TZ), ${SECS}s per run, overlay mtu $MTU, load $(load)"
 iperf() { # $1 server netns, $2 client netns, $3 server address, $4 port
   ip netns exec "$1" iperf3 -s -p "$4" -1 >/dev/null 2>&1 &
   sleep 0.5

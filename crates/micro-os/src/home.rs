@@ -60,6 +60,10 @@ pub struct Config {
     /// The UDP port of the encrypted overlay between the fabric's hosts (WireGuard in
     /// userspace); 0 turns the overlay off.
     pub overlay_port: u16,
+    /// The MTU of the overlay's TUN device: 1420 (WireGuard's) keeps each sealed packet
+    /// within a 1500-byte path; larger ones are fragmented on the way (fewer, larger
+    /// packets for the userspace WireGuard: faster where fragments pass, see bench/RESULTS.md).
+    pub overlay_mtu: u32,
     /// Seconds between samples of every container, VM and the host.
     pub monitor_interval_s: f64,
     /// Hours raw samples are kept; older ones live on as one-minute averages.
@@ -109,6 +113,7 @@ impl Default for Config {
             p2p_external: vec![],
             host_token: String::new(),
             overlay_port: 51820,
+            overlay_mtu: 1420,
             monitor_interval_s: 5.0,
             monitor_raw_hours: 24,
             monitor_minute_days: 30,
@@ -150,6 +155,9 @@ impl Config {
         let circuit = self.p2p_listen.iter().any(|a| a.contains("/p2p-circuit"));
         if circuit && !self.p2p_nat.relay_client {
             bail!("p2p_listen has a /p2p-circuit address but p2p_nat.relay_client is off (turn it on)");
+        }
+        if !(1280..=65000).contains(&self.overlay_mtu) {
+            bail!("overlay_mtu {} is out of range (1280 to 65000; 1420 fits a 1500-byte path)", self.overlay_mtu);
         }
         if self.p2p_key_rotation_s == 0 {
             bail!("p2p_key_rotation_s 0 is too short (give seconds, e.g. 3600)");

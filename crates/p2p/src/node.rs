@@ -293,11 +293,11 @@ impl Node {
             BehaviourEvent::Gossip(gossipsub::Event::Message { message, .. }) => self.on_broadcast(message),
             BehaviourEvent::Msg(e) => self.on_msg(e),
             BehaviourEvent::Ping(e) => {
-                // a connection whose ping fails is dead (a cut link, a frozen peer): closed,
-                // so that the next request dials afresh instead of queueing on it until
-                // TCP gives up
-                if let Err(err) = &e.result {
-                    tracing::info!("ping {}: {err}: closing that connection", e.peer);
+                // a connection whose ping times out is dead (a cut link, a frozen peer):
+                // closed, so that the next request dials afresh instead of queueing on it
+                // until TCP gives up (a peer without ping is left alone)
+                if let Err(libp2p::ping::Failure::Timeout) = &e.result {
+                    tracing::info!("ping {} timed out: closing that connection", e.peer);
                     self.swarm.close_connection(e.connection);
                 }
                 self.on_ping(e)

@@ -152,6 +152,7 @@ pub const REGISTRY: &[Component] = &[
             "p2p_external",
             "host_token",
             "overlay_port",
+            "overlay_mtu",
         ],
         validate: |c| c.validate_p2p().map_err(|e| e.to_string()),
         health: |e| {

@@ -165,7 +165,7 @@ impl Engine {
             hex::encode(key.to_bytes()),
             self.cfg.overlay_port
         ))?;
-        ip(&["link", "set", &name, "up"])?;
+        ip(&["link", "set", &name, "mtu", &self.cfg.overlay_mtu.to_string(), "up"])?;
         std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
             .map_err(|e| Error::internal(format!("turning ip_forward on for the overlay: {e}")))?;
         tracing::info!("overlay device {name} up on udp port {}", self.cfg.overlay_port);
