@@ -342,6 +342,15 @@ The first process of a micro-os VM; the daemon starts it, it is not meant to be 
   --control-dir DIR  directory of the daemon's control socket (default /run/micro-os/ctl)";
 
 fn main() -> std::process::ExitCode {
+    // what the VM's peer and its circuit members have to say goes to the VM's console log
+    // (`MICRO_OS_AGENT_LOG`, a tracing filter, says more)
+    let filter = std::env::var("MICRO_OS_AGENT_LOG")
+        .unwrap_or_else(|_| "warn,micro_os_p2p=info,micro_os_circuit=info,openraft=warn".into());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .try_init();
     let mut args = std::env::args().skip(1);
     let (mut guest, mut control_dir) = (false, None);
     while let Some(a) = args.next() {

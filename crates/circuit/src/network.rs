@@ -198,7 +198,13 @@ impl Client {
         if let Some(addr) = self.addr.as_ref().filter(|_| !self.p2p.has_session(peer, &protocol())) {
             self.p2p.connect(peer, addr.clone()).await;
         }
-        send_state(&self.p2p, peer, state, option.hard_ttl()).await
+        let answer = send_state(&self.p2p, peer, state, option.hard_ttl()).await;
+        if matches!(answer, Err(SendError::TimedOut(_))) {
+            // the next RPC goes on a fresh stream: after a partition the old one can stay
+            // open with no one answering on it, while pings keep its connection up
+            self.p2p.close_session(peer, &protocol());
+        }
+        answer
     }
 }
 

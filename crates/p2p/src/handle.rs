@@ -205,6 +205,13 @@ impl Handle {
         self.sessions.is_live(to, protocol)
     }
 
+    /// Closes the session with `to` on `protocol`, if one is open: the next request opens
+    /// a new stream. For a caller whose request timed out: the session may be wedged (its
+    /// responder gone quiet) while the connection under it still answers pings.
+    pub fn close_session(&self, to: PeerId, protocol: &StreamProtocol) {
+        self.sessions.close(to, protocol)
+    }
+
     /// Sends a request on a registered protocol and waits for the receiver's handler to
     /// answer with bytes. On the session with `to` (see `registry`): the first request of
     /// a session is an envelope of type `kind` signed by this peer, later ones go as they

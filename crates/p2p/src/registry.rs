@@ -227,6 +227,8 @@ struct Session {
     pending: Pending,
     next: AtomicU64,
     alive: AtomicBool,
+    /// Its writer and reader: aborted when it is ended from here, which drops the stream.
+    tasks: Mutex<Vec<tokio::task::AbortHandle>>,
 }
 
 impl Session {
@@ -235,6 +237,14 @@ impl Session {
         self.alive.store(false, Ordering::SeqCst);
         for (_, w) in self.pending.lock().unwrap().drain() {
             let _ = w.send(Err(StreamError::Closed));
+        }
+    }
+
+    /// Ends the session and drops its stream (its peer's responder sees it close).
+    fn close(&self) {
+        self.end();
+        for t in self.tasks.lock().unwrap().drain(..) {
+            t.abort();
         }
     }
 
@@ -273,6 +283,15 @@ impl Sessions {
 
     pub(crate) fn is_live(&self, to: PeerId, protocol: &StreamProtocol) -> bool {
         self.live(to, protocol).is_some()
+    }
+
+    /// Closes the session with `to` on `protocol`, if one is open: the next request opens
+    /// a new stream (and dials, if the connection is gone too).
+    pub(crate) fn close(&self, to: PeerId, protocol: &StreamProtocol) {
+        let s = self.0.lock().unwrap().remove(&(to, protocol.clone()));
+        if let Some(s) = s {
+            s.close();
+        }
     }
 
     fn forget(&self, to: PeerId, protocol: &StreamProtocol, s: &Arc<Session>) {
@@ -324,9 +343,16 @@ pub(crate) async fn open(
         .map_err(|source| StreamError::Open { protocol: protocol.clone(), source })?;
     let (rd, wr) = stream.split();
     let (out, queue) = mpsc::channel(QUEUE);
-    let s = Arc::new(Session { out, pending: Mutex::default(), next: AtomicU64::new(1), alive: AtomicBool::new(true) });
-    tokio::spawn(write_requests(wr, queue, s.clone()));
-    tokio::spawn(read_answers(rd, s.clone(), sessions.clone(), to, protocol.clone()));
+    let s = Arc::new(Session {
+        out,
+        pending: Mutex::default(),
+        next: AtomicU64::new(1),
+        alive: AtomicBool::new(true),
+        tasks: Mutex::default(),
+    });
+    let writer = tokio::spawn(write_requests(wr, queue, s.clone()));
+    let reader = tokio::spawn(read_answers(rd, s.clone(), sessions.clone(), to, protocol.clone()));
+    s.tasks.lock().unwrap().extend([writer.abort_handle(), reader.abort_handle()]);
     sessions.0.lock().unwrap().insert((to, protocol.clone()), s.clone());
     let answer = s.call(0, head).await;
     if answer.is_err() {

@@ -121,6 +121,35 @@ impl Engine {
             .ok_or_else(|| Error::invalid(format!("vm {:?} is not a member of circuit {:?}", vm.spec.name, c.name)))
     }
 
+    /// Sends `call` through `via` if given, else through the last known leader, else any
+    /// reachable member: the next one while a member's VM turns out not to run or its
+    /// host cannot be reached (nothing was sent then; another host's VM may have stopped,
+    /// or its host gone, since its last heartbeat).
+    async fn through_member<T: DeserializeOwned>(
+        &self,
+        c: &Circuit,
+        via: Option<&str>,
+        call: CircuitCall,
+        wait: Duration,
+    ) -> Result<T> {
+        let sites = match via {
+            Some(_) => vec![self.entry_member(c, via).await?],
+            None => self.reachable_members(c),
+        };
+        let Some(last) = sites.len().checked_sub(1) else {
+            return Err(Error::Unavailable(format!("circuit {:?} has no member running (start its VMs)", c.name)));
+        };
+        for (i, site) in sites.iter().enumerate() {
+            match self.member_call(c, site, call.clone(), wait).await {
+                Err(Error::NotRunning(why) | Error::Unreached(why)) if i < last => {
+                    tracing::debug!("circuit {:?}: {why}: next member", c.name)
+                }
+                r => return r,
+            }
+        }
+        unreachable!("the last member's answer is returned")
+    }
+
     /// The member to send a request through: `via` if given (it must be a member), else
     /// the last known leader, else any reachable member.
     async fn entry_member(&self, c: &Circuit, via: Option<&str>) -> Result<Site> {
@@ -582,9 +611,8 @@ impl Engine {
             check_value(value).map_err(|e| Error::invalid(e.to_string()))?;
         }
         let c = self.circuits.find(key)?;
-        let vm = self.entry_member(&c, via).await?;
         let call = CircuitCall::Write { circuit: c.id.clone(), op };
-        let r: WriteResult = self.member_call(&c, &vm, call, CALL_WAIT).await?;
+        let r: WriteResult = self.through_member(&c, via, call, CALL_WAIT).await?;
         self.note_leader(&c, r.leader);
         Ok(r)
     }
@@ -600,9 +628,8 @@ impl Engine {
             validate_key(k).map_err(|e| Error::invalid(e.to_string()))?;
         }
         let c = self.circuits.find(key)?;
-        let vm = self.entry_member(&c, via).await?;
         let call = CircuitCall::Read { circuit: c.id.clone(), key: state_key.clone(), stale };
-        let r: ReadResult = self.member_call(&c, &vm, call, CALL_WAIT).await?;
+        let r: ReadResult = self.through_member(&c, via, call, CALL_WAIT).await?;
         if let Some(k) = state_key {
             if r.entries.is_empty() {
                 return Err(Error::not_found(format!("key {k:?} not found in circuit {:?}", c.name)));

@@ -14,6 +14,13 @@ pub enum Error {
     /// The request is fine but the object's state (or another object) is in the way.
     #[error("{0}")]
     Conflict(String),
+    /// A conflict of a VM that does not run (or whose agent is not connected), found
+    /// before anything was sent to it: another member of a circuit may take the request.
+    #[error("{0}")]
+    NotRunning(String),
+    /// Another host of the fabric could not be reached: nothing was sent to it.
+    #[error("{0}")]
+    Unreached(String),
     /// Something failed on the host; not the caller's fault.
     #[error("{0}")]
     Internal(String),
@@ -61,9 +68,9 @@ impl Error {
         match self {
             Error::Invalid(_) => Class::Invalid,
             Error::NotFound(_) => Class::NotFound,
-            Error::Conflict(_) => Class::Conflict,
+            Error::Conflict(_) | Error::NotRunning(_) => Class::Conflict,
             Error::Internal(_) => Class::Internal,
-            Error::Unavailable(_) => Class::Unavailable,
+            Error::Unavailable(_) | Error::Unreached(_) => Class::Unavailable,
             Error::Store(micro_os_store::Error::Conflict { .. }) => Class::Conflict,
             Error::Store(_) => Class::Internal,
             Error::Runtime(r) | Error::Driver(V::Runtime(r)) => match r {

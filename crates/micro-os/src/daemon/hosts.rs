@@ -857,7 +857,13 @@ impl Engine {
         if let Some(r) = r {
             self.dial_member(&r).await;
         }
-        p2p.send_request(peer, protocol, kind, body).await.map_err(|e| Error::Unavailable(format!("host {peer}: {e}")))
+        p2p.send_request(peer, protocol, kind, body).await.map_err(|e| match e {
+            // no stream opened: nothing reached the host
+            micro_os_p2p::Error::Stream(micro_os_p2p::StreamError::Open { .. }) => {
+                Error::Unreached(format!("host {peer} is unreachable: {e}"))
+            }
+            e => Error::Unavailable(format!("host {peer}: {e}")),
+        })
     }
 
     /// Serves a request a member forwarded, through this host's own API (its own token).

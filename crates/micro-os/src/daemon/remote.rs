@@ -42,6 +42,9 @@ struct Failure {
 
 impl From<Error> for Failure {
     fn from(e: Error) -> Failure {
+        if let Error::NotRunning(m) = e {
+            return Failure { class: "not_running".into(), message: m };
+        }
         let class = match e.class() {
             Class::Invalid => "invalid",
             Class::NotFound => "not_found",
@@ -59,6 +62,7 @@ impl From<Failure> for Error {
             "invalid" => Error::Invalid(f.message),
             "not_found" => Error::NotFound(f.message),
             "conflict" => Error::Conflict(f.message),
+            "not_running" => Error::NotRunning(f.message),
             "unavailable" => Error::Unavailable(f.message),
             _ => Error::Internal(f.message),
         }
@@ -131,7 +135,10 @@ impl Engine {
     ) -> Result<serde_json::Value> {
         let vm = self.find_vm(vm)?;
         if vm.state != VmState::Running {
-            return Err(Error::conflict(format!("vm {:?} is {} (start it)", vm.spec.name, vm.state)));
+            return Err(Error::NotRunning(format!("vm {:?} is {} (start it)", vm.spec.name, vm.state)));
+        }
+        if !self.agents.lock().unwrap().contains_key(&vm.id) {
+            return Err(Error::NotRunning(format!("vm {:?} has no agent connected (start it)", vm.spec.name)));
         }
         let answer = self.call_agent(&vm, |id| DaemonMessage::Circuit { id, call }, wait).await?;
         let AgentMessage::Answer { result, .. } = answer else {
