@@ -112,7 +112,12 @@ pub struct Client {
     target: NodeId,
     peer: Option<PeerId>,
     addr: Option<micro_os_p2p::Multiaddr>,
+    /// RPCs timed out in a row.
+    timeouts: u32,
 }
+
+/// Timed-out RPCs in a row after which a member's session is closed for a fresh one.
+const FRESH_STREAM_AFTER: u32 = 3;
 
 impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = Client;
@@ -123,7 +128,15 @@ impl RaftNetworkFactory<TypeConfig> for Network {
         if let (Some(peer), Some(addr)) = (peer, &addr) {
             self.p2p.add_address(peer, addr.clone()).await;
         }
-        Client { p2p: self.p2p.clone(), held: self.held.clone(), circuit: self.circuit.clone(), target, peer, addr }
+        Client {
+            p2p: self.p2p.clone(),
+            held: self.held.clone(),
+            circuit: self.circuit.clone(),
+            target,
+            peer,
+            addr,
+            timeouts: 0,
+        }
     }
 }
 
@@ -188,7 +201,7 @@ pub(crate) fn escaped_len(s: &str) -> usize {
 }
 
 impl Client {
-    async fn rpc<T: DeserializeOwned>(&self, body: Body, option: &RPCOption) -> Result<T, SendError> {
+    async fn rpc<T: DeserializeOwned>(&mut self, body: Body, option: &RPCOption) -> Result<T, SendError> {
         let state = encode(&self.circuit, body)?;
         if self.held.active() {
             return Err(SendError::Held);
@@ -200,9 +213,17 @@ impl Client {
         }
         let answer = send_state(&self.p2p, peer, state, option.hard_ttl()).await;
         if matches!(answer, Err(SendError::TimedOut(_))) {
-            // the next RPC goes on a fresh stream: after a partition the old one can stay
-            // open with no one answering on it, while pings keep its connection up
-            self.p2p.close_session(peer, &protocol());
+            // after a partition a stream can stay open with no one answering on it while
+            // pings keep its connection up: after a few timeouts in a row the next RPC goes
+            // on a fresh stream (not after one: a slow answer is no reason to pay a new
+            // stream's round trips)
+            self.timeouts += 1;
+            if self.timeouts >= FRESH_STREAM_AFTER {
+                self.timeouts = 0;
+                self.p2p.close_session(peer, &protocol());
+            }
+        } else {
+            self.timeouts = 0;
         }
         answer
     }

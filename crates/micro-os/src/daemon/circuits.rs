@@ -34,6 +34,9 @@ const CALL_WAIT: Duration = Duration::from_secs(15);
 const ADD_WAIT: Duration = Duration::from_secs(75);
 /// A status asked for a view: a member that does not answer by then is unreachable.
 const STATUS_WAIT: Duration = Duration::from_secs(3);
+/// The shortest heartbeat and election timeout of a circuit whose members span hosts.
+const SPANNING_HEARTBEAT_MS: u64 = 250;
+const SPANNING_ELECTION_MS: u64 = 2500;
 
 impl Object for Circuit {
     const KIND: &'static str = "circuit";
@@ -202,6 +205,19 @@ impl Engine {
         Ok((vm, host))
     }
 
+    /// The Raft timers of a circuit: the config's, made slower for one whose members span
+    /// hosts (openraft gives every AppendEntries one heartbeat interval to answer, and the
+    /// overlay under load has round trips of tens of milliseconds, plus a catching-up
+    /// member's fsyncs; etcd's rule of thumb: heartbeat about a round trip, election ten).
+    fn raft_settings(&self, spans_hosts: bool) -> micro_os_core::circuit::RaftSettings {
+        let mut s = self.cfg.raft_settings();
+        if spans_hosts {
+            s.heartbeat_ms = s.heartbeat_ms.max(SPANNING_HEARTBEAT_MS);
+            s.election_timeout_ms = s.election_timeout_ms.max(SPANNING_ELECTION_MS);
+        }
+        s
+    }
+
     fn new_member(vm: &Vm, host: Option<PeerId>, node_id: u64, role: Role) -> CircuitMember {
         CircuitMember {
             vm_id: vm.id.clone(),
@@ -242,6 +258,7 @@ impl Engine {
             created_at: Utc::now(),
         };
         let addrs: Vec<(u64, MemberAddr)> = c.members.iter().map(|m| (m.node_id, member_addr(m))).collect();
+        let settings = self.raft_settings(c.members.iter().any(|m| m.host.is_some()));
         // the others first, so the first member's election finds them listening
         let mut joined = Vec::new();
         for m in c.members.iter().rev() {
@@ -251,7 +268,7 @@ impl Engine {
                 node_id: m.node_id,
                 members: addrs.clone(),
                 initialize: m.node_id == 1,
-                settings: self.cfg.raft_settings(),
+                settings,
             };
             match self.member_call::<MemberStatus>(&c, &site, call, CALL_WAIT).await {
                 Ok(_) => joined.push(site),
@@ -453,7 +470,7 @@ impl Engine {
             node_id,
             members: addrs,
             initialize: false,
-            settings: self.cfg.raft_settings(),
+            settings: self.raft_settings(c.members.iter().any(|m| m.host.is_some())),
         };
         let added = async {
             self.member_call::<MemberStatus>(&c, &site, join, CALL_WAIT).await?;
@@ -541,7 +558,7 @@ impl Engine {
         if leader_node == target.node_id {
             return Ok(view);
         }
-        let election = self.cfg.circuit_election_timeout_ms;
+        let election = self.raft_settings(c.members.iter().any(|m| m.host.is_some())).election_timeout_ms;
         // the target must hold the leader's whole log, or it cannot win
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         loop {
