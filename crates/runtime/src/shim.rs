@@ -462,18 +462,18 @@ fn proxy_tcp(listener: TcpListener, ns: PathBuf, port: u16) {
 /// to the client they answer; a client silent for [`UDP_IDLE`] is forgotten.
 fn proxy_udp(socket: UdpSocket, ns: PathBuf, port: u16) {
     let socket = Arc::new(socket);
-    let flows: Arc<Mutex<std::collections::HashMap<SocketAddr, UdpSocket>>> = Arc::default();
+    let flows: Arc<Mutex<std::collections::HashMap<SocketAddr, Arc<UdpSocket>>>> = Arc::default();
     let mut buf = vec![0u8; 65536];
     loop {
         let Ok((n, from)) = socket.recv_from(&mut buf) else { continue };
-        let existing = flows.lock().unwrap().get(&from).and_then(|u| u.try_clone().ok());
+        let existing = flows.lock().unwrap().get(&from).cloned();
         let upstream = match existing {
             Some(u) => u,
             None => {
                 let Ok(u) = netns::udp_to(&ns, port) else { continue };
-                let Ok(answers) = u.try_clone() else { continue };
-                flows.lock().unwrap().insert(from, u.try_clone().expect("cloned once already"));
-                let (socket, flows) = (socket.clone(), flows.clone());
+                let u = Arc::new(u);
+                flows.lock().unwrap().insert(from, u.clone());
+                let (socket, flows, answers) = (socket.clone(), flows.clone(), u.clone());
                 std::thread::spawn(move || {
                     let _ = answers.set_read_timeout(Some(UDP_IDLE));
                     let mut buf = vec![0u8; 65536];

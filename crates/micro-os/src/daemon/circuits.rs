@@ -96,17 +96,15 @@ impl Engine {
     /// heartbeat), leader first if known.
     fn reachable_members(&self, c: &Circuit) -> Vec<Site> {
         let hint = self.leader_hint.lock().unwrap().get(&c.id).cloned();
-        let mut sites: Vec<Site> =
-            c.members
-                .iter()
-                .map(Site::member)
-                .filter(|s| match s.host {
-                    None => self.vms.get(&s.vm_id).is_some_and(|v| {
-                        v.state == VmState::Running && self.agents.lock().unwrap().contains_key(&v.id)
-                    }),
-                    Some(host) => self.hosts.vm_ready(&host.to_string(), &s.name),
-                })
-                .collect();
+        let mut sites: Vec<Site> = c
+            .members
+            .iter()
+            .map(Site::member)
+            .filter(|s| match s.host {
+                None => self.vms.get(&s.vm_id).is_some_and(|v| self.agent_ready(&v)),
+                Some(host) => self.hosts.vm_ready(&host.to_string(), &s.name),
+            })
+            .collect();
         sites.sort_by_key(|s| Some(&s.vm_id) != hint.as_ref());
         sites
     }
@@ -313,15 +311,11 @@ impl Engine {
         let asks = c.members.iter().map(|m| async move {
             let site = Site::member(m);
             let call = CircuitCall::Status { circuit: c.id.clone() };
+            // this host's VMs are checked here; another host checks its own
             let status = match (&site.host, self.vms.get(&m.vm_id)) {
-                (Some(_), _) => {
-                    self.member_call::<MemberStatus>(c, &site, call, STATUS_WAIT).await.map_err(|e| e.to_string())
-                }
                 (None, None) => Err("its VM was removed".to_string()),
                 (None, Some(vm)) if vm.state != VmState::Running => Err(format!("its VM is {}", vm.state)),
-                (None, Some(_)) => {
-                    self.member_call::<MemberStatus>(c, &site, call, STATUS_WAIT).await.map_err(|e| e.to_string())
-                }
+                _ => self.member_call::<MemberStatus>(c, &site, call, STATUS_WAIT).await.map_err(|e| e.to_string()),
             };
             (m.clone(), status)
         });

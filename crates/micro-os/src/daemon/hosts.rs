@@ -749,15 +749,7 @@ impl Engine {
             containers: self.containers.list().into_iter().map(|c| c.spec.name).collect(),
             circuits: self.circuits.list().into_iter().map(|c| c.name).collect(),
             chain_nodes: self.local_chain_nodes(),
-            ready: self
-                .vms
-                .list()
-                .into_iter()
-                .filter(|v| {
-                    v.state == micro_os_core::VmState::Running && self.agents.lock().unwrap().contains_key(&v.id)
-                })
-                .map(|v| v.spec.name)
-                .collect(),
+            ready: self.vms.list().into_iter().filter(|v| self.agent_ready(v)).map(|v| v.spec.name).collect(),
             addresses: self.local_names(),
             ingress: self.local_ingress(),
         }

@@ -402,7 +402,8 @@ impl Engine {
         let sent = self.agents.lock().unwrap().get(&vm.id).is_some_and(|a| a.send(make(id)).is_ok());
         if !sent {
             self.agent_calls.lock().unwrap().remove(&id);
-            return Err(Error::conflict(format!("vm {:?} has no agent connected (start it)", vm.spec.name)));
+            // nothing was sent: another member of a circuit may take the request
+            return Err(Error::NotRunning(format!("vm {:?} has no agent connected (start it)", vm.spec.name)));
         }
         match tokio::time::timeout(wait, rx).await {
             Ok(Ok(answer)) => Ok(answer),
@@ -451,6 +452,11 @@ impl Engine {
             AgentMessage::Answer { result: Err(e), .. } => Err(Error::conflict(format!("vm {:?}: {e}", vm.spec.name))),
             other => Err(Error::internal(format!("vm {:?} answered {other:?}", vm.spec.name))),
         }
+    }
+
+    /// Whether VM `v` runs with its agent connected: calls to its agent can be sent.
+    pub(super) fn agent_ready(&self, v: &Vm) -> bool {
+        v.state == VmState::Running && self.agents.lock().unwrap().contains_key(&v.id)
     }
 
     /// Tells a VM's agent what to advertise in the DHT: the VM and its containers.
