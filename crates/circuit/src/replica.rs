@@ -210,7 +210,10 @@ impl Replica {
             Ok(Err(CircuitError::NotLeader)) => Ok(None),
             Ok(Err(e)) => Err(e),
             // the stream did not open: the request never reached the leader
-            Err(SendError::P2p(micro_os_p2p::Error::Stream(micro_os_p2p::StreamError::Open { .. }))) => Ok(None),
+            Err(SendError::P2p(micro_os_p2p::Error::Stream(e @ micro_os_p2p::StreamError::Open { .. }))) => {
+                tracing::info!(circuit = %self.circuit, %peer, "a call to the leader did not leave: {e}");
+                Ok(None)
+            }
             Err(e) if is_write => Err(CircuitError::Unknown(format!("the leader did not answer: {e}"))),
             Err(e) => Err(CircuitError::NoLeader(format!("the leader did not answer: {e}"))),
         }
@@ -307,16 +310,29 @@ impl Replica {
                 Err(CircuitError::NotLeader) => {}
                 other => return other,
             }
-            let leader = self.raft.metrics().borrow().current_leader;
+            let (leader, state) = {
+                let m = self.raft.metrics();
+                let m = m.borrow();
+                (m.current_leader, m.state)
+            };
             let f = ForwardToLeader { leader_id: leader, leader_node: None };
-            if let Some(peer) = leader.filter(|l| *l != self.node_id).and_then(|_| self.leader_peer(&f)) {
-                if let Some(index) = self.forward::<Option<u64>>(peer, ClientCall::ReadIndex).await? {
-                    return Ok(index);
+            // why this round found no leader, for the error if none is found in time
+            let why = match leader {
+                None => format!("this member ({state:?}) knows no leader"),
+                Some(l) if l == self.node_id => {
+                    format!("this member ({state:?}) names itself leader but could not confirm it")
                 }
-            }
+                Some(l) => match self.leader_peer(&f) {
+                    None => format!("leader {l} is not in this member's membership"),
+                    Some(peer) => match self.forward::<Option<u64>>(peer, ClientCall::ReadIndex).await? {
+                        Some(index) => return Ok(index),
+                        None => format!("leader {l} could not be reached or no longer leads"),
+                    },
+                },
+            };
             if Instant::now() + RETRY > deadline {
                 return Err(CircuitError::NoLeader(format!(
-                    "no leader confirmed within {CLIENT_TIMEOUT:?} (is a majority of the members reachable?)"
+                    "no leader confirmed within {CLIENT_TIMEOUT:?}: {why} (is a majority of the members reachable?)"
                 )));
             }
             tokio::time::sleep(RETRY).await;

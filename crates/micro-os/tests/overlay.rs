@@ -464,33 +464,7 @@ fn circuit_across_hosts(test: &str, restart_host: bool) {
         let deadline = Instant::now() + Duration::from_secs(60);
         while !all_caught_up(&view(&a, "lin"), 3) {
             if Instant::now() > deadline {
-                let sh = |args: &[&str]| {
-                    let o = Command::new(args[0]).args(&args[1..]).output().unwrap();
-                    format!(
-                        "$ {}\n{}{}",
-                        args.join(" "),
-                        String::from_utf8_lossy(&o.stdout),
-                        String::from_utf8_lossy(&o.stderr)
-                    )
-                };
-                let m1 = a.vm("m1")["address"].as_str().unwrap().to_string();
-                let ns2 = format!("mos-{}", &b.vm("m2")["id"].as_str().unwrap()[..12]);
-                let bns = net.hosts[1].0.clone();
-                eprintln!("{}", sh(&["ip", "netns", "exec", &ns2, "ping", "-c", "2", "-W", "1", &m1]));
-                eprintln!("{}", sh(&["ip", "-n", &bns, "route"]));
-                eprintln!("{}", sh(&["ip", "-n", &bns, "link"]));
-                eprintln!("{}", sh(&["ip", "-n", &ns2, "route"]));
-                eprintln!("{}", b.ok(&["host", "list"]));
-                eprintln!("{}", b.ok(&["monitor", "network", "--detailed", "--vm", "m2"]));
-                eprintln!("B's log: {}", b.log());
-                for (d, vm) in [(&a, "m1"), (&b, "m2"), (&c, "m3")] {
-                    let id = d.vm(vm)["id"].as_str().unwrap().to_string();
-                    let log = std::fs::read_to_string(d.home_path().join("vms").join(&id).join("console.log"));
-                    let log = log.unwrap_or_default();
-                    let tail: Vec<&str> = log.lines().rev().take(40).collect();
-                    eprintln!("{vm}'s console, last lines:\n{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
-                }
-                eprintln!("{}", a.ok(&["monitor", "network", "--detailed", "--vm", "m1"]));
+                diagnose(&net, &a, &b, &c);
                 panic!("B's member did not catch up after its daemon's restart: {:#}", view(&a, "lin"));
             }
             std::thread::sleep(Duration::from_millis(200));
@@ -514,7 +488,10 @@ fn circuit_across_hosts(test: &str, restart_host: bool) {
             if o.status.success() {
                 break serde_json::from_slice(&o.stdout).unwrap();
             }
-            assert!(Instant::now() < deadline, "list via {vm}: {}", String::from_utf8_lossy(&o.stderr));
+            if Instant::now() > deadline {
+                diagnose(&net, &a, &b, &c);
+                panic!("list via {vm}: {}", String::from_utf8_lossy(&o.stderr));
+            }
             std::thread::sleep(Duration::from_millis(300));
         };
         let keys: Vec<&str> = all["entries"].as_array().unwrap().iter().map(|e| e["key"].as_str().unwrap()).collect();
@@ -538,4 +515,30 @@ fn circuit_across_hosts(test: &str, restart_host: bool) {
     let v = wait_view(&a, "lin", "m1, m2, m4", Duration::from_secs(30), |v| all_caught_up(v, 3));
     assert!(v["members"].as_array().unwrap().iter().all(|m| m["vm"] != "m3"), "{v:#}");
     a.ok(&["circuit", "rm", "--name", "lin"]);
+}
+
+/// What the three hosts and their members saw, for a failure of `circuit_across_hosts`.
+fn diagnose(net: &TestNet, a: &Daemon, b: &Daemon, c: &Daemon) {
+    let sh = |args: &[&str]| {
+        let o = Command::new(args[0]).args(&args[1..]).output().unwrap();
+        format!("$ {}\n{}{}", args.join(" "), String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    };
+    let m1 = a.vm("m1")["address"].as_str().unwrap().to_string();
+    let ns2 = format!("mos-{}", &b.vm("m2")["id"].as_str().unwrap()[..12]);
+    let bns = net.hosts[1].0.clone();
+    eprintln!("{}", sh(&["ip", "netns", "exec", &ns2, "busybox", "ping", "-c", "2", "-W", "1", &m1]));
+    eprintln!("{}", sh(&["ip", "-n", &bns, "route"]));
+    eprintln!("{}", sh(&["ip", "-n", &bns, "link"]));
+    eprintln!("{}", sh(&["ip", "-n", &ns2, "route"]));
+    eprintln!("{}", b.ok(&["host", "list"]));
+    eprintln!("{}", b.ok(&["monitor", "network", "--detailed", "--vm", "m2"]));
+    eprintln!("B's log: {}", b.log());
+    for (d, vm) in [(a, "m1"), (b, "m2"), (c, "m3")] {
+        let id = d.vm(vm)["id"].as_str().unwrap().to_string();
+        let log = std::fs::read_to_string(d.home_path().join("vms").join(&id).join("console.log"));
+        let log = log.unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(80).collect();
+        eprintln!("{vm}'s console, last lines:\n{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+    }
+    eprintln!("{}", a.ok(&["monitor", "network", "--detailed", "--vm", "m1"]));
 }

@@ -75,8 +75,11 @@ impl Sandbox {
 /// when one is set (`AGENT_P2P_TRANSPORT_ENV`).
 fn agent_env(name: &str) -> Vec<String> {
     let mut env = vec![format!("HOSTNAME={name}"), format!("MICRO_OS_VM={name}")];
-    if let Ok(t) = std::env::var(micro_os_core::vm::AGENT_P2P_TRANSPORT_ENV) {
-        env.push(format!("{}={t}", micro_os_core::vm::AGENT_P2P_TRANSPORT_ENV));
+    // knobs for benchmarks and diagnosis, passed on from the daemon's environment
+    for var in [micro_os_core::vm::AGENT_P2P_TRANSPORT_ENV, "MICRO_OS_AGENT_LOG"] {
+        if let Ok(v) = std::env::var(var) {
+            env.push(format!("{var}={v}"));
+        }
     }
     env
 }
