@@ -88,7 +88,15 @@ pub struct Network {
     pub(crate) p2p: Handle,
     pub(crate) circuit: String,
     pub(crate) held: Held,
+    /// RPCs timed out in a row, per member: kept here, not in a `Client`, because openraft
+    /// makes a fresh client for every vote request, so a candidate's count never grew and
+    /// its wedged sessions were never replaced (a member cut off and back stayed a
+    /// candidate whose votes all timed out).
+    pub(crate) timeouts: Timeouts,
 }
+
+/// Timed-out RPCs in a row by member.
+pub(crate) type Timeouts = std::sync::Arc<std::sync::Mutex<std::collections::HashMap<NodeId, u32>>>;
 
 /// Until when this member sends no Raft RPC at all (how leadership is handed over: its
 /// followers stop hearing from it, so their lease on it runs out).
@@ -112,8 +120,8 @@ pub struct Client {
     target: NodeId,
     peer: Option<PeerId>,
     addr: Option<micro_os_p2p::Multiaddr>,
-    /// RPCs timed out in a row.
-    timeouts: u32,
+    /// RPCs timed out in a row, shared by every client of this member's `Network`.
+    timeouts: Timeouts,
 }
 
 /// Timed-out RPCs in a row after which a member's session is closed for a fresh one.
@@ -135,7 +143,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             target,
             peer,
             addr,
-            timeouts: 0,
+            timeouts: self.timeouts.clone(),
         }
     }
 }
@@ -217,13 +225,21 @@ impl Client {
             // pings keep its connection up: after a few timeouts in a row the next RPC goes
             // on a fresh stream (not after one: a slow answer is no reason to pay a new
             // stream's round trips)
-            self.timeouts += 1;
-            if self.timeouts >= FRESH_STREAM_AFTER {
-                self.timeouts = 0;
+            let fresh = {
+                let mut t = self.timeouts.lock().unwrap();
+                let n = t.entry(self.target).or_default();
+                *n += 1;
+                let fresh = *n >= FRESH_STREAM_AFTER;
+                if fresh {
+                    *n = 0;
+                }
+                fresh
+            };
+            if fresh {
                 self.p2p.close_session(peer, &protocol());
             }
         } else {
-            self.timeouts = 0;
+            self.timeouts.lock().unwrap().remove(&self.target);
         }
         answer
     }

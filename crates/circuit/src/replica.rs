@@ -106,7 +106,12 @@ impl Replica {
         let (log, sm) = crate::open(dir.join(STORE_FILE)).await.map_err(|e| failed("open the store", &e))?;
         let view = sm.view();
         let held = network::Held::default();
-        let network = Network { p2p: p2p.clone(), circuit: joined.circuit.clone(), held: held.clone() };
+        let network = Network {
+            p2p: p2p.clone(),
+            circuit: joined.circuit.clone(),
+            held: held.clone(),
+            timeouts: Default::default(),
+        };
         let cfg = config(&joined.circuit, &joined.settings)?;
         let raft = Raft::new(joined.node_id, cfg, network, log, sm).await.map_err(|e| failed("start raft", &e))?;
         let expected = joined.members.iter().filter_map(|(_, m)| m.peer.parse().ok()).collect();

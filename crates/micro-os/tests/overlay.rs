@@ -371,9 +371,11 @@ fn circuit_across_hosts(test: &str, restart_host: bool) {
     // the circuit is A's, and any host answers for it (forwarded to A), once A's
     // heartbeat has named it
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !c.cli(&["circuit", "view", "--name", "lin"]).status.success() {
-        assert!(Instant::now() < deadline, "host C never learnt of circuit lin");
-        std::thread::sleep(Duration::from_millis(300));
+    for (d, name) in [(&b, "B"), (&c, "C")] {
+        while !d.cli(&["circuit", "view", "--name", "lin"]).status.success() {
+            assert!(Instant::now() < deadline, "host {name} never learnt of circuit lin");
+            std::thread::sleep(Duration::from_millis(300));
+        }
     }
     let w = c.ok(&["circuit", "state", "set", "--name", "lin", "--via", "m2", "config/batch_size", "128"]);
     assert!(w.contains("version 1"), "{w}");
