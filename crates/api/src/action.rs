@@ -133,6 +133,15 @@ pub enum Action {
     JoinHost(crate::types::HostJoin),
     /// Leave the fabric; this host stands alone after.
     LeaveHost,
+    /// Every AI module as it is set.
+    AiList,
+    AiEnable(crate::types::AiEnable),
+    AiDisable(crate::types::AiDisable),
+    AiConfigure(crate::types::AiConfigure),
+    /// Retrain now.
+    AiTrain(crate::types::AiTrain),
+    /// Every model version in the store.
+    AiModels,
 }
 
 #[derive(Debug, Clone)]
@@ -163,6 +172,9 @@ pub enum Reply {
     ChainWallet(crate::types::ChainWallet),
     Hosts(Vec<crate::types::HostInfo>),
     HostToken(crate::types::HostToken),
+    AiModules(Vec<crate::types::AiModuleStatus>),
+    AiTrained(Vec<crate::types::AiTrainReport>),
+    AiModels(Vec<crate::types::AiModelInfo>),
     Done,
 }
 

@@ -13,6 +13,7 @@ pub mod error;
 pub mod server;
 pub mod types;
 
+mod ai;
 mod chain;
 mod circuits;
 mod containers;

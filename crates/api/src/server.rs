@@ -11,7 +11,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::{
-    chain, circuits, containers, hosts, images, monitor, net, system, templates, vms, ApiError, Control, ErrorKind,
+    ai, chain, circuits, containers, hosts, images, monitor, net, system, templates, vms, ApiError, Control, ErrorKind,
     Reply,
 };
 
@@ -67,7 +67,7 @@ pub fn unexpected(r: Reply) -> ApiError {
 #[openapi(
     info(title = "micro-os", description = "Run VMs, OCI containers and consensus circuits for blockchain nodes."),
     modifiers(&BearerAuth),
-    tags((name = "vms"), (name = "net"), (name = "monitor"), (name = "containers"), (name = "images"), (name = "templates"), (name = "circuits"), (name = "chain"), (name = "hosts"), (name = "system"))
+    tags((name = "vms"), (name = "net"), (name = "monitor"), (name = "containers"), (name = "images"), (name = "templates"), (name = "circuits"), (name = "chain"), (name = "hosts"), (name = "ai"), (name = "system"))
 )]
 struct ApiDoc;
 
@@ -135,6 +135,12 @@ pub fn api_parts() -> (Router<Arc<dyn Control>>, utoipa::openapi::OpenApi) {
         .routes(routes!(hosts::token))
         .routes(routes!(hosts::join))
         .routes(routes!(hosts::leave))
+        .routes(routes!(ai::list))
+        .routes(routes!(ai::enable))
+        .routes(routes!(ai::disable))
+        .routes(routes!(ai::configure))
+        .routes(routes!(ai::train))
+        .routes(routes!(ai::models))
         .split_for_parts();
     // OpenAPI has no catch-all segment: axum serves `{*key}`, the document says `{key}`
     let paths = std::mem::take(&mut doc.paths.paths);

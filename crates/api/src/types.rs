@@ -387,9 +387,14 @@ pub struct PerformanceReport {
     pub health_ms_avg: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_error_rate: Option<f64>,
-    /// What the AI modules changed for this container (none enabled yet: says so).
+    /// What the AI modules decided for this container, their gain against their
+    /// baselines and their model versions, in words (`--ai-stats`; says so when none is
+    /// enabled).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ai_stats: Option<String>,
+    /// The same, as data.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ai: Vec<AiModuleStatus>,
 }
 
 /// `GET /api/v1/logs`: the daemon's own log, by component.
@@ -513,6 +518,9 @@ pub struct ChainSend {
     pub to: String,
     /// Coins, as Bitcoin Core's `sendtoaddress` takes them (e.g. 1.5).
     pub amount: f64,
+    /// Fee rate in sat/vB (Core's `fee_rate`); the wallet's default (2) when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fee_rate: Option<f64>,
 }
 
 /// The transaction a send made.
@@ -598,4 +606,117 @@ pub struct HostToken {
     pub peer_id: String,
     /// Addresses another host gives `host join`.
     pub join: Vec<String>,
+}
+
+/// `POST /api/v1/ai/enable`: `ai enable --module M [--container N] [--config FILE]`, or
+/// `ai enable --all`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AiEnable {
+    /// `transaction`, `mining` or `network`; absent with `all`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub module: Option<String>,
+    /// Every module this build has; the others answer that they are not available.
+    #[serde(default)]
+    pub all: bool,
+    /// The reference-chain node (container id or name) it runs for; absent: every node of
+    /// this host, now and later.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
+    /// The module's configuration (the JSON of `--config FILE`); its defaults where absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub config: Option<serde_json::Value>,
+}
+
+/// `POST /api/v1/ai/disable`: `ai disable --module M [--container N]` or `--all`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AiDisable {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub module: Option<String>,
+    #[serde(default)]
+    pub all: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
+}
+
+/// `POST /api/v1/ai/config`: `ai config --module M [--container N] --set key=value ...`;
+/// every assignment is checked against the module's schema before any is applied.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AiConfigure {
+    pub module: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
+    pub set: Vec<String>,
+}
+
+/// `POST /api/v1/ai/train`: `ai train --module M [--container N]`, retrain now.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AiTrain {
+    pub module: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
+}
+
+/// One version of a trained model in the model store.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct AiModelInfo {
+    pub module: String,
+    /// The container whose data it was trained on.
+    pub container: String,
+    /// `classifier` (priority classes) or `iforest` (anomalies).
+    pub kind: String,
+    pub version: u64,
+    pub live: bool,
+    pub created_at: DateTime<Utc>,
+    /// Samples it was trained and tested on.
+    pub data_size: u64,
+    pub seed: u64,
+    /// What is being served: `random_forest`, or the baseline when the forest lost to it.
+    pub algorithm: String,
+    /// The metric promotion compares.
+    pub primary_metric: String,
+    /// Scores on held-back data.
+    pub metrics: BTreeMap<String, f64>,
+    /// The named baseline, trained and scored on the same split.
+    pub baseline: String,
+    pub baseline_metrics: BTreeMap<String, f64>,
+}
+
+/// A module as it is set for one container (or `*`, every node of this host).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct AiModuleStatus {
+    pub module: String,
+    pub container: String,
+    /// False for a module this build does not have yet.
+    pub available: bool,
+    pub enabled: bool,
+    #[schema(value_type = Object)]
+    pub config: serde_json::Value,
+    /// Samples collected to train on.
+    pub samples: u64,
+    /// The live models.
+    pub models: Vec<AiModelInfo>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_training: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_training: Option<DateTime<Utc>>,
+    /// What the node reports the module did (queue, batches, reorderings, anomalies).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub node: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+/// What `ai train` did: one line per model (promoted, or kept and why) and the versions.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct AiTrainReport {
+    pub module: String,
+    pub container: String,
+    pub results: Vec<String>,
+    pub models: Vec<AiModelInfo>,
 }

@@ -9,6 +9,7 @@
 //! stays free of both. The P2P code drives [`node::Node`] only through `accept_header`,
 //! `accept_block`, `accept_tx`, `locator`, `headers_after`, `block` and `subscribe`.
 
+pub mod ai;
 pub mod fast;
 pub mod health;
 pub mod light;

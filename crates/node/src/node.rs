@@ -216,6 +216,8 @@ pub struct Node {
     fast_given_up: AtomicBool,
     events: broadcast::Sender<Event>,
     started: Instant,
+    /// The transaction optimiser (off until the daemon turns it on).
+    ai: crate::ai::Optimizer,
 }
 
 impl std::fmt::Debug for Node {
@@ -280,6 +282,7 @@ impl Node {
             fast_given_up: AtomicBool::new(false),
             events: broadcast::channel(1024).0,
             started: Instant::now(),
+            ai: crate::ai::Optimizer::default(),
         })
     }
 
@@ -770,6 +773,45 @@ impl Node {
         self.accept_tx_locked(&mut st, tx)
     }
 
+    /// The transaction optimiser.
+    pub fn ai(&self) -> &crate::ai::Optimizer {
+        &self.ai
+    }
+
+    /// What the transaction optimiser knows of `tx` before validating it: its fee rate
+    /// (0 when an input is unknown: an orphan), size, shape, how often its sender was seen
+    /// (counted here) and the age in blocks of the youngest coin it spends.
+    pub fn tx_features(&self, tx: &Transaction) -> micro_os_ai::TxFeatures {
+        let st = self.state();
+        self.tx_features_locked(&st, tx)
+    }
+
+    fn tx_features_locked(&self, st: &State, tx: &Transaction) -> micro_os_ai::TxFeatures {
+        let vsize = tx.vsize() as f64;
+        let (fee_rate, coin_age) = {
+            let height = st.chain.tip().0 + 1;
+            let view = PoolView { chain: &st.chain, pool: &st.mempool, height };
+            let coins: Option<Vec<Coin>> = tx.input.iter().map(|i| view.coin(&i.previous_output)).collect();
+            match coins {
+                Some(coins) if !tx.is_coinbase() => {
+                    let input: u64 = coins.iter().map(|c| c.output.value.to_sat()).sum();
+                    let output: u64 = tx.output.iter().map(|o| o.value.to_sat()).sum();
+                    let youngest = coins.iter().map(|c| c.height).max().unwrap_or(height);
+                    (input.saturating_sub(output) as f64 / vsize.max(1.0), f64::from(height - youngest.min(height)))
+                }
+                _ => (0.0, 0.0),
+            }
+        };
+        micro_os_ai::TxFeatures {
+            fee_rate,
+            vsize,
+            inputs: tx.input.len() as f64,
+            outputs: tx.output.len() as f64,
+            sender_history: f64::from(self.ai.sender_history(tx)),
+            coin_age,
+        }
+    }
+
     /// A transaction to relay: from the mempool, or a light node's pending one.
     pub fn relay_tx(&self, txid: &Txid) -> Option<Transaction> {
         match &self.light {
@@ -930,7 +972,13 @@ impl Node {
         let mut st = self.state();
         let State { chain, mempool } = &*st;
         let tx = w.create_send(chain, mempool, to.script_pubkey(), amount, fee_rate.unwrap_or(DEFAULT_FEE_RATE))?;
-        Ok(self.accept_tx_locked(&mut st, tx)?)
+        let started = Instant::now();
+        let features = self.tx_features_locked(&st, &tx);
+        let result = self.accept_tx_locked(&mut st, tx.clone());
+        drop(st);
+        let outcome = result.as_ref().map_or_else(|e| e.reason(), |_| "accepted");
+        self.ai.observed(&tx, features, "wallet", started.elapsed().as_secs_f64() * 1000.0, outcome);
+        Ok(result?)
     }
 }
 

@@ -11,6 +11,7 @@
 //! Readers keep their own in-memory copy; the store is written through, not queried on
 //! hot paths.
 
+mod ai;
 mod metrics;
 
 pub use metrics::SampleQuery;
@@ -71,6 +72,8 @@ const MIGRATIONS: &[&str] = &[
     metrics::MIGRATION,
     // 4: reference-chain nodes in the history
     metrics::CHAIN_MIGRATION,
+    // 5: what the AI layer collected to train on
+    ai::MIGRATION,
 ];
 
 /// A lifecycle event: `created`, `started`, `exited`, `oom`, `restarted`, ...

@@ -92,6 +92,9 @@ pub enum Command {
     /// Hosts that join into one fabric: a join token, join, list, leave.
     #[command(subcommand)]
     Host(HostCmd),
+    /// The AI layer: enable, configure and train the optimisers of the chain nodes.
+    #[command(subcommand)]
+    Ai(AiCmd),
     /// The libp2p layer: peers, resources in the DHT, signed messages and DATA streams.
     #[command(subcommand)]
     Net(NetCmd),
@@ -841,7 +844,9 @@ pub enum ChainCmd {
         format: Format,
     },
     /// Send coins from the node's wallet; prints the transaction id.
-    #[command(after_help = "Examples:\n  micro-os chain send --container eth-node-1 --to bcrt1q... --amount 1.5")]
+    #[command(
+        after_help = "Examples:\n  micro-os chain send --container eth-node-1 --to bcrt1q... --amount 1.5\n  micro-os chain send --container eth-node-1 --to bcrt1q... --amount 0.1 --fee-rate 25"
+    )]
     Send {
         #[arg(long, value_name = "NAME")]
         container: String,
@@ -851,12 +856,89 @@ pub enum ChainCmd {
         /// Coins (e.g. 1.5).
         #[arg(long, value_name = "X")]
         amount: f64,
+        /// Fee rate in sat/vB (default 2).
+        #[arg(long, value_name = "SAT_PER_VB")]
+        fee_rate: Option<f64>,
     },
     /// The node wallet's balance and a new address to receive at.
     #[command(after_help = "Examples:\n  micro-os chain wallet --container eth-node-1")]
     Wallet {
         #[arg(long, value_name = "NAME")]
         container: String,
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AiCmd {
+    /// Enable a module for a reference-chain node (every node of this host without
+    /// --container); --all enables every module this build has.
+    #[command(
+        after_help = "Examples:\n  micro-os ai enable --module transaction --container eth-node-1\n  micro-os ai enable --module transaction --container eth-node-1 --config tx_opt_high_throughput.json\n  micro-os ai enable --all\n\nModules: transaction (the transaction optimiser); mining and network are not built yet."
+    )]
+    Enable {
+        /// transaction, mining or network.
+        #[arg(long, value_name = "M", required_unless_present = "all", conflicts_with = "all")]
+        module: Option<String>,
+        #[arg(long)]
+        all: bool,
+        /// The node's container, id or name.
+        #[arg(long, value_name = "NAME")]
+        container: Option<String>,
+        /// A JSON file of the module's configuration (keys: see `micro-os ai config --help`).
+        #[arg(long, value_name = "FILE")]
+        config: Option<std::path::PathBuf>,
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// Disable a module (or all); its models stay in the model store.
+    #[command(
+        after_help = "Examples:\n  micro-os ai disable --module transaction --container eth-node-1\n  micro-os ai disable --all"
+    )]
+    Disable {
+        #[arg(long, value_name = "M", required_unless_present = "all", conflicts_with = "all")]
+        module: Option<String>,
+        #[arg(long)]
+        all: bool,
+        #[arg(long, value_name = "NAME")]
+        container: Option<String>,
+    },
+    /// Change a module's configuration: every --set is checked before any applies.
+    #[command(
+        after_help = "Examples:\n  micro-os ai config --module transaction --container eth-node-1 --set batch_size=256 --set priority_levels=4\n\nKeys of the transaction module: batch_size (1..=65536, default 128), priority_levels (2..=16, default 3),\nanomaly_threshold (between 0 and 1, default 0.85), model_update_interval (seconds, 60..=604800, default 3600)."
+    )]
+    Config {
+        #[arg(long, value_name = "M")]
+        module: String,
+        #[arg(long, value_name = "NAME")]
+        container: Option<String>,
+        /// key=value, repeatable.
+        #[arg(long = "set", value_name = "KEY=VALUE", required = true)]
+        set: Vec<String>,
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// Every module as it is set, its live models and what its nodes report.
+    #[command(alias = "list", after_help = "Examples:\n  micro-os ai status\n  micro-os ai list --format json")]
+    Status {
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// Retrain a module's models now; a new version goes live only if it scores at least as
+    /// well as the live one on held-back data.
+    #[command(after_help = "Examples:\n  micro-os ai train --module transaction --container eth-node-1")]
+    Train {
+        #[arg(long, value_name = "M")]
+        module: String,
+        #[arg(long, value_name = "NAME")]
+        container: Option<String>,
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// Every model version: training data size, metrics against the baseline, which is live.
+    #[command(after_help = "Examples:\n  micro-os ai models\n  micro-os ai models --format json")]
+    Models {
         #[arg(long, value_enum, default_value_t)]
         format: Format,
     },

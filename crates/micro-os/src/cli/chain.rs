@@ -54,9 +54,12 @@ pub fn run(client: &Client, cmd: ChainCmd) -> CliResult<i32> {
             let s: ChainStatus = client.call("GET", &format!("/chain/{}", seg(&container)), None::<&()>)?;
             print(format, &s, status_table)?;
         }
-        ChainCmd::Send { container, to, amount } => {
-            let sent: ChainSent =
-                client.call("POST", &format!("/chain/{}/send", seg(&container)), Some(&ChainSend { to, amount }))?;
+        ChainCmd::Send { container, to, amount, fee_rate } => {
+            let sent: ChainSent = client.call(
+                "POST",
+                &format!("/chain/{}/send", seg(&container)),
+                Some(&ChainSend { to, amount, fee_rate }),
+            )?;
             println!("{}", sent.txid);
         }
         ChainCmd::Wallet { container, format } => {

@@ -1,6 +1,7 @@
 //! The command-line client. Every command here talks to the daemon through the API
 //! types of `micro-os-api`; none touches the store or the runtime.
 
+mod ai;
 pub mod args;
 mod chain;
 mod circuit;
@@ -39,6 +40,7 @@ pub fn run(api: Option<String>, host: Option<String>, cmd: Command) -> CliResult
         Command::Circuit(c) => circuit::run(&client, c),
         Command::Chain(c) => chain::run(&client, c),
         Command::Host(c) => host::run(&client, c),
+        Command::Ai(c) => ai::run(&client, c),
         Command::Image(c) => image::run(&client, c),
         Command::Template(c) => image::run_template(&client, c),
         Command::Test(args::TestCmd::Integration { components }) => selftest::integration(&client, &components),

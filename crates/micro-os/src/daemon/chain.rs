@@ -200,8 +200,16 @@ impl Engine {
         if !(req.amount.is_finite() && req.amount > 0.0) {
             return Err(Error::invalid(format!("amount {} is not a positive number of coins (try 1.5)", req.amount)));
         }
+        if let Some(f) = req.fee_rate.filter(|f| !(f.is_finite() && *f >= 1.0 && *f <= 1_000_000.0)) {
+            return Err(Error::invalid(format!("fee rate {f} is not a rate in sat/vB from 1 to 1000000 (try 5)")));
+        }
         let c = self.chain_node(key)?;
-        let txid = self.node_rpc(&c, "sendtoaddress", json!([req.to, req.amount])).await?;
+        let params = match req.fee_rate {
+            // Core's positional parameters up to fee_rate (the 10th)
+            Some(f) => json!([req.to, req.amount, "", "", false, false, null, "unset", false, f]),
+            None => json!([req.to, req.amount]),
+        };
+        let txid = self.node_rpc(&c, "sendtoaddress", params).await?;
         Ok(ChainSent { txid: txid.as_str().unwrap_or_default().to_string() })
     }
 

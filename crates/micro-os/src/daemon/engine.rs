@@ -64,6 +64,8 @@ pub struct Engine {
     pub(super) overlay: super::overlay::Overlay,
     /// The fabric's ingress ports this host listens on.
     pub(super) ingress: super::ingress::Ingress,
+    /// The AI layer's memory of the nodes between rounds.
+    pub(super) ai: super::ai::AiState,
 }
 
 impl super::supervisor::Locks for Engine {
@@ -148,6 +150,7 @@ impl Engine {
             api: std::sync::OnceLock::new(),
             overlay: Default::default(),
             ingress: Default::default(),
+            ai: Default::default(),
         }))
     }
 
@@ -351,6 +354,12 @@ impl Engine {
             Action::ChainStatus(k) => self.chain_status(&k).await.map(|s| Reply::ChainStatus(Box::new(s))),
             Action::ChainSend { container, req } => self.chain_send(&container, req).await.map(Reply::ChainSent),
             Action::ChainWallet(k) => self.chain_wallet(&k).await.map(Reply::ChainWallet),
+            Action::AiList => self.ai_list().map(Reply::AiModules),
+            Action::AiEnable(r) => self.ai_enable(r).await.map(Reply::AiModules),
+            Action::AiDisable(r) => self.ai_disable(r).await.map(Reply::AiModules),
+            Action::AiConfigure(r) => self.ai_configure(r).await.map(Reply::AiModules),
+            Action::AiTrain(r) => self.ai_train(r).await.map(Reply::AiTrained),
+            Action::AiModels => tokio::task::block_in_place(|| self.ai_models()).map(Reply::AiModels),
         }
     }
 

@@ -1,6 +1,7 @@
 //! `micro-os daemon`: the composition root. It opens the home, the store and the image
 //! store, re-adopts running containers, and serves the REST API until SIGTERM/SIGINT.
 
+mod ai;
 mod chain;
 mod circuits;
 pub mod components;
@@ -314,6 +315,7 @@ pub fn run(home: Home, cfg: Config) -> anyhow::Result<()> {
             async move { engine.reconcile_all().await }
         });
         engine.spawn_monitor();
+        engine.spawn_ai();
         tracing::info!(
             "micro-os daemon listening on http://{} (home {}, {} containers)",
             listener.local_addr()?,

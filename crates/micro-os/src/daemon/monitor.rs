@@ -369,9 +369,13 @@ impl Engine {
             from: chrono::DateTime::from_timestamp_millis(from).unwrap_or_default(),
             to: chrono::DateTime::from_timestamp_millis(now).unwrap_or_default(),
             samples: rows.len() as u64,
-            ai_stats: q.ai_stats.then(|| "no AI modules are enabled for this container".to_string()),
             ..Default::default()
         };
+        if q.ai_stats {
+            let (words, modules) = self.ai_performance(&c);
+            r.ai_stats = Some(words);
+            r.ai = modules;
+        }
         let (Some(first), Some(last)) = (rows.first(), rows.last()) else { return Ok(r) };
         let mut cpu: Vec<f64> = rows.iter().map(|s| s.cpu_percent).collect();
         cpu.sort_by(f64::total_cmp);

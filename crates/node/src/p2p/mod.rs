@@ -14,6 +14,7 @@
 //! blocks; relaying is announced by pushes, and a peer that learns of a block it cannot
 //! connect asks for headers.
 
+mod intake;
 pub mod peers;
 pub mod prove;
 pub mod relay;
@@ -161,6 +162,7 @@ pub async fn start(node: Arc<Node>, cfg: Config) -> Result<Arc<Service>, Error> 
     tokio::spawn(svc.clone().discover_loop());
     tokio::spawn(sync::run(svc.clone()));
     tokio::spawn(relay::run(svc.clone()));
+    tokio::spawn(intake::run(svc.clone()));
     tokio::spawn(sync::backfill(svc.clone()));
     if svc.node.is_light() {
         tokio::spawn(prove::run(svc.clone()));

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use bitcoin::hashes::Hash;
-use bitcoin::{Block, BlockHash, OutPoint, ScriptBuf, Transaction};
+use bitcoin::{Block, BlockHash, OutPoint, ScriptBuf, Transaction, Txid};
 use futures_util::future::BoxFuture;
 use micro_os_chain::seal::{Attestation, Seal};
 use micro_os_chain::validation::RejectCode;
@@ -209,7 +209,30 @@ impl Service {
             wire::decode("transaction", hex).map_err(|why| self.refuse(peer, "malformed", why, MALFORMED))?;
         let txid = tx.compute_txid();
         self.book().seen.insert(txid.to_byte_array(), peer);
-        match blocking(&self.node, move |n| n.accept_tx(tx)).await {
+        if self.node.ai().enabled() {
+            // validated in class order by the intake (`intake::run`), which scores the peer
+            blocking(&self.node, move |n| {
+                let features = n.tx_features(&tx);
+                n.ai().enqueue(tx, Some(peer), features);
+            })
+            .await;
+            return Ok(Ack { note: Some("queued".into()) });
+        }
+        let result = blocking(&self.node, move |n| {
+            let started = std::time::Instant::now();
+            let features = n.tx_features(&tx);
+            let result = n.accept_tx(tx.clone());
+            let outcome = result.as_ref().map_or_else(|e| e.reason(), |_| "accepted");
+            n.ai().observed(&tx, features, "p2p", started.elapsed().as_secs_f64() * 1000.0, outcome);
+            result
+        })
+        .await;
+        self.tx_verdict(peer, txid, result)
+    }
+
+    /// What a peer hears of the transaction it pushed, and its score when it was invalid.
+    pub(crate) fn tx_verdict(&self, peer: PeerId, txid: Txid, result: Result<Txid, TxError>) -> Result<Ack, Refusal> {
+        match result {
             Ok(_) => Ok(Ack::default()),
             Err(e @ TxError::Orphan { .. }) => Ok(Ack { note: Some(e.to_string()) }),
             Err(TxError::Invalid(r)) => {

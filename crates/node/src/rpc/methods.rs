@@ -95,6 +95,16 @@ pub fn dispatch(ctx: &Ctx, method: &str, params: &Value) -> RpcResult {
         ),
         "listunspent" => listunspent(node, a(&["minconf", "maxconf", "addresses"])),
         "uptime" => Ok(json!(node.uptime())),
+        // the transaction optimiser (not Core's): what the daemon's AI layer drives
+        "getaiinfo" => Ok(node.ai().info()),
+        "setaiconfig" => setaiconfig(node, a(&["enabled", "config"])),
+        "setaimodel" => setaimodel(node, a(&["kind", "version", "model"])),
+        "getaisamples" => {
+            let args = a(&["since", "limit"]);
+            let (samples, next) = node.ai().samples(args.opt_u64(0, 0)?, args.opt_u64(1, 5000)?.min(50_000) as usize);
+            Ok(json!({ "samples": samples, "next": next }))
+        }
+        "releaseheld" => Ok(json!({ "released": node.ai().release_held() })),
         "stop" => {
             ctx.shutdown.notify_one();
             Ok(json!("micro-os-node stopping"))
@@ -599,7 +609,38 @@ fn decode_tx(hex: &str) -> Result<Transaction, RpcError> {
 
 fn sendrawtransaction(node: &Node, a: Args) -> RpcResult {
     let tx = decode_tx(a.str(0)?)?;
-    node.accept_tx(tx).map(|t| json!(t.to_string())).map_err(tx_error)
+    let started = std::time::Instant::now();
+    let features = node.tx_features(&tx);
+    let result = node.accept_tx(tx.clone());
+    let outcome = result.as_ref().map_or_else(|e| e.reason(), |_| "accepted");
+    node.ai().observed(&tx, features, "rpc", started.elapsed().as_secs_f64() * 1000.0, outcome);
+    result.map(|t| json!(t.to_string())).map_err(tx_error)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The transaction optimiser
+// ---------------------------------------------------------------------------------------------
+
+fn setaiconfig(node: &Node, a: Args) -> RpcResult {
+    let enabled = a.opt_bool(0, true)?;
+    let config = match a.get(1) {
+        None | Some(Value::Null) => micro_os_ai::TxOptimizerConfig::default(),
+        Some(v) => serde_json::from_value(v.clone())
+            .map_err(|e| RpcError::new(code::INVALID_PARAMETER, format!("config: {e}")))?,
+    };
+    node.ai().configure(enabled, config).map_err(|e| RpcError::new(code::INVALID_PARAMETER, e))?;
+    Ok(node.ai().info())
+}
+
+fn setaimodel(node: &Node, a: Args) -> RpcResult {
+    let kind: crate::ai::ModelKind = serde_json::from_value(a.required(0)?.clone()).map_err(|_| {
+        RpcError::new(code::INVALID_PARAMETER, "kind must be \"classifier\" or \"iforest\"".to_string())
+    })?;
+    let version = a.u64(1)?;
+    node.ai()
+        .set_model(kind, version, a.required(2)?.clone())
+        .map_err(|e| RpcError::new(code::INVALID_PARAMETER, e))?;
+    Ok(json!({ "kind": kind, "version": version }))
 }
 
 // ---------------------------------------------------------------------------------------------
