@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # micro-os benchmarks: each runs our code and its named peer in the same run and reports
-# the ratio. Usage (as root): bash bench/run.sh [lifecycle|api|rss|vm|verify|p2p|monitor|circuit|chain|chain-sync|validators|hosts|overlay|all]
+# the ratio. Usage (as root): bash bench/run.sh [lifecycle|api|rss|vm|verify|p2p|monitor|circuit|chain|chain-sync|validators|hosts|overlay|ai|all]
 # (chain-sync and validators take minutes: they run only when named, not in `all`)
 # Needs hyperfine, wrk and podman (installed here if missing); builds the release binary
 # unless BIN names one.
@@ -37,6 +37,12 @@ if [ "$what" = chain ] || [ "$what" = all ]; then
     "all cores $(awk '/^ours, [0-9]+ thread\(s\)/{print $NF}' <<<"$miner") (target >= 0.8)"
   echo "block validation on one core: $(ratios "$one"); on all cores: $(ratios "$every") (target connect/raw >= 0.7)"
   if [ "$what" = chain ]; then exit 0; fi
+fi
+if [ "$what" = ai ]; then
+  # Issue 14: the transaction optimiser's priority queue against FIFO, and its isolation
+  # forest against scikit-learn's (bench/ai.sh); needs no daemon
+  bash bench/ai.sh
+  exit 0
 fi
 # BIN=path runs another build (an older commit's, to alternate old and new in one session)
 if [ -z "${BIN:-}" ]; then

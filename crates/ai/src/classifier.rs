@@ -71,8 +71,15 @@ impl Clone for PriorityClassifier {
 impl PriorityClassifier {
     pub fn fit(x: &[[f64; 6]], y: &[u32], seed: u64) -> Result<Self> {
         check(x, y)?;
-        let params =
-            RandomForestClassifierParameters::default().with_n_trees(TREES).with_max_depth(MAX_DEPTH).with_seed(seed);
+        // every feature is a candidate at every split: smartcore's trees stop at a node
+        // where the features drawn cannot split it (scikit-learn's draw more), so with
+        // sqrt(6) = 2 of 6 drawn a forest whose signal is in one feature (the fee rate, when
+        // every transaction has the same shape) would be mostly single leaves
+        let params = RandomForestClassifierParameters::default()
+            .with_n_trees(TREES)
+            .with_max_depth(MAX_DEPTH)
+            .with_m(6)
+            .with_seed(seed);
         let forest = Forest::fit(&matrix(x)?, &y.to_vec(), params).map_err(|e| Error::Model(e.to_string()))?;
         Ok(PriorityClassifier { forest })
     }
@@ -173,6 +180,20 @@ mod tests {
         let back: LogisticBaseline = serde_json::from_str(&serde_json::to_string(&logistic).unwrap()).unwrap();
         assert_eq!(back.predict(&xt), logistic.predict(&xt));
         assert_eq!(PriorityClassifier::fit(&x, &y, 5).unwrap().predict(&xt), forest.predict(&xt), "seeded");
+    }
+
+    #[test]
+    fn a_signal_in_one_feature_is_learnt() {
+        // every transaction of one shape: only the fee rate varies
+        let (mut x, _) = data(500, 3);
+        for r in &mut x {
+            r[1] = 110.0;
+            r[4] = 0.0;
+        }
+        let y = label_by_fee_rate(&x.iter().map(|r| r[0]).collect::<Vec<_>>(), 10);
+        let f = PriorityClassifier::fit(&x, &y, 1).unwrap();
+        let acc = crate::metrics::accuracy(&f.predict(&x), &y);
+        assert!(acc > 0.9, "{acc}");
     }
 
     #[test]

@@ -13,7 +13,7 @@
 //! class: the queue is then FIFO, which is the baseline the benchmarks compare with.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use bitcoin::hashes::{hash160, Hash};
@@ -80,8 +80,9 @@ struct Counters {
 struct Inner {
     enabled: bool,
     config: TxOptimizerConfig,
-    classifier: Option<(u64, Classifier)>,
-    iforest: Option<(u64, AnomalyModel)>,
+    /// The live models, shared so that scoring runs outside the lock.
+    classifier: Option<(u64, Arc<Classifier>)>,
+    iforest: Option<(u64, Arc<AnomalyModel>)>,
     queue: PriorityQueue<Job>,
     /// Arrival numbers of what waits in the queue, to count reorderings.
     waiting: BTreeSet<u64>,
@@ -182,12 +183,12 @@ impl Optimizer {
             ModelKind::Classifier => {
                 let m: Classifier =
                     serde_json::from_value(model).map_err(|e| format!("classifier v{version} does not load: {e}"))?;
-                g.classifier = Some((version, m));
+                g.classifier = Some((version, Arc::new(m)));
             }
             ModelKind::Iforest => {
                 let m: AnomalyModel = serde_json::from_value(model)
                     .map_err(|e| format!("anomaly model v{version} does not load: {e}"))?;
-                g.iforest = Some((version, m));
+                g.iforest = Some((version, Arc::new(m)));
             }
         }
         Ok(())
@@ -207,21 +208,28 @@ impl Optimizer {
         before
     }
 
+    /// Forgets every sender seen (a benchmark replaying one trace starts each run afresh).
+    pub fn forget_senders(&self) {
+        self.lock().senders.clear();
+    }
+
     /// The class (0 is served first) and anomaly score of a transaction with `features`;
     /// one class for all when the module is off or no classifier is live.
     pub fn assess(&self, features: &TxFeatures) -> (u32, Option<f64>) {
-        let g = self.lock();
-        if !g.enabled {
-            return (0, None);
-        }
+        let (classifier, iforest, levels) = {
+            let g = self.lock();
+            if !g.enabled {
+                return (0, None);
+            }
+            let classifier = g.classifier.as_ref().map(|(_, m)| Arc::clone(m));
+            let iforest = g.iforest.as_ref().map(|(_, m)| Arc::clone(m));
+            (classifier, iforest, g.config.priority_levels)
+        };
+        // the models run outside the lock: validation takes it for every batch
         let row = features.to_vec();
-        let class = g
-            .classifier
-            .as_ref()
-            .and_then(|(_, m)| m.predict(&[row]).first().copied())
-            .unwrap_or(0)
-            .min(g.config.priority_levels.saturating_sub(1));
-        let score = g.iforest.as_ref().map(|(_, m)| m.score(&row));
+        let class =
+            classifier.and_then(|m| m.predict(&[row]).first().copied()).unwrap_or(0).min(levels.saturating_sub(1));
+        let score = iforest.map(|m| m.score(&row));
         (class, score)
     }
 
@@ -463,6 +471,57 @@ mod tests {
         assert_eq!(o.next_batch().len(), 1);
         assert!(o.next_batch().is_empty());
         assert_eq!(o.lock().counters.batches, 3);
+    }
+
+    /// A live random forest trained on fee-rate deciles, as the daemon would push it.
+    fn with_classifier(o: &Optimizer) {
+        let rows: Vec<[f64; 6]> = (0..400).map(|i| features(1.0 + f64::from(i) * 0.25).to_vec()).collect();
+        let y = micro_os_ai::label_by_fee_rate(&rows.iter().map(|r| r[0]).collect::<Vec<_>>(), 3);
+        let m = micro_os_ai::PriorityClassifier::fit(&rows, &y, 1).unwrap();
+        o.set_model(ModelKind::Classifier, 1, serde_json::to_value(Classifier::RandomForest(m)).unwrap()).unwrap();
+    }
+
+    #[test]
+    fn a_high_fee_transaction_is_served_ahead_of_a_queued_flood() {
+        let o = Optimizer::default();
+        o.configure(true, TxOptimizerConfig { batch_size: 16, ..Default::default() }).unwrap();
+        with_classifier(&o);
+        for i in 0..1000 {
+            o.enqueue(tx(i, 1), None, features(1.5));
+        }
+        o.enqueue(tx(5000, 2), None, features(90.0));
+        let first = o.next_batch();
+        assert_eq!(first[0].tx.input[0].previous_output.vout, 5000, "the high-fee one first");
+        assert_eq!(first[0].class, 0);
+        assert!(first[1..].iter().all(|j| j.class == 2), "then the flood");
+        assert_eq!(o.lock().counters.reordered, 1);
+        // with the module off the same arrivals are served in order
+        let fifo = Optimizer::default();
+        for i in 0..10 {
+            fifo.enqueue(tx(i, 1), None, features(1.5));
+        }
+        fifo.enqueue(tx(5000, 2), None, features(90.0));
+        assert_eq!(fifo.next_batch().last().unwrap().tx.input[0].previous_output.vout, 5000);
+    }
+
+    #[test]
+    fn an_anomaly_is_held_counted_and_released_not_dropped() {
+        let o = Optimizer::default();
+        o.configure(true, TxOptimizerConfig::default()).unwrap();
+        let rows: Vec<[f64; 6]> = (0..200).map(|i| features(5.0 + f64::from(i % 10)).to_vec()).collect();
+        let profile = micro_os_ai::train::Profile::fit(&rows, &TxFeatures::RESOLUTION);
+        o.set_model(ModelKind::Iforest, 3, serde_json::to_value(AnomalyModel::RobustZ(profile)).unwrap()).unwrap();
+        o.enqueue(tx(1, 1), None, features(8.0));
+        let spam = TxFeatures { inputs: 80.0, outputs: 80.0, vsize: 9000.0, ..features(0.0) };
+        o.enqueue(tx(2, 3), None, spam);
+        let served = o.next_batch();
+        assert_eq!(served.len(), 1, "the anomaly is not served");
+        let info = o.info();
+        assert_eq!((info["held"].as_u64(), info["counters"]["anomalies"].as_u64()), (Some(1), Some(1)), "{info}");
+        assert_eq!(info["recent_anomalies"][0]["held"], true, "{info}");
+        assert_eq!(info["iforest_version"], 3);
+        assert_eq!(o.release_held(), 1);
+        assert_eq!(o.next_batch()[0].tx.input[0].previous_output.vout, 2, "released to validation");
     }
 
     #[test]
