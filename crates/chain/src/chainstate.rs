@@ -177,6 +177,8 @@ pub struct ChainState {
     params: &'static Params,
     path: PathBuf,
     tip: (u32, BlockHash),
+    /// Transactions whose signatures verified at mempool entry (none by default).
+    sig_cache: Option<std::sync::Arc<validation::SigCache>>,
 }
 
 impl std::fmt::Debug for ChainState {
@@ -262,6 +264,12 @@ impl CoinView for ChainState {
 
 impl ChainState {
     /// Opens (creating, with its genesis block, on first use) the chain state at `path`.
+    /// Skips, at block connect, the signature checks of transactions `cache` holds (the
+    /// node fills it as transactions enter its mempool).
+    pub fn set_sig_cache(&mut self, cache: std::sync::Arc<validation::SigCache>) {
+        self.sig_cache = Some(cache);
+    }
+
     pub fn open(path: impl AsRef<Path>, params: &'static Params) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -273,7 +281,7 @@ impl ChainState {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.execute_batch(SCHEMA)?;
-        let mut cs = ChainState { conn, params, path, tip: (0, params.genesis_hash) };
+        let mut cs = ChainState { conn, params, path, tip: (0, params.genesis_hash), sig_cache: None };
         let network: Option<String> =
             cs.conn.query_row("SELECT value FROM meta WHERE key = 'network'", [], |r| r.get(0)).optional()?;
         match network {
@@ -838,8 +846,9 @@ impl ChainState {
         let params = self.params;
         let inputs = block.txdata.iter().skip(1).map(|t| t.input.len()).sum();
         let conn = &mut self.conn;
+        let cache = self.sig_cache.as_deref();
         let connected = validation::verify_while(inputs, |queue| {
-            let spent = spend_coins(conn, block, &txids, height, params, queue)?;
+            let spent = spend_coins(conn, block, &txids, height, params, queue, cache)?;
             if !header_known {
                 insert_header(conn, &block.header, &hash, height, chainwork)?;
             }
@@ -974,8 +983,9 @@ impl ChainState {
         let dbtx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let inputs = block.txdata.iter().skip(1).map(|t| t.input.len()).sum();
         // The writes happen while the signatures are verified; a verdict rolls them back.
+        let cache = self.sig_cache.as_deref();
         let connected = validation::verify_while(inputs, |queue| {
-            let spent = spend_coins(&dbtx, block, &txids, height, params, queue)?;
+            let spent = spend_coins(&dbtx, block, &txids, height, params, queue, cache)?;
             if queue.failed() {
                 return Ok(()); // the verdict is waiting: no use writing
             }
@@ -1068,6 +1078,7 @@ fn spend_coins<'b>(
     height: u32,
     params: &Params,
     queue: &mut SigQueue<'_, 'b>,
+    cache: Option<&validation::SigCache>,
 ) -> Result<Spent<'b>> {
     if crate::utxo::required(params, height) {
         // the coinbase commits to the UTXO set this block is connected to
@@ -1126,7 +1137,11 @@ fn spend_coins<'b>(
             }
             let (fee, checks) = spends.finish()?;
             fees = fees.checked_add(fee).unwrap_or(Amount::MAX_MONEY);
-            queue.push(checks);
+            // verified when it entered the mempool: its coins and amounts are checked
+            // above as for any other, its signatures are not checked twice
+            if !cache.is_some_and(|c| c.check(&tx.compute_wtxid())) {
+                queue.push(checks);
+            }
         }
         for (vout, out) in tx.output.iter().enumerate() {
             if out.script_pubkey.is_op_return() {

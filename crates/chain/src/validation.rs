@@ -28,7 +28,7 @@ use bitcoin::hashes::{hash160, Hash};
 use bitcoin::script::Instruction;
 use bitcoin::secp256k1::{self, Message, Secp256k1, VerifyOnly};
 use bitcoin::sighash::SighashCache;
-use bitcoin::{Amount, Block, BlockHash, CompactTarget, OutPoint, Script, Transaction, TxOut, Txid, Weight};
+use bitcoin::{Amount, Block, BlockHash, CompactTarget, OutPoint, Script, Transaction, TxOut, Txid, Weight, Wtxid};
 
 use crate::params::Params;
 use crate::pow::target_from_bits;
@@ -357,6 +357,57 @@ const BATCH_INPUTS: usize = 16;
 
 /// Signature checks with their positions (in the order they were pushed).
 type Batch<'a> = Vec<(usize, TxSigChecks<'a>)>;
+
+/// The signature cache (Bitcoin Core's script execution cache): the wtxids of transactions
+/// whose every signature verified against the coins they spend, when they entered the
+/// mempool, so that a block carrying them connects without verifying them again. Keyed by
+/// wtxid, so a transaction whose witness was changed is verified anew; the coins an
+/// outpoint names never change, so neither do the sighashes. Bounded: the oldest entries go
+/// first.
+#[derive(Debug, Default)]
+pub struct SigCache {
+    inner: Mutex<SigCacheInner>,
+    hits: std::sync::atomic::AtomicU64,
+    misses: std::sync::atomic::AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct SigCacheInner {
+    set: HashSet<Wtxid>,
+    order: std::collections::VecDeque<Wtxid>,
+}
+
+impl SigCache {
+    /// Entries kept (about 3 MB of wtxids and order).
+    pub const CAPACITY: usize = 50_000;
+
+    /// Records that every signature of `wtxid` verified.
+    pub fn insert(&self, wtxid: Wtxid) {
+        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if g.set.insert(wtxid) {
+            g.order.push_back(wtxid);
+            if g.order.len() > Self::CAPACITY {
+                if let Some(old) = g.order.pop_front() {
+                    g.set.remove(&old);
+                }
+            }
+        }
+    }
+
+    /// Whether `wtxid` verified before; counts a hit or a miss.
+    pub fn check(&self, wtxid: &Wtxid) -> bool {
+        let hit = self.inner.lock().unwrap_or_else(|e| e.into_inner()).set.contains(wtxid);
+        let counter = if hit { &self.hits } else { &self.misses };
+        counter.fetch_add(1, Ordering::Relaxed);
+        hit
+    }
+
+    /// (hits, misses, entries) so far.
+    pub fn stats(&self) -> (u64, u64, usize) {
+        let n = self.inner.lock().unwrap_or_else(|e| e.into_inner()).set.len();
+        (self.hits.load(Ordering::Relaxed), self.misses.load(Ordering::Relaxed), n)
+    }
+}
 
 /// Where [`verify_while`]'s producer hands its signature checks.
 pub struct SigQueue<'q, 'a> {

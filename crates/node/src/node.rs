@@ -23,7 +23,7 @@ use micro_os_chain::chainstate::{self, ChainState, HeaderStatus};
 use micro_os_chain::mempool::{Mempool, Refused};
 use micro_os_chain::miner::BuildError;
 use micro_os_chain::params::Params;
-use micro_os_chain::validation::{check_transaction, check_tx_inputs, Coin, CoinView, Reject, RejectCode};
+use micro_os_chain::validation::{check_transaction, check_tx_inputs, Coin, CoinView, Reject, RejectCode, SigCache};
 use tokio::sync::broadcast;
 
 use crate::light::{Light, LightError, Proof, ProofError};
@@ -218,6 +218,9 @@ pub struct Node {
     started: Instant,
     /// The transaction optimiser (off until the daemon turns it on).
     ai: crate::ai::Optimizer,
+    /// Wtxids whose signatures verified at mempool entry, shared with the chain state so
+    /// a block does not verify them again.
+    sig_cache: std::sync::Arc<SigCache>,
 }
 
 impl std::fmt::Debug for Node {
@@ -265,12 +268,16 @@ impl Node {
             .is_sealed()
             .then(|| Seals::open(datadir.join("seals.sqlite"), options.validators.clone()).map(Mutex::new))
             .transpose()?;
+        let sig_cache = std::sync::Arc::new(SigCache::default());
+        let mut chain = chain;
+        chain.set_sig_cache(sig_cache.clone());
         Ok(Node {
             light,
             seals,
             params,
             datadir,
             state: Mutex::new(State { chain, mempool: Mempool::new(MEMPOOL_MAX_BYTES) }),
+            sig_cache,
             wallet: Mutex::new(wallet),
             options,
             tip_generation: AtomicU64::new(0),
@@ -778,6 +785,11 @@ impl Node {
         &self.ai
     }
 
+    /// The signature cache: (hits, misses, entries) so far.
+    pub fn sig_cache_stats(&self) -> (u64, u64, usize) {
+        self.sig_cache.stats()
+    }
+
     /// What the transaction optimiser knows of `tx` before validating it: its fee rate
     /// (0 when an input is unknown: an orphan), size, shape, how often its sender was seen
     /// (counted here) and the age in blocks of the youngest coin it spends.
@@ -857,7 +869,10 @@ impl Node {
         check_final(&tx, tip_height + 1, chain.median_time_past(&tip_hash)?).map_err(TxError::Invalid)?;
         let view = PoolView { chain, pool: mempool, height: tip_height + 1 };
         let fee = match check_tx_inputs(&tx, &view, tip_height + 1, self.params) {
-            Ok(fee) => fee,
+            Ok(fee) => {
+                self.sig_cache.insert(tx.compute_wtxid());
+                fee
+            }
             Err(r) if r.code == RejectCode::MissingInputs => {
                 let missing =
                     tx.input.iter().map(|i| i.previous_output).find(|op| view.coin(op).is_none()).unwrap_or_default();
@@ -1130,6 +1145,27 @@ pub(crate) mod tests {
         // Too much is refused with the amounts.
         let e = node.send_to_address(&to, Amount::from_int_btc(10_000), None).unwrap_err().to_string();
         assert!(e.starts_with("insufficient funds"), "{e}");
+    }
+
+    #[test]
+    fn a_block_does_not_verify_again_what_the_mempool_verified() {
+        let (_d, node, _a) = funded(12);
+        let (hits, misses, entries) = node.sig_cache_stats();
+        assert_eq!((hits, misses, entries), (0, 0, 0), "blocks of coinbases only check nothing");
+        let to = node.new_address().unwrap();
+        let txid = node.send_to_address(&to, Amount::from_int_btc(1), None).unwrap();
+        assert_eq!(node.sig_cache_stats().2, 1, "verified at mempool entry");
+        let block = mine_to(&node, &ScriptBuf::new_op_return([1u8; 4]));
+        assert!(block.txdata.iter().any(|t| t.compute_txid() == txid));
+        assert_eq!(node.sig_cache_stats(), (1, 0, 1), "the block's transaction was a hit");
+        // a node that never saw it in its mempool verifies it in the block
+        let (_d2, other) = super::tests::node();
+        for h in 1..node.tip().0 {
+            let hash = node.hash_at(h).unwrap().unwrap();
+            other.accept_block(&node.block(&hash).unwrap().unwrap()).unwrap();
+        }
+        other.accept_block(&block).unwrap();
+        assert_eq!(other.sig_cache_stats(), (0, 1, 0));
     }
 
     #[test]

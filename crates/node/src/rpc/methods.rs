@@ -96,7 +96,12 @@ pub fn dispatch(ctx: &Ctx, method: &str, params: &Value) -> RpcResult {
         "listunspent" => listunspent(node, a(&["minconf", "maxconf", "addresses"])),
         "uptime" => Ok(json!(node.uptime())),
         // the transaction optimiser (not Core's): what the daemon's AI layer drives
-        "getaiinfo" => Ok(node.ai().info()),
+        "getaiinfo" => {
+            let mut info = node.ai().info();
+            let (hits, misses, entries) = node.sig_cache_stats();
+            info["sig_cache"] = json!({ "hits": hits, "misses": misses, "entries": entries });
+            Ok(info)
+        }
         "setaiconfig" => setaiconfig(node, a(&["enabled", "config"])),
         "setaimodel" => setaimodel(node, a(&["kind", "version", "model"])),
         "getaisamples" => {
