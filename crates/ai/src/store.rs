@@ -33,6 +33,9 @@ pub struct ModelFile {
     pub primary_metric: String,
     /// The model itself and what the module needs to serve it.
     pub model: Value,
+    /// Who trained it: `daemon`, or the container that did (`ai-training`).
+    #[serde(default)]
+    pub trainer: String,
 }
 
 impl ModelFile {
@@ -157,6 +160,18 @@ impl ModelStore {
         Ok(out)
     }
 
+    /// Mirrors `file` (a version of another store) here as it is, and makes it live: how
+    /// the daemon publishes its live models to a service's store.
+    pub fn publish(&self, file: &ModelFile) -> Result<()> {
+        let dir = self.scope_dir(&file.module, &file.scope)?;
+        fs::create_dir_all(&dir).map_err(io(&dir))?;
+        let path = dir.join(format!("v{}.json", file.version));
+        if !path.exists() {
+            write_atomic(&path, &serde_json::to_vec(file).map_err(|e| Error::Model(e.to_string()))?)?;
+        }
+        write_atomic(&dir.join("live"), file.version.to_string().as_bytes())
+    }
+
     /// Stores `file` as the next version of its module and scope, and makes it live if it
     /// scores at least as well as the live version (or none is live).
     pub fn propose(&self, mut file: ModelFile) -> Result<Promotion> {
@@ -213,6 +228,7 @@ mod tests {
             baseline_metrics: BTreeMap::from([("macro_f1".into(), 0.5)]),
             primary_metric: "macro_f1".into(),
             model: serde_json::json!({"w": score}),
+            trainer: "daemon".into(),
         }
     }
 
@@ -239,6 +255,16 @@ mod tests {
             .filter(|n| n.ends_with(".tmp"))
             .collect();
         assert!(left.is_empty(), "{left:?}");
+    }
+
+    #[test]
+    fn a_published_version_is_live_as_it_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = ModelStore::open(dir.path()).unwrap();
+        let mut m = model(0.4);
+        m.version = 7;
+        s.publish(&m).unwrap();
+        assert_eq!(s.live("transaction.classifier", "eth-node-1").unwrap().unwrap(), m, "kept its version and score");
     }
 
     #[test]

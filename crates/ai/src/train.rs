@@ -25,6 +25,8 @@ use crate::metrics::{accuracy, macro_f1, roc_auc, split_train_test};
 use crate::store::ModelFile;
 use crate::{Error, Result, TxFeatures, TxSample};
 
+/// Fewer samples than this and a training run waits for more.
+pub const MIN_SAMPLES: usize = 200;
 /// The share of samples held back for scoring.
 const TEST_FRACTION: f64 = 0.2;
 /// Injected anomalies per held-back sample.
@@ -151,6 +153,7 @@ fn file(
         baseline_metrics: baseline,
         primary_metric: primary.into(),
         model,
+        trainer: String::new(),
     }
 }
 

@@ -684,6 +684,9 @@ pub struct AiModelInfo {
     /// The named baseline, trained and scored on the same split.
     pub baseline: String,
     pub baseline_metrics: BTreeMap<String, f64>,
+    /// `daemon`, or the `ai-training` container that trained it.
+    #[serde(default)]
+    pub trainer: String,
 }
 
 /// A module as it is set for one container (or `*`, every node of this host).

@@ -235,6 +235,40 @@ fn the_transaction_optimiser_trains_on_a_node_serves_it_and_alerts() {
     let e = d.api("POST", "/ai/enable").send_json(json!({"module": "transaction", "speed": 1})).unwrap_err();
     assert!(matches!(e, ureq::Error::Status(400, _)), "{e:?}");
 
+    // the AI services: a training container takes the training over (the daemon exports the
+    // samples to it and imports what it trains), an inference container serves the live
+    // models to whoever asks
+    d.ok(&["container", "create", "--name", "ai-train", "--template", "ai-training"]);
+    d.ok(&["container", "config", "ai-train", "--interval", "2"]);
+    d.ok(&["container", "start", "--name", "ai-train"]);
+    let trained = poll("a version trained by the container", 90, || {
+        let m = json_of(&d, &["ai", "models", "--format", "json"]);
+        m.as_array().unwrap().iter().find(|x| x["trainer"] == "container ai-train").cloned()
+    });
+    assert!(trained["data_size"].as_u64() >= Some(200), "{trained}");
+    let port = common::free_port();
+    let publish = format!("{port}:8600/tcp");
+    d.ok(&["container", "create", "--name", "ai-inf", "--template", "ai-inference", "--port", &publish]);
+    d.ok(&["container", "start", "--name", "ai-inf"]);
+    let rich = json!({"fee_rate": 89.0, "vsize": 141.0, "inputs": 1.0, "outputs": 2.0, "sender_history": 0.0, "coin_age": 0.0});
+    let mut poor = rich.clone();
+    poor["fee_rate"] = json!(1.0);
+    let scored = poll("scores from the inference container", 60, || {
+        let body = json!({"scope": "eth-node-1", "transactions": [rich, poor]});
+        ureq::post(&format!("http://127.0.0.1:{port}/score")).send_json(body).ok()?.into_json::<Value>().ok()
+    });
+    assert_eq!(
+        (scored["results"][0]["class"].as_u64(), scored["results"][1]["class"].as_u64()),
+        (Some(0), Some(2)),
+        "{scored}"
+    );
+    assert!(
+        scored["classifier_version"].as_u64().is_some() && scored["anomaly_version"].as_u64().is_some(),
+        "{scored}"
+    );
+    d.ok(&["container", "rm", "--name", "ai-train", "--force"]);
+    d.ok(&["container", "rm", "--name", "ai-inf", "--force"]);
+
     // disabled: the node stops queueing by class
     d.ok(&["ai", "disable", "--module", "transaction", "--container", "eth-node-1"]);
     assert_eq!(module(&d)["enabled"], false);

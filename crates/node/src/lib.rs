@@ -10,6 +10,7 @@
 //! `accept_block`, `accept_tx`, `locator`, `headers_after`, `block` and `subscribe`.
 
 pub mod ai;
+pub mod ai_service;
 pub mod fast;
 pub mod health;
 pub mod light;

@@ -364,10 +364,79 @@ async fn run(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `micro-os-node ai-serve`: the `ai-inference` template's service.
+#[derive(Debug, Parser)]
+#[command(name = "micro-os-node ai-serve", about = "Scores transactions with the live models of a model store")]
+struct AiServe {
+    /// The model store directory (the daemon publishes live models there).
+    #[arg(long, env = "MICRO_OS_CONFIG_MODELS", default_value = "/data/models", value_name = "DIR")]
+    models: PathBuf,
+    /// Where to answer POST /score and GET /models.
+    #[arg(long, env = "MICRO_OS_CONFIG_LISTEN", default_value = "0.0.0.0:8600", value_name = "ADDR")]
+    listen: SocketAddr,
+}
+
+/// `micro-os-node ai-train`: the `ai-training` template's job.
+#[derive(Debug, Parser)]
+#[command(name = "micro-os-node ai-train", about = "Trains the transaction optimiser's models on exported samples")]
+struct AiTrain {
+    /// Samples are read from DIR/samples/<node>.jsonl, versions proposed to DIR/models.
+    #[arg(long, env = "MICRO_OS_CONFIG_DATA", default_value = "/data", value_name = "DIR")]
+    data: PathBuf,
+    /// Seconds between training rounds.
+    #[arg(long, env = "MICRO_OS_CONFIG_INTERVAL", default_value = "3600", value_name = "SECS",
+        value_parser = clap::value_parser!(u64).range(1..=604_800))]
+    interval: u64,
+    /// Priority classes of the classifier.
+    #[arg(long, env = "MICRO_OS_CONFIG_PRIORITY_LEVELS", default_value = "3", value_name = "N",
+        value_parser = clap::value_parser!(u32).range(2..=16))]
+    priority_levels: u32,
+    /// One round, then exit.
+    #[arg(long)]
+    once: bool,
+}
+
+/// Runs an AI service (`ai-serve`, `ai-train`) on a small runtime of its own.
+fn ai_service(args: Vec<String>) -> ! {
+    tracing_subscriber::fmt().with_target(false).init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("building the tokio runtime");
+    let code = match args[1].as_str() {
+        "ai-serve" => {
+            let a = AiServe::parse_from(args.iter().skip(1));
+            match runtime.block_on(micro_os_node::ai_service::serve(&a.models, a.listen)) {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("micro-os-node ai-serve: {e}");
+                    1
+                }
+            }
+        }
+        _ => {
+            let a = AiTrain::parse_from(args.iter().skip(1));
+            runtime.block_on(micro_os_node::ai_service::train_loop(
+                a.data,
+                std::time::Duration::from_secs(a.interval),
+                a.priority_levels,
+                a.once,
+            ));
+            0
+        }
+    };
+    std::process::exit(code)
+}
+
 fn main() {
     // `micro-os-node health --datadir DIR`: the container's health probe
     if std::env::args().nth(1).as_deref() == Some("health") {
         std::process::exit(micro_os_node::health::probe(std::env::args().skip(2).collect()));
+    }
+    let args: Vec<String> = std::env::args().collect();
+    if matches!(args.get(1).map(String::as_str), Some("ai-serve" | "ai-train")) {
+        ai_service(args);
     }
     let cli = Cli::parse();
     let config = match Config::from_cli(cli) {

@@ -42,7 +42,11 @@ const SAMPLES_KEPT: usize = 100_000;
 /// Samples the newest models are trained and tested on.
 const TRAIN_ON: usize = 20_000;
 /// Fewer samples than this and training waits.
-pub const MIN_SAMPLES: usize = 200;
+pub const MIN_SAMPLES: usize = micro_os_ai::train::MIN_SAMPLES;
+/// The templates of the AI layer's services: a container of the first is given the live
+/// models, one of the second the samples to train on (and the daemon trains no more).
+pub const INFERENCE: &str = "ai-inference";
+pub const TRAINING: &str = "ai-training";
 /// An anomaly alert resolves when its node held no new anomaly for this long.
 const QUIET_MS: i64 = 60_000;
 /// The seed of every training run, so a run repeats.
@@ -87,6 +91,8 @@ struct NodeView {
 #[derive(Default)]
 pub struct AiState {
     nodes: Mutex<HashMap<String, NodeView>>,
+    /// Samples exported to a training container, by (container id, node id): their count.
+    exported: Mutex<HashMap<(String, String), u64>>,
     /// Serialises training runs (a command and the loop).
     training: tokio::sync::Mutex<()>,
 }
@@ -133,6 +139,7 @@ pub fn model_info(f: &ModelFile, live: bool) -> AiModelInfo {
         metrics: f.metrics.clone(),
         baseline: f.model.get("baseline").and_then(Value::as_str).unwrap_or("-").to_string(),
         baseline_metrics: f.baseline_metrics.clone(),
+        trainer: f.trainer.clone(),
     }
 }
 
@@ -496,6 +503,7 @@ impl Engine {
                     Ok(mut f) => {
                         f.module = store_module(kind);
                         f.scope = name.clone();
+                        f.trainer = "daemon".into();
                         match models.propose(f) {
                             Ok(p) => {
                                 results.push(format!("{kind}: {}", p.reason));
@@ -546,12 +554,13 @@ impl Engine {
         });
     }
 
-    /// One round over this host's running reference-chain nodes.
+    /// One round over this host's running reference-chain nodes and AI service containers.
     async fn ai_round(self: &Arc<Self>) {
         let settings = self.ai_settings();
         if settings.is_empty() {
             return;
         }
+        self.ai_services(&settings);
         let nodes = self.containers.filter(|c| {
             c.spec.image == NODE_IMAGE && c.state == ContainerState::Running && !c.spec.config.contains_key("light")
         });
@@ -596,7 +605,7 @@ impl Engine {
         self.ai.nodes.lock().unwrap().entry(c.id.clone()).or_default().info = Some(info);
         let Some(s) = s.cloned() else { return Ok(()) };
         let due = s.trained_at + s.config.model_update_interval as i64 * 1000 <= now_ms();
-        if due {
+        if due && !self.training_offloaded() {
             let count = tokio::task::block_in_place(|| self.store.ai_sample_count("transaction", &c.id)).unwrap_or(0);
             if count as usize >= MIN_SAMPLES {
                 let engine = self.clone();
@@ -607,6 +616,100 @@ impl Engine {
                         tracing::warn!("ai: scheduled training for {}: {e}", c.spec.name);
                     }
                 });
+            }
+        }
+        Ok(())
+    }
+
+    /// The running containers of an AI service template.
+    fn services(&self, template: &str) -> Vec<Container> {
+        self.containers.filter(|c| c.state == ContainerState::Running && c.spec.template.as_deref() == Some(template))
+    }
+
+    /// Whether an `ai-training` container trains instead of the daemon.
+    fn training_offloaded(&self) -> bool {
+        !self.services(TRAINING).is_empty()
+    }
+
+    /// Publishes the live models to `ai-inference` containers; exports samples to, and
+    /// imports the versions of, `ai-training` containers.
+    fn ai_services(&self, settings: &[Setting]) {
+        for c in self.services(INFERENCE) {
+            if let Err(e) = tokio::task::block_in_place(|| self.publish_models(&c)) {
+                tracing::warn!("ai: publish models to {}: {e}", c.spec.name);
+            }
+        }
+        for c in self.services(TRAINING) {
+            let done = tokio::task::block_in_place(|| {
+                self.export_samples(&c, settings)?;
+                self.import_models(&c)
+            });
+            if let Err(e) = done {
+                tracing::warn!("ai: training container {}: {e}", c.spec.name);
+            }
+        }
+    }
+
+    fn service_store(&self, c: &Container) -> Result<ModelStore> {
+        ModelStore::open(self.state_dir(&c.id).join("data/models")).map_err(|e| Error::internal(e.to_string()))
+    }
+
+    fn publish_models(&self, c: &Container) -> Result<()> {
+        let (ours, theirs) = (self.model_store()?, self.service_store(c)?);
+        let e = |e: micro_os_ai::Error| Error::internal(e.to_string());
+        for (module, scope) in ours.list().map_err(e)? {
+            let Some(f) = ours.live(&module, &scope).map_err(e)? else { continue };
+            if theirs.live(&module, &scope).map_err(e)?.map(|x| x.version) != Some(f.version) {
+                theirs.publish(&f).map_err(e)?;
+                tracing::info!("ai: {} serves {module} v{} of {scope}", c.spec.name, f.version);
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes each node's newest samples to `<data>/samples/<node>.jsonl` when more came.
+    fn export_samples(&self, c: &Container, settings: &[Setting]) -> Result<()> {
+        let dir = self.state_dir(&c.id).join("data/samples");
+        std::fs::create_dir_all(&dir).map_err(|e| Error::internal(format!("{}: {e}", dir.display())))?;
+        let nodes = self.containers.filter(|n| {
+            n.spec.image == NODE_IMAGE && Self::effective(settings, "transaction", n).is_some_and(|s| s.enabled)
+        });
+        for n in nodes {
+            let count = self.store.ai_sample_count("transaction", &n.id)?;
+            let key = (c.id.clone(), n.id.clone());
+            if self.ai.exported.lock().unwrap().get(&key) == Some(&count) {
+                continue;
+            }
+            let bodies = self.store.ai_samples("transaction", &n.id, TRAIN_ON)?;
+            let path = dir.join(format!("{}.jsonl", n.spec.name));
+            let tmp = dir.join(format!(".{}.jsonl.tmp", n.spec.name));
+            let text: String = bodies.iter().map(|b| format!("{b}\n")).collect();
+            std::fs::write(&tmp, text)
+                .and_then(|_| std::fs::rename(&tmp, &path))
+                .map_err(|e| Error::internal(format!("{}: {e}", path.display())))?;
+            self.ai.exported.lock().unwrap().insert(key, count);
+        }
+        Ok(())
+    }
+
+    /// Proposes each version a training container made that was not imported yet to the
+    /// daemon's store (promoted by the same rule as its own), marking it imported there.
+    fn import_models(&self, c: &Container) -> Result<()> {
+        let (ours, theirs) = (self.model_store()?, self.service_store(c)?);
+        let e = |e: micro_os_ai::Error| Error::internal(e.to_string());
+        let root = self.state_dir(&c.id).join("data/models");
+        for (module, scope) in theirs.list().map_err(e)? {
+            for mut f in theirs.versions(&module, &scope).map_err(e)? {
+                let marker = root.join(&module).join(&scope).join(format!("v{}.imported", f.version));
+                if marker.exists() {
+                    continue;
+                }
+                let theirs_version = f.version;
+                f.trainer = format!("container {}", c.spec.name);
+                let p = ours.propose(f).map_err(e)?;
+                tracing::info!("ai: {module} v{theirs_version} of {scope} from {}: {}", c.spec.name, p.reason);
+                std::fs::write(&marker, p.reason.as_bytes())
+                    .map_err(|err| Error::internal(format!("{}: {err}", marker.display())))?;
             }
         }
         Ok(())

@@ -64,6 +64,28 @@ const BUILT_IN: &[&str] = &[
     "health_check": {"type": "tcp", "port": 8545, "interval_s": 5, "timeout_s": 2, "retries": 3},
     "restart": "on-failure:5"
 }"#,
+    r#"{
+    "name": "ai-inference",
+    "description": "Serves the AI layer's live models to the nodes that ask: POST /score on port 8600 gives each transaction's priority class and anomaly score, GET /models lists the models; the daemon publishes every live model into its data volume (micro-os-node ai-serve)",
+    "workload": "ai",
+    "image": "blockchain-node",
+    "command": ["micro-os-node", "ai-serve", "--models", "/data/models", "--listen", "0.0.0.0:8600"],
+    "data": "/data",
+    "resources": {"cpu": 0.5, "memory": "128M", "pids": 64},
+    "health_check": {"type": "tcp", "port": 8600, "interval_s": 5, "timeout_s": 2, "retries": 3},
+    "restart": "on-failure:5"
+}"#,
+    r#"{
+    "name": "ai-training",
+    "description": "Runs the AI layer's training jobs: every interval (seconds, setting interval, default 3600) it trains the transaction optimiser's models on the samples the daemon exports into its data volume and publishes each new version, which the daemon promotes if it scores at least as well as the live one; while it runs the daemon trains no more (micro-os-node ai-train)",
+    "workload": "ai",
+    "image": "blockchain-node",
+    "command": ["micro-os-node", "ai-train", "--data", "/data"],
+    "data": "/data",
+    "settings": ["interval", "priority-levels"],
+    "resources": {"cpu": 1, "memory": "256M", "pids": 64},
+    "restart": "on-failure:5"
+}"#,
 ];
 
 /// Other names of built-in templates: (alias, template). `blockchain-light` is the name the
