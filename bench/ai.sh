@@ -2,14 +2,17 @@
 # Issue 14: the transaction optimiser's models against their named peers, in one run.
 #  1. priority queue vs FIFO: high-priority latency on a seeded open-loop Poisson trace
 #     through a real node (crates/node/examples/priority_bench.rs), with Cobham's formula
-#  2. isolation forest vs scikit-learn's IsolationForest (100 trees, 256 samples): ROC-AUC
+#  2. random forest vs logistic regression on the same splits of those transactions
+#     (crates/ai/examples/classifier_bench.rs)
+#  3. the arrival forecaster, an LSTM vs an EWMA (crates/ai/examples/forecast_bench.rs)
+#  4. isolation forest vs scikit-learn's IsolationForest (100 trees, 256 samples): ROC-AUC
 #     and fit+score time on the WBC set and on the transactions of run 1 with injected
 #     anomalies (crates/ai/examples/iforest_bench.rs, bench/iforest_sklearn.py)
 # Knobs: PRIO_TXS (4000), PRIO_RUNS (10), PRIO_LOADS (0.5,0.8,0.95,1.1), PRIO_BATCH (1).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release --locked -p micro-os-node --example priority_bench -p micro-os-ai --example iforest_bench >/dev/null 2>&1 ||
-  cargo build --release --locked -p micro-os-node --example priority_bench -p micro-os-ai --example iforest_bench
+examples=(-p micro-os-node --example priority_bench -p micro-os-ai --example iforest_bench --example classifier_bench --example forecast_bench)
+cargo build --release --locked "${examples[@]}" >/dev/null 2>&1 || cargo build --release --locked "${examples[@]}"
 VENV=${VENV:-/tmp/micro-os-bench-venv}
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
 "$VENV/bin/python" -c 'import sklearn' 2>/dev/null || "$VENV/bin/pip" install -q scikit-learn numpy
@@ -20,6 +23,12 @@ echo
 echo "## priority queue vs FIFO"
 target/release/examples/priority_bench --txs "${PRIO_TXS:-4000}" --runs "${PRIO_RUNS:-10}" \
   --loads "${PRIO_LOADS:-0.5,0.8,0.95,1.1}" --batch "${PRIO_BATCH:-1}" --features-out "$WORK/chain.csv"
+echo
+echo "## random forest vs logistic regression (the payments above, labelled by fee-rate quantiles)"
+target/release/examples/classifier_bench "$WORK/chain.csv"
+echo
+echo "## the arrival forecaster: LSTM vs EWMA, one step ahead"
+target/release/examples/forecast_bench --seconds "${FORECAST_SECONDS:-3000}"
 echo
 echo "## isolation forest vs scikit-learn"
 "$VENV/bin/python" bench/iforest_sklearn.py --make-wbc "$WORK/wbc.csv"

@@ -15,6 +15,7 @@ pub mod classifier;
 pub mod config;
 mod error;
 pub mod features;
+pub mod forecast;
 pub mod iforest;
 pub mod metrics;
 pub mod queue;

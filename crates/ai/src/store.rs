@@ -36,11 +36,25 @@ pub struct ModelFile {
     /// Who trained it: `daemon`, or the container that did (`ai-training`).
     #[serde(default)]
     pub trainer: String,
+    /// The primary metric is an error (lower is better), as a forecaster's MAE.
+    #[serde(default)]
+    pub lower_is_better: bool,
 }
 
 impl ModelFile {
+    /// The primary metric.
     pub fn score(&self) -> f64 {
-        self.metrics.get(&self.primary_metric).copied().unwrap_or(f64::NEG_INFINITY)
+        let worst = if self.lower_is_better { f64::INFINITY } else { f64::NEG_INFINITY };
+        self.metrics.get(&self.primary_metric).copied().unwrap_or(worst)
+    }
+
+    /// Whether it scores at least as well as `other`.
+    pub fn at_least_as_good_as(&self, other: &ModelFile) -> bool {
+        if self.lower_is_better {
+            self.score() <= other.score()
+        } else {
+            self.score() >= other.score()
+        }
     }
 }
 
@@ -184,12 +198,13 @@ impl ModelStore {
         let metric = &file.primary_metric;
         let (promoted, reason) = match &live {
             None => (true, format!("v{} is live ({metric} {:.4}, the first version)", file.version, file.score())),
-            Some(l) if file.score() >= l.score() => (
+            Some(l) if file.at_least_as_good_as(l) => (
                 true,
                 format!(
-                    "v{} is live ({metric} {:.4} >= {:.4} of v{})",
+                    "v{} is live ({metric} {:.4} {} {:.4} of v{})",
                     file.version,
                     file.score(),
+                    if file.lower_is_better { "<=" } else { ">=" },
                     l.score(),
                     l.version
                 ),
@@ -197,10 +212,11 @@ impl ModelStore {
             Some(l) => (
                 false,
                 format!(
-                    "kept v{}: v{} scored {metric} {:.4} < {:.4}",
+                    "kept v{}: v{} scored {metric} {:.4} {} {:.4}",
                     l.version,
                     file.version,
                     file.score(),
+                    if file.lower_is_better { ">" } else { "<" },
                     l.score()
                 ),
             ),
@@ -229,6 +245,7 @@ mod tests {
             primary_metric: "macro_f1".into(),
             model: serde_json::json!({"w": score}),
             trainer: "daemon".into(),
+            lower_is_better: false,
         }
     }
 
@@ -255,6 +272,24 @@ mod tests {
             .filter(|n| n.ends_with(".tmp"))
             .collect();
         assert!(left.is_empty(), "{left:?}");
+    }
+
+    #[test]
+    fn an_error_metric_promotes_the_lower() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = ModelStore::open(dir.path()).unwrap();
+        let err = |mae: f64| ModelFile {
+            module: "transaction.forecaster".into(),
+            primary_metric: "mae".into(),
+            metrics: BTreeMap::from([("mae".into(), mae)]),
+            lower_is_better: true,
+            ..model(0.0)
+        };
+        assert!(s.propose(err(3.0)).unwrap().promoted);
+        let worse = s.propose(err(4.0)).unwrap();
+        assert!(!worse.promoted);
+        assert_eq!(worse.reason, "kept v1: v2 scored mae 4.0000 > 3.0000");
+        assert!(s.propose(err(2.5)).unwrap().promoted);
     }
 
     #[test]

@@ -154,6 +154,7 @@ fn file(
         primary_metric: primary.into(),
         model,
         trainer: String::new(),
+        lower_is_better: false,
     }
 }
 
@@ -266,6 +267,48 @@ pub fn iforest(samples: &[TxSample], seed: u64) -> Result<ModelFile> {
         "injected": n_bad,
     });
     Ok(file(x.len(), seed, "roc_auc_injected", metrics, metric(a_z), model))
+}
+
+/// The forecaster a node's batch size follows.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ServedForecaster {
+    /// An LSTM's JSON ([`crate::forecast::Forecaster::to_json`]).
+    Lstm {
+        model: Value,
+    },
+    Ewma {
+        alpha: f64,
+    },
+}
+
+/// Trains the arrival forecaster on the per-second arrival counts of `samples` (an LSTM
+/// against an EWMA, by one-step MAE on the last 20 % of the seconds). The window is 30
+/// seconds, shorter for a short history (at least 5).
+pub fn forecaster(samples: &[TxSample], seed: u64) -> Result<ModelFile> {
+    let ts: Vec<i64> = samples.iter().map(|s| s.ts).collect();
+    let series = crate::forecast::counts(&ts, 1000);
+    let window = (series.len() / 4).clamp(5, 30);
+    let params = crate::forecast::ForecastParams { window, seed, ..Default::default() };
+    let (report, lstm) = crate::forecast::evaluate(&series, 1.0 - TEST_FRACTION, params)?;
+    let metrics = |mae: f64, rmse: f64| BTreeMap::from([("mae".to_string(), mae), ("rmse".to_string(), rmse)]);
+    let ewma = metrics(report.ewma_mae, report.ewma_rmse);
+    let (serving, algorithm, mut served) = if report.lstm_mae <= report.ewma_mae {
+        (ServedForecaster::Lstm { model: lstm.to_json() }, "lstm", metrics(report.lstm_mae, report.lstm_rmse))
+    } else {
+        (ServedForecaster::Ewma { alpha: report.ewma_alpha }, "ewma (the lstm lost to it)", ewma.clone())
+    };
+    served.insert("lstm_mae".into(), report.lstm_mae);
+    let model = json!({
+        "algorithm": algorithm,
+        "baseline": "ewma",
+        "serving": serde_json::to_value(&serving).map_err(|e| Error::Model(e.to_string()))?,
+        "seconds": series.len(),
+        "window": window,
+    });
+    let mut f = file(samples.len(), seed, "mae", served, ewma, model);
+    f.lower_is_better = true;
+    Ok(f)
 }
 
 /// Why `features` (a [`TxFeatures`] as JSON) looks anomalous next to the profile in an

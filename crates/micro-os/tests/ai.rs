@@ -166,8 +166,12 @@ fn the_transaction_optimiser_trains_on_a_node_serves_it_and_alerts() {
     let w = json_of(&d, &["chain", "wallet", "--container", "eth-node-1", "--format", "json"]);
     let to = w["address"].as_str().unwrap().to_string();
     let rates = [1, 2, 3, 5, 8, 13, 21, 34, 55, 89];
+    // spread over about 40 s, so the arrival forecaster has a history to learn from
+    let started = Instant::now();
     for i in 0..230 {
         send(&d, &to, rates[i % rates.len()]);
+        let due = Duration::from_millis(175 * (i as u64 + 1));
+        std::thread::sleep(due.saturating_sub(started.elapsed()));
     }
     poll("230 samples collected", 60, || (module(&d)["samples"].as_u64() >= Some(230)).then_some(()));
 
@@ -177,8 +181,8 @@ fn the_transaction_optimiser_trains_on_a_node_serves_it_and_alerts() {
     let r = json_of(&d, &["ai", "train", "--module", "transaction", "--container", "eth-node-1", "--format", "json"]);
     let results: Vec<String> =
         r[0]["results"].as_array().unwrap().iter().map(|l| l.as_str().unwrap().to_string()).collect();
-    assert_eq!(results.len(), 2, "{r}");
-    for (line, kind) in results.iter().zip(["classifier", "iforest"]) {
+    assert_eq!(results.len(), 3, "{r}");
+    for (line, kind) in results.iter().zip(["classifier", "iforest", "forecaster"]) {
         assert!(
             line.starts_with(&format!("{kind}: ")) && (line.contains(" is live (") || line.contains(": kept v")),
             "{line}"
@@ -187,7 +191,14 @@ fn the_transaction_optimiser_trains_on_a_node_serves_it_and_alerts() {
     let models = json_of(&d, &["ai", "models", "--format", "json"]);
     let models = models.as_array().unwrap();
     let live: Vec<&Value> = models.iter().filter(|m| m["live"] == true).collect();
-    assert_eq!(live.len(), 2, "one live model of each kind: {models:?}");
+    assert_eq!(live.len(), 3, "one live model of each kind: {models:?}");
+    let forecaster = live.iter().find(|m| m["kind"] == "forecaster").unwrap();
+    assert_eq!((forecaster["baseline"].as_str(), forecaster["primary_metric"].as_str()), (Some("ewma"), Some("mae")));
+    // the forecast sets the node's batch size, never above batch_size (64 here)
+    poll("the node to follow the forecast's batch size", 30, || {
+        let n = module(&d)["node"].clone();
+        n["adaptive_batch"].as_u64().filter(|b| (1..=64).contains(b)).map(|_| ())
+    });
     for m in &live {
         assert!(m["data_size"].as_u64() >= Some(200), "{m}");
         let metric = m["primary_metric"].as_str().unwrap();
@@ -220,6 +231,7 @@ fn the_transaction_optimiser_trains_on_a_node_serves_it_and_alerts() {
     assert!(!h["alerts"].as_array().unwrap().iter().any(|a| a["source"] == "ai"), "ai alerts only with --ai-alerts");
     let perf = d.ok(&["monitor", "performance", "--container", "eth-node-1", "--ai-stats"]);
     assert!(perf.contains("transaction optimiser: enabled") && perf.contains("against logistic_regression"), "{perf}");
+    assert!(perf.contains("forecast: ") && perf.contains("so batches of"), "{perf}");
 
     // a restart keeps what is set, what was collected and the models
     let before = module(&d);

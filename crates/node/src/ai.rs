@@ -93,6 +93,8 @@ struct Inner {
     counters: Counters,
     /// The last anomalies seen, held or not, newest last.
     recent_anomalies: VecDeque<Value>,
+    /// The batch size the arrival forecast asks for (at most `batch_size`), when one is live.
+    adaptive_batch: Option<u32>,
 }
 
 /// The optimiser's state in one node. See the module documentation.
@@ -119,6 +121,7 @@ impl Default for Optimizer {
                 next_sample: 1,
                 counters: Counters::default(),
                 recent_anomalies: VecDeque::new(),
+                adaptive_batch: None,
             }),
             started: Instant::now(),
             wake: Notify::new(),
@@ -276,7 +279,7 @@ impl Optimizer {
     pub fn next_batch(&self) -> Vec<Job> {
         let now = self.now();
         let mut g = self.lock();
-        let n = g.config.batch_size as usize;
+        let n = g.adaptive_batch.map_or(g.config.batch_size, |a| a.min(g.config.batch_size)).max(1) as usize;
         let mut batch = Vec::new();
         while batch.len() < n {
             let Some(job) = g.queue.pop(now) else { break };
@@ -290,6 +293,11 @@ impl Optimizer {
             g.counters.batches += 1;
         }
         batch
+    }
+
+    /// Follows the arrival forecast's batch size (`None`: `batch_size` again).
+    pub fn set_adaptive_batch(&self, batch: Option<u32>) {
+        self.lock().adaptive_batch = batch.filter(|b| *b > 0);
     }
 
     /// Transactions waiting for validation.
@@ -413,6 +421,8 @@ impl Optimizer {
             "recent_anomalies": g.recent_anomalies,
             "counters": g.counters,
             "samples_kept": g.samples.len(),
+            "adaptive_batch": g.adaptive_batch,
+            "batch_now": g.adaptive_batch.map_or(g.config.batch_size, |a| a.min(g.config.batch_size)),
             "last_sample": g.next_sample - 1,
         })
     }
@@ -522,6 +532,22 @@ mod tests {
         assert_eq!(info["iforest_version"], 3);
         assert_eq!(o.release_held(), 1);
         assert_eq!(o.next_batch()[0].tx.input[0].previous_output.vout, 2, "released to validation");
+    }
+
+    #[test]
+    fn the_forecast_batch_is_capped_by_batch_size() {
+        let o = Optimizer::default();
+        o.configure(true, TxOptimizerConfig { batch_size: 4, ..Default::default() }).unwrap();
+        for i in 0..10 {
+            o.enqueue(tx(i, 1), None, features(1.0));
+        }
+        o.set_adaptive_batch(Some(2));
+        assert_eq!(o.next_batch().len(), 2);
+        o.set_adaptive_batch(Some(64));
+        assert_eq!(o.next_batch().len(), 4, "never above batch_size");
+        assert_eq!(o.info()["batch_now"], 4);
+        o.set_adaptive_batch(None);
+        assert_eq!(o.next_batch().len(), 4);
     }
 
     #[test]

@@ -32,6 +32,7 @@ use serde_json::{json, Value};
 /// The model store's module names of the transaction optimiser's two models.
 pub const CLASSIFIER: &str = "transaction.classifier";
 pub const ANOMALY: &str = "transaction.iforest";
+pub const FORECASTER: &str = "transaction.forecaster";
 /// How long a loaded model is trusted before its `live` file is read again.
 const RECHECK: Duration = Duration::from_secs(1);
 
@@ -222,6 +223,7 @@ pub fn train_once(data: &Path, levels: u32, seed: u64) -> Vec<String> {
         let runs = [
             (CLASSIFIER, micro_os_ai::train::classifier(&samples, levels, seed)),
             (ANOMALY, micro_os_ai::train::iforest(&samples, seed)),
+            (FORECASTER, micro_os_ai::train::forecaster(&samples, seed)),
         ];
         for (module, run) in runs {
             let line = match run {

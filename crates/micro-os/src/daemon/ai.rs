@@ -85,6 +85,39 @@ struct NodeView {
     /// The open anomaly alert and when the node last held a new anomaly.
     alert: Option<(i64, i64)>,
     info: Option<Value>,
+    /// Arrivals per unix second, from the samples collected (the last ten minutes).
+    arrivals: BTreeMap<i64, f64>,
+    /// The last forecast (transactions in the next second) and the batch size it gave.
+    forecast: Option<(f64, u32)>,
+}
+
+/// A live arrival forecaster, loaded.
+enum Forecast {
+    Lstm(Box<micro_os_ai::forecast::Forecaster>),
+    Ewma(micro_os_ai::forecast::Ewma),
+}
+
+impl Forecast {
+    fn load(f: &ModelFile) -> Result<Forecast> {
+        let served: micro_os_ai::train::ServedForecaster =
+            serde_json::from_value(f.model.get("serving").cloned().unwrap_or(Value::Null))
+                .map_err(|e| Error::internal(format!("forecaster v{} does not load: {e}", f.version)))?;
+        Ok(match served {
+            micro_os_ai::train::ServedForecaster::Lstm { model } => Forecast::Lstm(Box::new(
+                micro_os_ai::forecast::Forecaster::from_json(&model).map_err(|e| Error::internal(e.to_string()))?,
+            )),
+            micro_os_ai::train::ServedForecaster::Ewma { alpha } => {
+                Forecast::Ewma(micro_os_ai::forecast::Ewma { alpha })
+            }
+        })
+    }
+
+    fn next(&self, history: &[f64]) -> f64 {
+        match self {
+            Forecast::Lstm(m) => m.predict_next(history),
+            Forecast::Ewma(m) => m.predict_next(history),
+        }
+    }
 }
 
 /// The loop's memory, by container id.
@@ -95,6 +128,8 @@ pub struct AiState {
     exported: Mutex<HashMap<(String, String), u64>>,
     /// Serialises training runs (a command and the loop).
     training: tokio::sync::Mutex<()>,
+    /// The live forecaster of each node (by container name), with its version.
+    forecasters: Mutex<HashMap<String, (u64, Arc<Forecast>)>>,
 }
 
 fn now_ms() -> i64 {
@@ -321,7 +356,7 @@ impl Engine {
 
     fn live_models(&self, container: &str) -> Vec<ModelFile> {
         let Ok(store) = self.model_store() else { return Vec::new() };
-        ["classifier", "iforest"]
+        ["classifier", "iforest", "forecaster"]
             .iter()
             .filter_map(|k| store.live(&store_module(k), container).ok().flatten())
             .collect()
@@ -429,6 +464,9 @@ impl Engine {
                 by_class.join(", ")
             ));
         }
+        if let Some((f, b)) = self.ai.nodes.lock().unwrap().get(&c.id).and_then(|v| v.forecast) {
+            lines.push(format!("forecast: {f:.1} transactions in the next second, so batches of {b}"));
+        }
         if self.live_models(&c.spec.name).is_empty() {
             lines.push(format!(
                 "no model is live yet: every transaction is served in one class (FIFO) until training has {MIN_SAMPLES} samples"
@@ -497,6 +535,7 @@ impl Engine {
             let trained = [
                 ("classifier", micro_os_ai::train::classifier(&samples, levels, SEED)),
                 ("iforest", micro_os_ai::train::iforest(&samples, SEED)),
+                ("forecaster", micro_os_ai::train::forecaster(&samples, SEED)),
             ];
             for (kind, t) in trained {
                 match t {
@@ -592,6 +631,9 @@ impl Engine {
         }
         for f in self.live_models(&c.spec.name) {
             let kind = f.module.rsplit('.').next().unwrap_or_default().to_string();
+            if kind == "forecaster" {
+                continue; // the daemon runs it and sends the node only the batch size
+            }
             let has = info[format!("{kind}_version")].as_u64();
             if has != Some(f.version) {
                 let model = f.model.get("serving").cloned().unwrap_or(Value::Null);
@@ -600,6 +642,9 @@ impl Engine {
             }
         }
         self.ai_collect(c).await?;
+        if let Some(s) = s {
+            self.ai_adapt_batch(c, s, &info).await?;
+        }
         let info = self.node_rpc(c, "getaiinfo", json!([])).await?;
         self.ai_alert(c, &info);
         self.ai.nodes.lock().unwrap().entry(c.id.clone()).or_default().info = Some(info);
@@ -715,6 +760,47 @@ impl Engine {
         Ok(())
     }
 
+    /// The live forecaster of node `c`, loaded once per version.
+    fn forecaster_of(&self, c: &Container) -> Option<Arc<Forecast>> {
+        let f = self.live_models(&c.spec.name).into_iter().find(|f| f.module.ends_with(".forecaster"))?;
+        let mut cache = self.ai.forecasters.lock().unwrap();
+        if let Some((v, m)) = cache.get(&c.spec.name) {
+            if *v == f.version {
+                return Some(m.clone());
+            }
+        }
+        match Forecast::load(&f) {
+            Ok(m) => {
+                let m = Arc::new(m);
+                cache.insert(c.spec.name.clone(), (f.version, m.clone()));
+                Some(m)
+            }
+            Err(e) => {
+                tracing::warn!("ai: {}: {e}", c.spec.name);
+                None
+            }
+        }
+    }
+
+    /// Forecasts node `c`'s arrivals in the next second from the last two minutes and sets
+    /// its batch size from it (`forecast::adaptive_batch`, at most `batch_size`).
+    async fn ai_adapt_batch(&self, c: &Container, s: &Setting, info: &Value) -> Result<()> {
+        let Some(model) = self.forecaster_of(c) else { return Ok(()) };
+        let now_s = now_ms() / 1000;
+        let history: Vec<f64> = {
+            let views = self.ai.nodes.lock().unwrap();
+            let arrivals = views.get(&c.id).map(|v| v.arrivals.clone()).unwrap_or_default();
+            (now_s - 120..now_s).map(|t| arrivals.get(&t).copied().unwrap_or(0.0)).collect()
+        };
+        let forecast = tokio::task::block_in_place(|| model.next(&history));
+        let batch = micro_os_ai::forecast::adaptive_batch(forecast, 1, s.config.batch_size);
+        if info["adaptive_batch"].as_u64() != Some(u64::from(batch)) {
+            self.node_rpc(c, "setaibatch", json!([batch])).await?;
+        }
+        self.ai.nodes.lock().unwrap().entry(c.id.clone()).or_default().forecast = Some((forecast, batch));
+        Ok(())
+    }
+
     /// Collects the samples node `c` has taken since the last round into the store.
     async fn ai_collect(&self, c: &Container) -> Result<()> {
         loop {
@@ -729,6 +815,15 @@ impl Engine {
             }
             let rows: Vec<(i64, String)> =
                 samples.iter().map(|s| (s.ts, serde_json::to_string(s).unwrap_or_default())).collect();
+            {
+                let mut views = self.ai.nodes.lock().unwrap();
+                let arrivals = &mut views.entry(c.id.clone()).or_default().arrivals;
+                for s in &samples {
+                    *arrivals.entry(s.ts / 1000).or_insert(0.0) += 1.0;
+                }
+                let keep_from = now_ms() / 1000 - 600;
+                arrivals.retain(|t, _| *t >= keep_from);
+            }
             let store = self.store.clone();
             let id = c.id.clone();
             tokio::task::spawn_blocking(move || store.add_ai_samples("transaction", &id, &rows, SAMPLES_KEPT))

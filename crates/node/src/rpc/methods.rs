@@ -110,6 +110,19 @@ pub fn dispatch(ctx: &Ctx, method: &str, params: &Value) -> RpcResult {
             Ok(json!({ "samples": samples, "next": next }))
         }
         "releaseheld" => Ok(json!({ "released": node.ai().release_held() })),
+        "setaibatch" => {
+            let batch = match a(&["batch"]).get(0) {
+                None | Some(Value::Null) => None,
+                Some(v) => Some(
+                    v.as_u64()
+                        .filter(|b| (1..=65536).contains(b))
+                        .ok_or_else(|| RpcError::new(code::INVALID_PARAMETER, "batch must be 1..=65536 or null"))?
+                        as u32,
+                ),
+            };
+            node.ai().set_adaptive_batch(batch);
+            Ok(json!({ "batch": batch }))
+        }
         "stop" => {
             ctx.shutdown.notify_one();
             Ok(json!("micro-os-node stopping"))
