@@ -265,9 +265,11 @@ fn the_transaction_optimiser_trains_on_a_node_serves_it_and_alerts() {
     let rich = json!({"fee_rate": 89.0, "vsize": 141.0, "inputs": 1.0, "outputs": 2.0, "sender_history": 0.0, "coin_age": 0.0});
     let mut poor = rich.clone();
     poor["fee_rate"] = json!(1.0);
-    let scored = poll("scores from the inference container", 60, || {
+    // (the daemon publishes the models one after the other: wait for both)
+    let scored = poll("scores from the inference container with both models", 60, || {
         let body = json!({"scope": "eth-node-1", "transactions": [rich, poor]});
-        ureq::post(&format!("http://127.0.0.1:{port}/score")).send_json(body).ok()?.into_json::<Value>().ok()
+        let v: Value = ureq::post(&format!("http://127.0.0.1:{port}/score")).send_json(body).ok()?.into_json().ok()?;
+        v["anomaly_version"].as_u64().and(v["classifier_version"].as_u64()).map(|_| v)
     });
     assert_eq!(
         (scored["results"][0]["class"].as_u64(), scored["results"][1]["class"].as_u64()),

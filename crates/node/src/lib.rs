@@ -11,6 +11,7 @@
 
 pub mod ai;
 pub mod ai_service;
+pub mod checks;
 pub mod fast;
 pub mod health;
 pub mod light;

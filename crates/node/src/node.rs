@@ -26,6 +26,7 @@ use micro_os_chain::params::Params;
 use micro_os_chain::validation::{check_transaction, check_tx_inputs, Coin, CoinView, Reject, RejectCode, SigCache};
 use tokio::sync::broadcast;
 
+use crate::checks::Check;
 use crate::light::{Light, LightError, Proof, ProofError};
 use crate::sealed::{Attested, CheckError, SealStoreError, Seals, Verdict};
 use crate::wallet::{Balance, Wallet, WalletCoin, WalletError, DEFAULT_FEE_RATE};
@@ -221,6 +222,8 @@ pub struct Node {
     /// Wtxids whose signatures verified at mempool entry, shared with the chain state so
     /// a block does not verify them again.
     sig_cache: std::sync::Arc<SigCache>,
+    /// The order of the cheap checks of a transaction, adapted to what fails.
+    checks: Mutex<crate::checks::CheckOrder>,
 }
 
 impl std::fmt::Debug for Node {
@@ -278,6 +281,7 @@ impl Node {
             datadir,
             state: Mutex::new(State { chain, mempool: Mempool::new(MEMPOOL_MAX_BYTES) }),
             sig_cache,
+            checks: Mutex::new(crate::checks::CheckOrder::default()),
             wallet: Mutex::new(wallet),
             options,
             tip_generation: AtomicU64::new(0),
@@ -785,6 +789,11 @@ impl Node {
         &self.ai
     }
 
+    /// The cheap checks' order and counts.
+    pub fn check_order(&self) -> serde_json::Value {
+        self.checks.lock().unwrap_or_else(|e| e.into_inner()).report()
+    }
+
     /// The signature cache: (hits, misses, entries) so far.
     pub fn sig_cache_stats(&self) -> (u64, u64, usize) {
         self.sig_cache.stats()
@@ -853,20 +862,49 @@ impl Node {
         if mempool.contains(&txid) {
             return Err(TxError::Refused(Refused::Duplicate { txid }));
         }
-        check_transaction(&tx).map_err(TxError::Invalid)?;
-        if tx.is_coinbase() {
-            return Err(TxError::Refused(Refused::Coinbase { txid }));
-        }
-        if let Some(block) = chain.tx_block(&txid)? {
-            return Err(TxError::InChain { txid, block });
-        }
-        for input in &tx.input {
-            if let Some(spent_by) = mempool.spender(&input.previous_output) {
-                return Err(TxError::Refused(Refused::Conflict { txid, outpoint: input.previous_output, spent_by }));
+        // the cheap checks, most likely to fail per unit of cost first (checks.rs)
+        let order = self.checks.lock().unwrap_or_else(|e| e.into_inner()).order();
+        let mut ran = Vec::with_capacity(order.len());
+        let mut verdict = Ok(());
+        for check in order {
+            let started = Instant::now();
+            let r: Result<(), TxError> = match check {
+                Check::Context => {
+                    check_transaction(&tx).map_err(TxError::Invalid).and_then(|()| match tx.is_coinbase() {
+                        true => Err(TxError::Refused(Refused::Coinbase { txid })),
+                        false => Ok(()),
+                    })
+                }
+                Check::InChain => match chain.tx_block(&txid) {
+                    Ok(Some(block)) => Err(TxError::InChain { txid, block }),
+                    Ok(None) => Ok(()),
+                    Err(e) => Err(e.into()),
+                },
+                Check::Conflict => match tx
+                    .input
+                    .iter()
+                    .find_map(|i| mempool.spender(&i.previous_output).map(|s| (i.previous_output, s)))
+                {
+                    Some((outpoint, spent_by)) => Err(TxError::Refused(Refused::Conflict { txid, outpoint, spent_by })),
+                    None => Ok(()),
+                },
+                Check::Final => {
+                    let (height, hash) = chain.tip();
+                    chain
+                        .median_time_past(&hash)
+                        .map_err(TxError::from)
+                        .and_then(|mtp| check_final(&tx, height + 1, mtp).map_err(TxError::Invalid))
+                }
+            };
+            ran.push((check, started.elapsed().as_nanos() as u64, r.is_err()));
+            if r.is_err() {
+                verdict = r;
+                break;
             }
         }
-        let (tip_height, tip_hash) = chain.tip();
-        check_final(&tx, tip_height + 1, chain.median_time_past(&tip_hash)?).map_err(TxError::Invalid)?;
+        self.checks.lock().unwrap_or_else(|e| e.into_inner()).record(&ran);
+        verdict?;
+        let tip_height = chain.tip().0;
         let view = PoolView { chain, pool: mempool, height: tip_height + 1 };
         let fee = match check_tx_inputs(&tx, &view, tip_height + 1, self.params) {
             Ok(fee) => {

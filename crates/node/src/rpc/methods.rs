@@ -100,6 +100,7 @@ pub fn dispatch(ctx: &Ctx, method: &str, params: &Value) -> RpcResult {
             let mut info = node.ai().info();
             let (hits, misses, entries) = node.sig_cache_stats();
             info["sig_cache"] = json!({ "hits": hits, "misses": misses, "entries": entries });
+            info["checks"] = node.check_order();
             Ok(info)
         }
         "setaiconfig" => setaiconfig(node, a(&["enabled", "config"])),
