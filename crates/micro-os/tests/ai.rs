@@ -67,37 +67,16 @@ fn the_transaction_optimiser_trains_on_a_node_serves_it_and_alerts() {
     let e = d.fails(&["ai", "enable", "--module", "transaction", "--container", "web"], 2);
     assert!(e.contains("container \"web\" runs no reference-chain node"), "{e}");
     let dir = tempfile::tempdir().unwrap();
-    let not_json = dir.path().join("tx_config.json");
-    std::fs::write(&not_json, "batch_size: 256\n").unwrap();
-    let e = d.fails(
-        &[
-            "ai",
-            "enable",
-            "--module",
-            "transaction",
-            "--container",
-            "eth-node-1",
-            "--config",
-            not_json.to_str().unwrap(),
-        ],
-        2,
-    );
+    // a config file that is refused (not JSON: by the CLI; an unknown key: by the daemon)
+    let refused = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        let path = path.to_str().unwrap();
+        d.fails(&["ai", "enable", "--module", "transaction", "--container", "eth-node-1", "--config", path], 2)
+    };
+    let e = refused("tx_config.json", "batch_size: 256\n");
     assert!(e.contains("is not JSON"), "{e}");
-    let unknown_key = dir.path().join("unknown.json");
-    std::fs::write(&unknown_key, r#"{"batch_size": 256, "turbo": true}"#).unwrap();
-    let e = d.fails(
-        &[
-            "ai",
-            "enable",
-            "--module",
-            "transaction",
-            "--container",
-            "eth-node-1",
-            "--config",
-            unknown_key.to_str().unwrap(),
-        ],
-        2,
-    );
+    let e = refused("unknown.json", r#"{"batch_size": 256, "turbo": true}"#);
     assert!(e.contains("key \"turbo\" is unknown"), "{e}");
     assert_eq!(module(&d), Value::Null, "nothing was enabled by bad input");
 

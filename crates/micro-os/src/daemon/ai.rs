@@ -149,6 +149,16 @@ fn check_module(m: &str) -> Result<()> {
     Ok(())
 }
 
+/// The modules a request names: one (checked), or with `--all` every one this build has.
+fn modules_of(module: Option<&str>, all: bool) -> Result<Vec<String>> {
+    match (module, all) {
+        (Some(_), true) => Err(Error::invalid("give --module or --all, not both")),
+        (None, false) => Err(Error::invalid("give --module (transaction, mining, network) or --all")),
+        (Some(m), false) => check_module(m).map(|()| vec![m.to_string()]),
+        (None, true) => Ok(AVAILABLE.iter().map(|s| s.to_string()).collect()),
+    }
+}
+
 fn bad_config(e: impl std::fmt::Display) -> Error {
     Error::invalid(e.to_string())
 }
@@ -234,15 +244,7 @@ impl Engine {
     }
 
     pub async fn ai_enable(&self, req: AiEnable) -> Result<Vec<AiModuleStatus>> {
-        let modules: Vec<String> = match (&req.module, req.all) {
-            (Some(_), true) => return Err(Error::invalid("give --module or --all, not both")),
-            (None, false) => return Err(Error::invalid("give --module (transaction, mining, network) or --all")),
-            (Some(m), false) => {
-                check_module(m)?;
-                vec![m.clone()]
-            }
-            (None, true) => AVAILABLE.iter().map(|s| s.to_string()).collect(),
-        };
+        let modules = modules_of(req.module.as_deref(), req.all)?;
         let config = match &req.config {
             None => None,
             Some(v) => Some(TxOptimizerConfig::from_json_str(&v.to_string()).map_err(bad_config)?),
@@ -276,15 +278,7 @@ impl Engine {
     }
 
     pub async fn ai_disable(&self, req: AiDisable) -> Result<Vec<AiModuleStatus>> {
-        let modules: Vec<String> = match (&req.module, req.all) {
-            (Some(_), true) => return Err(Error::invalid("give --module or --all, not both")),
-            (None, false) => return Err(Error::invalid("give --module (transaction, mining, network) or --all")),
-            (Some(m), false) => {
-                check_module(m)?;
-                vec![m.clone()]
-            }
-            (None, true) => AVAILABLE.iter().map(|s| s.to_string()).collect(),
-        };
+        let modules = modules_of(req.module.as_deref(), req.all)?;
         let (scope, container) = self.scope_of(req.container.as_deref())?;
         let settings = self.ai_settings();
         for module in &modules {
