@@ -5,13 +5,14 @@
 #  2. random forest vs logistic regression on the same splits of those transactions
 #     (crates/ai/examples/classifier_bench.rs)
 #  3. the arrival forecaster, an LSTM vs an EWMA (crates/ai/examples/forecast_bench.rs)
+#     and the batch size it drives vs fixed batches (crates/node/examples/batch_bench.rs)
 #  4. isolation forest vs scikit-learn's IsolationForest (100 trees, 256 samples): ROC-AUC
 #     and fit+score time on the WBC set and on the transactions of run 1 with injected
 #     anomalies (crates/ai/examples/iforest_bench.rs, bench/iforest_sklearn.py)
 # Knobs: PRIO_TXS (4000), PRIO_RUNS (10), PRIO_LOADS (0.5,0.8,0.95,1.1), PRIO_BATCH (1).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-examples=(-p micro-os-node --example priority_bench -p micro-os-ai --example iforest_bench --example classifier_bench --example forecast_bench)
+examples=(-p micro-os-node --example priority_bench --example batch_bench -p micro-os-ai --example iforest_bench --example classifier_bench --example forecast_bench)
 cargo build --release --locked "${examples[@]}" >/dev/null 2>&1 || cargo build --release --locked "${examples[@]}"
 VENV=${VENV:-/tmp/micro-os-bench-venv}
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
@@ -29,6 +30,9 @@ target/release/examples/classifier_bench "$WORK/chain.csv"
 echo
 echo "## the arrival forecaster: LSTM vs EWMA, one step ahead"
 target/release/examples/forecast_bench --seconds "${FORECAST_SECONDS:-3000}"
+echo
+echo "## the forecast's batch size vs fixed batches, on bursty arrivals"
+target/release/examples/batch_bench --tick-ms 20
 echo
 echo "## isolation forest vs scikit-learn"
 "$VENV/bin/python" bench/iforest_sklearn.py --make-wbc "$WORK/wbc.csv"
