@@ -181,6 +181,8 @@ pub enum Reply {
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, std::io::Error>> + Send>>;
 
+pub type EventStream = Pin<Box<dyn Stream<Item = crate::types::Event> + Send>>;
+
 /// Implemented by the daemon.
 pub trait Control: Send + Sync + 'static {
     fn dispatch(&self, action: Action) -> BoxFuture<'_, Result<Reply, ApiError>>;
@@ -191,4 +193,6 @@ pub trait Control: Send + Sync + 'static {
     fn import_image(&self, req: ImageImport) -> BoxFuture<'_, Result<ByteStream, ApiError>>;
     /// The daemon's own log lines, by component and level, following new ones when asked.
     fn daemon_logs(&self, query: crate::types::DaemonLogsQuery) -> BoxFuture<'_, Result<ByteStream, ApiError>>;
+    /// The store's events after `since` (or from now), following new ones unless asked not to.
+    fn events(&self, query: crate::types::EventsQuery) -> BoxFuture<'_, Result<EventStream, ApiError>>;
 }

@@ -249,6 +249,9 @@ mod tests {
         fn daemon_logs(&self, _: DaemonLogsQuery) -> BoxFuture<'_, Result<ByteStream, ApiError>> {
             Box::pin(async { Err(ApiError::internal("not in this test")) })
         }
+        fn events(&self, _: crate::types::EventsQuery) -> BoxFuture<'_, Result<crate::action::EventStream, ApiError>> {
+            Box::pin(async { Err(ApiError::internal("not in this test")) })
+        }
     }
 
     fn view() -> CircuitView {

@@ -17,6 +17,7 @@ mod ai;
 mod chain;
 mod circuits;
 mod containers;
+mod events;
 mod hosts;
 mod images;
 mod monitor;

@@ -11,8 +11,8 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::{
-    ai, chain, circuits, containers, hosts, images, monitor, net, system, templates, vms, ApiError, Control, ErrorKind,
-    Reply,
+    ai, chain, circuits, containers, events, hosts, images, monitor, net, system, templates, vms, ApiError, Control,
+    ErrorKind, Reply,
 };
 
 /// Largest request body accepted, in bytes.
@@ -67,7 +67,7 @@ pub fn unexpected(r: Reply) -> ApiError {
 #[openapi(
     info(title = "micro-os", description = "Run VMs, OCI containers and consensus circuits for blockchain nodes."),
     modifiers(&BearerAuth),
-    tags((name = "vms"), (name = "net"), (name = "monitor"), (name = "containers"), (name = "images"), (name = "templates"), (name = "circuits"), (name = "chain"), (name = "hosts"), (name = "ai"), (name = "system"))
+    tags((name = "vms"), (name = "net"), (name = "monitor"), (name = "containers"), (name = "images"), (name = "templates"), (name = "circuits"), (name = "chain"), (name = "hosts"), (name = "ai"), (name = "events"), (name = "system"))
 )]
 struct ApiDoc;
 
@@ -141,6 +141,7 @@ pub fn api_parts() -> (Router<Arc<dyn Control>>, utoipa::openapi::OpenApi) {
         .routes(routes!(ai::configure))
         .routes(routes!(ai::train))
         .routes(routes!(ai::models))
+        .routes(routes!(events::events))
         .split_for_parts();
     // OpenAPI has no catch-all segment: axum serves `{*key}`, the document says `{key}`
     let paths = std::mem::take(&mut doc.paths.paths);

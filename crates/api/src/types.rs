@@ -183,6 +183,72 @@ pub struct EventInfo {
     pub detail: String,
 }
 
+/// The kinds of objects whose events the stream carries (`type` in `GET /api/v1/events`).
+pub const EVENT_TYPES: &[&str] = &["container", "vm", "circuit", "host", "ai", "alert"];
+
+/// `GET /api/v1/events`: which events, from where.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct EventsQuery {
+    /// Only these kinds, comma-separated: container, vm, circuit, host, ai, alert.
+    #[serde(default, rename = "type")]
+    pub kinds: Option<String>,
+    /// Only this object, by name or id (an alert's events carry the alerted object as
+    /// their name, e.g. `container/eth-node-1`).
+    #[serde(default)]
+    pub object: Option<String>,
+    /// Start after this event id (the last one a client saw); without it, the stream
+    /// starts with the next event (the SSE `Last-Event-ID` header does the same).
+    #[serde(default)]
+    #[param(minimum = 0)]
+    pub since: Option<i64>,
+    /// Without `since`: start with the last N events that pass the filters.
+    #[serde(default)]
+    pub tail: Option<usize>,
+    /// Keep the stream open for new events (default); `false` ends it after the events
+    /// recorded so far.
+    #[serde(default)]
+    pub follow: Option<bool>,
+}
+
+impl EventsQuery {
+    /// The kinds asked for, each checked against [`EVENT_TYPES`].
+    pub fn kinds(&self) -> Result<Vec<String>, String> {
+        let Some(list) = &self.kinds else { return Ok(vec![]) };
+        list.split(',')
+            .map(str::trim)
+            .filter(|k| !k.is_empty())
+            .map(|k| {
+                if EVENT_TYPES.contains(&k) {
+                    Ok(k.to_string())
+                } else {
+                    Err(format!("event type {k:?} is unknown (one of: {})", EVENT_TYPES.join(", ")))
+                }
+            })
+            .collect()
+    }
+}
+
+/// One event of the stream: something that happened to an object, as the store recorded
+/// it, in the order recorded.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Event {
+    /// Its place in the stream; resume after it with `since`.
+    pub id: i64,
+    pub at: DateTime<Utc>,
+    /// container, vm, circuit, host, ai or alert.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The object's id (an alert's: the alert id).
+    pub object_id: String,
+    /// The object's name (an alert's: the alerted object).
+    pub name: String,
+    /// created, started, exited, removed, fired, resolved, ...
+    pub action: String,
+    pub detail: String,
+}
+
 /// `POST /api/v1/vms`: one VM, as `vm create` takes it.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

@@ -208,6 +208,31 @@ fn the_transaction_optimiser_trains_on_a_node_serves_it_and_alerts() {
     assert!(message.contains("node eth-node-1") && message.contains("fee_rate"), "{message}");
     let h = json_of(&d, &["monitor", "health", "--format", "json"]);
     assert!(!h["alerts"].as_array().unwrap().iter().any(|a| a["source"] == "ai"), "ai alerts only with --ai-alerts");
+    // the event stream carries the AI layer's decisions and the alert, named by the node
+    let events: Vec<Value> = d
+        .ok(&[
+            "events",
+            "--type",
+            "ai,alert",
+            "--object",
+            "eth-node-1",
+            "--no-follow",
+            "--tail",
+            "1000",
+            "--format",
+            "json",
+        ])
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let actions: Vec<&str> = events.iter().map(|e| e["action"].as_str().unwrap()).collect();
+    assert!(
+        actions.contains(&"enabled") && actions.contains(&"configured") && actions.contains(&"trained"),
+        "{actions:?}"
+    );
+    let fired =
+        d.ok(&["events", "--type", "alert", "--object", "container/eth-node-1", "--no-follow", "--format", "json"]);
+    assert!(fired.contains("\"fired\"") && fired.contains("fee_rate"), "{fired}");
     let perf = d.ok(&["monitor", "performance", "--container", "eth-node-1", "--ai-stats"]);
     assert!(perf.contains("transaction optimiser: enabled") && perf.contains("against logistic_regression"), "{perf}");
     assert!(perf.contains("forecast: ") && perf.contains("so batches of"), "{perf}");

@@ -120,3 +120,93 @@ fn kill9_during_a_burst_of_creates_loses_nothing_acknowledged() {
     // at most the one in flight may exist without an acknowledgement
     assert!(names.len() <= acked.len() + 1, "{} stored, {} acked", names.len(), acked.len());
 }
+
+/// The `id`s of `events ... --format json` output, in order.
+fn event_ids(out: &str) -> Vec<i64> {
+    out.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["id"].as_i64().unwrap()).collect()
+}
+
+#[test]
+fn the_event_stream_resumes_after_a_disconnect_and_a_daemon_crash_with_nothing_missed_or_repeated() {
+    use std::io::BufRead;
+    if !require(
+        "the_event_stream_resumes_after_a_disconnect_and_a_daemon_crash_with_nothing_missed_or_repeated",
+        CONTAINERS,
+    ) {
+        return;
+    }
+    let mut d = Daemon::start();
+    // bad input: one line naming it, exit 2
+    let e = d.fails(&["events", "--type", "pods"], 2);
+    assert!(e.contains("\"pods\"") && e.contains("container, vm"), "{e}");
+
+    // a follower from the start of the stream, over SSE
+    let mut follower = std::process::Command::new(common::BIN)
+        .args(["events", "--since", "0", "--type", "container", "--format", "json"])
+        .env("MICRO_OS_HOME", d.home.path())
+        .env("MICRO_OS_API", d.url())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<serde_json::Value>();
+    let out = follower.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for l in std::io::BufReader::new(out).lines() {
+            let Ok(l) = l else { return };
+            if tx.send(serde_json::from_str(&l).unwrap()).is_err() {
+                return;
+            }
+        }
+    });
+    d.ok(&["container", "create", "--name", "a", "--image", "busybox", "--", "sleep", "60"]);
+    d.ok(&["container", "start", "a"]);
+    let mut seen = Vec::new();
+    while !seen.iter().any(|e: &serde_json::Value| e["name"] == "a" && e["action"] == "started") {
+        let e = rx.recv_timeout(Duration::from_secs(10)).expect("the follower saw a's start");
+        assert_eq!(e["type"], "container", "{e}");
+        seen.push(e);
+    }
+    // the client goes away; events go on without it, through a crash of the daemon
+    let _ = follower.kill();
+    let _ = follower.wait();
+    while let Ok(e) = rx.try_recv() {
+        seen.push(e);
+    }
+    let last = seen.last().unwrap()["id"].as_i64().unwrap();
+    d.ok(&["container", "create", "--name", "b", "--image", "busybox", "--", "sleep", "60"]);
+    d.ok(&["container", "start", "b"]);
+    d.ok(&["container", "stop", "b", "--timeout", "0"]);
+    d.ok(&["container", "rm", "b"]);
+    d.kill9();
+    d.spawn();
+    d.ok(&["container", "create", "--name", "c", "--image", "busybox", "--", "true"]);
+
+    // resumed after the last id it saw, the client gets each later event once
+    let resumed =
+        d.ok(&["events", "--since", &last.to_string(), "--type", "container", "--no-follow", "--format", "json"]);
+    let mut ids: Vec<i64> = seen.iter().map(|e| e["id"].as_i64().unwrap()).collect();
+    ids.extend(event_ids(&resumed));
+    let everything =
+        event_ids(&d.ok(&["events", "--since", "0", "--type", "container", "--no-follow", "--format", "json"]));
+    assert_eq!(ids, everything, "seen then resumed, against the whole stream");
+    assert!(everything.windows(2).all(|w| w[0] < w[1]), "{everything:?}");
+    for (name, action) in [("b", "created"), ("b", "started"), ("b", "exited"), ("b", "removed"), ("c", "created")] {
+        let n = resumed
+            .lines()
+            .filter(|l| l.contains(&format!("\"name\":\"{name}\"")) && l.contains(&format!("\"action\":\"{action}\"")))
+            .count();
+        assert_eq!(n, 1, "{name} {action} once in:\n{resumed}");
+    }
+    // the SSE header a browser's EventSource sends on reconnect does the same as --since
+    let body = d
+        .api("GET", "/events?type=container&follow=false")
+        .set("Last-Event-ID", &last.to_string())
+        .call()
+        .unwrap()
+        .into_string()
+        .unwrap();
+    let sse_ids: Vec<i64> = body.lines().filter_map(|l| l.strip_prefix("id: ")).map(|i| i.parse().unwrap()).collect();
+    assert_eq!(sse_ids, event_ids(&resumed), "{body}");
+    assert!(body.contains("event: container"), "{body}");
+    d.ok(&["container", "rm", "--force", "a"]);
+}

@@ -102,6 +102,15 @@ impl Event {
     }
 }
 
+/// Which events a reader wants: every one when empty.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EventFilter {
+    /// Kinds (`container`, `vm`, `circuit`, `host`, `ai`, `alert`); any when empty.
+    pub kinds: Vec<String>,
+    /// One object, by id or name.
+    pub object: Option<String>,
+}
+
 /// How far a write has gone when it returns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Durability {
@@ -245,6 +254,12 @@ impl Store {
         })
     }
 
+    /// Records an event on its own (a decision, not a change of an object);
+    /// [`Durability::Committed`].
+    pub fn record_event(&self, event: &Event) -> Result<()> {
+        self.write(Durability::Committed, |tx| insert_event(tx, event))
+    }
+
     /// Makes every committed write power-cut durable (fsyncs the WAL), if one is not yet.
     /// Call it before acknowledging a request whose answer reports [`Durability::Committed`]
     /// facts as done (a stop reports the exit it waited for).
@@ -311,6 +326,57 @@ impl Store {
         Ok(conn.execute("DELETE FROM seen_nonces WHERE at < ?1", params![before as i64])?)
     }
 
+    /// Events after `after` (a `seq`) that `filter` lets through, oldest first, at most
+    /// `limit`. Sequence numbers only grow (AUTOINCREMENT; one connection commits in
+    /// order), so a reader that resumes after the last `seq` it saw misses nothing and
+    /// sees nothing twice.
+    pub fn events_after(&self, after: i64, filter: &EventFilter, limit: usize) -> Result<Vec<Event>> {
+        let conn = self.conn();
+        let kinds =
+            (!filter.kinds.is_empty()).then(|| serde_json::to_string(&filter.kinds).expect("strings serialise"));
+        let mut stmt = conn.prepare_cached(
+            "SELECT seq, at, kind, object_id, name, action, detail FROM events
+             WHERE seq > ?1
+               AND (?2 IS NULL OR kind IN (SELECT value FROM json_each(?2)))
+               AND (?3 IS NULL OR object_id = ?3 OR name = ?3)
+             ORDER BY seq LIMIT ?4",
+        )?;
+        let rows = stmt.query_map(params![after, kinds, filter.object, limit as i64], event_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The `seq` just before the last `n` events that `filter` lets through (the latest
+    /// `seq` when `n` is 0 or none passes; 0 when there are fewer than `n`).
+    pub fn events_tail_start(&self, filter: &EventFilter, n: usize) -> Result<i64> {
+        if n == 0 {
+            return self.last_event_seq();
+        }
+        let conn = self.conn();
+        let kinds =
+            (!filter.kinds.is_empty()).then(|| serde_json::to_string(&filter.kinds).expect("strings serialise"));
+        let seqs: Vec<i64> = conn
+            .prepare_cached(
+                "SELECT seq FROM events
+                 WHERE (?1 IS NULL OR kind IN (SELECT value FROM json_each(?1)))
+                   AND (?2 IS NULL OR object_id = ?2 OR name = ?2)
+                 ORDER BY seq DESC LIMIT ?3",
+            )?
+            .query_map(params![kinds, filter.object, n as i64], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        drop(conn);
+        match seqs.last() {
+            None => self.last_event_seq(),
+            Some(oldest) if seqs.len() == n => Ok(oldest - 1),
+            Some(_) => Ok(0),
+        }
+    }
+
+    /// The `seq` of the latest event (0 when there is none).
+    pub fn last_event_seq(&self) -> Result<i64> {
+        let conn = self.conn();
+        Ok(conn.query_row("SELECT COALESCE(MAX(seq), 0) FROM events", [], |r| r.get(0))?)
+    }
+
     /// Events of one object (or all when `object_id` is `None`), oldest first, the last `limit`.
     pub fn events(&self, object_id: Option<&str>, limit: usize) -> Result<Vec<Event>> {
         let conn = self.conn();
@@ -318,18 +384,7 @@ impl Store {
             "SELECT seq, at, kind, object_id, name, action, detail FROM events
              WHERE ?1 IS NULL OR object_id = ?1 ORDER BY seq DESC LIMIT ?2",
         )?;
-        let rows = stmt.query_map(params![object_id, limit as i64], |r| {
-            let at: String = r.get(1)?;
-            Ok(Event {
-                seq: r.get(0)?,
-                at: DateTime::parse_from_rfc3339(&at).map(|t| t.with_timezone(&Utc)).unwrap_or_default(),
-                kind: r.get(2)?,
-                object_id: r.get(3)?,
-                name: r.get(4)?,
-                action: r.get(5)?,
-                detail: r.get(6)?,
-            })
-        })?;
+        let rows = stmt.query_map(params![object_id, limit as i64], event_row)?;
         let mut out: Vec<Event> = rows.collect::<Result<_, _>>()?;
         out.reverse();
         Ok(out)
@@ -342,7 +397,20 @@ impl AsRef<Store> for Store {
     }
 }
 
-fn insert_event(conn: &Connection, e: &Event) -> Result<()> {
+fn event_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Event> {
+    let at: String = r.get(1)?;
+    Ok(Event {
+        seq: r.get(0)?,
+        at: DateTime::parse_from_rfc3339(&at).map(|t| t.with_timezone(&Utc)).unwrap_or_default(),
+        kind: r.get(2)?,
+        object_id: r.get(3)?,
+        name: r.get(4)?,
+        action: r.get(5)?,
+        detail: r.get(6)?,
+    })
+}
+
+pub(crate) fn insert_event(conn: &Connection, e: &Event) -> Result<()> {
     conn.execute(
         "INSERT INTO events (at, kind, object_id, name, action, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         params![e.at.to_rfc3339(), e.kind, e.object_id, e.name, e.action, e.detail],
@@ -362,6 +430,42 @@ mod tests {
 
     fn ev(id: &str, action: &str) -> Event {
         Event::new("thing", id, "name", action, "")
+    }
+
+    #[test]
+    fn events_after_resumes_without_gaps_and_filters() {
+        let s = Store::open_in_memory().unwrap();
+        for (i, kind) in ["container", "vm", "container", "circuit"].iter().enumerate() {
+            let id = format!("o{i}");
+            s.insert(
+                kind,
+                &id,
+                &format!("n{i}"),
+                &Obj { id: id.clone(), n: 0 },
+                &Event::new(kind, &id, &format!("n{i}"), "created", ""),
+            )
+            .unwrap();
+        }
+        let all = s.events_after(0, &EventFilter::default(), 100).unwrap();
+        assert_eq!(all.len(), 4);
+        assert_eq!(s.last_event_seq().unwrap(), all[3].seq);
+        // resuming after the second sees the third and fourth, once each
+        let rest = s.events_after(all[1].seq, &EventFilter::default(), 100).unwrap();
+        assert_eq!(rest, all[2..]);
+        let containers = EventFilter { kinds: vec!["container".into()], object: None };
+        let names: Vec<_> = s.events_after(0, &containers, 100).unwrap().into_iter().map(|e| e.name).collect();
+        assert_eq!(names, ["n0", "n2"]);
+        // one object, by name or by id
+        let by_name = EventFilter { kinds: vec![], object: Some("n3".into()) };
+        let by_id = EventFilter { kinds: vec![], object: Some("o3".into()) };
+        assert_eq!(s.events_after(0, &by_name, 100).unwrap(), s.events_after(0, &by_id, 100).unwrap());
+        assert_eq!(s.events_after(0, &by_id, 100).unwrap()[0].kind, "circuit");
+        // the limit cuts from the oldest
+        assert_eq!(s.events_after(0, &EventFilter::default(), 2).unwrap(), all[..2]);
+        // a tail starts just before the last n that pass
+        assert_eq!(s.events_tail_start(&containers, 1).unwrap(), all[2].seq - 1);
+        assert_eq!(s.events_tail_start(&containers, 5).unwrap(), 0);
+        assert_eq!(s.events_tail_start(&containers, 0).unwrap(), all[3].seq);
     }
 
     #[test]

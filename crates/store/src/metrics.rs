@@ -5,9 +5,12 @@
 
 use chrono::{DateTime, Utc};
 use micro_os_core::metrics::{Alert, ChainSample, Sample, Severity};
-use rusqlite::{params, Connection, Row};
+use rusqlite::{params, Connection, OptionalExtension, Row};
 
-use crate::{Result, Store};
+use crate::{insert_event, Durability, Event, Result, Store};
+
+/// The event kind of alerts fired and resolved.
+pub const ALERT_KIND: &str = "alert";
 
 pub(crate) const MIGRATION: &str = "
     CREATE TABLE samples (
@@ -239,20 +242,49 @@ impl Store {
         Ok(())
     }
 
-    /// Records a fired alert; gives its id.
+    /// Records a fired alert with its `fired` event (kind `alert`, the alert's object as
+    /// the event's name); gives its id.
     pub fn insert_alert(&self, a: &Alert) -> Result<i64> {
-        let conn = self.conn();
-        conn.execute(
-            "INSERT INTO alerts (rule, object, severity, source, value, message, fired_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            params![a.rule, a.object, a.severity.to_string(), a.source, a.value, a.message, a.fired_at.to_rfc3339()],
-        )?;
-        Ok(conn.last_insert_rowid())
+        self.write(Durability::Committed, |tx| {
+            tx.execute(
+                "INSERT INTO alerts (rule, object, severity, source, value, message, fired_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![
+                    a.rule,
+                    a.object,
+                    a.severity.to_string(),
+                    a.source,
+                    a.value,
+                    a.message,
+                    a.fired_at.to_rfc3339()
+                ],
+            )?;
+            let id = tx.last_insert_rowid();
+            let detail = format!("{} {} ({}): {}", a.severity, a.rule, a.source, a.message);
+            let mut ev = Event::new(ALERT_KIND, &id.to_string(), &a.object, "fired", detail);
+            ev.at = a.fired_at;
+            insert_event(tx, &ev)?;
+            Ok(id)
+        })
     }
 
+    /// Marks an alert resolved, with its `resolved` event; resolving one already resolved
+    /// (or unknown) changes nothing.
     pub fn resolve_alert(&self, id: i64, at: DateTime<Utc>) -> Result<()> {
-        self.conn().execute("UPDATE alerts SET resolved_at = ?2 WHERE id = ?1", params![id, at.to_rfc3339()])?;
-        Ok(())
+        self.write(Durability::Committed, |tx| {
+            let open: Option<(String, String, String)> = tx
+                .query_row(
+                    "SELECT object, rule, source FROM alerts WHERE id = ?1 AND resolved_at IS NULL",
+                    params![id],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
+                .optional()?;
+            let Some((object, rule, source)) = open else { return Ok(()) };
+            tx.execute("UPDATE alerts SET resolved_at = ?2 WHERE id = ?1", params![id, at.to_rfc3339()])?;
+            let mut ev = Event::new(ALERT_KIND, &id.to_string(), &object, "resolved", format!("{rule} ({source})"));
+            ev.at = at;
+            insert_event(tx, &ev)
+        })
     }
 
     /// Alerts, newest first: the open ones only, or the latest `limit` of all.
@@ -347,5 +379,13 @@ mod tests {
         assert_eq!(all[0].rule, "crash-loop");
         assert!(all[0].resolved_at.is_some());
         assert_eq!(all[0].severity, Severity::Critical);
+        // firing and resolving are events of kind alert, named by the alerted object;
+        // resolving again adds none
+        store.resolve_alert(id, Utc::now()).unwrap();
+        let filter = crate::EventFilter { kinds: vec![ALERT_KIND.into()], object: Some("container/web".into()) };
+        let evs = store.events_after(0, &filter, 10).unwrap();
+        let actions: Vec<_> = evs.iter().map(|e| e.action.as_str()).collect();
+        assert_eq!(actions, ["fired", "resolved"]);
+        assert_eq!(evs[0].object_id, id.to_string());
     }
 }

@@ -77,6 +77,31 @@ pub enum Command {
         #[arg(long, value_name = "N")]
         tail: Option<usize>,
     },
+    /// Follow the event stream: lifecycle events of containers, VMs, circuits, hosts and AI
+    /// modules, and alerts fired and resolved, as the store recorded them.
+    #[command(
+        after_help = "Examples:\n  micro-os events\n  micro-os events --type container,alert --object eth-node-1\n  micro-os events --since 120 --no-follow --format json\n  micro-os events --tail 20 --type alert\n\nEach event has an id: `--since ID` resumes after it, with nothing missed or repeated, across daemon restarts too."
+    )]
+    Events {
+        /// Only these kinds, comma-separated: container, vm, circuit, host, ai, alert.
+        #[arg(long = "type", value_name = "T")]
+        kinds: Option<String>,
+        /// Only this object, by name or id (an alert by the object it is about: container/NAME).
+        #[arg(long, value_name = "N")]
+        object: Option<String>,
+        /// Start after this event id; without it, from the next event.
+        #[arg(long, value_name = "ID", conflicts_with = "tail")]
+        since: Option<i64>,
+        /// Start with the last N events recorded (with --no-follow and no --since: 100).
+        #[arg(long, value_name = "N")]
+        tail: Option<usize>,
+        /// Print the events recorded so far and exit instead of following.
+        #[arg(long)]
+        no_follow: bool,
+        /// table (one line per event) or json (one object per line).
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
     /// Manage VMs: namespace sandboxes and qemu guests, each with its own address and identity.
     #[command(subcommand)]
     Vm(VmCmd),

@@ -7,6 +7,7 @@ mod chain;
 mod circuit;
 pub mod client;
 mod container;
+mod events;
 mod host;
 mod image;
 mod monitor;
@@ -50,6 +51,9 @@ pub fn run(api: Option<String>, host: Option<String>, cmd: Command) -> CliResult
                 q.push_str(&format!("&tail={n}"));
             }
             container::stream_text(&client, &format!("/logs?{q}")).map(|_| 0)
+        }
+        Command::Events { kinds, object, since, tail, no_follow, format } => {
+            events::run(&client, events::Args { kinds, object, since, tail, follow: !no_follow, format })
         }
         _ => unreachable!("local commands are handled in main"),
     }

@@ -200,9 +200,13 @@ impl Engine {
         })
     }
 
-    fn save_setting(&self, s: &Setting, action: &str) -> Result<()> {
+    /// Stores a setting with its event; the event is named by the node (or `*`), so that
+    /// `events --object NODE` finds what the AI layer did to it.
+    fn save_setting(&self, s: &Setting, action: &str, detail: Option<String>) -> Result<()> {
         let id = Setting::id(&s.module, &s.scope);
-        let event = Event::new(KIND, &id, &id, action, format!("{} {}", s.module, s.container));
+        let node = if s.container.is_empty() { s.scope.as_str() } else { s.container.as_str() };
+        let detail = detail.unwrap_or_else(|| format!("module {}", s.module));
+        let event = Event::new(KIND, &id, node, action, detail);
         tokio::task::block_in_place(|| match self.store.get::<Setting>(KIND, &id)? {
             Some(_) => self.store.update(KIND, &id, &id, s, Some(&event)),
             None => self.store.insert(KIND, &id, &id, s, &event),
@@ -262,7 +266,7 @@ impl Engine {
                 trained_at: old.map_or(0, |o| o.trained_at),
                 last_training: old.and_then(|o| o.last_training.clone()),
             };
-            self.save_setting(&s, "enabled")?;
+            self.save_setting(&s, "enabled", None)?;
             tracing::info!("ai: {module} enabled for {container}");
         }
         let mut out = self.ai_list()?;
@@ -296,7 +300,7 @@ impl Engine {
                 },
                 None => continue,
             };
-            self.save_setting(&s, "disabled")?;
+            self.save_setting(&s, "disabled", None)?;
             tracing::info!("ai: {module} disabled for {container}");
         }
         self.ai_list()
@@ -330,7 +334,7 @@ impl Engine {
                 ))
             })?;
         let config = base.config.apply_sets(&req.set).map_err(bad_config)?;
-        self.save_setting(&Setting { config, ..base }, "configured")?;
+        self.save_setting(&Setting { config, ..base }, "configured", None)?;
         let mut out = self.ai_list()?;
         out.retain(|m| m.module == req.module && m.container == container);
         Ok(out)
@@ -560,7 +564,7 @@ impl Engine {
         }
         setting.trained_at = now_ms();
         setting.last_training = Some(format!("{}: {}", Utc::now().format("%Y-%m-%d %H:%M:%S"), results.join("; ")));
-        self.save_setting(&setting, "trained")?;
+        self.save_setting(&setting, "trained", Some(results.join("; ")))?;
         tracing::info!("ai: trained transaction models for {}: {}", c.spec.name, results.join("; "));
         let live = self.live_models(&c.spec.name);
         Ok(AiTrainReport {
@@ -747,6 +751,14 @@ impl Engine {
                 f.trainer = format!("container {}", c.spec.name);
                 let p = ours.propose(f).map_err(e)?;
                 tracing::info!("ai: {module} v{theirs_version} of {scope} from {}: {}", c.spec.name, p.reason);
+                let ev = Event::new(
+                    KIND,
+                    &scope,
+                    &scope,
+                    "model-imported",
+                    format!("{module} v{theirs_version} from {}: {}", c.spec.name, p.reason),
+                );
+                self.store.record_event(&ev)?;
                 std::fs::write(&marker, p.reason.as_bytes())
                     .map_err(|err| Error::internal(format!("{}: {err}", marker.display())))?;
             }
@@ -790,6 +802,13 @@ impl Engine {
         let batch = micro_os_ai::forecast::adaptive_batch(forecast, 1, s.config.batch_size);
         if info["adaptive_batch"].as_u64() != Some(u64::from(batch)) {
             self.node_rpc(c, "setaibatch", json!([batch])).await?;
+            // a decision of the module: in the event stream, not worth an fsync of its own
+            let id = Setting::id(&s.module, &s.scope);
+            let ev =
+                Event::new(KIND, &id, &c.spec.name, "batch-size", format!("{batch} (forecast {forecast:.1} tx/s)"));
+            if let Err(e) = tokio::task::block_in_place(|| self.store.record_event(&ev)) {
+                tracing::warn!("ai: record the batch size of {}: {e}", c.spec.name);
+            }
         }
         self.ai.nodes.lock().unwrap().entry(c.id.clone()).or_default().forecast = Some((forecast, batch));
         Ok(())

@@ -9,6 +9,7 @@ mod containers;
 mod dns;
 mod engine;
 mod error;
+mod events;
 mod health;
 mod hosts;
 mod ingress;
@@ -114,6 +115,13 @@ impl Control for Daemon {
             journal::check(&query)?;
             Ok(journal::stream(&self.0.home.root.join("logs").join("daemon.log"), query))
         })
+    }
+
+    fn events(
+        &self,
+        query: micro_os_api::types::EventsQuery,
+    ) -> BoxFuture<'_, Result<micro_os_api::action::EventStream, ApiError>> {
+        Box::pin(async move { events::stream(self.0.store.clone(), query) })
     }
 
     fn logs(&self, id: String, query: LogsQuery) -> BoxFuture<'_, Result<ByteStream, ApiError>> {
