@@ -31,3 +31,5 @@ export MICRO_OS_TEST_SKIP_LOG="$skips"
 cargo fmt --all -- --check
 cargo clippy --locked --workspace --all-targets -- -D warnings
 cargo test --locked --workspace
+# the Python SDK against a live daemon of this build (pytest, from PyPI into a venv)
+bash sdk/python/test.sh

@@ -87,7 +87,24 @@ fn the_transaction_optimiser_trains_on_a_node_serves_it_and_alerts() {
         r#"{"batch_size": 256, "priority_levels": 4, "anomaly_threshold": 0.9, "model_update_interval": 1800}"#,
     )
     .unwrap();
-    d.ok(&["ai", "enable", "--module", "transaction", "--container", "eth-node-1", "--config", high.to_str().unwrap()]);
+    // the answer is the module just enabled, not the ones that are not built
+    let enabled = json_of(
+        &d,
+        &[
+            "ai",
+            "enable",
+            "--module",
+            "transaction",
+            "--container",
+            "eth-node-1",
+            "--config",
+            high.to_str().unwrap(),
+            "--format",
+            "json",
+        ],
+    );
+    assert_eq!(enabled.as_array().unwrap().len(), 1, "{enabled}");
+    assert_eq!(enabled[0]["module"], "transaction", "{enabled}");
     let m = module(&d);
     assert_eq!(m["enabled"], true, "{m}");
     assert_eq!(m["config"]["batch_size"], 256, "{m}");

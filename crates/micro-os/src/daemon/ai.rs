@@ -269,8 +269,11 @@ impl Engine {
             self.save_setting(&s, "enabled", None)?;
             tracing::info!("ai: {module} enabled for {container}");
         }
+        // what was enabled here, and with --all the modules that are not built yet
         let mut out = self.ai_list()?;
-        out.retain(|m| !m.available || req.all);
+        out.retain(|m| {
+            (m.available && modules.contains(&m.module) && m.container == container) || (req.all && !m.available)
+        });
         if req.all {
             for m in MODULES.iter().filter(|m| !AVAILABLE.contains(m)) {
                 if let Some(x) = out.iter_mut().find(|x| x.module == *m) {
