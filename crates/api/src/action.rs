@@ -46,6 +46,11 @@ pub enum Action {
         rm: bool,
     },
     ContainerEvents(String),
+    /// Run a command in a running container.
+    ExecContainer {
+        id: String,
+        req: crate::types::ExecRequest,
+    },
     CreateVms(Vec<VmCreate>),
     ListVms,
     GetVm(String),
@@ -149,6 +154,7 @@ pub enum Reply {
     Container(Box<Container>),
     Containers(Vec<Container>),
     Exit(WaitResponse),
+    Exec(crate::types::ExecResult),
     Events(Vec<EventInfo>),
     Images(Vec<ImageInfo>),
     Vm(Box<Vm>),

@@ -124,6 +124,31 @@ pub async fn wait_container(
     }
 }
 
+/// Run a command in a running container, with its environment (`docker exec` without a
+/// terminal); answers once it ended, with what it printed.
+#[utoipa::path(post, path = "/api/v1/containers/{id}/exec", tag = "containers", params(("id" = String, Path)),
+    request_body = crate::types::ExecRequest,
+    responses((status = 200, body = crate::types::ExecResult), (status = 400, body = Problem), (status = 404, body = Problem),
+        (status = 409, body = Problem)), security(("bearer" = [])))]
+pub async fn exec_container(
+    State(c): Ctl,
+    Path(id): Path<String>,
+    ApiJson(req): ApiJson<crate::types::ExecRequest>,
+) -> Result<Json<crate::types::ExecResult>, ApiError> {
+    if req.command.is_empty() || req.command[0].is_empty() {
+        return Err(ApiError::bad_request("give the command to run (command: [\"program\", \"arg\", ...])"));
+    }
+    if let Some(t) = req.timeout_s {
+        if !(t.is_finite() && (0.001..=3600.0).contains(&t)) {
+            return Err(ApiError::bad_request(format!("timeout_s {t} is out of range (0.001 to 3600 seconds)")));
+        }
+    }
+    match c.dispatch(Action::ExecContainer { id, req }).await? {
+        Reply::Exec(r) => Ok(Json(r)),
+        other => Err(unexpected(other)),
+    }
+}
+
 /// The settings handed to the workload.
 #[utoipa::path(get, path = "/api/v1/containers/{id}/config", tag = "containers", params(("id" = String, Path)),
     responses((status = 200, body = BTreeMap<String, String>), (status = 404, body = Problem)), security(("bearer" = [])))]

@@ -98,6 +98,7 @@ pub fn api_parts() -> (Router<Arc<dyn Control>>, utoipa::openapi::OpenApi) {
         .routes(routes!(containers::get_config, containers::set_config))
         .routes(routes!(containers::logs))
         .routes(routes!(containers::events))
+        .routes(routes!(containers::exec_container))
         .routes(routes!(vms::create_vm, vms::list_vms))
         .routes(routes!(vms::create_vms))
         .routes(routes!(vms::get_vm, vms::remove_vm))

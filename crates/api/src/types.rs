@@ -116,6 +116,35 @@ pub struct WaitResponse {
     pub error: Option<String>,
 }
 
+/// `POST /api/v1/containers/{id}/exec`: a command to run in a running container, as
+/// `docker exec` (without a terminal) does.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExecRequest {
+    /// The program and its arguments.
+    #[schema(min_items = 1)]
+    pub command: Vec<String>,
+    /// Variables added to the container's own environment.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Seconds before the command is killed (exit code 124); default 60, at most 3600.
+    #[serde(default)]
+    #[schema(minimum = 0.001, maximum = 3600)]
+    pub timeout_s: Option<f64>,
+}
+
+/// What an exec printed and how it ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ExecResult {
+    /// The command's exit code: 124 when killed at the timeout, 126/127 when it could not
+    /// be run or found, 128+N when signal N ended it.
+    pub exit_code: i32,
+    pub stdout: String,
+    pub stderr: String,
+    /// The command printed more than 4 MiB on a stream; the rest was cut off.
+    pub truncated: bool,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ImageInfo {
     pub name: String,
@@ -274,11 +303,39 @@ fn one() -> f64 {
 }
 
 /// `vm create --from-file`: a list of VMs, bare or as `{"vms": [...]}`.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 #[serde(untagged)]
 pub enum VmDefinitions {
     List(Vec<VmCreate>),
     Wrapped { vms: Vec<VmCreate> },
+}
+
+/// By hand rather than `untagged`, whose one error ("did not match any variant") hides
+/// which VM and which key are wrong: this one says `vms[1]: unknown field "memroy"`.
+impl<'de> Deserialize<'de> for VmDefinitions {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let v = serde_json::Value::deserialize(d)?;
+        let (list, wrapped) = match v {
+            serde_json::Value::Array(list) => (list, false),
+            serde_json::Value::Object(mut o) => {
+                if let Some(k) = o.keys().find(|k| *k != "vms") {
+                    return Err(D::Error::custom(format!("unknown field `{k}`, expected `vms`")));
+                }
+                match o.remove("vms") {
+                    Some(serde_json::Value::Array(list)) => (list, true),
+                    _ => return Err(D::Error::custom("`vms` must be a list of VMs")),
+                }
+            }
+            _ => return Err(D::Error::custom("expected a list of VMs or {\"vms\": [...]}")),
+        };
+        let vms = list
+            .into_iter()
+            .enumerate()
+            .map(|(i, vm)| serde_json::from_value(vm).map_err(|e| D::Error::custom(format!("vms[{i}]: {e}"))))
+            .collect::<Result<Vec<VmCreate>, _>>()?;
+        Ok(if wrapped { VmDefinitions::Wrapped { vms } } else { VmDefinitions::List(vms) })
+    }
 }
 
 impl VmDefinitions {

@@ -137,7 +137,10 @@ fn auth_body_limit_problem_json_and_openapi() {
     assert!(paths.len() >= 12, "{:?}", paths.keys());
     for (path, ops) in paths {
         for method in ops.as_object().unwrap().keys() {
-            let concrete = path.replace("{id}", "api-container").replace("{name}", "zzz");
+            let mut concrete = path.replace("{id}", "api-container").replace("{name}", "zzz");
+            if path == "/api/v1/events" {
+                concrete.push_str("?follow=false"); // the stream would not end
+            }
             let req = d.api(&method.to_uppercase(), &concrete.replace("/api/v1", ""));
             let (code, _, body) = status_of(match method.as_str() {
                 "post" | "patch" => req.set("Content-Type", "application/json").send_string("{}"),
@@ -235,6 +238,28 @@ fn init_help_and_completion() {
     let saved: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(home.path().join("config.json")).unwrap()).unwrap();
     assert_eq!(saved["api_addr"], "127.0.0.1:9191");
+    // every key the README lists for config.json is one init keeps, and the other way round
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md")).unwrap();
+    let listed = readme.split("`config.json` (keys:").nth(1).expect("the README lists the config keys");
+    let listed = &listed[..listed.find(").\n").expect("the key list ends")];
+    for key in saved.as_object().unwrap().keys() {
+        assert!(listed.contains(&format!("`{key}`")), "config key {key} is not in the README's list");
+    }
+    // a key that is not one of them is refused by name, and nothing is set up
+    let other = tempfile::tempdir().unwrap();
+    std::fs::write(&cfg, r#"{"api_adr": "127.0.0.1:9191"}"#).unwrap();
+    let o = std::process::Command::new(BIN)
+        .args(["init", "--config", cfg.to_str().unwrap()])
+        .env("MICRO_OS_HOME", other.path().join("home"))
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("unknown field `api_adr`"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(!other.path().join("home").exists(), "a refused config set up a home");
     std::fs::write(&cfg, r#"{"api_addr": "not an address"}"#).unwrap();
     let o = run(&["init", "--config", cfg.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(2));

@@ -128,6 +128,60 @@ fn run_returns_exit_codes_like_docker() {
 }
 
 #[test]
+fn exec_runs_in_the_container_with_its_environment_like_docker_exec() {
+    if !require("exec_runs_in_the_container_with_its_environment_like_docker_exec", CONTAINERS) {
+        return;
+    }
+    let d = Daemon::start();
+    d.ok(&[
+        "container",
+        "create",
+        "--name",
+        "box",
+        "--image",
+        "busybox",
+        "--env",
+        "GREETING=hello",
+        "--",
+        "sleep",
+        "60",
+    ]);
+    // not running yet: a conflict, exit 4
+    let e = d.fails(&["container", "exec", "--name", "box", "--", "true"], 4);
+    assert!(e.contains("box") && e.contains("start it first"), "{e}");
+    d.ok(&["container", "start", "box"]);
+    let o = d.cli(&[
+        "container",
+        "exec",
+        "--name",
+        "box",
+        "--env",
+        "EXTRA=more",
+        "--",
+        "sh",
+        "-c",
+        "echo $GREETING $EXTRA; cat /proc/1/cmdline | tr '\\0' ' '; echo oops >&2; exit 5",
+    ]);
+    assert_eq!(o.status.code(), Some(5), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = String::from_utf8_lossy(&o.stdout);
+    // the container's environment, plus --env; in its pid namespace (pid 1 is its sleep)
+    assert_eq!(out.lines().collect::<Vec<_>>(), ["hello more", "sleep 60 "], "{out}");
+    assert_eq!(String::from_utf8_lossy(&o.stderr).trim(), "oops");
+    // not found, not runnable, too slow: the shell's and timeout's codes
+    assert_eq!(d.cli(&["container", "exec", "box", "--", "/no/such/binary"]).status.code(), Some(127));
+    assert_eq!(d.cli(&["container", "exec", "box", "--", "/etc/passwd"]).status.code(), Some(126));
+    assert_eq!(d.cli(&["container", "exec", "box", "--timeout", "0.5", "--", "sleep", "5"]).status.code(), Some(124));
+    // bad input names itself; an unknown container is not found
+    let e = d.fails(&["container", "exec", "box", "--env", "NOEQUALS", "--", "true"], 2);
+    assert!(e.contains("NOEQUALS"), "{e}");
+    d.fails(&["container", "exec", "ghost", "--", "true"], 3);
+    // the API refuses an empty command
+    let r = d.api("POST", "/containers/box/exec").send_json(serde_json::json!({"command": []})).unwrap_err();
+    assert!(matches!(r, ureq::Error::Status(400, _)), "{r:?}");
+    d.ok(&["container", "rm", "--force", "box"]);
+}
+
+#[test]
 fn memory_hog_is_oom_killed_and_reported() {
     if !require("memory_hog_is_oom_killed_and_reported", CONTAINERS) {
         return;

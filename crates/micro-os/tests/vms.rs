@@ -243,6 +243,14 @@ fn bad_vm_input_is_refused_and_changes_nothing() {
     std::fs::write(&file, r#"[{"name": "x1", "memory": 64}, {"name": "x2", "memory": 0}]"#).unwrap();
     let err = d.fails(&["vm", "create", "--from-file", file.to_str().unwrap()], 2);
     assert!(err.contains("vms[1]"), "{err}");
+    // an unknown key is named, with the VM it is in
+    std::fs::write(&file, r#"{"vms": [{"name": "x1", "memory": 64}, {"name": "x2", "memory": 64, "memroy": 3}]}"#)
+        .unwrap();
+    let err = d.fails(&["vm", "create", "--from-file", file.to_str().unwrap()], 2);
+    assert!(err.contains("vms[1]: unknown field `memroy`"), "{err}");
+    std::fs::write(&file, r#"{"vms": [], "extra": 1}"#).unwrap();
+    let err = d.fails(&["vm", "create", "--from-file", file.to_str().unwrap()], 2);
+    assert!(err.contains("unknown field `extra`"), "{err}");
     let names: Vec<String> = serde_json::from_str::<Vec<serde_json::Value>>(&d.ok(&["vm", "list", "--format", "json"]))
         .unwrap()
         .iter()

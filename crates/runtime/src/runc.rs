@@ -108,6 +108,82 @@ impl Runc {
     }
 }
 
+/// What a command run with [`Runc::exec_output`] printed, and how it ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecOutput {
+    /// Its exit code; 124 when it was killed at the timeout, 128+N when a signal N ended it.
+    pub code: i32,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    /// More than the limit was printed on stdout or stderr; the rest is cut off.
+    pub truncated: bool,
+}
+
+impl Runc {
+    /// Runs `args` in running container `id` as `docker exec` does: in its namespaces and
+    /// cgroup, with its environment, user and working directory (runc takes them from the
+    /// container's process spec) plus `env`; stdout and stderr apart, each up to `limit`
+    /// bytes; killed at `timeout`.
+    pub fn exec_output(
+        &self,
+        id: &str,
+        args: &[String],
+        env: &[(String, String)],
+        timeout: Duration,
+        limit: usize,
+    ) -> Result<ExecOutput> {
+        let dir = tempfile_dir(&self.root)?;
+        let stamp = format!("{}-{}-{:?}", id, std::process::id(), std::thread::current().id());
+        let paths = [dir.join(format!("exec-{stamp}.out")), dir.join(format!("exec-{stamp}.err"))];
+        let create = |p: &PathBuf| {
+            std::fs::File::create(p).map_err(|e| Error::Failed(format!("exec output {}: {e}", p.display())))
+        };
+        let mut cmd = self.command();
+        cmd.arg("exec");
+        for (k, v) in env {
+            cmd.arg("--env").arg(format!("{k}={v}"));
+        }
+        let spawned =
+            cmd.arg(id).args(args).stdin(Stdio::null()).stdout(create(&paths[0])?).stderr(create(&paths[1])?).spawn();
+        let read = |p: &PathBuf| {
+            let mut b = std::fs::read(p).unwrap_or_default();
+            let _ = std::fs::remove_file(p);
+            let cut = b.len() > limit;
+            b.truncate(limit);
+            (b, cut)
+        };
+        let mut child = match spawned {
+            Ok(c) => c,
+            Err(e) => {
+                paths.iter().for_each(|p| drop(read(p)));
+                return Err(Error::Runc { action: "exec".into(), id: id.into(), msg: e.to_string() });
+            }
+        };
+        let start = Instant::now();
+        let status = loop {
+            match child.try_wait() {
+                Ok(Some(status)) => break Some(status),
+                Ok(None) if start.elapsed() >= timeout => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break None;
+                }
+                Ok(None) => std::thread::sleep(Duration::from_millis(5)),
+                Err(e) => return Err(Error::Runc { action: "exec".into(), id: id.into(), msg: e.to_string() }),
+            }
+        };
+        let ((stdout, cut_out), (stderr, cut_err)) = (read(&paths[0]), read(&paths[1]));
+        let code = match status {
+            None => 124,
+            Some(s) => {
+                use std::os::unix::process::ExitStatusExt;
+                s.code().unwrap_or_else(|| 128 + s.signal().unwrap_or(0))
+            }
+        };
+        Ok(ExecOutput { code, stdout, stderr, truncated: cut_out || cut_err })
+    }
+}
+
 fn tempfile_dir(root: &Path) -> Result<PathBuf> {
     let d = root.join("tmp");
     std::fs::create_dir_all(&d).map_err(|e| Error::Failed(format!("{}: {e}", d.display())))?;

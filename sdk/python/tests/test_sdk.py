@@ -100,6 +100,13 @@ def test_container_lifecycle_config_logs_and_events(micro: MicroOS) -> None:
     assert actions[0] == "created" and "started" in actions and actions[-1] == "exited", actions
     micro.container.remove("sdk-web")
 
+    box = micro.container.create("sdk-box", image="busybox", env={"GREETING": "hi"}, command=["sleep", "60"], start=True)
+    r = micro.container.exec(box.id, ["sh", "-c", "echo $GREETING $MORE; echo err >&2; exit 4"], env={"MORE": "there"})
+    assert isinstance(r, models.ExecResult) and (r.exit_code, r.stdout, r.stderr) == (4, "hi there\n", "err\n")
+    with pytest.raises(InvalidInput, match="command"):
+        micro.container.exec(box.id, [])
+    micro.container.remove(box.id, force=True)
+
     job = micro.container.create("sdk-job", image="busybox", command=["sh", "-c", "echo $GREETING; exit 3"],
                                  env={"GREETING": "hi"}, start=True)
     assert micro.container.wait(job.id).exit_code == 3

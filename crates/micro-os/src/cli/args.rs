@@ -297,6 +297,24 @@ pub enum ContainerCmd {
         #[arg(long, short = 't')]
         timestamps: bool,
     },
+    /// Run a command in a running container, with its environment (as `docker exec`, without
+    /// a terminal); exits with the command's exit code.
+    #[command(
+        after_help = "Examples:\n  micro-os container exec --name eth-node-1 -- cat /etc/hostname\n  micro-os container exec eth-node-1 --env DEBUG=1 -- sh -c 'echo $DEBUG'\n\nExit codes: the command's; 124 when it ran past --timeout; 126/127 when it could not be run or found."
+    )]
+    Exec {
+        #[command(flatten)]
+        name: NameArg,
+        /// A variable added to the container's environment (repeatable).
+        #[arg(long, short = 'e', value_name = "K=V")]
+        env: Vec<String>,
+        /// Seconds before the command is killed (default 60).
+        #[arg(long, value_name = "S")]
+        timeout: Option<f64>,
+        /// The command and its arguments, after `--`.
+        #[arg(last = true, required = true, value_name = "CMD")]
+        command: Vec<String>,
+    },
     /// Show a container's lifecycle events (created, started, exited, oom-killed, ...).
     #[command(after_help = "Examples:\n  micro-os container events --name eth-node-1 --format json")]
     Events {

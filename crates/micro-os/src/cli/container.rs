@@ -337,6 +337,25 @@ pub fn run(client: &Client, cmd: ContainerCmd) -> CliResult<i32> {
             }
             stream_logs(client, &name_of(&name)?, &format!("?{}", q.join("&")))?;
         }
+        ContainerCmd::Exec { name, env, timeout, command } => {
+            let env = env
+                .iter()
+                .map(|kv| match kv.split_once('=') {
+                    Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+                    _ => Err(CliError::usage(format!("--env {kv:?} is not KEY=VALUE"))),
+                })
+                .collect::<CliResult<BTreeMap<String, String>>>()?;
+            let req = micro_os_api::types::ExecRequest { command, env, timeout_s: timeout };
+            let r: micro_os_api::types::ExecResult =
+                client.call("POST", &format!("/containers/{}/exec", seg(&name_of(&name)?)), Some(&req))?;
+            let (mut out, mut err) = (std::io::stdout().lock(), std::io::stderr().lock());
+            let _ = out.write_all(r.stdout.as_bytes()).and_then(|_| out.flush());
+            let _ = err.write_all(r.stderr.as_bytes());
+            if r.truncated {
+                let _ = writeln!(err, "micro-os: the output was cut off at 4 MiB per stream");
+            }
+            return Ok(r.exit_code);
+        }
         ContainerCmd::Events { name, format } => {
             let v: Vec<EventInfo> =
                 client.call("GET", &format!("/containers/{}/events", seg(&name_of(&name)?)), None::<&()>)?;

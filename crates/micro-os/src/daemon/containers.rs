@@ -494,6 +494,53 @@ impl Engine {
         self.pause_one(key, pause).await
     }
 
+    /// Runs a command in running container `key` (`container exec`).
+    pub async fn exec(
+        &self,
+        key: &str,
+        req: micro_os_api::types::ExecRequest,
+    ) -> Result<micro_os_api::types::ExecResult> {
+        /// Each of stdout and stderr, at most.
+        const LIMIT: usize = 4 << 20;
+        let c = self.find(key)?;
+        if c.is_replicated() {
+            let mut names: Vec<String> = self.replicas_of(&c.id).into_iter().map(|r| r.spec.name).collect();
+            names.sort();
+            return Err(Error::invalid(format!(
+                "container {:?} is replicated: run the command in one replica ({})",
+                c.spec.name,
+                names.join(", ")
+            )));
+        }
+        if c.state != ContainerState::Running {
+            return Err(Error::conflict(format!(
+                "cannot exec in container {:?}: it is {} (start it first)",
+                c.spec.name, c.state
+            )));
+        }
+        let runc = self.runc.clone();
+        let id = c.id.clone();
+        let env: Vec<(String, String)> = req.env.into_iter().collect();
+        let timeout = Duration::from_secs_f64(req.timeout_s.unwrap_or(60.0));
+        let out = tokio::task::spawn_blocking(move || runc.exec_output(&id, &req.command, &env, timeout, LIMIT))
+            .await
+            .map_err(|e| Error::internal(e.to_string()))??;
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        // runc reports a program it could not start with its own exit code (255): give the
+        // shell's 127 (not found) and 126 (not runnable), as docker exec does
+        let mut code = out.code;
+        if code == 255 && stderr.contains("exec failed") {
+            let m = stderr.to_ascii_lowercase();
+            code = if m.contains("not found") || m.contains("no such file") { 127 } else { 126 };
+        }
+        Ok(micro_os_api::types::ExecResult {
+            exit_code: code,
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr,
+            truncated: out.truncated,
+        })
+    }
+
     /// Pauses or resumes one container that runs by itself, or a replica.
     pub(super) async fn pause_one(&self, key: &str, pause: bool) -> Result<Container> {
         let action = if pause { Transition::Pause } else { Transition::Resume };

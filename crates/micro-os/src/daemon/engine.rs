@@ -267,6 +267,7 @@ impl Engine {
             Action::ResumeContainer(k) => self.pause(&k, false).await.map(one),
             Action::ConfigureContainer { id, set } => self.configure(&id, set).await.map(one),
             Action::WaitContainer { id, rm } => self.wait(&id, rm).await.map(Reply::Exit),
+            Action::ExecContainer { id, req } => self.exec(&id, req).await.map(Reply::Exec),
             Action::ContainerEvents(k) => {
                 let c = self.find(&k)?;
                 let events = tokio::task::block_in_place(|| self.store.events(Some(&c.id), 100))?;

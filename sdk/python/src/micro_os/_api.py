@@ -145,6 +145,14 @@ class Containers(Namespace):
         return self._run(Call("POST", f"{V1}/containers/{seg(id)}/wait", params={"rm": rm or None},
                               result=m.WaitResponse))
 
+    @api("POST /api/v1/containers/{id}/exec")
+    def exec(self, id: str, command: Sequence[str], *, env: Optional[dict[str, str]] = None,
+             timeout_s: Optional[float] = None) -> Any:
+        """Run a command in a running container, with its environment (``docker exec``
+        without a terminal); what it printed and its exit code."""
+        return self._run(Call("POST", f"{V1}/containers/{seg(id)}/exec",
+                              body=body(command=list(command), env=env, timeout_s=timeout_s), result=m.ExecResult))
+
     @api("DELETE /api/v1/containers/{id}")
     def remove(self, id: str, *, force: bool = False) -> Any:
         return self._run(Call("DELETE", f"{V1}/containers/{seg(id)}", params={"force": force or None},

@@ -318,6 +318,26 @@ class EventInfo:
 
 
 @dataclass(kw_only=True)
+class ExecRequest:
+    """`POST /api/v1/containers/{id}/exec`: a command to run in a running container, as
+`docker exec` (without a terminal) does."""
+
+    command: list[str]
+    env: Optional[dict[str, str]] = None
+    timeout_s: Optional[float] = None
+
+
+@dataclass(kw_only=True)
+class ExecResult:
+    """What an exec printed and how it ended."""
+
+    exit_code: int
+    stderr: str
+    stdout: str
+    truncated: bool
+
+
+@dataclass(kw_only=True)
 class HealthCheck:
     type: Literal["command", "tcp", "http"]
     command: Optional[list[str]] = None
