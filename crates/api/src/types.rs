@@ -45,9 +45,52 @@ pub struct ContainerCreate {
     /// With `circuit`: replicate the container on every member (`--replicate`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub replicate: bool,
+    /// In a deploy file: containers of the same file this one starts after, each once its
+    /// condition holds (as Docker Compose's `depends_on`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub depends_on: Vec<Dependency>,
 }
 
-/// `POST /api/v1/containers/deploy`: the spec's `container_spec.json`.
+/// One entry of `depends_on`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Dependency {
+    /// A container of the same deploy file.
+    pub name: String,
+    #[serde(default)]
+    pub condition: Condition,
+}
+
+/// When a dependency lets its dependants start.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Condition {
+    /// Once it runs (Compose's `service_started`).
+    #[default]
+    #[serde(alias = "service_started")]
+    Started,
+    /// Once its health check passes (`service_healthy`); it needs a health check.
+    #[serde(alias = "service_healthy")]
+    Healthy,
+    /// Once it exited with code 0 (`service_completed_successfully`).
+    #[serde(alias = "service_completed_successfully")]
+    Completed,
+}
+
+impl std::fmt::Display for Condition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Condition::Started => "started",
+            Condition::Healthy => "healthy",
+            Condition::Completed => "completed",
+        })
+    }
+}
+
+/// `POST /api/v1/containers/deploy`: the spec's `container_spec.json`. Every container is
+/// checked (names, images, templates, `depends_on`: known names, no cycle) before any is
+/// created; then all are created and started in dependency order, each once its
+/// dependencies' conditions hold.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DeployRequest {

@@ -478,3 +478,146 @@ fn deploy_from_file_is_all_or_nothing() {
     assert!(err.contains("node-d") && err.contains("nope"), "{err}");
     assert_eq!(d.names(), ["node-a", "node-b"], "a failed deploy created containers");
 }
+
+#[test]
+fn deploy_starts_in_dependency_order_gated_on_health_and_refuses_cycles_before_creating() {
+    if !require("deploy_starts_in_dependency_order_gated_on_health_and_refuses_cycles_before_creating", CONTAINERS) {
+        return;
+    }
+    let d = Daemon::start();
+    let file = d.home_path().join("stack.json");
+    let deploy = |json: &str| {
+        std::fs::write(&file, json).unwrap();
+        d.cli(&["container", "deploy", "--from-file", file.to_str().unwrap()])
+    };
+    let refused = |json: &str, needle: &str| {
+        let o = deploy(json);
+        let err = String::from_utf8_lossy(&o.stderr).to_string();
+        assert_eq!(o.status.code(), Some(2), "{err}");
+        assert!(err.contains(needle), "{err} lacks {needle:?}");
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        assert!(d.names().is_empty(), "a refused deploy created {:?}", d.names());
+    };
+    refused(
+        r#"{"containers": [
+            {"name": "a", "image": "busybox", "depends_on": [{"name": "c"}]},
+            {"name": "b", "image": "busybox", "depends_on": [{"name": "a"}]},
+            {"name": "c", "image": "busybox", "depends_on": [{"name": "b"}]}]}"#,
+        "depends_on forms a cycle: a -> c -> b -> a",
+    );
+    refused(
+        r#"{"containers": [{"name": "a", "image": "busybox", "depends_on": [{"name": "db"}]}]}"#,
+        "containers[0] (\"a\"): depends_on names \"db\", which is not in the deploy file",
+    );
+    refused(
+        r#"{"containers": [{"name": "db", "image": "busybox"},
+            {"name": "a", "image": "busybox", "depends_on": [{"name": "db", "condition": "healthy"}]}]}"#,
+        "\"db\" has no health check",
+    );
+    refused(
+        r#"{"containers": [{"name": "db", "image": "busybox"},
+            {"name": "a", "image": "busybox", "depends_on": [{"name": "db", "condition": "ready"}]}]}"#,
+        "ready",
+    );
+
+    // db takes a moment to become healthy; web waits for that, app for web and a migration
+    let o = deploy(
+        r#"{"containers": [
+            {"name": "app", "image": "busybox", "command": ["sleep", "60"],
+             "depends_on": [{"name": "web"}, {"name": "migrate", "condition": "service_completed_successfully"}]},
+            {"name": "web", "image": "busybox", "command": ["sleep", "60"],
+             "depends_on": [{"name": "db", "condition": "healthy"}]},
+            {"name": "migrate", "image": "busybox", "command": ["sh", "-c", "sleep 0.5; exit 0"]},
+            {"name": "db", "image": "busybox",
+             "command": ["sh", "-c", "sleep 1; mkdir -p /www; echo ok > /www/index.html; exec httpd -f -p 80 -h /www"],
+             "health_check": {"type": "http", "port": 80, "path": "/", "interval_s": 0.3, "retries": 3, "timeout_s": 1}}]}"#,
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    for n in ["app", "web", "db"] {
+        assert_eq!(d.inspect(n)["state"], "running", "{n}");
+    }
+    assert_eq!(d.inspect("migrate")["exit_code"], 0);
+    // the order, from the event stream
+    let events: Vec<serde_json::Value> = d
+        .ok(&["events", "--type", "container", "--since", "0", "--no-follow", "--format", "json"])
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let at = |name: &str, action: &str, detail: Option<&str>| {
+        events
+            .iter()
+            .position(|e| e["name"] == name && e["action"] == action && detail.is_none_or(|x| e["detail"] == x))
+            .unwrap_or_else(|| panic!("no {name} {action} in {events:#?}"))
+    };
+    assert!(at("db", "started", None) < at("db", "health", Some("healthy")));
+    assert!(at("db", "health", Some("healthy")) < at("web", "started", None));
+    assert!(at("web", "started", None) < at("app", "started", None));
+    assert!(at("migrate", "exited", None) < at("app", "started", None));
+
+    // a dependency that never gets there stops the deploy, and says what started
+    let o = deploy(
+        r#"{"containers": [
+            {"name": "db2", "image": "busybox", "command": ["sh", "-c", "exit 3"],
+             "health_check": {"type": "tcp", "port": 5432, "interval_s": 0.3}},
+            {"name": "web2", "image": "busybox", "command": ["sleep", "60"],
+             "depends_on": [{"name": "db2", "condition": "healthy"}]}]}"#,
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(4), "{err}");
+    assert!(err.contains("\"web2\" waits for \"db2\" to be healthy, but it exited with code 3 first"), "{err}");
+    assert!(err.contains("started: db2") && err.contains("not started: web2"), "{err}");
+    assert_eq!(d.inspect("web2")["state"], "created");
+    // depends_on belongs to deploy files
+    let r = d
+        .api("POST", "/containers")
+        .send_json(serde_json::json!({"name": "x", "image": "busybox", "depends_on": [{"name": "db"}]}));
+    assert!(matches!(r, Err(ureq::Error::Status(400, _))), "{r:?}");
+    for n in d.names() {
+        d.ok(&["container", "rm", "--force", &n]);
+    }
+}
+
+#[test]
+fn logs_of_several_containers_interleave_by_time_with_a_prefix_each() {
+    if !require("logs_of_several_containers_interleave_by_time_with_a_prefix_each", CONTAINERS) {
+        return;
+    }
+    let d = Daemon::start();
+    let file = d.home_path().join("pair.json");
+    std::fs::write(
+        &file,
+        r#"{"containers": [
+            {"name": "alpha", "image": "busybox", "command": ["sh", "-c", "echo a1; sleep 0.8; echo a2; sleep 0.8; echo a3; sleep 60"]},
+            {"name": "b", "image": "busybox", "command": ["sh", "-c", "sleep 0.4; echo b1; sleep 0.8; echo b2; sleep 60"]}]}"#,
+    )
+    .unwrap();
+    d.ok(&["container", "deploy", "--from-file", file.to_str().unwrap()]);
+    // following: the lines as they come, in time order, then the ones still to come
+    let mut follower = std::process::Command::new(common::BIN)
+        .args(["container", "logs", "--name", "alpha,b", "--follow"])
+        .env("MICRO_OS_HOME", d.home.path())
+        .env("MICRO_OS_API", d.url())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(follower.stdout.take().unwrap()));
+    let followed: Vec<String> = (0..5).map(|_| lines.next().unwrap().unwrap()).collect();
+    let _ = follower.kill();
+    let _ = follower.wait();
+    let want = ["alpha | a1", "b     | b1", "alpha | a2", "b     | b2", "alpha | a3"];
+    assert_eq!(followed, want);
+    // all at once, from the backlog: the same order
+    let out = d.ok(&["container", "logs", "--name", "alpha,b"]);
+    assert_eq!(out.lines().collect::<Vec<_>>(), want);
+    let stamped = d.ok(&["container", "logs", "--name", "b,alpha", "--tail", "1", "--timestamps"]);
+    let stamped: Vec<&str> = stamped.lines().collect();
+    assert_eq!(stamped.len(), 2, "{stamped:?}");
+    assert!(stamped[0].starts_with("b     | 20") && stamped[0].ends_with(" b2"), "{stamped:?}");
+    assert!(stamped[1].starts_with("alpha | 20") && stamped[1].ends_with(" a3"), "{stamped:?}");
+    // an unknown one fails before any output
+    let e = d.fails(&["container", "logs", "--name", "alpha,ghost"], 3);
+    assert!(e.contains("ghost"), "{e}");
+    for n in ["alpha", "b"] {
+        d.ok(&["container", "rm", "--force", n]);
+    }
+}

@@ -113,6 +113,20 @@ def test_container_lifecycle_config_logs_and_events(micro: MicroOS) -> None:
     assert micro.container.logs("sdk-job") == ["hi"]
     micro.container.remove("sdk-job")
 
+    # a deploy starts in dependency order; a cycle is refused with nothing created
+    with pytest.raises(InvalidInput, match="cycle"):
+        micro.container.deploy([{"name": "sdk-x", "image": "busybox", "depends_on": [{"name": "sdk-y"}]},
+                                {"name": "sdk-y", "image": "busybox", "depends_on": [{"name": "sdk-x"}]}])
+    assert not [c for c in micro.container.list() if c.name in ("sdk-x", "sdk-y")]
+    stack = micro.container.deploy([
+        {"name": "sdk-app", "image": "busybox", "command": ["sleep", "60"],
+         "depends_on": [{"name": "sdk-init", "condition": "completed"}]},
+        {"name": "sdk-init", "image": "busybox", "command": ["true"]},
+    ])
+    assert [(c.name, c.state) for c in stack] == [("sdk-app", "running"), ("sdk-init", "exited")]
+    for c in stack:
+        micro.container.remove(c.id, force=True)
+
     node = micro.container.create("sdk-node", template="blockchain-full-node")
     assert micro.container.configure("sdk-node", {"rpc_port": 18555}).id == node.id
     assert micro.container.config("sdk-node")["rpc_port"] == "18555"

@@ -61,7 +61,7 @@ pub enum Command {
     Test(TestCmd),
     /// The daemon's own log, by component and level.
     #[command(
-        after_help = "Examples:\n  micro-os logs --component all --level debug\n  micro-os logs --component net --follow\n  micro-os logs --component runtime --level warn --tail 50"
+        after_help = "Examples:\n  micro-os logs --component all --level debug\n  micro-os logs --component net --follow\n  micro-os logs --component runtime --level warn --tail 50\n  micro-os logs --circuit validation-cluster --follow"
     )]
     Logs {
         /// all, api, runtime, net, monitor, store, circuit or ai.
@@ -76,6 +76,16 @@ pub enum Command {
         /// Only the last N lines logged so far.
         #[arg(long, value_name = "N")]
         tail: Option<usize>,
+        /// Instead of the daemon's log: the replicas of every container replicated on this
+        /// circuit, interleaved by time with a prefix per replica.
+        #[arg(long, value_name = "N")]
+        circuit: Option<String>,
+        /// With --circuit: only lines since a time (RFC 3339) or a duration ago (10m, 2h).
+        #[arg(long, value_name = "T", requires = "circuit")]
+        since: Option<String>,
+        /// With --circuit: show each line's time.
+        #[arg(long, short = 't', requires = "circuit")]
+        timestamps: bool,
     },
     /// Follow the event stream: lifecycle events of containers, VMs, circuits, hosts and AI
     /// modules, and alerts fired and resolved, as the store recorded them.
@@ -241,8 +251,11 @@ pub enum ContainerCmd {
         #[arg(long, short = 'd')]
         detach: bool,
     },
-    /// Create every container of a deploy file (the spec's container_spec.json).
-    #[command(after_help = "Examples:\n  micro-os container deploy --from-file container_spec.json")]
+    /// Create and start every container of a deploy file (the spec's container_spec.json), in
+    /// the order its `depends_on` entries give.
+    #[command(
+        after_help = "Examples:\n  micro-os container deploy --from-file container_spec.json\n\nA container may wait for others of the file, as in Docker Compose:\n  \"depends_on\": [{\"name\": \"db\", \"condition\": \"healthy\"}]\nconditions: started (default), healthy (needs a health check), completed (exited 0).\nThe whole file is checked first (names, images, unknown names, cycles): a refused file creates nothing."
+    )]
     Deploy {
         #[arg(long, value_name = "FILE")]
         from_file: PathBuf,
@@ -277,9 +290,10 @@ pub enum ContainerCmd {
         #[arg(long, value_enum, default_value_t)]
         format: Format,
     },
-    /// Show a container's output.
+    /// Show a container's output; of several (a,b,c), or of a replicated container's
+    /// replicas, interleaved by time with a prefix per container.
     #[command(
-        after_help = "Examples:\n  micro-os container logs --name eth-node-1 --follow\n  micro-os container logs --name eth-node-1 --tail 50 --since 10m"
+        after_help = "Examples:\n  micro-os container logs --name eth-node-1 --follow\n  micro-os container logs --name eth-node-1 --tail 50 --since 10m\n  micro-os container logs --name node-1,node-2,node-3 --follow"
     )]
     Logs {
         #[command(flatten)]

@@ -73,6 +73,7 @@ fn request(a: &CreateArgs, default_name: Option<String>) -> CliResult<ContainerC
         network: None,
         circuit: a.circuit.clone(),
         replicate: a.replicate,
+        depends_on: Vec::new(),
     })
 }
 
@@ -203,6 +204,55 @@ fn since_param(s: &str) -> CliResult<String> {
 }
 
 /// Streams log text to stdout; returns when the daemon closes the response.
+/// The containers whose logs `container logs --name LIST` shows: each of a comma list, a
+/// replicated container by its replicas.
+fn expand(client: &Client, list: &str) -> CliResult<Vec<String>> {
+    let mut out = Vec::new();
+    for n in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        let c: Container = client.call("GET", &format!("/containers/{}", seg(n)), None::<&()>)?;
+        if c.is_replicated() {
+            out.extend(c.replicas.iter().map(|r| r.name.clone()));
+        } else {
+            out.push(c.spec.name);
+        }
+    }
+    if out.is_empty() {
+        return Err(CliError::usage("give a container's name (--name N, or several: --name a,b,c)"));
+    }
+    Ok(out)
+}
+
+/// `micro-os logs --circuit N`: the replicas of every container replicated on circuit N.
+pub fn circuit_logs(
+    client: &Client,
+    circuit: &str,
+    follow: bool,
+    tail: Option<usize>,
+    since: Option<String>,
+    timestamps: bool,
+) -> CliResult<()> {
+    let view: micro_os_core::circuit::CircuitView =
+        client.call("GET", &format!("/circuits/{}", seg(circuit)), None::<&()>)?;
+    let all: Vec<Container> = client.call("GET", "/containers", None::<&()>)?;
+    let mut names: Vec<String> = all
+        .iter()
+        .filter(|c| c.spec.replica_of.is_none() && c.spec.circuit.as_deref() == Some(view.id.as_str()))
+        .flat_map(|c| c.replicas.iter().map(|r| r.name.clone()))
+        .collect();
+    names.sort();
+    if names.is_empty() {
+        return Err(CliError::new(
+            exit::NOT_FOUND,
+            format!(
+                "circuit {:?} runs no replicated containers (container create --circuit {} --replicate)",
+                view.name, view.name
+            ),
+        ));
+    }
+    let since = since.as_deref().map(since_param).transpose()?;
+    super::logs::merged(client, &names, &super::logs::Query { follow, tail, since, timestamps })
+}
+
 fn stream_logs(client: &Client, name: &str, query: &str) -> CliResult<()> {
     stream_text(client, &format!("/containers/{}/logs{query}", seg(name)))
 }
@@ -328,6 +378,12 @@ pub fn run(client: &Client, cmd: ContainerCmd) -> CliResult<i32> {
             print(format, &cs, |cs| list_table(cs))?;
         }
         ContainerCmd::Logs { name, follow, tail, since, timestamps } => {
+            let names = expand(client, &name_of(&name)?)?;
+            if names.len() > 1 {
+                let since = since.as_deref().map(since_param).transpose()?;
+                super::logs::merged(client, &names, &super::logs::Query { follow, tail, since, timestamps })?;
+                return Ok(0);
+            }
             let mut q = vec![format!("follow={follow}"), format!("timestamps={timestamps}")];
             if let Some(t) = tail {
                 q.push(format!("tail={t}"));
@@ -335,7 +391,7 @@ pub fn run(client: &Client, cmd: ContainerCmd) -> CliResult<i32> {
             if let Some(s) = since {
                 q.push(format!("since={}", seg(&since_param(&s)?)));
             }
-            stream_logs(client, &name_of(&name)?, &format!("?{}", q.join("&")))?;
+            stream_logs(client, &names[0], &format!("?{}", q.join("&")))?;
         }
         ContainerCmd::Exec { name, env, timeout, command } => {
             let env = env

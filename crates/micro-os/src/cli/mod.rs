@@ -10,6 +10,7 @@ mod container;
 mod events;
 mod host;
 mod image;
+mod logs;
 mod monitor;
 mod net;
 mod output;
@@ -45,7 +46,10 @@ pub fn run(api: Option<String>, host: Option<String>, cmd: Command) -> CliResult
         Command::Image(c) => image::run(&client, c),
         Command::Template(c) => image::run_template(&client, c),
         Command::Test(args::TestCmd::Integration { components }) => selftest::integration(&client, &components),
-        Command::Logs { component, level, follow, tail } => {
+        Command::Logs { circuit: Some(circuit), follow, tail, since, timestamps, .. } => {
+            container::circuit_logs(&client, &circuit, follow, tail, since, timestamps).map(|_| 0)
+        }
+        Command::Logs { component, level, follow, tail, .. } => {
             let mut q = format!("component={}&level={}&follow={follow}", client::seg(&component), client::seg(&level));
             if let Some(n) = tail {
                 q.push_str(&format!("&tail={n}"));

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use micro_os_api::types::{ContainerCreate, DeployRequest, WaitResponse};
-use micro_os_core::{Container, ContainerSpec, ContainerState, HealthState, Template, Transition};
+use micro_os_api::types::{Condition, ContainerCreate, Dependency, DeployRequest, WaitResponse};
+use micro_os_core::{Container, ContainerSpec, ContainerState, HealthState, HealthStatus, Template, Transition};
 use micro_os_runtime::image::Image;
 use micro_os_runtime::workload::{self, Exit, Running, Workload};
 use micro_os_runtime::{cgroup, shim};
@@ -140,6 +140,12 @@ impl Engine {
     /// Creates a container; with `start` starts it too (`container run`: one request, one
     /// fsync less), and with `rm` as well removes it again if it cannot start.
     pub async fn create(self: &Arc<Self>, req: ContainerCreate, start: bool, rm: bool) -> Result<Container> {
+        if !req.depends_on.is_empty() {
+            return Err(Error::invalid(format!(
+                "container {:?}: depends_on orders the containers of a deploy file (container deploy --from-file)",
+                req.name
+            )));
+        }
         let spec = self.resolve(req)?;
         self.containers.check_name_free(&spec.name)?;
         if spec.circuit.is_some() {
@@ -173,19 +179,25 @@ impl Engine {
     }
 
     /// All or nothing: every entry is resolved and checked before any is created.
-    pub async fn deploy(&self, req: DeployRequest) -> Result<Vec<Container>> {
+    /// Checks a deploy file whole, creates its containers, then starts them in dependency
+    /// order, each once its dependencies' conditions hold (Compose's `up`). A dependency
+    /// that cannot get there stops the deploy: what was created stays, and the error says
+    /// what started and what did not.
+    pub async fn deploy(self: &Arc<Self>, req: DeployRequest) -> Result<Vec<Container>> {
         if req.containers.is_empty() {
             return Err(Error::invalid("deploy file lists no containers (give {\"containers\": [...]})"));
         }
         let mut specs = Vec::new();
+        let mut deps = Vec::new();
         let mut names = std::collections::HashSet::new();
-        for (i, r) in req.containers.into_iter().enumerate() {
+        for (i, mut r) in req.containers.into_iter().enumerate() {
             let name = r.name.clone();
             if r.circuit.is_some() {
                 return Err(Error::invalid(format!(
                     "containers[{i}] ({name:?}): a replicated container cannot come from a deploy file yet (use container create --circuit N --replicate)"
                 )));
             }
+            deps.push(std::mem::take(&mut r.depends_on));
             let spec = self.resolve(r).map_err(|e| e.within(format!("containers[{i}] ({name:?})")))?;
             if !names.insert(spec.name.clone()) {
                 return Err(Error::invalid(format!("containers[{i}]: name {:?} appears twice in the file", spec.name)));
@@ -193,15 +205,59 @@ impl Engine {
             self.containers.check_name_free(&spec.name)?;
             specs.push(spec);
         }
-        let mut out = Vec::new();
+        let order = start_order(&specs, &deps)?;
+        let mut created = Vec::new();
         for s in specs {
-            out.push(self.insert(s, Durability::Synced)?);
+            created.push(self.insert(s, Durability::Synced)?);
         }
-        let vms: std::collections::BTreeSet<&String> = out.iter().filter_map(|c| c.spec.vm.as_ref()).collect();
+        let vms: std::collections::BTreeSet<&String> = created.iter().filter_map(|c| c.spec.vm.as_ref()).collect();
         for vm in vms {
             self.advertise(vm);
         }
-        Ok(out)
+        let mut started: Vec<String> = Vec::new();
+        for i in order {
+            let c = &created[i];
+            for d in &deps[i] {
+                let dep = created.iter().find(|x| x.spec.name == d.name).expect("checked in start_order");
+                if let Err(why) = self.dependency_holds(dep, d.condition).await {
+                    let not_started: Vec<&str> = created
+                        .iter()
+                        .map(|x| x.spec.name.as_str())
+                        .filter(|n| !started.iter().any(|s| s == n))
+                        .collect();
+                    return Err(Error::conflict(format!(
+                        "deploy stopped: {:?} waits for {:?} to be {}, but {why} (started: {}; created, not started: {})",
+                        c.spec.name,
+                        d.name,
+                        d.condition,
+                        if started.is_empty() { "none".to_string() } else { started.join(", ") },
+                        not_started.join(", ")
+                    )));
+                }
+            }
+            self.start_one(&c.id).await.map_err(|e| e.within(format!("deploy: starting {:?}", c.spec.name)))?;
+            started.push(c.spec.name.clone());
+        }
+        created.iter().map(|c| self.find(&c.id).map(|c| self.shown(c))).collect()
+    }
+
+    /// Waits until container `c` meets `cond`; why it never will, if so.
+    async fn dependency_holds(&self, c: &Container, cond: Condition) -> std::result::Result<(), String> {
+        /// How long a dependency may take to get there.
+        const WAIT: Duration = Duration::from_secs(300);
+        let exited = |x: &Container| x.state == ContainerState::Exited;
+        let done = |x: &Container| match cond {
+            Condition::Started => x.state == ContainerState::Running || x.started_at.is_some(),
+            Condition::Healthy => x.health.as_ref().is_some_and(|h| h.status == HealthStatus::Healthy),
+            Condition::Completed => exited(x) && x.exit_code == Some(0),
+        };
+        let Some(x) = self.containers.wait_until(&c.id, |x| done(x) || exited(x), WAIT).await else {
+            return Err(format!("it did not get there in {} s", WAIT.as_secs()));
+        };
+        if done(&x) {
+            return Ok(());
+        }
+        Err(format!("it exited with code {} first", x.exit_code.map_or("-".to_string(), |c| c.to_string())))
     }
 
     pub async fn start(self: &Arc<Self>, key: &str) -> Result<Container> {
@@ -251,11 +307,14 @@ impl Engine {
                     c.stop_requested = false;
                     c.health = c.spec.health_check.as_ref().map(|_| HealthState::default());
                 });
-                // watched before anything can fail, so an exit is never missed; then
                 // synced: the reply says the container runs, and after a power cut
-                // `recover` restarts it by its policy only if the store says it ran
+                // `recover` restarts it by its policy only if the store says it ran; then
+                // watched, whatever the write did, so an exit is never missed (the shim
+                // keeps it in status.json) and its event comes after this one: a watcher
+                // started first recorded a quick exit before the start
+                let persisted = self.containers.persist(id, action, format!("pid {}", run.pid));
                 self.supervise(id, run);
-                self.containers.persist(id, action, format!("pid {}", run.pid))?;
+                persisted?;
                 self.find(id)
             }
             Err(e) => {
@@ -761,4 +820,61 @@ pub(super) fn check_timeout(timeout: f64) -> Result<()> {
         return Err(Error::invalid(format!("timeout {timeout} is not a number of seconds (try 10)")));
     }
     Ok(())
+}
+
+/// The order a deploy file's containers start in: each after what it `depends_on`, in the
+/// file's order otherwise (Kahn's algorithm). Refuses a name outside the file, a
+/// container that depends on itself, `healthy` of one without a health check, and cycles.
+fn start_order(specs: &[ContainerSpec], deps: &[Vec<Dependency>]) -> Result<Vec<usize>> {
+    let index = |n: &str| specs.iter().position(|s| s.name == n);
+    let mut after = vec![Vec::new(); specs.len()]; // after[d]: those waiting for d
+    let mut waiting = vec![0usize; specs.len()];
+    for (i, ds) in deps.iter().enumerate() {
+        let me = &specs[i].name;
+        for d in ds {
+            let Some(j) = index(&d.name) else {
+                return Err(Error::invalid(format!(
+                    "containers[{i}] ({me:?}): depends_on names {:?}, which is not in the deploy file",
+                    d.name
+                )));
+            };
+            if j == i {
+                return Err(Error::invalid(format!("containers[{i}] ({me:?}): depends_on names itself")));
+            }
+            if d.condition == Condition::Healthy && specs[j].health_check.is_none() {
+                return Err(Error::invalid(format!(
+                    "containers[{i}] ({me:?}): depends_on {:?} being healthy, but {:?} has no health check (give it one, or use condition started)",
+                    d.name, d.name
+                )));
+            }
+            after[j].push(i);
+            waiting[i] += 1;
+        }
+    }
+    let mut order = Vec::new();
+    let mut ready: std::collections::BTreeSet<usize> = (0..specs.len()).filter(|i| waiting[*i] == 0).collect();
+    while let Some(i) = ready.pop_first() {
+        order.push(i);
+        for &k in &after[i] {
+            waiting[k] -= 1;
+            if waiting[k] == 0 {
+                ready.insert(k);
+            }
+        }
+    }
+    if order.len() < specs.len() {
+        // walk the dependencies of one that never got ready until a name repeats
+        let mut path = vec![(0..specs.len()).find(|i| waiting[*i] > 0).expect("one is left")];
+        loop {
+            let cur = *path.last().expect("not empty");
+            let next = deps[cur].iter().filter_map(|d| index(&d.name)).find(|j| waiting[*j] > 0).expect("it waits");
+            if let Some(at) = path.iter().position(|p| *p == next) {
+                let mut cycle: Vec<&str> = path[at..].iter().map(|p| specs[*p].name.as_str()).collect();
+                cycle.push(&specs[next].name);
+                return Err(Error::invalid(format!("depends_on forms a cycle: {}", cycle.join(" -> "))));
+            }
+            path.push(next);
+        }
+    }
+    Ok(order)
 }

@@ -102,7 +102,8 @@ class Containers(Namespace):
 
     @api("POST /api/v1/containers/deploy")
     def deploy(self, containers: Sequence[dict[str, Any]]) -> Any:
-        """Create and start several containers (the shape of ``container deploy --from-file``)."""
+        """Create several containers and start them in the order of their ``depends_on``
+        entries (the shape of ``container deploy --from-file``)."""
         return self._run(Call("POST", f"{V1}/containers/deploy", body={"containers": list(containers)},
                               result=list[m.Container]))
 

@@ -253,6 +253,7 @@ another image). Anything set here overrides the template."""
     circuit: Optional[str] = None
     command: Optional[list[str]] = None
     config: Optional[dict[str, str]] = None
+    depends_on: Optional[list[Dependency]] = None
     env: Optional[dict[str, str]] = None
     health_check: Optional[HealthCheck] = None
     image: Optional[str] = None
@@ -287,8 +288,19 @@ class ContainerSpec:
 
 
 @dataclass(kw_only=True)
+class Dependency:
+    """One entry of `depends_on`."""
+
+    name: str
+    condition: Optional[Condition] = None
+
+
+@dataclass(kw_only=True)
 class DeployRequest:
-    """`POST /api/v1/containers/deploy`: the spec's `container_spec.json`."""
+    """`POST /api/v1/containers/deploy`: the spec's `container_spec.json`. Every container is
+checked (names, images, templates, `depends_on`: known names, no cycle) before any is
+created; then all are created and started in dependency order, each once its
+dependencies' conditions hold."""
 
     containers: list[ContainerCreate]
 
@@ -812,6 +824,7 @@ class WriteResult:
 
 AgentStatus = Literal["starting", "ready", "degraded", "unreachable"]
 CircuitType = Literal["consensus"]
+Condition = Literal["started", "healthy", "completed"]
 ContainerState = Literal["created", "running", "paused", "exited"]
 Driver = Literal["sandbox", "qemu"]
 HealthStatus = Literal["starting", "healthy", "unhealthy"]
