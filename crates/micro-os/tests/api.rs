@@ -141,6 +141,28 @@ fn auth_body_limit_problem_json_and_openapi() {
             if path == "/api/v1/events" {
                 concrete.push_str("?follow=false"); // the stream would not end
             }
+            // every endpoint but health refuses a request without the token, or with a
+            // wrong one, before it looks at anything else
+            let full = format!("{url}{concrete}");
+            for token in [None, Some("Bearer wrong"), Some("Basic d3Jvbmc6d3Jvbmc=")] {
+                let mut r = ureq::request(&method.to_uppercase(), &full);
+                if let Some(t) = token {
+                    r = r.set("Authorization", t);
+                }
+                let (code, ctype, _) = status_of(match method.as_str() {
+                    "post" | "patch" | "put" => r.set("Content-Type", "application/json").send_string("{}"),
+                    _ => r.call(),
+                });
+                if path == "/api/v1/health" {
+                    assert_eq!(code, 200, "{method} {path} with {token:?}");
+                } else {
+                    assert_eq!(
+                        (code, ctype.as_str()),
+                        (401, "application/problem+json"),
+                        "{method} {path} with {token:?}"
+                    );
+                }
+            }
             let req = d.api(&method.to_uppercase(), &concrete.replace("/api/v1", ""));
             let (code, _, body) = status_of(match method.as_str() {
                 "post" | "patch" => req.set("Content-Type", "application/json").send_string("{}"),
