@@ -15,13 +15,26 @@ use crate::ApiError;
 
 type Ctl = State<std::sync::Arc<dyn crate::Control>>;
 
+/// One message of the stream, as a Server-Sent Events client parses it.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)] // a shape for the document; the messages are written by axum's `Sse`
+pub struct SseMessage {
+    /// The event's id: resume after it with `since` or `Last-Event-ID`.
+    id: String,
+    /// The event's type: container, vm, circuit, host, ai or alert.
+    event: String,
+    /// The event (schema `Event`) as JSON.
+    #[schema(content_media_type = "application/json")]
+    data: String,
+}
+
 /// Every lifecycle event of containers, VMs, circuits, hosts, AI modules and alerts, in the
 /// order the store recorded them, as `text/event-stream`: each event's `id` is its place
 /// in the stream (resume after it with `since` or the `Last-Event-ID` header), its `event`
 /// its type, its `data` the event as JSON. A comment line every 15 s keeps idle
 /// connections open.
 #[utoipa::path(get, path = "/api/v1/events", tag = "events", params(EventsQuery),
-    responses((status = 200, content_type = "text/event-stream", body = Event,
+    responses((status = 200, content_type = "text/event-stream", body = SseMessage,
         description = "one SSE message per event: `id: <id>`, `event: <type>`, `data: <Event as JSON>`"),
         (status = 400, body = crate::Problem)),
     security(("bearer" = [])))]

@@ -67,6 +67,9 @@ pub fn unexpected(r: Reply) -> ApiError {
 #[openapi(
     info(title = "micro-os", description = "Run VMs, OCI containers and consensus circuits for blockchain nodes."),
     modifiers(&BearerAuth),
+    // the event stream's messages carry an Event as JSON in their data: named here, since
+    // no path refers to it
+    components(schemas(crate::types::Event)),
     tags((name = "vms"), (name = "net"), (name = "monitor"), (name = "containers"), (name = "images"), (name = "templates"), (name = "circuits"), (name = "chain"), (name = "hosts"), (name = "ai"), (name = "events"), (name = "system"))
 )]
 struct ApiDoc;
@@ -147,7 +150,55 @@ pub fn api_parts() -> (Router<Arc<dyn Control>>, utoipa::openapi::OpenApi) {
     // OpenAPI has no catch-all segment: axum serves `{*key}`, the document says `{key}`
     let paths = std::mem::take(&mut doc.paths.paths);
     doc.paths.paths = paths.into_iter().map(|(path, item)| (path.replace("{*", "{"), item)).collect();
+    document_problems(&mut doc);
     (routes, doc)
+}
+
+/// Says in the document what the layers answer for every operation, which the handlers'
+/// annotations do not: errors are `application/problem+json`; every operation but health
+/// may answer 401 (the auth layer) and 400 (a path, query or body the extractors refuse);
+/// one with a body 413 (the body limit); one with a path parameter 404.
+fn document_problems(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
+    let problem = |why: &str| {
+        RefOr::T(
+            ResponseBuilder::new()
+                .description(why)
+                .content(
+                    "application/problem+json",
+                    ContentBuilder::new().schema(Some(Ref::from_schema_name("Problem"))).build(),
+                )
+                .build(),
+        )
+    };
+    for (path, item) in doc.paths.paths.iter_mut() {
+        let ops = [&mut item.get, &mut item.put, &mut item.post, &mut item.delete, &mut item.patch];
+        for op in ops.into_iter().flatten() {
+            for (status, resp) in op.responses.responses.iter_mut() {
+                if let (RefOr::T(r), true) = (resp, status.starts_with('4') || status.starts_with('5')) {
+                    if let Some(c) = r.content.shift_remove("application/json") {
+                        r.content.insert("application/problem+json".to_string(), c);
+                    }
+                }
+            }
+            if path == "/api/v1/health" {
+                continue;
+            }
+            let mut add = vec![
+                ("400", "the request is not valid: the problem's detail names the input"),
+                ("401", "no token, or not this daemon's (Authorization: Bearer <token from the home>)"),
+            ];
+            if op.request_body.is_some() {
+                add.push(("413", "the body is larger than the limit (1 MiB)"));
+            }
+            if path.contains('{') {
+                add.push(("404", "no such object"));
+            }
+            for (status, why) in add {
+                op.responses.responses.entry(status.to_string()).or_insert_with(|| problem(why));
+            }
+        }
+    }
 }
 
 pub fn router(control: Arc<dyn Control>, cfg: ServerConfig) -> Router {

@@ -54,22 +54,31 @@ pub struct Sample {
     pub chain: Option<ChainSample>,
 }
 
-/// What a reference-chain node reports each round.
+/// What a reference-chain node reports each round. Flattened into a [`Sample`], where only
+/// chain nodes have these fields: none is required in the document.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ChainSample {
+    #[cfg_attr(feature = "openapi", schema(required = false))]
     pub chain_height: u64,
+    #[cfg_attr(feature = "openapi", schema(required = false))]
     pub chain_peers: u64,
+    #[cfg_attr(feature = "openapi", schema(required = false))]
     pub chain_mempool_txs: u64,
     /// Virtual bytes of the mempool's transactions.
+    #[cfg_attr(feature = "openapi", schema(required = false))]
     pub chain_mempool_bytes: u64,
     /// Hashes per second of the node's miner.
+    #[cfg_attr(feature = "openapi", schema(required = false))]
     pub chain_hashrate: f64,
     /// Mean seconds between the last ten blocks.
+    #[cfg_attr(feature = "openapi", schema(required = false))]
     pub chain_block_interval_s: f64,
     /// Blocks behind the best height it knows of (its headers, its peers').
+    #[cfg_attr(feature = "openapi", schema(required = false))]
     pub chain_lag_blocks: u64,
     /// Time since its tip's timestamp, in target block intervals of its network.
+    #[cfg_attr(feature = "openapi", schema(required = false))]
     pub chain_stall_intervals: f64,
 }
 

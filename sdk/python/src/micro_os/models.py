@@ -113,16 +113,17 @@ class Alert:
 
 @dataclass(kw_only=True)
 class ChainSample:
-    """What a reference-chain node reports each round."""
+    """What a reference-chain node reports each round. Flattened into a [`Sample`], where only
+chain nodes have these fields: none is required in the document."""
 
-    chain_block_interval_s: float
-    chain_hashrate: float
-    chain_height: int
-    chain_lag_blocks: int
-    chain_mempool_bytes: int
-    chain_mempool_txs: int
-    chain_peers: int
-    chain_stall_intervals: float
+    chain_block_interval_s: Optional[float] = None
+    chain_hashrate: Optional[float] = None
+    chain_height: Optional[int] = None
+    chain_lag_blocks: Optional[int] = None
+    chain_mempool_bytes: Optional[int] = None
+    chain_mempool_txs: Optional[int] = None
+    chain_peers: Optional[int] = None
+    chain_stall_intervals: Optional[float] = None
 
 
 @dataclass(kw_only=True)
@@ -703,6 +704,15 @@ class SendReport:
     p50_ms: Optional[float] = None
     p99_ms: Optional[float] = None
     reason: Optional[str] = None
+
+
+@dataclass(kw_only=True)
+class SseMessage:
+    """One message of the stream, as a Server-Sent Events client parses it."""
+
+    data: str
+    event: str
+    id: str
 
 
 @dataclass(kw_only=True)
