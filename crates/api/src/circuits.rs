@@ -409,7 +409,7 @@ mod tests {
             assert_eq!(state[method]["tags"][0], "circuits");
         }
         assert_eq!(
-            state["put"]["responses"]["409"]["content"]["application/json"]["schema"]["$ref"],
+            state["put"]["responses"]["409"]["content"]["application/problem+json"]["schema"]["$ref"],
             "#/components/schemas/Problem"
         );
         for (path, method) in [
