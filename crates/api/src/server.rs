@@ -156,8 +156,8 @@ pub fn api_parts() -> (Router<Arc<dyn Control>>, utoipa::openapi::OpenApi) {
 
 /// Says in the document what the layers answer for every operation, which the handlers'
 /// annotations do not: errors are `application/problem+json`; every operation but health
-/// may answer 401 (the auth layer) and 400 (a path, query or body the extractors refuse);
-/// one with a body 413 (the body limit); one with a path parameter 404.
+/// may answer 401 (the auth layer), 400 (a path, query or body the extractors refuse) and
+/// 404 (an object it names is not there); one with a body 413 (the body limit).
 fn document_problems(doc: &mut utoipa::openapi::OpenApi) {
     use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
     let problem = |why: &str| {
@@ -191,9 +191,8 @@ fn document_problems(doc: &mut utoipa::openapi::OpenApi) {
             if op.request_body.is_some() {
                 add.push(("413", "the body is larger than the limit (1 MiB)"));
             }
-            if path.contains('{') {
-                add.push(("404", "no such object"));
-            }
+            // a path names an object; a body may name one too (a VM, a file, a node)
+            add.push(("404", "no such object"));
             for (status, why) in add {
                 op.responses.responses.entry(status.to_string()).or_insert_with(|| problem(why));
             }

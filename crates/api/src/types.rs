@@ -12,6 +12,8 @@ use utoipa::{IntoParams, ToSchema};
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ContainerCreate {
+    /// 1-63 letters, digits, `-`, `_` or `.`, starting with a letter or digit.
+    #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")]
     pub name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
@@ -164,8 +166,8 @@ pub struct WaitResponse {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ExecRequest {
-    /// The program and its arguments.
-    #[schema(min_items = 1)]
+    /// The program and its arguments (the program not empty).
+    #[schema(min_items = 1, inline, value_type = Vec<NonEmpty>)]
     pub command: Vec<String>,
     /// Variables added to the container's own environment.
     #[serde(default)]
@@ -175,6 +177,12 @@ pub struct ExecRequest {
     #[schema(minimum = 0.001, maximum = 3600)]
     pub timeout_s: Option<f64>,
 }
+
+/// A string of at least one character.
+#[derive(ToSchema)]
+#[schema(pattern = "[\\s\\S]")]
+#[allow(dead_code)] // a shape for the document
+pub struct NonEmpty(String);
 
 /// What an exec printed and how it ended.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -226,6 +234,8 @@ fn default_base() -> String {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ImageImport {
+    /// An absolute path on the daemon's host.
+    #[schema(pattern = "^/")]
     pub path: String,
     #[serde(default)]
     pub name: Option<String>,
@@ -325,6 +335,8 @@ pub struct Event {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VmCreate {
+    /// 1-63 letters, digits, `-`, `_` or `.`, starting with a letter or digit.
+    #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")]
     pub name: String,
     /// Memory in MiB.
     pub memory: u64,
@@ -586,6 +598,8 @@ pub struct DaemonLogsQuery {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CircuitCreate {
+    /// 1-63 letters, digits, `-`, `_` or `.`, starting with a letter or digit.
+    #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")]
     pub name: String,
     /// The member VMs, by name or id; each must be running.
     pub nodes: Vec<String>,
@@ -683,6 +697,7 @@ pub struct ChainSend {
     /// An address of the node's network (bcrt1… on devnet).
     pub to: String,
     /// Coins, as Bitcoin Core's `sendtoaddress` takes them (e.g. 1.5).
+    #[schema(exclusive_minimum = 0)]
     pub amount: f64,
     /// Fee rate in sat/vB (Core's `fee_rate`); the wallet's default (2) when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
