@@ -114,6 +114,8 @@ def daemon() -> Iterator[Daemon]:
         finally:
             d.stop()
             d.dir.cleanup()
+            # the VM bridge is the machine's, not the home's: the Rust tests remove theirs too
+            subprocess.run(["ip", "link", "del", f"ms{d.port}"], capture_output=True)
 
 
 @pytest.fixture()
