@@ -60,6 +60,22 @@ def test_the_spec_example_runs_unchanged(daemon, micro, tmp_path: Path) -> None:
     assert modules and modules[0].enabled
 
 
+def test_the_daemon_is_found_as_the_cli_finds_it(daemon, monkeypatch, tmp_path: Path) -> None:
+    # the environment: MICRO_OS_API and the token in MICRO_OS_HOME
+    monkeypatch.setenv("MICRO_OS_API", daemon.url)
+    monkeypatch.setenv("MICRO_OS_HOME", str(daemon.home))
+    monkeypatch.delenv("MICRO_OS_TOKEN", raising=False)
+    assert isinstance(MicroOS().vm.list(), list)
+    # a daemon's own config.json, in its home: api_addr, and the token beside it
+    assert isinstance(MicroOS(config_file=str(daemon.home / "config.json"), url=daemon.url).vm.list(), list)
+    # MICRO_OS_TOKEN wins over the home's
+    monkeypatch.setenv("MICRO_OS_TOKEN", "wrong")
+    with pytest.raises(Unauthorized):
+        MicroOS().vm.list()
+    (tmp_path / "c.json").write_text(json.dumps({"api": daemon.url, "token_file": str(daemon.home / "token")}))
+    assert isinstance(MicroOS(config_file=str(tmp_path / "c.json")).vm.list(), list)
+
+
 def test_vms_and_containers_on_them(micro: MicroOS) -> None:
     vm = micro.vm.create(name="sdk-vm", memory=256, cpu=0.5)
     assert vm.state == "created" and vm.address
