@@ -116,6 +116,17 @@ fn auth_body_limit_problem_json_and_openapi() {
     let p: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(p["status"], 400);
     assert!(p["detail"].as_str().unwrap().contains("not valid"), "{p}");
+    // JSON nested deeper than the parser goes (serde_json's limit is 128): a 400, not a
+    // stack overflow, and the daemon answers the next request
+    // (`network` takes any JSON value, so the parser goes as deep as the body does)
+    let deep = format!("{{\"name\": \"d\", \"image\": \"busybox\", \"network\": {}", "{\"a\":".repeat(50_000));
+    for body in ["[".repeat(200_000), deep] {
+        let (code, ctype, answer) =
+            status_of(d.api("POST", "/containers").set("Content-Type", "application/json").send_string(&body));
+        assert_eq!((code, ctype.as_str()), (400, "application/problem+json"), "{answer}");
+        assert!(body.starts_with('[') || answer.contains("recursion limit"), "{answer}");
+    }
+    assert_eq!(status_of(ureq::get(&format!("{url}/api/v1/health")).call()).0, 200);
     assert!(d.names().is_empty());
 
     // the spec's curl example, with the token added, and a template that exists

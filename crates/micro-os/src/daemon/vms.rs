@@ -152,9 +152,12 @@ impl Engine {
                     v.mark_running(run.pid, now);
                     v.accel = run.accel.clone();
                 });
-                // watched before anything can fail, so an exit is never missed
+                // recorded, then watched whatever the write did: an exit is never missed
+                // (a driver's wait finds one that came first: the shim's status, qemu
+                // our child until reaped) and its event comes after this one
+                let persisted = self.vms.persist(id, action, run.detail.clone());
                 self.supervise_vm(&v, &driver, &run);
-                self.vms.persist(id, action, run.detail.clone())?;
+                persisted?;
                 Ok(())
             }
             Err(e) => {
