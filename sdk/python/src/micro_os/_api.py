@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
 from . import models as m
-from ._call import JSON, NOTHING, TEXT, Call, Stream, Wait, api, body, seg
+from ._call import NOTHING, TEXT, Call, Stream, Wait, api, body, seg
 
 if TYPE_CHECKING:
     from ._client import Runner
@@ -462,5 +462,5 @@ class Events(Namespace):
         return self._c._collect(it)
 
 
-__all__ = ["JSON", "Vms", "Containers", "Circuits", "CircuitState", "Chain", "Ai", "Monitor", "Net", "Hosts", "Images",
+__all__ = ["Vms", "Containers", "Circuits", "CircuitState", "Chain", "Ai", "Monitor", "Net", "Hosts", "Images",
            "Templates", "Events"]

@@ -14,7 +14,6 @@ from typing import Any, Callable, Optional
 from . import errors
 from ._decode import decode
 
-JSON = "json"
 TEXT = "text"
 NOTHING = "nothing"
 
@@ -48,7 +47,7 @@ class Call:
             out[k] = ("true" if v else "false") if isinstance(v, bool) else str(v)
         return out
 
-    def decode(self, status: int, content_type: str, text: str) -> Any:
+    def decode(self, status: int, text: str) -> Any:
         if status >= 400:
             try:
                 body: Any = json.loads(text)

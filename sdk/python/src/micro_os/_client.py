@@ -131,7 +131,7 @@ class MicroOS(Runner):
 
     def _run(self, call: Call) -> Any:
         r = self._send(call)
-        out = call.decode(r.status_code, r.headers.get("content-type", ""), r.text)
+        out = call.decode(r.status_code, r.text)
         return self._wait(call.wait) if call.wait else out
 
     def _wait(self, w: Wait) -> Any:
@@ -152,7 +152,7 @@ class MicroOS(Runner):
         if r.status_code >= 400:
             r.read()
             r.close()
-            stream.call.decode(r.status_code, r.headers.get("content-type", ""), r.text)
+            stream.call.decode(r.status_code, r.text)
         return r
 
     def _stream(self, stream: Stream) -> Iterator[Any]:
@@ -226,7 +226,7 @@ class AsyncMicroOS(Runner):
 
     async def _run(self, call: Call) -> Any:
         r = await self._send(call)
-        out = call.decode(r.status_code, r.headers.get("content-type", ""), r.text)
+        out = call.decode(r.status_code, r.text)
         return await self._wait(call.wait) if call.wait else out
 
     async def _wait(self, w: Wait) -> Any:
@@ -247,7 +247,7 @@ class AsyncMicroOS(Runner):
         try:
             if r.status_code >= 400:
                 await r.aread()
-                stream.call.decode(r.status_code, r.headers.get("content-type", ""), r.text)
+                stream.call.decode(r.status_code, r.text)
             items = _Items(stream)
             async for line in r.aiter_lines():
                 item = items.feed(line)
