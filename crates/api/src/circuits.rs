@@ -156,7 +156,7 @@ pub async fn read_state(
 /// One key, linearizable (through the leader) unless `stale`; 404 when it is absent.
 #[utoipa::path(get, path = "/api/v1/circuits/{id}/state/{*key}", tag = "circuits",
     params(("id" = String, Path, description = "id or name"),
-        ("key" = String, Path, description = "the key; may contain `/` (config/batch_size)"), StateQuery),
+        ("key" = String, Path, description = "the key; may contain `/` (config/batch_size)", pattern = "^[!-~]{1,256}$"), StateQuery),
     responses((status = 200, body = ReadResult), (status = 400, body = Problem), (status = 404, body = Problem)),
     security(("bearer" = [])))]
 pub async fn read_key(
@@ -172,7 +172,7 @@ pub async fn read_key(
 /// at). Answers once the change is committed.
 #[utoipa::path(put, path = "/api/v1/circuits/{id}/state/{*key}", tag = "circuits",
     params(("id" = String, Path, description = "id or name"),
-        ("key" = String, Path, description = "the key; may contain `/` (config/batch_size)"), WriteQuery),
+        ("key" = String, Path, description = "the key; may contain `/` (config/batch_size)", pattern = "^[!-~]{1,256}$"), WriteQuery),
     request_body = StateWrite,
     responses((status = 200, body = WriteResult), (status = 400, body = Problem), (status = 404, body = Problem),
         (status = 409, body = Problem)), security(("bearer" = [])))]
@@ -199,7 +199,7 @@ pub async fn write_key(
 /// Delete a key (404 when it is absent). Answers once the change is committed.
 #[utoipa::path(delete, path = "/api/v1/circuits/{id}/state/{*key}", tag = "circuits",
     params(("id" = String, Path, description = "id or name"),
-        ("key" = String, Path, description = "the key; may contain `/` (config/batch_size)"), WriteQuery),
+        ("key" = String, Path, description = "the key; may contain `/` (config/batch_size)", pattern = "^[!-~]{1,256}$"), WriteQuery),
     responses((status = 200, body = WriteResult), (status = 400, body = Problem), (status = 404, body = Problem)),
     security(("bearer" = [])))]
 pub async fn delete_key(
@@ -311,7 +311,10 @@ mod tests {
     /// Sends one request; returns the status, the body and the actions it dispatched.
     async fn send(method: &str, uri: &str, body: Option<serde_json::Value>) -> (u16, serde_json::Value, Vec<String>) {
         let fake = Arc::new(Fake { seen: Mutex::new(vec![]), reply: daemon });
-        let app = crate::router(fake.clone(), crate::ServerConfig { token: "t".into(), deny: vec![], forward: None });
+        let app = crate::router(
+            fake.clone(),
+            crate::ServerConfig { token: "t".into(), deny: vec![], forward: None, host: None },
+        );
         let req = Request::builder().method(method).uri(uri).header("Authorization", "Bearer t");
         let req = match body {
             Some(b) => req.header("Content-Type", "application/json").body(Body::from(b.to_string())),

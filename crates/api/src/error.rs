@@ -16,6 +16,8 @@ pub enum ErrorKind {
     Internal,
     /// A part the request needs cannot serve it now (a circuit without a quorum); retry later.
     Unavailable,
+    /// A valid request for something this build does not have (an AI module not built yet).
+    NotImplemented,
 }
 
 impl ErrorKind {
@@ -29,6 +31,7 @@ impl ErrorKind {
             ErrorKind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorKind::NotImplemented => StatusCode::NOT_IMPLEMENTED,
         }
     }
 }

@@ -10,6 +10,7 @@
 
 pub mod action;
 pub mod error;
+pub mod schema;
 pub mod server;
 pub mod types;
 
@@ -28,4 +29,4 @@ mod vms;
 
 pub use action::{Action, ByteStream, Control, Reply};
 pub use error::{ApiError, ErrorKind, Problem};
-pub use server::{router, Forwarder, ServerConfig};
+pub use server::{router, Forwarder, HostLimits, ServerConfig};

@@ -49,7 +49,7 @@ pub async fn export(
     ApiQuery(q): ApiQuery<HistoryQuery>,
 ) -> Result<Response, ApiError> {
     let format = q.format.clone().unwrap_or_else(|| "csv".into());
-    if format != "csv" && format != "json" {
+    if !crate::schema::EXPORT_FORMATS.contains(&format.as_str()) {
         return Err(ApiError::bad_request(format!("format {format:?} is unknown (use csv or json)")));
     }
     match c.dispatch(Action::Export(q)).await? {

@@ -27,6 +27,15 @@ pub struct ServerConfig {
     pub deny: Vec<(std::net::Ipv4Addr, u8)>,
     /// Serves requests that belong to another host of the fabric there (after auth).
     pub forward: Option<Arc<dyn Forwarder>>,
+    /// This host's size: the document states it as the largest VM it takes.
+    pub host: Option<HostLimits>,
+}
+
+/// What one VM may have at most on this host.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct HostLimits {
+    pub memory_mib: u64,
+    pub cpus: f64,
 }
 
 /// The header that names the host a request is for (a peer id or a unique prefix of one).
@@ -193,6 +202,9 @@ fn document_problems(doc: &mut utoipa::openapi::OpenApi) {
             }
             // a path names an object; a body may name one too (a VM, a file, a node)
             add.push(("404", "no such object"));
+            if path.starts_with("/api/v1/ai/") {
+                add.push(("501", "a module of the spec this build does not have yet"));
+            }
             for (status, why) in add {
                 op.responses.responses.entry(status.to_string()).or_insert_with(|| problem(why));
             }
@@ -200,9 +212,48 @@ fn document_problems(doc: &mut utoipa::openapi::OpenApi) {
     }
 }
 
+/// The document as served: utoipa's, plus the rules that tie fields of a body together
+/// ([`crate::schema::cross_field_rules`]), which utoipa's types cannot carry, and what
+/// only the running daemon knows (its host's size).
+pub fn served_document(doc: &utoipa::openapi::OpenApi, host: Option<HostLimits>) -> serde_json::Value {
+    let mut v = serde_json::to_value(doc).expect("the document serialises");
+    if let Some(h) = host {
+        let vm = &mut v["components"]["schemas"]["VmCreate"]["properties"];
+        vm["memory"]["maximum"] = h.memory_mib.into();
+        vm["cpu"]["maximum"] = h.cpus.into();
+    }
+    let serde_json::Value::Object(rules) = crate::schema::cross_field_rules() else { unreachable!() };
+    for (name, rule) in rules {
+        let schema = &mut v["components"]["schemas"][&name];
+        assert!(schema.is_object(), "cross-field rule for a schema the document lacks: {name}");
+        merge(schema, rule);
+    }
+    // utoipa drops `required` from a parameter whose schema is a function's
+    for path in ["/api/v1/monitor/history", "/api/v1/monitor/export"] {
+        for p in v["paths"][path]["get"]["parameters"].as_array_mut().into_iter().flatten() {
+            if p["name"] == "from" {
+                p["required"] = true.into();
+            }
+        }
+    }
+    v
+}
+
+/// `patch` merged into `into`: objects key by key, anything else replaced.
+fn merge(into: &mut serde_json::Value, patch: serde_json::Value) {
+    match (into, patch) {
+        (serde_json::Value::Object(a), serde_json::Value::Object(b)) => {
+            for (k, v) in b {
+                merge(a.entry(k).or_insert(serde_json::Value::Null), v);
+            }
+        }
+        (a, b) => *a = b,
+    }
+}
+
 pub fn router(control: Arc<dyn Control>, cfg: ServerConfig) -> Router {
     let (routes, doc) = api_parts();
-    let doc = Arc::new(doc);
+    let doc = Arc::new(served_document(&doc, cfg.host));
     let token: Arc<str> = cfg.token.into();
     routes
         .route("/api/v1/openapi.json", axum::routing::get(move || async move { Json(doc.as_ref().clone()) }))

@@ -143,8 +143,9 @@ pub struct LogsQuery {
     #[serde(default)]
     pub follow: bool,
     /// Only the last N lines.
-    #[serde(default)]
-    pub tail: Option<usize>,
+    #[serde(default, deserialize_with = "crate::schema::count")]
+    #[param(maximum = 2147483647)]
+    pub tail: Option<u32>,
     /// Only lines at or after this RFC 3339 time.
     #[serde(default)]
     pub since: Option<DateTime<Utc>>,
@@ -212,16 +213,17 @@ pub struct ImageInfo {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ImageBuild {
-    /// Which built-in image to build: `busybox`, `blockchain-base`, `blockchain-node` or
-    /// `ethereum-dev` (ignored with `from_dir`).
     #[serde(default = "default_base")]
+    #[schema(schema_with = crate::schema::image_base)]
     pub base: String,
     /// Build the image from this directory on the daemon's host instead (absolute path):
     /// its tree becomes the image's root; `name` is required.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = "^/")]
     pub from_dir: Option<String>,
     /// Name to store it under (default: the base's name).
     #[serde(default)]
+    #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")]
     pub name: Option<String>,
 }
 
@@ -238,6 +240,7 @@ pub struct ImageImport {
     #[schema(pattern = "^/")]
     pub path: String,
     #[serde(default)]
+    #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")]
     pub name: Option<String>,
 }
 
@@ -273,8 +276,8 @@ pub const EVENT_TYPES: &[&str] = &["container", "vm", "circuit", "host", "ai", "
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct EventsQuery {
-    /// Only these kinds, comma-separated: container, vm, circuit, host, ai, alert.
     #[serde(default, rename = "type")]
+    #[param(schema_with = crate::schema::event_types)]
     pub kinds: Option<String>,
     /// Only this object, by name or id (an alert's events carry the alerted object as
     /// their name, e.g. `container/eth-node-1`).
@@ -286,8 +289,9 @@ pub struct EventsQuery {
     #[param(minimum = 0)]
     pub since: Option<i64>,
     /// Without `since`: start with the last N events that pass the filters.
-    #[serde(default)]
-    pub tail: Option<usize>,
+    #[serde(default, deserialize_with = "crate::schema::count")]
+    #[param(maximum = 2147483647)]
+    pub tail: Option<u32>,
     /// Keep the stream open for new events (default); `false` ends it after the events
     /// recorded so far.
     #[serde(default)]
@@ -338,16 +342,18 @@ pub struct VmCreate {
     /// 1-63 letters, digits, `-`, `_` or `.`, starting with a letter or digit.
     #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")]
     pub name: String,
-    /// Memory in MiB.
+    /// Memory in MiB: at least 16, at most this host's (the served document says).
+    #[schema(minimum = 16)]
     pub memory: u64,
-    /// CPUs (cores).
+    /// CPUs (cores): at least 0.01, at most this host's.
     #[serde(default = "one")]
+    #[schema(minimum = 0.01)]
     pub cpu: f64,
     /// Root filesystem image (default `blockchain-base`: busybox and the micro-os agent).
     #[serde(default)]
     pub image: Option<String>,
-    /// `sandbox` (default) or `qemu`.
     #[serde(default)]
+    #[schema(schema_with = crate::schema::vm_driver)]
     pub driver: Option<String>,
     #[serde(default)]
     pub restart: Option<RestartPolicy>,
@@ -419,6 +425,8 @@ pub use micro_os_core::net::{Ack, NetStatus, PeerInfo, Provider};
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct FindQuery {
+    /// `container/<name>`, `vm/<name>` or any key a peer provides; not blank.
+    #[param(pattern = "\\S")]
     pub key: String,
     /// Ask from this VM's peer instead of the host's.
     #[serde(default)]
@@ -445,8 +453,8 @@ pub struct NetSend {
     pub from: Option<String>,
     /// Peer id, or the name of a VM whose agent has reported its peer id.
     pub to: String,
-    /// SYNC, DISC, DATA, CTRL or PING.
     #[serde(rename = "type")]
+    #[schema(schema_with = crate::schema::message_type)]
     pub kind: String,
     /// The payload's state.
     #[serde(default)]
@@ -457,8 +465,9 @@ pub struct NetSend {
     /// Pad the state to this many bytes; for a stream, its length.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub size: Option<u64>,
-    /// Send this file (a path on the daemon's host) as a DATA stream.
+    /// Send this file (an absolute path on the daemon's host) as a DATA stream.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = "^/")]
     pub file: Option<String>,
     /// Send as a DATA stream (`/micro-os/data/1`) rather than as messages.
     #[serde(default)]
@@ -489,15 +498,18 @@ pub struct ResourcesQuery {
 #[serde(deny_unknown_fields)]
 pub struct HistoryQuery {
     /// A date (2023-01-31), an RFC 3339 time, or a duration ago (2h).
+    #[param(schema_with = crate::schema::time, required = true)]
     pub from: String,
-    /// Like `from`; a date means its end. Default now.
+    /// Like `from`; a date means its end. Default now. A `from` after `to` is an empty range.
     #[serde(default)]
+    #[param(schema_with = crate::schema::time)]
     pub to: Option<String>,
     /// Only this object: a container's or VM's name or id, or `host`.
     #[serde(default)]
     pub object: Option<String>,
-    /// Export only: csv (default) or json.
+    /// Export only.
     #[serde(default)]
+    #[param(schema_with = crate::schema::export_format)]
     pub format: Option<String>,
 }
 
@@ -506,8 +518,8 @@ pub struct HistoryQuery {
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct HealthQuery {
-    /// Comma-separated components (api, store, runtime, vms, containers, net, monitor, circuit, ai).
     #[serde(default)]
+    #[param(schema_with = crate::schema::components)]
     pub components: Option<String>,
     /// Only what is critical.
     #[serde(default)]
@@ -580,18 +592,19 @@ pub struct PerformanceReport {
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct DaemonLogsQuery {
-    /// all (default), api, runtime, net, monitor, store, circuit or ai.
     #[serde(default)]
+    #[param(schema_with = crate::schema::component)]
     pub component: Option<String>,
-    /// The least severe level shown: trace, debug, info (default), warn or error.
     #[serde(default)]
+    #[param(schema_with = crate::schema::log_level)]
     pub level: Option<String>,
     /// Keep the response open and send new lines as they are logged.
     #[serde(default)]
     pub follow: bool,
     /// Only the last N matching lines written so far.
-    #[serde(default)]
-    pub tail: Option<usize>,
+    #[serde(default, deserialize_with = "crate::schema::count")]
+    #[param(maximum = 2147483647)]
+    pub tail: Option<u32>,
 }
 
 /// `POST /api/v1/circuits`: `circuit create --name N --nodes vm1,vm2,vm3 [--type consensus]`.
@@ -602,9 +615,10 @@ pub struct CircuitCreate {
     #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")]
     pub name: String,
     /// The member VMs, by name or id; each must be running.
+    #[schema(min_items = 1)]
     pub nodes: Vec<String>,
-    /// `consensus` (the default).
     #[serde(default, rename = "type")]
+    #[schema(schema_with = crate::schema::circuit_type)]
     pub kind: Option<String>,
 }
 
@@ -701,6 +715,7 @@ pub struct ChainSend {
     pub amount: f64,
     /// Fee rate in sat/vB (Core's `fee_rate`); the wallet's default (2) when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 1000000)]
     pub fee_rate: Option<f64>,
 }
 
@@ -774,9 +789,10 @@ pub struct OverlayLink {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HostJoin {
-    /// The address of a host of the fabric, ending in `/p2p/<peer id>`.
+    #[schema(schema_with = crate::schema::peer_addr)]
     pub addr: String,
-    /// The fabric's join token (`micro-os host token` on one of its hosts).
+    /// The fabric's join token (`micro-os host token` on one of its hosts); not blank.
+    #[schema(pattern = "\\S")]
     pub token: String,
 }
 
@@ -794,8 +810,9 @@ pub struct HostToken {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AiEnable {
-    /// `transaction`, `mining` or `network`; absent with `all`.
+    /// Absent with `all`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(schema_with = crate::schema::ai_module)]
     pub module: Option<String>,
     /// Every module this build has; the others answer that they are not available.
     #[serde(default)]
@@ -815,6 +832,7 @@ pub struct AiEnable {
 #[serde(deny_unknown_fields)]
 pub struct AiDisable {
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(schema_with = crate::schema::ai_module)]
     pub module: Option<String>,
     #[serde(default)]
     pub all: bool,
@@ -827,6 +845,7 @@ pub struct AiDisable {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AiConfigure {
+    #[schema(schema_with = crate::schema::ai_module)]
     pub module: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub container: Option<String>,
@@ -837,6 +856,7 @@ pub struct AiConfigure {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AiTrain {
+    #[schema(schema_with = crate::schema::ai_module)]
     pub module: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub container: Option<String>,

@@ -34,13 +34,14 @@ pub use vm::{AgentStatus, Driver, Vm, VmSpec, VmState};
 #[macro_export]
 #[doc(hidden)]
 macro_rules! scalar_schema {
-    ($ty:ty, $kind:ident, $desc:literal) => {
+    ($ty:ty, $kind:ident, $desc:literal $(, pattern = $pattern:literal)?) => {
         #[cfg(feature = "openapi")]
         impl utoipa::PartialSchema for $ty {
             fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
                 utoipa::openapi::schema::ObjectBuilder::new()
                     .schema_type(utoipa::openapi::schema::SchemaType::new(utoipa::openapi::Type::$kind))
                     .description(Some($desc))
+                    $(.pattern(Some($pattern)))?
                     .into()
             }
         }

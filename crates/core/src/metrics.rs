@@ -349,6 +349,9 @@ pub fn parse_time(input: &str, end_of_day: bool, now_ms: i64) -> Result<i64, Val
     }
     let unit = |s: &str| -> Option<i64> {
         let (n, u) = s.split_at(s.find(|c: char| !c.is_ascii_digit())?);
+        if n.is_empty() || n.len() > 9 {
+            return None;
+        }
         let n: i64 = n.parse().ok()?;
         let ms = match u {
             "s" => 1_000,
@@ -366,13 +369,20 @@ pub fn parse_time(input: &str, end_of_day: bool, now_ms: i64) -> Result<i64, Val
     })
 }
 
-/// A time range from what users typed; `to` defaults to now.
-pub fn parse_range(from: &str, to: Option<&str>, now_ms: i64) -> Result<(i64, i64), ValidationError> {
+/// The two ends of a range as users typed them, `to` defaulting to now, in any order
+/// (the API answers an empty range for a `from` after `to`; the CLI refuses it).
+pub fn parse_bounds(from: &str, to: Option<&str>, now_ms: i64) -> Result<(i64, i64), ValidationError> {
     let f = parse_time(from, false, now_ms).map_err(|e| ValidationError::new(format!("--from: {e}")))?;
     let t = match to {
         Some(t) => parse_time(t, true, now_ms).map_err(|e| ValidationError::new(format!("--to: {e}")))?,
         None => now_ms,
     };
+    Ok((f, t))
+}
+
+/// A time range from what users typed; `to` defaults to now.
+pub fn parse_range(from: &str, to: Option<&str>, now_ms: i64) -> Result<(i64, i64), ValidationError> {
+    let (f, t) = parse_bounds(from, to, now_ms)?;
     if f > t {
         return Err(ValidationError::new(format!(
             "--from {from:?} is after --to {:?} (swap them)",
@@ -396,6 +406,10 @@ mod time_tests {
         assert_eq!(parse_time("2h", false, now), Ok(now - 7_200_000));
         assert!(parse_time("2023-13-01", false, now).unwrap_err().to_string().contains("\"2023-13-01\""));
         assert!(parse_time("2x", false, now).is_err());
+        // a duration of more than 9 digits is refused, not an overflow
+        assert!(parse_time("999999999999999999d", false, now).is_err());
+        assert_eq!(parse_time("999999999s", false, now), Ok(now - 999_999_999_000));
+        assert_eq!(parse_bounds("now", Some("2h"), now), Ok((now, now - 7_200_000)));
         assert_eq!(parse_range("2023-01-01", Some("2023-01-31"), now), Ok((1_672_531_200_000, 1_675_209_599_999)));
         let e = parse_range("2023-02-01", Some("2023-01-31"), now).unwrap_err().to_string();
         assert!(e.contains("is after --to"), "{e}");

@@ -72,7 +72,12 @@ impl std::str::FromStr for RestartPolicy {
     }
 }
 
-crate::scalar_schema!(RestartPolicy, String, "no | on-failure | on-failure:N | always");
+crate::scalar_schema!(
+    RestartPolicy,
+    String,
+    "no | on-failure | on-failure:N | always",
+    pattern = "^(no|never|always|on-failure(:[0-9]{1,9})?)$"
+);
 
 #[cfg(test)]
 mod tests {

@@ -62,7 +62,7 @@ fn the_transaction_optimiser_trains_on_a_node_serves_it_and_alerts() {
     // bad input: one clear line, exit 2, nothing changed
     let e = d.fails(&["ai", "enable", "--module", "teleport", "--container", "eth-node-1"], 2);
     assert!(e.contains("module \"teleport\" is unknown (use transaction, mining, network)"), "{e}");
-    let e = d.fails(&["ai", "enable", "--module", "mining", "--container", "eth-node-1"], 2);
+    let e = d.fails(&["ai", "enable", "--module", "mining", "--container", "eth-node-1"], 7);
     assert!(e.contains("module \"mining\" is not available in this build yet"), "{e}");
     let e = d.fails(&["ai", "enable", "--module", "transaction", "--container", "web"], 2);
     assert!(e.contains("container \"web\" runs no reference-chain node"), "{e}");

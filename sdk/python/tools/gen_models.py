@@ -86,6 +86,9 @@ class Gen:
         objects), or None when it is not an object."""
         if "$ref" in s:
             return self.properties(self.schemas[ref_name(s["$ref"])])
+        if s.get("type") == "object" and "properties" in s:
+            # an object's own properties; an allOf/oneOf beside them only constrains them
+            return s["properties"], set(s.get("required", []))
         if "allOf" in s:
             props: dict[str, Any] = {}
             req: set[str] = set()

@@ -14,7 +14,7 @@ Examples:
   micro-os container run --rm --image busybox -- echo hello
 
 Exit codes: 0 ok, 1 failure, 2 usage or invalid input, 3 not found, 4 conflict,
-5 daemon unreachable, 6 unauthorized; `container run` returns the container's own
+5 daemon unreachable, 6 unauthorized, 7 not in this build; `container run` returns the container's own
 exit code, or 125 (micro-os failed), 126 (command cannot run), 127 (command not found).";
 
 #[derive(Parser, Debug)]

@@ -16,6 +16,8 @@ pub mod exit {
     pub const CONFLICT: i32 = 4;
     pub const UNREACHABLE: i32 = 5;
     pub const UNAUTHORIZED: i32 = 6;
+    /// The daemon answered 501: what was asked for is valid but not in this build.
+    pub const NOT_BUILT: i32 = 7;
 }
 
 /// An error for the user: one line, and the exit code that goes with it.
@@ -85,6 +87,7 @@ impl Client {
                     401 | 403 => exit::UNAUTHORIZED,
                     404 => exit::NOT_FOUND,
                     409 => exit::CONFLICT,
+                    501 => exit::NOT_BUILT,
                     _ => exit::FAILURE,
                 };
                 let detail = if status == 401 && self.token.is_none() {

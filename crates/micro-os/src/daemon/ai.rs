@@ -31,8 +31,8 @@ use super::error::{Error, Result};
 /// How often the nodes are reconciled and their samples collected.
 pub const ROUND: Duration = Duration::from_secs(3);
 /// The modules of the spec, and which of them this build has.
-pub const MODULES: &[&str] = &["transaction", "mining", "network"];
-const AVAILABLE: &[&str] = &["transaction"];
+pub const MODULES: &[&str] = micro_os_api::schema::AI_MODULES;
+const AVAILABLE: &[&str] = micro_os_api::schema::AI_MODULES_BUILT;
 /// The object kind of module settings in the store.
 const KIND: &str = "ai";
 /// The scope of a setting made without `--container`: every node of this host.
@@ -141,7 +141,7 @@ fn check_module(m: &str) -> Result<()> {
         return Err(Error::invalid(format!("module {m:?} is unknown (use {})", MODULES.join(", "))));
     }
     if !AVAILABLE.contains(&m) {
-        return Err(Error::invalid(format!(
+        return Err(Error::NotBuilt(format!(
             "module {m:?} is not available in this build yet (available: {})",
             AVAILABLE.join(", ")
         )));

@@ -262,6 +262,21 @@ pub async fn health(e: &Arc<Engine>) -> Vec<ComponentHealth> {
 mod tests {
     use super::*;
 
+    /// The API's document states these vocabularies; the daemon's own lists must agree.
+    #[test]
+    fn the_documented_vocabularies_are_the_daemons() {
+        use micro_os_api::schema;
+        assert_eq!(names(), schema::COMPONENTS);
+        assert_eq!(micro_os_core::circuit::CircuitType::ALL, schema::CIRCUIT_TYPES);
+        for t in schema::MESSAGE_TYPES {
+            let parsed: micro_os_net::MessageType = serde_json::from_value(serde_json::json!(t)).unwrap();
+            assert_eq!(parsed.to_string(), *t);
+        }
+        let mut ours = vec!["busybox"];
+        ours.extend(crate::daemon::engine::BUILT_IN_IMAGES.iter().map(|(name, _)| *name));
+        assert_eq!(ours, schema::IMAGE_BASES);
+    }
+
     #[test]
     fn targets_map_to_their_component() {
         for (target, component) in [

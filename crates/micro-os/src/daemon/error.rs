@@ -28,6 +28,9 @@ pub enum Error {
     /// quorum); the same request may succeed later.
     #[error("{0}")]
     Unavailable(String),
+    /// A valid request for what this build does not have (answered 501).
+    #[error("{0}")]
+    NotBuilt(String),
     #[error(transparent)]
     Store(#[from] micro_os_store::Error),
     #[error(transparent)]
@@ -46,6 +49,7 @@ pub enum Class {
     Conflict,
     Internal,
     Unavailable,
+    NotBuilt,
 }
 
 impl Error {
@@ -71,6 +75,7 @@ impl Error {
             Error::Conflict(_) | Error::NotRunning(_) => Class::Conflict,
             Error::Internal(_) => Class::Internal,
             Error::Unavailable(_) | Error::Unreached(_) => Class::Unavailable,
+            Error::NotBuilt(_) => Class::NotBuilt,
             Error::Store(micro_os_store::Error::Conflict { .. }) => Class::Conflict,
             Error::Store(_) => Class::Internal,
             Error::Runtime(r) | Error::Driver(V::Runtime(r)) => match r {
@@ -104,6 +109,7 @@ impl Error {
             Class::Conflict => Error::Conflict(m),
             Class::Internal => Error::Internal(m),
             Class::Unavailable => Error::Unavailable(m),
+            Class::NotBuilt => Error::NotBuilt(m),
         }
     }
 }
@@ -116,6 +122,7 @@ impl From<Error> for ApiError {
             Class::Conflict => ErrorKind::Conflict,
             Class::Internal => ErrorKind::Internal,
             Class::Unavailable => ErrorKind::Unavailable,
+            Class::NotBuilt => ErrorKind::NotImplemented,
         };
         let message = match &e {
             Error::Store(micro_os_store::Error::Conflict { kind, name }) => {

@@ -24,9 +24,8 @@ pub fn stream(store: Arc<Store>, q: EventsQuery) -> Result<EventStream, ApiError
     let follow = q.follow.unwrap_or(true);
     let mut after = match q.since {
         Some(s) => s,
-        None => {
-            tokio::task::block_in_place(|| store.events_tail_start(&filter, q.tail.unwrap_or(0))).map_err(internal)?
-        }
+        None => tokio::task::block_in_place(|| store.events_tail_start(&filter, q.tail.unwrap_or(0) as usize))
+            .map_err(internal)?,
     };
     let (tx, rx) = mpsc::channel::<Event>(BATCH);
     tokio::spawn(async move {

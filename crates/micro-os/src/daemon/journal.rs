@@ -14,7 +14,7 @@ use tokio::io::AsyncBufReadExt;
 
 const ROTATE_AT: u64 = 16 << 20;
 
-const LEVELS: &[&str] = &["trace", "debug", "info", "warn", "error"];
+const LEVELS: &[&str] = micro_os_api::schema::LOG_LEVELS;
 
 /// Which component an event's target belongs to.
 pub fn component_of(target: &str) -> &'static str {
@@ -116,7 +116,7 @@ pub fn stream(path: &Path, q: DaemonLogsQuery) -> ByteStream {
         while reader.read_line(&mut line).await.is_ok_and(|n| n > 0) {
             if let Some(t) = render(&line, &component, min) {
                 backlog.push_back(t);
-                if q.tail.is_some_and(|n| backlog.len() > n) {
+                if q.tail.is_some_and(|n| backlog.len() > n as usize) {
                     backlog.pop_front();
                 }
             }

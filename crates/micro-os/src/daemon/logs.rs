@@ -62,7 +62,7 @@ pub fn stream(engine: Arc<Engine>, id: String, path: PathBuf, q: LogsQuery) -> B
         let mut reader = BufReader::new(file);
         let mut pending = String::new();
         let existing = read_complete(&mut reader, &mut pending).await;
-        let keep = q.tail.unwrap_or(usize::MAX);
+        let keep = q.tail.map_or(usize::MAX, |n| n as usize);
         let mut last: VecDeque<String> = VecDeque::new();
         for l in existing {
             if last.len() == keep {

@@ -177,10 +177,11 @@ impl Control for Daemon {
                     engine.images.build_with(&name, &engine.cfg.busybox, &engine.exe, &anvil, p)
                 }));
             }
-            if !["busybox", "blockchain-base", "blockchain-node"].contains(&req.base.as_str()) {
+            if !micro_os_api::schema::IMAGE_BASES.contains(&req.base.as_str()) {
                 return Err(ApiError::bad_request(format!(
-                    "base image {:?} is unknown (built-in bases: busybox, blockchain-base, blockchain-node, ethereum-dev; or --from-dir DIR)",
-                    req.base
+                    "base image {:?} is unknown (built-in bases: {}; or --from-dir DIR)",
+                    req.base,
+                    micro_os_api::schema::IMAGE_BASES.join(", ")
                 )));
             }
             let name = req.name.unwrap_or_else(|| req.base.clone());
@@ -334,7 +335,15 @@ pub fn run(home: Home, cfg: Config) -> anyhow::Result<()> {
         let forward: Arc<dyn micro_os_api::Forwarder> = Arc::new(hosts::Forward(Arc::downgrade(&engine)));
         let app = micro_os_api::router(
             Arc::new(Daemon(engine.clone())),
-            ServerConfig { token, deny, forward: Some(forward) },
+            ServerConfig {
+                token,
+                deny,
+                forward: Some(forward),
+                host: Some(micro_os_api::HostLimits {
+                    memory_mib: micro_os_runtime::cgroup::host_memory_mib(),
+                    cpus: std::thread::available_parallelism().map_or(1, |n| n.get()) as f64,
+                }),
+            },
         );
         let _ = engine.api.set(app.clone());
         // small responses (a stream's last chunk) must not wait for a delayed ACK

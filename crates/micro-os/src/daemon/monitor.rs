@@ -324,18 +324,20 @@ impl Engine {
     }
 
     pub fn history(&self, q: &HistoryQuery) -> Result<Vec<Sample>> {
-        let (from, to) = micro_os_core::metrics::parse_range(&q.from, q.to.as_deref(), now_ms()).map_err(bad)?;
+        let (from, to) = micro_os_core::metrics::parse_bounds(&q.from, q.to.as_deref(), now_ms()).map_err(bad)?;
         let id = q.object.as_deref().map(|o| self.object_id(o)).transpose()?;
         let query = micro_os_store::SampleQuery { from, to, id };
         Ok(tokio::task::block_in_place(|| self.store.samples(&query))?)
     }
 
     pub fn health_report(&self, q: &HealthQuery, components: Vec<ComponentHealth>) -> Result<HealthReport> {
+        // empty, or `all` anywhere in the list: every component
         let wanted: Option<Vec<String>> = q
             .components
             .as_deref()
-            .filter(|c| !c.is_empty() && *c != "all")
-            .map(|c| c.split(',').map(|s| s.trim().to_string()).collect());
+            .filter(|c| !c.is_empty())
+            .map(|c| c.split(',').map(|s| s.trim().to_string()).collect::<Vec<_>>())
+            .filter(|w| !w.iter().any(|c| c == "all"));
         if let Some(w) = &wanted {
             let known = components::names();
             if let Some(unknown) = w.iter().find(|c| !known.contains(&c.as_str())) {

@@ -50,6 +50,7 @@ impl From<Error> for Failure {
             Class::NotFound => "not_found",
             Class::Conflict => "conflict",
             Class::Unavailable => "unavailable",
+            Class::NotBuilt => "not_built",
             Class::Internal => "internal",
         };
         Failure { class: class.into(), message: e.to_string() }
@@ -64,6 +65,7 @@ impl From<Failure> for Error {
             "conflict" => Error::Conflict(f.message),
             "not_running" => Error::NotRunning(f.message),
             "unavailable" => Error::Unavailable(f.message),
+            "not_built" => Error::NotBuilt(f.message),
             _ => Error::Internal(f.message),
         }
     }

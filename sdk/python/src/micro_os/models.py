@@ -16,7 +16,7 @@ class AiConfigure:
     """`POST /api/v1/ai/config`: `ai config --module M [--container N] --set key=value ...`;
 every assignment is checked against the module's schema before any is applied."""
 
-    module: str
+    module: Literal["transaction"]
     set: list[str]
     container: Optional[str] = None
 
@@ -27,7 +27,7 @@ class AiDisable:
 
     all: Optional[bool] = None
     container: Optional[str] = None
-    module: Optional[str] = None
+    module: Optional[Literal["transaction"]] = None
 
 
 @dataclass(kw_only=True)
@@ -38,7 +38,7 @@ class AiEnable:
     all: Optional[bool] = None
     config: Optional[dict[str, Any]] = None
     container: Optional[str] = None
-    module: Optional[str] = None
+    module: Optional[Literal["transaction"]] = None
 
 
 @dataclass(kw_only=True)
@@ -82,7 +82,7 @@ class AiModuleStatus:
 class AiTrain:
     """`POST /api/v1/ai/train`: `ai train --module M [--container N]`, retrain now."""
 
-    module: str
+    module: Literal["transaction"]
     container: Optional[str] = None
 
 
@@ -179,7 +179,7 @@ class CircuitCreate:
 
     name: str
     nodes: list[str]
-    type: Optional[str] = None
+    type: Optional[Literal["consensus"]] = None
 
 
 @dataclass(kw_only=True)
@@ -449,7 +449,7 @@ class HostToken:
 class ImageBuild:
     """`POST /api/v1/images/build`: build a built-in base image."""
 
-    base: Optional[str] = None
+    base: Optional[Literal["busybox", "blockchain-base", "blockchain-node", "ethereum-dev"]] = None
     from_dir: Optional[str] = None
     name: Optional[str] = None
 
@@ -521,7 +521,7 @@ class NetSend:
     """`POST /api/v1/net/send`: a signed message from this host to a peer."""
 
     to: str
-    type: str
+    type: Literal["SYNC", "DISC", "DATA", "CTRL", "PING", "sync", "disc", "data", "ctrl", "ping"]
     count: Optional[int] = None
     file: Optional[str] = None
     from_: Optional[str] = None
@@ -790,7 +790,7 @@ class VmCreate:
     memory: int
     name: str
     cpu: Optional[float] = None
-    driver: Optional[str] = None
+    driver: Optional[Literal["sandbox", "qemu"]] = None
     image: Optional[str] = None
     restart: Optional[RestartPolicy] = None
 

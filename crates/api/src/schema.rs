@@ -1,0 +1,168 @@
+//! The closed vocabularies of the wire (AI modules, log components, message types, ...) and
+//! the OpenAPI schemas that state them, so the document says exactly what the server
+//! accepts. The daemon checks its input against these same lists (or, for lists it owns,
+//! a test checks that they agree), so the two cannot drift apart.
+
+use utoipa::openapi::schema::{AnyOfBuilder, ObjectBuilder, Schema, SchemaFormat, SchemaType, Type};
+use utoipa::openapi::{KnownFormat, RefOr};
+
+/// The AI modules of the spec (`ai enable --module M`).
+pub const AI_MODULES: &[&str] = &["transaction", "mining", "network"];
+/// The AI modules this build has; the document offers only these, and the others of the
+/// spec are answered 501 (not in this build).
+pub const AI_MODULES_BUILT: &[&str] = &["transaction"];
+/// VM drivers (`vm create --driver D`).
+pub const VM_DRIVERS: &[&str] = &["sandbox", "qemu"];
+/// The built-in base images `image build` makes.
+pub const IMAGE_BASES: &[&str] = &["busybox", "blockchain-base", "blockchain-node", "ethereum-dev"];
+/// The spec's message types (`net send --type T`).
+pub const MESSAGE_TYPES: &[&str] = &["SYNC", "DISC", "DATA", "CTRL", "PING"];
+/// The daemon's components, as `monitor health --components` and `logs --component` name them.
+pub const COMPONENTS: &[&str] =
+    &["api", "store", "runtime", "vms", "containers", "net", "monitor", "circuit", "chain", "ai"];
+/// Log levels, least severe first.
+pub const LOG_LEVELS: &[&str] = &["trace", "debug", "info", "warn", "error"];
+/// `monitor export --format F`.
+pub const EXPORT_FORMATS: &[&str] = &["csv", "json"];
+/// `circuit create --type T`.
+pub const CIRCUIT_TYPES: &[&str] = &["consensus"];
+
+fn string(description: &str) -> ObjectBuilder {
+    bare().description(Some(description))
+}
+
+fn bare() -> ObjectBuilder {
+    ObjectBuilder::new().schema_type(SchemaType::new(Type::String))
+}
+
+/// One of `values`.
+fn one_of(values: &[&str], description: &str) -> RefOr<Schema> {
+    string(description).enum_values(Some(values.iter().copied())).into()
+}
+
+/// A comma-separated list of `values`; empty means no filter.
+fn list_of(values: &[&str], description: &str) -> RefOr<Schema> {
+    let alt = values.join("|");
+    string(description).pattern(Some(format!("^(({alt})(,({alt}))*)?$"))).into()
+}
+
+pub(crate) fn ai_module() -> RefOr<Schema> {
+    one_of(AI_MODULES_BUILT, "The module. The spec's others (`mining`, `network`) are answered 501: not in this build.")
+}
+
+pub(crate) fn vm_driver() -> RefOr<Schema> {
+    one_of(VM_DRIVERS, "`sandbox` (default) or `qemu`.")
+}
+
+pub(crate) fn image_base() -> RefOr<Schema> {
+    one_of(IMAGE_BASES, "Which built-in image to build (ignored with `from_dir`).")
+}
+
+pub(crate) fn message_type() -> RefOr<Schema> {
+    let lower: Vec<String> = MESSAGE_TYPES.iter().map(|t| t.to_lowercase()).collect();
+    let mut all: Vec<&str> = MESSAGE_TYPES.to_vec();
+    all.extend(lower.iter().map(String::as_str));
+    one_of(&all, "The message type, in either case.")
+}
+
+/// What a request body must hold that one field's schema cannot say: which fields go
+/// together. Added to the served document's component schemas (JSON Schema keywords
+/// beside `properties`), each as the daemon checks it.
+pub(crate) fn cross_field_rules() -> serde_json::Value {
+    // a field given and not null
+    let given = |f: &str| serde_json::json!({"required": [f], "properties": {f: {"type": "string"}}});
+    let absent = |f: &str| serde_json::json!({"properties": {f: {"type": "null"}}});
+    let module_or_all = serde_json::json!({"oneOf": [
+        {"allOf": [given("module")], "properties": {"all": {"const": false}}},
+        {"allOf": [absent("module")], "required": ["all"], "properties": {"all": {"const": true}}}
+    ]});
+    let stream = serde_json::json!({"anyOf": [
+        {"required": ["stream"], "properties": {"stream": {"const": true}}},
+        given("file")
+    ]});
+    let name = serde_json::json!({"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"});
+    serde_json::json!({
+        "ContainerCreate": {"allOf": [
+            {"anyOf": [given("image"), given("template")]},
+            // replicas run on a circuit's members
+            {"anyOf": [{"properties": {"replicate": {"const": false}}}, given("circuit")]}
+        ]},
+        "CircuitCreate": {"properties": {"nodes": {"items": name}}},
+        "AiEnable": module_or_all,
+        "AiDisable": module_or_all,
+        "NetSend": {"allOf": [
+            // only DATA travels as a stream
+            {"anyOf": [{"properties": {"type": {"enum": ["DATA", "data"]}}}, {"not": stream.clone()}]},
+            // a message carries at most 512 KiB; a stream any size
+            {"anyOf": [stream, {"properties": {"size": {"maximum": 512 * 1024}}}]}
+        ]},
+        "ImageBuild": {"anyOf": [absent("from_dir"), given("name")]}
+    })
+}
+
+pub(crate) fn component() -> RefOr<Schema> {
+    let mut all = vec!["all"];
+    all.extend_from_slice(COMPONENTS);
+    one_of(&all, "One component, or `all` (the default).")
+}
+
+pub(crate) fn components() -> RefOr<Schema> {
+    let mut all = vec!["all"];
+    all.extend_from_slice(COMPONENTS);
+    list_of(&all, "Comma-separated components, or `all` (the default).")
+}
+
+pub(crate) fn log_level() -> RefOr<Schema> {
+    one_of(LOG_LEVELS, "The least severe level shown (default info).")
+}
+
+pub(crate) fn export_format() -> RefOr<Schema> {
+    one_of(EXPORT_FORMATS, "csv (the default) or json.")
+}
+
+pub(crate) fn circuit_type() -> RefOr<Schema> {
+    one_of(CIRCUIT_TYPES, "`consensus` (the default).")
+}
+
+pub(crate) fn event_types() -> RefOr<Schema> {
+    list_of(crate::types::EVENT_TYPES, "Only these kinds, comma-separated.")
+}
+
+/// A time as users type it (`micro_os_core::metrics::parse_time`): a date, an RFC 3339
+/// time, an ISO time without an offset (UTC), `now`, or a duration ago (`90s`, `2h`, `7d`).
+pub(crate) fn time() -> RefOr<Schema> {
+    let format = |f| bare().format(Some(SchemaFormat::KnownFormat(f))).build();
+    AnyOfBuilder::new()
+        .description(Some(
+            "A date (2023-01-31), an RFC 3339 time, an ISO time taken as UTC (2023-01-31T12:00:00), \
+             `now`, or a duration ago (90s, 15m, 2h, 7d; at most 9 digits)",
+        ))
+        .item(format(KnownFormat::Date))
+        .item(format(KnownFormat::DateTime))
+        .item(bare().pattern(Some(
+            "^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])[T ]([01][0-9]|2[0-3]):[0-5][0-9](:[0-5][0-9](\\.[0-9]{1,9})?)?$",
+        )))
+        .item(bare().pattern(Some("^(now|[0-9]{1,9}[smhd])$")))
+        .into()
+}
+
+/// A multiaddr that ends in `/p2p/<peer id>` (a format of our own: the test suite gives
+/// schemathesis a strategy for it).
+pub(crate) fn peer_addr() -> RefOr<Schema> {
+    string("The address of a host of the fabric, ending in `/p2p/<peer id>` (copy it from `micro-os host token`).")
+        .format(Some(SchemaFormat::Custom("multiaddr".into())))
+        .into()
+}
+
+/// A count of lines or events asked for (`tail`): what the document states, at most
+/// 2147483647 (a 32-bit integer's range, which clients' integer types hold).
+pub(crate) fn count<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    use serde::Deserialize;
+    let n = Option::<u32>::deserialize(d)?;
+    match n {
+        Some(n) if n > i32::MAX as u32 => {
+            Err(serde::de::Error::custom(format!("{n} is more than the largest count, {}", i32::MAX)))
+        }
+        n => Ok(n),
+    }
+}
