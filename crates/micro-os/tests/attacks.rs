@@ -14,6 +14,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 use common::*;
 
@@ -265,4 +266,268 @@ fn kernel_and_device_calls_are_refused() {
     refused(&o, &attacks, "EPERM", &out);
     let (out, _) = probe(&d, "test -e /tmp/sda && echo NODE; ls /dev;", &[]);
     assert!(!out.contains("NODE") && !out.contains("sda"), "{out}");
+}
+
+/// Asks the daemon's API for the container list every 100 ms on a thread of its own, as
+/// an operator's client would, until [`ApiWatch::finish`]: the slowest answer.
+struct ApiWatch {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<(Duration, usize)>,
+}
+
+impl ApiWatch {
+    fn start(d: &Daemon) -> ApiWatch {
+        let (url, token) = (format!("{}/api/v1/containers", d.url()), d.token());
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let (mut slowest, mut asked) = (Duration::ZERO, 0);
+            while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                let t = Instant::now();
+                let r = ureq::get(&url)
+                    .set("Authorization", &format!("Bearer {token}"))
+                    .timeout(Duration::from_secs(5))
+                    .call();
+                let took = if r.is_ok() { t.elapsed() } else { Duration::MAX };
+                slowest = slowest.max(took);
+                asked += 1;
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            (slowest, asked)
+        });
+        ApiWatch { stop, thread }
+    }
+
+    /// Stops asking; insists that every answer came within a second.
+    fn finish(self) -> Duration {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let (slowest, asked) = self.thread.join().unwrap();
+        assert!(asked >= 5, "the API was asked {asked} times");
+        assert!(slowest < Duration::from_secs(1), "the daemon's API took {slowest:?} to answer");
+        slowest
+    }
+}
+
+/// A neighbour that prints `beat` every 200 ms.
+fn start_neighbour(d: &Daemon) {
+    d.ok(&[
+        "container",
+        "create",
+        "--name",
+        "calm",
+        "--image",
+        "busybox",
+        "--resources",
+        "memory=32M,pids=16",
+        "--",
+        "sh",
+        "-c",
+        "while true; do echo beat; sleep 0.2; done",
+    ]);
+    d.ok(&["container", "start", "calm"]);
+}
+
+/// The neighbour's heartbeats since `since`: how many, and the longest silence between
+/// two of them (or since `since`, or until now).
+fn heartbeats(d: &Daemon, since: chrono::DateTime<chrono::Utc>) -> (usize, Duration) {
+    let logs = d.ok(&["container", "logs", "--name", "calm", "--timestamps"]);
+    let mut times: Vec<chrono::DateTime<chrono::Utc>> = logs
+        .lines()
+        .filter(|l| l.ends_with(" beat"))
+        .filter_map(|l| chrono::DateTime::parse_from_rfc3339(l.split(' ').next()?).ok())
+        .map(|t| t.with_timezone(&chrono::Utc))
+        .filter(|t| *t >= since)
+        .collect();
+    let n = times.len();
+    times.insert(0, since);
+    times.push(chrono::Utc::now());
+    let gap = times.windows(2).map(|w| (w[1] - w[0]).to_std().unwrap_or_default()).max().unwrap_or_default();
+    (n, gap)
+}
+
+/// The neighbour beat on through `since`..now (a beat every 200 ms; a silence of 2 s
+/// would be the neighbour starved) and still runs commands.
+fn neighbour_unaffected(d: &Daemon, since: chrono::DateTime<chrono::Utc>) {
+    let window = (chrono::Utc::now() - since).to_std().unwrap();
+    let (beats, gap) = heartbeats(d, since);
+    assert!(beats as f64 >= window.as_secs_f64() * 2.0, "{beats} beats in {window:?}");
+    assert!(gap < Duration::from_secs(2), "the neighbour was silent for {gap:?}");
+    let t = Instant::now();
+    assert_eq!(d.ok(&["container", "exec", "--name", "calm", "--", "echo", "alive"]).trim(), "alive");
+    assert!(t.elapsed() < Duration::from_secs(5), "exec took {:?}", t.elapsed());
+    assert_eq!(d.inspect("calm")["state"], "running");
+}
+
+/// The directory of a container's cgroup in controller `controller` (v1) or the unified one.
+fn cgroup_dir(controller: &str, id: &str) -> PathBuf {
+    if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+        PathBuf::from(format!("/sys/fs/cgroup/micro-os/{id}"))
+    } else {
+        PathBuf::from(format!("/sys/fs/cgroup/{controller}/micro-os/{id}"))
+    }
+}
+
+fn read_number(path: &Path) -> Option<u64> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+#[test]
+fn a_fork_bomb_is_bounded_by_its_pids_limit() {
+    if !require("a_fork_bomb_is_bounded_by_its_pids_limit", CONTAINERS) {
+        return;
+    }
+    let d = Daemon::start();
+    start_neighbour(&d);
+    std::thread::sleep(Duration::from_millis(500));
+    let api = ApiWatch::start(&d);
+    let since = chrono::Utc::now();
+    d.ok(&[
+        "container",
+        "create",
+        "--name",
+        "bomb",
+        "--image",
+        "busybox",
+        "--resources",
+        "cpu=0.5,memory=64M,pids=32",
+        "--",
+        "sh",
+        "-c",
+        "f() { f | f & }; f; sleep 60",
+    ]);
+    d.ok(&["container", "start", "bomb"]);
+    let id = d.inspect("bomb")["id"].as_str().unwrap().to_string();
+    let pids = cgroup_dir("pids", &id);
+    let (mut most, t) = (0, Instant::now());
+    while t.elapsed() < Duration::from_secs(5) {
+        most = most.max(read_number(&pids.join("pids.current")).unwrap_or(0));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(most <= 32, "{most} processes under a limit of 32");
+    // the bomb did hit the limit: forks were refused
+    let events = std::fs::read_to_string(pids.join("pids.events")).unwrap();
+    let refused: u64 = events.split_whitespace().nth(1).unwrap().parse().unwrap();
+    assert!(refused > 0 && most >= 16, "the bomb never reached its limit: {most} processes, {events}");
+    neighbour_unaffected(&d, since);
+    eprintln!("fork bomb: at most {most} processes, {refused} forks refused; API slowest {:?}", api.finish());
+    // and it is stopped as any container is
+    let t = Instant::now();
+    d.ok(&["container", "rm", "--force", "--name", "bomb"]);
+    assert!(t.elapsed() < Duration::from_secs(10), "rm took {:?}", t.elapsed());
+    assert!(!pids.exists(), "the bomb's cgroup is gone");
+}
+
+#[test]
+fn a_memory_bomb_is_bounded_by_its_limit() {
+    if !require("a_memory_bomb_is_bounded_by_its_limit", CONTAINERS) {
+        return;
+    }
+    let d = Daemon::start();
+    start_neighbour(&d);
+    std::thread::sleep(Duration::from_millis(500));
+    let api = ApiWatch::start(&d);
+    let since = chrono::Utc::now();
+    // each awk doubles a string until the OOM killer takes it; the last one ends the container
+    let grow = "awk 'BEGIN{s=\"x\"; while(1){s=s s}}'";
+    let script = format!("for i in 1 2 3 4 5; do {grow}; echo killed $?; done; exec {grow}");
+    d.ok(&[
+        "container",
+        "create",
+        "--name",
+        "hog",
+        "--image",
+        "busybox",
+        "--resources",
+        "memory=32M",
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]);
+    d.ok(&["container", "start", "hog"]);
+    let id = d.inspect("hog")["id"].as_str().unwrap().to_string();
+    let memory = cgroup_dir("memory", &id);
+    let limit = 32u64 << 20;
+    let (mut most, t) = (0, Instant::now());
+    while t.elapsed() < Duration::from_secs(30) && d.inspect("hog")["state"] == "running" {
+        for f in ["memory.usage_in_bytes", "memory.current"] {
+            most = most.max(read_number(&memory.join(f)).unwrap_or(0));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let c = d.wait_for("hog", "exit", |c| c["state"] == "exited");
+    assert_eq!((c["oom_killed"].as_bool(), c["exit_code"].as_i64()), (Some(true), Some(137)), "{c:#}");
+    assert!(most <= limit, "{most} bytes under a limit of {limit}");
+    let logs = d.ok(&["container", "logs", "--name", "hog"]);
+    assert_eq!(logs.matches("killed 137").count(), 5, "each awk was OOM-killed: {logs}");
+    neighbour_unaffected(&d, since);
+    eprintln!("memory bomb: at most {most} bytes; API slowest {:?}", api.finish());
+}
+
+#[test]
+fn a_log_flood_is_bounded_by_rotation() {
+    if !require("a_log_flood_is_bounded_by_rotation", CONTAINERS) {
+        return;
+    }
+    let mut d = Daemon::prepared("127.0.0.1");
+    let (max_size, max_files) = (256u64 << 10, 3u64);
+    d.set_config("log_max_size", serde_json::json!("256K"));
+    d.set_config("log_max_files", serde_json::json!(max_files));
+    d.spawn();
+    // prints as fast as it can for 3 s, then 1000 numbered lines, and ends (`yes` is cut
+    // off mid-line: a newline ends its last one)
+    let script = "timeout 3 yes flood-flood-flood-flood-flood-flood; echo; \
+                  awk 'BEGIN{for(i=0;i<1000;i++) print \"last\", i}'";
+    d.ok(&["container", "create", "--name", "flood", "--image", "busybox", "--", "sh", "-c", script]);
+    let dir = d.home.path().join("containers").join(d.inspect("flood")["id"].as_str().unwrap());
+    // a follower from before the start reads on across every rotation
+    let follow = Command::new(BIN)
+        .args(["container", "logs", "--name", "flood", "--follow"])
+        .env("MICRO_OS_HOME", d.home.path())
+        .env("MICRO_OS_API", d.url())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let api = ApiWatch::start(&d);
+    d.ok(&["container", "start", "flood"]);
+    let on_disk = || -> (u64, usize) {
+        let logs: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().starts_with("container.log"))
+            .collect();
+        (logs.iter().map(|e| e.metadata().map(|m| m.len()).unwrap_or(0)).sum(), logs.len())
+    };
+    let (mut most, mut files) = (0, 0);
+    while d.inspect("flood")["state"] == "running" {
+        let (bytes, n) = on_disk();
+        (most, files) = (most.max(bytes), files.max(n));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let slowest = api.finish();
+    assert_eq!(d.inspect("flood")["exit_code"], 0);
+    let (bytes, n) = on_disk();
+    (most, files) = (most.max(bytes), files.max(n));
+    assert!(most <= max_size * max_files, "{most} bytes of log on disk");
+    assert_eq!(files as u64, max_files, "rotated, and no more files kept than {max_files}");
+
+    // the follower saw the flood go by (more than the disk keeps) and every last line in order
+    let out = follow.wait_with_output().unwrap();
+    let followed = String::from_utf8_lossy(&out.stdout);
+    let floods = followed.lines().filter(|l| l.starts_with("flood-")).count() as u64;
+    let last: Vec<&str> = followed.lines().filter(|l| l.starts_with("last ")).collect();
+    let want: Vec<String> = (0..1000).map(|i| format!("last {i}")).collect();
+    let missing: Vec<&String> = want.iter().filter(|w| !last.contains(&w.as_str())).collect();
+    assert!(last == want, "the follower's last lines: {} of them, missing {missing:?}", last.len());
+    assert!(floods * 36 > max_size * max_files, "the follower read {floods} flood lines, fewer than were kept");
+    // what is kept reads in order across the files, ending with the newest
+    let all = d.ok(&["container", "logs", "--name", "flood"]);
+    assert!(all.ends_with("last 998\nlast 999\n"), "{}", &all[all.len().saturating_sub(200)..]);
+    let kept_last: Vec<&str> = all.lines().filter(|l| l.starts_with("last ")).collect();
+    assert!(kept_last == want, "the last lines, once each and in order: {} of them", kept_last.len());
+    assert!(all.len() as u64 <= max_size * max_files, "{} bytes shown", all.len());
+    let tail = d.ok(&["container", "logs", "--name", "flood", "--tail", "3"]);
+    assert_eq!(tail, "last 997\nlast 998\nlast 999\n");
+    eprintln!("log flood: {floods} lines followed, at most {most} bytes on disk; API slowest {slowest:?}");
 }
