@@ -91,6 +91,11 @@ pub struct Config {
     pub chain_alert_stall_intervals: u64,
     /// A chain node without peers for this many seconds raises `chain-node-no-peers` (0: never).
     pub chain_alert_no_peers_s: u64,
+    /// A container's log (and a sandbox VM's console log) is rotated before it grows past
+    /// this size (`10M`; `0` never rotates), ...
+    pub log_max_size: micro_os_core::Size,
+    /// ... keeping this many files, the one being written included (3).
+    pub log_max_files: u32,
 }
 
 impl Default for Config {
@@ -126,11 +131,18 @@ impl Default for Config {
             chain_alert_for_s: 60,
             chain_alert_stall_intervals: 10,
             chain_alert_no_peers_s: 300,
+            log_max_size: micro_os_core::Size(10 << 20),
+            log_max_files: 3,
         }
     }
 }
 
 impl Config {
+    /// How containers' and VMs' logs are rotated.
+    pub fn log_rotation(&self) -> micro_os_runtime::logs::Rotation {
+        micro_os_runtime::logs::Rotation { max_size: self.log_max_size.bytes(), max_files: self.log_max_files }
+    }
+
     /// How the members of circuits created from now on run their Raft.
     pub fn raft_settings(&self) -> micro_os_core::circuit::RaftSettings {
         micro_os_core::circuit::RaftSettings {

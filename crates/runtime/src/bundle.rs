@@ -9,8 +9,8 @@ use micro_os_core::Resources;
 use oci_spec::runtime::{
     Arch, Capability, LinuxBuilder, LinuxCpuBuilder, LinuxDeviceCgroupBuilder, LinuxMemoryBuilder, LinuxNamespace,
     LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPidsBuilder, LinuxResourcesBuilder, LinuxSeccomp,
-    LinuxSeccompAction, LinuxSeccompBuilder, LinuxSyscallBuilder, MountBuilder, PosixRlimitBuilder, PosixRlimitType,
-    ProcessBuilder, RootBuilder, Spec, SpecBuilder,
+    LinuxSeccompAction, LinuxSeccompArgBuilder, LinuxSeccompBuilder, LinuxSeccompOperator, LinuxSyscallBuilder,
+    MountBuilder, PosixRlimitBuilder, PosixRlimitType, ProcessBuilder, RootBuilder, Spec, SpecBuilder,
 };
 
 use crate::Result;
@@ -30,7 +30,8 @@ pub const CAPABILITIES: &[Capability] = &[
 ];
 
 /// Syscalls the seccomp profile refuses with EPERM: mounting, namespaces, kernel modules
-/// and kexec, BPF, the kernel keyring, tracing other processes, clocks and swap.
+/// and kexec, BPF, the kernel keyring, tracing other processes, clocks and swap, and
+/// io_uring (whose operations seccomp never sees, as Docker's profile refuses it).
 /// Names this kernel does not know are skipped by runc.
 pub const DENIED_SYSCALLS: &[&str] = &[
     "acct",
@@ -47,6 +48,9 @@ pub const DENIED_SYSCALLS: &[&str] = &[
     "fspick",
     "get_kernel_syms",
     "init_module",
+    "io_uring_enter",
+    "io_uring_register",
+    "io_uring_setup",
     "ioperm",
     "iopl",
     "kcmp",
@@ -104,16 +108,57 @@ pub struct BundleInput<'a> {
     pub binds: Vec<(PathBuf, String, bool)>,
 }
 
+/// The `clone` flags that make new namespaces: refused as `unshare` is, since either
+/// gives a process a user namespace (and in it the capabilities to reach the kernel's
+/// namespaced code: netfilter, mounts) or a namespace of its own to hide in.
+pub const NAMESPACE_FLAGS: &[u64] = &[
+    libc::CLONE_NEWNS as u64,
+    libc::CLONE_NEWCGROUP as u64,
+    libc::CLONE_NEWUTS as u64,
+    libc::CLONE_NEWIPC as u64,
+    libc::CLONE_NEWUSER as u64,
+    libc::CLONE_NEWPID as u64,
+    libc::CLONE_NEWNET as u64,
+];
+
 pub fn seccomp_profile() -> Result<LinuxSeccomp> {
     let deny = LinuxSyscallBuilder::default()
         .names(DENIED_SYSCALLS.iter().map(|s| s.to_string()).collect::<Vec<_>>())
         .action(LinuxSeccompAction::ScmpActErrno)
         .errno_ret(libc::EPERM as u32)
         .build()?;
+    let mut rules = vec![deny];
+    // clone(2) with a namespace flag: one rule per flag, since the conditions of one rule
+    // must all hold (x86's first argument is the flags)
+    for flag in NAMESPACE_FLAGS {
+        let arg = LinuxSeccompArgBuilder::default()
+            .index(0usize)
+            .value(*flag)
+            .value_two(*flag)
+            .op(LinuxSeccompOperator::ScmpCmpMaskedEq)
+            .build()?;
+        rules.push(
+            LinuxSyscallBuilder::default()
+                .names(vec!["clone".to_string()])
+                .action(LinuxSeccompAction::ScmpActErrno)
+                .errno_ret(libc::EPERM as u32)
+                .args(vec![arg])
+                .build()?,
+        );
+    }
+    // clone3 passes its flags in memory, out of seccomp's sight: ENOSYS, so that libc
+    // falls back to clone (threads, posix_spawn), whose flags are checked above
+    rules.push(
+        LinuxSyscallBuilder::default()
+            .names(vec!["clone3".to_string()])
+            .action(LinuxSeccompAction::ScmpActErrno)
+            .errno_ret(libc::ENOSYS as u32)
+            .build()?,
+    );
     Ok(LinuxSeccompBuilder::default()
         .default_action(LinuxSeccompAction::ScmpActAllow)
         .architectures(vec![Arch::ScmpArchX86_64, Arch::ScmpArchX86, Arch::ScmpArchX32])
-        .syscalls(vec![deny])
+        .syscalls(rules)
         .build()?)
 }
 
@@ -282,9 +327,20 @@ mod tests {
         let sc = &json["linux"]["seccomp"];
         assert_eq!(sc["defaultAction"], "SCMP_ACT_ALLOW");
         let denied = sc["syscalls"][0]["names"].as_array().unwrap();
-        for s in ["mount", "unshare", "kexec_load", "bpf", "add_key"] {
+        for s in ["mount", "unshare", "kexec_load", "bpf", "add_key", "io_uring_setup"] {
             assert!(denied.iter().any(|d| d == s), "{s}");
         }
+        // clone with any namespace flag is refused, one rule per flag; clone3 is ENOSYS
+        let rules = sc["syscalls"].as_array().unwrap();
+        let clone: Vec<_> = rules.iter().filter(|r| r["names"][0] == "clone").collect();
+        assert_eq!(clone.len(), NAMESPACE_FLAGS.len());
+        for (rule, flag) in clone.iter().zip(NAMESPACE_FLAGS) {
+            let arg = &rule["args"][0];
+            assert_eq!((arg["index"].as_u64(), arg["op"].as_str()), (Some(0), Some("SCMP_CMP_MASKED_EQ")));
+            assert_eq!((arg["value"].as_u64(), arg["valueTwo"].as_u64()), (Some(*flag), Some(*flag)));
+            assert_eq!(rule["errnoRet"], libc::EPERM);
+        }
+        assert!(rules.iter().any(|r| r["names"][0] == "clone3" && r["errnoRet"] == libc::ENOSYS));
         assert!(json["linux"]["maskedPaths"].as_array().unwrap().iter().any(|p| p == "/proc/kcore"));
         let sys = json["mounts"].as_array().unwrap().iter().find(|m| m["destination"] == "/sys").unwrap();
         assert!(sys["options"].as_array().unwrap().iter().any(|o| o == "ro"));

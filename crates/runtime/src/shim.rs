@@ -10,14 +10,15 @@
 //!    container's network namespace;
 //! 4. writes `status.json` and reports `ok <pid>` (or `err <message>`) on fd 3 to the
 //!    daemon;
-//! 5. copies stdout/stderr to `container.log` (CRI format) until the container exits,
+//! 5. copies stdout/stderr to `container.log` (CRI format, rotated by size:
+//!    `logs::Writer`) until the container exits,
 //!    then records the exit code and OOM kills in `status.json`, deletes the runc
 //!    container and unmounts the root.
 //!
 //! Because the shim, not the daemon, holds the container, a daemon restart or crash
 //! leaves containers and their logs running; the daemon re-reads `status.json`.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -47,6 +48,9 @@ pub struct ShimConfig {
     /// The image's root filesystem (read-only lower layer).
     pub lower: PathBuf,
     pub log_path: PathBuf,
+    /// When the log is rotated (a shim of an older daemon has none: the default).
+    #[serde(default)]
+    pub log_rotation: logs::Rotation,
     pub cgroups_path: String,
     pub ports: Vec<PortMapping>,
     /// Make a network namespace of the container's own here (loopback up) before runc
@@ -292,11 +296,7 @@ fn start(cfg: &ShimConfig, runc: &Runc, state_dir: &Path) -> Result<Started> {
     nix::sys::prctl::set_child_subreaper(true).map_err(|e| Error::Failed(format!("subreaper: {e}")))?;
 
     let log = Arc::new(Mutex::new(
-        OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&cfg.log_path)
-            .context(|| format!("open {}", cfg.log_path.display()))?,
+        logs::Writer::open(&cfg.log_path, cfg.log_rotation).context(|| format!("open {}", cfg.log_path.display()))?,
     ));
     let (out_r, out_w) = pipe()?;
     let (err_r, err_w) = pipe()?;
@@ -425,7 +425,7 @@ fn wait_for(pid: u32) -> i32 {
 }
 
 /// Copies one of the container's streams into the log, a CRI line per line.
-fn pump(fd: OwnedFd, stream: &'static str, log: Arc<Mutex<File>>) -> std::thread::JoinHandle<()> {
+fn pump(fd: OwnedFd, stream: &'static str, log: Arc<Mutex<logs::Writer>>) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         const MAX_LINE: usize = 16 * 1024;
         let mut reader = BufReader::new(File::from(fd));
@@ -439,8 +439,8 @@ fn pump(fd: OwnedFd, stream: &'static str, log: Arc<Mutex<File>>) -> std::thread
             let full = buf.last() == Some(&b'\n');
             let msg = if full { &buf[..n - 1] } else { &buf[..n] };
             let line = logs::format_line(Utc::now(), stream, !full && n == MAX_LINE, msg);
-            if let Ok(mut f) = log.lock() {
-                let _ = f.write_all(&line);
+            if let Ok(mut w) = log.lock() {
+                let _ = w.write_line(&line);
             }
         }
     })

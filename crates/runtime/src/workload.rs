@@ -29,6 +29,7 @@ pub struct Workload {
     pub binds: Vec<(PathBuf, String, bool)>,
     pub ports: Vec<PortMapping>,
     pub log_name: &'static str,
+    pub log_rotation: crate::logs::Rotation,
 }
 
 /// A started workload: its pid and its shim's.
@@ -67,6 +68,7 @@ pub fn launch(runc: &Runc, images: &ImageStore, shim_exe: &Path, w: Workload) ->
         bundle: bundle_dir,
         lower: images.rootfs(&w.image.name),
         log_path: w.dir.join(w.log_name),
+        log_rotation: w.log_rotation,
         cgroups_path: w.cgroups_path,
         ports: w.ports,
         netns: w.own_netns.then_some(w.netns),

@@ -121,6 +121,8 @@ pub struct Host {
     pub cg: cgroup::Version,
     /// The binary whose `shim` subcommand watches a workload.
     pub shim_exe: PathBuf,
+    /// When a sandbox VM's console log is rotated.
+    pub log_rotation: micro_os_runtime::logs::Rotation,
 }
 
 impl Host {

@@ -66,6 +66,7 @@ impl Sandbox {
             binds: vec![(dir.join("ctl"), AGENT_CONTROL_DIR.into(), false)],
             ports: vec![],
             log_name: "console.log",
+            log_rotation: self.host.log_rotation,
         };
         Ok(workload::launch(&self.host.runc, &self.host.images, &self.host.shim_exe, w)?)
     }

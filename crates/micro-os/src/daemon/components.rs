@@ -114,13 +114,15 @@ pub const REGISTRY: &[Component] = &[
     Component {
         name: "containers",
         targets: &["micro_os::daemon::containers", "micro_os::daemon::health", "micro_os::daemon::logs"],
-        config: &["stop_timeout_s"],
+        config: &["stop_timeout_s", "log_max_size", "log_max_files"],
         validate: |c| {
-            if c.stop_timeout_s.is_finite() && c.stop_timeout_s >= 0.0 {
-                Ok(())
-            } else {
-                Err(format!("stop_timeout_s {} is not a number of seconds (try 10)", c.stop_timeout_s))
+            if !(c.stop_timeout_s.is_finite() && c.stop_timeout_s >= 0.0) {
+                return Err(format!("stop_timeout_s {} is not a number of seconds (try 10)", c.stop_timeout_s));
             }
+            if c.log_max_files == 0 {
+                return Err("log_max_files 0 keeps no log (give 1 or more, e.g. 3)".into());
+            }
+            Ok(())
         },
         health: |e| {
             Box::pin(async move {
@@ -312,6 +314,8 @@ mod tests {
         assert!(validate(&bad).unwrap_err().to_string().contains("monitor_interval_s"));
         let bad = Config { vm_subnet: "nope".into(), ..Config::default() };
         assert!(validate(&bad).unwrap_err().to_string().contains("vm subnet"));
+        let bad = Config { log_max_files: 0, ..Config::default() };
+        assert!(validate(&bad).unwrap_err().to_string().contains("log_max_files 0"));
         validate(&Config::default()).unwrap();
     }
 }

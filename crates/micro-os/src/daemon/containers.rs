@@ -429,6 +429,7 @@ impl Engine {
             binds,
             ports: c.spec.ports.clone(),
             log_name: "container.log",
+            log_rotation: self.cfg.log_rotation(),
         };
         Ok(workload::launch(&self.runc, &self.images, &self.exe, w)?)
     }

@@ -122,6 +122,7 @@ impl Engine {
             fabric: Fabric::parse(&cfg.vm_bridge, &cfg.vm_subnet)?,
             cg: cgroup::detect(),
             shim_exe: exe.clone(),
+            log_rotation: cfg.log_rotation(),
         };
         let drivers = drivers(&host).into_iter().map(|d| (d.kind(), d)).collect();
         let hosts = super::hosts::Hosts::load(store.clone(), &home.root)?;

@@ -137,7 +137,7 @@ impl Control for Daemon {
                 ))));
             }
             let path = self.0.home.containers().join(&c.id).join("container.log");
-            Ok(logs::stream(self.0.clone(), c.id, path, query))
+            Ok(logs::stream(self.0.clone(), c.id, path, self.0.cfg.log_max_files, query))
         })
     }
 
