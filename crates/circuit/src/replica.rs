@@ -676,6 +676,19 @@ impl ProtocolHandler for Replicas {
             Ok(replica.serve(rpc.body).await)
         })
     }
+
+    /// A snapshot goes in 256 KiB chunks and a circuit's chain block fits one entry:
+    /// the registry's 1 MiB, said here because Raft depends on it.
+    fn max_request(&self) -> u32 {
+        micro_os_p2p::registry::MAX_REQUEST
+    }
+
+    /// A member's Raft traffic is never rate limited: heartbeats, appends and forwarded
+    /// writes under load reach thousands a second, and throttling them would cost the
+    /// circuit its leader. Everyone else is metered (and refused by `handle`).
+    fn unmetered(&self, peer: &PeerId) -> bool {
+        self.admits(peer)
+    }
 }
 
 /// Writes a file and its directory entry durably (a member's identity must survive a

@@ -24,7 +24,7 @@ use micro_os_core::circuit::{
 };
 use micro_os_p2p::libp2p::identity::Keypair;
 use micro_os_p2p::net::{MemoryNonces, MessageType};
-use micro_os_p2p::{Config, Handle, NetStatus, PeerId, Policy, StreamError, StreamProtocol};
+use micro_os_p2p::{Config, Handle, Limits, NetStatus, PeerId, Policy, StreamError, StreamProtocol};
 use serde::de::DeserializeOwned;
 use tempfile::TempDir;
 use tokio::task::JoinHandle;
@@ -76,8 +76,12 @@ impl Drop for Peer {
 impl Peer {
     /// Starts a peer listening on `listen` whose members live under `dir`.
     async fn start(node_id: NodeId, key: Keypair, listen: &str, dir: PathBuf) -> Peer {
+        Peer::start_with(node_id, key, listen, dir, Limits::default()).await
+    }
+
+    async fn start_with(node_id: NodeId, key: Keypair, listen: &str, dir: PathBuf, limits: Limits) -> Peer {
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-        let cfg = Config { listen: vec![listen.parse().unwrap()], ..Config::default() };
+        let cfg = Config { listen: vec![listen.parse().unwrap()], limits, ..Config::default() };
         let (k, d) = (key.clone(), dir.clone());
         let (p2p, replicas, addr) = rt
             .spawn(async move {
@@ -174,12 +178,18 @@ where
 struct Circuit {
     peers: Vec<Peer>,
     settings: RaftSettings,
+    /// Every peer's p2p limits.
+    limits: Limits,
     _dirs: Vec<TempDir>,
 }
 
 impl Circuit {
     async fn start(n: u64, settings: RaftSettings) -> Circuit {
-        let mut c = Circuit { peers: vec![], settings, _dirs: vec![] };
+        Circuit::start_with(n, settings, Limits::default()).await
+    }
+
+    async fn start_with(n: u64, settings: RaftSettings, limits: Limits) -> Circuit {
+        let mut c = Circuit { peers: vec![], settings, limits, _dirs: vec![] };
         for id in 1..=n {
             c.add_peer(id).await;
         }
@@ -189,7 +199,8 @@ impl Circuit {
     /// A new peer with id `id`, not joined to anything yet.
     async fn add_peer(&mut self, id: NodeId) -> &Peer {
         let dir = tempfile::tempdir().unwrap();
-        let peer = Peer::start(id, Keypair::generate_ed25519(), "/ip4/127.0.0.1/tcp/0", dir.path().to_path_buf()).await;
+        let (key, dir_path) = (Keypair::generate_ed25519(), dir.path().to_path_buf());
+        let peer = Peer::start_with(id, key, "/ip4/127.0.0.1/tcp/0", dir_path, self.limits).await;
         self._dirs.push(dir);
         self.peers.push(peer);
         self.peers.last().unwrap()
@@ -377,6 +388,72 @@ async fn a_non_member_is_refused_and_counted() {
         assert!(r.entries.is_empty(), "member {id} holds {:?}", r.entries);
         assert_eq!(read(c.peer(id), Some("shape"), true).await.entries, vec![entry("shape", "ok", 1)]);
     }
+}
+
+/// Raft requests one peer received from the others on `/micro-os/raft/1` (each counted as
+/// a SYNC message).
+fn raft_in(net: &NetStatus) -> u64 {
+    net.messages.get("SYNC").copied().unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_are_never_rate_limited_and_an_outsider_is() {
+    // a budget far below what Raft sends: 5 requests a second, 5 at once
+    let limits = Limits { per_second: 5, burst: 5, ban_below: -1_000_000, ban_s: 60 };
+    let mut c = Circuit::start_with(3, fast(), limits).await;
+    c.join_all(3).await;
+    let leader = c.leader(&[1, 2, 3]).await;
+    let before: Vec<u64> =
+        futures_util::future::join_all((1..=3).map(|id| c.peer(id).net())).await.iter().map(raft_in).collect();
+    let started = Instant::now();
+    // 8 clients writing for two seconds, at the leader and through a follower (forwarded)
+    let follower = (1..=3).find(|id| *id != leader).unwrap();
+    let writers: Vec<_> = (0..8)
+        .map(|i| {
+            let target = if i % 2 == 0 { leader } else { follower };
+            let replicas = c.peer(target).replicas.clone();
+            c.peer(target).spawn(async move {
+                let mut n = 0u64;
+                let t = Instant::now();
+                while t.elapsed() < Duration::from_secs(2) {
+                    let op = set(&format!("w{i}"), &n.to_string());
+                    let a = replicas.call(CircuitCall::Write { circuit: CIRCUIT.into(), op }).await;
+                    let w: Result<WriteResult, CircuitError> = serde_json::from_value(a).unwrap();
+                    w.unwrap_or_else(|e| panic!("write {n} of client {i}: {e}"));
+                    n += 1;
+                }
+                n
+            })
+        })
+        .collect();
+    let mut writes = 0;
+    for w in writers {
+        writes += w.await.unwrap();
+    }
+    let took = started.elapsed().as_secs_f64();
+    let mut rates = Vec::new();
+    for id in 1..=3 {
+        let net = c.peer(id).net().await;
+        assert_eq!(net.rejections.get("rate limited"), None, "member {id} was throttled: {:?}", net.rejections);
+        rates.push((raft_in(&net) - before[id as usize - 1]) as f64 / took);
+    }
+    eprintln!(
+        "{writes} writes in {took:.1} s ({:.0}/s); Raft requests received per member per second: {:?} (leader {leader})",
+        writes as f64 / took,
+        rates.iter().map(|r| r.round()).collect::<Vec<_>>()
+    );
+    assert!(rates.iter().any(|r| *r > 5.0), "Raft sent more than the budget: the exemption is what let it through");
+
+    // an outsider on the same budget: refused over the rate (and as a non-member)
+    c.add_peer(4).await;
+    let (outsider, target) = (c.peer(4), c.peer(leader));
+    let mut reasons = BTreeSet::new();
+    for _ in 0..20 {
+        reasons.insert(refusal(send_raw(outsider, target, raw_write(CIRCUIT, "k", "evil")).await));
+    }
+    assert!(reasons.contains("rate limited") && reasons.contains(NOT_A_MEMBER), "{reasons:?}");
+    let net = target.net().await;
+    assert!(net.rejections.get("rate limited").copied().unwrap_or(0) >= 10, "{:?}", net.rejections);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -54,6 +54,11 @@ pub struct Config {
     /// Addresses peers reach this host at (a public address, a forwarded port), as
     /// multiaddrs. A relay server needs one; without any, its listen addresses are used.
     pub p2p_external: Vec<String>,
+    /// What one peer may ask of this host: `{"per_second": 10000, "burst": 20000,
+    /// "ban_below": -100, "ban_s": 600}` — requests a second and at once (over them a
+    /// request is refused, "rate limited"), and the score below which a peer is
+    /// disconnected and refused for `ban_s` seconds (every refused message costs score).
+    pub p2p_limits: crate::p2p::Limits,
     /// The fabric's join token (`micro-os host token` on one of its hosts): a host alone
     /// at start joins the fabric through the `p2p_bootstrap` addresses with it.
     pub host_token: String,
@@ -116,6 +121,7 @@ impl Default for Config {
             p2p_mdns: true,
             p2p_nat: crate::p2p::Nat { autonat: true, relay_server: false, relay_client: false },
             p2p_external: vec![],
+            p2p_limits: crate::p2p::Limits::default(),
             host_token: String::new(),
             overlay_port: 51820,
             overlay_mtu: 1420,
@@ -171,6 +177,7 @@ impl Config {
         if !(1280..=65000).contains(&self.overlay_mtu) {
             bail!("overlay_mtu {} is out of range (1280 to 65000; 1420 fits a 1500-byte path)", self.overlay_mtu);
         }
+        self.p2p_limits.check().map_err(|e| anyhow::anyhow!("{e}"))?;
         if self.p2p_key_rotation_s == 0 {
             bail!("p2p_key_rotation_s 0 is too short (give seconds, e.g. 3600)");
         }

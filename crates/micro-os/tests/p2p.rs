@@ -447,3 +447,29 @@ fn forged_tampered_replayed_and_stale_messages_are_refused_and_counted() {
     assert_eq!(verdicts[0], (false, "nonce already seen".to_string()));
     assert!(verdicts[1].0, "{verdicts:?}");
 }
+
+#[test]
+fn a_peer_over_its_rate_is_refused_and_the_refusals_show_in_monitor_network() {
+    use micro_os_net::{Envelope, MessageType, Payload};
+    let key = libp2p::identity::Keypair::generate_ed25519();
+    let me = key.public().to_peer_id();
+    let mut d = Daemon::prepared("127.0.0.1");
+    d.set_config("p2p_trusted", serde_json::json!([me.to_string()]));
+    // a small budget, and no ban within this test: it is about the rate and its counter
+    d.set_config("p2p_limits", serde_json::json!({"per_second": 1, "burst": 5, "ban_below": -1000}));
+    d.spawn();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let host = d.peer_id();
+    let envelopes: Vec<Envelope> = (0..20)
+        .map(|i| Envelope::seal(MessageType::Ctrl, &me, &host, Payload::new(format!("n{i}"), 1), now, &key, None))
+        .collect();
+    let verdicts = send_raw(&addr(&d, "/tcp/"), &key, envelopes);
+    let accepted = verdicts.iter().filter(|(ok, _)| *ok).count();
+    let limited = verdicts.iter().filter(|(_, why)| why == "rate limited").count();
+    assert!((5..=8).contains(&accepted), "{accepted} of 20 accepted on a budget of 5 and 1 a second: {verdicts:?}");
+    assert_eq!(accepted + limited, 20, "{verdicts:?}");
+    let st = status(&d);
+    assert_eq!(st["rejections"]["rate limited"], limited as u64, "{st:#}");
+    let detailed = d.ok(&["monitor", "network", "--protocol", "p2p", "--detailed"]);
+    assert!(detailed.contains("rate limited"), "{detailed}");
+}

@@ -11,4 +11,4 @@ pub mod envelope;
 pub mod verify;
 
 pub use envelope::{DecodeError, Delegation, Envelope, MessageType, Payload};
-pub use verify::{FileNonces, MemoryNonces, NonceStore, Rejection, Verifier};
+pub use verify::{FileNonces, MemoryNonces, NonceStore, Rejection, Verifier, MAX_SCORE};

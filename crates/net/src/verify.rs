@@ -28,6 +28,28 @@ pub enum Rejection {
     /// Not the sender's fault: the receiver cannot keep a stream that large.
     #[error("no room to keep the stream")]
     NoRoom,
+    /// The peer sent more requests than its budget allows.
+    #[error("rate limited")]
+    RateLimited,
+    /// Over the protocol's maximum message size: refused before it is read whole.
+    #[error("message too large")]
+    TooLarge,
+}
+
+/// The most a peer's score can grow to: good behaviour in the past does not pay for a
+/// flood later.
+pub const MAX_SCORE: i64 = 100;
+
+impl Rejection {
+    /// What a refusal costs the sender's score: a message over the rate costs little (a
+    /// burst a little over budget is not an attack), a bad one much more.
+    pub fn cost(self) -> i64 {
+        match self {
+            Rejection::NoRoom => 0,
+            Rejection::RateLimited => 1,
+            _ => 10,
+        }
+    }
 }
 
 /// Nonces seen within the window, by sender. Implementations persist them so a replay
@@ -173,7 +195,7 @@ impl<S: NonceStore> Verifier<S> {
     /// Counts a refusal and lowers the sender's score.
     pub fn reject(&mut self, sender: &str, why: Rejection) -> Rejection {
         *self.rejected.entry(why).or_default() += 1;
-        *self.scores.entry(sender.to_string()).or_default() -= 10;
+        *self.scores.entry(sender.to_string()).or_default() -= why.cost();
         why
     }
 
@@ -243,7 +265,8 @@ impl<S: NonceStore> Verifier<S> {
         if !self.nonces.insert(&e.sender, &e.nonce, e.timestamp) {
             return Err(self.reject(&e.sender, Rejection::Replayed));
         }
-        *self.scores.entry(e.sender.clone()).or_default() += 1;
+        let score = self.scores.entry(e.sender.clone()).or_default();
+        *score = (*score + 1).min(MAX_SCORE);
         Ok(())
     }
 

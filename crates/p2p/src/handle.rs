@@ -63,6 +63,9 @@ pub(crate) enum Command {
     Received(stream::Received),
     /// A registered protocol's handler refused a verified request, for this reason.
     Refused(PeerId, String),
+    /// A message of this peer was refused before it reached the verifier (over its rate,
+    /// too large, not an envelope): counted, and charged to its score.
+    Penalty(PeerId, Rejection),
     /// We sent a message of this type and size on a stream (data or registered protocol).
     Sent(PeerId, MessageType, u64),
     /// A request of this type and size came on a registered protocol's verified session.
@@ -84,6 +87,8 @@ pub struct Handle {
     pub(crate) control: libp2p_stream::Control,
     /// Open sessions of registered protocols, reused by later requests.
     pub(crate) sessions: Arc<registry::Sessions>,
+    /// Every peer's request budget, shared with the node.
+    pub(crate) limiter: Arc<crate::limits::Limiter>,
 }
 
 impl Handle {
@@ -196,7 +201,7 @@ impl Handle {
         }
         let incoming =
             self.control.clone().accept(protocol.clone()).map_err(|_| Error::AlreadyRegistered(protocol.clone()))?;
-        tokio::spawn(registry::serve(protocol, incoming, handler, self.tx.clone(), open));
+        tokio::spawn(registry::serve(protocol, incoming, handler, self.tx.clone(), open, self.limiter.clone()));
         Ok(())
     }
 

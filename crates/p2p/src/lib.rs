@@ -9,7 +9,9 @@
 //! Every envelope is verified — signature, known sender (`Policy`), time window, nonce
 //! (remembered through a `micro_os_net::NonceStore`, so replays fail after a restart too),
 //! delegation — before it counts; requests that arrive together on `/micro-os/msg/1` are
-//! verified as one ed25519 batch. Rejections are counted by reason and cost the peer score.
+//! verified as one ed25519 batch. Rejections are counted by reason and cost the peer score;
+//! each peer's requests are rate limited, and a peer whose score falls too low is
+//! disconnected and banned for a while (`limits`).
 //!
 //! Design decision: the swarm runs in one task (`node::Node`) that owns every piece of
 //! mutable state (verifier, signer, counters); the rest of the process talks to it with
@@ -22,9 +24,13 @@
 //! This crate knows nothing of HTTP, the API types or the store: what it reports are the
 //! `micro_os_core::net` types, and what it persists goes through `NonceStore`.
 
+#[cfg(test)]
+mod attacks;
+mod codec;
 mod discovery;
 mod error;
 mod handle;
+pub mod limits;
 mod messaging;
 mod node;
 mod outbox;
@@ -42,6 +48,7 @@ use serde::{Deserialize, Serialize};
 
 pub use error::{Error, StreamError};
 pub use handle::{Delivery, Handle};
+pub use limits::Limits;
 pub use node::spawn;
 pub use registry::{ProtocolHandler, Refusal, Request};
 pub use security::{Security, SecurityError};
@@ -94,6 +101,8 @@ pub struct Config {
     pub bootstrap_every: Duration,
     /// The security protocol proposed first on the TCP connections this peer dials.
     pub security: Security,
+    /// Per-peer request budget, and the score below which a peer is banned.
+    pub limits: Limits,
 }
 
 impl Default for Config {
@@ -110,6 +119,7 @@ impl Default for Config {
             leaf: false,
             bootstrap_every: Duration::from_secs(5 * 60),
             security: Security::Auto,
+            limits: Limits::default(),
         }
     }
 }

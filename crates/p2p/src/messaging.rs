@@ -11,7 +11,7 @@ use micro_os_net::{Envelope, MessageType, Rejection};
 
 use crate::handle::Delivery;
 use crate::node::Node;
-use crate::{now_secs, stream, Error};
+use crate::{codec, now_secs, stream, Error};
 
 impl Node {
     /// Sends what the outbox lets out now.
@@ -20,7 +20,7 @@ impl Node {
             let low = q.kind.priority() <= MessageType::Data.priority();
             let env = self.signer.seal(q.kind, &q.to.to_string(), q.state, now_secs());
             let size = env.encoded_len() as u64;
-            let id = self.swarm.behaviour_mut().msg.send_request(&q.to, env);
+            let id = self.swarm.behaviour_mut().msg.send_request(&q.to, codec::Incoming::Envelope(Box::new(env)));
             self.count_sent(q.to, q.kind, size);
             self.pending.insert(id, (low, Instant::now(), size, q.reply));
         }
@@ -34,11 +34,21 @@ impl Node {
         Ok(())
     }
 
-    pub fn on_msg(&mut self, e: request_response::Event<Envelope, Ack>) {
+    pub fn on_msg(&mut self, e: request_response::Event<codec::Incoming, Ack>) {
         match e {
             request_response::Event::Message { peer, message, .. } => match message {
                 request_response::Message::Request { request, channel, .. } => {
-                    self.batch.push((peer, request, channel))
+                    // over the rate, too large or not an envelope: refused before the
+                    // verifier spends a signature check on it
+                    let refused = match request {
+                        _ if self.limiter.check_key(&peer).is_err() => Rejection::RateLimited,
+                        codec::Incoming::Envelope(env) => return self.batch.push((peer, *env, channel)),
+                        codec::Incoming::Unreadable(why) => why,
+                    };
+                    tracing::warn!("refused a message from {peer}: {refused}");
+                    self.refuse(peer, refused);
+                    let ack = Ack { accepted: false, reason: Some(refused.to_string()) };
+                    let _ = self.swarm.behaviour_mut().msg.send_response(channel, ack);
                 }
                 request_response::Message::Response { request_id, response } => {
                     if let Some((low, at, bytes, r)) = self.pending.remove(&request_id) {
@@ -79,7 +89,12 @@ impl Node {
                     p.bytes_in += message.data.len() as u64;
                 }
             }
-            Err(reason) => tracing::warn!("refused a broadcast: {reason}"),
+            Err(reason) => {
+                tracing::warn!("refused a broadcast: {reason}");
+                if let Some(author) = message.source {
+                    self.judge(author);
+                }
+            }
         }
     }
 
@@ -96,12 +111,17 @@ impl Node {
                 envs.push(env);
                 from.push((peer, channel));
             } else {
+                self.verifier.reject(&peer.to_string(), Rejection::UnknownSender);
+                self.judge(peer);
                 self.answer(peer, &env, channel, Err("sender is not the connected peer".to_string()));
             }
         }
         let (trusted, policy) = (&self.trusted, &self.policy);
         let verdicts = self.verifier.verify_batch(&envs, now_secs(), |p| Self::is_known(trusted, policy, p));
         for ((env, (peer, channel)), verdict) in envs.into_iter().zip(from).zip(verdicts) {
+            if verdict.is_err() {
+                self.judge(peer);
+            }
             self.answer(peer, &env, channel, verdict.map_err(|r| r.to_string()));
         }
     }
@@ -148,7 +168,8 @@ impl Node {
         open: bool,
     ) -> Result<(), Rejection> {
         let verdict = if env.sender != peer.to_string() {
-            Err(self.verifier.reject(&env.sender, Rejection::UnknownSender))
+            // charged to the connection's peer: a forger must not lower another's score
+            Err(self.verifier.reject(&peer.to_string(), Rejection::UnknownSender))
         } else {
             let (trusted, policy) = (&self.trusted, &self.policy);
             self.verifier.verify(env, now_secs(), |p| open || Self::is_known(trusted, policy, p))
@@ -156,7 +177,10 @@ impl Node {
         match &verdict {
             Ok(()) if counts => self.count_received(peer, env),
             Ok(()) => {}
-            Err(r) => tracing::warn!("refused a stream from {peer}: {r}"),
+            Err(r) => {
+                tracing::warn!("refused a stream from {peer}: {r}");
+                self.judge(peer);
+            }
         }
         verdict
     }
@@ -174,7 +198,7 @@ impl Node {
             }
             Err(why) => {
                 tracing::warn!("refused a data stream from {}: {why}", r.peer);
-                self.verifier.reject(&r.peer.to_string(), why);
+                self.refuse(r.peer, why);
             }
         }
     }

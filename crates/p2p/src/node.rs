@@ -11,10 +11,11 @@ use libp2p::request_response::{self, ResponseChannel};
 use libp2p::swarm::SwarmEvent;
 use libp2p::{autonat, gossipsub, kad, Multiaddr, PeerId, Swarm};
 use micro_os_core::net::{Ack, NetStatus, PeerInfo, Provider};
-use micro_os_net::{Envelope, MessageType, NonceStore, Verifier};
+use micro_os_net::{Envelope, MessageType, NonceStore, Rejection, Verifier};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::handle::{Command, Delivery, Handle};
+use crate::limits::{self, Limiter, Limits};
 use crate::outbox::{Outbox, Queued, Signer};
 use crate::swarm::{self, Behaviour, BehaviourEvent};
 use crate::{now_secs, stream, Config, Error, Policy};
@@ -57,7 +58,16 @@ pub(crate) struct Node {
     /// Addresses asked for with `Command::Listen`, once each.
     pub listen_requested: Vec<Multiaddr>,
     pub bootstrap_every: Duration,
+    pub limits: Limits,
+    /// Every peer's request budget (shared with the stream tasks).
+    pub limiter: Arc<Limiter>,
+    /// Banned peers and when their ban ends.
+    pub bans: HashMap<PeerId, Instant>,
 }
+
+/// Counted when a peer is banned, and for each connection a banned peer tries.
+pub(crate) const BANNED: &str = "peer banned";
+pub(crate) const BANNED_CONNECTION: &str = "connection from a banned peer";
 
 /// Starts a peer. `policy` says whether a peer may send us messages (beyond the trusted
 /// and bootstrap peers): the daemon answers with its VMs' peer ids. Call it from inside a
@@ -76,7 +86,8 @@ pub fn spawn(
     let mut control = swarm.behaviour().streams.new_control();
     let incoming = control.accept(stream::PROTOCOL).map_err(|_| Error::AlreadyRegistered(stream::PROTOCOL.clone()))?;
     let (tx, rx) = mpsc::channel::<Command>(256);
-    tokio::spawn(stream::serve(incoming, tx.clone(), cfg.inbox.clone()));
+    let limiter = limits::limiter(&cfg.limits);
+    tokio::spawn(stream::serve(incoming, tx.clone(), cfg.inbox.clone(), limiter.clone()));
     let mut node = Node {
         swarm,
         id,
@@ -101,6 +112,9 @@ pub fn spawn(
         leaf: cfg.leaf,
         listen_requested: Vec::new(),
         bootstrap_every: cfg.bootstrap_every.max(Duration::from_millis(10)),
+        limits: cfg.limits,
+        limiter: limiter.clone(),
+        bans: HashMap::new(),
     };
     for a in &cfg.external {
         node.swarm.add_external_address(a.clone());
@@ -112,7 +126,7 @@ pub fn spawn(
     }
     node.add_bootstrap_peers(&cfg.bootstrap);
     tokio::spawn(node.run(rx));
-    Ok(Handle { tx, control, sessions: Default::default() })
+    Ok(Handle { tx, control, sessions: Default::default(), limiter })
 }
 
 impl Node {
@@ -136,6 +150,8 @@ impl Node {
         let every = self.bootstrap_every;
         let mut bootstrap = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         bootstrap.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut second = tokio::time::interval(Duration::from_secs(1));
+        second.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             // every command waiting goes into the outbox before anything is sent, so a
             // CTRL asked for behind a flood of DATA requests is not stuck in the channel
@@ -153,6 +169,7 @@ impl Node {
                     Some(c) => self.on_command(c),
                 },
                 _ = bootstrap.tick() => self.bootstrap(),
+                _ = second.tick() => self.lift_bans(),
                 event = self.swarm.select_next_some() => {
                     self.on_event(event);
                     // what else has arrived joins the batch, so requests are verified together
@@ -226,10 +243,46 @@ impl Node {
             Command::Refused(peer, why) => {
                 *self.refused.entry(why).or_default() += 1;
                 *self.verifier.scores.entry(peer.to_string()).or_default() -= 10;
+                self.judge(peer);
             }
+            Command::Penalty(peer, why) => self.refuse(peer, why),
             Command::Provide(keys) => self.provide(keys),
             Command::Find(key, reply) => self.find(key, reply),
         }
+    }
+
+    /// Counts a refusal of `peer`'s message and charges its score.
+    pub fn refuse(&mut self, peer: PeerId, why: Rejection) {
+        self.verifier.reject(&peer.to_string(), why);
+        self.judge(peer);
+    }
+
+    /// Bans `peer` if its score has fallen below the limit: every connection to it is
+    /// closed, and new ones are refused until the ban ends.
+    pub fn judge(&mut self, peer: PeerId) {
+        let score = self.verifier.scores.get(&peer.to_string()).copied().unwrap_or(0);
+        if score >= self.limits.ban_below || self.bans.contains_key(&peer) || peer == self.id {
+            return;
+        }
+        let ban = Duration::from_secs(self.limits.ban_s);
+        tracing::warn!("banned {peer} for {ban:?}: its score {score} fell below {}", self.limits.ban_below);
+        self.bans.insert(peer, Instant::now() + ban);
+        self.swarm.behaviour_mut().banned.block_peer(peer);
+        *self.refused.entry(BANNED.to_string()).or_default() += 1;
+    }
+
+    /// Lifts the bans that have ended (the peer starts again from a score of 0) and
+    /// forgets the request budgets of peers that have been quiet.
+    fn lift_bans(&mut self) {
+        let now = Instant::now();
+        let ended: Vec<PeerId> = self.bans.iter().filter(|(_, until)| **until <= now).map(|(p, _)| *p).collect();
+        for peer in ended {
+            tracing::info!("the ban of {peer} has ended");
+            self.bans.remove(&peer);
+            self.swarm.behaviour_mut().banned.unblock_peer(peer);
+            self.verifier.scores.insert(peer.to_string(), 0);
+        }
+        self.limiter.retain_recent();
     }
 
     pub fn status(&self) -> NetStatus {
@@ -277,6 +330,10 @@ impl Node {
                 if endpoint.is_relayed() {
                     p.discovered_by("relay");
                 }
+            }
+            SwarmEvent::IncomingConnectionError { peer_id: Some(peer), error, .. } if self.bans.contains_key(&peer) => {
+                tracing::debug!("refused a connection from banned {peer}: {error}");
+                *self.refused.entry(BANNED_CONNECTION.to_string()).or_default() += 1;
             }
             SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => {
                 if let Some(p) = self.peers.get_mut(&peer_id) {

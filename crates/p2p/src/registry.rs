@@ -43,12 +43,15 @@ use micro_os_net::{Envelope, MessageType, Rejection};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::handle::Command;
+use crate::limits::Limiter;
 use crate::StreamError;
 
 /// Protocols of the node itself, which cannot be registered.
 pub(crate) const RESERVED: &[&str] =
     &["/micro-os/msg/1", "/micro-os/data/1", "/micro-os/kad/1", "/micro-os/id/1", "/micro-os/broadcast/1"];
-const MAX_REQUEST: u32 = 1 << 20;
+/// A request's largest size unless its protocol says otherwise
+/// (`ProtocolHandler::max_request`), and the most a requester sends.
+pub const MAX_REQUEST: u32 = 1 << 20;
 const MAX_ANSWER: u32 = 16 << 20;
 /// How long a request may take, from sending it to its answer.
 const TIMEOUT: Duration = Duration::from_secs(30);
@@ -79,6 +82,20 @@ pub trait ProtocolHandler: Send + Sync + 'static {
     /// Called for each request once its session's envelope has passed the verifier and
     /// the `Policy`.
     fn handle(&self, request: Request) -> BoxFuture<'_, Result<Vec<u8>, Refusal>>;
+
+    /// The largest request (a frame's body, the session's first envelope included) this
+    /// protocol takes: a larger one is refused ("message too large") from its length
+    /// alone, before its body is read, and the session ends.
+    fn max_request(&self) -> u32 {
+        MAX_REQUEST
+    }
+
+    /// Whether `peer`'s requests on this protocol are exempt from the per-peer rate limit
+    /// (`Limits`): for peers the protocol itself trusts and must never throttle, such as
+    /// a circuit's members. Called per request: keep it cheap.
+    fn unmetered(&self, _peer: &PeerId) -> bool {
+        false
+    }
 }
 
 /// Serves a registered protocol until the swarm goes away.
@@ -88,9 +105,24 @@ pub(crate) async fn serve(
     handler: Arc<dyn ProtocolHandler>,
     tx: mpsc::Sender<Command>,
     open: bool,
+    limiter: Arc<Limiter>,
 ) {
     while let Some((peer, stream)) = incoming.next().await {
-        tokio::spawn(answer(protocol.clone(), peer, stream, handler.clone(), tx.clone(), open));
+        let limit = Limit { limiter: limiter.clone(), max: handler.max_request() };
+        tokio::spawn(answer(protocol.clone(), peer, stream, handler.clone(), tx.clone(), open, limit));
+    }
+}
+
+/// What a session's requests must keep within.
+struct Limit {
+    limiter: Arc<Limiter>,
+    max: u32,
+}
+
+impl Limit {
+    /// Takes a token for a request of `peer`, unless the handler exempts it.
+    fn admits(&self, peer: &PeerId, handler: &Arc<dyn ProtocolHandler>) -> bool {
+        handler.unmetered(peer) || self.limiter.check_key(peer).is_ok()
     }
 }
 
@@ -103,12 +135,27 @@ async fn answer(
     handler: Arc<dyn ProtocolHandler>,
     tx: mpsc::Sender<Command>,
     open: bool,
+    limit: Limit,
 ) {
     let (mut rd, wr) = s.split();
     let (out, queue) = mpsc::channel::<(u64, u8, Vec<u8>)>(QUEUE);
     let writer = tokio::spawn(write_answers(wr, queue));
-    let first = match tokio::time::timeout(TIMEOUT, read_frame(&mut rd, MAX_REQUEST)).await {
-        Ok(Ok(f)) => f,
+    let refuse = |id: u64, why: Rejection| {
+        let (out, tx, protocol) = (out.clone(), tx.clone(), protocol.clone());
+        async move {
+            tracing::warn!("refused a {protocol} request from {peer}: {why}");
+            let _ = tx.send(Command::Penalty(peer, why)).await;
+            let _ = out.send((id, REFUSED, why.to_string().into_bytes())).await;
+        }
+    };
+    let first = match tokio::time::timeout(TIMEOUT, read_frame(&mut rd, limit.max)).await {
+        Ok(Ok((id, Some(body)))) => (id, body),
+        Ok(Ok((id, None))) => {
+            refuse(id, Rejection::TooLarge).await;
+            drop(out);
+            let _ = writer.await;
+            return;
+        }
         _ => {
             let _ = out.send((0, REFUSED, Rejection::Malformed.to_string().into_bytes())).await;
             drop(out);
@@ -116,9 +163,19 @@ async fn answer(
             return;
         }
     };
+    if !limit.admits(&peer, &handler) {
+        refuse(first.0, Rejection::RateLimited).await;
+        drop(out);
+        let _ = writer.await;
+        return;
+    }
     let verified = match Envelope::decode(&first.1) {
         Ok(env) => verify(peer, &env, &tx, open).await.map(|_| env),
-        Err(_) => Err(Rejection::Malformed),
+        Err(_) => {
+            // not an envelope at all: the verifier never saw it, so it is charged here
+            let _ = tx.send(Command::Penalty(peer, Rejection::Malformed)).await;
+            Err(Rejection::Malformed)
+        }
     };
     let env = match verified {
         Ok(env) => env,
@@ -147,16 +204,20 @@ async fn answer(
     };
     call(first.0, env.payload.state);
     loop {
-        match read_frame(&mut rd, MAX_REQUEST).await {
-            Ok((id, body)) => {
-                let _ = tx.send(Command::Counted(peer, kind, body.len() as u64)).await;
-                match String::from_utf8(body) {
-                    Ok(state) => call(id, state),
-                    Err(_) => {
-                        let _ = out.send((id, REFUSED, Rejection::Malformed.to_string().into_bytes())).await;
-                    }
-                }
+        match read_frame(&mut rd, limit.max).await {
+            Ok((id, None)) => {
+                // the body was not read, so the stream cannot go on: refused, and ended
+                refuse(id, Rejection::TooLarge).await;
+                break;
             }
+            Ok((id, _)) if !limit.admits(&peer, &handler) => refuse(id, Rejection::RateLimited).await,
+            Ok((id, Some(body))) => match String::from_utf8(body) {
+                Ok(state) => {
+                    let _ = tx.send(Command::Counted(peer, kind, state.len() as u64)).await;
+                    call(id, state)
+                }
+                Err(_) => refuse(id, Rejection::Malformed).await,
+            },
             Err(StreamError::Closed) => break,
             Err(e) => {
                 tracing::debug!("{protocol} session from {peer} ended: {e}");
@@ -187,18 +248,22 @@ async fn verify(peer: PeerId, env: &Envelope, tx: &mpsc::Sender<Command>, open: 
     verdict.await.unwrap_or(Err(Rejection::Malformed))
 }
 
-/// Reads one frame: its request id and body.
-async fn read_frame<R: futures_util::AsyncRead + Unpin>(r: &mut R, max: u32) -> Result<(u64, Vec<u8>), StreamError> {
+/// Reads one frame: its request id and body, or `None` for a body over `max`, which is
+/// left unread (the stream cannot go on after it).
+async fn read_frame<R: futures_util::AsyncRead + Unpin>(
+    r: &mut R,
+    max: u32,
+) -> Result<(u64, Option<Vec<u8>>), StreamError> {
     let mut head = [0u8; 12];
     r.read_exact(&mut head).await.map_err(closed)?;
     let len = u32::from_be_bytes(head[..4].try_into().expect("4 bytes"));
     let id = u64::from_be_bytes(head[4..].try_into().expect("8 bytes"));
     if len > max {
-        return Err(StreamError::TooLong);
+        return Ok((id, None));
     }
     let mut buf = vec![0u8; len as usize];
     r.read_exact(&mut buf).await.map_err(closed)?;
-    Ok((id, buf))
+    Ok((id, Some(buf)))
 }
 
 async fn write_frame<W: futures_util::AsyncWrite + Unpin>(w: &mut W, id: u64, body: &[u8]) -> std::io::Result<()> {
@@ -392,7 +457,13 @@ async fn read_answers(
         let frame = read_frame(&mut rd, MAX_ANSWER).await;
         let Some(s) = weak.upgrade() else { return };
         match frame {
-            Ok((id, body)) => {
+            Ok((_, None)) => {
+                tracing::debug!("{protocol} session with {to} ended: an answer over {MAX_ANSWER} bytes");
+                s.end();
+                sessions.forget(to, &protocol, &s);
+                return;
+            }
+            Ok((id, Some(body))) => {
                 let answer = match body.split_first() {
                     Some((&ANSWERED, rest)) => Ok(rest.to_vec()),
                     Some((&REFUSED, rest)) => Err(StreamError::Refused(String::from_utf8_lossy(rest).into_owned())),

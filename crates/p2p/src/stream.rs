@@ -21,6 +21,7 @@
 //! itself). SHA-256 took a third of both ends' CPU at VM-to-VM speeds here.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use futures_util::{AsyncReadExt, AsyncWriteExt, StreamExt};
 use libp2p::{PeerId, StreamProtocol};
@@ -31,10 +32,12 @@ use tokio::sync::{mpsc, oneshot};
 use xxhash_rust::xxh3::Xxh3;
 
 use crate::handle::Command;
+use crate::limits::Limiter;
 use crate::StreamError;
 
 pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/micro-os/data/1");
-const MAX_HEADER: u32 = 64 * 1024;
+/// The largest header envelope: a larger one is refused from its length alone.
+pub const MAX_HEADER: u32 = 64 * 1024;
 const CHUNK: usize = 256 * 1024;
 /// Disk space a kept stream must leave free.
 const KEEP_MARGIN: u64 = 1 << 30;
@@ -146,10 +149,22 @@ pub(crate) async fn serve(
     mut incoming: libp2p_stream::IncomingStreams,
     tx: mpsc::Sender<Command>,
     inbox: Option<PathBuf>,
+    limiter: Arc<Limiter>,
 ) {
     while let Some((peer, stream)) = incoming.next().await {
+        if limiter.check_key(&peer).is_err() {
+            tokio::spawn(refuse(peer, stream, tx.clone(), Rejection::RateLimited));
+            continue;
+        }
         tokio::spawn(receive(peer, stream, tx.clone(), inbox.clone()));
     }
+}
+
+/// Refuses a stream before reading anything of it, and charges its peer.
+async fn refuse(peer: PeerId, mut s: libp2p::Stream, tx: mpsc::Sender<Command>, why: Rejection) {
+    let _ = tx.send(Command::Penalty(peer, why)).await;
+    let _ = s.write_all(format!("refused {why}\n").as_bytes()).await;
+    let _ = s.close().await;
 }
 
 /// What the swarm task is told when a stream has been read.
@@ -162,8 +177,13 @@ pub(crate) struct Received {
 async fn receive(peer: PeerId, mut s: libp2p::Stream, tx: mpsc::Sender<Command>, inbox: Option<PathBuf>) {
     let (outcome, bytes) = match take(peer, &mut s, &tx, inbox.as_deref()).await {
         Ok((bytes, sum)) => (format!("ok {sum}\n"), Some((bytes, Ok(())))),
-        Err(Refusal { why, counted: Some(bytes) }) => (format!("refused {why}\n"), Some((bytes, Err(why)))),
-        Err(Refusal { why, counted: None }) => (format!("refused {why}\n"), None),
+        Err(Refusal { why, counted: Some(bytes), .. }) => (format!("refused {why}\n"), Some((bytes, Err(why)))),
+        Err(Refusal { why, counted: None, unverified }) => {
+            if unverified {
+                let _ = tx.send(Command::Penalty(peer, why)).await;
+            }
+            (format!("refused {why}\n"), None)
+        }
     };
     if let Some((bytes, result)) = bytes {
         let _ = tx.send(Command::Received(Received { peer, bytes, result })).await;
@@ -177,6 +197,9 @@ struct Refusal {
     /// Set once the header was accepted: the body bytes read, reported to the swarm
     /// task (header refusals were counted by its verifier already).
     counted: Option<u64>,
+    /// A header refused before the verifier saw it (too large, not an envelope): counted
+    /// and charged here.
+    unverified: bool,
 }
 
 async fn take(
@@ -185,20 +208,22 @@ async fn take(
     tx: &mpsc::Sender<Command>,
     inbox: Option<&Path>,
 ) -> Result<(u64, String), Refusal> {
-    let header_refused = |why| Refusal { why, counted: None };
+    let header_refused = |why| Refusal { why, counted: None, unverified: false };
+    let unverified = |why| Refusal { why, counted: None, unverified: true };
     let mut len = [0u8; 4];
     s.read_exact(&mut len).await.map_err(|_| header_refused(Rejection::Malformed))?;
     let len = u32::from_be_bytes(len);
     if len > MAX_HEADER {
-        return Err(header_refused(Rejection::Malformed));
+        // refused from its length: the header is never read
+        return Err(unverified(Rejection::TooLarge));
     }
     let mut head = vec![0u8; len as usize];
-    s.read_exact(&mut head).await.map_err(|_| header_refused(Rejection::Malformed))?;
-    let env = Envelope::decode(&head).map_err(|_| header_refused(Rejection::Malformed))?;
+    s.read_exact(&mut head).await.map_err(|_| unverified(Rejection::Malformed))?;
+    let env = Envelope::decode(&head).map_err(|_| unverified(Rejection::Malformed))?;
     let header: StreamHeader = serde_json::from_str(&env.payload.state)
         .ok()
         .filter(|_| env.kind == MessageType::Data)
-        .ok_or(header_refused(Rejection::Malformed))?;
+        .ok_or(unverified(Rejection::Malformed))?;
     let (reply, verdict) = oneshot::channel();
     tx.send(Command::Verify { peer, env: Box::new(env.clone()), counts: false, open: false, reply })
         .await
@@ -225,7 +250,7 @@ async fn take(
     let mut hasher = Xxh3::new();
     let mut buf = vec![0u8; CHUNK];
     let mut got = 0u64;
-    let refused = |why, got| Refusal { why, counted: Some(got) };
+    let refused = |why, got| Refusal { why, counted: Some(got), unverified: false };
     let body = async {
         while got < header.size {
             let want = (header.size - got).min(CHUNK as u64) as usize;

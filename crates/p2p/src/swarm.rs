@@ -2,24 +2,23 @@
 
 use std::time::Duration;
 
+use crate::{codec, discovery, security, Config, Error};
 use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::{
-    autonat, connection_limits, dcutr, gossipsub, identify, kad, mdns, noise, ping, relay, tcp, yamux, StreamProtocol,
-    Swarm,
+    allow_block_list, autonat, connection_limits, dcutr, gossipsub, identify, kad, mdns, noise, ping, relay, tcp,
+    yamux, StreamProtocol, Swarm,
 };
-use micro_os_core::net::Ack;
-use micro_os_net::Envelope;
-
-use crate::{discovery, security, Config, Error};
 
 #[derive(NetworkBehaviour)]
 pub(crate) struct Behaviour {
+    /// Peers banned for a low score (`limits`): their connections are closed and refused.
+    pub banned: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
     pub limits: connection_limits::Behaviour,
     pub identify: identify::Behaviour,
     pub ping: ping::Behaviour,
-    pub msg: request_response::json::Behaviour<Envelope, Ack>,
+    pub msg: request_response::Behaviour<codec::Codec>,
     pub gossip: gossipsub::Behaviour,
     pub kad: discovery::Dht,
     pub mdns: Toggle<mdns::tokio::Behaviour>,
@@ -83,6 +82,7 @@ pub(crate) fn build(keypair: libp2p::identity::Keypair, cfg: &Config) -> Result<
             kad.set_mode(Some(if leaf { kad::Mode::Client } else { kad::Mode::Server }));
             let mdns = if mdns_on { Some(mdns::tokio::Behaviour::new(mdns::Config::default(), me)?) } else { None };
             Ok(Behaviour {
+                banned: allow_block_list::Behaviour::default(),
                 limits: connection_limits::Behaviour::new(
                     connection_limits::ConnectionLimits::default()
                         .with_max_established(Some(512))
@@ -98,7 +98,8 @@ pub(crate) fn build(keypair: libp2p::identity::Keypair, cfg: &Config) -> Result<
                 ping: ping::Behaviour::new(
                     ping::Config::new().with_interval(Duration::from_secs(5)).with_timeout(Duration::from_secs(10)),
                 ),
-                msg: request_response::json::Behaviour::new(
+                msg: request_response::Behaviour::with_codec(
+                    codec::Codec,
                     [(MSG_PROTOCOL, ProtocolSupport::Full)],
                     request_response::Config::default().with_request_timeout(Duration::from_secs(10)),
                 ),

@@ -152,6 +152,7 @@ pub const REGISTRY: &[Component] = &[
             "p2p_mdns",
             "p2p_nat",
             "p2p_external",
+            "p2p_limits",
             "host_token",
             "overlay_port",
             "overlay_mtu",

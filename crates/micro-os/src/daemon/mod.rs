@@ -302,6 +302,7 @@ pub fn run(home: Home, cfg: Config) -> anyhow::Result<()> {
             external: cfg.p2p_external.iter().filter_map(|a| a.parse().ok()).collect(),
             inbox: Some(home.root.join("inbox")),
             leaf: false,
+            limits: cfg.p2p_limits,
             ..crate::p2p::Config::default()
         };
         let key = home.libp2p_key()?;
