@@ -821,10 +821,11 @@ impl ChainState {
     /// has no descendants; one with a known header may: `activate_best_chain` runs after).
     fn accept_tip_block(&mut self, block: &Block, hash: BlockHash, header_known: bool, now: u64) -> Result<Accepted> {
         let tip = self.entry_or_corrupt(&self.tip.1)?;
-        let (height, chainwork) = (tip.height + 1, tip.chainwork + block.header.work());
         if !header_known {
             self.check_new_header(&block.header, &hash, now)?;
         }
+        // after the bits are checked: a zero target's work would overflow the sum
+        let (height, chainwork) = (tip.height + 1, tip.chainwork + block.header.work());
         // A verdict before the connect: the header is kept (as `accept_header` would have),
         // marked invalid unless the block may be a mutated copy of a good one.
         let refuse = |cs: &mut Self, r: Reject, mark: bool| -> Result<Accepted> {
@@ -1477,6 +1478,22 @@ mod tests {
         assert_eq!(code(cs.accept_block(&bad, NOW).unwrap_err()), RejectCode::BadCoinbase);
         let child = build(cs, bad.block_hash(), 1, Amount::ZERO, vec![]);
         assert_eq!(code(cs.accept_block(&child, NOW).unwrap_err()), RejectCode::BadPrevBlock);
+    }
+
+    /// Found by the `chain_block` fuzz target: a block on the tip whose bits make a zero
+    /// target (work = 2^256 - 1) overflowed the chainwork sum before its bits were checked
+    /// (a panic with overflow checks, as in debug builds).
+    #[test]
+    fn a_tip_block_with_a_zero_target_is_refused_before_its_work_is_counted() {
+        let mut n = node();
+        let cs = &mut n.cs;
+        extend(cs, 1, 1);
+        for bits in [0, 0x0100_0000, 0x0080_0000] {
+            let mut b = build(cs, cs.tip().1, 1, Amount::ZERO, vec![]);
+            b.header.bits = CompactTarget::from_consensus(bits);
+            assert_eq!(code(cs.accept_block(&b, NOW).unwrap_err()), RejectCode::BadPow, "bits {bits:#x}");
+            assert_eq!(code(cs.accept_header(&b.header, NOW).unwrap_err()), RejectCode::BadPow, "bits {bits:#x}");
+        }
     }
 
     #[test]

@@ -35,9 +35,10 @@ pub(crate) fn protocol() -> StreamProtocol {
     StreamProtocol::new(PROTOCOL)
 }
 
-/// One request on `/micro-os/raft/1`.
+/// One request on `/micro-os/raft/1`. Public for the fuzz target of the decoder
+/// (`fuzz/fuzz_targets/raft_message.rs`); only this crate builds and serves them.
 #[derive(Debug, Serialize, Deserialize)]
-pub(crate) struct Rpc {
+pub struct Rpc {
     /// The circuit's id.
     pub circuit: String,
     pub body: Body,
@@ -47,7 +48,7 @@ pub(crate) struct Rpc {
 /// internally tagged enums cannot read back.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub(crate) enum Body {
+pub enum Body {
     Append(AppendEntriesRequest<TypeConfig>),
     Vote(VoteRequest<NodeId>),
     Snapshot(Chunk),
@@ -57,7 +58,7 @@ pub(crate) enum Body {
 
 /// A piece of a snapshot.
 #[derive(Debug, Serialize, Deserialize)]
-pub(crate) struct Chunk {
+pub struct Chunk {
     pub vote: Vote<NodeId>,
     pub meta: SnapshotMeta<NodeId, Member>,
     pub offset: u64,
@@ -69,7 +70,7 @@ pub(crate) struct Chunk {
 /// What a member asks of the leader on a client's behalf.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub(crate) enum ClientCall {
+pub enum ClientCall {
     Write(Command),
     /// Confirm leadership with a quorum and say up to which index a reader must have applied.
     ReadIndex,

@@ -360,7 +360,8 @@ pub fn parse_time(input: &str, end_of_day: bool, now_ms: i64) -> Result<i64, Val
             "d" => 86_400_000,
             _ => return None,
         };
-        Some(now_ms - n * ms)
+        // a duration past the range of times is not a time ago (`9223372036854775807d`)
+        now_ms.checked_sub(n.checked_mul(ms)?)
     };
     unit(t).ok_or_else(|| {
         ValidationError::new(format!(
@@ -422,6 +423,15 @@ mod time_tests {
             (Err(e), Err(needle)) => assert!(e.to_string().contains(needle), "{input}: {e}"),
             (got, want) => panic!("{input}: got {got:?}, want {want:?}"),
         }
+    }
+
+    /// Found by the `spec_json` fuzz target: a duration ago this large overflowed (a panic
+    /// in a debug build, a wrapped time in a release one).
+    #[test]
+    fn durations_past_the_range_of_times_are_refused() {
+        check("204220422020422042m", false, Err("is not a date or a time"));
+        check("9223372036854775807d", true, Err("is not a date or a time"));
+        check("106751d", false, Ok(1_700_000_000_000 - 106_751 * 86_400_000));
     }
 
     #[test]

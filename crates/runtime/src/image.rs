@@ -826,6 +826,10 @@ pub fn apply_layer(rootfs: &Path, reader: impl Read) -> io::Result<()> {
                 }
             }
         } else if let Some(victim) = fname.strip_prefix(".wh.") {
+            // `.wh.` and `.wh...` would name the directory itself or its parent
+            if matches!(victim, "" | "." | "..") {
+                return Err(io::Error::other(format!("whiteout {:?} names no entry", entry.path()?)));
+            }
             let target = inside(rootfs, &parent)?.join(victim);
             remove_any(&target)?;
         } else {
@@ -1058,6 +1062,24 @@ mod tests {
         let l = layer(&[("up/.wh.victim", Some(""))]);
         assert!(apply_layer(&root, &l[..]).is_err());
         assert!(d.path().join("victim").exists(), "whiteout followed a symlink out of the root");
+    }
+
+    /// `.wh.` named the directory holding it and `.wh...` its parent: at the top of a layer
+    /// the first removed the root and the second what holds the root (the import's scratch
+    /// directory). Found while writing the `image_layer` fuzz target, whose jail check
+    /// catches both.
+    #[test]
+    fn whiteouts_of_the_directory_itself_or_its_parent_are_refused() {
+        for name in [".wh.", ".wh..", ".wh...", "a/.wh.", "a/.wh..."] {
+            let d = tempfile::tempdir().unwrap();
+            let root = d.path().join("rootfs");
+            fs::create_dir_all(root.join("a")).unwrap();
+            fs::write(root.join("a/keep"), "keep").unwrap();
+            fs::write(d.path().join("sibling"), "x").unwrap();
+            let e = apply_layer(&root, &layer(&[(name, Some(""))])[..]).unwrap_err().to_string();
+            assert!(e.contains("names no entry"), "{name}: {e}");
+            assert!(root.join("a/keep").exists() && d.path().join("sibling").exists(), "{name} removed something");
+        }
     }
 
     #[test]
