@@ -35,18 +35,4 @@ def _peer_id() -> str:
     return "1" * (len(raw) - len(raw.lstrip(b"\0"))) + out
 
 
-# streams that follow by default answer forever: a request/response fuzzer reads them to
-# their end, so it asks for what is there now (the stream's following is tested elsewhere)
-_STREAMS = ("/api/v1/events", "/api/v1/logs")
-
-
-@schemathesis.hook
-def map_query(ctx, query):
-    path = ctx.operation.path
-    if path in _STREAMS or path.endswith("/logs") or path.endswith("/events"):
-        query = dict(query or {})
-        query["follow"] = "false"
-    return query
-
-
 _register_formats()

@@ -11,6 +11,7 @@
 pub mod action;
 pub mod error;
 pub mod schema;
+pub mod serve;
 pub mod server;
 pub mod types;
 

@@ -40,18 +40,34 @@ fn one_of(values: &[&str], description: &str) -> RefOr<Schema> {
     string(description).enum_values(Some(values.iter().copied())).into()
 }
 
+/// One of `values`, or null (an optional field).
+fn one_of_or_null(values: &[&str], description: &str) -> RefOr<Schema> {
+    let values = values.iter().map(|v| serde_json::json!(v)).chain([serde_json::Value::Null]);
+    ObjectBuilder::new()
+        .schema_type(SchemaType::from_iter([Type::String, Type::Null]))
+        .description(Some(description))
+        .enum_values(Some(values))
+        .into()
+}
+
 /// A comma-separated list of `values`; empty means no filter.
 fn list_of(values: &[&str], description: &str) -> RefOr<Schema> {
     let alt = values.join("|");
     string(description).pattern(Some(format!("^(({alt})(,({alt}))*)?$"))).into()
 }
 
+const AI_MODULE: &str = "The module. The spec's others (`mining`, `network`) are answered 501: not in this build.";
+
 pub(crate) fn ai_module() -> RefOr<Schema> {
-    one_of(AI_MODULES_BUILT, "The module. The spec's others (`mining`, `network`) are answered 501: not in this build.")
+    one_of(AI_MODULES_BUILT, AI_MODULE)
+}
+
+pub(crate) fn ai_module_or_null() -> RefOr<Schema> {
+    one_of_or_null(AI_MODULES_BUILT, AI_MODULE)
 }
 
 pub(crate) fn vm_driver() -> RefOr<Schema> {
-    one_of(VM_DRIVERS, "`sandbox` (default) or `qemu`.")
+    one_of_or_null(VM_DRIVERS, "`sandbox` (default) or `qemu`.")
 }
 
 pub(crate) fn image_base() -> RefOr<Schema> {
@@ -84,9 +100,17 @@ pub(crate) fn cross_field_rules() -> serde_json::Value {
     serde_json::json!({
         "ContainerCreate": {"allOf": [
             {"anyOf": [given("image"), given("template")]},
-            // replicas run on a circuit's members
-            {"anyOf": [{"properties": {"replicate": {"const": false}}}, given("circuit")]}
+            // replicas run on a circuit's members, and a circuit is named only for them
+            {"anyOf": [{"properties": {"replicate": {"const": false}}}, given("circuit")]},
+            {"anyOf": [absent("circuit"), {"required": ["replicate"], "properties": {"replicate": {"const": true}}}]}
         ]},
+        // a deploy file does not replicate (yet)
+        "DeployRequest": {"properties": {"containers": {"items": {"properties": {"replicate": {"const": false}}}}}},
+        // a qemu guest gets whole cores; at least 16 MiB (an integer, not 16.0)
+        "VmCreate": {
+            "properties": {"memory": {"minimum": 16}},
+            "anyOf": [{"properties": {"driver": {"not": {"const": "qemu"}}}}, {"properties": {"cpu": {"multipleOf": 1}}}]
+        },
         "CircuitCreate": {"properties": {"nodes": {"items": name}}},
         "AiEnable": module_or_all,
         "AiDisable": module_or_all,
@@ -96,7 +120,8 @@ pub(crate) fn cross_field_rules() -> serde_json::Value {
             // a message carries at most 512 KiB; a stream any size
             {"anyOf": [stream, {"properties": {"size": {"maximum": 512 * 1024}}}]}
         ]},
-        "ImageBuild": {"anyOf": [absent("from_dir"), given("name")]}
+        "ImageBuild": {"anyOf": [absent("from_dir"), given("name")]},
+        "AiConfigure": {"properties": {"set": {"minItems": 1}}}
     })
 }
 
@@ -121,7 +146,7 @@ pub(crate) fn export_format() -> RefOr<Schema> {
 }
 
 pub(crate) fn circuit_type() -> RefOr<Schema> {
-    one_of(CIRCUIT_TYPES, "`consensus` (the default).")
+    one_of_or_null(CIRCUIT_TYPES, "`consensus` (the default).")
 }
 
 pub(crate) fn event_types() -> RefOr<Schema> {

@@ -203,6 +203,7 @@ fn document_problems(doc: &mut utoipa::openapi::OpenApi) {
             // a path names an object; a body may name one too (a VM, a file, a node)
             add.push(("404", "no such object"));
             if path.starts_with("/api/v1/ai/") {
+                add.push(("409", "the module is not enabled for that node (ai enable first)"));
                 add.push(("501", "a module of the spec this build does not have yet"));
             }
             for (status, why) in add {

@@ -343,7 +343,6 @@ pub struct VmCreate {
     #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")]
     pub name: String,
     /// Memory in MiB: at least 16, at most this host's (the served document says).
-    #[schema(minimum = 16)]
     pub memory: u64,
     /// CPUs (cores): at least 0.01, at most this host's.
     #[serde(default = "one")]
@@ -812,7 +811,7 @@ pub struct HostToken {
 pub struct AiEnable {
     /// Absent with `all`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(schema_with = crate::schema::ai_module)]
+    #[schema(schema_with = crate::schema::ai_module_or_null)]
     pub module: Option<String>,
     /// Every module this build has; the others answer that they are not available.
     #[serde(default)]
@@ -832,7 +831,7 @@ pub struct AiEnable {
 #[serde(deny_unknown_fields)]
 pub struct AiDisable {
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(schema_with = crate::schema::ai_module)]
+    #[schema(schema_with = crate::schema::ai_module_or_null)]
     pub module: Option<String>,
     #[serde(default)]
     pub all: bool,

@@ -2,6 +2,8 @@
 
 mod common;
 
+use std::time::{Duration, Instant};
+
 use common::{require, Daemon, Need, BIN};
 
 fn status_of(r: Result<ureq::Response, ureq::Error>) -> (u16, String, String) {
@@ -309,4 +311,84 @@ fn init_help_and_completion() {
         assert!(o.status.success());
         assert!(String::from_utf8_lossy(&o.stdout).contains("container"), "{shell}");
     }
+}
+
+/// A connection to the daemon from another loopback address, as a client elsewhere.
+fn connect_from(ip: &str, to: std::net::SocketAddr) -> std::net::TcpStream {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_io().build().unwrap();
+    let s = rt
+        .block_on(async {
+            let s = tokio::net::TcpSocket::new_v4()?;
+            s.bind(format!("{ip}:0").parse().unwrap())?;
+            s.connect(to).await
+        })
+        .unwrap()
+        .into_std()
+        .unwrap();
+    s.set_nonblocking(false).unwrap();
+    s
+}
+
+/// Whether the server has closed `s` by now (a read ends or is reset; data or nothing
+/// to read yet means open).
+fn closed(mut s: &std::net::TcpStream) -> bool {
+    use std::io::Read;
+    s.set_nonblocking(true).unwrap();
+    let mut buf = [0u8; 512];
+    let gone = loop {
+        match s.read(&mut buf) {
+            Ok(0) => break true,
+            Ok(_) => continue, // an answer before the close
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break false,
+            Err(_) => break true,
+        }
+    };
+    s.set_nonblocking(false).unwrap();
+    gone
+}
+
+#[test]
+fn slow_clients_and_a_connection_flood_leave_others_served() {
+    use std::io::Write;
+    if !require("slow_clients_and_a_connection_flood_leave_others_served", &[Need::Busybox]) {
+        return;
+    }
+    let d = Daemon::start();
+    let addr: std::net::SocketAddr = d.url().trim_start_matches("http://").parse().unwrap();
+    let served_quickly = |what: &str| {
+        let t = Instant::now();
+        let (code, _, body) = status_of(d.api("GET", "/containers").call());
+        assert_eq!(code, 200, "{what}: {body}");
+        assert!(t.elapsed() < Duration::from_secs(2), "{what}: answered in {:?}", t.elapsed());
+    };
+    // slowloris: 64 clients that start a request and never finish its headers
+    let mut slow: Vec<std::net::TcpStream> = (0..64)
+        .map(|_| {
+            let mut s = connect_from("127.0.0.2", addr);
+            s.write_all(b"GET /api/v1/health HTTP/1.1\r\nHost: x\r\nX-Slow: ").unwrap();
+            s
+        })
+        .collect();
+    served_quickly("beside 64 slow clients");
+    // a flood from one address: 300 connections, of which the cap (256) stay open
+    let flood: Vec<std::net::TcpStream> = (0..300).map(|_| connect_from("127.0.0.3", addr)).collect();
+    served_quickly("during a connection flood");
+    std::thread::sleep(Duration::from_millis(500));
+    let refused = flood.iter().filter(|s| closed(s)).count();
+    assert_eq!(refused, 300 - 256, "connections over the per-client cap are closed at once");
+    let (_, _, health) = status_of(d.api("GET", "/monitor/health?components=api").call());
+    assert!(health.contains("refused 44 connections over the per-client cap"), "{health}");
+    // the slow clients keep trickling a byte a second; the header deadline (10 s) ends them
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(12) {
+        for s in &mut slow {
+            let _ = s.write_all(b"x");
+        }
+        served_quickly("while slow clients trickle");
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let still_open = slow.iter().filter(|s| !closed(s)).count();
+    assert_eq!(still_open, 0, "slow clients past the header deadline are disconnected");
+    drop(flood);
+    served_quickly("after it all");
 }

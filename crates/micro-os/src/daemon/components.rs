@@ -52,7 +52,18 @@ pub const REGISTRY: &[Component] = &[
                 .map(drop)
                 .map_err(|_| format!("api_addr {:?} is not an address (try 127.0.0.1:8080)", c.api_addr))
         },
-        health: |e| Box::pin(async move { Health::Is(Severity::Healthy, format!("serving on {}", e.cfg.api_addr)) }),
+        health: |e| {
+            Box::pin(async move {
+                use std::sync::atomic::Ordering::Relaxed;
+                let s = &e.serve_stats;
+                let (per, all) = (s.refused_per_client.load(Relaxed), s.refused_total.load(Relaxed));
+                let refused = match per + all {
+                    0 => String::new(),
+                    _ => format!("; refused {per} connections over the per-client cap, {all} over the total"),
+                };
+                Health::Is(Severity::Healthy, format!("serving on {}{refused}", e.cfg.api_addr))
+            })
+        },
     },
     Component {
         name: "store",

@@ -60,6 +60,8 @@ pub struct Engine {
     pub hosts: super::hosts::Hosts,
     /// The API's router, which serves the requests members forward here.
     pub api: std::sync::OnceLock<axum::Router>,
+    /// Connections the API refused at its caps.
+    pub serve_stats: Arc<micro_os_api::serve::ServeStats>,
     /// This host's end of the encrypted overlay between the fabric's hosts.
     pub(super) overlay: super::overlay::Overlay,
     /// The fabric's ingress ports this host listens on.
@@ -149,6 +151,7 @@ impl Engine {
             monitor: Default::default(),
             hosts,
             api: std::sync::OnceLock::new(),
+            serve_stats: Arc::default(),
             overlay: Default::default(),
             ingress: Default::default(),
             ai: Default::default(),

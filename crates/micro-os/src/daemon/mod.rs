@@ -239,6 +239,21 @@ impl Control for Daemon {
     }
 }
 
+/// The API's connection caps, within what this process may open: the soft descriptor
+/// limit is raised to the hard one first (as systemd services and nginx do), and at most
+/// half of it goes to API connections.
+fn serve_limits() -> micro_os_api::serve::ServeLimits {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let mut limits = micro_os_api::serve::ServeLimits::default();
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        let soft = if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() { hard } else { soft };
+        let room = usize::try_from(soft / 2).unwrap_or(usize::MAX);
+        limits.total = limits.total.min(room);
+        limits.per_client = limits.per_client.min(limits.total);
+    }
+    limits
+}
+
 pub fn run(home: Home, cfg: Config) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_env("MICRO_OS_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cfg.log_level));
@@ -347,29 +362,9 @@ pub fn run(home: Home, cfg: Config) -> anyhow::Result<()> {
             },
         );
         let _ = engine.api.set(app.clone());
-        // small responses (a stream's last chunk) must not wait for a delayed ACK
-        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
-        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        tokio::spawn(async move {
-            shutdown_signal().await;
-            let _ = stop_tx.send(true);
-        });
-        let mut graceful = stop_rx.clone();
-        let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
-        let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
-            let _ = graceful.wait_for(|s| *s).await;
-        });
-        // open streams (logs --follow) would hold a graceful shutdown forever: allow 2 s
-        let mut hard = stop_rx;
-        tokio::select! {
-            r = serve => r?,
-            _ = async move {
-                let _ = hard.wait_for(|s| *s).await;
-                tokio::time::sleep(std::time::Duration::from_secs(2)).await;
-            } => tracing::info!("closed the streams still open"),
-        }
+        // open streams (logs --follow) would hold a graceful shutdown forever: they get 2 s
+        let limits = serve_limits();
+        micro_os_api::serve::serve(listener, app, limits, engine.serve_stats.clone(), shutdown_signal()).await?;
         tracing::info!("micro-os daemon stopped; containers keep running under their shims");
         anyhow::Ok(())
     })?;
