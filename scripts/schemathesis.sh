@@ -33,6 +33,10 @@ daemon=$!
 cleanup() {
   kill "$daemon" 2>/dev/null || true
   wait "$daemon" 2>/dev/null || true
+  # what the run created outlives the daemon (containers and VMs do): end it all
+  for id in $(runc --root "$home/runc" list -q 2>/dev/null); do runc --root "$home/runc" delete --force "$id" >/dev/null 2>&1 || true; done
+  sleep 0.5
+  grep -o " $home[^ ]*" /proc/mounts | sort -r | xargs -r umount -l 2>/dev/null || true
   ip link del "mst$((port % 10000))" 2>/dev/null || true
   rm -rf "$home"
 }

@@ -27,7 +27,7 @@ impl Default for TxOptimizerConfig {
 }
 
 /// Each key: its type, range and meaning.
-const KEYS: &[(&str, &str, f64, f64, &str)] = &[
+pub const KEYS: &[(&str, &str, f64, f64, &str)] = &[
     ("batch_size", "integer", 1.0, 65536.0, "transactions validated per batch"),
     ("priority_levels", "integer", 2.0, 16.0, "priority classes (0 is served first)"),
     ("anomaly_threshold", "number", 0.0, 1.0, "isolation-forest score that holds a transaction back (exclusive range)"),

@@ -106,10 +106,13 @@ pub(crate) fn cross_field_rules() -> serde_json::Value {
         ]},
         // a deploy file does not replicate (yet)
         "DeployRequest": {"properties": {"containers": {"items": {"properties": {"replicate": {"const": false}}}}}},
-        // a qemu guest gets whole cores; at least 16 MiB (an integer, not 16.0)
+        // at least 16 MiB (an integer, not 16.0); a qemu guest gets whole cores and 256 MiB
         "VmCreate": {
             "properties": {"memory": {"minimum": 16}},
-            "anyOf": [{"properties": {"driver": {"not": {"const": "qemu"}}}}, {"properties": {"cpu": {"multipleOf": 1}}}]
+            "anyOf": [
+                {"properties": {"driver": {"not": {"const": "qemu"}}}},
+                {"properties": {"cpu": {"multipleOf": 1}, "memory": {"minimum": 256}}}
+            ]
         },
         "CircuitCreate": {"properties": {"nodes": {"items": name}}},
         "AiEnable": module_or_all,
@@ -121,7 +124,11 @@ pub(crate) fn cross_field_rules() -> serde_json::Value {
             {"anyOf": [stream, {"properties": {"size": {"maximum": 512 * 1024}}}]}
         ]},
         "ImageBuild": {"anyOf": [absent("from_dir"), given("name")]},
-        "AiConfigure": {"properties": {"set": {"minItems": 1}}}
+        "AiConfigure": {"properties": {"set": {"minItems": 1, "items": {"type": "string", "pattern": tx_assignment()}}}},
+        "AiEnable": {"properties": {"config": {
+            "type": ["object", "null"], "additionalProperties": false, "properties": tx_config()
+        }}},
+        "DeployRequest": {"properties": {"containers": {"minItems": 1}}}
     })
 }
 
@@ -189,5 +196,109 @@ pub(crate) fn count<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u32
             Err(serde::de::Error::custom(format!("{n} is more than the largest count, {}", i32::MAX)))
         }
         n => Ok(n),
+    }
+}
+
+/// The transaction optimiser's settings (`tx_optimizer_config` of the spec): name, JSON
+/// type, range (inclusive for integers; exclusive for `anomaly_threshold`). The AI crate
+/// checks them; a test in the binary checks the two agree.
+pub const TX_CONFIG_KEYS: &[(&str, &str, f64, f64)] = &[
+    ("batch_size", "integer", 1.0, 65536.0),
+    ("priority_levels", "integer", 2.0, 16.0),
+    ("anomaly_threshold", "number", 0.0, 1.0),
+    ("model_update_interval", "integer", 60.0, 604800.0),
+];
+
+fn tx_config() -> serde_json::Value {
+    let mut props = serde_json::Map::new();
+    for &(key, ty, lo, hi) in TX_CONFIG_KEYS {
+        let s = match ty {
+            "integer" => serde_json::json!({"type": "integer", "minimum": lo as u64, "maximum": hi as u64}),
+            _ => serde_json::json!({"type": "number", "exclusiveMinimum": lo, "exclusiveMaximum": hi}),
+        };
+        props.insert(key.into(), s);
+    }
+    props.into()
+}
+
+/// `key=value` of `ai config --set`, each value in its key's range.
+fn tx_assignment() -> String {
+    let alts: Vec<String> = TX_CONFIG_KEYS
+        .iter()
+        .map(|&(key, ty, lo, hi)| match ty {
+            "integer" => format!("{key}=({})", int_range(lo as u64, hi as u64)),
+            // (0, 1): a decimal fraction with a non-zero digit
+            _ => format!("{key}=0?\\.[0-9]{{0,8}}[1-9]"),
+        })
+        .collect();
+    format!("^({})$", alts.join("|"))
+}
+
+/// A regular expression matching exactly the decimal integers `lo..=hi` (no leading zeros).
+pub fn int_range(lo: u64, hi: u64) -> String {
+    let mut alts = Vec::new();
+    let mut start = lo;
+    while start <= hi {
+        // the largest block [start, start + 10^k - 1] aligned on 10^k and within hi
+        let mut step = 1u64;
+        while start.is_multiple_of(step * 10) && start + step * 10 - 1 <= hi {
+            step *= 10;
+        }
+        let end = start + step - 1;
+        let (s, e) = (start.to_string(), end.to_string());
+        let mut re = String::new();
+        for (a, b) in s.chars().zip(e.chars()) {
+            if a == b {
+                re.push(a);
+            } else if a == '0' && b == '9' {
+                re.push_str("[0-9]");
+            } else {
+                re.push_str(&format!("[{a}-{b}]"));
+            }
+        }
+        alts.push(re);
+        start = end + 1;
+    }
+    alts.join("|")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn integer_ranges_match_exactly_their_numbers() {
+        for (lo, hi) in [(1, 65536), (2, 16), (60, 604_800), (1, 65535), (0, 9), (7, 7)] {
+            let re = regex::Regex::new(&format!("^({})$", int_range(lo, hi))).unwrap();
+            for n in (0..700_000u64).filter(|n| *n < 100 || n % 97 == 0 || n.abs_diff(hi) < 3 || n.abs_diff(lo) < 3) {
+                assert_eq!(re.is_match(&n.to_string()), (lo..=hi).contains(&n), "{n} in {lo}..={hi}: {re}");
+            }
+            assert!(!re.is_match(&format!("0{lo}")), "a leading zero");
+        }
+        // the port pattern of core's PortMapping takes exactly what its parser takes
+        let port = serde_json::to_value(<micro_os_core::PortMapping as utoipa::PartialSchema>::schema()).unwrap();
+        let port = regex::Regex::new(port["pattern"].as_str().unwrap()).unwrap();
+        for n in (0..70_000u32).filter(|n| *n < 100 || n % 89 == 0 || n.abs_diff(65535) < 3) {
+            for m in [format!("{n}:80"), format!("80:{n}/udp"), format!("{n}:{n}/tcp")] {
+                assert_eq!(port.is_match(&m), m.parse::<micro_os_core::PortMapping>().is_ok(), "{m}");
+            }
+        }
+        let set = regex::Regex::new(&tx_assignment()).unwrap();
+        for ok in
+            ["batch_size=1", "batch_size=65536", "priority_levels=16", "anomaly_threshold=0.85", "anomaly_threshold=.5"]
+        {
+            assert!(set.is_match(ok), "{ok}");
+        }
+        for bad in [
+            "batch_size=0",
+            "batch_size=65537",
+            "priority_levels=1",
+            "anomaly_threshold=1",
+            "anomaly_threshold=0.0",
+            "x=1",
+            "",
+        ] {
+            assert!(!set.is_match(bad), "{bad}");
+        }
     }
 }

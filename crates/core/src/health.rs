@@ -9,13 +9,21 @@ use crate::ValidationError;
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum HealthProbe {
     /// Run a command inside the container; exit 0 is healthy.
-    Command { command: Vec<String> },
+    Command {
+        #[cfg_attr(feature = "openapi", schema(min_items = 1))]
+        command: Vec<String>,
+    },
     /// Connect to a TCP port inside the container's network namespace.
-    Tcp { port: u16 },
+    Tcp {
+        #[cfg_attr(feature = "openapi", schema(minimum = 1))]
+        port: u16,
+    },
     /// GET a path on a port inside the container's network namespace; 2xx/3xx is healthy.
     Http {
+        #[cfg_attr(feature = "openapi", schema(minimum = 1))]
         port: u16,
         #[serde(default = "root_path")]
+        #[cfg_attr(feature = "openapi", schema(pattern = "^/"))]
         path: String,
     },
 }
@@ -30,12 +38,15 @@ pub struct HealthCheck {
     #[serde(flatten)]
     pub probe: HealthProbe,
     /// Seconds between probes.
+    #[cfg_attr(feature = "openapi", schema(exclusive_minimum = 0, maximum = 86400))]
     #[serde(default = "default_interval")]
     pub interval_s: f64,
     /// Seconds a probe may take before it counts as failed.
+    #[cfg_attr(feature = "openapi", schema(exclusive_minimum = 0, maximum = 86400))]
     #[serde(default = "default_timeout")]
     pub timeout_s: f64,
     /// Consecutive failures before the container is unhealthy.
+    #[cfg_attr(feature = "openapi", schema(minimum = 1))]
     #[serde(default = "default_retries")]
     pub retries: u32,
 }

@@ -58,7 +58,12 @@ impl std::str::FromStr for PortMapping {
     }
 }
 
-crate::scalar_schema!(PortMapping, String, "HOST:CONTAINER[/tcp|udp], e.g. \"8081:80/tcp\"");
+crate::scalar_schema!(
+    PortMapping,
+    String,
+    "HOST:CONTAINER[/tcp|udp], e.g. \"8081:80/tcp\"; ports 1-65535",
+    pattern = "^([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5]):([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])(/(tcp|udp))?$"
+);
 
 /// How a port of the spec's container network is published: `ingress` on every host of
 /// the fabric (each forwards to the container), `host` on the host it runs on.

@@ -8,12 +8,14 @@ use crate::{Size, ValidationError};
 pub struct Resources {
     /// CPUs as a fraction of cores, e.g. 1.5 (cfs quota over a 100 ms period).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 0.01, maximum = 1024))]
     pub cpu: Option<f64>,
     /// Memory limit in bytes (strings like "512M" are accepted).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory: Option<Size>,
     /// Maximum number of processes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1))]
     pub pids: Option<u64>,
 }
 

@@ -289,6 +289,8 @@ mod tests {
         let mut ours = vec!["busybox"];
         ours.extend(crate::daemon::engine::BUILT_IN_IMAGES.iter().map(|(name, _)| *name));
         assert_eq!(ours, schema::IMAGE_BASES);
+        let keys: Vec<_> = micro_os_ai::config::KEYS.iter().map(|k| (k.0, k.1, k.2, k.3)).collect();
+        assert_eq!(keys, schema::TX_CONFIG_KEYS);
     }
 
     #[test]

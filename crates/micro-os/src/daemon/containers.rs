@@ -735,6 +735,47 @@ impl Engine {
                 }
             }
         }
+        // a start cut short by a crash: its shim runs the workload though the store does
+        // not say so (the kill came between the spawn and the write). The start happened:
+        // adopt it. A shim that is ending is waited for, so that the next start's shim
+        // does not share the container's directory with it.
+        let others = self
+            .containers
+            .filter(|c| !c.is_replicated() && !matches!(c.state, ContainerState::Running | ContainerState::Paused));
+        for c in others {
+            let dir = self.state_dir(&c.id);
+            let Some(shim_pid) = shim::live_shim_pid(&dir) else { continue };
+            let mut status = shim::read_status(&dir);
+            for _ in 0..100 {
+                if status.is_some() {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                status = shim::read_status(&dir);
+            }
+            match status {
+                Some(shim::Status::Running { pid, started_at }) => {
+                    tracing::info!("adopted container {} (pid {pid}): its start was cut short", c.spec.name);
+                    self.containers.update(&c.id, |c| {
+                        c.state = ContainerState::Running;
+                        c.pid = Some(pid);
+                        c.started_at = Some(started_at);
+                        c.finished_at = None;
+                        c.exit_code = None;
+                        c.error = None;
+                        c.stop_requested = false;
+                        c.health = c.spec.health_check.as_ref().map(|_| HealthState::default());
+                    });
+                    let _ = self.containers.persist(&c.id, "adopted", format!("pid {pid}, a start cut short"));
+                    self.supervise(&c.id, Running { pid, shim_pid });
+                }
+                _ => {
+                    tracing::info!("waiting for the shim of container {} to end (a start cut short)", c.spec.name);
+                    let _ =
+                        tokio::time::timeout(std::time::Duration::from_secs(10), workload::shim_done(shim_pid)).await;
+                }
+            }
+        }
     }
 
     /// Records a health probe result; persists only when the status changes.
