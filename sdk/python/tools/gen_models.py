@@ -64,7 +64,8 @@ class Gen:
     def scalar(self, t: Any, s: dict[str, Any]) -> str:
         if t == "string":
             if "enum" in s:
-                return "Literal[" + ", ".join(json.dumps(v) for v in s["enum"]) + "]"
+                # a null among the values is the field's Optional, not a literal
+                return "Literal[" + ", ".join(json.dumps(v) for v in s["enum"] if v is not None) + "]"
             return "datetime" if s.get("format") == "date-time" else "str"
         if t == "integer":
             return "int"
