@@ -338,3 +338,72 @@ fn a_kill9_at_every_step_of_a_workload_loses_nothing_acknowledged() {
     assert!(d.names().is_empty(), "{:?}", d.names());
     eprintln!("crash sweep: {kills} kills, {acked_in_flight} steps acknowledged just before a kill, nothing lost");
 }
+
+/// Unmounts a test's tmpfs when dropped (after the daemon that used it).
+struct Unmount(std::path::PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+/// A full disk: the daemon's home on a small tmpfs, filled up. Writes are refused with a
+/// clear line, the daemon keeps answering, and after a `kill -9` and room again nothing
+/// that was acknowledged before is missing.
+#[test]
+fn a_full_disk_gives_clear_errors_and_loses_nothing_committed() {
+    if !require("a_full_disk_gives_clear_errors_and_loses_nothing_committed", CONTAINERS) {
+        return;
+    }
+    let mut d = Daemon::prepared("127.0.0.1");
+    let home = d.home.path().to_path_buf();
+    let config = std::fs::read(home.join("config.json")).unwrap();
+    nix::mount::mount(Some("tmpfs"), &home, Some("tmpfs"), nix::mount::MsFlags::empty(), Some("size=64m")).unwrap();
+    let _unmount = Unmount(home.clone());
+    std::fs::write(home.join("config.json"), config).unwrap();
+    d.ok(&["init"]);
+    d.spawn();
+    let names: Vec<String> = (0..5).map(|i| format!("kept-{i}")).collect();
+    for n in &names {
+        d.ok(&["container", "create", "--name", n, "--image", "busybox", "--", "sleep", "600"]);
+    }
+    d.ok(&["container", "start", "kept-0"]);
+    // fill what is left
+    let filler = home.join("filler");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let block = vec![0u8; 1 << 20];
+        while f.write_all(&block).is_ok() {}
+        let _ = f.sync_all();
+    }
+    let mut refused = Vec::new();
+    for i in 0..20 {
+        let name = format!("more-{i}");
+        let o = d.cli(&["container", "create", "--name", &name, "--image", "busybox", "--", "sleep", "600"]);
+        if !o.status.success() {
+            refused.push(String::from_utf8_lossy(&o.stderr).trim().to_string());
+        }
+    }
+    assert!(!refused.is_empty(), "nothing was refused on a full disk");
+    for e in &refused {
+        assert_eq!(e.lines().count(), 1, "one line: {e}");
+        assert!(e.contains("full") || e.contains("space"), "the error says the disk is full: {e}");
+    }
+    // the daemon still answers reads
+    assert!(d.names().contains(&"kept-4".to_string()));
+    d.kill9();
+    std::fs::remove_file(&filler).unwrap();
+    d.spawn();
+    let now: std::collections::HashSet<String> = d.names().into_iter().collect();
+    for n in &names {
+        assert!(now.contains(n), "acknowledged {n} was lost on the full disk");
+    }
+    assert_eq!(d.inspect("kept-0")["state"], "running");
+    // and with room again, it works
+    d.ok(&["container", "create", "--name", "after", "--image", "busybox", "--", "true"]);
+    eprintln!("full disk: {} creates refused with: {}", refused.len(), refused[0]);
+    // the daemon (which cleans up through the home) goes before its tmpfs does
+    drop(d);
+}
