@@ -41,8 +41,11 @@ for n in "${names[@]}"; do
       has promtool || missing+=("promtool (Debian package prometheus)") ;;
     script)
       has script || missing+=("script (Debian package bsdutils)") ;;
+    nightly)
+      { has rustup && rustup toolchain list | grep -q '^nightly'; } ||
+        missing+=("nightly (the nightly Rust toolchain, for cargo-fuzz: rustup toolchain install nightly)") ;;
     *)
-      echo "requirements: MICRO_OS_TEST_REQUIRE names \"$n\", which is unknown (known: root, runc, busybox, cgroups, iproute2, qemu, kernel, cpio, strip, curl, npm, promtool, script)" >&2
+      echo "requirements: MICRO_OS_TEST_REQUIRE names \"$n\", which is unknown (known: root, runc, busybox, cgroups, iproute2, qemu, kernel, cpio, strip, curl, npm, promtool, script, nightly)" >&2
       exit 2 ;;
   esac
 done

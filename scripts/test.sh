@@ -33,3 +33,11 @@ cargo clippy --locked --workspace --all-targets -- -D warnings
 cargo test --locked --workspace
 # the Python SDK against a live daemon of this build (pytest, from PyPI into a venv)
 bash sdk/python/test.sh
+# every parser of outside input fuzzed for a bounded time (cargo-fuzz on nightly; the
+# long run: scripts/fuzz.sh 600 with the default, optimised and sanitised, build)
+if command -v rustup >/dev/null && rustup toolchain list | grep -q '^nightly'; then
+  FUZZ_FLAGS="--dev -s none" bash scripts/fuzz.sh "${MICRO_OS_FUZZ_SECS:-15}"
+else
+  echo "test: no nightly toolchain: the fuzz targets did not run" >&2
+  echo "fuzz (scripts/fuzz.sh): no nightly toolchain" >>"$skips"
+fi

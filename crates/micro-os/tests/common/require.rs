@@ -33,6 +33,8 @@ pub enum Need {
     Promtool,
     Script,
     Tun,
+    /// The fuzz targets (scripts/fuzz.sh, run by scripts/test.sh).
+    Nightly,
 }
 
 /// What every container test needs: runc makes namespaces, mounts and cgroups.
@@ -58,6 +60,7 @@ impl Need {
         Need::Promtool,
         Need::Script,
         Need::Tun,
+        Need::Nightly,
     ];
 
     /// The name in `MICRO_OS_TEST_REQUIRE` and in messages.
@@ -77,6 +80,7 @@ impl Need {
             Need::Promtool => "promtool",
             Need::Script => "script",
             Need::Tun => "tun",
+            Need::Nightly => "nightly",
         }
     }
 
@@ -97,6 +101,7 @@ impl Need {
             Need::Promtool => "Debian package prometheus",
             Need::Script => "Debian package bsdutils",
             Need::Tun => "the kernel's TUN device, /dev/net/tun (modprobe tun)",
+            Need::Nightly => "the nightly Rust toolchain (rustup toolchain install nightly), for cargo-fuzz",
         }
     }
 
@@ -135,6 +140,12 @@ impl Need {
             Need::Npm => runs("node", "--version") && interop_dir().join("node_modules/libp2p").is_dir(),
             Need::Promtool => runs("promtool", "--version"),
             Need::Script => runs("script", "--version"),
+            Need::Nightly => Command::new("rustup")
+                .args(["run", "nightly", "rustc", "--version"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success()),
         }
     }
 }
