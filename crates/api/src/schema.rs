@@ -55,7 +55,7 @@ pub(crate) fn vm_driver() -> RefOr<Schema> {
 }
 
 pub(crate) fn image_base() -> RefOr<Schema> {
-    one_of(IMAGE_BASES, "Which built-in image to build (ignored with `from_dir`).")
+    one_of(IMAGE_BASES, "Which built-in image to build.")
 }
 
 pub(crate) fn message_type() -> RefOr<Schema> {
@@ -76,10 +76,7 @@ pub(crate) fn cross_field_rules() -> serde_json::Value {
         {"allOf": [given("module")], "properties": {"all": {"const": false}}},
         {"allOf": [absent("module")], "required": ["all"], "properties": {"all": {"const": true}}}
     ]});
-    let stream = serde_json::json!({"anyOf": [
-        {"required": ["stream"], "properties": {"stream": {"const": true}}},
-        given("file")
-    ]});
+    let stream = serde_json::json!({"required": ["stream"], "properties": {"stream": {"const": true}}});
     let name = serde_json::json!({"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"});
     serde_json::json!({
         "ContainerCreate": {"allOf": [
@@ -95,8 +92,7 @@ pub(crate) fn cross_field_rules() -> serde_json::Value {
             {"anyOf": [{"properties": {"type": {"enum": ["DATA", "data"]}}}, {"not": stream.clone()}]},
             // a message carries at most 512 KiB; a stream any size
             {"anyOf": [stream, {"properties": {"size": {"maximum": 512 * 1024}}}]}
-        ]},
-        "ImageBuild": {"anyOf": [absent("from_dir"), given("name")]}
+        ]}
     })
 }
 

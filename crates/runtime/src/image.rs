@@ -363,71 +363,6 @@ impl ImageStore {
     }
 }
 
-impl ImageStore {
-    /// An image whose root is a copy of directory `dir` on this host: files with their
-    /// modes, directories, symlinks as they are (they resolve inside the container's
-    /// root); devices, sockets and fifos are skipped. Its command is `sh` when it has one.
-    pub fn import_dir(&self, dir: &Path, name: &str, progress: ProgressFn<'_>) -> Result<Image> {
-        validate_image_name(name)?;
-        if self.exists(name) {
-            return Err(Error::ImageExists(name.into()));
-        }
-        if !dir.is_dir() {
-            return Err(Error::Invalid(format!("{} is not a directory (give one with --from-dir)", dir.display())));
-        }
-        let scratch = self.scratch(name)?;
-        let result = (|| {
-            let rootfs = scratch.join("rootfs");
-            // first the sizes, for the progress; then the copy
-            let mut total = 0u64;
-            let mut id = Sha256::new();
-            walk(dir, &mut |rel, meta| {
-                total += meta.len();
-                id.update(rel.as_os_str().as_encoded_bytes());
-                id.update(meta.len().to_le_bytes());
-                Ok(())
-            })?;
-            let mut done = 0u64;
-            let stage = format!("copying {}", dir.display());
-            progress(Progress { stage: stage.clone(), current: 0, total });
-            fs::create_dir_all(&rootfs).context(|| format!("create {}", rootfs.display()))?;
-            walk(dir, &mut |rel, meta| {
-                let (src, dst) = (dir.join(rel), rootfs.join(rel));
-                let ft = meta.file_type();
-                if ft.is_dir() {
-                    fs::create_dir_all(&dst).context(|| format!("create {}", dst.display()))?;
-                    fs::set_permissions(&dst, meta.permissions()).context(|| format!("chmod {}", dst.display()))?;
-                } else if ft.is_symlink() {
-                    let target = fs::read_link(&src).context(|| format!("read link {}", src.display()))?;
-                    std::os::unix::fs::symlink(&target, &dst).context(|| format!("link {}", dst.display()))?;
-                } else if ft.is_file() {
-                    fs::copy(&src, &dst).context(|| format!("copy {}", src.display()))?;
-                    done += meta.len();
-                    progress(Progress { stage: stage.clone(), current: done, total });
-                }
-                Ok(())
-            })?;
-            progress(Progress { stage, current: total, total });
-            Ok(Image {
-                name: name.into(),
-                id: hex::encode(id.finalize()),
-                created_at: Utc::now(),
-                size_bytes: 0,
-                layers: 1,
-                source: format!("directory {}", dir.display()),
-                config: plain_config(shell_if_any(&rootfs)),
-            })
-        })();
-        match result {
-            Ok(img) => self.commit(&scratch, img),
-            Err(e) => {
-                let _ = fs::remove_dir_all(&scratch);
-                Err(e)
-            }
-        }
-    }
-}
-
 /// The config of an image micro-os made itself: `cmd`, the usual PATH, `/` as workdir.
 fn plain_config(cmd: Vec<String>) -> ImageConfig {
     ImageConfig {
@@ -445,29 +380,6 @@ fn shell_if_any(root: &Path) -> Vec<String> {
     } else {
         Vec::new()
     }
-}
-
-/// Visits every entry below `root` (parents before children, in name order) with its
-/// path relative to `root` and its own metadata (a symlink is not followed).
-fn walk(root: &Path, f: &mut dyn FnMut(&Path, &fs::Metadata) -> Result<()>) -> Result<()> {
-    fn go(root: &Path, rel: &Path, f: &mut dyn FnMut(&Path, &fs::Metadata) -> Result<()>) -> Result<()> {
-        let dir = root.join(rel);
-        let mut entries: Vec<_> = fs::read_dir(&dir)
-            .context(|| format!("read {}", dir.display()))?
-            .collect::<io::Result<_>>()
-            .context(|| format!("read {}", dir.display()))?;
-        entries.sort_by_key(|e| e.file_name());
-        for e in entries {
-            let rel = rel.join(e.file_name());
-            let meta = fs::symlink_metadata(root.join(&rel)).context(|| format!("stat {}", rel.display()))?;
-            f(&rel, &meta)?;
-            if meta.is_dir() {
-                go(root, &rel, f)?;
-            }
-        }
-        Ok(())
-    }
-    go(root, Path::new(""), f)
 }
 
 /// Copies a dynamically linked binary into `rootfs` at `dest` with every library `ldd`
