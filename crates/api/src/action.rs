@@ -8,8 +8,8 @@ use futures_util::Stream;
 use micro_os_core::{Container, Template, Vm};
 
 use crate::types::{
-    Ack, ContainerCreate, DeployRequest, EventInfo, ImageBuild, ImageImport, ImageInfo, LogsQuery, NetSend, NetStatus,
-    Provider, SendReport, VmCreate, WaitResponse,
+    Ack, ContainerCreate, DeployRequest, EventInfo, ImageBuild, ImageImport, ImageInfo, LogsQuery, NetSend,
+    NetSendStream, NetStatus, Provider, SendReport, VmCreate, WaitResponse,
 };
 use crate::ApiError;
 
@@ -187,6 +187,20 @@ pub enum Reply {
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, std::io::Error>> + Send>>;
 
+/// A request body a client uploads (an image archive, a file to send): its bytes as they
+/// arrive, cut off with an error past [`crate::server::UPLOAD_LIMIT`], and the length the
+/// client declared, if it did. The daemon spools it; nothing holds it whole in memory.
+pub struct Upload {
+    pub body: ByteStream,
+    pub declared: Option<u64>,
+}
+
+impl std::fmt::Debug for Upload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upload").field("declared", &self.declared).finish_non_exhaustive()
+    }
+}
+
 pub type EventStream = Pin<Box<dyn Stream<Item = crate::types::Event> + Send>>;
 
 /// Implemented by the daemon.
@@ -196,7 +210,10 @@ pub trait Control: Send + Sync + 'static {
     fn logs(&self, id: String, query: LogsQuery) -> BoxFuture<'_, Result<ByteStream, ApiError>>;
     /// Image build or import, reporting progress as NDJSON lines.
     fn build_image(&self, req: ImageBuild) -> BoxFuture<'_, Result<ByteStream, ApiError>>;
-    fn import_image(&self, req: ImageImport) -> BoxFuture<'_, Result<ByteStream, ApiError>>;
+    /// Import an uploaded archive: spooled in the daemon's home, imported, then removed.
+    fn import_image(&self, req: ImageImport, upload: Upload) -> BoxFuture<'_, Result<ByteStream, ApiError>>;
+    /// Send an uploaded body to a peer as one DATA stream.
+    fn send_stream(&self, req: NetSendStream, upload: Upload) -> BoxFuture<'_, Result<SendReport, ApiError>>;
     /// The daemon's own log lines, by component and level, following new ones when asked.
     fn daemon_logs(&self, query: crate::types::DaemonLogsQuery) -> BoxFuture<'_, Result<ByteStream, ApiError>>;
     /// The store's events after `since` (or from now), following new ones unless asked not to.

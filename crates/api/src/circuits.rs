@@ -222,8 +222,9 @@ mod tests {
     use tower::ServiceExt;
 
     use super::*;
+    use crate::action::Upload;
     use crate::action::{BoxFuture, ByteStream};
-    use crate::types::{DaemonLogsQuery, ImageBuild, ImageImport, LogsQuery};
+    use crate::types::{DaemonLogsQuery, ImageBuild, ImageImport, LogsQuery, NetSendStream, SendReport};
 
     /// Records every action and answers with `reply`.
     struct Fake {
@@ -243,8 +244,24 @@ mod tests {
         fn build_image(&self, _: ImageBuild) -> BoxFuture<'_, Result<ByteStream, ApiError>> {
             Box::pin(async { Err(ApiError::internal("not in this test")) })
         }
-        fn import_image(&self, _: ImageImport) -> BoxFuture<'_, Result<ByteStream, ApiError>> {
-            Box::pin(async { Err(ApiError::internal("not in this test")) })
+        /// Counts the upload's bytes and answers with the count as the image's size.
+        fn import_image(&self, req: ImageImport, up: Upload) -> BoxFuture<'_, Result<ByteStream, ApiError>> {
+            Box::pin(async move {
+                let n = drain(up).await?;
+                let line = format!(
+                    "{{\"event\":\"progress\",\"stage\":\"{}\",\"current\":{n},\"total\":{n}}}\n",
+                    req.name.unwrap_or_default()
+                );
+                let s = futures_util::stream::iter([Ok(axum::body::Bytes::from(line))]);
+                Ok(Box::pin(s) as ByteStream)
+            })
+        }
+        /// Counts the upload's bytes and reports them sent.
+        fn send_stream(&self, req: NetSendStream, up: Upload) -> BoxFuture<'_, Result<SendReport, ApiError>> {
+            Box::pin(async move {
+                let bytes = drain(up).await?;
+                Ok(SendReport { accepted: true, sent: 1, bytes, reason: Some(req.to), ..Default::default() })
+            })
         }
         fn daemon_logs(&self, _: DaemonLogsQuery) -> BoxFuture<'_, Result<ByteStream, ApiError>> {
             Box::pin(async { Err(ApiError::internal("not in this test")) })
@@ -252,6 +269,16 @@ mod tests {
         fn events(&self, _: crate::types::EventsQuery) -> BoxFuture<'_, Result<crate::action::EventStream, ApiError>> {
             Box::pin(async { Err(ApiError::internal("not in this test")) })
         }
+    }
+
+    async fn drain(up: Upload) -> Result<u64, ApiError> {
+        use futures_util::StreamExt;
+        let mut body = up.body;
+        let mut n = 0;
+        while let Some(chunk) = body.next().await {
+            n += chunk.map_err(|e| ApiError::bad_request(e.to_string()))?.len() as u64;
+        }
+        Ok(n)
     }
 
     fn view() -> CircuitView {
@@ -435,5 +462,61 @@ mod tests {
             .map(|p| (p["name"].as_str().unwrap(), p["in"].as_str().unwrap()))
             .collect();
         assert_eq!(places, [("id", "path"), ("stale", "query"), ("via", "query")]);
+    }
+
+    /// (The fake daemon is here.) Uploads reach the daemon as bytes; a JSON body naming a
+    /// host path — the old forms of import and send — is refused before the daemon sees it.
+    #[tokio::test]
+    async fn uploads_are_bytes_and_json_naming_a_path_is_refused() {
+        let upload = |uri: &str, kind: Option<&str>, body: Vec<u8>| {
+            let fake = Arc::new(Fake { seen: Mutex::new(vec![]), reply: daemon });
+            let app =
+                crate::router(fake, crate::ServerConfig { token: "t".into(), deny: vec![], forward: None, host: None });
+            let mut req = Request::builder().method("POST").uri(uri).header("Authorization", "Bearer t");
+            if let Some(k) = kind {
+                req = req.header("Content-Type", k);
+            }
+            let req = req.body(Body::from(body)).unwrap();
+            async move {
+                let res = app.oneshot(req).await.unwrap();
+                let status = res.status().as_u16();
+                let bytes = axum::body::to_bytes(res.into_body(), usize::MAX).await.unwrap();
+                (status, String::from_utf8_lossy(&bytes).into_owned())
+            }
+        };
+        // two MiB: over the JSON limit, under the upload limit
+        let big = vec![7u8; 2 << 20];
+        let (st, body) = upload("/api/v1/images/import?name=app", Some("application/x-tar"), big.clone()).await;
+        assert_eq!(st, 200, "{body}");
+        assert!(body.contains(&format!("\"current\":{}", 2 << 20)) && body.contains("app"), "{body}");
+        let (st, body) = upload("/api/v1/net/send/stream?to=peer&name=f.bin", None, big).await;
+        assert_eq!(st, 200, "{body}");
+        assert!(body.contains(&format!("\"bytes\":{}", 2 << 20)), "{body}");
+        // the old JSON forms: refused as JSON (415) or for the field the API no longer has (400)
+        let shadow = serde_json::json!({"path": "/etc/shadow", "name": "x"}).to_string().into_bytes();
+        let (st, body) = upload("/api/v1/images/import", Some("application/json"), shadow).await;
+        assert_eq!(st, 415, "{body}");
+        let (st, ..) =
+            send("POST", "/api/v1/images/build", Some(serde_json::json!({"from_dir": "/etc", "name": "x"}))).await;
+        assert_eq!(st, 400);
+        let (st, ..) = send(
+            "POST",
+            "/api/v1/net/send",
+            Some(serde_json::json!({"to": "p", "type": "DATA", "file": "/etc/shadow"})),
+        )
+        .await;
+        assert_eq!(st, 400);
+        // a declared length over the upload limit is refused before any byte is read
+        let fake = Arc::new(Fake { seen: Mutex::new(vec![]), reply: daemon });
+        let app =
+            crate::router(fake, crate::ServerConfig { token: "t".into(), deny: vec![], forward: None, host: None });
+        let req = Request::builder()
+            .method("POST")
+            .uri("/api/v1/images/import")
+            .header("Authorization", "Bearer t")
+            .header("Content-Length", (crate::server::UPLOAD_LIMIT + 1).to_string())
+            .body(Body::empty())
+            .unwrap();
+        assert_eq!(app.oneshot(req).await.unwrap().status().as_u16(), 413);
     }
 }

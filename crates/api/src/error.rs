@@ -13,6 +13,8 @@ pub enum ErrorKind {
     NotFound,
     Conflict,
     PayloadTooLarge,
+    /// A body of a content type the operation does not take (JSON where it takes bytes).
+    UnsupportedMediaType,
     Internal,
     /// A part the request needs cannot serve it now (a circuit without a quorum); retry later.
     Unavailable,
@@ -29,6 +31,7 @@ impl ErrorKind {
             ErrorKind::NotFound => StatusCode::NOT_FOUND,
             ErrorKind::Conflict => StatusCode::CONFLICT,
             ErrorKind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorKind::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorKind::NotImplemented => StatusCode::NOT_IMPLEMENTED,

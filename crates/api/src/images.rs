@@ -6,7 +6,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
-use crate::server::{unexpected, ApiJson};
+use crate::server::{unexpected, ApiJson, ApiQuery, ApiUpload};
 use crate::types::{ImageBuild, ImageEvent, ImageImport, ImageInfo};
 use crate::{Action, ApiError, Control, Problem, Reply};
 
@@ -40,11 +40,19 @@ pub async fn build_image(State(c): Ctl, ApiJson(req): ApiJson<ImageBuild>) -> Re
     Ok(ndjson(c.build_image(req).await?))
 }
 
-/// Import an OCI layout or docker-save tarball from a path on the daemon's host;
-/// progress as NDJSON [`ImageEvent`] lines.
-#[utoipa::path(post, path = "/api/v1/images/import", tag = "images", request_body = ImageImport,
+/// Import an image archive the client uploads as the body — an OCI image layout tar, a
+/// `docker save` tarball or a root filesystem tarball, gzip or not — up to 16 GiB; the
+/// daemon spools it in its home, imports it and removes the spool. Progress as NDJSON
+/// [`ImageEvent`] lines, the first while the body arrives.
+#[utoipa::path(post, path = "/api/v1/images/import", tag = "images", params(ImageImport),
+    request_body(description = "The archive's bytes (up to 16 GiB).", content(
+        (inline(crate::types::UploadBody) = "application/x-tar"), (inline(crate::types::UploadBody) = "application/gzip"), (inline(crate::types::UploadBody) = "application/octet-stream"))),
     responses((status = 200, content_type = "application/x-ndjson", body = ImageEvent), (status = 400, body = Problem),
-        (status = 409, body = Problem)), security(("bearer" = [])))]
-pub async fn import_image(State(c): Ctl, ApiJson(req): ApiJson<ImageImport>) -> Result<Response, ApiError> {
-    Ok(ndjson(c.import_image(req).await?))
+        (status = 409, body = Problem), (status = 415, body = Problem)), security(("bearer" = [])))]
+pub async fn import_image(
+    State(c): Ctl,
+    ApiQuery(req): ApiQuery<ImageImport>,
+    ApiUpload(upload): ApiUpload,
+) -> Result<Response, ApiError> {
+    Ok(ndjson(c.import_image(req, upload).await?))
 }

@@ -71,7 +71,7 @@ pub(crate) fn vm_driver() -> RefOr<Schema> {
 }
 
 pub(crate) fn image_base() -> RefOr<Schema> {
-    one_of(IMAGE_BASES, "Which built-in image to build (ignored with `from_dir`).")
+    one_of(IMAGE_BASES, "Which built-in image to build.")
 }
 
 pub(crate) fn message_type() -> RefOr<Schema> {
@@ -92,10 +92,12 @@ pub(crate) fn cross_field_rules() -> serde_json::Value {
         {"allOf": [given("module")], "properties": {"all": {"const": false}}},
         {"allOf": [absent("module")], "required": ["all"], "properties": {"all": {"const": true}}}
     ]});
-    let stream = serde_json::json!({"anyOf": [
-        {"required": ["stream"], "properties": {"stream": {"const": true}}},
-        given("file")
-    ]});
+    // enable also takes the module's settings: the transaction optimiser's keys and ranges
+    let mut enable = module_or_all.clone();
+    enable["properties"] = serde_json::json!({"config": {
+        "type": ["object", "null"], "additionalProperties": false, "properties": tx_config()
+    }});
+    let stream = serde_json::json!({"required": ["stream"], "properties": {"stream": {"const": true}}});
     let name = serde_json::json!({"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"});
     serde_json::json!({
         "ContainerCreate": {"allOf": [
@@ -104,8 +106,10 @@ pub(crate) fn cross_field_rules() -> serde_json::Value {
             {"anyOf": [{"properties": {"replicate": {"const": false}}}, given("circuit")]},
             {"anyOf": [absent("circuit"), {"required": ["replicate"], "properties": {"replicate": {"const": true}}}]}
         ]},
-        // a deploy file does not replicate (yet)
-        "DeployRequest": {"properties": {"containers": {"items": {"properties": {"replicate": {"const": false}}}}}},
+        // a deploy file lists a container or more, and does not replicate (yet)
+        "DeployRequest": {"properties": {"containers": {
+            "minItems": 1, "items": {"properties": {"replicate": {"const": false}}}
+        }}},
         // at least 16 MiB (an integer, not 16.0); a qemu guest gets whole cores and 256 MiB
         "VmCreate": {
             "properties": {"memory": {"minimum": 16}},
@@ -115,7 +119,7 @@ pub(crate) fn cross_field_rules() -> serde_json::Value {
             ]
         },
         "CircuitCreate": {"properties": {"nodes": {"items": name}}},
-        "AiEnable": module_or_all,
+        "AiEnable": enable,
         "AiDisable": module_or_all,
         "NetSend": {"allOf": [
             // only DATA travels as a stream
@@ -123,12 +127,7 @@ pub(crate) fn cross_field_rules() -> serde_json::Value {
             // a message carries at most 512 KiB; a stream any size
             {"anyOf": [stream, {"properties": {"size": {"maximum": 512 * 1024}}}]}
         ]},
-        "ImageBuild": {"anyOf": [absent("from_dir"), given("name")]},
-        "AiConfigure": {"properties": {"set": {"minItems": 1, "items": {"type": "string", "pattern": tx_assignment()}}}},
-        "AiEnable": {"properties": {"config": {
-            "type": ["object", "null"], "additionalProperties": false, "properties": tx_config()
-        }}},
-        "DeployRequest": {"properties": {"containers": {"minItems": 1}}}
+        "AiConfigure": {"properties": {"set": {"minItems": 1, "items": {"type": "string", "pattern": tx_assignment()}}}}
     })
 }
 

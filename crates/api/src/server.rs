@@ -15,8 +15,58 @@ use crate::{
     ErrorKind, Reply,
 };
 
-/// Largest request body accepted, in bytes.
+/// Largest request body accepted, in bytes (JSON bodies).
 pub const BODY_LIMIT: usize = 1 << 20;
+
+/// Largest upload accepted (an image archive, a file sent as a DATA stream): 16 GiB. An
+/// upload is spooled to the daemon's home as it arrives, never held in memory.
+pub const UPLOAD_LIMIT: u64 = 16 << 30;
+
+/// The operations whose body is an upload, not JSON: they take [`UPLOAD_LIMIT`].
+pub const UPLOAD_PATHS: &[&str] = &["/api/v1/images/import", "/api/v1/net/send/stream"];
+
+/// The content types an upload may declare (none is taken as `application/octet-stream`).
+pub const UPLOAD_TYPES: &[&str] = &["application/x-tar", "application/gzip", "application/octet-stream"];
+
+/// Upload extractor: the body as a stream of bytes cut off past [`UPLOAD_LIMIT`]. A body
+/// declared as anything but bytes — JSON naming a path, say — is refused (415): the
+/// daemon reads what the client sends, never a file the client names.
+pub struct ApiUpload(pub crate::action::Upload);
+
+impl<S: Send + Sync> FromRequest<S> for ApiUpload {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, _: &S) -> Result<Self, ApiError> {
+        use futures_util::StreamExt;
+        let kind = req.headers().get(header::CONTENT_TYPE).map(|v| v.to_str().unwrap_or("?").to_string());
+        if let Some(kind) = kind {
+            let bare = kind.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+            if !UPLOAD_TYPES.contains(&bare.as_str()) && bare != "application/x-gzip" {
+                return Err(ApiError::new(
+                    ErrorKind::UnsupportedMediaType,
+                    format!(
+                        "the body is the content itself ({}), not {kind}: the daemon reads no path a client names",
+                        UPLOAD_TYPES.join(", ")
+                    ),
+                ));
+            }
+        }
+        let declared =
+            req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
+        let mut seen = 0u64;
+        let body = req.into_body().into_data_stream().map(move |chunk| {
+            let chunk = chunk.map_err(std::io::Error::other)?;
+            seen += chunk.len() as u64;
+            if seen > UPLOAD_LIMIT {
+                return Err(std::io::Error::other(format!(
+                    "the upload is larger than the limit of {UPLOAD_LIMIT} bytes"
+                )));
+            }
+            Ok(chunk)
+        });
+        Ok(ApiUpload(crate::action::Upload { body: Box::pin(body), declared }))
+    }
+}
 
 pub struct ServerConfig {
     /// The bearer token every call but `/api/v1/health` must carry.
@@ -58,10 +108,39 @@ async fn forward(State(f): State<Option<Arc<dyn Forwarder>>>, req: Request, next
     }
 }
 
-/// JSON body extractor whose rejections are problem+json.
-#[derive(FromRequest)]
-#[from_request(via(axum::Json), rejection(ApiError))]
+/// JSON body extractor whose rejections are problem+json. A number with no fraction is
+/// an integer wherever one is expected (`256.0` as `256`), as JSON Schema has it: the
+/// document and the server agree on what an integer is.
 pub struct ApiJson<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned, S: Send + Sync> axum::extract::FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let axum::Json(mut v) = axum::Json::<serde_json::Value>::from_request(req, state).await?;
+        integral_floats_as_integers(&mut v);
+        serde_path_to_error::deserialize(v).map(ApiJson).map_err(|e| {
+            ApiError::bad_request(format!(
+                "request body is not valid: Failed to deserialize the JSON body into the target type: {e}"
+            ))
+        })
+    }
+}
+
+fn integral_floats_as_integers(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Number(n) if n.is_f64() => {
+            let f = n.as_f64().unwrap_or(f64::NAN);
+            // exactly representable: below 2^53
+            if f.fract() == 0.0 && f.abs() < 9_007_199_254_740_992.0 {
+                *v = if f < 0.0 { (f as i64).into() } else { (f as u64).into() };
+            }
+        }
+        serde_json::Value::Array(a) => a.iter_mut().for_each(integral_floats_as_integers),
+        serde_json::Value::Object(o) => o.values_mut().for_each(integral_floats_as_integers),
+        _ => {}
+    }
+}
 
 /// Query extractor whose rejections are problem+json.
 #[derive(FromRequestParts)]
@@ -120,6 +199,7 @@ pub fn api_parts() -> (Router<Arc<dyn Control>>, utoipa::openapi::OpenApi) {
         .routes(routes!(vms::resume_vm))
         .routes(routes!(net::status))
         .routes(routes!(net::send))
+        .routes(routes!(net::send_stream))
         .routes(routes!(net::providers))
         .routes(routes!(monitor::resources))
         .routes(routes!(monitor::history))
@@ -197,7 +277,13 @@ fn document_problems(doc: &mut utoipa::openapi::OpenApi) {
                 ("400", "the request is not valid: the problem's detail names the input"),
                 ("401", "no token, or not this daemon's (Authorization: Bearer <token from the home>)"),
             ];
-            if op.request_body.is_some() {
+            if UPLOAD_PATHS.contains(&path.as_str()) {
+                add.push(("413", "the upload is larger than the limit (16 GiB)"));
+                add.push((
+                    "415",
+                    "the body is not bytes (application/x-tar, application/gzip, application/octet-stream)",
+                ));
+            } else if op.request_body.is_some() {
                 add.push(("413", "the body is larger than the limit (1 MiB)"));
             }
             // a path names an object; a body may name one too (a VM, a file, a node)
@@ -298,15 +384,20 @@ async fn refuse_networks(State(deny): State<Arc<Vec<(std::net::Ipv4Addr, u8)>>>,
 }
 
 /// Refuses a body whose declared length is over the limit before reading any of it (so a
-/// client that sent `Expect: 100-continue` never uploads it). Bodies without a length are
-/// cut off at the limit by `DefaultBodyLimit` as they are read.
+/// client that sent `Expect: 100-continue` never uploads it): [`UPLOAD_LIMIT`] for the
+/// upload operations, [`BODY_LIMIT`] for the rest. Bodies without a length are cut off at
+/// the limit as they are read (`DefaultBodyLimit` for JSON, [`ApiUpload`] for uploads).
 async fn refuse_declared_oversize(req: Request, next: Next) -> Response {
     let declared =
-        req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
+        req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    let limit = match UPLOAD_PATHS.contains(&req.uri().path()) {
+        true => UPLOAD_LIMIT,
+        false => BODY_LIMIT as u64,
+    };
     match declared {
-        Some(n) if n > BODY_LIMIT => ApiError::new(
+        Some(n) if n > limit => ApiError::new(
             ErrorKind::PayloadTooLarge,
-            format!("request body of {n} bytes is larger than the limit of {BODY_LIMIT} bytes"),
+            format!("request body of {n} bytes is larger than the limit of {limit} bytes"),
         )
         .into_response(),
         _ => next.run(req).await,

@@ -209,18 +209,14 @@ pub struct ImageInfo {
     pub cmd: Vec<String>,
 }
 
-/// `POST /api/v1/images/build`: build a built-in base image.
+/// `POST /api/v1/images/build`: build a built-in base image. (An image from a directory
+/// is an upload: the client tars it and imports it as a root filesystem tarball.)
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ImageBuild {
     #[serde(default = "default_base")]
     #[schema(schema_with = crate::schema::image_base)]
     pub base: String,
-    /// Build the image from this directory on the daemon's host instead (absolute path):
-    /// its tree becomes the image's root; `name` is required.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(pattern = "^/")]
-    pub from_dir: Option<String>,
     /// Name to store it under (default: the base's name).
     #[serde(default)]
     #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")]
@@ -231,17 +227,23 @@ fn default_base() -> String {
     "busybox".into()
 }
 
-/// `POST /api/v1/images/import`: import an OCI layout, a `docker save` tarball or a root
-/// filesystem tarball from a path on the daemon's host.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+/// `POST /api/v1/images/import?name=NAME`: the body is the archive itself (an OCI layout
+/// tar, a `docker save` tarball or a root filesystem tarball, gzip or not), uploaded by the
+/// client; the daemon never reads a path a client names.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ImageImport {
-    /// An absolute path on the daemon's host.
-    #[schema(pattern = "^/")]
-    pub path: String,
-    #[serde(default)]
-    #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")]
+    /// Name to store the image under (default: the archive's own tag; a root filesystem
+    /// tarball has none, so it needs one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[param(pattern = "^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")]
     pub name: Option<String>,
+    /// What the archive was called where the client found it (a file name), for the
+    /// image's source and error messages.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[param(pattern = "^[^/]{1,255}$")]
+    pub source: Option<String>,
 }
 
 /// One line of an image build's or import's NDJSON response.
@@ -464,13 +466,31 @@ pub struct NetSend {
     /// Pad the state to this many bytes; for a stream, its length.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub size: Option<u64>,
-    /// Send this file (an absolute path on the daemon's host) as a DATA stream.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(pattern = "^/")]
-    pub file: Option<String>,
     /// Send as a DATA stream (`/micro-os/data/1`) rather than as messages.
     #[serde(default)]
     pub stream: bool,
+}
+
+/// An upload's body in the document: bytes (`type: string, format: binary`), not JSON.
+#[derive(Debug, ToSchema)]
+#[schema(value_type = String, format = Binary)]
+pub struct UploadBody(pub Vec<u8>);
+
+/// `POST /api/v1/net/send/stream`: the body, uploaded by the client, goes to a peer as one
+/// DATA stream (`/micro-os/data/1`) — what `net send --type DATA --file FILE` sends.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct NetSendStream {
+    /// Send from this VM (name or id) instead of from the host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    /// Peer id, or the name of a VM whose agent has reported its peer id.
+    pub to: String,
+    /// The file name the receiver keeps the content under (its inbox).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[param(pattern = "^[^/]{1,255}$")]
+    pub name: Option<String>,
 }
 
 pub use micro_os_core::metrics::{Alert, ComponentHealth, Sample, Severity};

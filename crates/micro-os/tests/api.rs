@@ -313,6 +313,130 @@ fn init_help_and_completion() {
     }
 }
 
+/// A docker-save archive with a link that leads out of it: `layer.tar` → `target`.
+fn archive_with_link(dir: &std::path::Path, target: &std::path::Path) -> std::path::PathBuf {
+    let mut b = tar::Builder::new(Vec::new());
+    let mut add = |path: &str, data: &[u8]| {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        b.append_data(&mut h, path, data).unwrap();
+    };
+    add("config.json", br#"{"config": {"Cmd": ["sh"]}}"#);
+    add("manifest.json", br#"[{"Config": "config.json", "RepoTags": ["evil:1"], "Layers": ["layer.tar"]}]"#);
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Symlink);
+    h.set_size(0);
+    b.append_link(&mut h, "layer.tar", target).unwrap();
+    let out = dir.join(format!("evil-{}.tar", target.file_name().unwrap().to_string_lossy()));
+    std::fs::write(&out, b.into_inner().unwrap()).unwrap();
+    out
+}
+
+/// Issue 16: with the right token, no request makes the daemon read a host file it names.
+/// The old JSON forms that named a path on the daemon's host (`images/import` with
+/// `path`, `images/build` with `from_dir`, `net/send` with `file`) are refused; the served
+/// document has no operation that takes a host path; an uploaded archive whose manifest
+/// points a layer at a link to `/etc/shadow` (or to a valid layer outside the archive) is
+/// refused and no image holds the file; the spool is empty after every upload, a broken
+/// one too.
+#[test]
+fn no_request_makes_the_daemon_read_a_host_file() {
+    if !require("no_request_makes_the_daemon_read_a_host_file", &[Need::Busybox]) {
+        return;
+    }
+    let d = Daemon::start();
+    let json = |method: &str, path: &str, body: serde_json::Value| {
+        status_of(d.api(method, path).set("Content-Type", "application/json").send_string(&body.to_string()))
+    };
+    let (code, ctype, body) = json("POST", "/images/import", serde_json::json!({"path": "/etc/shadow", "name": "x"}));
+    assert_eq!((code, ctype.as_str()), (415, "application/problem+json"), "{body}");
+    let (code, _, body) = json("POST", "/images/build", serde_json::json!({"from_dir": "/etc", "name": "x"}));
+    assert_eq!(code, 400, "{body}");
+    let (code, _, body) =
+        json("POST", "/net/send", serde_json::json!({"to": d.peer_id(), "type": "DATA", "file": "/etc/shadow"}));
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("file"), "{body}");
+    let (code, _, body) =
+        json("POST", &format!("/net/send/stream?to={}", d.peer_id()), serde_json::json!({"file": "/etc/shadow"}));
+    assert_eq!(code, 415, "{body}");
+
+    // the document: no body field, no parameter names a host path
+    let (_, _, doc) = status_of(d.api("GET", "/openapi.json").call());
+    let doc: serde_json::Value = serde_json::from_str(&doc).unwrap();
+    assert!(!doc.to_string().contains(r#""pattern":"^/""#), "a field still takes an absolute path");
+    let host_path = ["path", "file", "from_dir", "dir", "directory"];
+    for (path, ops) in doc["paths"].as_object().unwrap() {
+        for (method, op) in ops.as_object().unwrap() {
+            for p in op["parameters"].as_array().into_iter().flatten() {
+                assert!(!host_path.contains(&p["name"].as_str().unwrap()), "{method} {path} takes {}", p["name"]);
+            }
+            for (kind, content) in op["requestBody"]["content"].as_object().into_iter().flatten() {
+                let mut schema = &content["schema"];
+                if let Some(r) = schema["$ref"].as_str() {
+                    schema = &doc["components"]["schemas"][r.rsplit('/').next().unwrap()];
+                }
+                for field in schema["properties"].as_object().into_iter().flatten().map(|(k, _)| k) {
+                    assert!(!host_path.contains(&field.as_str()), "{method} {path} ({kind}) takes {field}");
+                }
+            }
+        }
+    }
+    assert!(doc["paths"]["/api/v1/images/import"]["post"]["requestBody"]["content"]["application/x-tar"].is_object());
+
+    // an uploaded archive with a link out of it: refused, and no image holds what it names
+    let work = tempfile::tempdir().unwrap();
+    let outside = work.path().join("secret-layer.tar");
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_size(11);
+    h.set_mode(0o644);
+    b.append_data(&mut h, "etc/stolen", &b"host secret"[..]).unwrap();
+    std::fs::write(&outside, b.into_inner().unwrap()).unwrap();
+    for target in [std::path::Path::new("/etc/shadow"), outside.as_path()] {
+        let evil = archive_with_link(work.path(), target);
+        let e = d.fails(&["image", "import", evil.to_str().unwrap(), "--name", "evil"], 2);
+        assert!(e.contains("leads out of the archive"), "{e}");
+        let e = d.fails(&["image", "import", evil.to_str().unwrap()], 2);
+        assert!(e.contains("leads out of the archive"), "{e}");
+    }
+    let list = d.ok(&["image", "ls"]);
+    assert!(!list.contains("evil"), "{list}");
+    let stolen = std::process::Command::new("grep")
+        .args(["-rlF", "host secret"])
+        .arg(d.home.path().join("images"))
+        .output()
+        .unwrap();
+    assert!(stolen.stdout.is_empty(), "an image holds the outside file: {}", String::from_utf8_lossy(&stolen.stdout));
+    let spool = d.home.path().join("spool");
+    let left = |what: &str| {
+        let n = std::fs::read_dir(&spool).map(|r| r.count()).unwrap_or(0);
+        assert_eq!(n, 0, "the spool keeps uploads after {what}");
+    };
+    left("refused imports");
+
+    // a client that goes away mid-upload leaves nothing behind either
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(d.url().trim_start_matches("http://")).unwrap();
+    write!(
+        s,
+        "POST /api/v1/images/import?name=half HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/x-tar\r\nContent-Length: 10000000\r\n\r\n",
+        d.token()
+    )
+    .unwrap();
+    s.write_all(&[0u8; 100_000]).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(std::fs::read_dir(&spool).unwrap().count(), 1, "the upload is spooled as it arrives");
+    drop(s);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::fs::read_dir(&spool).unwrap().count() > 0 {
+        assert!(std::time::Instant::now() < deadline, "a broken upload stays in the spool");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(!d.ok(&["image", "ls"]).contains("half"));
+}
+
 /// A connection to the daemon from another loopback address, as a client elsewhere.
 fn connect_from(ip: &str, to: std::net::SocketAddr) -> std::net::TcpStream {
     let rt = tokio::runtime::Builder::new_current_thread().enable_io().build().unwrap();

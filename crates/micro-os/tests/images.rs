@@ -95,8 +95,9 @@ fn import_run_and_remove_an_image() {
     }
 }
 
-/// An image from a directory on the host (`image build --from-dir`) and from a root
-/// filesystem tarball (`image import`), each running a container; bad input is one line.
+/// An image from a directory of the client's (`image build --from-dir`: tarred by the CLI
+/// and uploaded) and from a root filesystem tarball (`image import`: uploaded as it is),
+/// each running a container; bad input is one line.
 #[test]
 fn images_from_a_directory_and_a_rootfs_tarball_run() {
     let test = "images_from_a_directory_and_a_rootfs_tarball_run";
@@ -116,7 +117,7 @@ fn images_from_a_directory_and_a_rootfs_tarball_run() {
     let o = d.cli(&["container", "run", "--rm", "--image", "from-dir", "--", "cat", "/etc/motd"]);
     assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "from-a-directory", "{o:?}");
     let ls = d.ok(&["image", "ls"]);
-    assert!(ls.contains("directory "), "the source says where it came from: {ls}");
+    assert!(ls.contains("root filesystem upload root"), "the source says where it came from: {ls}");
 
     let out = d.ok(&["image", "import", &format!("{t}/root.tar"), "--name", "from-tar"]);
     assert!(out.contains("imported from-tar"), "{out}");

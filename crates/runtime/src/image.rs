@@ -266,6 +266,13 @@ impl ImageStore {
     /// Imports an OCI image layout (directory or tar) or a `docker save` tarball.
     /// `name` defaults to the archive's own tag.
     pub fn import(&self, path: &Path, name: Option<&str>, progress: ProgressFn<'_>) -> Result<Image> {
+        self.import_as(path, &path.display().to_string(), name, progress)
+    }
+
+    /// [`ImageStore::import`] of a file that stands for `origin` (an upload spooled to
+    /// `path`): errors and the image's source name `origin`.
+    pub fn import_as(&self, path: &Path, origin: &str, name: Option<&str>, progress: ProgressFn<'_>) -> Result<Image> {
+        let shown = PathBuf::from(origin);
         if let Some(n) = name {
             validate_image_name(n)?;
             if self.exists(n) {
@@ -286,26 +293,27 @@ impl ImageStore {
                     ProgressReader { inner: file, read: 0, total, stage: "reading archive", progress: &mut *progress };
                 let mut ar = tar::Archive::new(maybe_gzip(BufReader::new(reader))?);
                 ar.unpack(&unpacked).map_err(|e| Error::BadImage {
-                    path: path.into(),
+                    path: shown.clone(),
                     msg: format!("not a tar archive or directory: {e}"),
                 })?;
                 unpacked
             };
             // a tarball without an image manifest is a root filesystem: one layer
-            let rootfs_tar = !meta.is_dir() && !src.join("manifest.json").exists() && !src.join("index.json").exists();
+            let rootfs_tar = !meta.is_dir()
+                && !["manifest.json", "index.json"].iter().any(|f| src.join(f).symlink_metadata().is_ok());
             let plan = match rootfs_tar {
                 true => Plan {
                     layers: vec![path.to_path_buf()],
                     config: plain_config(shell_if_any(&src)),
                     tag: None,
-                    id: hex::encode(Sha256::digest(path.display().to_string().as_bytes())),
+                    id: file_sha256(path)?,
                 },
-                false => read_plan(&src).map_err(|msg| Error::BadImage { path: path.into(), msg })?,
+                false => read_plan(&src).map_err(|msg| Error::BadImage { path: shown.clone(), msg })?,
             };
             let final_name = match name {
                 Some(n) => n.to_string(),
                 None => plan.tag.clone().ok_or_else(|| Error::BadImage {
-                    path: path.into(),
+                    path: shown.clone(),
                     msg: match rootfs_tar {
                         true => "a root filesystem tarball names no image (give one with --name)".into(),
                         false => "the archive names no image (give one with --name)".into(),
@@ -320,7 +328,7 @@ impl ImageStore {
             let n = plan.layers.len();
             for (i, layer) in plan.layers.iter().enumerate() {
                 let f = File::open(layer).map_err(|e| Error::BadImage {
-                    path: path.into(),
+                    path: shown.clone(),
                     msg: format!("layer {} is missing: {e}", layer.display()),
                 })?;
                 let total = f.metadata().map(|m| m.len()).unwrap_or(0);
@@ -339,75 +347,10 @@ impl ImageStore {
                 size_bytes: 0,
                 layers: n,
                 source: match rootfs_tar {
-                    true => format!("root filesystem {}", path.display()),
-                    false => format!("import {}", path.display()),
+                    true => format!("root filesystem {origin}"),
+                    false => format!("import {origin}"),
                 },
                 config: plan.config,
-            })
-        })();
-        match result {
-            Ok(img) => self.commit(&scratch, img),
-            Err(e) => {
-                let _ = fs::remove_dir_all(&scratch);
-                Err(e)
-            }
-        }
-    }
-}
-
-impl ImageStore {
-    /// An image whose root is a copy of directory `dir` on this host: files with their
-    /// modes, directories, symlinks as they are (they resolve inside the container's
-    /// root); devices, sockets and fifos are skipped. Its command is `sh` when it has one.
-    pub fn import_dir(&self, dir: &Path, name: &str, progress: ProgressFn<'_>) -> Result<Image> {
-        validate_image_name(name)?;
-        if self.exists(name) {
-            return Err(Error::ImageExists(name.into()));
-        }
-        if !dir.is_dir() {
-            return Err(Error::Invalid(format!("{} is not a directory (give one with --from-dir)", dir.display())));
-        }
-        let scratch = self.scratch(name)?;
-        let result = (|| {
-            let rootfs = scratch.join("rootfs");
-            // first the sizes, for the progress; then the copy
-            let mut total = 0u64;
-            let mut id = Sha256::new();
-            walk(dir, &mut |rel, meta| {
-                total += meta.len();
-                id.update(rel.as_os_str().as_encoded_bytes());
-                id.update(meta.len().to_le_bytes());
-                Ok(())
-            })?;
-            let mut done = 0u64;
-            let stage = format!("copying {}", dir.display());
-            progress(Progress { stage: stage.clone(), current: 0, total });
-            fs::create_dir_all(&rootfs).context(|| format!("create {}", rootfs.display()))?;
-            walk(dir, &mut |rel, meta| {
-                let (src, dst) = (dir.join(rel), rootfs.join(rel));
-                let ft = meta.file_type();
-                if ft.is_dir() {
-                    fs::create_dir_all(&dst).context(|| format!("create {}", dst.display()))?;
-                    fs::set_permissions(&dst, meta.permissions()).context(|| format!("chmod {}", dst.display()))?;
-                } else if ft.is_symlink() {
-                    let target = fs::read_link(&src).context(|| format!("read link {}", src.display()))?;
-                    std::os::unix::fs::symlink(&target, &dst).context(|| format!("link {}", dst.display()))?;
-                } else if ft.is_file() {
-                    fs::copy(&src, &dst).context(|| format!("copy {}", src.display()))?;
-                    done += meta.len();
-                    progress(Progress { stage: stage.clone(), current: done, total });
-                }
-                Ok(())
-            })?;
-            progress(Progress { stage, current: total, total });
-            Ok(Image {
-                name: name.into(),
-                id: hex::encode(id.finalize()),
-                created_at: Utc::now(),
-                size_bytes: 0,
-                layers: 1,
-                source: format!("directory {}", dir.display()),
-                config: plain_config(shell_if_any(&rootfs)),
             })
         })();
         match result {
@@ -437,29 +380,6 @@ fn shell_if_any(root: &Path) -> Vec<String> {
     } else {
         Vec::new()
     }
-}
-
-/// Visits every entry below `root` (parents before children, in name order) with its
-/// path relative to `root` and its own metadata (a symlink is not followed).
-fn walk(root: &Path, f: &mut dyn FnMut(&Path, &fs::Metadata) -> Result<()>) -> Result<()> {
-    fn go(root: &Path, rel: &Path, f: &mut dyn FnMut(&Path, &fs::Metadata) -> Result<()>) -> Result<()> {
-        let dir = root.join(rel);
-        let mut entries: Vec<_> = fs::read_dir(&dir)
-            .context(|| format!("read {}", dir.display()))?
-            .collect::<io::Result<_>>()
-            .context(|| format!("read {}", dir.display()))?;
-        entries.sort_by_key(|e| e.file_name());
-        for e in entries {
-            let rel = rel.join(e.file_name());
-            let meta = fs::symlink_metadata(root.join(&rel)).context(|| format!("stat {}", rel.display()))?;
-            f(&rel, &meta)?;
-            if meta.is_dir() {
-                go(root, &rel, f)?;
-            }
-        }
-        Ok(())
-    }
-    go(root, Path::new(""), f)
 }
 
 /// Copies a dynamically linked binary into `rootfs` at `dest` with every library `ldd`
@@ -724,15 +644,37 @@ fn read_json<T: serde::de::DeserializeOwned>(p: &Path) -> Result<T, String> {
 
 fn blob(root: &Path, digest: &str) -> Result<PathBuf, String> {
     let (alg, hex) = digest.split_once(':').ok_or_else(|| format!("digest {digest:?} is malformed"))?;
-    if !hex.bytes().all(|b| b.is_ascii_hexdigit()) || alg.contains('/') {
+    if !hex.bytes().all(|b| b.is_ascii_hexdigit()) || alg.contains('/') || alg.is_empty() || alg.starts_with('.') {
         return Err(format!("digest {digest:?} is malformed"));
     }
-    Ok(root.join("blobs").join(alg).join(hex))
+    within(root, &root.join("blobs").join(alg).join(hex))
+}
+
+/// The hex SHA-256 of a file's content.
+fn file_sha256(p: &Path) -> Result<String> {
+    let mut f = File::open(p).context(|| format!("open {}", p.display()))?;
+    let mut h = Sha256::new();
+    io::copy(&mut f, &mut h).context(|| format!("read {}", p.display()))?;
+    Ok(hex::encode(h.finalize()))
+}
+
+/// `p`, resolved, when it stays inside the archive `root`: an archive's manifest, config,
+/// index or layer may be a symlink, and one that leads out (to `/etc/shadow`, say) would
+/// make the daemon read a host file into an image.
+fn within(root: &Path, p: &Path) -> Result<PathBuf, String> {
+    let top = fs::canonicalize(root).map_err(|e| format!("{} cannot be read: {e}", root.display()))?;
+    let rel = p.strip_prefix(root).unwrap_or(p).display().to_string();
+    let real = fs::canonicalize(p).map_err(|e| format!("{rel} is missing: {e}"))?;
+    if !real.starts_with(&top) {
+        return Err(format!("{rel} is a link that leads out of the archive (refused)"));
+    }
+    Ok(real)
 }
 
 fn read_plan(root: &Path) -> Result<Plan, String> {
     let docker = root.join("manifest.json");
-    if docker.exists() {
+    if docker.symlink_metadata().is_ok() {
+        let docker = within(root, &docker)?;
         let manifests: Vec<DockerManifest> = read_json(&docker)?;
         let m = manifests.into_iter().next().ok_or("manifest.json lists no image")?;
         let config_path = safe_join(root, &m.config)?;
@@ -746,9 +688,10 @@ fn read_plan(root: &Path) -> Result<Plan, String> {
         });
     }
     let index = root.join("index.json");
-    if !index.exists() {
+    if index.symlink_metadata().is_err() {
         return Err("neither an OCI image layout (index.json) nor a docker save archive (manifest.json)".into());
     }
+    let index = within(root, &index)?;
     let idx: serde_json::Value = read_json(&index)?;
     let mut desc =
         idx["manifests"].as_array().and_then(|m| m.first()).cloned().ok_or("index.json lists no manifest")?;
@@ -794,7 +737,7 @@ fn safe_join(root: &Path, rel: &str) -> Result<PathBuf, String> {
     if p.components().any(|c| !matches!(c, Component::Normal(_) | Component::CurDir)) {
         return Err(format!("path {rel:?} in the archive leaves the archive"));
     }
-    Ok(root.join(p))
+    within(root, &root.join(p))
 }
 
 /// Applies one layer tar to `rootfs`: `.wh.NAME` deletes NAME from lower layers,
@@ -1144,5 +1087,82 @@ mod tests {
         assert!(store.rootfs("busybox").join("bin/sh").exists());
         assert_eq!(img.config.cmd, ["sh"]);
         assert!(img.size_bytes > 500_000);
+    }
+
+    /// An archive whose manifest names a symlink that leads out of the archive — as a
+    /// layer, as the config, as the manifest itself, or as an OCI blob — is refused, and
+    /// the outside file (a valid layer, so following it would succeed) is never read in.
+    #[test]
+    fn refuses_links_that_lead_out_of_an_archive() {
+        let d = tempfile::tempdir().unwrap();
+        let store = ImageStore::new(d.path().join("images")).unwrap();
+        let secret = d.path().join("secret.tar");
+        fs::write(&secret, layer(&[("etc/", None), ("etc/shadow", Some("root:secret"))])).unwrap();
+        let cfg = d.path().join("secret.json");
+        fs::write(&cfg, r#"{"config": {"Cmd": ["sh"]}}"#).unwrap();
+        let entry = |b: &mut tar::Builder<Vec<u8>>, path: &str, data: &[u8]| {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            b.append_data(&mut h, path, data).unwrap();
+        };
+        let link = |b: &mut tar::Builder<Vec<u8>>, path: &str, target: &Path| {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(tar::EntryType::Symlink);
+            h.set_size(0);
+            b.append_link(&mut h, path, target).unwrap();
+        };
+        let own_layer = layer(&[("etc/", None), ("etc/keep", Some("keep"))]);
+        let docker = |layer_link: bool, config_link: bool| {
+            let mut b = tar::Builder::new(Vec::new());
+            match config_link {
+                true => link(&mut b, "cfg.json", &cfg),
+                false => entry(&mut b, "cfg.json", br#"{"config": {}}"#),
+            }
+            match layer_link {
+                true => link(&mut b, "l0/layer.tar", &secret),
+                false => entry(&mut b, "l0/layer.tar", &own_layer),
+            }
+            let m = serde_json::json!([{"Config": "cfg.json", "RepoTags": ["evil:1"], "Layers": ["l0/layer.tar"]}]);
+            entry(&mut b, "manifest.json", m.to_string().as_bytes());
+            b.into_inner().unwrap()
+        };
+        let manifest_link = {
+            let mut b = tar::Builder::new(Vec::new());
+            let outside = d.path().join("manifest.json");
+            fs::write(&outside, r#"[{"Config": "x", "Layers": []}]"#).unwrap();
+            link(&mut b, "manifest.json", &outside);
+            b.into_inner().unwrap()
+        };
+        let oci_blob_link = {
+            let mut b = tar::Builder::new(Vec::new());
+            let digest = "a".repeat(64);
+            link(&mut b, &format!("blobs/sha256/{digest}"), &secret);
+            let idx = serde_json::json!({"manifests": [{"digest": format!("sha256:{digest}")}]});
+            entry(&mut b, "index.json", idx.to_string().as_bytes());
+            b.into_inner().unwrap()
+        };
+        for (what, archive) in [
+            ("layer", docker(true, false)),
+            ("config", docker(false, true)),
+            ("manifest", manifest_link),
+            ("oci blob", oci_blob_link),
+        ] {
+            let tarball = d.path().join("evil.tar");
+            fs::write(&tarball, archive).unwrap();
+            let e = store.import(&tarball, Some("evil"), &mut |_| {}).unwrap_err();
+            assert!(
+                matches!(&e, Error::BadImage { msg, .. } if msg.contains("leads out of the archive")),
+                "{what}: {e}"
+            );
+            assert!(store.get("evil").is_err(), "{what}: an image was made");
+        }
+        // the same archive without links imports: the refusal is the link's
+        fs::write(d.path().join("ok.tar"), docker(false, false)).unwrap();
+        store.import(&d.path().join("ok.tar"), Some("fine"), &mut |_| {}).unwrap();
+        assert_eq!(fs::read_to_string(store.rootfs("fine").join("etc/keep")).unwrap(), "keep");
+        assert!(!store.rootfs("fine").join("etc/shadow").exists());
+        let leftovers: Vec<_> = fs::read_dir(d.path().join("images")).unwrap().flatten().collect();
+        assert_eq!(leftovers.len(), 1, "scratch left behind: {leftovers:?}");
     }
 }

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
+import tarfile
 import threading
 import time
 from pathlib import Path
@@ -278,7 +280,45 @@ def test_each_exception_type_carries_the_servers_message(daemon, micro: MicroOS)
         MicroOS(config_file=__file__)
 
 
-def test_the_async_twin(daemon) -> None:
+def rootfs(tmp_path: Path) -> Path:
+    """A small root: a file, a directory, a symlink (kept a link) and a fifo (skipped)."""
+    root = tmp_path / "root"
+    (root / "etc").mkdir(parents=True)
+    (root / "etc" / "motd").write_text("from the sdk\n")
+    os.symlink("/etc/shadow", root / "shadow")
+    os.mkfifo(root / "fifo")
+    return root
+
+
+def test_images_and_files_are_uploaded_not_named(daemon, micro: MicroOS, tmp_path: Path) -> None:
+    root = rootfs(tmp_path)
+    stages: list[str] = []
+    img = micro.images.build(name="sdk-dir", from_dir=str(root), progress=lambda ev: stages.append(ev.event))
+    assert img.name == "sdk-dir" and "upload root" in img.source
+    assert stages[-1] == "done"
+    kept = daemon.home / "images" / "sdk-dir" / "rootfs"
+    assert (kept / "etc" / "motd").read_text() == "from the sdk\n"
+    assert os.readlink(kept / "shadow") == "/etc/shadow", "a link stays a link"
+    assert not (kept / "fifo").exists()
+    # a tarball as it is, gzip too; a directory that is no image is refused as one
+    tarball = tmp_path / "root.tar.gz"
+    with tarfile.open(tarball, "w:gz") as t:
+        t.add(root / "etc", arcname="etc")
+    assert micro.images.import_file(str(tarball), name="sdk-tgz").layers == 1
+    with pytest.raises(InvalidInput, match="names no image"):
+        micro.images.import_file(str(tarball))
+    with pytest.raises(Conflict, match="sdk-dir"):
+        micro.images.build(name="sdk-dir", from_dir=str(root))
+    with pytest.raises(FileNotFoundError):
+        micro.images.import_file(str(tmp_path / "nowhere.tar"))
+    for name in ("sdk-dir", "sdk-tgz"):
+        micro.images.remove(name)
+    assert not list((daemon.home / "spool").iterdir()), "the spool keeps uploads"
+
+
+def test_the_async_twin(daemon, tmp_path: Path) -> None:
+    root = rootfs(tmp_path)
+
     async def main() -> None:
         async with AsyncMicroOS(url=daemon.url, token=daemon.token) as micro:
             assert (await micro.health()).status == "ok"
@@ -292,5 +332,9 @@ def test_the_async_twin(daemon) -> None:
             await micro.container.remove(c.id)
             with pytest.raises(NotFound):
                 await micro.container.get("sdk-async")
+            # an upload, streamed from an async generator
+            img = await micro.images.build(name="sdk-async-dir", from_dir=str(root))
+            assert img.name == "sdk-async-dir"
+            await micro.images.remove("sdk-async-dir")
 
     asyncio.run(main())

@@ -9,7 +9,7 @@ use micro_os_core::circuit::{
 };
 
 use super::args::{CircuitCmd, CircuitRef, Format, StateCmd};
-use super::client::{exit, seg, CliError, CliResult, Client};
+use super::client::{exit, query, seg, CliError, CliResult, Client};
 use super::output::{print, table};
 
 /// Longest value a `state list` table shows before cutting it.
@@ -43,15 +43,6 @@ fn path(c: &CircuitRef) -> String {
 fn key_path(c: &CircuitRef, key: &str) -> CliResult<String> {
     validate_key(key).map_err(bad)?;
     Ok(format!("{}/state/{}", path(c), seg(key)))
-}
-
-fn query(pairs: &[(&str, Option<String>)]) -> String {
-    let q: Vec<String> = pairs.iter().filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={}", seg(v)))).collect();
-    if q.is_empty() {
-        String::new()
-    } else {
-        format!("?{}", q.join("&"))
-    }
 }
 
 /// The header (leader, term, commit, applied, health and why) and one row per member.

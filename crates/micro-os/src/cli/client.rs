@@ -117,6 +117,20 @@ impl Client {
         res.map_err(|e| self.map_err(e))
     }
 
+    /// Sends `body` as the request's bytes (an upload: chunked when its length is unknown).
+    pub fn upload(&self, method: &str, path: &str, body: super::upload::Body) -> CliResult<ureq::Response> {
+        let super::upload::Body { reader, len, content_type, failed, .. } = body;
+        let mut req = self.request(method, path).set("Content-Type", content_type);
+        if let Some(n) = len {
+            req = req.set("Content-Length", &n.to_string());
+        }
+        req.send(reader).map_err(|e| match failed.lock().unwrap().take() {
+            // the tar made on the fly broke: that, not the connection it cut, is the error
+            Some(why) => CliError::new(exit::FAILURE, why),
+            None => self.map_err(e),
+        })
+    }
+
     pub fn call<T: DeserializeOwned>(&self, method: &str, path: &str, body: Option<&impl Serialize>) -> CliResult<T> {
         let body = body.map(|b| serde_json::to_value(b).expect("request serialises"));
         let resp = self.raw(method, path, body.as_ref())?;
@@ -125,6 +139,16 @@ impl Client {
 
     pub fn call_empty(&self, method: &str, path: &str) -> CliResult<()> {
         self.raw(method, path, None).map(drop)
+    }
+}
+
+/// `?k=v&...` of the pairs given (values escaped), or nothing.
+pub fn query(pairs: &[(&str, Option<String>)]) -> String {
+    let q: Vec<String> = pairs.iter().filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={}", seg(v)))).collect();
+    if q.is_empty() {
+        String::new()
+    } else {
+        format!("?{}", q.join("&"))
     }
 }
 

@@ -1,11 +1,11 @@
 use std::io::{BufRead, BufReader, IsTerminal};
 
 use indicatif::{ProgressBar, ProgressStyle};
-use micro_os_api::types::{ImageBuild, ImageEvent, ImageImport, ImageInfo};
+use micro_os_api::types::{ImageBuild, ImageEvent, ImageInfo};
 use micro_os_core::{Size, Template};
 
 use super::args::{ImageCmd, TemplateCmd};
-use super::client::{exit, seg, CliError, CliResult, Client};
+use super::client::{exit, query, seg, CliError, CliResult, Client};
 use super::output::{ago, print, table};
 
 /// Follows an NDJSON progress stream with a progress bar (plain lines when not a terminal).
@@ -76,30 +76,49 @@ fn images_table(v: &[ImageInfo]) -> String {
     )
 }
 
+/// Refuses a name an image already has before uploading anything: the daemon checks too,
+/// but an answer given before the body is read can be lost while the client still sends.
+fn name_free(client: &Client, name: Option<&str>) -> CliResult<()> {
+    let Some(name) = name else { return Ok(()) };
+    let v: Vec<ImageInfo> = client.call("GET", "/images", None::<&()>)?;
+    match v.iter().any(|i| i.name == name) {
+        true => Err(CliError::new(
+            exit::CONFLICT,
+            format!("image {name:?} already exists (remove it first with `micro-os image rm {name}`)"),
+        )),
+        false => Ok(()),
+    }
+}
+
 pub fn run(client: &Client, cmd: ImageCmd) -> CliResult<i32> {
     match cmd {
         ImageCmd::Ls { format } => {
             let v: Vec<ImageInfo> = client.call("GET", "/images", None::<&()>)?;
             print(format, &v, |v| images_table(v))?;
         }
-        ImageCmd::Build { base, from_dir, name } => {
-            let from_dir = from_dir
-                .map(|d| {
-                    std::fs::canonicalize(&d).map(|p| p.display().to_string()).map_err(|e| {
-                        CliError::new(exit::NOT_FOUND, format!("directory {} cannot be opened: {e}", d.display()))
-                    })
-                })
-                .transpose()?;
-            let body = serde_json::to_value(ImageBuild { base, from_dir, name }).expect("serialises");
+        ImageCmd::Build { from_dir: Some(dir), name, .. } => {
+            // the directory is tarred here and uploaded as a root filesystem tarball: the
+            // daemon reads only what this client could read
+            let body = super::upload::tar_dir(&dir)?;
+            name_free(client, name.as_deref())?;
+            let q = query(&[("name", name), ("source", Some(body.name.clone()))]);
+            let img = follow(client.upload("POST", &format!("/images/import{q}"), body)?)?;
+            println!("built {} ({}, {})", img.name, &img.id[..12.min(img.id.len())], Size(img.size_bytes));
+        }
+        ImageCmd::Build { base, from_dir: None, name } => {
+            let body = serde_json::to_value(ImageBuild { base, name }).expect("serialises");
             let img = follow(client.raw("POST", "/images/build", Some(&body))?)?;
             println!("built {} ({}, {})", img.name, &img.id[..12.min(img.id.len())], Size(img.size_bytes));
         }
         ImageCmd::Import { file, name } => {
-            let abs = std::fs::canonicalize(&file).map_err(|e| {
-                CliError::new(exit::NOT_FOUND, format!("file {} cannot be opened: {e}", file.display()))
-            })?;
-            let body = serde_json::to_value(ImageImport { path: abs.display().to_string(), name }).expect("serialises");
-            let img = follow(client.raw("POST", "/images/import", Some(&body))?)?;
+            // a file as it is; a directory (an OCI image layout) tarred on the fly
+            let body = match std::fs::metadata(&file) {
+                Ok(m) if m.is_dir() => super::upload::tar_dir(&file)?,
+                _ => super::upload::file(&file)?,
+            };
+            name_free(client, name.as_deref())?;
+            let q = query(&[("name", name), ("source", Some(body.name.clone()))]);
+            let img = follow(client.upload("POST", &format!("/images/import{q}"), body)?)?;
             println!("imported {} ({} layers, {})", img.name, img.layers, Size(img.size_bytes));
         }
         ImageCmd::Rm { name } => {

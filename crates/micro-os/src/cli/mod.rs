@@ -15,6 +15,7 @@ mod monitor;
 mod net;
 mod output;
 mod selftest;
+mod upload;
 mod vm;
 
 pub use args::Cli;

@@ -1,7 +1,7 @@
 use micro_os_api::types::{NetSend, NetStatus, Provider, SendReport};
 
 use super::args::{Format, NetCmd};
-use super::client::{exit, CliError, CliResult, Client};
+use super::client::{exit, query, CliError, CliResult, Client};
 use super::output::{print, table};
 
 fn peers_table(st: &NetStatus) -> String {
@@ -119,23 +119,26 @@ pub fn run(client: &Client, cmd: NetCmd) -> CliResult<i32> {
         }
         NetCmd::Send { from, to, kind, state, file, count, size, stream } => {
             let data = kind.eq_ignore_ascii_case("data");
-            let (state, file) = match (state, file) {
-                (Some(s), _) => (s, None),
-                // DATA from a file travels as a stream; the daemon reads the file
+            let r: SendReport = match (state, file) {
+                // DATA from a file travels as a stream: this client uploads the file's bytes
                 (None, Some(f)) if data => {
-                    let abs = std::fs::canonicalize(&f)
-                        .map_err(|e| CliError::usage(format!("file {} cannot be read: {e}", f.display())))?;
-                    (String::new(), Some(abs.to_string_lossy().into_owned()))
+                    let body = super::upload::file(&f).map_err(|e| CliError::usage(e.message))?;
+                    let q = query(&[("from", from), ("to", Some(to.clone())), ("name", Some(body.name.clone()))]);
+                    let resp = client.upload("POST", &format!("/net/send/stream{q}"), body)?;
+                    resp.into_json()
+                        .map_err(|e| CliError::new(exit::FAILURE, format!("the daemon's reply is not valid: {e}")))?
                 }
-                (None, Some(f)) => (
-                    std::fs::read_to_string(&f)
-                        .map_err(|e| CliError::usage(format!("file {} cannot be read: {e}", f.display())))?,
-                    None,
-                ),
-                (None, None) => (String::new(), None),
+                (state, file) => {
+                    let state = match (state, file) {
+                        (Some(s), _) => s,
+                        (None, Some(f)) => std::fs::read_to_string(&f)
+                            .map_err(|e| CliError::usage(format!("file {} cannot be read: {e}", f.display())))?,
+                        (None, None) => String::new(),
+                    };
+                    let req = NetSend { from, to: to.clone(), kind, state, count, size: size.map(|s| s.0), stream };
+                    client.call("POST", "/net/send", Some(&req))?
+                }
             };
-            let req = NetSend { from, to: to.clone(), kind, state, count, size: size.map(|s| s.0), file, stream };
-            let r: SendReport = client.call("POST", "/net/send", Some(&req))?;
             if !r.accepted {
                 let why = r.reason.unwrap_or_default();
                 let msg = if r.sent > 1 {

@@ -8,7 +8,7 @@
 //! (a `stop` waits for them while holding it).
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use micro_os_api::types::{EventInfo, ImageInfo};
@@ -301,7 +301,7 @@ impl Engine {
                 Ok(Reply::Net(Box::new(st)))
             }
             Action::NetFind { key, vm } => self.net_find(key, vm).await.map(Reply::Providers),
-            Action::NetSend(req) => self.net_send(req).await.map(|r| Reply::Sent(Box::new(r))),
+            Action::NetSend(req) => self.net_send(req, None).await.map(|r| Reply::Sent(Box::new(r))),
             Action::Resources(q) => self.resources(&q).map(Reply::Samples),
             Action::History(q) => self.history(&q).map(Reply::Samples),
             Action::Export(q) => {
@@ -391,21 +391,20 @@ impl Engine {
         Ok(found)
     }
 
-    /// `net send`: messages or a DATA stream, from the host or from one of its VMs.
-    async fn net_send(&self, req: micro_os_api::types::NetSend) -> Result<micro_os_core::net::SendReport> {
+    /// `net send`: messages or a DATA stream, from the host or from one of its VMs; `file`
+    /// is an upload the daemon spooled (never a path a client named), sent as the stream.
+    pub(super) async fn net_send(
+        &self,
+        req: micro_os_api::types::NetSend,
+        file: Option<std::path::PathBuf>,
+    ) -> Result<micro_os_core::net::SendReport> {
         let kind: micro_os_net::MessageType =
             serde_json::from_value(serde_json::Value::String(req.kind.to_uppercase())).map_err(|_| {
                 Error::invalid(format!("message type {:?} is unknown (use SYNC, DISC, DATA, CTRL or PING)", req.kind))
             })?;
-        let stream = req.stream || req.file.is_some();
+        let stream = req.stream || file.is_some();
         if stream && kind != micro_os_net::MessageType::Data {
             return Err(Error::invalid(format!("only DATA travels as a stream, not {kind}")));
-        }
-        if let Some(f) = &req.file {
-            if !Path::new(f).is_absolute() {
-                return Err(Error::invalid(format!("file {f:?} is not an absolute path")));
-            }
-            std::fs::File::open(f).map_err(|e| Error::invalid(format!("file {f} cannot be read: {e}")))?;
         }
         if !stream && req.size.is_some_and(|s| s > 512 * 1024) {
             return Err(Error::invalid(format!(
@@ -443,7 +442,7 @@ impl Engine {
             state: req.state,
             count: req.count.unwrap_or(1).clamp(1, 100_000),
             size: req.size,
-            file: req.file,
+            file: file.map(|f| f.display().to_string()),
             stream,
         };
         match &req.from {

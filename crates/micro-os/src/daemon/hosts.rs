@@ -808,9 +808,16 @@ impl Engine {
     async fn forward_to(&self, peer: PeerId, req: axum::extract::Request) -> Result<axum::response::Response> {
         use base64::Engine as _;
         let (parts, body) = req.into_parts();
-        let body = axum::body::to_bytes(body, micro_os_api::server::BODY_LIMIT)
-            .await
-            .map_err(|e| Error::invalid(format!("request body: {e}")))?;
+        // a forwarded request travels in one message: an upload too (so at most 1 MiB)
+        let upload = micro_os_api::server::UPLOAD_PATHS.contains(&parts.uri.path());
+        let body = axum::body::to_bytes(body, micro_os_api::server::BODY_LIMIT).await.map_err(|e| match upload {
+            true => Error::invalid(format!(
+                "an upload for another host of the fabric is forwarded in one message, at most {} bytes ({e}): \
+                 send it to that host's API (MICRO_OS_API)",
+                micro_os_api::server::BODY_LIMIT
+            )),
+            false => Error::invalid(format!("request body: {e}")),
+        })?;
         let content_type =
             parts.headers.get(axum::http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(String::from);
         let f = Forwarded {

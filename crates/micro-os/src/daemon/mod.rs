@@ -20,6 +20,7 @@ mod nonces;
 mod overlay;
 mod remote;
 mod replicas;
+mod spool;
 mod supervisor;
 mod table;
 pub mod templates;
@@ -32,7 +33,8 @@ use std::sync::Arc;
 use anyhow::Context;
 use axum::body::Bytes;
 use micro_os_api::action::BoxFuture;
-use micro_os_api::types::{ImageBuild, ImageEvent, ImageImport, LogsQuery};
+use micro_os_api::action::Upload;
+use micro_os_api::types::{ImageBuild, ImageEvent, ImageImport, LogsQuery, NetSendStream, SendReport};
 use micro_os_api::{Action, ApiError, ByteStream, Control, Reply, ServerConfig};
 use micro_os_runtime::image::Progress;
 use tokio::sync::mpsc;
@@ -73,6 +75,9 @@ fn image_error(e: micro_os_runtime::Error) -> ApiError {
     error::Error::from(e).into()
 }
 
+type ImageJob =
+    Box<dyn FnOnce(&mut dyn FnMut(Progress)) -> Result<micro_os_runtime::image::Image, micro_os_runtime::Error> + Send>;
+
 /// Runs an image job on a blocking thread, streaming its progress as NDJSON.
 fn image_job(
     job: impl FnOnce(&mut dyn FnMut(Progress)) -> Result<micro_os_runtime::image::Image, micro_os_runtime::Error>
@@ -80,6 +85,17 @@ fn image_job(
         + 'static,
 ) -> ByteStream {
     let (tx, rx) = mpsc::channel::<Bytes>(256);
+    run_image_job(tx, Box::new(job));
+    logs::byte_stream(rx)
+}
+
+/// The NDJSON line of a failed image job.
+fn error_line(e: ApiError) -> Bytes {
+    ndjson_line(&ImageEvent::Error { status: e.kind.status().as_u16(), message: e.message })
+}
+
+/// [`image_job`] reporting to `tx`.
+fn run_image_job(tx: mpsc::Sender<Bytes>, job: ImageJob) {
     tokio::task::spawn_blocking(move || {
         let mut last = std::time::Instant::now() - std::time::Duration::from_secs(1);
         let mut report = |p: Progress| {
@@ -102,7 +118,6 @@ fn image_job(
         };
         let _ = tx.blocking_send(ndjson_line(&ev));
     });
-    logs::byte_stream(rx)
 }
 
 impl Control for Daemon {
@@ -143,28 +158,6 @@ impl Control for Daemon {
 
     fn build_image(&self, req: ImageBuild) -> BoxFuture<'_, Result<ByteStream, ApiError>> {
         Box::pin(async move {
-            if let Some(dir) = &req.from_dir {
-                let path = std::path::PathBuf::from(dir);
-                if !path.is_absolute() {
-                    return Err(ApiError::bad_request(format!(
-                        "directory {dir:?} must be absolute (the daemon resolves it)"
-                    )));
-                }
-                if !path.is_dir() {
-                    return Err(ApiError::not_found(format!(
-                        "directory {dir:?} not found on the daemon's host (give an existing directory with --from-dir)"
-                    )));
-                }
-                let Some(name) = req.name.clone() else {
-                    return Err(ApiError::bad_request("an image built from a directory needs --name NAME"));
-                };
-                micro_os_runtime::image::validate_image_name(&name).map_err(image_error)?;
-                if self.0.images.exists(&name) {
-                    return Err(image_error(micro_os_runtime::Error::ImageExists(name)));
-                }
-                let engine = self.0.clone();
-                return Ok(image_job(move |p| engine.images.import_dir(&path, &name, p)));
-            }
             if req.base == "ethereum-dev" {
                 let name = req.name.unwrap_or_else(|| req.base.clone());
                 micro_os_runtime::image::validate_image_name(&name).map_err(image_error)?;
@@ -179,7 +172,7 @@ impl Control for Daemon {
             }
             if !micro_os_api::schema::IMAGE_BASES.contains(&req.base.as_str()) {
                 return Err(ApiError::bad_request(format!(
-                    "base image {:?} is unknown (built-in bases: {}; or --from-dir DIR)",
+                    "base image {:?} is unknown (built-in bases: {}; or an image from a directory: image build --from-dir DIR)",
                     req.base,
                     micro_os_api::schema::IMAGE_BASES.join(", ")
                 )));
@@ -215,26 +208,78 @@ impl Control for Daemon {
         })
     }
 
-    fn import_image(&self, req: ImageImport) -> BoxFuture<'_, Result<ByteStream, ApiError>> {
+    fn import_image(&self, req: ImageImport, upload: Upload) -> BoxFuture<'_, Result<ByteStream, ApiError>> {
         Box::pin(async move {
-            let path = std::path::PathBuf::from(&req.path);
-            if !path.is_absolute() {
-                return Err(ApiError::bad_request(format!(
-                    "path {:?} must be absolute (the daemon resolves it)",
-                    req.path
-                )));
-            }
-            if !path.exists() {
-                return Err(ApiError::not_found(format!("file {:?} not found on the daemon's host", req.path)));
-            }
             if let Some(n) = &req.name {
                 micro_os_runtime::image::validate_image_name(n).map_err(image_error)?;
                 if self.0.images.exists(n) {
                     return Err(image_error(micro_os_runtime::Error::ImageExists(n.clone())));
                 }
             }
+            let origin = match &req.source {
+                Some(s) => format!("upload {}", spool::file_name(s).map_err(ApiError::bad_request)?),
+                None => "upload".to_string(),
+            };
+            // the body is spooled as it arrives (progress: "receiving archive"), then
+            // imported on a blocking thread; the spool goes when the job ends, whatever
+            // its outcome, or as soon as the upload breaks off
             let engine = self.0.clone();
-            Ok(image_job(move |p| engine.images.import(&path, req.name.as_deref(), p)))
+            let (tx, rx) = mpsc::channel::<Bytes>(256);
+            tokio::spawn(async move {
+                let spool = match spool::Spool::new(&engine.home) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        let _ = tx.send(error_line(ApiError::internal(format!("the upload's spool: {e}")))).await;
+                        return;
+                    }
+                };
+                let file = spool.path("archive");
+                let progress = tx.clone();
+                let mut heard = |current, total| {
+                    let stage = "receiving archive".to_string();
+                    let _ = progress.try_send(ndjson_line(&ImageEvent::Progress { stage, current, total }));
+                };
+                if let Err(e) = spool::receive(upload, &file, &mut heard).await {
+                    let why = format!("the upload of {origin} broke off: {e}");
+                    let _ = tx.send(error_line(ApiError::bad_request(why))).await;
+                    return;
+                }
+                run_image_job(
+                    tx,
+                    Box::new(move |p| {
+                        let _spool = spool;
+                        engine.images.import_as(&file, &origin, req.name.as_deref(), p)
+                    }),
+                );
+            });
+            Ok(logs::byte_stream(rx))
+        })
+    }
+
+    fn send_stream(&self, req: NetSendStream, upload: Upload) -> BoxFuture<'_, Result<SendReport, ApiError>> {
+        Box::pin(async move {
+            let name = spool::file_name(req.name.as_deref().unwrap_or("upload")).map_err(ApiError::bad_request)?;
+            if let Some(from) = &req.from {
+                self.0.find_vm(from).map_err(ApiError::from)?;
+            }
+            let spool = spool::Spool::new(&self.0.home)
+                .map_err(|e| ApiError::internal(format!("the upload's spool cannot be made: {e}")))?;
+            let file = spool.path(name);
+            spool::receive(upload, &file, &mut |_, _| {})
+                .await
+                .map_err(|e| ApiError::bad_request(format!("the upload of {name} broke off: {e}")))?;
+            let send = micro_os_api::types::NetSend {
+                from: req.from,
+                to: req.to,
+                kind: "DATA".into(),
+                state: String::new(),
+                count: None,
+                size: None,
+                stream: true,
+            };
+            let report = self.0.net_send(send, Some(file)).await.map_err(ApiError::from);
+            drop(spool);
+            report
         })
     }
 }
@@ -277,6 +322,7 @@ pub fn run(home: Home, cfg: Config) -> anyhow::Result<()> {
         .with(tracing_subscriber::fmt::layer().json().with_writer(journal).with_filter(journal_filter))
         .init();
     home.init(None)?;
+    spool::clear(&home);
     for (component, settings) in components::settings(&cfg) {
         tracing::debug!(target: "micro_os::daemon", "{component} settings: {settings}");
     }

@@ -8,10 +8,11 @@ the async client).
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
 from . import models as m
-from ._call import NOTHING, TEXT, Call, Stream, Wait, api, body, seg
+from ._call import NOTHING, TEXT, Call, Stream, Wait, api, body, seg, upload
 
 if TYPE_CHECKING:
     from ._client import Runner
@@ -367,12 +368,20 @@ class Monitor(Namespace):
 class Net(Namespace):
     """The libp2p layer: signed messages and what peers provide in the DHT."""
 
-    @api("POST /api/v1/net/send")
+    @api("POST /api/v1/net/send", "POST /api/v1/net/send/stream")
     def send(self, to: str, type: str, *, from_: Optional[str] = None, state: Optional[str] = None,
              count: Optional[int] = None, size: Optional[int] = None, stream: Optional[bool] = None,
              file: Optional[str] = None) -> Any:
+        """Signed messages, or a DATA stream; with ``file`` (DATA only) this client uploads
+        the local file's bytes and the daemon sends them as one stream."""
+        if file is not None:
+            if type.upper() != "DATA":
+                raise ValueError(f"a file travels as a DATA stream, not {type}")
+            up = upload(file)
+            return self._run(Call("POST", f"{V1}/net/send/stream", params={"to": to, "from": from_, "name": up.name},
+                                  upload=up, result=m.SendReport))
         return self._run(Call("POST", f"{V1}/net/send", body=body(to=to, type=type, from_=from_, state=state,
-                                                                   count=count, size=size, stream=stream, file=file),
+                                                                   count=count, size=size, stream=stream),
                               result=m.SendReport))
 
     @api("GET /api/v1/net/providers")
@@ -411,20 +420,32 @@ class Images(Namespace):
     def remove(self, name: str) -> Any:
         return self._run(Call("DELETE", f"{V1}/images/{seg(name)}", result=NOTHING))
 
-    @api("POST /api/v1/images/build")
+    @api("POST /api/v1/images/build", "POST /api/v1/images/import")
     def build(self, base: Optional[str] = None, *, name: Optional[str] = None, from_dir: Optional[str] = None,
               progress: Optional[Callable[[Any], None]] = None) -> Any:
         """Build an image; ``progress`` gets each :class:`~micro_os.models.ImageEvent`; the
-        built image's :class:`~micro_os.models.ImageInfo`."""
-        call = Call("POST", f"{V1}/images/build", body=body(base=base, name=name, from_dir=from_dir))
+        built image's :class:`~micro_os.models.ImageInfo`. With ``from_dir`` (a local
+        directory, needs ``name``) the directory is tarred here and uploaded as a root
+        filesystem tarball."""
+        if from_dir is not None:
+            if name is None:
+                raise ValueError("an image built from a directory needs a name")
+            if not os.path.isdir(from_dir):
+                raise FileNotFoundError(f"directory {from_dir} cannot be opened")
+            up = upload(from_dir)
+            call = Call("POST", f"{V1}/images/import", params={"name": name, "source": up.name}, upload=up)
+        else:
+            call = Call("POST", f"{V1}/images/build", body=body(base=base, name=name))
         return self._c._image_job(Stream(call, "ndjson", m.ImageEvent), progress)
 
     @api("POST /api/v1/images/import")
     def import_file(self, path: str, *, name: Optional[str] = None,
                     progress: Optional[Callable[[Any], None]] = None) -> Any:
-        """Import an OCI layout, a docker-save tarball or a root filesystem tarball (a path
-        on the daemon's host)."""
-        call = Call("POST", f"{V1}/images/import", body=body(path=path, name=name))
+        """Import an OCI layout (a directory or a tar), a docker-save tarball or a root
+        filesystem tarball (gzip or not) from this client's machine: the file is uploaded
+        (a directory tarred first)."""
+        up = upload(path)
+        call = Call("POST", f"{V1}/images/import", params={"name": name, "source": up.name}, upload=up)
         return self._c._image_job(Stream(call, "ndjson", m.ImageEvent), progress)
 
 

@@ -8,8 +8,11 @@ returns a coroutine (or an async iterator) for it. So both clients share every m
 from __future__ import annotations
 
 import json
+import os
+import tarfile
+import tempfile
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, BinaryIO, Callable, Optional
 
 from . import errors
 from ._decode import decode
@@ -38,6 +41,8 @@ class Call:
     body: Any = None
     result: Any = None  # a type to decode the JSON answer into; TEXT; NOTHING
     wait: Optional[Wait] = None
+    # the body as bytes the SDK uploads (an open file, read as it is sent), not JSON
+    upload: Optional["Upload"] = None
 
     def query(self) -> dict[str, str]:
         out = {}
@@ -60,6 +65,48 @@ class Call:
             return text
         data = json.loads(text) if text else None
         return decode(self.result, data) if self.result is not None else data
+
+
+@dataclass
+class Upload:
+    """A local file sent as the request's body: the daemon reads what the client sends,
+    never a path on its own host, so the SDK sends only what it can read itself."""
+
+    file: BinaryIO
+    content_type: str
+    name: str
+
+
+def _rootfs_member(info: tarfile.TarInfo) -> Optional[tarfile.TarInfo]:
+    """Files, directories and symlinks (as links) with their modes, owned by root; devices
+    and fifos skipped (sockets tarfile skips itself)."""
+    if info.ischr() or info.isblk() or info.isfifo():
+        return None
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    return info
+
+
+def upload(path: str) -> Upload:
+    """``path`` opened to be uploaded: a file as it is; a directory (a root filesystem, or
+    an OCI image layout) tarred into an anonymous temporary file first."""
+    name = os.path.basename(os.path.normpath(os.path.abspath(path))) or "upload"
+    if os.path.isdir(path):
+        f = tempfile.TemporaryFile()
+        with tarfile.open(fileobj=f, mode="w", format=tarfile.GNU_FORMAT) as t:
+            for entry in sorted(os.listdir(path)):
+                t.add(os.path.join(path, entry), arcname=entry, filter=_rootfs_member)
+        f.seek(0)
+        return Upload(f, "application/x-tar", name)
+    f = open(path, "rb")
+    lower = path.lower()
+    if lower.endswith((".gz", ".tgz")):
+        kind = "application/gzip"
+    elif lower.endswith(".tar"):
+        kind = "application/x-tar"
+    else:
+        kind = "application/octet-stream"
+    return Upload(f, kind, name)
 
 
 @dataclass

@@ -121,13 +121,20 @@ class MicroOS(Runner):
         return self._run(Call("GET", "/api/v1/openapi.json"))
 
     def _send(self, call: Call, stream: bool = False) -> httpx.Response:
-        req = self._http.build_request(call.method, call.path, params=call.query(),
-                                       json=call.body if call.body is not None else None,
-                                       timeout=httpx.Timeout(self._timeout, connect=10.0, read=None) if stream else None)
+        timeout = httpx.Timeout(self._timeout, connect=10.0, read=None) if stream or call.upload else None
+        if call.upload is not None:
+            req = self._http.build_request(call.method, call.path, params=call.query(), content=call.upload.file,
+                                           headers={"Content-Type": call.upload.content_type}, timeout=timeout)
+        else:
+            req = self._http.build_request(call.method, call.path, params=call.query(),
+                                           json=call.body if call.body is not None else None, timeout=timeout)
         try:
             return self._http.send(req, stream=stream)
         except httpx.TransportError as e:
             raise self._unreachable(e) from None
+        finally:
+            if call.upload is not None:
+                call.upload.file.close()
 
     def _run(self, call: Call) -> Any:
         r = self._send(call)
@@ -216,13 +223,26 @@ class AsyncMicroOS(Runner):
         return await self._run(Call("GET", "/api/v1/openapi.json"))
 
     async def _send(self, call: Call, stream: bool = False) -> httpx.Response:
-        req = self._http.build_request(call.method, call.path, params=call.query(),
-                                       json=call.body if call.body is not None else None,
-                                       timeout=httpx.Timeout(self._timeout, connect=10.0, read=None) if stream else None)
+        timeout = httpx.Timeout(self._timeout, connect=10.0, read=None) if stream or call.upload else None
+        if call.upload is not None:
+            up = call.upload
+
+            async def chunks() -> AsyncIterator[bytes]:
+                while chunk := await asyncio.to_thread(up.file.read, 1 << 20):
+                    yield chunk
+
+            req = self._http.build_request(call.method, call.path, params=call.query(), content=chunks(),
+                                           headers={"Content-Type": up.content_type}, timeout=timeout)
+        else:
+            req = self._http.build_request(call.method, call.path, params=call.query(),
+                                           json=call.body if call.body is not None else None, timeout=timeout)
         try:
             return await self._http.send(req, stream=stream)
         except httpx.TransportError as e:
             raise self._unreachable(e) from None
+        finally:
+            if call.upload is not None:
+                call.upload.file.close()
 
     async def _run(self, call: Call) -> Any:
         r = await self._send(call)

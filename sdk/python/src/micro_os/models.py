@@ -447,10 +447,10 @@ class HostToken:
 
 @dataclass(kw_only=True)
 class ImageBuild:
-    """`POST /api/v1/images/build`: build a built-in base image."""
+    """`POST /api/v1/images/build`: build a built-in base image. (An image from a directory
+is an upload: the client tars it and imports it as a root filesystem tarball.)"""
 
     base: Optional[Literal["busybox", "blockchain-base", "blockchain-node", "ethereum-dev"]] = None
-    from_dir: Optional[str] = None
     name: Optional[str] = None
 
 
@@ -465,15 +465,6 @@ class ImageEvent:
     stage: Optional[str] = None
     status: Optional[int] = None
     total: Optional[int] = None
-
-
-@dataclass(kw_only=True)
-class ImageImport:
-    """`POST /api/v1/images/import`: import an OCI layout, a `docker save` tarball or a root
-filesystem tarball from a path on the daemon's host."""
-
-    path: str
-    name: Optional[str] = None
 
 
 @dataclass(kw_only=True)
@@ -523,7 +514,6 @@ class NetSend:
     to: str
     type: Literal["SYNC", "DISC", "DATA", "CTRL", "PING", "sync", "disc", "data", "ctrl", "ping"]
     count: Optional[int] = None
-    file: Optional[str] = None
     from_: Optional[str] = None
     size: Optional[int] = None
     state: Optional[str] = None
