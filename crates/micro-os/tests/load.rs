@@ -138,6 +138,11 @@ fn the_api_holds_sustained_load_with_churn_collection_and_commits() {
     let setup = Instant::now();
     let mut d = Daemon::prepared("127.0.0.1");
     d.set_config("monitor_interval_s", json!(0.5));
+    // a rule over every container, as a user would have: the churned ones pass through it
+    d.set_config(
+        "alerts",
+        json!([{"name": "busy", "metric": "cpu_percent", "above": 95, "for_s": 30, "objects": "container/*"}]),
+    );
     d.spawn();
     for vm in ["m1", "m2", "m3"] {
         d.ok(&["vm", "create", "--name", vm, "--memory", "128", "--cpu", "0.5"]);
