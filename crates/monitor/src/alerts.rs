@@ -66,15 +66,17 @@ impl AlertEngine {
         if let Some(now) = samples.iter().map(|s| s.ts).max() {
             for rule in &self.rules {
                 let window = (rule.increase_over_s.unwrap_or(0).max(rule.for_s) + 10) as i64 * 1000;
-                for (_, st) in self.states.iter_mut().filter(|((r, _), _)| r == &rule.name) {
-                    if st.seen.is_some_and(|seen| now - seen > window) {
-                        st.since = None;
-                        st.history.clear();
-                        if let Some(id) = st.firing.take() {
-                            out.push(AlertChange::Resolve { id, at: at(now) });
-                        }
+                // and is forgotten: a removed object's state would otherwise stay for the
+                // daemon's lifetime, one per rule and container ever seen
+                self.states.retain(|(r, _), st| {
+                    if r != &rule.name || st.seen.is_none_or(|seen| now - seen <= window) {
+                        return true;
                     }
-                }
+                    if let Some(id) = st.firing.take() {
+                        out.push(AlertChange::Resolve { id, at: at(now) });
+                    }
+                    false
+                });
             }
         }
         for rule in &self.rules {
@@ -217,6 +219,18 @@ mod tests {
         assert!(e.evaluate(&[other(5)]).is_empty(), "a short absence (a restart) changes nothing");
         assert_eq!(e.evaluate(&[other(11)]), vec![AlertChange::Resolve { id: 4, at: at(11_000) }]);
         assert!(e.evaluate(&[other(20)]).is_empty(), "resolved once");
+        assert!(e.states.is_empty(), "the gone object is forgotten: {:?}", e.states);
+    }
+
+    #[test]
+    fn churned_objects_are_forgotten() {
+        // a container a second, each seen in one round: the states stay within the window's
+        let mut e = AlertEngine::new(vec![rule("cpu_percent", 90.0, 0, None)]);
+        for t in 0..1000 {
+            let s = Sample { name: format!("churn-{t}"), ..sample(t, 1.0, 0) };
+            assert!(e.evaluate(&[s]).is_empty());
+            assert!(e.states.len() <= 12, "{} states at {t} s", e.states.len());
+        }
     }
 
     #[test]
