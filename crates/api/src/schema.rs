@@ -119,6 +119,13 @@ pub(crate) fn cross_field_rules() -> serde_json::Value {
             ]
         },
         "CircuitCreate": {"properties": {"nodes": {"items": name}}},
+        // at least one VM, bare or under `vms` (and nothing else beside it)
+        "VmDefinitions": {"oneOf": [
+            {"type": "array", "minItems": 1, "items": {"$ref": "#/components/schemas/VmCreate"}},
+            {"type": "object", "required": ["vms"], "additionalProperties": false, "properties": {
+                "vms": {"type": "array", "minItems": 1, "items": {"$ref": "#/components/schemas/VmCreate"}}
+            }}
+        ]},
         "AiEnable": enable,
         "AiDisable": module_or_all,
         "NetSend": {"allOf": [
