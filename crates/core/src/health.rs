@@ -15,12 +15,12 @@ pub enum HealthProbe {
     },
     /// Connect to a TCP port inside the container's network namespace.
     Tcp {
-        #[cfg_attr(feature = "openapi", schema(minimum = 1))]
+        #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 65535))]
         port: u16,
     },
     /// GET a path on a port inside the container's network namespace; 2xx/3xx is healthy.
     Http {
-        #[cfg_attr(feature = "openapi", schema(minimum = 1))]
+        #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 65535))]
         port: u16,
         #[serde(default = "root_path")]
         #[cfg_attr(feature = "openapi", schema(pattern = "^/"))]

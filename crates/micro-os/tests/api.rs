@@ -364,7 +364,14 @@ fn no_request_makes_the_daemon_read_a_host_file() {
     // the document: no body field, no parameter names a host path
     let (_, _, doc) = status_of(d.api("GET", "/openapi.json").call());
     let doc: serde_json::Value = serde_json::from_str(&doc).unwrap();
-    assert!(!doc.to_string().contains(r#""pattern":"^/""#), "a field still takes an absolute path");
+    // an absolute path anywhere but a health check's (a URL path inside the container)
+    let mut others = doc["components"]["schemas"].clone();
+    for probe in ["HealthProbe", "HealthCheck"] {
+        others.as_object_mut().unwrap().remove(probe);
+    }
+    for part in [&doc["paths"], &others] {
+        assert!(!part.to_string().contains(r#""pattern":"^/""#), "a field still takes an absolute path");
+    }
     let host_path = ["path", "file", "from_dir", "dir", "directory"];
     for (path, ops) in doc["paths"].as_object().unwrap() {
         for (method, op) in ops.as_object().unwrap() {
