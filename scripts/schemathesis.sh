@@ -28,6 +28,12 @@ c.update(api_addr=f"127.0.0.1:{port}", vm_bridge=f"mst{port % 10000}", vm_subnet
          p2p_mdns=False, p2p_listen=[f"/ip4/127.0.0.1/tcp/{port + 1}"], overlay_port=port + 2)
 json.dump(c, open(path, "w"), indent=2)
 PY
+# a host set up as a user's would be: anvil (npm) for the ethereum-dev image
+anvil="$target/st-npm/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil"
+if [ ! -x "$anvil" ] && command -v npm >/dev/null; then
+  npm install --no-audit --no-fund --loglevel=error --prefix "$target/st-npm" @foundry-rs/anvil-linux-amd64 >/dev/null
+fi
+if [ -x "$anvil" ]; then MICRO_OS_ANVIL=$(realpath "$anvil"); export MICRO_OS_ANVIL; fi
 "$bin" daemon >"$home/daemon.log" 2>&1 &
 daemon=$!
 cleanup() {

@@ -119,6 +119,8 @@ pub(crate) fn cross_field_rules() -> serde_json::Value {
             ]
         },
         "CircuitCreate": {"properties": {"nodes": {"items": name}}},
+        // a memory limit runc can start under (6 MiB), in bytes a JSON number holds exactly
+        "Resources": {"properties": {"memory": {"minimum": 6 << 20, "maximum": (1u64 << 53) - 1}}},
         // at least one VM, bare or under `vms` (and nothing else beside it)
         "VmDefinitions": {"oneOf": [
             {"type": "array", "minItems": 1, "items": {"$ref": "#/components/schemas/VmCreate"}},

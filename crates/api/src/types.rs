@@ -133,6 +133,7 @@ pub struct RemoveQuery {
 pub struct StopQuery {
     /// Seconds between SIGTERM and SIGKILL (default 10).
     #[serde(default)]
+    #[param(minimum = 0)]
     pub timeout: Option<f64>,
 }
 
@@ -416,6 +417,7 @@ pub struct VmStopQuery {
     pub force: bool,
     /// Seconds the agent gets before the VM is killed (default 10).
     #[serde(default)]
+    #[param(minimum = 0)]
     pub timeout: Option<f64>,
 }
 
