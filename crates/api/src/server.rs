@@ -315,6 +315,10 @@ pub fn served_document(doc: &utoipa::openapi::OpenApi, host: Option<HostLimits>)
         assert!(schema.is_object(), "cross-field rule for a schema the document lacks: {name}");
         merge(schema, rule);
     }
+    // a single create takes no `depends_on`: that orders the containers of a deploy file
+    let body = &mut v["paths"]["/api/v1/containers"]["post"]["requestBody"]["content"]["application/json"]["schema"];
+    assert!(body.is_object(), "the document lacks POST /api/v1/containers's body");
+    *body = serde_json::json!({"allOf": [body.take(), {"properties": {"depends_on": {"maxItems": 0}}}]});
     // utoipa drops `required` from a parameter whose schema is a function's
     for path in ["/api/v1/monitor/history", "/api/v1/monitor/export"] {
         for p in v["paths"][path]["get"]["parameters"].as_array_mut().into_iter().flatten() {
