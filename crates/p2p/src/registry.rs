@@ -321,11 +321,22 @@ impl Session {
         }
         let (tx, rx) = oneshot::channel();
         self.pending.lock().unwrap().insert(id, tx);
-        if self.out.send((id, body)).await.is_err() {
-            self.pending.lock().unwrap().remove(&id);
-            return Err(StreamError::Closed);
+        // one deadline for the whole call: the queue to the writer is bounded, and a writer
+        // stuck on a stream its peer no longer reads (a peer that banned us, say) must not
+        // hold the callers queued behind it forever
+        let deadline = tokio::time::Instant::now() + TIMEOUT;
+        match tokio::time::timeout_at(deadline, self.out.send((id, body))).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => {
+                self.pending.lock().unwrap().remove(&id);
+                return Err(StreamError::Closed);
+            }
+            Err(_) => {
+                self.pending.lock().unwrap().remove(&id);
+                return Err(StreamError::TimedOut(TIMEOUT));
+            }
         }
-        match tokio::time::timeout(TIMEOUT, rx).await {
+        match tokio::time::timeout_at(deadline, rx).await {
             Ok(Ok(answer)) => answer,
             Ok(Err(_)) => Err(StreamError::Closed),
             Err(_) => {
