@@ -104,7 +104,9 @@ pub(crate) fn cross_field_rules() -> serde_json::Value {
             {"anyOf": [given("image"), given("template")]},
             // replicas run on a circuit's members, and a circuit is named only for them
             {"anyOf": [{"properties": {"replicate": {"const": false}}}, given("circuit")]},
-            {"anyOf": [absent("circuit"), {"required": ["replicate"], "properties": {"replicate": {"const": true}}}]}
+            {"anyOf": [absent("circuit"), {"required": ["replicate"], "properties": {"replicate": {"const": true}}}]},
+            // on one VM, or replicated on a circuit's members: not both
+            {"anyOf": [absent("vm"), absent("circuit")]}
         ]},
         // a deploy file lists a container or more, and does not replicate (yet)
         "DeployRequest": {"properties": {"containers": {
