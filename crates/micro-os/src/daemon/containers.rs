@@ -296,17 +296,7 @@ impl Engine {
         match spawned {
             Ok(run) => {
                 let now = Utc::now();
-                self.containers.update(id, |c| {
-                    c.state = ContainerState::Running;
-                    c.pid = Some(run.pid);
-                    c.started_at = Some(now);
-                    c.finished_at = None;
-                    c.exit_code = None;
-                    c.oom_killed = false;
-                    c.error = None;
-                    c.stop_requested = false;
-                    c.health = c.spec.health_check.as_ref().map(|_| HealthState::default());
-                });
+                self.containers.update(id, |c| mark_running(c, run.pid, now));
                 // synced: the reply says the container runs, and after a power cut
                 // `recover` restarts it by its policy only if the store says it ran; then
                 // watched, whatever the write did, so an exit is never missed (the shim
@@ -756,16 +746,7 @@ impl Engine {
             match status {
                 Some(shim::Status::Running { pid, started_at }) => {
                     tracing::info!("adopted container {} (pid {pid}): its start was cut short", c.spec.name);
-                    self.containers.update(&c.id, |c| {
-                        c.state = ContainerState::Running;
-                        c.pid = Some(pid);
-                        c.started_at = Some(started_at);
-                        c.finished_at = None;
-                        c.exit_code = None;
-                        c.error = None;
-                        c.stop_requested = false;
-                        c.health = c.spec.health_check.as_ref().map(|_| HealthState::default());
-                    });
+                    self.containers.update(&c.id, |c| mark_running(c, pid, started_at));
                     let _ = self.containers.persist(&c.id, "adopted", format!("pid {pid}, a start cut short"));
                     self.supervise(&c.id, Running { pid, shim_pid });
                 }
@@ -854,6 +835,19 @@ fn check_node_kind(command: &[String], config: &BTreeMap<String, String>) -> Res
         ));
     }
     Ok(())
+}
+
+/// A container's record for a run that has begun: a fresh start's or an adopted one's.
+fn mark_running(c: &mut Container, pid: u32, started_at: chrono::DateTime<Utc>) {
+    c.state = ContainerState::Running;
+    c.pid = Some(pid);
+    c.started_at = Some(started_at);
+    c.finished_at = None;
+    c.exit_code = None;
+    c.oom_killed = false;
+    c.error = None;
+    c.stop_requested = false;
+    c.health = c.spec.health_check.as_ref().map(|_| HealthState::default());
 }
 
 /// A stop timeout must be a number of seconds.
